@@ -1,0 +1,1 @@
+"""What runs on the cluster: data, pretraining, evaluation. Imports models/ and Ray, never MLflow."""

@@ -1,0 +1,1 @@
+"""Datasets: Parquet shards with a manifest, and the procedural scene generator."""

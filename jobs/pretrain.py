@@ -1,0 +1,173 @@
+"""TIPS pretraining on Ray Train: a TorchTrainer fed by the Ray Data views pipeline."""
+import math
+import tempfile
+import time
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+
+from tipslab.models.checkpoint import load_state, save_checkpoint, tips_config
+from tipslab.models.distributed import all_reduce_mean
+from tipslab.models.objective import TIPSObjective
+from tipslab.models.schedules import cosine_schedule
+from tipslab.models.teacher import EMATeacher
+from tipslab.models.tips import TIPSStudent
+from tipslab.models.tokenizer import HashTokenizer
+
+from .data.pipeline import data_execution_options, train_dataset
+
+NO_WEIGHT_DECAY = ("cls_token", "register_token", "pos_embed", "mask_token", "log_temperature")
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or infinite: a failure of the run, not of a worker, so never retried."""
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.split(".")[-1] in NO_WEIGHT_DECAY else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class Schedules:
+    """Per-step learning rate, teacher momentum and teacher temperature."""
+
+    def __init__(self, train: dict, loss: dict):
+        steps = train["steps"]
+        self.lr = cosine_schedule(train["lr"], train["min_lr"], steps, train["warmup_steps"])
+        self.momentum = cosine_schedule(train["teacher_momentum"], train["teacher_momentum_end"], steps)
+        warm = min(train["teacher_temp_warmup_steps"], steps)
+        self.teacher_temp = np.concatenate([
+            np.linspace(loss["teacher_temp"], train["teacher_temp_end"], warm),
+            np.full(steps - warm, train["teacher_temp_end"]),
+        ])
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def train_loop(config: dict) -> None:
+    """Runs on every Ray Train worker. config: {"experiment": resolved experiment config (dict)}."""
+    exp = config["experiment"]
+    train = exp["train"]
+    cfg = tips_config(exp)
+    torch.manual_seed(train["seed"])  # identical initial weights on every rank
+    device = ray.train.torch.get_device()
+    ctx = ray.train.get_context()
+    rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
+
+    student = TIPSStudent(cfg)
+    objective = TIPSObjective(cfg).to(device)
+    teacher = EMATeacher(student).to(device) if objective.needs_teacher else None
+    optimizer = torch.optim.AdamW(param_groups(student, train["weight_decay"]), lr=train["lr"])
+    step = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            state = load_state(d)
+        student.load_state_dict(state["student"])
+        optimizer.load_state_dict(state["optimizer"])
+        objective.load_state_dict(state["objective"])
+        if teacher is not None:
+            teacher.load_state_dict(state["teacher"])
+        step = state["step"]
+    model = ray.train.torch.prepare_model(student)
+    unwrapped = student
+    sched = Schedules(train, exp["loss"])
+    tokenizer = HashTokenizer(exp["model"]["vocab_size"], exp["model"]["max_text_len"])
+    shard = ray.train.get_dataset_shard("train")
+    batch_size = exp["data"]["batch_size"]
+
+    window: dict[str, list[float]] = {}
+    wait_s, window_start = 0.0, time.perf_counter()
+    torch.manual_seed(train["seed"] * 1000 + rank + step)  # per-rank randomness from here on
+    while step < train["steps"]:
+        batches = iter(shard.iter_torch_batches(batch_size=batch_size, drop_last=True, device=device))
+        while step < train["steps"]:
+            t0 = time.perf_counter()
+            batch = next(batches, None)
+            wait_s += time.perf_counter() - t0
+            if batch is None:
+                break  # end of epoch: start a new pass over the shard
+            for group in optimizer.param_groups:
+                group["lr"] = sched.lr[step]
+            out = model(batch)
+            teacher_out = {}
+            if teacher is not None:
+                teacher_out = teacher(batch["global_crop"], batch["masks"] if unwrapped.mim_head is not None else None,
+                                      cfg.loss.distill_cls)
+            total, terms = objective(out, teacher_out, float(sched.teacher_temp[step]))
+            for name, value in terms.items():
+                if not math.isfinite(float(value)):
+                    raise NonFiniteLossError(f"non-finite loss at step {step}: term {name!r} = {float(value)}")
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), train["grad_clip"] or float("inf"))
+            optimizer.step()
+            if teacher is not None:
+                teacher.update(unwrapped, float(sched.momentum[step]))
+            step += 1
+            for name, value in terms.items():
+                window.setdefault(f"train/{name}", []).append(float(value))
+            window.setdefault("train/grad_norm", []).append(float(grad_norm))
+            if step % train["log_every"] == 0 or step == train["steps"]:
+                elapsed = time.perf_counter() - window_start
+                n_steps = len(window["train/loss"])
+                metrics = {k: float(all_reduce_mean(torch.tensor(np.mean(v)))) for k, v in window.items()}
+                metrics.update({
+                    "step": step,
+                    "train/lr": float(sched.lr[step - 1]),
+                    "train/temperature": float(unwrapped.text.temperature),
+                    "train/teacher_momentum": float(sched.momentum[step - 1]),
+                    "perf/images_per_s": n_steps * batch_size * world_size / elapsed,
+                    "perf/data_wait_frac": float(all_reduce_mean(torch.tensor(wait_s / elapsed))),
+                })
+                save_now = step == train["steps"] or (train["checkpoint_every"] and step % train["checkpoint_every"] == 0)
+                report(metrics, save_now, rank, {
+                    "student": unwrapped.state_dict(), "optimizer": optimizer.state_dict(),
+                    "objective": objective.state_dict(),
+                    "teacher": teacher.state_dict() if teacher is not None else None,
+                    "step": step, "config": exp, "tokenizer": tokenizer.state(),
+                } if save_now else None)
+                window, wait_s, window_start = {}, 0.0, time.perf_counter()
+
+
+def report(metrics: dict, save: bool, rank: int, state: dict | None) -> None:
+    """Report metrics; with `save`, rank 0 attaches a checkpoint (report is a barrier for all ranks)."""
+    if not save or rank != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        save_checkpoint(tmp, state)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def build_trainer(exp: dict, *, name: str, storage_path: str, callbacks=(), max_failures: int = 0):
+    """A TorchTrainer for one experiment; `fit()` runs it and returns the Ray Train result."""
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    train = exp["train"]
+    use_gpu = train["gpus_per_worker"] > 0
+    resources = {"CPU": train["cpus_per_worker"]}
+    if use_gpu:
+        resources["GPU"] = train["gpus_per_worker"]
+    return TorchTrainer(
+        train_loop,
+        train_loop_config={"experiment": exp},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=train["num_workers"], use_gpu=use_gpu, resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage_path, callbacks=list(callbacks),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures, controller_failure_limit=3),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+        datasets={"train": train_dataset(exp)},
+        dataset_config=ray.train.DataConfig(execution_options=data_execution_options(exp)),
+    )

@@ -1,0 +1,49 @@
+"""The TIPS objective, with its whole weighting in one place.
+
+total = ½ (L_clip(CLS_1, web) + L_clip(CLS_2, synthetic)) + α L_distill + β L_mim
+(the caption modes of the ablations replace the first term). A term whose weight is 0 is skipped,
+and with both α and β at 0 there is no teacher at all.
+"""
+import torch
+from torch import nn
+
+from .config import TIPSConfig
+from .contrastive import clip_loss
+from .distill import DistillLoss
+from .mim import MIMLoss
+
+
+class TIPSObjective(nn.Module):
+    def __init__(self, cfg: TIPSConfig):
+        super().__init__()
+        loss, k = cfg.loss, cfg.model.head_prototypes
+        self.cfg = cfg
+        self.distill = DistillLoss(k, loss.student_temp, loss.center_momentum) if loss.distill_weight > 0 else None
+        self.mim = MIMLoss(k, loss.student_temp, loss.center_momentum) if loss.mim_weight > 0 else None
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.distill is not None or self.mim is not None
+
+    def forward(self, student_out: dict, teacher_out: dict, teacher_temp: float) -> tuple[torch.Tensor, dict]:
+        loss = self.cfg.loss
+        t = student_out["temperature"]
+        terms: dict[str, torch.Tensor] = {}
+        if loss.caption_mode == "dual_cls":
+            terms["clip_web"] = clip_loss(student_out["cls_web"], student_out["text_web"], t)
+            terms["clip_synthetic"] = clip_loss(student_out["cls_synthetic"], student_out["text_synthetic"], t)
+            clip = 0.5 * (terms["clip_web"] + terms["clip_synthetic"])
+        elif loss.caption_mode == "synthetic":
+            clip = clip_loss(student_out["cls_web"], student_out["text_synthetic"], t)
+        else:  # web, or both captions sampled onto the one CLS token
+            clip = clip_loss(student_out["cls_web"], student_out["text_web"], t)
+        terms["clip"] = clip
+        total = clip
+        if self.distill is not None:
+            terms["distill"] = self.distill(student_out["local_logits"], teacher_out["cls_logits"], teacher_temp)
+            total = total + loss.distill_weight * terms["distill"]
+        if self.mim is not None:
+            terms["mim"] = self.mim(student_out["masked_patch_logits"], teacher_out["masked_patch_logits"], teacher_temp)
+            total = total + loss.mim_weight * terms["mim"]
+        terms["loss"] = total
+        return total, terms

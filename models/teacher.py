@@ -1,0 +1,51 @@
+"""The EMA teacher: a frozen copy of the student's image tower and heads, updated by momentum.
+
+The update is two fused calls over the parameter lists (as DINOv2 does); the teacher stays in eval
+mode and never receives gradients.
+"""
+import copy
+
+import torch
+from torch import nn
+
+from .tips import TIPSStudent
+
+TEACHER_PARTS = ("vision", "distill_head", "mim_head")
+
+
+class EMATeacher(nn.Module):
+    def __init__(self, student: TIPSStudent):
+        super().__init__()
+        for name in TEACHER_PARTS:
+            part = getattr(student, name)
+            setattr(self, name, copy.deepcopy(part) if part is not None else None)
+        self.requires_grad_(False)
+        self.train(False)
+
+    def train(self, mode: bool = True):
+        return super().train(False)
+
+    def _pairs(self, student: TIPSStudent) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        mine, theirs = [], []
+        for name in TEACHER_PARTS:
+            if getattr(self, name) is not None:
+                mine += list(getattr(self, name).parameters())
+                theirs += list(getattr(student, name).parameters())
+        return mine, theirs
+
+    @torch.no_grad()
+    def update(self, student: TIPSStudent, momentum: float) -> None:
+        mine, theirs = self._pairs(student)
+        torch._foreach_mul_(mine, momentum)
+        torch._foreach_add_(mine, [p.detach() for p in theirs], alpha=1.0 - momentum)
+
+    @torch.no_grad()
+    def forward(self, global_crop: torch.Tensor, masks: torch.Tensor | None, distill_cls: str) -> dict:
+        """Teacher scores on the clean global crop: its CLS, and the patches the student had masked."""
+        view = self.vision(global_crop)
+        out = {}
+        if self.distill_head is not None:
+            out["cls_logits"] = self.distill_head(view[distill_cls])
+        if self.mim_head is not None and masks is not None:
+            out["masked_patch_logits"] = self.mim_head(view["patch_tokens"][masks])
+        return out

@@ -1,0 +1,58 @@
+"""The TIPS text tower: a pre-LN transformer encoder of the image tower's width.
+
+ReLU MLP, fixed sinusoidal positions, token embeddings scaled by sqrt(width), final LayerNorm,
+mean over non-padding tokens (PAPER.md). It also holds the learned contrastive temperature, as the
+official text checkpoint does.
+"""
+import math
+from functools import partial
+
+import torch
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from .config import ModelConfig
+
+
+def sinusoidal_positions(length: int, width: int) -> torch.Tensor:
+    pos = torch.arange(length, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, width, 2, dtype=torch.float32) * (-math.log(10000.0) / width))
+    table = torch.zeros(length, width)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq[: width // 2])
+    return table
+
+
+class TextTower(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        width, _, heads, mlp_dim, text_depth = cfg.dims()
+        self.width = width
+        self.embedding = nn.Embedding(cfg.vocab_size, width)
+        self.register_buffer("positions", sinusoidal_positions(cfg.max_text_len, width), persistent=False)
+        norm = partial(nn.LayerNorm, eps=1e-6)
+        self.blocks = nn.ModuleList(
+            Block(width, heads, mlp_ratio=mlp_dim / width, qkv_bias=True, act_layer=nn.ReLU, norm_layer=norm)
+            for _ in range(text_depth)
+        )
+        self.norm = norm(width)
+        nn.init.normal_(self.embedding.weight, std=width**-0.5)
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(cfg.init_temperature)))
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        return self.log_temperature.exp()
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens: [B, L] int, 0 = padding. Returns [B, width]."""
+        valid = tokens != 0
+        x = self.embedding(tokens) * math.sqrt(self.width) + self.positions[: tokens.shape[1]]
+        # Additive key mask; an all-padding caption attends to itself so that softmax stays finite.
+        keep = valid | ~valid.any(dim=1, keepdim=True)
+        attn_mask = torch.zeros(keep.shape, dtype=x.dtype, device=x.device).masked_fill(~keep, float("-inf"))
+        attn_mask = attn_mask[:, None, None, :]
+        for block in self.blocks:
+            x = block(x, attn_mask=attn_mask)
+        x = self.norm(x)
+        weights = valid.to(x.dtype).unsqueeze(-1)
+        return (x * weights).sum(1) / weights.sum(1).clamp(min=1.0)

@@ -1,0 +1,66 @@
+"""The TIPS student: image tower with two CLS tokens, text tower, and the DINO/iBOT heads.
+
+Heads exist only for terms whose weight is above 0, so a switched-off term costs nothing and
+leaves no unused parameters for DDP to trip over.
+"""
+import torch
+from torch import nn
+
+from .config import CAPTION_MODES, CLS_TOKENS, TIPSConfig
+from .heads import PrototypeHead
+from .text import TextTower
+from .vision import VisionTower
+
+
+def make_head(cfg: TIPSConfig) -> PrototypeHead:
+    m = cfg.model
+    return PrototypeHead(m.dims()[0], m.head_hidden, m.head_bottleneck, m.head_prototypes)
+
+
+class TIPSStudent(nn.Module):
+    def __init__(self, cfg: TIPSConfig):
+        super().__init__()
+        loss = cfg.loss
+        if loss.caption_mode not in CAPTION_MODES:
+            raise ValueError(f"loss.caption_mode: {loss.caption_mode!r} is not one of {CAPTION_MODES}")
+        if loss.distill_cls not in CLS_TOKENS:
+            raise ValueError(f"loss.distill_cls: {loss.distill_cls!r} is not one of {CLS_TOKENS}")
+        if loss.clip_view not in ("masked", "clean"):
+            raise ValueError(f"loss.clip_view: {loss.clip_view!r} is not 'masked' or 'clean'")
+        self.cfg = cfg
+        self.vision = VisionTower(cfg.model)
+        self.text = TextTower(cfg.model)
+        self.distill_head = make_head(cfg) if loss.distill_weight > 0 else None
+        self.mim_head = make_head(cfg) if loss.mim_weight > 0 else None
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.text(tokens)
+
+    def forward(self, batch: dict) -> dict:
+        """Everything the objective needs from the student, in one forward (one DDP call).
+
+        batch: global_crop [B,3,H,W], local_crops [B,V,3,h,w], masks bool [B,N],
+        web_tokens / synthetic_tokens [B,L].
+        """
+        loss = self.cfg.loss
+        masks = batch["masks"] if self.mim_head is not None else None
+        view = self.vision(batch["global_crop"], masks)
+        clip_view = view if (loss.clip_view == "masked" or masks is None) else self.vision(batch["global_crop"])
+        out = {"cls_web": clip_view["cls_web"], "cls_synthetic": clip_view["cls_synthetic"],
+               "temperature": self.text.temperature}
+        mode = loss.caption_mode
+        if mode == "both_single_cls":
+            pick = torch.rand(batch["web_tokens"].shape[0], device=batch["web_tokens"].device) < 0.5
+            out["text_web"] = self.text(torch.where(pick[:, None], batch["synthetic_tokens"], batch["web_tokens"]))
+        if mode in ("web", "dual_cls"):
+            out["text_web"] = self.text(batch["web_tokens"])
+        if mode in ("synthetic", "dual_cls"):
+            out["text_synthetic"] = self.text(batch["synthetic_tokens"])
+        if self.mim_head is not None:
+            out["masked_patch_logits"] = self.mim_head(view["patch_tokens"][masks])
+        if self.distill_head is not None:
+            local = batch["local_crops"]
+            b, v = local.shape[:2]
+            local_view = self.vision(local.flatten(0, 1))
+            out["local_logits"] = self.distill_head(local_view[loss.distill_cls]).unflatten(0, (b, v))
+        return out

@@ -1,0 +1,67 @@
+"""The TIPS image tower: a DINOv2-style ViT with two CLS tokens.
+
+Token order is `[CLS_1, CLS_2, patches]` as in the official encoder: CLS_1 (aligned with the web
+caption) carries a position embedding; CLS_2 (aligned with the synthetic caption) is inserted after
+the position embeddings are added, like a DINOv2 register token, so it has none.
+"""
+from functools import partial
+
+import torch
+from timm.layers import PatchEmbed, resample_abs_pos_embed, trunc_normal_
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from .config import ModelConfig
+
+
+class VisionTower(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        width, depth, heads, mlp_dim, _ = cfg.dims()
+        self.patch_size = cfg.patch_size
+        self.grid = cfg.image_size // cfg.patch_size
+        self.width = width
+        self.pos_interpolation = cfg.pos_interpolation
+        self.patch_embed = PatchEmbed(
+            img_size=cfg.image_size, patch_size=cfg.patch_size, embed_dim=width, strict_img_size=False
+        )
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.register_token = nn.Parameter(torch.zeros(1, 1, width))  # CLS_2, no position embedding
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid**2, width))
+        self.mask_token = nn.Parameter(torch.zeros(1, width))
+        norm = partial(nn.LayerNorm, eps=1e-6)
+        self.blocks = nn.ModuleList(
+            Block(width, heads, mlp_ratio=mlp_dim / width, qkv_bias=True,
+                  init_values=cfg.layerscale_init, norm_layer=norm)
+            for _ in range(depth)
+        )
+        self.norm = norm(width)
+        trunc_normal_(self.pos_embed, std=0.02)
+        for p in (self.cls_token, self.register_token):
+            nn.init.normal_(p, std=1e-6)
+
+    def interpolated_pos_embed(self, h: int, w: int) -> torch.Tensor:
+        if (h, w) == (self.grid, self.grid):
+            return self.pos_embed
+        return resample_abs_pos_embed(
+            self.pos_embed, new_size=[h, w], old_size=[self.grid, self.grid], num_prefix_tokens=1,
+            interpolation=self.pos_interpolation, antialias=True,
+        )
+
+    def forward(self, pixels: torch.Tensor, masks: torch.Tensor | None = None) -> dict:
+        """pixels: [B, 3, H, W] in [0, 1]; masks: optional bool [B, num_patches], True = masked.
+
+        Returns `cls_web` and `cls_synthetic` [B, width] and `patch_tokens` [B, N, width], all after
+        the final LayerNorm.
+        """
+        b, _, h, w = pixels.shape
+        gh, gw = h // self.patch_size, w // self.patch_size
+        x = self.patch_embed(pixels)
+        if masks is not None:
+            x = torch.where(masks.unsqueeze(-1), self.mask_token.to(x.dtype), x)
+        x = torch.cat([self.cls_token.expand(b, -1, -1), x], dim=1) + self.interpolated_pos_embed(gh, gw)
+        x = torch.cat([x[:, :1], self.register_token.expand(b, -1, -1), x[:, 1:]], dim=1)
+        for block in self.blocks:
+            x = block(x)
+        x = self.norm(x)
+        return {"cls_web": x[:, 0], "cls_synthetic": x[:, 1], "patch_tokens": x[:, 2:]}

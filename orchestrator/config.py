@@ -1,0 +1,151 @@
+"""The experiment schema, composed of each layer's structured configs, and how it is loaded.
+
+Sources merge in order base <- spec overrides <- variant <- command-line key=value. Each merge is
+checked against the schema on its own, so an unknown key or a wrong type is reported with its
+dotted path and the source (file, or "command line") it came from, before Ray starts.
+"""
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from tipslab.jobs.config import DataConfig, EvalConfig, TrainConfig
+from tipslab.models.config import CAPTION_MODES, CLS_TOKENS, SIZES, LossConfig, ModelConfig
+
+from .errors import ConfigError
+from .runtime import home
+
+
+@dataclass
+class ExperimentConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def nest(dotted: dict) -> dict:
+    """{"a.b": 1, "c": {"d": 2}} -> {"a": {"b": 1}, "c": {"d": 2}}."""
+    out: dict = {}
+    for key, value in (dotted or {}).items():
+        *parents, last = str(key).split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        if isinstance(value, dict):
+            node.setdefault(last, {}).update(nest(value))
+        else:
+            node[last] = value
+    return out
+
+
+def merge(cfg: DictConfig, data: dict, source: str, prefix: str = "") -> DictConfig:
+    """Merge `data` into the typed `cfg`; errors name `source` and the key's full dotted path."""
+    try:
+        return OmegaConf.merge(cfg, nest(data))
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        msg = str(getattr(err, "msg", err)).splitlines()[0]
+        raise ConfigError(f"{source}: {prefix}{key}: {msg}") from None
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """Command-line `key=value` items -> {dotted key: typed value} (values parsed as YAML)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"command line: {item!r} is not key=value")
+        out[key.strip()] = yaml.safe_load(value) if value else ""
+    return out
+
+
+def schema() -> DictConfig:
+    return OmegaConf.structured(ExperimentConfig)
+
+
+def check(cfg: DictConfig, source: str) -> None:
+    """Checks of values (not just types) that would otherwise fail late, inside Ray."""
+    def bad(key: str, why: str):
+        raise ConfigError(f"{source}: {key}: {why}")
+
+    if cfg.model.size not in SIZES:
+        bad("model.size", f"unknown size {cfg.model.size!r}; known: {', '.join(SIZES)}")
+    width, _, heads, _, _ = ModelConfig(**OmegaConf.to_container(cfg.model)).dims()
+    if width % heads:
+        bad("model.width", f"width {width} is not divisible by heads {heads}")
+    if cfg.model.image_size % cfg.model.patch_size:
+        bad("model.image_size", f"{cfg.model.image_size} is not a multiple of patch_size {cfg.model.patch_size}")
+    if cfg.data.local_crop_size % cfg.model.patch_size:
+        bad("data.local_crop_size", f"{cfg.data.local_crop_size} is not a multiple of model.patch_size")
+    if cfg.loss.caption_mode not in CAPTION_MODES:
+        bad("loss.caption_mode", f"{cfg.loss.caption_mode!r} is not one of {', '.join(CAPTION_MODES)}")
+    if cfg.loss.distill_cls not in CLS_TOKENS:
+        bad("loss.distill_cls", f"{cfg.loss.distill_cls!r} is not one of {', '.join(CLS_TOKENS)}")
+    if cfg.eval.retrieval_token not in ("auto", *CLS_TOKENS):
+        bad("eval.retrieval_token", f"{cfg.eval.retrieval_token!r} is not one of auto, {', '.join(CLS_TOKENS)}")
+    if cfg.eval.retrieval_caption not in ("web_caption", "synthetic_caption"):
+        bad("eval.retrieval_caption", f"{cfg.eval.retrieval_caption!r} is not web_caption or synthetic_caption")
+    if not 0.0 <= cfg.loss.mask_ratio < 1.0:
+        bad("loss.mask_ratio", "must be in [0, 1)")
+    for key in ("loss.distill_weight", "loss.mim_weight"):
+        if OmegaConf.select(cfg, key) < 0:
+            bad(key, "a loss weight cannot be negative (0 switches the term off)")
+    for key in ("train.steps", "train.num_workers", "data.batch_size", "train.log_every"):
+        if OmegaConf.select(cfg, key) < 1:
+            bad(key, "must be at least 1")
+
+
+def compose(sources: list[tuple[dict, str]], label: str) -> DictConfig:
+    """Merge (data, source name) pairs, in order, onto the schema; check the result as `label`."""
+    cfg = schema()
+    for data, source in sources:
+        cfg = merge(cfg, data, source)
+    check(cfg, label)
+    # Workers run in other folders: every path they get is absolute.
+    cfg.data.root = str(Path(cfg.data.root).resolve()) if cfg.data.root else str(home() / "data" / "scenes")
+    return cfg
+
+
+def load_experiment(path: str | Path, overrides: list[str] = ()) -> DictConfig:
+    """A base experiment file plus command-line overrides."""
+    return compose([(read_yaml(path), str(path)), (parse_overrides(list(overrides)), "command line")], str(path))
+
+
+def to_dict(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def config_hash(config: dict) -> str:
+    """Identity of a resolved config: equal hashes mean the same training run."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def flatten(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
