@@ -1,5 +1,6 @@
 """Reading sweeps back from an MLflow tracking store (nothing else is read)."""
 import json
+import os
 from dataclasses import dataclass
 
 from mlflow.tracking import MlflowClient
@@ -30,6 +31,8 @@ class Sweep:
 
 def load_sweep(tracking_uri: str, experiment: str, sweep_id: str | None = None) -> Sweep:
     """The given sweep of an experiment, or its latest one."""
+    if tracking_uri.startswith("sqlite:///") and not os.path.exists(tracking_uri[len("sqlite:///"):]):
+        raise StoreError(f"no MLflow store at {tracking_uri}: run a sweep first, or set MLFLOW_TRACKING_URI")
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:

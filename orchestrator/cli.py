@@ -21,22 +21,26 @@ def cmd_data_scenes(args) -> None:
 def cmd_train(args) -> None:
     from .single import run_single
 
-    result = run_single(args.config, args.overrides, address=args.address)
-    for key, value in sorted(result["metrics"].items()):
-        print(f"{key}: {value:.2f}")
-    print(f"checkpoint: {result['checkpoint']}\nMLflow run: {result['run_id']} ({tracking_uri()})")
+    finish(run_single(args.config, args.overrides, address=args.address))
 
 
 def cmd_sweep(args) -> None:
-    from tipslab.dashboards.store import load_sweep
-    from tipslab.dashboards.table import render
-
     from .spec import load_spec
     from .sweep import run_sweep
 
-    plan = load_spec(args.spec, smoke=args.smoke, overrides=args.overrides)
-    result = run_sweep(plan, address=args.address)
+    finish(run_sweep(load_spec(args.spec, smoke=args.smoke, overrides=args.overrides), address=args.address))
+
+
+def finish(result, footer: str = "") -> None:
+    """Print a finished sweep's table from MLflow; fail the command if a trial failed."""
+    from tipslab.dashboards.store import load_sweep
+    from tipslab.dashboards.table import render
+
+    print()
     print(render(load_sweep(tracking_uri(), result.experiment, result.sweep_id)))
+    print(f"\nMLflow: experiment {result.experiment!r}, parent run {result.parent_run_id} in {tracking_uri()}")
+    if footer:
+        print(footer)
     if result.failed:
         raise SystemExit(f"tipslab: {len(result.failed)} trial(s) failed: {', '.join(result.failed)}")
 
@@ -52,9 +56,6 @@ def cmd_table(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from tipslab.dashboards.store import load_sweep
-    from tipslab.dashboards.table import render
-
     from .spec import load_spec
     from .sweep import run_sweep
 
@@ -64,13 +65,10 @@ def cmd_demo(args) -> None:
     start = time.perf_counter()
     print(f"tipslab demo: procedural scenes -> smoke sweep ({spec}) -> table; everything under {home()}")
     result = run_sweep(load_spec(spec, smoke=True))
-    print()
-    print(render(load_sweep(tracking_uri(), result.experiment, result.sweep_id)))
-    print(f"\ndemo took {time.perf_counter() - start:.0f} s. See every run in the MLflow UI:\n"
-          f"  .venv/bin/mlflow ui --backend-store-uri {tracking_uri()}\n"
-          f"then open http://127.0.0.1:5000 (experiment '{result.experiment}').")
-    if result.failed:
-        raise SystemExit(f"tipslab: {len(result.failed)} trial(s) failed: {', '.join(result.failed)}")
+    finish(result, footer=(
+        f"demo took {time.perf_counter() - start:.0f} s. See every run in the MLflow UI:\n"
+        f"  .venv/bin/mlflow ui --backend-store-uri {tracking_uri()}\n"
+        f"then open http://127.0.0.1:5000 (experiment '{result.experiment}')."))
 
 
 def parser() -> argparse.ArgumentParser:

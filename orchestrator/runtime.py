@@ -14,6 +14,7 @@ QUIET_ENV = {
     "HF_HUB_OFFLINE": "1",
     "RAY_TRAIN_V2_ENABLED": "1",
     "RAY_DEDUP_LOGS": "0",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
 
 

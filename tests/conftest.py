@@ -1,0 +1,42 @@
+"""Shared fixtures: one real local Ray instance for the whole test session, a home folder per test."""
+import os
+from pathlib import Path
+
+import pytest
+
+from tipslab.orchestrator.runtime import quiet_environment
+
+quiet_environment()
+# Ray Train polls its workers every 2 s by default; 0.2 s makes short test runs end sooner.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A local Ray instance with this machine's CPUs, started once, shut down at the end."""
+    import ray
+
+    from tipslab.orchestrator.runtime import ensure_ray
+
+    resources = ensure_ray()
+    yield resources
+    ray.shutdown()
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """A fresh TIPSLAB_HOME (shards, Ray storage, sqlite MLflow store) for one test."""
+    monkeypatch.setenv("TIPSLAB_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path / "home"
+
+
+def tiny_overrides(**extra) -> list[str]:
+    """Command-line overrides that shrink the tiny experiment to a few seconds of training."""
+    base = {"train.steps": 6, "train.log_every": 2, "train.warmup_steps": 2, "data.batch_size": 8,
+            "data.scenes_train": 48, "data.scenes_probe": 24, "eval.seg_probe_epochs": 5}
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
