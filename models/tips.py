@@ -32,6 +32,9 @@ class TIPSStudent(nn.Module):
         self.text = TextTower(cfg.model)
         self.distill_head = make_head(cfg) if loss.distill_weight > 0 else None
         self.mim_head = make_head(cfg) if loss.mim_weight > 0 else None
+        if self.mim_head is None:
+            # Without MIM nothing is masked: a frozen mask token keeps DDP from waiting for its gradient.
+            self.vision.mask_token.requires_grad_(False)
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.text(tokens)

@@ -111,6 +111,8 @@ def check(cfg: DictConfig, source: str) -> None:
     for key in ("loss.distill_weight", "loss.mim_weight"):
         if OmegaConf.select(cfg, key) < 0:
             bad(key, "a loss weight cannot be negative (0 switches the term off)")
+    if cfg.loss.distill_weight > 0 and cfg.data.local_crops < 1:
+        bad("data.local_crops", "self-distillation (loss.distill_weight > 0) needs at least one local crop")
     for key in ("train.steps", "train.num_workers", "data.batch_size", "train.log_every"):
         if OmegaConf.select(cfg, key) < 1:
             bad(key, "must be at least 1")

@@ -40,3 +40,15 @@ def tiny_overrides(**extra) -> list[str]:
             "data.scenes_train": 48, "data.scenes_probe": 24, "eval.seg_probe_epochs": 5}
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors gain nothing from intra-op threads, and idle OpenMP spinning slows a busy
+    2-core machine many times over; model tests run on one thread."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -42,3 +42,13 @@ def test_non_finite_loss_stops_the_run_naming_step_and_term(ray_session, home):
     config = experiment(**{"train.lr": 1e30, "train.warmup_steps": 0, "train.grad_clip": 0, "train.steps": 20})
     with pytest.raises(Exception, match=r"non-finite loss at step \d+: term '\w+'"):
         build_trainer(config, name="nan", storage_path=str(home / "ray")).fit()
+
+
+def test_two_workers_without_mim_leave_no_parameter_without_gradient(ray_session, home):
+    # DDP fails on its second step if a trainable parameter got no gradient (the mask token
+    # when nothing is masked); two steps on two workers show it does not happen.
+    config = experiment(**{"train.num_workers": 2, "train.cpus_per_worker": 0.5, "loss.mim_weight": 0,
+                           "train.steps": 3, "train.log_every": 3})
+    result = build_trainer(config, name="ddp-no-mim", storage_path=str(home / "ray")).fit()
+    assert list(result.metrics_dataframe["step"]) == [3]
+    assert "train/mim" not in result.metrics_dataframe

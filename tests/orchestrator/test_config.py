@@ -60,6 +60,7 @@ def test_bad_command_line_item_names_command_line(home):
     ("model.image_size=100", "model.image_size"),
     ("eval.retrieval_token=cls_3", "eval.retrieval_token"),
     ("train.steps=0", "train.steps"),
+    ("data.local_crops=0", "data.local_crops"),
 ])
 def test_bad_values_are_rejected_with_their_key(override, key, home):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
