@@ -41,7 +41,7 @@ class TIPSViews:
         for i, data in enumerate(batch["image"]):
             try:
                 with Image.open(io.BytesIO(data)) as img:
-                    images.append(torch.from_numpy(np.asarray(img.convert("RGB"))).permute(2, 0, 1))
+                    images.append(torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1))
                 keep.append(i)
             except Exception as err:  # a corrupt row is skipped, not fatal
                 log.warning("skipping row %s: cannot decode image (%s)", batch["key"][i], err)
