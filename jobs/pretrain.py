@@ -14,11 +14,11 @@ from tipslab.models.objective import TIPSObjective
 from tipslab.models.schedules import cosine_schedule
 from tipslab.models.teacher import EMATeacher
 from tipslab.models.tips import TIPSStudent
-from tipslab.models.tokenizer import HashTokenizer
+from tipslab.models.tokenizer import build_tokenizer
 
 from .data.pipeline import data_execution_options, train_dataset
 
-NO_WEIGHT_DECAY = ("cls_token", "register_token", "pos_embed", "mask_token", "log_temperature")
+NO_WEIGHT_DECAY = ("cls_token", "register_token", "pos_embed", "mask_token", "log_temperature", "queries")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -80,7 +80,7 @@ def train_loop(config: dict) -> None:
     model = ray.train.torch.prepare_model(student)
     unwrapped = student
     sched = Schedules(train, exp["loss"])
-    tokenizer = HashTokenizer(exp["model"]["vocab_size"], exp["model"]["max_text_len"])
+    tokenizer = build_tokenizer(exp["model"])  # travels inside every checkpoint
     shard = ray.train.get_dataset_shard("train")
     batch_size = exp["data"]["batch_size"]
 

@@ -33,17 +33,38 @@ class ModelConfig:
     # Official loader uses 1.0 for inference parity; training from scratch wants a small value
     # (DINOv2 trains with 1e-5). 0.1 lets the tiny CPU models learn within a few hundred steps.
     layerscale_init: float = 0.1
+    # Image-tower MLP: "gelu", "swiglu" (the official g/14: fused w12/w3, hidden int(mlp_dim*2/3)
+    # rounded up to a multiple of 8), or "auto" = swiglu for size g only, as the official code builds it.
+    mlp: str = "auto"
     # Interpolation of position embeddings to other grids: bilinear + antialias, as the
     # official TIPS loader sets it.
     pos_interpolation: str = "bilinear"
-    vocab_size: int = 4096  # hash tokenizer buckets; SentencePiece 32k in the paper
+    # Rows of the text tower's embedding: the hash tokenizer's buckets, or at least the size of the
+    # SentencePiece vocabulary (32,000 in the paper and the official tokenizer.model).
+    vocab_size: int = 4096
     max_text_len: int = 64  # as in the paper
+    # "hash" (needs no training; the walking skeleton) or the path of a SentencePiece
+    # tokenizer.model: the official one (PAPER.md) or one written by `train_sentencepiece_file`.
+    tokenizer: str = "hash"
     init_temperature: float = 0.07
-    # DINO/iBOT projection heads. DINOv2 uses 2048 hidden / 256 bottleneck / 65,536 prototypes,
-    # TIPS uses 32k prototypes for MIM (PAPER.md); these small defaults suit the tiny sizes.
-    head_hidden: int = 256
-    head_bottleneck: int = 64
-    head_prototypes: int = 512
+    # DINO/iBOT projection heads (MLP -> bottleneck -> L2 norm -> prototypes). Unverified for TIPS:
+    # DINOv2's defaults, 2048 hidden / 256 bottleneck (PAPER.md, "teacher").
+    head_hidden: int = 2048
+    head_bottleneck: int = 256
+    distill_prototypes: int = 65536  # DINOv2's DINO head (unverified for TIPS)
+    mim_prototypes: int = 32768  # TIPS: "32k prototypes" for L_mim (whether 32,768 or 32,000: unverified)
+    # > 0 sets both prototype counts at once (what small configs use); 0 keeps the two above.
+    head_prototypes: int = 0
+    # Tag2Text tagging head (PAPER.md: 2 layers, 4 heads), built only when loss.tag_weight > 0.
+    num_tags: int = 0  # the tag vocabulary's size, set from the data (Tag2Text: 3,429)
+    tag_layers: int = 2
+    tag_heads: int = 4
+
+    def prototypes(self) -> tuple[int, int]:
+        """(distillation, MIM) prototype counts, after `head_prototypes`."""
+        if self.head_prototypes > 0:
+            return self.head_prototypes, self.head_prototypes
+        return self.distill_prototypes, self.mim_prototypes
 
     def dims(self) -> tuple[int, int, int, int, int]:
         """(width, depth, heads, mlp_dim, text_depth) after applying the named size."""
@@ -70,11 +91,20 @@ class LossConfig:
     # tiny CPU runs lost most of their retrieval (measured: I->T R@1 1.2% vs 9.0%, 256 captions).
     clip_view: str = "clean"
     distill_cls: str = "cls_web"
-    # DINOv2 defaults (unverified for TIPS).
+    # DINOv2 defaults, unverified for TIPS (PAPER.md): student 0.1; teacher 0.04 warmed up to 0.07
+    # (the end and the warm-up length are train.teacher_temp_end and train.teacher_temp_warmup_steps);
+    # centre momentum 0.9.
     student_temp: float = 0.1
     teacher_temp: float = 0.04
     center_momentum: float = 0.9
     mask_ratio: float = 0.75  # TIPS default: 75% random masking
+    # γ of L_tag (Tag2Text tagging). 0 = off: no tagging head, no computation. The tags
+    # (batch["tags"], multi-hot [B, model.num_tags]) come from the data pipeline.
+    tag_weight: float = 0.0
+    # Tag2Text's asymmetric loss (PAPER.md): γ- = 7, γ+ = 0, probability clip 0.05.
+    tag_gamma_neg: float = 7.0
+    tag_gamma_pos: float = 0.0
+    tag_clip: float = 0.05
 
 
 @dataclass

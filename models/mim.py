@@ -1,7 +1,9 @@
 """L_mim: iBOT-style masked image modelling against the EMA teacher's patch prototypes.
 
 The student sees the masked image; for every masked patch its prototype scores are matched to the
-teacher's (centred, sharpened) scores of the same patch in the clean image.
+teacher's (centred, sharpened) scores of the same patch in the clean image. The centre moves to the
+mean over every rank's masked patches: the sums and the counts are both all-reduced, so a patch
+weighs the same whichever rank masked it and however many that rank masked.
 """
 import torch
 from torch import nn
@@ -17,7 +19,9 @@ class MIMLoss(nn.Module):
 
     def forward(self, student_patch_logits: torch.Tensor, teacher_patch_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
         """Both [M, K]: the masked patches of the whole batch, in the same order."""
-        if student_patch_logits.shape[0] == 0:
-            return student_patch_logits.sum() * 0.0
+        # The centre update is a collective: a rank with no masked patch still takes part (or the
+        # others would wait for it forever), contributing nothing.
         targets = self.targets(teacher_patch_logits, teacher_temp)
+        if student_patch_logits.shape[0] == 0:
+            return student_patch_logits.sum() * 0.0  # zero, with a graph for backward()
         return cross_entropy_to_targets(student_patch_logits, targets, self.student_temp)

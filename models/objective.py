@@ -1,8 +1,8 @@
 """The TIPS objective, with its whole weighting in one place.
 
-total = ½ (L_clip(CLS_1, web) + L_clip(CLS_2, synthetic)) + α L_distill + β L_mim
-(the caption modes of the ablations replace the first term). A term whose weight is 0 is skipped,
-and with both α and β at 0 there is no teacher at all.
+total = ½ (L_clip(CLS_1, web) + L_clip(CLS_2, synthetic)) + α L_distill + β L_mim + γ L_tag
+(the caption modes of the ablations replace the first term; L_tag is Tag2Text's tagging loss, off by
+default). A term whose weight is 0 is skipped, and with both α and β at 0 there is no teacher at all.
 """
 import torch
 from torch import nn
@@ -11,15 +11,17 @@ from .config import TIPSConfig
 from .contrastive import clip_loss
 from .distill import DistillLoss
 from .mim import MIMLoss
+from .tagging import asymmetric_loss
 
 
 class TIPSObjective(nn.Module):
     def __init__(self, cfg: TIPSConfig):
         super().__init__()
-        loss, k = cfg.loss, cfg.model.head_prototypes
+        loss = cfg.loss
+        k_distill, k_mim = cfg.model.prototypes()
         self.cfg = cfg
-        self.distill = DistillLoss(k, loss.student_temp, loss.center_momentum) if loss.distill_weight > 0 else None
-        self.mim = MIMLoss(k, loss.student_temp, loss.center_momentum) if loss.mim_weight > 0 else None
+        self.distill = DistillLoss(k_distill, loss.student_temp, loss.center_momentum) if loss.distill_weight > 0 else None
+        self.mim = MIMLoss(k_mim, loss.student_temp, loss.center_momentum) if loss.mim_weight > 0 else None
 
     @property
     def needs_teacher(self) -> bool:
@@ -45,5 +47,9 @@ class TIPSObjective(nn.Module):
         if self.mim is not None:
             terms["mim"] = self.mim(student_out["masked_patch_logits"], teacher_out["masked_patch_logits"], teacher_temp)
             total = total + loss.mim_weight * terms["mim"]
+        if loss.tag_weight > 0:
+            terms["tag"] = asymmetric_loss(student_out["tag_logits"], student_out["tag_targets"],
+                                           loss.tag_gamma_neg, loss.tag_gamma_pos, loss.tag_clip)
+            total = total + loss.tag_weight * terms["tag"]
         terms["loss"] = total
         return total, terms

@@ -1,7 +1,8 @@
 """The EMA teacher: a frozen copy of the student's image tower and heads, updated by momentum.
 
 The update is two fused calls over the parameter lists (as DINOv2 does); the teacher stays in eval
-mode and never receives gradients.
+mode and never receives gradients. Only the DINO and iBOT heads have a teacher copy: the text tower
+and the tagging head are trained against data, not against the teacher.
 """
 import copy
 

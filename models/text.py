@@ -2,7 +2,9 @@
 
 ReLU MLP, fixed sinusoidal positions, token embeddings scaled by sqrt(width), final LayerNorm,
 mean over non-padding tokens (PAPER.md). It also holds the learned contrastive temperature, as the
-official text checkpoint does.
+official text checkpoint does. The numerics follow the official PyTorch encoder (LayerNorm eps 1e-5,
+its [sin | cos] position table) so that official weights, mapped by models/official.py, give the
+official embeddings.
 """
 import math
 from functools import partial
@@ -12,15 +14,18 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from .config import ModelConfig
+from .vision import mlp_layer
 
 
 def sinusoidal_positions(length: int, width: int) -> torch.Tensor:
-    pos = torch.arange(length, dtype=torch.float32)[:, None]
-    freq = torch.exp(torch.arange(0, width, 2, dtype=torch.float32) * (-math.log(10000.0) / width))
-    table = torch.zeros(length, width)
-    table[:, 0::2] = torch.sin(pos * freq)
-    table[:, 1::2] = torch.cos(pos * freq[: width // 2])
-    return table
+    """[length, width]: sines in the first half, cosines in the second, timescales geometric from
+    1 to 10,000 over the width/2 channels (the official text encoder's table; odd widths pad a 0)."""
+    n = width // 2
+    step = math.log(10000.0) / max(n - 1, 1)
+    inv_timescales = torch.exp(torch.arange(n, dtype=torch.float32) * -step)
+    angles = torch.arange(length, dtype=torch.float32)[:, None] * inv_timescales[None, :]
+    table = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+    return nn.functional.pad(table, (0, width % 2))
 
 
 class TextTower(nn.Module):
@@ -30,13 +35,16 @@ class TextTower(nn.Module):
         self.width = width
         self.embedding = nn.Embedding(cfg.vocab_size, width)
         self.register_buffer("positions", sinusoidal_positions(cfg.max_text_len, width), persistent=False)
-        norm = partial(nn.LayerNorm, eps=1e-6)
+        norm = partial(nn.LayerNorm, eps=1e-5)  # torch's default, which the official encoder keeps
         self.blocks = nn.ModuleList(
-            Block(width, heads, mlp_ratio=mlp_dim / width, qkv_bias=True, act_layer=nn.ReLU, norm_layer=norm)
+            Block(width, heads, qkv_bias=True, act_layer=nn.ReLU, norm_layer=norm,
+                  mlp_layer=mlp_layer("gelu", mlp_dim))  # plain two-layer MLP; act_layer makes it ReLU
             for _ in range(text_depth)
         )
         self.norm = norm(width)
         nn.init.normal_(self.embedding.weight, std=width**-0.5)
+        # The official checkpoint stores the temperature itself (logits = similarity / temperature);
+        # we learn its log so it stays positive. models/official.py converts.
         self.log_temperature = nn.Parameter(torch.tensor(math.log(cfg.init_temperature)))
 
     @property

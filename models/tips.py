@@ -1,4 +1,4 @@
-"""The TIPS student: image tower with two CLS tokens, text tower, and the DINO/iBOT heads.
+"""The TIPS student: image tower with two CLS tokens, text tower, the DINO/iBOT heads and the tag head.
 
 Heads exist only for terms whose weight is above 0, so a switched-off term costs nothing and
 leaves no unused parameters for DDP to trip over.
@@ -8,13 +8,20 @@ from torch import nn
 
 from .config import CAPTION_MODES, CLS_TOKENS, TIPSConfig
 from .heads import PrototypeHead
+from .tagging import TagHead
 from .text import TextTower
 from .vision import VisionTower
 
 
-def make_head(cfg: TIPSConfig) -> PrototypeHead:
+def make_head(cfg: TIPSConfig, prototypes: int) -> PrototypeHead:
     m = cfg.model
-    return PrototypeHead(m.dims()[0], m.head_hidden, m.head_bottleneck, m.head_prototypes)
+    return PrototypeHead(m.dims()[0], m.head_hidden, m.head_bottleneck, prototypes)
+
+
+def make_tag_head(cfg: TIPSConfig) -> TagHead:
+    m = cfg.model
+    width, _, _, mlp_dim, _ = m.dims()
+    return TagHead(width, m.num_tags, m.tag_layers, m.tag_heads, mlp_dim)
 
 
 class TIPSStudent(nn.Module):
@@ -30,8 +37,10 @@ class TIPSStudent(nn.Module):
         self.cfg = cfg
         self.vision = VisionTower(cfg.model)
         self.text = TextTower(cfg.model)
-        self.distill_head = make_head(cfg) if loss.distill_weight > 0 else None
-        self.mim_head = make_head(cfg) if loss.mim_weight > 0 else None
+        distill_prototypes, mim_prototypes = cfg.model.prototypes()
+        self.distill_head = make_head(cfg, distill_prototypes) if loss.distill_weight > 0 else None
+        self.mim_head = make_head(cfg, mim_prototypes) if loss.mim_weight > 0 else None
+        self.tag_head = make_tag_head(cfg) if loss.tag_weight > 0 else None
         if self.mim_head is None:
             # Without MIM nothing is masked: a frozen mask token keeps DDP from waiting for its gradient.
             self.vision.mask_token.requires_grad_(False)
@@ -43,7 +52,8 @@ class TIPSStudent(nn.Module):
         """Everything the objective needs from the student, in one forward (one DDP call).
 
         batch: global_crop [B,3,H,W], local_crops [B,V,3,h,w], masks bool [B,N],
-        web_tokens / synthetic_tokens [B,L].
+        web_tokens / synthetic_tokens [B,L]; tags [B, num_tags] multi-hot float, needed only when
+        loss.tag_weight > 0 (the tags travel on to the objective as `tag_targets`).
         """
         loss = self.cfg.loss
         masks = batch["masks"] if self.mim_head is not None else None
@@ -59,6 +69,16 @@ class TIPSStudent(nn.Module):
             out["text_web"] = self.text(batch["web_tokens"])
         if mode in ("synthetic", "dual_cls"):
             out["text_synthetic"] = self.text(batch["synthetic_tokens"])
+        if self.tag_head is not None:
+            if "tags" not in batch:
+                raise ValueError("loss.tag_weight > 0 needs batch['tags'] (multi-hot [B, model.num_tags]), "
+                                 "which this data does not have; set loss.tag_weight: 0")
+            # The tags describe the whole image (they come from its caption): the head sees the
+            # contrastive loss's view, all its tokens.
+            tokens = torch.cat([clip_view["cls_web"][:, None], clip_view["cls_synthetic"][:, None],
+                                clip_view["patch_tokens"]], dim=1)
+            out["tag_logits"] = self.tag_head(tokens)
+            out["tag_targets"] = batch["tags"]
         if self.mim_head is not None:
             out["masked_patch_logits"] = self.mim_head(view["patch_tokens"][masks])
         if self.distill_head is not None:

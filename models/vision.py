@@ -3,21 +3,54 @@
 Token order is `[CLS_1, CLS_2, patches]` as in the official encoder: CLS_1 (aligned with the web
 caption) carries a position embedding; CLS_2 (aligned with the synthetic caption) is inserted after
 the position embeddings are added, like a DINOv2 register token, so it has none.
+
+Parameter names follow the official PyTorch layout (timm's Block names are DINOv2's), except
+`register_token` (official: `register_tokens`) and the SwiGLU MLP's `fc1`/`fc2` (official: `w12`/`w3`);
+models/official.py maps between the two.
 """
 from functools import partial
 
 import torch
-from timm.layers import PatchEmbed, resample_abs_pos_embed, trunc_normal_
+from timm.layers import Mlp, PatchEmbed, SwiGLUPacked, resample_abs_pos_embed, trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import nn
 
 from .config import ModelConfig
+
+MLP_KINDS = ("auto", "gelu", "swiglu")
+
+
+def mlp_kind(cfg: ModelConfig) -> str:
+    """gelu or swiglu; "auto" picks SwiGLU for size g only (PAPER.md: "g ... with SwiGLU")."""
+    if cfg.mlp not in MLP_KINDS:
+        raise ValueError(f"model.mlp: {cfg.mlp!r} is not one of {MLP_KINDS}")
+    if cfg.mlp == "auto":
+        return "swiglu" if cfg.size == "g" else "gelu"
+    return cfg.mlp
+
+
+def swiglu_hidden(mlp_dim: int) -> int:
+    """The official fused SwiGLU's hidden width: 2/3 of the nominal MLP width, up to a multiple of 8."""
+    return (int(mlp_dim * 2 / 3) + 7) // 8 * 8
+
+
+def mlp_layer(kind: str, mlp_dim: int):
+    """An `mlp_layer` for timm's Block with an exact hidden width (Block's float `mlp_ratio` can round
+    4304 down to 4303)."""
+
+    def build(in_features, hidden_features, act_layer, **kwargs):
+        if kind == "swiglu":  # fc1 holds both halves (official `w12`): silu(first) * second
+            return SwiGLUPacked(in_features, 2 * swiglu_hidden(mlp_dim), **kwargs)
+        return Mlp(in_features, mlp_dim, act_layer=act_layer, **kwargs)
+
+    return build
 
 
 class VisionTower(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         width, depth, heads, mlp_dim, _ = cfg.dims()
+        self.mlp = mlp_kind(cfg)
         self.patch_size = cfg.patch_size
         self.grid = cfg.image_size // cfg.patch_size
         self.width = width
@@ -31,8 +64,8 @@ class VisionTower(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, width))
         norm = partial(nn.LayerNorm, eps=1e-6)
         self.blocks = nn.ModuleList(
-            Block(width, heads, mlp_ratio=mlp_dim / width, qkv_bias=True,
-                  init_values=cfg.layerscale_init, norm_layer=norm)
+            Block(width, heads, qkv_bias=True, init_values=cfg.layerscale_init, norm_layer=norm,
+                  mlp_layer=mlp_layer(self.mlp, mlp_dim))
             for _ in range(depth)
         )
         self.norm = norm(width)
@@ -41,6 +74,8 @@ class VisionTower(nn.Module):
             nn.init.normal_(p, std=1e-6)
 
     def interpolated_pos_embed(self, h: int, w: int) -> torch.Tensor:
+        """Position embeddings for an h x w patch grid. The CLS_1 entry is kept; the grid is resized
+        like the official loader does it (bilinear, antialias, no offset), so 448 px matches exactly."""
         if (h, w) == (self.grid, self.grid):
             return self.pos_embed
         return resample_abs_pos_embed(

@@ -4,6 +4,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import model_commands
 from .errors import UserError
 from .runtime import home, quiet_environment, tracking_uri
 
@@ -87,6 +88,7 @@ def parser() -> argparse.ArgumentParser:
     scenes.add_argument("--split", default="train", help="train | probe_train | probe_test")
     scenes.add_argument("--size", type=int, default=112, help="image size in pixels (default 112)")
     scenes.set_defaults(func=cmd_data_scenes)
+    model_commands.add_data_parsers(data_sub)
 
     train = sub.add_parser("train", help="one training run, then its evaluation")
     train.add_argument("config", help="an experiment YAML, e.g. ablations/base/tips_tiny.yaml")
@@ -106,6 +108,7 @@ def parser() -> argparse.ArgumentParser:
     table.add_argument("--sweep", help="a sweep id (default: the latest sweep)")
     table.add_argument("--format", choices=["md", "csv"], default="md")
     table.set_defaults(func=cmd_table)
+    model_commands.add_parsers(sub)
     return p
 
 

@@ -15,6 +15,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from tipslab.jobs.config import DataConfig, EvalConfig, TrainConfig
 from tipslab.models.config import CAPTION_MODES, CLS_TOKENS, SIZES, LossConfig, ModelConfig
+from tipslab.models.vision import MLP_KINDS
 
 from .errors import ConfigError
 from .runtime import home
@@ -111,6 +112,13 @@ def check(cfg: DictConfig, source: str) -> None:
     for key in ("loss.distill_weight", "loss.mim_weight"):
         if OmegaConf.select(cfg, key) < 0:
             bad(key, "a loss weight cannot be negative (0 switches the term off)")
+    if cfg.model.mlp not in MLP_KINDS:
+        bad("model.mlp", f"{cfg.model.mlp!r} is not one of {', '.join(MLP_KINDS)}")
+    if cfg.model.tokenizer != "hash" and not Path(cfg.model.tokenizer).is_file():
+        bad("model.tokenizer", f"no SentencePiece model at {cfg.model.tokenizer} ('hash', or a tokenizer.model path; "
+                               "`tipslab data tokenizer` trains one)")
+    if cfg.loss.tag_weight > 0 and cfg.model.num_tags < 1:
+        bad("model.num_tags", "the tagging loss (loss.tag_weight > 0) needs the tag vocabulary's size")
     if cfg.loss.distill_weight > 0 and cfg.data.local_crops < 1:
         bad("data.local_crops", "self-distillation (loss.distill_weight > 0) needs at least one local crop")
     for key in ("train.steps", "train.num_workers", "data.batch_size", "train.log_every"):
@@ -126,6 +134,8 @@ def compose(sources: list[tuple[dict, str]], label: str) -> DictConfig:
     check(cfg, label)
     # Workers run in other folders: every path they get is absolute.
     cfg.data.root = str(Path(cfg.data.root).resolve()) if cfg.data.root else str(home() / "data" / "scenes")
+    if cfg.model.tokenizer != "hash":
+        cfg.model.tokenizer = str(Path(cfg.model.tokenizer).resolve())
     return cfg
 
 

@@ -3,6 +3,8 @@ import os
 
 import ray.data
 
+from tipslab.models.tokenizer import build_tokenizer
+
 from .shards import shard_files
 from .views import TIPSViews
 
@@ -19,7 +21,7 @@ def views_for(exp: dict) -> TIPSViews:
         image_size=model["image_size"], patch_size=model["patch_size"],
         local_crops=data["local_crops"], local_crop_size=data["local_crop_size"],
         global_crop_scale=data["global_crop_scale"], local_crop_scale=data["local_crop_scale"],
-        mask_ratio=loss["mask_ratio"], vocab_size=model["vocab_size"], max_text_len=model["max_text_len"],
+        mask_ratio=loss["mask_ratio"], tokenizer=build_tokenizer(model),
     )
 
 

@@ -13,7 +13,6 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from tipslab.models.tokenizer import HashTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -22,13 +21,13 @@ class TIPSViews:
     """A Ray Data batch function: a numpy batch of shard rows -> a numpy batch of training views."""
 
     def __init__(self, *, image_size: int, patch_size: int, local_crops: int, local_crop_size: int,
-                 global_crop_scale, local_crop_scale, mask_ratio: float, vocab_size: int, max_text_len: int):
+                 global_crop_scale, local_crop_scale, mask_ratio: float, tokenizer):
         self.num_patches = (image_size // patch_size) ** 2
         self.num_masked = int(round(mask_ratio * self.num_patches))
         self.local_crops = local_crops
         self.global_crop = v2.RandomResizedCrop(image_size, scale=tuple(global_crop_scale), antialias=True)
         self.local_crop = v2.RandomResizedCrop(local_crop_size, scale=tuple(local_crop_scale), antialias=True)
-        self.tokenizer = HashTokenizer(vocab_size, max_text_len)
+        self.tokenizer = tokenizer
 
     def random_mask(self, rng: np.random.Generator) -> np.ndarray:
         mask = np.zeros(self.num_patches, dtype=bool)

@@ -5,11 +5,12 @@ from PIL import Image
 
 from tipslab.jobs.data.scenes import scene_row
 from tipslab.jobs.data.views import TIPSViews
+from tipslab.models.tokenizer import HashTokenizer
 
 
 def views(**kw):
     args = dict(image_size=56, patch_size=14, local_crops=3, local_crop_size=28, global_crop_scale=[0.8, 1.0],
-                local_crop_scale=[0.3, 0.5], mask_ratio=0.75, vocab_size=100, max_text_len=8)
+                local_crop_scale=[0.3, 0.5], mask_ratio=0.75, tokenizer=HashTokenizer(100, 8))
     args.update(kw)
     return TIPSViews(**args)
 

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def experiment(**model_and_loss) -> dict:
     config = to_dict(schema())
-    config["model"]["head_prototypes"] = 32
+    config["model"].update(head_prototypes=32, head_hidden=64, head_bottleneck=16)
     for key, value in model_and_loss.items():
         section, name = key.split("__")
         config[section][name] = value

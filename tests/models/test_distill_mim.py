@@ -1,12 +1,18 @@
 """L_distill and L_mim: DINO centring (EMA buffer), sharpened targets, cross-entropy to the student."""
+import os
+import socket
+
 import numpy as np
 import pytest
 import torch
+import torch.multiprocessing as mp
 
 from tipslab.models.distill import CenteredTeacherTargets, DistillLoss, cross_entropy_to_targets
 from tipslab.models.mim import MIMLoss
 
 K = 12
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def logits(*shape, seed=0, scale=3.0):
@@ -129,3 +135,116 @@ def test_mim_loss_with_no_masked_patches_is_zero_with_a_graph():
     loss.backward()  # does not raise
     assert student.grad is not None and student.grad.shape == (0, K)
     assert torch.equal(loss_fn.targets.center, torch.zeros(1, K))  # no empty batch mean (NaN) in the centre
+
+
+# --- known answers --------------------------------------------------------------------------
+
+def entropy_np(p):
+    return -(p * np.log(p)).sum(-1)
+
+
+@pytest.mark.parametrize("loss_cls", [DistillLoss, MIMLoss])
+def test_identical_student_and_teacher_distributions_give_the_teachers_entropy(loss_cls):
+    s_temp, t_temp = 0.1, 0.04
+    teacher = logits(6, K, seed=21, scale=0.2)
+    student = teacher * (s_temp / t_temp)  # softmax(student / T_s) == softmax(teacher / T_t); centre is 0
+    if loss_cls is DistillLoss:
+        student = student.unsqueeze(1).expand(6, 3, K)  # every local crop matches
+    got = loss_cls(K, s_temp, 0.9)(student, teacher, t_temp).item()
+    want = entropy_np(np_softmax(teacher.double().numpy() / t_temp)).mean()
+    assert got == pytest.approx(want, rel=1e-5)
+    assert 0.1 < want < np.log(K)  # a real, non-degenerate entropy
+
+
+def test_a_uniform_teacher_gives_log_k_against_a_uniform_student_and_more_otherwise():
+    teacher = torch.full((4, K), 2.5)  # equal scores: uniform targets at any temperature
+    flat = torch.full((4, 2, K), -1.0)
+    assert DistillLoss(K, 0.1, 0.9)(flat, teacher, 0.04).item() == pytest.approx(np.log(K), rel=1e-6)
+    assert MIMLoss(K, 0.1, 0.9)(flat[:, 0], teacher, 0.04).item() == pytest.approx(np.log(K), rel=1e-6)
+    # against any student: H(u, q) = logsumexp(z) - mean(z) >= log K
+    student = logits(4, 2, K, seed=22)
+    z = student.double().numpy() / 0.1
+    lse = z.max(-1) + np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1))
+    want = (lse - z.mean(-1)).mean()
+    assert DistillLoss(K, 0.1, 0.9)(student, teacher, 0.04).item() == pytest.approx(want, rel=1e-5)
+    assert want > np.log(K) + 0.5
+
+
+def test_distill_with_no_local_crops_is_a_clear_error_not_nan():
+    loss_fn = DistillLoss(K, 0.1, 0.9)
+    with pytest.raises(ValueError, match="local_crops"):
+        loss_fn(torch.zeros(3, 0, K), logits(3, K), 0.04)
+    assert torch.equal(loss_fn.targets.center, torch.zeros(1, K))  # nothing half-done
+
+
+def test_centre_update_with_no_rows_keeps_the_centre():
+    targets = CenteredTeacherTargets(K, 0.9)
+    targets(logits(3, K, seed=1), 0.04)
+    before = targets.center.clone()
+    targets.update(torch.zeros(0, K))
+    assert torch.equal(targets.center, before) and torch.isfinite(targets.center).all()
+
+
+# --- across ranks ---------------------------------------------------------------------------
+
+WORLD = 2
+# Rows per rank and step: the MIM counts differ across ranks, and rank 1 masks nothing at step 2.
+MIM_ROWS = [(5, 2), (3, 0)]  # [step][rank]
+DISTILL_ROWS = [(3, 5)]
+
+
+def rank_rows(step: int, rank: int, n: int, kind: str) -> torch.Tensor:
+    return logits(n, K, seed=100 * step + 10 * rank + (kind == "mim"))
+
+
+def _centre_worker(rank: int, port: int, out_dir: str) -> None:
+    import datetime
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    # A short timeout turns a hang (a rank skipping the collective) into an error.
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
+                            timeout=datetime.timedelta(seconds=30))
+    try:
+        mim, distill = MIMLoss(K, 0.1, 0.9), DistillLoss(K, 0.1, 0.9)
+        losses = []
+        for step, counts in enumerate(MIM_ROWS):
+            n = counts[rank]
+            student = logits(n, K, seed=7).requires_grad_(True)
+            loss = mim(student, rank_rows(step, rank, n, "mim"), 0.04)
+            loss.backward()
+            losses.append(loss.item())
+        for step, counts in enumerate(DISTILL_ROWS):
+            b = counts[rank]
+            distill(logits(b, 2, K, seed=8), rank_rows(step, rank, b, "distill"), 0.04)
+        torch.save({"mim": mim.targets.center, "distill": distill.targets.center, "losses": losses},
+                   os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_centres_average_every_masked_patch_across_ranks_even_with_none_on_a_rank(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # fork, not spawn: the children need nothing re-imported, which keeps this test about a second
+    mp.start_processes(_centre_worker, args=(port, str(tmp_path)), nprocs=WORLD, join=True, start_method="fork")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+
+    def ema_of_global_means(steps, kind):
+        center = torch.zeros(1, K)
+        for step, counts in enumerate(steps):
+            rows = torch.cat([rank_rows(step, r, n, kind) for r, n in enumerate(counts)])
+            # the global mean over patches, not the mean of the ranks' means
+            center = 0.9 * center + 0.1 * rows.mean(0, keepdim=True)
+        return center
+
+    for kind, steps in (("mim", MIM_ROWS), ("distill", DISTILL_ROWS)):
+        want = ema_of_global_means(steps, kind)
+        for out in ranks:
+            torch.testing.assert_close(out[kind], want)
+    # the ranks' means would differ from it: the test tells the two apart
+    per_rank = 0.5 * (rank_rows(0, 0, 3, "distill").mean(0) + rank_rows(0, 1, 5, "distill").mean(0))
+    assert not torch.allclose(0.1 * per_rank, ranks[0]["distill"][0], atol=1e-4)
+    assert ranks[1]["losses"][1] == 0.0 and ranks[0]["losses"][1] > 0  # the rank with no patch: 0, no hang

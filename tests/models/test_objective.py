@@ -21,7 +21,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def make(seed=0, **loss):
     torch.manual_seed(seed)
-    cfg = TIPSConfig(model=ModelConfig(size="tiny", head_prototypes=K), loss=LossConfig(**loss))
+    cfg = TIPSConfig(model=ModelConfig(size="tiny", head_hidden=256, head_bottleneck=64, head_prototypes=K),
+                     loss=LossConfig(**loss))
     student = TIPSStudent(cfg)
     objective = TIPSObjective(cfg)
     teacher = EMATeacher(student) if objective.needs_teacher else None
@@ -248,3 +249,31 @@ def test_adamw_overfits_one_batch():
     # starts at or above chance (log 8 = 2.08) and ends well below it: the 8 pairs are learnt
     assert clips[0] > 0.9 * math.log(8)
     assert min(clips[-3:]) < 0.5 * math.log(8)
+
+
+def test_defaults_are_the_papers_and_dinov2s():
+    model, loss = ModelConfig(), LossConfig()
+    assert (model.head_hidden, model.head_bottleneck) == (2048, 256)  # DINOv2 (unverified for TIPS)
+    assert model.prototypes() == (65536, 32768)  # DINOv2's DINO head; TIPS's 32k for MIM
+    assert (loss.student_temp, loss.teacher_temp, loss.center_momentum) == (0.1, 0.04, 0.9)
+    assert (loss.distill_weight, loss.mim_weight, loss.tag_weight) == (1.0, 2.0, 0.0)
+    assert (loss.tag_gamma_neg, loss.tag_gamma_pos, loss.tag_clip) == (7.0, 0.0, 0.05)  # Tag2Text
+    assert ModelConfig(head_prototypes=96).prototypes() == (96, 96)  # one key shrinks both
+
+
+def test_distill_and_mim_heads_have_their_own_prototype_counts():
+    torch.manual_seed(0)
+    cfg = TIPSConfig(model=ModelConfig(size="tiny", head_hidden=32, head_bottleneck=16,
+                                       distill_prototypes=40, mim_prototypes=24))
+    student, objective = TIPSStudent(cfg), TIPSObjective(cfg)
+    teacher = EMATeacher(student)
+    batch = make_batch(b=2)
+    out, teacher_out, _, terms = run(cfg, student, objective, teacher, batch)
+    m = int(batch["masks"].sum())
+    assert out["local_logits"].shape == (2, 2, 40) and teacher_out["cls_logits"].shape == (2, 40)
+    assert out["masked_patch_logits"].shape == (m, 24) and teacher_out["masked_patch_logits"].shape == (m, 24)
+    assert {k: tuple(v.shape) for k, v in objective.state_dict().items()} == {
+        "distill.targets.center": (1, 40), "mim.targets.center": (1, 24)}
+    assert student.distill_head.prototypes.weight.shape == (40, 16)
+    assert student.distill_head.mlp[0].weight.shape == (32, 64)
+    assert math.isfinite(terms["loss"].item())

@@ -14,7 +14,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def make_student(**loss) -> TIPSStudent:
     torch.manual_seed(0)
-    return TIPSStudent(TIPSConfig(model=ModelConfig(size="tiny", head_prototypes=32), loss=LossConfig(**loss)))
+    return TIPSStudent(TIPSConfig(model=ModelConfig(size="tiny", head_hidden=256, head_bottleneck=64, head_prototypes=32),
+                                  loss=LossConfig(**loss)))
 
 
 def perturb(student: TIPSStudent, seed=1):

@@ -97,13 +97,20 @@ def test_embedding_scaled_by_sqrt_width_plus_sinusoidal_positions():
 
 
 def test_sinusoidal_positions_values():
+    """The official encoder's table: [sin | cos], timescales 10000^(i / (width/2 - 1))."""
     table = sinusoidal_positions(10, 8).numpy()
     pos = np.arange(10)[:, None]
     i = np.arange(4)[None, :]
-    angle = pos / 10000 ** (2 * i / 8)
-    np.testing.assert_allclose(table[:, 0::2], np.sin(angle), atol=1e-6)
-    np.testing.assert_allclose(table[:, 1::2], np.cos(angle), atol=1e-6)
-    np.testing.assert_allclose(table[0], [0, 1] * 4, atol=0)
+    angle = pos / 10000 ** (i / 3)
+    np.testing.assert_allclose(table[:, :4], np.sin(angle), atol=1e-6)
+    np.testing.assert_allclose(table[:, 4:], np.cos(angle), atol=1e-6)
+    np.testing.assert_allclose(table[0], [0] * 4 + [1] * 4, atol=0)
+    # the slowest channel spans 1 / 10000 radians per position
+    np.testing.assert_allclose(table[1, 3], np.sin(1e-4), rtol=1e-5)
+    # an odd width pads one zero channel
+    odd = sinusoidal_positions(5, 9).numpy()
+    assert odd.shape == (5, 9) and np.all(odd[:, -1] == 0)
+    np.testing.assert_allclose(odd[:, :8], sinusoidal_positions(5, 8).numpy())
 
 
 def test_output_is_mean_of_final_normed_non_padding_tokens():

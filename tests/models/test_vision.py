@@ -205,3 +205,29 @@ def test_samples_in_a_batch_are_independent():
         single = tower(x[1:2])
     for key in full:
         torch.testing.assert_close(full[key][1:2], single[key], atol=1e-5, rtol=1e-5)
+
+
+def test_layerscale_starts_at_the_configured_value():
+    tower = make_tower(layerscale_init=1.0)  # the official loader's setting
+    for block in tower.blocks:
+        assert torch.equal(block.ls1.gamma, torch.ones(WIDTH)) and torch.equal(block.ls2.gamma, torch.ones(WIDTH))
+    assert torch.equal(make_tower().blocks[0].ls1.gamma, torch.full((WIDTH,), 0.1))
+
+
+def test_swiglu_mlp_is_silu_of_the_first_half_times_the_second():
+    tower = make_tower(mlp="swiglu", mlp_dim=256)
+    mlp = tower.blocks[0].mlp
+    assert mlp.fc1.weight.shape == (2 * 176, WIDTH) and mlp.fc2.weight.shape == (WIDTH, 176)
+    x = torch.randn(3, WIDTH)
+    with torch.no_grad():
+        first, second = (x @ mlp.fc1.weight.T + mlp.fc1.bias).chunk(2, dim=-1)
+        expected = (F.silu(first) * second) @ mlp.fc2.weight.T + mlp.fc2.bias
+        torch.testing.assert_close(mlp(x), expected)
+    assert tower(pixels())["patch_tokens"].shape == (2, GRID * GRID, WIDTH)
+
+
+def test_mlp_kind_auto_is_gelu_except_for_g_and_bad_values_name_the_key():
+    assert isinstance(make_tower().blocks[0].mlp.act, torch.nn.GELU)
+    assert make_tower().blocks[0].mlp.fc1.out_features == 128  # "tiny": the MLP width of the size table
+    with pytest.raises(ValueError, match="model.mlp"):
+        VisionTower(ModelConfig(size="tiny", mlp="relu"))

@@ -25,7 +25,7 @@ def test_bad_spec_exits_2_with_one_message_before_ray(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"tipslab: error: {spec}: variants.a: loss.mim_wieght: Key 'mim_wieght' not in 'LossConfig'. "
-        "Did you mean: 'mim_weight'?"]
+        "Did you mean one of: 'mim_weight', 'tag_weight'?"]
     assert not (tmp_path / "home").exists()  # nothing was started or written
 
 

@@ -1,0 +1,212 @@
+"""Interop with the official TIPS checkpoints (google-deepmind/tips): one `.npz` per tower.
+
+The image tower's names are DINOv2's and mostly ours already; the text tower's are OpenCLIP-like
+(`transformer.resblocks.{i}.ln_1`, an `nn.MultiheadAttention` with a packed `in_proj_weight` in the
+same q, k, v order as timm's `qkv`). The text file also holds `temperature`, the value itself; we
+store its log. Everything here is renaming plus that one exp/log: no tensor is reshaped.
+
+What the arrays cannot say is the number of attention heads: `import_official` takes it from the
+size table (the entry whose width matches, official sizes first), or from the `heads` argument.
+"""
+import copy
+import math
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import load_state, save_checkpoint, tips_config
+from .config import SIZES
+from .tips import TIPSStudent
+from .vision import swiglu_hidden
+
+OFFICIAL_SIZES = ("S", "B", "L", "So400m", "g")
+
+# ours -> official, inside one block (`blocks.{i}.` here, `transformer.resblocks.{i}.` there).
+_TEXT_BLOCK = {
+    "norm1": "ln_1", "attn.qkv.weight": "attn.in_proj_weight", "attn.qkv.bias": "attn.in_proj_bias",
+    "attn.proj": "attn.out_proj", "norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
+}
+_TEXT_TOP = {"embedding": "token_embedding", "norm": "ln_final"}
+_VISION_TOP = {"register_token": "register_tokens"}
+_SWIGLU_BLOCK = {"mlp.fc1": "mlp.w12", "mlp.fc2": "mlp.w3"}
+_BLOCK = re.compile(r"^(blocks|transformer\.resblocks)\.(\d+)\.(.+)$")
+
+
+def _rename(name: str, block_prefix: str, in_block: dict, top: dict) -> str:
+    """Apply the first table entry that equals `name` (or is a dotted prefix of it)."""
+    m = _BLOCK.match(name)
+    rest, table = (m.group(3), in_block) if m else (name, top)
+    for src, dst in table.items():
+        if rest == src or rest.startswith(src + "."):
+            rest = dst + rest[len(src):]
+            break
+    return f"{block_prefix}.{m.group(2)}.{rest}" if m else rest
+
+
+def _inverse(table: dict) -> dict:
+    return {v: k for k, v in table.items()}
+
+
+def _is_swiglu(vision_state: dict) -> bool:
+    # Our SwiGLU fc1 holds both halves, so it is twice as wide as fc2's input; a plain MLP's is not.
+    # The official fused layer is recognised by its own name.
+    if "blocks.0.mlp.w12.weight" in vision_state:
+        return True
+    fc1, fc2 = vision_state.get("blocks.0.mlp.fc1.weight"), vision_state.get("blocks.0.mlp.fc2.weight")
+    return fc1 is not None and fc2 is not None and fc1.shape[0] == 2 * fc2.shape[1]
+
+
+def official_state(vision_state: dict, text_state: dict) -> tuple[dict, dict]:
+    """Our tower state dicts -> the official names (tensors kept as they are, so meta tensors work)."""
+    block = _SWIGLU_BLOCK if _is_swiglu(vision_state) else {}
+    vision = {_rename(k, "blocks", block, _VISION_TOP): v for k, v in vision_state.items()}
+    text = {}
+    for k, v in text_state.items():
+        if k == "log_temperature":
+            text["temperature"] = v.detach().exp()
+        else:
+            text[_rename(k, "transformer.resblocks", _TEXT_BLOCK, _TEXT_TOP)] = v
+    return vision, text
+
+
+def tower_states(vision_arrays, text_arrays) -> tuple[dict, dict]:
+    """Official arrays (name -> array) -> our tower state dicts (float32 tensors)."""
+    block = _inverse(_SWIGLU_BLOCK) if _is_swiglu(vision_arrays) else {}
+    vision = {_rename(k, "blocks", block, _inverse(_VISION_TOP)): _tensor(v) for k, v in vision_arrays.items()}
+    text = {}
+    for k, v in text_arrays.items():
+        if k == "temperature":
+            text["log_temperature"] = torch.tensor(math.log(float(v)), dtype=torch.float32)
+        else:
+            text[_rename(k, "blocks", _inverse(_TEXT_BLOCK), _inverse(_TEXT_TOP))] = _tensor(v)
+    return vision, text
+
+
+def _tensor(array) -> torch.Tensor:
+    return torch.from_numpy(np.array(array, dtype=np.float32))
+
+
+def _arrays(source) -> dict:
+    """An `.npz` path, or an already loaded mapping of name -> array."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"no official TIPS checkpoint at {path}")
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    return dict(source)
+
+
+def infer_model_fields(vision_arrays: dict, text_arrays: dict, heads: int | None = None) -> dict:
+    """ModelConfig fields for official arrays: size, width, depth, heads, mlp_dim, mlp, text_depth,
+    patch_size, image_size (the position-embedding grid x patch: 224 for TIPSv1, 448 for TIPSv2),
+    vocab_size, layerscale_init (1.0, as the official loader)."""
+    def count(arrays, pattern):
+        return len({m.group(1) for k in arrays if (m := re.match(pattern, k))})
+
+    for name, arrays, key in (("vision", vision_arrays, "cls_token"), ("text", text_arrays, "token_embedding.weight")):
+        if key not in arrays:
+            raise ValueError(f"the {name} checkpoint has no {key!r}: not an official TIPS {name} tower")
+    width = vision_arrays["cls_token"].shape[-1]
+    vocab_size, text_width = text_arrays["token_embedding.weight"].shape
+    if text_width != width:
+        raise ValueError(f"text width {text_width} differs from image width {width}; tipslab ties them")
+    depth = count(vision_arrays, r"blocks\.(\d+)\.")
+    text_depth = count(text_arrays, r"transformer\.resblocks\.(\d+)\.")
+    mlp_dim = text_arrays["transformer.resblocks.0.mlp.c_fc.weight"].shape[0]
+    swiglu = "blocks.0.mlp.w12.weight" in vision_arrays
+    if swiglu:
+        vision_hidden, expected = vision_arrays["blocks.0.mlp.w3.weight"].shape[1], swiglu_hidden(mlp_dim)
+    else:
+        vision_hidden, expected = vision_arrays["blocks.0.mlp.fc1.weight"].shape[0], mlp_dim
+    if vision_hidden != expected:
+        raise ValueError(f"image MLP hidden width {vision_hidden} does not follow from the text MLP width "
+                         f"{mlp_dim} (expected {expected}); tipslab uses one model.mlp_dim for both towers")
+    grid = math.isqrt(vision_arrays["pos_embed"].shape[1] - 1)
+    patch_size = vision_arrays["patch_embed.proj.weight"].shape[-1]
+    by_width = [s for s in (*OFFICIAL_SIZES, *(s for s in SIZES if s not in OFFICIAL_SIZES))
+                if SIZES[s][0] == width]
+    if heads is None:
+        if not by_width:
+            raise ValueError(f"width {width} matches no size in the table; pass the number of heads")
+        heads = SIZES[by_width[0]][2]
+    exact = [s for s in by_width if SIZES[s] == (width, depth, heads, mlp_dim)]
+    size = exact[0] if exact else (by_width[0] if by_width else "tiny")
+    return {
+        "size": size, "width": width, "depth": depth, "heads": heads, "mlp_dim": mlp_dim,
+        "mlp": "swiglu" if swiglu else "gelu", "text_depth": text_depth, "patch_size": patch_size,
+        "image_size": grid * patch_size, "vocab_size": vocab_size, "layerscale_init": 1.0,
+    }
+
+
+def import_official(vision_npz, text_npz, heads: int | None = None) -> tuple[dict, dict, dict]:
+    """(vision state, text state, ModelConfig fields) from the official `{name}_vision.npz` and
+    `{name}_text.npz` (paths, or loaded name -> array mappings)."""
+    vision_arrays, text_arrays = _arrays(vision_npz), _arrays(text_npz)
+    fields = infer_model_fields(vision_arrays, text_arrays, heads)
+    vision, text = tower_states(vision_arrays, text_arrays)
+    return vision, text, fields
+
+
+def _split_student(source) -> tuple[dict, dict]:
+    if isinstance(source, torch.nn.Module):
+        return source.vision.state_dict(), source.text.state_dict()
+    vision = {k[len("vision."):]: v for k, v in source.items() if k.startswith("vision.")}
+    text = {k[len("text."):]: v for k, v in source.items() if k.startswith("text.")}
+    if not vision or not text:
+        raise ValueError("expected a student state dict with 'vision.' and 'text.' entries")
+    return vision, text
+
+
+def _write_npz(path: Path, arrays: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
+def export_official(source, prefix: str | os.PathLike) -> tuple[Path, Path]:
+    """Write `{prefix}_vision.npz` and `{prefix}_text.npz` in the official layout (float32).
+
+    source: a student (anything with `.vision` and `.text` towers) or its state dict. Heads of the
+    objective are not part of the official format and are left out."""
+    vision_state, text_state = _split_student(source)
+    vision, text = official_state(vision_state, text_state)
+    paths = Path(f"{prefix}_vision.npz"), Path(f"{prefix}_text.npz")
+    for path, state in zip(paths, (vision, text)):
+        _write_npz(path, {k: v.detach().cpu().float().numpy() for k, v in state.items()})
+    return paths
+
+
+def import_checkpoint(vision_npz, text_npz, out_dir: str | os.PathLike, base_config: dict,
+                      tokenizer_state: dict | None = None, heads: int | None = None, seed: int = 0) -> Path:
+    """Write a tipslab checkpoint (models/checkpoint.py) holding official weights.
+
+    base_config: a full experiment config dict; its `model` section gets the inferred fields. The
+    objective's heads (not in the official files) are freshly initialised from `seed`; there is no
+    teacher, optimizer or objective state, and `step` is 0. tokenizer_state is stored as given."""
+    vision, text, fields = import_official(vision_npz, text_npz, heads)
+    config = copy.deepcopy(base_config)
+    config.setdefault("model", {}).update(fields)
+    torch.manual_seed(seed)
+    student = TIPSStudent(tips_config(config))
+    try:
+        student.vision.load_state_dict(vision)
+        student.text.load_state_dict(text)
+    except RuntimeError as err:  # names or shapes the official layout does not explain
+        raise ValueError(f"{vision_npz}, {text_npz}: not loadable as TIPS towers: {err}") from None
+    state = {
+        "student": student.state_dict(), "teacher": None, "objective": None, "optimizer": None,
+        "step": 0, "config": config, "tokenizer": tokenizer_state,
+        "imported_from": [str(vision_npz), str(text_npz)],
+    }
+    return save_checkpoint(out_dir, state)
+
+
+def export_checkpoint(checkpoint_dir: str | os.PathLike, prefix: str | os.PathLike) -> tuple[Path, Path]:
+    """The student of a tipslab checkpoint as official `{prefix}_vision.npz` / `{prefix}_text.npz`."""
+    return export_official(load_state(checkpoint_dir)["student"], prefix)

@@ -1,0 +1,217 @@
+"""Official checkpoint interop: names, shapes, inferred config, and parity with the official code's outputs.
+
+The fixture (../shared/fixtures/official_tips) holds tiny towers in the official layout and what the
+official PyTorch code computed from them; its manifest lists every official name and shape per size.
+"""
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from conftest import SHARED
+
+from tipslab.models.checkpoint import load_state, load_student
+from tipslab.models.config import SIZES, ModelConfig
+from tipslab.models.official import (
+    OFFICIAL_SIZES, export_checkpoint, export_official, import_checkpoint, import_official,
+    infer_model_fields, official_state,
+)
+from tipslab.models.text import TextTower
+from tipslab.models.tokenizer import HashTokenizer
+from tipslab.models.vision import VisionTower
+
+FIXTURE = SHARED / "fixtures" / "official_tips"
+TOWERS = {"vision": "tiny_vision.npz", "vision_swiglu": "tiny_vision_swiglu.npz"}
+TOLERANCE = 1e-5  # the fixture README: a correct import reproduces the outputs to about 1e-5
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def fixture_dir():
+    if not (FIXTURE / "manifest.json").is_file():
+        pytest.skip(f"official TIPS fixture not found at {FIXTURE}")
+    return FIXTURE
+
+
+@pytest.fixture(scope="module")
+def inputs(fixture_dir):
+    with np.load(fixture_dir / "inputs.npz") as f:
+        return {k: f[k] for k in f.files}
+
+
+@pytest.fixture(scope="module")
+def outputs(fixture_dir):
+    with np.load(fixture_dir / "outputs.npz") as f:
+        return {k: f[k] for k in f.files}
+
+
+@pytest.fixture(scope="module")
+def manifest(fixture_dir):
+    return json.loads((fixture_dir / "manifest.json").read_text())
+
+
+def npz(path) -> dict:
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+
+
+def imported_towers(fixture_dir, tower: str) -> tuple[VisionTower, TextTower, dict]:
+    vision, text, fields = import_official(fixture_dir / TOWERS[tower], fixture_dir / "tiny_text.npz")
+    cfg = ModelConfig(**fields)
+    v, t = VisionTower(cfg).eval(), TextTower(cfg).eval()
+    v.load_state_dict(vision)  # strict: every name maps, nothing is left over
+    t.load_state_dict(text)
+    return v, t, fields
+
+
+@pytest.mark.parametrize("tower", sorted(TOWERS))
+@pytest.mark.parametrize("px", [224, 448])
+def test_imported_image_tower_reproduces_the_official_outputs(fixture_dir, inputs, outputs, tower, px):
+    vision, _, _ = imported_towers(fixture_dir, tower)
+    with torch.no_grad():
+        out = vision(torch.from_numpy(inputs[f"images_{px}"]))
+    assert out["patch_tokens"].shape[1] == (px // 14) ** 2
+    for ours, theirs in (("cls_web", "cls1"), ("cls_synthetic", "cls2"), ("patch_tokens", "patch")):
+        err = np.abs(out[ours].numpy() - outputs[f"{tower}_{px}_{theirs}"]).max()
+        assert err < TOLERANCE, (ours, err)
+
+
+def test_448_parity_depends_on_the_official_interpolation(fixture_dir, inputs, outputs):
+    """The 448 px check is not vacuous: a bicubic resize of the 16x16 grid misses the outputs."""
+    vision, _, _ = imported_towers(fixture_dir, "vision")
+    vision.pos_interpolation = "bicubic"
+    with torch.no_grad():
+        out = vision(torch.from_numpy(inputs["images_448"]))
+    assert np.abs(out["patch_tokens"].numpy() - outputs["vision_448_patch"]).max() > 100 * TOLERANCE
+
+
+def test_imported_text_tower_reproduces_the_official_embedding_and_temperature(fixture_dir, inputs, outputs):
+    _, text, _ = imported_towers(fixture_dir, "vision")
+    ids = torch.from_numpy(inputs["text_ids"])
+    assert torch.equal(ids == 0, torch.from_numpy(inputs["text_paddings"]).bool())  # our padding rule is theirs
+    with torch.no_grad():
+        emb = text(ids)
+    assert np.abs(emb.numpy() - outputs["text_embedding"]).max() < TOLERANCE
+    official_temperature = float(npz(fixture_dir / "tiny_text.npz")["temperature"])
+    assert text.temperature.item() == pytest.approx(official_temperature, rel=1e-6)
+
+
+@pytest.mark.parametrize("tower,mlp", [("vision", "gelu"), ("vision_swiglu", "swiglu")])
+def test_inferred_fields_for_the_tiny_fixture(fixture_dir, tower, mlp):
+    _, _, fields = import_official(fixture_dir / TOWERS[tower], fixture_dir / "tiny_text.npz")
+    assert fields == {
+        "size": "tiny", "width": 64, "depth": 2, "heads": 2, "mlp_dim": 256, "mlp": mlp, "text_depth": 2,
+        "patch_size": 14, "image_size": 224, "vocab_size": 1000, "layerscale_init": 1.0,
+    }
+    assert ModelConfig(**fields).dims() == (64, 2, 2, 256, 2)
+
+
+@pytest.mark.parametrize("tower", sorted(TOWERS))
+def test_export_writes_back_the_official_files(fixture_dir, tmp_path, tower):
+    vision, text, _ = imported_towers(fixture_dir, tower)
+    paths = export_official(torch.nn.ModuleDict({"vision": vision, "text": text}), tmp_path / "out" / "tiny")
+    assert [p.name for p in paths] == ["tiny_vision.npz", "tiny_text.npz"] and all(p.is_file() for p in paths)
+    assert sorted(p.name for p in paths[0].parent.iterdir()) == ["tiny_text.npz", "tiny_vision.npz"]  # no temporaries
+    for written, original in zip(paths, (fixture_dir / TOWERS[tower], fixture_dir / "tiny_text.npz")):
+        a, b = npz(written), npz(original)
+        assert set(a) == set(b)
+        for k in b:
+            assert a[k].shape == b[k].shape and a[k].dtype == np.float32, k
+            if k == "temperature":  # through our log and back
+                np.testing.assert_allclose(a[k], b[k], rtol=1e-6)
+            else:
+                assert np.array_equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("size", OFFICIAL_SIZES)
+def test_every_official_name_and_shape_for_each_size(manifest, size):
+    """Built on the meta device (no memory); the export mapping gives exactly the manifest."""
+    cfg = ModelConfig(size=size, vocab_size=32000, image_size=224)
+    with torch.device("meta"):
+        vision, text = VisionTower(cfg), TextTower(cfg)
+    ov, ot = official_state(vision.state_dict(), text.state_dict())
+    assert {k: list(v.shape) for k, v in ov.items()} == manifest["vision"][size]
+    assert {k: list(v.shape) for k, v in ot.items()} == manifest["text"][size]
+
+
+@pytest.mark.parametrize("size", OFFICIAL_SIZES)
+def test_fields_inferred_from_each_official_size(manifest, size):
+    def shapes(names):
+        return {k: SimpleNamespace(shape=tuple(v)) for k, v in names.items()}
+
+    fields = infer_model_fields(shapes(manifest["vision"][size]), shapes(manifest["text"][size]))
+    width, depth, heads, mlp_dim = SIZES[size]
+    assert fields["size"] == size
+    assert (fields["width"], fields["depth"], fields["heads"], fields["mlp_dim"]) == (width, depth, heads, mlp_dim)
+    assert fields["mlp"] == ("swiglu" if size == "g" else "gelu")
+    assert fields["text_depth"] == (27 if size == "So400m" else 12)
+    assert (fields["image_size"], fields["patch_size"], fields["vocab_size"]) == (224, 14, 32000)
+    # the inferred config builds what the named size builds
+    assert ModelConfig(**fields).dims() == ModelConfig(size=size).dims()
+
+
+def test_heads_can_be_given_and_an_unknown_width_needs_them(fixture_dir):
+    vision, text = npz(fixture_dir / "tiny_vision.npz"), npz(fixture_dir / "tiny_text.npz")
+    assert infer_model_fields(vision, text, heads=4)["heads"] == 4
+    narrow_v = {k: SimpleNamespace(shape=(*v.shape[:-1], 80) if k == "cls_token" else v.shape) for k, v in vision.items()}
+    narrow_t = {k: SimpleNamespace(shape=(1000, 80) if k == "token_embedding.weight" else v.shape) for k, v in text.items()}
+    with pytest.raises(ValueError, match="pass the number of heads"):
+        infer_model_fields(narrow_v, narrow_t)
+    assert infer_model_fields(narrow_v, narrow_t, heads=5)["heads"] == 5
+
+
+def test_mismatched_towers_are_refused_with_a_reason(fixture_dir):
+    vision, text = npz(fixture_dir / "tiny_vision.npz"), npz(fixture_dir / "tiny_text.npz")
+    text = {**text, "transformer.resblocks.0.mlp.c_fc.weight": np.zeros((128, 64), np.float32)}
+    with pytest.raises(ValueError, match="mlp_dim"):
+        infer_model_fields(vision, text)
+    with pytest.raises(ValueError, match="token_embedding"):
+        infer_model_fields(vision, {"temperature": np.float32(0.01)})
+    with pytest.raises(FileNotFoundError, match="nowhere_vision.npz"):
+        import_official(fixture_dir / "nowhere_vision.npz", fixture_dir / "tiny_text.npz")
+
+
+def test_import_checkpoint_then_load_student_gives_the_official_outputs(fixture_dir, inputs, outputs, tmp_path):
+    from tipslab.orchestrator.config import schema, to_dict
+
+    base = to_dict(schema())
+    base["model"].update(head_hidden=32, head_bottleneck=16, head_prototypes=32)
+    tokenizer = HashTokenizer(1000, 64).state()
+    path = import_checkpoint(fixture_dir / TOWERS["vision_swiglu"], fixture_dir / "tiny_text.npz", tmp_path / "ckpt",
+                             base_config=base, tokenizer_state=tokenizer)
+    assert path.is_file()
+    student, loaded_tokenizer, config = load_student(tmp_path / "ckpt")
+    assert loaded_tokenizer.state() == tokenizer
+    assert config["model"]["mlp"] == "swiglu" and config["model"]["width"] == 64
+    assert config["model"]["head_prototypes"] == 32 and config["loss"] == base["loss"]  # the rest is the base
+    state = load_state(tmp_path / "ckpt")
+    assert state["step"] == 0 and state["optimizer"] is None
+    with torch.no_grad():
+        out = student.vision(torch.from_numpy(inputs["images_224"]))
+        emb = student.encode_text(torch.from_numpy(inputs["text_ids"]))
+    assert np.abs(out["cls_web"].numpy() - outputs["vision_swiglu_224_cls1"]).max() < TOLERANCE
+    assert np.abs(emb.numpy() - outputs["text_embedding"]).max() < TOLERANCE
+
+    # and back out: the official files again, the objective's heads left behind
+    paths = export_checkpoint(tmp_path / "ckpt", tmp_path / "again")
+    for written, original in zip(paths, (fixture_dir / TOWERS["vision_swiglu"], fixture_dir / "tiny_text.npz")):
+        a, b = npz(written), npz(original)
+        assert set(a) == set(b)
+        for k in b:
+            np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=0, err_msg=k)
+    assert math.isclose(float(npz(paths[1])["temperature"]), 0.01, rel_tol=1e-6)
+
+
+def test_import_checkpoint_refuses_names_the_layout_does_not_explain(fixture_dir, tmp_path):
+    from tipslab.orchestrator.config import schema, to_dict
+
+    vision = npz(fixture_dir / "tiny_vision.npz")
+    vision["blocks.0.extra.weight"] = np.zeros(3, np.float32)
+    np.savez(tmp_path / "odd_vision.npz", **vision)
+    with pytest.raises(ValueError, match="(?s)not loadable as TIPS towers.*blocks.0.extra.weight"):
+        import_checkpoint(tmp_path / "odd_vision.npz", fixture_dir / "tiny_text.npz", tmp_path / "ckpt",
+                          base_config=to_dict(schema()))
+    assert not (tmp_path / "ckpt").exists()
