@@ -14,6 +14,8 @@ from tipslab.models.objective import TIPSObjective
 from tipslab.models.teacher import EMATeacher
 from tipslab.models.tips import TIPSStudent
 
+from .step import tips_step
+
 
 def synthetic_batch(exp: dict, batch_size: int, seed: int = 0) -> dict:
     """A batch of the training views' shapes (random pixels and tokens, masks at the ratio)."""
@@ -49,15 +51,8 @@ def step_benchmark(exp: dict, batch_size: int, repeats: int = 3, device: str = "
     times = []
     for i in range(repeats + 1):
         t0 = time.perf_counter()
-        out = student(batch)
-        teacher_out = teacher(batch["global_crop"], batch["masks"] if student.mim_head is not None else None,
-                              cfg.loss.distill_cls) if teacher is not None else {}
-        total, _ = objective(out, teacher_out, cfg.loss.teacher_temp)
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        optimizer.step()
-        if teacher is not None:
-            teacher.update(student, 0.999)
+        tips_step(student, student, teacher, objective, optimizer, batch, teacher_temp=cfg.loss.teacher_temp,
+                  momentum=0.999, grad_clip=1.0, step=i)
         if device != "cpu":
             torch.cuda.synchronize()
         if i:

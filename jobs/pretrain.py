@@ -1,5 +1,4 @@
 """TIPS pretraining on Ray Train: a TorchTrainer fed by the Ray Data views pipeline."""
-import math
 import tempfile
 import time
 
@@ -11,42 +10,12 @@ import torch
 from tipslab.models.checkpoint import load_state, save_checkpoint, tips_config
 from tipslab.models.distributed import all_reduce_mean
 from tipslab.models.objective import TIPSObjective
-from tipslab.models.schedules import cosine_schedule
 from tipslab.models.teacher import EMATeacher
 from tipslab.models.tips import TIPSStudent
 from tipslab.models.tokenizer import build_tokenizer
 
 from .data.pipeline import data_execution_options, train_dataset
-
-NO_WEIGHT_DECAY = ("cls_token", "register_token", "pos_embed", "mask_token", "log_temperature", "queries")
-
-
-class NonFiniteLossError(RuntimeError):
-    """A loss term became NaN or infinite: a failure of the run, not of a worker, so never retried."""
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 or name.split(".")[-1] in NO_WEIGHT_DECAY else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-class Schedules:
-    """Per-step learning rate, teacher momentum and teacher temperature."""
-
-    def __init__(self, train: dict, loss: dict):
-        steps = train["steps"]
-        self.lr = cosine_schedule(train["lr"], train["min_lr"], steps, train["warmup_steps"])
-        self.momentum = cosine_schedule(train["teacher_momentum"], train["teacher_momentum_end"], steps)
-        warm = min(train["teacher_temp_warmup_steps"], steps)
-        self.teacher_temp = np.concatenate([
-            np.linspace(loss["teacher_temp"], train["teacher_temp_end"], warm),
-            np.full(steps - warm, train["teacher_temp_end"]),
-        ])
-
+from .step import Schedules, param_groups, tips_step
 
 def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
@@ -78,7 +47,6 @@ def train_loop(config: dict) -> None:
             teacher.load_state_dict(state["teacher"])
         step = state["step"]
     model = ray.train.torch.prepare_model(student)
-    unwrapped = student
     sched = Schedules(train, exp["loss"])
     tokenizer = build_tokenizer(exp["model"])  # travels inside every checkpoint
     shard = ray.train.get_dataset_shard("train")
@@ -97,21 +65,9 @@ def train_loop(config: dict) -> None:
                 break  # end of epoch: start a new pass over the shard
             for group in optimizer.param_groups:
                 group["lr"] = sched.lr[step]
-            out = model(batch)
-            teacher_out = {}
-            if teacher is not None:
-                teacher_out = teacher(batch["global_crop"], batch["masks"] if unwrapped.mim_head is not None else None,
-                                      cfg.loss.distill_cls)
-            total, terms = objective(out, teacher_out, float(sched.teacher_temp[step]))
-            for name, value in terms.items():
-                if not math.isfinite(float(value)):
-                    raise NonFiniteLossError(f"non-finite loss at step {step}: term {name!r} = {float(value)}")
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), train["grad_clip"] or float("inf"))
-            optimizer.step()
-            if teacher is not None:
-                teacher.update(unwrapped, float(sched.momentum[step]))
+            terms, grad_norm = tips_step(
+                model, student, teacher, objective, optimizer, batch, teacher_temp=float(sched.teacher_temp[step]),
+                momentum=float(sched.momentum[step]), grad_clip=train["grad_clip"], step=step)
             step += 1
             for name, value in terms.items():
                 window.setdefault(f"train/{name}", []).append(float(value))
@@ -123,14 +79,14 @@ def train_loop(config: dict) -> None:
                 metrics.update({
                     "step": step,
                     "train/lr": float(sched.lr[step - 1]),
-                    "train/temperature": float(unwrapped.text.temperature),
+                    "train/temperature": float(student.text.temperature),
                     "train/teacher_momentum": float(sched.momentum[step - 1]),
                     "perf/images_per_s": n_steps * batch_size * world_size / elapsed,
                     "perf/data_wait_frac": float(all_reduce_mean(torch.tensor(wait_s / elapsed))),
                 })
                 save_now = step == train["steps"] or (train["checkpoint_every"] and step % train["checkpoint_every"] == 0)
                 report(metrics, save_now, rank, {
-                    "student": unwrapped.state_dict(), "optimizer": optimizer.state_dict(),
+                    "student": student.state_dict(), "optimizer": optimizer.state_dict(),
                     "objective": objective.state_dict(),
                     "teacher": teacher.state_dict() if teacher is not None else None,
                     "step": step, "config": exp, "tokenizer": tokenizer.state(),

@@ -5,12 +5,11 @@ artifact: the resolved spec); one nested run per (variant, seed) with the flatte
 as params, identity tags, `train/*` and `perf/*` metrics per step, `eval/*` metrics, and the
 resolved config and eval results as artifacts.
 """
-import json
 import re
 import time
 import uuid
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 

@@ -1,0 +1,62 @@
+"""One TIPS training step and what it needs, in plain PyTorch: it runs without Ray (on the GPU
+machine, in benchmarks) exactly as inside the Ray Train loop."""
+import math
+
+import numpy as np
+import torch
+
+from tipslab.models.objective import TIPSObjective
+from tipslab.models.schedules import cosine_schedule
+from tipslab.models.teacher import EMATeacher
+from tipslab.models.tips import TIPSStudent
+
+NO_WEIGHT_DECAY = ("cls_token", "register_token", "pos_embed", "mask_token", "log_temperature", "queries")
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or infinite: a failure of the run, not of a worker, so never retried."""
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.split(".")[-1] in NO_WEIGHT_DECAY else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class Schedules:
+    """Per-step learning rate, teacher momentum and teacher temperature."""
+
+    def __init__(self, train: dict, loss: dict):
+        steps = train["steps"]
+        self.lr = cosine_schedule(train["lr"], train["min_lr"], steps, train["warmup_steps"])
+        self.momentum = cosine_schedule(train["teacher_momentum"], train["teacher_momentum_end"], steps)
+        warm = min(train["teacher_temp_warmup_steps"], steps)
+        self.teacher_temp = np.concatenate([
+            np.linspace(loss["teacher_temp"], train["teacher_temp_end"], warm),
+            np.full(steps - warm, train["teacher_temp_end"]),
+        ])
+
+
+def tips_step(model, student: TIPSStudent, teacher: EMATeacher | None, objective: TIPSObjective, optimizer,
+              batch: dict, *, teacher_temp: float, momentum: float, grad_clip: float, step: int) -> tuple[dict, torch.Tensor]:
+    """One TIPS step: student (maybe DDP-wrapped `model`) and teacher forwards, the objective,
+    backward, clipping, the optimizer, the EMA update. Returns the loss terms and the grad norm."""
+    out = model(batch)
+    teacher_out = {}
+    if teacher is not None:
+        masks = batch["masks"] if student.mim_head is not None else None
+        teacher_out = teacher(batch["global_crop"], masks, student.cfg.loss.distill_cls)
+    total, terms = objective(out, teacher_out, teacher_temp)
+    for name, value in terms.items():
+        if not math.isfinite(float(value)):
+            raise NonFiniteLossError(f"non-finite loss at step {step}: term {name!r} = {float(value)}")
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), grad_clip or float("inf"))
+    optimizer.step()
+    if teacher is not None:
+        teacher.update(student, momentum)
+    return terms, grad_norm
