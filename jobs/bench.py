@@ -63,7 +63,7 @@ def step_benchmark(exp: dict, batch_size: int, repeats: int = 3, device: str = "
             "peak_rss_mb": peak_rss_mb(), "student_params_m": params / 1e6}
 
 
-if __name__ == "__main__":  # python -m tipslab.jobs.bench CONFIG_JSON BATCH: used by `tipslab bench step`
+if __name__ == "__main__":  # python -m tipslab.jobs.bench CONFIG_JSON BATCH REPEATS: for `tipslab bench step`
     import json
 
-    print(json.dumps(step_benchmark(json.loads(sys.argv[1]), int(sys.argv[2]))))
+    print(json.dumps(step_benchmark(json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))))

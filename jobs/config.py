@@ -25,7 +25,9 @@ class TrainConfig:
     lr: float = 1e-3
     min_lr: float = 1e-5
     warmup_steps: int = 15
+    # Cosine from weight_decay to weight_decay_end (DINOv2: 0.04 -> 0.4; unverified for TIPS).
     weight_decay: float = 0.05
+    weight_decay_end: float = 0.05
     grad_clip: float = 1.0
     seed: int = 0
     log_every: int = 5

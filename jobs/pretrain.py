@@ -15,7 +15,7 @@ from tipslab.models.tips import TIPSStudent
 from tipslab.models.tokenizer import build_tokenizer
 
 from .data.pipeline import data_execution_options, train_dataset
-from .step import Schedules, param_groups, tips_step
+from .step import Schedules, apply_schedules, param_groups, tips_step
 
 def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
@@ -63,8 +63,7 @@ def train_loop(config: dict) -> None:
             wait_s += time.perf_counter() - t0
             if batch is None:
                 break  # end of epoch: start a new pass over the shard
-            for group in optimizer.param_groups:
-                group["lr"] = sched.lr[step]
+            apply_schedules(optimizer, sched, step)
             terms, grad_norm = tips_step(
                 model, student, teacher, objective, optimizer, batch, teacher_temp=float(sched.teacher_temp[step]),
                 momentum=float(sched.momentum[step]), grad_clip=train["grad_clip"], step=step)
@@ -79,6 +78,7 @@ def train_loop(config: dict) -> None:
                 metrics.update({
                     "step": step,
                     "train/lr": float(sched.lr[step - 1]),
+                    "train/weight_decay": float(sched.weight_decay[step - 1]),
                     "train/temperature": float(student.text.temperature),
                     "train/teacher_momentum": float(sched.momentum[step - 1]),
                     "perf/images_per_s": n_steps * batch_size * world_size / elapsed,

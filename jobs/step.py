@@ -23,15 +23,24 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
         if not p.requires_grad:
             continue
         (no_decay if p.ndim <= 1 or name.split(".")[-1] in NO_WEIGHT_DECAY else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [{"params": decay, "weight_decay": weight_decay, "decay": True},
+            {"params": no_decay, "weight_decay": 0.0, "decay": False}]
+
+
+def apply_schedules(optimizer, sched: "Schedules", step: int) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = sched.lr[step]
+        if group.get("decay"):
+            group["weight_decay"] = sched.weight_decay[step]
 
 
 class Schedules:
-    """Per-step learning rate, teacher momentum and teacher temperature."""
+    """Per-step learning rate, weight decay, teacher momentum and teacher temperature."""
 
     def __init__(self, train: dict, loss: dict):
         steps = train["steps"]
         self.lr = cosine_schedule(train["lr"], train["min_lr"], steps, train["warmup_steps"])
+        self.weight_decay = cosine_schedule(train["weight_decay"], train["weight_decay_end"], steps)
         self.momentum = cosine_schedule(train["teacher_momentum"], train["teacher_momentum_end"], steps)
         warm = min(train["teacher_temp_warmup_steps"], steps)
         self.teacher_temp = np.concatenate([

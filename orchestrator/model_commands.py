@@ -88,7 +88,8 @@ def cmd_bench_step(args) -> None:
     results = []
     for size in args.sizes:
         config = to_dict(load_experiment(args.config, [f"model.size={size}", *args.overrides]))
-        proc = subprocess.run([sys.executable, "-m", "tipslab.jobs.bench", json.dumps(config), str(args.batch_size)],
+        proc = subprocess.run([sys.executable, "-m", "tipslab.jobs.bench", json.dumps(config), str(args.batch_size),
+                               str(args.repeats)],
                               capture_output=True, text=True)
         if proc.returncode:
             raise SystemExit(f"tipslab: bench step failed for size {size}:\n{proc.stderr[-2000:]}")
@@ -131,6 +132,7 @@ def add_parsers(sub) -> None:
     step.add_argument("--config", default=TINY, help="experiment YAML (default: the tiny base)")
     step.add_argument("--sizes", nargs="+", default=["tiny"], help="model sizes, e.g. tiny B")
     step.add_argument("--batch-size", type=int, default=8)
+    step.add_argument("--repeats", type=int, default=3, help="timed steps after one warm-up step (median)")
     step.add_argument("--json", action="store_true")
     step.set_defaults(func=cmd_bench_step)
 

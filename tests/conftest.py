@@ -1,5 +1,4 @@
 """Shared fixtures: one real local Ray instance for the whole test session, a home folder per test."""
-import os
 from pathlib import Path
 
 import pytest
@@ -7,8 +6,6 @@ import pytest
 from tipslab.orchestrator.runtime import quiet_environment
 
 quiet_environment()
-# Ray Train polls its workers every 2 s by default; 0.2 s makes short test runs end sooner.
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

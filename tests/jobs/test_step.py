@@ -1,0 +1,29 @@
+"""The plain-PyTorch TIPS step and its schedules (no Ray)."""
+import numpy as np
+import pytest
+import torch
+
+from tipslab.jobs.step import Schedules, apply_schedules, param_groups
+
+TRAIN = {"steps": 10, "lr": 1e-3, "min_lr": 1e-5, "warmup_steps": 2, "weight_decay": 0.04, "weight_decay_end": 0.4,
+         "teacher_momentum": 0.992, "teacher_momentum_end": 1.0, "teacher_temp_warmup_steps": 4, "teacher_temp_end": 0.07}
+
+
+def test_schedules_are_arrays_indexed_by_step():
+    s = Schedules(TRAIN, {"teacher_temp": 0.04})
+    for array in (s.lr, s.weight_decay, s.momentum, s.teacher_temp):
+        assert len(array) == 10
+    assert s.lr[0] == 0 and s.lr[2] == pytest.approx(1e-3) and s.lr[-1] < 1e-4
+    assert s.weight_decay[0] == pytest.approx(0.04) and np.all(np.diff(s.weight_decay) > 0)
+    assert s.teacher_temp[0] == pytest.approx(0.04) and s.teacher_temp[4:].tolist() == [0.07] * 6
+
+
+def test_schedules_reach_the_optimizer_and_spare_norms_and_tokens():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    opt = torch.optim.AdamW(param_groups(model, 0.04), lr=1.0)
+    decay, no_decay = opt.param_groups
+    assert [p.shape for p in decay["params"]] == [(4, 3)]  # biases and norms get no weight decay
+    s = Schedules(TRAIN, {"teacher_temp": 0.04})
+    apply_schedules(opt, s, 7)
+    assert decay["lr"] == no_decay["lr"] == s.lr[7]
+    assert decay["weight_decay"] == s.weight_decay[7] and no_decay["weight_decay"] == 0.0
