@@ -15,6 +15,9 @@ class DataConfig:
     local_crop_size: int = 56
     global_crop_scale: list[float] = field(default_factory=lambda: [0.8, 1.0])
     local_crop_scale: list[float] = field(default_factory=lambda: [0.25, 0.5])
+    # The tag vocabulary (one tag per line) for L_tag: the shards' `tags` become multi-hot targets
+    # over it, and model.num_tags follows from it. Empty: no tags in the batches.
+    tag_vocab: str = ""
     # CPUs that Ray Data may use for reading, decoding and making views, per trial.
     cpus: float = 1.0
 

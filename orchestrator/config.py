@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from tipslab.jobs.config import DataConfig, EvalConfig, TrainConfig
+from tipslab.jobs.data.pipeline import read_tag_vocab
 from tipslab.models.config import CAPTION_MODES, CLS_TOKENS, SIZES, LossConfig, ModelConfig
 from tipslab.models.vision import MLP_KINDS
 
@@ -117,8 +118,12 @@ def check(cfg: DictConfig, source: str) -> None:
     if cfg.model.tokenizer != "hash" and not Path(cfg.model.tokenizer).is_file():
         bad("model.tokenizer", f"no SentencePiece model at {cfg.model.tokenizer} ('hash', or a tokenizer.model path; "
                                "`tipslab data tokenizer` trains one)")
+    if cfg.data.tag_vocab and not Path(cfg.data.tag_vocab).is_file():
+        bad("data.tag_vocab", f"no tag vocabulary at {cfg.data.tag_vocab} (one tag per line)")
+    if cfg.data.tag_vocab:
+        cfg.model.num_tags = len(read_tag_vocab(cfg.data.tag_vocab))  # derived, never set by hand
     if cfg.loss.tag_weight > 0 and cfg.model.num_tags < 1:
-        bad("model.num_tags", "the tagging loss (loss.tag_weight > 0) needs the tag vocabulary's size")
+        bad("data.tag_vocab", "the tagging loss (loss.tag_weight > 0) needs a tag vocabulary file")
     if cfg.loss.distill_weight > 0 and cfg.data.local_crops < 1:
         bad("data.local_crops", "self-distillation (loss.distill_weight > 0) needs at least one local crop")
     for key in ("train.steps", "train.num_workers", "data.batch_size", "train.log_every"):
@@ -136,6 +141,8 @@ def compose(sources: list[tuple[dict, str]], label: str) -> DictConfig:
     cfg.data.root = str(Path(cfg.data.root).resolve()) if cfg.data.root else str(home() / "data" / "scenes")
     if cfg.model.tokenizer != "hash":
         cfg.model.tokenizer = str(Path(cfg.model.tokenizer).resolve())
+    if cfg.data.tag_vocab:
+        cfg.data.tag_vocab = str(Path(cfg.data.tag_vocab).resolve())
     return cfg
 
 

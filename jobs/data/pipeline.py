@@ -11,6 +11,11 @@ from .views import TIPSViews
 TRAIN_COLUMNS = ["key", "image", "web_caption", "synthetic_caption"]
 
 
+def read_tag_vocab(path: str) -> list[str]:
+    with open(path) as f:
+        return [line.strip() for line in f if line.strip()]
+
+
 def split_dir(root: str, split: str) -> str:
     return os.path.join(root, split)
 
@@ -22,6 +27,7 @@ def views_for(exp: dict) -> TIPSViews:
         local_crops=data["local_crops"], local_crop_size=data["local_crop_size"],
         global_crop_scale=data["global_crop_scale"], local_crop_scale=data["local_crop_scale"],
         mask_ratio=loss["mask_ratio"], tokenizer=build_tokenizer(model),
+        tag_vocab=read_tag_vocab(data["tag_vocab"]) if data["tag_vocab"] else (),
     )
 
 
@@ -30,7 +36,8 @@ def train_dataset(exp: dict) -> ray.data.Dataset:
     data = exp["data"]
     files = shard_files(split_dir(data["root"], data["train_split"]))
     views = views_for(exp)
-    ds = ray.data.read_parquet(files, columns=TRAIN_COLUMNS).randomize_block_order()
+    columns = TRAIN_COLUMNS + (["tags"] if data["tag_vocab"] else [])
+    ds = ray.data.read_parquet(files, columns=columns).randomize_block_order()
     return ds.map_batches(views, batch_size=data["batch_size"], batch_format="numpy", num_cpus=1)
 
 

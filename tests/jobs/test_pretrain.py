@@ -52,3 +52,13 @@ def test_two_workers_without_mim_leave_no_parameter_without_gradient(ray_session
     result = build_trainer(config, name="ddp-no-mim", storage_path=str(home / "ray")).fit()
     assert list(result.metrics_dataframe["step"]) == [3]
     assert "train/mim" not in result.metrics_dataframe
+
+
+def test_tag_loss_trains_on_the_shards_tags(ray_session, home, tmp_path):
+    vocab = tmp_path / "tags.txt"
+    vocab.write_text("\n".join(["circle", "square", "triangle", "red", "green", "blue", "yellow", "purple", "orange"]))
+    config = experiment(**{"loss.tag_weight": 1.0, "data.tag_vocab": str(vocab), "train.steps": 2, "train.log_every": 2})
+    assert config["model"]["num_tags"] == 9  # derived from the vocabulary
+    result = build_trainer(config, name="tags", storage_path=str(home / "ray")).fit()
+    tag_loss = result.metrics_dataframe["train/tag"].iloc[-1]
+    assert 0 < tag_loss < 100

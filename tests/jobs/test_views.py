@@ -44,3 +44,12 @@ def test_global_crop_of_full_scale_is_the_image():
     # the pixel values stay those of the image (no colour change)
     image = np.asarray(Image.open(io.BytesIO(row["image"])).convert("RGB")).astype(np.float32) / 255
     assert abs(out["global_crop"][0].mean() - image.mean()) < 0.05
+
+
+def test_tags_become_multi_hot_over_the_vocabulary():
+    rows = [scene_row(s, "train", size=56) for s in range(3)]
+    batch = batch_of(rows)
+    batch["tags"] = np.array([["circle", "red"], ["square", "unknown-tag"], None], dtype=object)
+    out = views(tag_vocab=["circle", "square", "red"])(batch)
+    assert out["tags"].tolist() == [[1, 0, 1], [0, 1, 0], [0, 0, 0]]
+    assert "tags" not in views()(batch_of(rows))  # no vocabulary, no tags

@@ -88,3 +88,14 @@ def test_nest_flatten_and_hash():
 def test_resolved_config_round_trips(home):
     cfg = load_experiment(BASE)
     assert OmegaConf.to_container(OmegaConf.create(to_dict(cfg))) == to_dict(cfg)
+
+
+def test_tag_vocabulary_sets_num_tags_and_is_required_by_the_tag_loss(tmp_path, home):
+    vocab = tmp_path / "tags.txt"
+    vocab.write_text("circle\nsquare\n\nred\n")
+    cfg = load_experiment(BASE, [f"data.tag_vocab={vocab}", "loss.tag_weight=1"])
+    assert cfg.model.num_tags == 3 and cfg.data.tag_vocab == str(vocab)
+    with pytest.raises(ConfigError, match="data.tag_vocab: the tagging loss"):
+        load_experiment(BASE, ["loss.tag_weight=1"])
+    with pytest.raises(ConfigError, match="data.tag_vocab: no tag vocabulary"):
+        load_experiment(BASE, [f"data.tag_vocab={tmp_path / 'absent.txt'}"])
