@@ -64,13 +64,12 @@ def train_loop(config: dict) -> None:
             if batch is None:
                 break  # end of epoch: start a new pass over the shard
             apply_schedules(optimizer, sched, step)
-            terms, grad_norm = tips_step(
+            values = tips_step(
                 model, student, teacher, objective, optimizer, batch, teacher_temp=float(sched.teacher_temp[step]),
                 momentum=float(sched.momentum[step]), grad_clip=train["grad_clip"], step=step)
             step += 1
-            for name, value in terms.items():
-                window.setdefault(f"train/{name}", []).append(float(value))
-            window.setdefault("train/grad_norm", []).append(float(grad_norm))
+            for name, value in values.items():
+                window.setdefault(f"train/{name}", []).append(value)
             if step % train["log_every"] == 0 or step == train["steps"]:
                 elapsed = time.perf_counter() - window_start
                 n_steps = len(window["train/loss"])

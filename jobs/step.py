@@ -50,22 +50,24 @@ class Schedules:
 
 
 def tips_step(model, student: TIPSStudent, teacher: EMATeacher | None, objective: TIPSObjective, optimizer,
-              batch: dict, *, teacher_temp: float, momentum: float, grad_clip: float, step: int) -> tuple[dict, torch.Tensor]:
+              batch: dict, *, teacher_temp: float, momentum: float, grad_clip: float, step: int) -> dict[str, float]:
     """One TIPS step: student (maybe DDP-wrapped `model`) and teacher forwards, the objective,
-    backward, clipping, the optimizer, the EMA update. Returns the loss terms and the grad norm."""
+    backward, clipping, the optimizer, the EMA update. Returns the loss terms and `grad_norm` as
+    floats, read from the device in one transfer (one synchronisation per step, not one per term)."""
     out = model(batch)
     teacher_out = {}
     if teacher is not None:
         masks = batch["masks"] if student.mim_head is not None else None
         teacher_out = teacher(batch["global_crop"], masks, student.cfg.loss.distill_cls)
     total, terms = objective(out, teacher_out, teacher_temp)
-    for name, value in terms.items():
-        if not math.isfinite(float(value)):
-            raise NonFiniteLossError(f"non-finite loss at step {step}: term {name!r} = {float(value)}")
+    values = dict(zip(terms, torch.stack([v.detach().float() for v in terms.values()]).tolist()))
+    for name, value in values.items():
+        if not math.isfinite(value):
+            raise NonFiniteLossError(f"non-finite loss at step {step}: term {name!r} = {value}")
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), grad_clip or float("inf"))
     optimizer.step()
     if teacher is not None:
         teacher.update(student, momentum)
-    return terms, grad_norm
+    return {**values, "grad_norm": float(grad_norm)}

@@ -27,3 +27,47 @@ def test_schedules_reach_the_optimizer_and_spare_norms_and_tokens():
     apply_schedules(opt, s, 7)
     assert decay["lr"] == no_decay["lr"] == s.lr[7]
     assert decay["weight_decay"] == s.weight_decay[7] and no_decay["weight_decay"] == 0.0
+
+
+def tiny_setup():
+    from conftest import REPO
+
+    from tipslab.jobs.bench import synthetic_batch
+    from tipslab.models.checkpoint import tips_config
+    from tipslab.models.objective import TIPSObjective
+    from tipslab.models.teacher import EMATeacher
+    from tipslab.models.tips import TIPSStudent
+    from tipslab.orchestrator.config import load_experiment, to_dict
+
+    exp = to_dict(load_experiment(REPO / "ablations" / "base" / "tips_tiny.yaml"))
+    cfg = tips_config(exp)
+    torch.manual_seed(0)
+    student = TIPSStudent(cfg)
+    objective = TIPSObjective(cfg)
+    teacher = EMATeacher(student)
+    optimizer = torch.optim.AdamW(param_groups(student, 0.05), lr=1e-3)
+    return student, teacher, objective, optimizer, synthetic_batch(exp, 4)
+
+
+def test_one_step_returns_every_term_as_a_float_and_moves_the_teacher(home):
+    from tipslab.jobs.step import tips_step
+
+    student, teacher, objective, optimizer, batch = tiny_setup()
+    before = teacher.vision.pos_embed.clone()
+    values = tips_step(student, student, teacher, objective, optimizer, batch, teacher_temp=0.04, momentum=0.9,
+                       grad_clip=1.0, step=0)
+    assert set(values) == {"clip_web", "clip_synthetic", "clip", "distill", "mim", "loss", "grad_norm"}
+    assert all(isinstance(v, float) for v in values.values()) and values["grad_norm"] > 0
+    assert not torch.equal(teacher.vision.pos_embed, before)
+
+
+def test_a_non_finite_term_stops_the_step_naming_it(home):
+    from tipslab.jobs.step import NonFiniteLossError, tips_step
+
+    student, teacher, objective, optimizer, batch = tiny_setup()
+    batch["global_crop"][0, 0, 0, 0] = float("nan")
+    weights = student.vision.pos_embed.clone()
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 7: term 'clip_web' = nan"):
+        tips_step(student, student, teacher, objective, optimizer, batch, teacher_temp=0.04, momentum=0.9,
+                  grad_clip=1.0, step=7)
+    assert torch.equal(student.vision.pos_embed, weights)  # nothing was updated
