@@ -17,9 +17,6 @@ from tipslab.models.tokenizer import build_tokenizer
 from .data.pipeline import data_execution_options, train_dataset
 from .step import Schedules, apply_schedules, param_groups, tips_step
 
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
 
 def train_loop(config: dict) -> None:
     """Runs on every Ray Train worker. config: {"experiment": resolved experiment config (dict)}."""
