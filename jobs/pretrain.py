@@ -28,7 +28,7 @@ def train_loop(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
 
-    student = TIPSStudent(cfg)
+    student = TIPSStudent(cfg).to(device)  # before the optimizer and any restored state
     objective = TIPSObjective(cfg).to(device)
     teacher = EMATeacher(student).to(device) if objective.needs_teacher else None
     optimizer = torch.optim.AdamW(param_groups(student, train["weight_decay"]), lr=train["lr"])
@@ -70,7 +70,12 @@ def train_loop(config: dict) -> None:
             if step % train["log_every"] == 0 or step == train["steps"]:
                 elapsed = time.perf_counter() - window_start
                 n_steps = len(window["train/loss"])
-                metrics = {k: float(all_reduce_mean(torch.tensor(np.mean(v)))) for k, v in window.items()}
+                # One collective for every window mean (same keys, same order on every rank), on the
+                # training device so that NCCL can reduce it too.
+                names = [*window, "perf/data_wait_frac"]
+                means = all_reduce_mean(torch.tensor([np.mean(v) for v in window.values()] + [wait_s / elapsed],
+                                                     dtype=torch.float64, device=device))
+                metrics = dict(zip(names, means.tolist()))
                 metrics.update({
                     "step": step,
                     "train/lr": float(sched.lr[step - 1]),
@@ -78,7 +83,6 @@ def train_loop(config: dict) -> None:
                     "train/temperature": float(student.text.temperature),
                     "train/teacher_momentum": float(sched.momentum[step - 1]),
                     "perf/images_per_s": n_steps * batch_size * world_size / elapsed,
-                    "perf/data_wait_frac": float(all_reduce_mean(torch.tensor(wait_s / elapsed))),
                 })
                 save_now = step == train["steps"] or (train["checkpoint_every"] and step % train["checkpoint_every"] == 0)
                 report(metrics, save_now, rank, {
