@@ -20,6 +20,7 @@ import torch
 from .checkpoint import load_state, save_checkpoint, tips_config
 from .config import SIZES
 from .tips import TIPSStudent
+from .tokenizer import build_tokenizer
 from .vision import swiglu_hidden
 
 OFFICIAL_SIZES = ("S", "B", "L", "So400m", "g")
@@ -188,7 +189,8 @@ def import_checkpoint(vision_npz, text_npz, out_dir: str | os.PathLike, base_con
 
     base_config: a full experiment config dict; its `model` section gets the inferred fields. The
     objective's heads (not in the official files) are freshly initialised from `seed`; there is no
-    teacher, optimizer or objective state, and `step` is 0. tokenizer_state is stored as given."""
+    teacher, optimizer or objective state, and `step` is 0. tokenizer_state defaults to the tokenizer
+    that the config's `model.tokenizer` names ("hash" over the imported vocabulary, or a tokenizer.model)."""
     vision, text, fields = import_official(vision_npz, text_npz, heads)
     config = copy.deepcopy(base_config)
     config.setdefault("model", {}).update(fields)
@@ -201,7 +203,8 @@ def import_checkpoint(vision_npz, text_npz, out_dir: str | os.PathLike, base_con
         raise ValueError(f"{vision_npz}, {text_npz}: not loadable as TIPS towers: {err}") from None
     state = {
         "student": student.state_dict(), "teacher": None, "objective": None, "optimizer": None,
-        "step": 0, "config": config, "tokenizer": tokenizer_state,
+        "step": 0, "config": config,
+        "tokenizer": tokenizer_state if tokenizer_state is not None else build_tokenizer(config["model"]).state(),
         "imported_from": [str(vision_npz), str(text_npz)],
     }
     return save_checkpoint(out_dir, state)

@@ -12,27 +12,18 @@ TINY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 
 def cmd_checkpoint_import(args) -> None:
     from tipslab.models.official import import_checkpoint
-    from tipslab.models.tokenizer import HashTokenizer, load_sentencepiece
 
     from .config import schema
 
     for path in (args.vision, args.text):
         if not os.path.isfile(path):
             raise UserError(f"{path}: no such file")
+    if args.tokenizer != "hash" and not os.path.isfile(args.tokenizer):
+        raise UserError(f"--tokenizer: {args.tokenizer}: no such file (the official tokenizer.model, or 'hash')")
     base = to_dict(schema())
-    if args.tokenizer == "hash":
-        import numpy as np
-
-        with np.load(args.text) as text:
-            vocab = next(v.shape[0] for k, v in text.items() if k.endswith("token_embedding.weight"))
-        tokenizer = HashTokenizer(vocab, base["model"]["max_text_len"]).state()
-    else:
-        if not os.path.isfile(args.tokenizer):
-            raise UserError(f"--tokenizer: {args.tokenizer}: no such file (the official tokenizer.model, or 'hash')")
-        tokenizer = load_sentencepiece(args.tokenizer, base["model"]["max_text_len"]).state()
-        base["model"]["tokenizer"] = os.path.abspath(args.tokenizer)
-    try:
-        path = import_checkpoint(args.vision, args.text, args.out, base, tokenizer_state=tokenizer, heads=args.heads)
+    base["model"]["tokenizer"] = args.tokenizer if args.tokenizer == "hash" else os.path.abspath(args.tokenizer)
+    try:  # the checkpoint carries the tokenizer that model.tokenizer names
+        path = import_checkpoint(args.vision, args.text, args.out, base, heads=args.heads)
     except ValueError as err:
         raise UserError(str(err)) from None
     print(f"wrote {path}")
