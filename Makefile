@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # constraints file pins the versions the tests passed with (Ray exactly, in pyproject.toml).
 STAMP := $(VENV)/.tipslab-installed
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean chromium
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/tipslab demo
 
-test: $(STAMP)
+# The report test opens the HTML report in headless Chromium (Debian's package).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  (command -v apt-get >/dev/null 2>&1 && (SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	   $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null)) || \
+	  echo "make: chromium could not be installed; the report's browser test will be skipped"
+
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest tests
 
 clean:
