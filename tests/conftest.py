@@ -49,3 +49,33 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """moto's S3 server on loopback for the whole session: its URL, with the standard AWS
+    variables pointing at it for the tests that use it (see `s3`)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_endpoint, monkeypatch):
+    """A fresh bucket `tipslab-test` on the loopback S3 server; returns its URI prefix
+    (`s3://tipslab-test`). Credentials and endpoint come from the standard AWS variables only,
+    as they would on a cluster; they are fake and exist only in this process's environment."""
+    import boto3
+    import urllib.request
+
+    urllib.request.urlopen(urllib.request.Request(f"{s3_endpoint}/moto-api/reset", method="POST")).read()
+    for name, value in {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ENDPOINT_URL_S3": s3_endpoint,
+                        "AWS_ACCESS_KEY_ID": "testing-key-id", "AWS_SECRET_ACCESS_KEY": "testing-secret-key",
+                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    boto3.client("s3").create_bucket(Bucket="tipslab-test")
+    return "s3://tipslab-test"
