@@ -20,6 +20,12 @@ class DataConfig:
     tag_vocab: str = ""
     # CPUs that Ray Data may use for reading, decoding and making views, per trial.
     cpus: float = 1.0
+    # Bad rows (undecodable or truncated images, empty captions, wrong types) are skipped, named and
+    # counted wherever they are met. An image whose header declares more pixels than this is bad
+    # and is never decoded.
+    max_image_pixels: int = 40_000_000
+    # Past this fraction of bad rows among those seen, the job stops with an error.
+    max_bad_fraction: float = 0.05
 
 
 @dataclass
