@@ -8,9 +8,13 @@ Layout of a dataset folder::
                              "shards": [{"file", "num_rows", "sha256"}], "content_hash"}
 
 ``content_hash`` is the sha256 of the shards' sha256 hex digests concatenated in order, so it
-changes whenever any shard's bytes (or the shard order) change. Every file is written under a
-temporary name and moved into place with ``os.replace``, so readers never see half a file.
-Only local paths are supported for now.
+changes whenever any shard's bytes (or the shard order) change. ``out_dir`` is a local folder or an
+``s3://bucket/prefix`` (see storage.py). Locally every file is written under a temporary name and
+moved into place with ``os.replace``; on S3 an object appears only when complete. Either way
+readers never see half a file, and the manifest is written last.
+
+Schema versions: 1 had the eval columns label, segmentation and depth; 2 adds instances and
+normals. Readers accept both.
 """
 
 from __future__ import annotations
@@ -19,15 +23,17 @@ import hashlib
 import io
 import json
 import os
+import posixpath
 import re
-from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 1
+from . import storage
+
+SCHEMA_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 
 _BASE_FIELDS = [
@@ -42,7 +48,9 @@ _BASE_FIELDS = [
 _EVAL_FIELDS = [
     pa.field("label", pa.int32(), nullable=True),
     pa.field("segmentation", pa.binary(), nullable=True),  # PNG, uint8 class ids
-    pa.field("depth", pa.binary(), nullable=True),  # 16-bit PNG, millimetres
+    pa.field("depth", pa.binary(), nullable=True),  # 16-bit PNG, millimetres (0: no surface)
+    pa.field("instances", pa.binary(), nullable=True),  # PNG, uint8: 0 background, k object k
+    pa.field("normals", pa.binary(), nullable=True),  # PNG RGB uint8 of (n + 1) / 2 * 255; black: none
 ]
 BASE_COLUMNS = tuple(f.name for f in _BASE_FIELDS)
 EVAL_COLUMNS = tuple(f.name for f in _EVAL_FIELDS)
@@ -104,19 +112,33 @@ def decode_png(data: bytes) -> np.ndarray:
         return np.asarray(img).copy()
 
 
+def encode_normals(normals: np.ndarray) -> bytes:
+    """PNG of unit normals (H, W, 3) as RGB uint8 round((n + 1) / 2 * 255).
+
+    Pixels without a surface (sky) hold the zero vector and are stored black, (0, 0, 0), which no
+    unit normal encodes to (its components would all be -1).
+    """
+    n = np.asarray(normals, np.float32)
+    if n.ndim != 3 or n.shape[2] != 3:
+        raise ValueError(f"normals must have shape (H, W, 3), got {n.shape}")
+    rgb = np.clip(np.rint((n + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    rgb[np.linalg.norm(n, axis=2) < 0.5] = 0
+    return encode_png(rgb)
+
+
+def decode_normals(data: bytes) -> np.ndarray:
+    """float32 (H, W, 3) from `encode_normals` bytes: within 1/255 per component of the unit
+    normal, and exactly zero where there was no surface (black)."""
+    rgb = decode_png(data)[..., :3]
+    n = rgb.astype(np.float32) / 127.5 - 1.0
+    return np.where(rgb.any(axis=2, keepdims=True), n, 0.0).astype(np.float32)
+
+
 # --------------------------------------------------------------------------- writing
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _check_row(row: dict, index: int, columns: set[str]) -> dict:
@@ -136,17 +158,30 @@ def _check_row(row: dict, index: int, columns: set[str]) -> dict:
     return row
 
 
-def _write_shard(rows: list[dict], schema: pa.Schema, path: Path) -> dict:
-    table = pa.Table.from_pylist(rows, schema=schema)
-    tmp = _tmp_name(path)
-    try:
-        pq.write_table(table, tmp, row_group_size=max(len(rows), 1), compression="zstd")
-        digest = _sha256_file(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return {"file": path.name, "num_rows": len(rows), "sha256": digest}
+def schema_for(row: Any) -> pa.Schema:
+    """The schema a dataset gets from its first row: the base columns plus its eval columns."""
+    if not isinstance(row, dict):
+        raise ShardError(f"row 0 is a {type(row).__name__}, expected a dict")
+    return shard_schema(c for c in EVAL_COLUMNS if c in row)
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}.parquet"
+
+
+def write_shard(rows: list[dict], out_dir: str, index: int, schema: pa.Schema | None = None,
+                first_row: int = 0) -> dict:
+    """Write one shard file; returns its manifest entry. Independent shards can be written by
+    parallel tasks and listed afterwards with `write_manifest`."""
+    schema = schema if schema is not None else schema_for(rows[0] if rows else {})
+    columns = set(schema.names)
+    rows = [_check_row(r, first_row + i, columns) for i, r in enumerate(rows)]
+    buf = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), buf,
+                   row_group_size=max(len(rows), 1), compression="zstd")
+    data = buf.getvalue().to_pybytes()
+    storage.write_bytes(storage.join(out_dir, shard_name(index)), data)
+    return {"file": shard_name(index), "num_rows": len(rows), "sha256": _sha256(data)}
 
 
 def content_hash(shard_digests: Iterable[str]) -> str:
@@ -156,79 +191,82 @@ def content_hash(shard_digests: Iterable[str]) -> str:
     return h.hexdigest()
 
 
-def write_shards(
-    rows: Iterable[dict], out_dir: str, *, source: str, rows_per_shard: int = 256
-) -> dict:
-    """Write ``rows`` as Parquet shards plus ``manifest.json`` into ``out_dir``; return the manifest.
-
-    Which eval columns (label, segmentation, depth) the dataset has is decided by the first row;
-    later rows may leave them out (stored as null) but may not add new ones. Shard files from an
-    earlier write into the same folder that the new manifest does not list are removed.
-    """
-    if rows_per_shard < 1:
-        raise ValueError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    schema: pa.Schema | None = None
-    columns: set[str] = set()
-    shards: list[dict] = []
-    batch: list[dict] = []
-    total = 0
-
-    def flush() -> None:
-        nonlocal batch
-        if batch:
-            assert schema is not None
-            shards.append(_write_shard(batch, schema, out / f"shard-{len(shards):05d}.parquet"))
-            batch = []
-
-    for i, row in enumerate(rows):
-        if schema is None:
-            if not isinstance(row, dict):
-                raise ShardError(f"row 0 is a {type(row).__name__}, expected a dict")
-            schema = shard_schema(c for c in EVAL_COLUMNS if c in row)
-            columns = set(schema.names)
-        batch.append(_check_row(row, i, columns))
-        total += 1
-        if len(batch) >= rows_per_shard:
-            flush()
-    flush()
-
+def write_manifest(out_dir: str, shards: list[dict], *, source: str) -> dict:
+    """Write ``manifest.json`` for shards already in ``out_dir``, then remove shard files from an
+    earlier write into the same folder that this manifest does not list."""
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "source": source,
-        "num_rows": total,
+        "num_rows": sum(s["num_rows"] for s in shards),
         "shards": shards,
         "content_hash": content_hash(s["sha256"] for s in shards),
     }
-    path = out / MANIFEST_NAME
-    tmp = _tmp_name(path)
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, path)
-
+    storage.write_bytes(storage.join(out_dir, MANIFEST_NAME),
+                        (json.dumps(manifest, indent=2) + "\n").encode())
     listed = {s["file"] for s in shards}
-    for stale in out.iterdir():
-        if _SHARD_RE.match(stale.name) and stale.name not in listed:
-            stale.unlink()
+    for name in storage.list_names(out_dir):
+        if _SHARD_RE.match(name) and name not in listed:
+            storage.delete(storage.join(out_dir, name))
     return manifest
+
+
+def write_shards(
+    rows: Iterable[dict], out_dir: str, *, source: str, rows_per_shard: int = 256
+) -> dict:
+    """Write ``rows`` as Parquet shards plus ``manifest.json`` into ``out_dir`` (a local folder or
+    ``s3://bucket/prefix``); return the manifest.
+
+    Which eval columns the dataset has is decided by the first row; later rows may leave them out
+    (stored as null) but may not add new ones.
+    """
+    if rows_per_shard < 1:
+        raise ValueError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
+    storage.make_dirs(out_dir)
+    schema: pa.Schema | None = None
+    shards: list[dict] = []
+    batch: list[dict] = []
+    total = 0
+    for row in rows:
+        if schema is None:
+            schema = schema_for(row)
+        batch.append(row)
+        total += 1
+        if len(batch) >= rows_per_shard:
+            shards.append(write_shard(batch, out_dir, len(shards), schema, total - len(batch)))
+            batch = []
+    if batch:
+        shards.append(write_shard(batch, out_dir, len(shards), schema, total - len(batch)))
+    return write_manifest(out_dir, shards, source=source)
 
 
 # --------------------------------------------------------------------------- reading
 
 
-def _manifest_path(path: str | os.PathLike) -> Path:
-    p = Path(path)
-    return p / MANIFEST_NAME if p.is_dir() else p
+def _manifest_path(path: str | os.PathLike) -> str:
+    p = str(path)
+    if storage.is_s3(p):
+        return p if p.endswith(".json") else storage.join(p, MANIFEST_NAME)
+    return os.path.join(p, MANIFEST_NAME) if os.path.isdir(p) else p
+
+
+def _folder(mpath: str) -> str:
+    if storage.is_s3(mpath):
+        return posixpath.dirname(mpath)
+    return os.path.dirname(os.path.abspath(mpath))
 
 
 def read_manifest(path: str | os.PathLike) -> dict:
     """Load and validate a manifest, given its path or the dataset folder holding it."""
     mpath = _manifest_path(path)
-    if not mpath.is_file():
-        raise ShardError(f"shard manifest not found: {mpath}")
     try:
-        manifest = json.loads(mpath.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raw = storage.read_bytes(mpath)
+    except FileNotFoundError:
+        raise ShardError(f"shard manifest not found: {mpath}") from None
+    except OSError as e:
+        raise ShardError(f"cannot read shard manifest {mpath}: {e}") from None
+    try:
+        manifest = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ShardError(f"shard manifest {mpath} is not valid JSON: {e}") from e
 
     def bad(why: str) -> ShardError:
@@ -250,8 +288,8 @@ def read_manifest(path: str | os.PathLike) -> dict:
         if not (isinstance(s, dict) and isinstance(s.get("file"), str)
                 and isinstance(s.get("num_rows"), int) and isinstance(s.get("sha256"), str)):
             raise bad(f"shard entry {i} needs 'file' (str), 'num_rows' (int) and 'sha256' (str)")
-        if Path(s["file"]).is_absolute() or ".." in Path(s["file"]).parts:
-            raise bad(f"shard entry {i} file {s['file']!r} must be relative to the manifest folder")
+        if s["file"] in ("", ".", "..") or "/" in s["file"] or "\\" in s["file"]:
+            raise bad(f"shard entry {i} file {s['file']!r} must be a file name in the manifest's folder")
     counted = sum(s["num_rows"] for s in shards)
     if manifest["num_rows"] != counted:
         raise bad(f"num_rows is {manifest['num_rows']!r} but the shards hold {counted}")
@@ -261,16 +299,17 @@ def read_manifest(path: str | os.PathLike) -> dict:
 
 
 def shard_files(path: str | os.PathLike) -> list[str]:
-    """Absolute paths of the manifest's shards, in manifest order; each must exist."""
+    """The manifest's shards in manifest order, each of which must exist: absolute local paths,
+    or `s3://bucket/key` URIs (what Ray Data's `read_parquet` and pyarrow accept)."""
     mpath = _manifest_path(path)
     manifest = read_manifest(mpath)
-    root = mpath.resolve().parent
+    root = storage.absolute(_folder(mpath))
     files = []
     for s in manifest["shards"]:
-        f = root / s["file"]
-        if not f.is_file():
+        f = storage.join(root, s["file"])
+        if not storage.is_file(f):
             raise ShardError(f"shard {f} listed in {mpath} does not exist")
-        files.append(str(f))
+        files.append(f)
     return files
 
 
@@ -279,6 +318,6 @@ def verify_shards(path: str | os.PathLike) -> dict[str, Any]:
     mpath = _manifest_path(path)
     manifest = read_manifest(mpath)
     for s, f in zip(manifest["shards"], shard_files(mpath)):
-        if _sha256_file(Path(f)) != s["sha256"]:
+        if _sha256(storage.read_bytes(f)) != s["sha256"]:
             raise ShardError(f"shard {f} does not match the sha256 recorded in {mpath}")
     return manifest

@@ -132,7 +132,7 @@ def test_round_trip_of_scene_captions(model, captions):
         assert (row[:n] > 1).all() and (row[n:] == 0).all()  # no unk, no padding inside, zeros after
     # the learnt vocabulary compresses: fewer pieces than characters, and common words are one piece
     assert (rows > 0).sum() < 0.4 * sum(len(c) for c in captions)
-    assert len(tok.token_ids("circle")) == 1 and len(tok.token_ids("square")) == 1
+    assert len(tok.token_ids("sphere")) == 1 and len(tok.token_ids("cube")) == 1
 
 
 def test_input_is_lower_cased_ascii_only_as_the_official_tokenizer(model, captions):
@@ -147,9 +147,9 @@ def test_input_is_lower_cased_ascii_only_as_the_official_tokenizer(model, captio
 def test_padding_truncation_shape_and_missing_text(model):
     tok = SentencePieceTokenizer(model, max_len=6)
     long = "a small red circle on the left and a large blue square at the bottom right"
-    out = tok.encode(["a red circle", "", None, long])
+    out = tok.encode(["a red sphere", "", None, long])
     assert out.shape == (4, 6) and out.dtype == np.int64
-    n = len(SentencePieceTokenizer(model, 64).token_ids("a red circle"))
+    n = len(SentencePieceTokenizer(model, 64).token_ids("a red sphere"))
     assert 0 < n < 6 and (out[0, :n] > 0).all() and (out[0, n:] == 0).all()
     assert (out[1] == 0).all() and (out[2] == 0).all()
     assert out[3].tolist() == SentencePieceTokenizer(model, 64).token_ids(long)[:6]  # truncated, not dropped
