@@ -1,5 +1,6 @@
 """Configuration owned by the jobs layer: data pipeline, training loop, evaluation."""
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -26,10 +27,25 @@ class DataConfig:
     max_image_pixels: int = 40_000_000
     # Past this fraction of bad rows among those seen, the job stops with an error.
     max_bad_fraction: float = 0.05
+    # none | dinov2: DINOv2's flips, colour jitter, grayscale, blur and solarisation on every view.
+    # Off by default: the scenes' synthetic captions name colours and left/right, which these change.
+    augment: str = "none"
+
+
+@dataclass
+class StageConfig:
+    """One phase of training. The next stage starts from this one's weights and teacher, with a
+    fresh optimizer and its own warmup + cosine schedules over its own `steps`."""
+    name: str = ""
+    steps: int = 0
+    # Dotted experiment keys applied on top of the run's config for this stage only, e.g.
+    # {loss.mim_weight: 0} for "CLIP first", {model.image_size: 448} for high-resolution adaptation.
+    overrides: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class TrainConfig:
+    # Total optimizer steps. With `stages`, the sum of the stages' steps (derived).
     steps: int = 150
     lr: float = 1e-3
     min_lr: float = 1e-5
@@ -49,18 +65,70 @@ class TrainConfig:
     teacher_momentum_end: float = 1.0
     teacher_temp_end: float = 0.07
     teacher_temp_warmup_steps: int = 30
+    # Phases run in order (TIPS: CLIP first then MIM; 224 -> 448 px adaptation). Empty: one stage
+    # of `steps` with the run's config as it is.
+    stages: list[StageConfig] = field(default_factory=list)
+    checkpoints_to_keep: int = 2
+    # Ray Train restarts the worker group this many times after a worker or node failure, each
+    # time from the latest checkpoint. A non-finite loss is never retried.
+    max_failures: int = 3
+    # Every N steps, a cheap retrieval probe on `probe_images` probe-split images, reported under
+    # the final eval's keys (eval/<dataset>/...) so that early-stopping schedulers can act. 0: off.
+    probe_every: int = 0
+    probe_images: int = 64
+    prefetch_batches: int = 2  # per worker, ahead of the training step
+    strategy: str = "ddp"  # ddp | fsdp (FSDP2, for the L and g sizes)
+    # The Ray Train run's name, its folder in the run storage. Empty: made from the sweep and trial.
+    # Training again under an existing name resumes that run from its latest checkpoint
+    # (`tipslab train CONFIG --resume NAME` sets it).
+    run_name: str = ""
+    compile: bool = False  # torch.compile the student (GPU runs)
 
 
 @dataclass
 class EvalConfig:
+    # The name under which the probe splits of `data.root` are reported (eval/<dataset>/<metric>);
+    # empty: those splits are not evaluated.
     dataset: str = "scenes"
     probe_train_split: str = "probe_train"
     probe_test_split: str = "probe_test"
+    # Which probes run (jobs/probes): zero_shot, retrieval, segmentation, depth, normals, knn. Each
+    # dataset runs those of them that its labels allow.
+    probes: list[str] = field(default_factory=lambda: ["zero_shot", "retrieval", "segmentation", "depth",
+                                                       "normals", "knn"])
+    # Standard-format datasets evaluated besides the probe splits: {name: folder}, names from
+    # jobs/evalsets (imagenet, coco, flickr30k, pascal_voc, ade20k, nyuv2).
+    datasets: dict[str, str] = field(default_factory=dict)
     # Retrieval compares a CLS embedding with text embeddings. The paper uses CLS_1 on human
     # captions; on scenes the reference caption is the synthetic description, so "auto" takes the
     # token trained on that caption column: CLS_2 under dual_cls, CLS_1 in every other caption mode.
     retrieval_token: str = "auto"  # auto | cls_web | cls_synthetic
     retrieval_caption: str = "synthetic_caption"
+    # CLS tokens of the global probes; the paper uses CLS_1 (the web-caption token) for both.
+    zero_shot_token: str = "cls_web"
+    knn_token: str = "cls_web"
+    # Zero-shot prompts: each class name through every template, embeddings averaged (CLIP's
+    # ensembling; TIPS does not list its templates, so these few are ours).
+    zero_shot_templates: list[str] = field(default_factory=lambda: [
+        "a photo of a {}.", "a picture of a {}.", "an image of a {}.", "a {}.", "a drawing of a {}."])
+    # Temperature-weighted KNN votes, DINO's k = 20 and T = 0.07 (TIPS does not state its own).
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    # Linear dense probes on frozen patch tokens (DINOv2 protocol, small): full-batch AdamW.
     seg_probe_epochs: int = 60
     seg_probe_lr: float = 0.05
+    depth_probe_epochs: int = 60
+    depth_probe_lr: float = 0.05
+    # Depth as classification over uniform bins on (0, depth_max] metres, read out as the
+    # probability-weighted mean of the bin centres: DINOv2's "lin. 1" uses 256 bins and caps NYUv2
+    # at 10 m (inferred for TIPS). depth_max 0: the dataset's own cap (NYUv2: 10 m), else the largest
+    # probe-train depth (the scenes' floors reach far beyond 10 m).
+    depth_bins: int = 256
+    depth_max: float = 0.0
+    # Dense probes train on labels resized (nearest) to this many pixels a side, with the logits
+    # upsampled to it (DINOv2 trains at the label size); 0: the patch grid, which keeps CPU probes
+    # to seconds. They are always scored at the model's image size.
+    dense_train_size: int = 0
+    # features.npz keeps the patch tokens of this many fixed probe-test images (the report's PCA maps).
+    pca_images: int = 4
     batch_size: int = 64

@@ -1,4 +1,19 @@
-"""TIPS pretraining on Ray Train: a TorchTrainer fed by the Ray Data views pipeline."""
+"""TIPS pretraining on Ray Train: a TorchTrainer whose workers each stream their own shard files.
+
+Checkpoints go to the run's storage (a folder or s3://) through `ray.train.report`, every
+`train.checkpoint_every` steps and at the end, the last `train.checkpoints_to_keep` kept. Each holds
+the student, teacher, objective and optimizer state, the stage and step, the data position (the
+epoch and the shard files done, jobs/data/pipeline.py), every rank's RNG state and the tokenizer.
+After a worker or node failure Ray Train restarts the worker group and the loop resumes from
+`ray.train.get_checkpoint()`, the latest registered checkpoint; running again with the same
+(storage_path, name) resumes a stopped run the same way.
+
+A non-finite loss (or too many bad rows) is not a failure to retry: the workers write the reason
+to `stopped.json` in the run's folder and return, and `fit()` raises `RunStopped` with it.
+"""
+import hashlib
+import json
+import os
 import tempfile
 import time
 
@@ -6,124 +21,335 @@ import numpy as np
 import ray.train
 import ray.train.torch
 import torch
+import torch.distributed as dist
+from ray.train.torch import TorchConfig, TorchTrainer
 
 from tipslab.models.checkpoint import load_state, save_checkpoint, tips_config
-from tipslab.models.distributed import all_reduce_mean
+from tipslab.models.distributed import world
 from tipslab.models.objective import TIPSObjective
 from tipslab.models.teacher import EMATeacher
 from tipslab.models.tips import TIPSStudent
 from tipslab.models.tokenizer import build_tokenizer
 
-from .data.pipeline import data_execution_options, train_dataset
-from .step import Schedules, apply_schedules, param_groups, tips_step
+from .data import storage
+from .data.pipeline import plan_epoch, rank_dataset, train_shards
+from .data.views import BAD_ROW_COLUMNS
+from .stages import carry_weights, stage_configs
+from .step import NonFiniteLossError, Schedules, apply_schedules, param_groups, tips_step
+
+STOPPED_FILE = "stopped.json"
+# Set to a folder, every rank appends "epoch key_id" of each row it trains on to a file there:
+# how the tests count replayed rows. Off unless set.
+ROW_TRACE_ENV = "TIPSLAB_ROW_TRACE"
+
+
+class RunStopped(RuntimeError):
+    """The run stopped by itself (non-finite loss, too many bad rows); the message says where."""
+
+
+def state_digest(module_state: dict, optimizer_state: dict) -> str:
+    """sha256 over parameters and optimizer state, for checking that a resume restored them."""
+    h = hashlib.sha256()
+    for key in sorted(module_state):
+        h.update(key.encode())
+        h.update(module_state[key].detach().cpu().contiguous().numpy().tobytes())
+    for pid in sorted(optimizer_state["state"]):
+        for name in sorted(optimizer_state["state"][pid]):
+            value = optimizer_state["state"][pid][name]
+            h.update(f"{pid}.{name}".encode())
+            h.update(value.detach().cpu().contiguous().numpy().tobytes() if torch.is_tensor(value) else repr(value).encode())
+    return h.hexdigest()
+
+
+def gather(obj):
+    """Every rank's `obj`, in rank order."""
+    rank, size = world()
+    if size == 1:
+        return [obj]
+    out = [None] * size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_sum(values: list[float], device) -> list[float]:
+    x = torch.tensor(values, dtype=torch.float64, device=device)
+    if world()[1] > 1:
+        dist.all_reduce(x)
+    return x.tolist()
+
+
+class RowTrace:
+    def __init__(self, rank: int):
+        folder = os.environ.get(ROW_TRACE_ENV)
+        self.path = os.path.join(folder, f"rank{rank}-{os.getpid()}.txt") if folder else None
+
+    def rows(self, epoch: int, ids: torch.Tensor) -> None:
+        if self.path:
+            with open(self.path, "a") as f:
+                f.write("".join(f"{epoch} {i}\n" for i in ids.tolist()))
+
+    def event(self, **info) -> None:
+        if self.path:
+            with open(self.path.replace(".txt", ".json"), "a") as f:
+                f.write(json.dumps(info) + "\n")
+
+
+class Stage:
+    """One stage's modules, optimizer and schedules on this worker."""
+
+    def __init__(self, exp: dict, device, previous: dict | None, resume: bool):
+        train = exp["train"]
+        torch.manual_seed(train["seed"])  # identical initial weights on every rank
+        cfg = tips_config(exp)
+        self.exp, self.device = exp, device
+        self.student = TIPSStudent(cfg).to(device)  # before the optimizer and any restored state
+        self.objective = TIPSObjective(cfg).to(device)
+        self.teacher = None
+        if previous is not None and not resume:  # a new stage: start from the last one's weights
+            carry_weights(self.student, previous["student"])
+            carry_weights(self.objective, previous["objective"])
+        if self.objective.needs_teacher:
+            self.teacher = EMATeacher(self.student).to(device)  # a copy of the student's current weights
+            if previous is not None and previous.get("teacher") is not None and not resume:
+                carry_weights(self.teacher, previous["teacher"])
+        fused = device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(param_groups(self.student, train["weight_decay"]), lr=train["lr"], fused=fused)
+        if resume:
+            self.student.load_state_dict(previous["student"])
+            self.objective.load_state_dict(previous["objective"])
+            self.optimizer.load_state_dict(previous["optimizer"])
+            if self.teacher is not None:
+                self.teacher.load_state_dict(previous["teacher"])
+        self.sched = Schedules(train, exp["loss"])
+        self.model = ray.train.torch.prepare_model(self.student)
+        if train["compile"]:
+            self.model = torch.compile(self.model)
+
+    def state(self) -> dict:
+        return {"student": self.student.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "objective": self.objective.state_dict(),
+                "teacher": self.teacher.state_dict() if self.teacher is not None else None}
+
+    def param_norm(self) -> float:
+        return float(torch.linalg.vector_norm(torch.stack([p.detach().float().norm() for p in self.student.parameters()])))
+
+
+def restored_state() -> dict | None:
+    checkpoint = ray.train.get_checkpoint()
+    if not checkpoint:
+        return None
+    with checkpoint.as_directory() as d:
+        return load_state(d)
 
 
 def train_loop(config: dict) -> None:
-    """Runs on every Ray Train worker. config: {"experiment": resolved experiment config (dict)}."""
+    """Runs on every Ray Train worker. config: {"experiment": resolved config, "run": {storage_path, name}}."""
     exp = config["experiment"]
-    train = exp["train"]
-    cfg = tips_config(exp)
-    torch.manual_seed(train["seed"])  # identical initial weights on every rank
-    device = ray.train.torch.get_device()
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    try:
+        Loop(exp, rank, world_size, device).run()
+    except (NonFiniteLossError, RunStopped) as err:
+        # Every rank gets here at the same step (the checks are collective); retrying would only
+        # meet the same loss again, so the run ends here and fit() raises it.
+        if rank == 0:
+            storage.write_bytes(storage.join(config["run"]["path"], STOPPED_FILE),
+                                json.dumps({"reason": str(err), "kind": type(err).__name__}).encode())
 
-    student = TIPSStudent(cfg).to(device)  # before the optimizer and any restored state
-    objective = TIPSObjective(cfg).to(device)
-    teacher = EMATeacher(student).to(device) if objective.needs_teacher else None
-    optimizer = torch.optim.AdamW(param_groups(student, train["weight_decay"]), lr=train["lr"])
-    step = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            state = load_state(d)
-        student.load_state_dict(state["student"])
-        optimizer.load_state_dict(state["optimizer"])
-        objective.load_state_dict(state["objective"])
-        if teacher is not None:
-            teacher.load_state_dict(state["teacher"])
-        step = state["step"]
-    model = ray.train.torch.prepare_model(student)
-    sched = Schedules(train, exp["loss"])
-    tokenizer = build_tokenizer(exp["model"])  # travels inside every checkpoint
-    shard = ray.train.get_dataset_shard("train")
-    batch_size = exp["data"]["batch_size"]
 
-    window: dict[str, list[float]] = {}
-    wait_s, window_start = 0.0, time.perf_counter()
-    torch.manual_seed(train["seed"] * 1000 + rank + step)  # per-rank randomness from here on
-    while step < train["steps"]:
-        batches = iter(shard.iter_torch_batches(batch_size=batch_size, drop_last=True, device=device))
-        while step < train["steps"]:
-            t0 = time.perf_counter()
-            batch = next(batches, None)
-            wait_s += time.perf_counter() - t0
-            if batch is None:
-                break  # end of epoch: start a new pass over the shard
-            apply_schedules(optimizer, sched, step)
-            values = tips_step(
-                model, student, teacher, objective, optimizer, batch, teacher_temp=float(sched.teacher_temp[step]),
-                momentum=float(sched.momentum[step]), grad_clip=train["grad_clip"], step=step)
-            step += 1
-            for name, value in values.items():
-                window.setdefault(f"train/{name}", []).append(value)
-            if step % train["log_every"] == 0 or step == train["steps"]:
+class Loop:
+    def __init__(self, exp: dict, rank: int, world_size: int, device):
+        self.exp, self.rank, self.world_size, self.device = exp, rank, world_size, device
+        self.train = exp["train"]
+        self.tokenizer = build_tokenizer(exp["model"])  # travels inside every checkpoint
+        self.shards = train_shards(exp)
+        self.trace = RowTrace(rank)
+        self.bad = dict.fromkeys(BAD_ROW_COLUMNS, 0)  # run totals over all ranks
+
+    def run(self) -> None:
+        stages = stage_configs(self.exp)
+        state = restored_state()
+        first, step = 0, 0
+        position = {"epoch": 0, "done": []}
+        if state is not None:
+            first, step, position = state["stage"], state["step"], state["data"]
+            self.bad.update(state.get("bad_rows", {}))
+        for index in range(first, len(stages)):
+            name, stage_exp = stages[index]
+            resume = state is not None and state["stage"] == index and state["stage_step"] < stage_exp["train"]["steps"]
+            if state is not None and state["stage"] == index and not resume:
+                continue  # the checkpoint is this stage's last
+            stage = Stage(stage_exp, self.device, state, resume)
+            stage_step = state["stage_step"] if resume else 0
+            if resume:
+                rng = state["rng"]
+                if len(rng) == self.world_size:
+                    torch.set_rng_state(rng[self.rank])
+                self.trace.event(resumed_at=step, stage=index, digest=state_digest(stage.student.state_dict(),
+                                                                                   stage.optimizer.state_dict()))
+            else:
+                torch.manual_seed(self.train["seed"] * 1000 + self.rank + step)  # per-rank randomness
+            step, position = self.run_stage(stage, index, name, stage_step, step, position)
+            state = {"stage": index, "stage_step": stage_exp["train"]["steps"], "step": step, "data": position,
+                     **stage.state()}
+
+    def run_stage(self, stage: Stage, index: int, name: str, stage_step: int, step: int, position: dict):
+        exp, train = stage.exp, stage.exp["train"]
+        steps, batch_size = train["steps"], exp["data"]["batch_size"]
+        probe = None
+        if self.train["probe_every"] and self.rank == 0:
+            from .train_probe import RetrievalProbe
+            probe = RetrievalProbe(exp, self.tokenizer)
+        cpus = exp["data"]["cpus"] / self.world_size
+        window: dict[str, list[float]] = {}
+        counters = dict.fromkeys(BAD_ROW_COLUMNS, 0)
+        wait_s, window_start = 0.0, time.perf_counter()
+        epoch, done = position["epoch"], set(position["done"])
+        while stage_step < steps:
+            plan = plan_epoch(self.shards, train["seed"], epoch, self.world_size, done)
+            ds = rank_dataset(exp, plan, self.rank, cpus)
+            batches = iter(ds.iter_torch_batches(batch_size=batch_size, drop_last=True, device=self.device,
+                                                 prefetch_batches=train["prefetch_batches"]) if ds else ())
+            rows_done, epoch_steps = 0, 0
+            while stage_step < steps:
+                t0 = time.perf_counter()
+                batch = next(batches, None)
+                wait_s += time.perf_counter() - t0
+                # The epoch ends for every rank when one runs out: DDP needs the same step count.
+                if min(all_min(batch is not None, self.device)) < 1:
+                    break
+                rows_done += int(batch.pop("rows_done").sum())
+                self.trace.rows(epoch, batch.pop("key_id"))
+                for column in BAD_ROW_COLUMNS:
+                    counters[column] += int(batch.pop(column).sum())
+                apply_schedules(stage.optimizer, stage.sched, stage_step)
+                values = tips_step(
+                    stage.model, stage.student, stage.teacher, stage.objective, stage.optimizer, batch,
+                    teacher_temp=float(stage.sched.teacher_temp[stage_step]), momentum=float(stage.sched.momentum[stage_step]),
+                    grad_clip=train["grad_clip"], step=step, bf16=True)
+                stage_step, step, epoch_steps = stage_step + 1, step + 1, epoch_steps + 1
+                for key, value in values.items():
+                    window.setdefault(f"train/{key}", []).append(value)
+                last = stage_step == steps
+                if not (step % train["log_every"] == 0 or last or step % max(train["checkpoint_every"], 1) == 0
+                        and train["checkpoint_every"]):
+                    continue
                 elapsed = time.perf_counter() - window_start
-                n_steps = len(window["train/loss"])
-                # One collective for every window mean (same keys, same order on every rank), on the
-                # training device so that NCCL can reduce it too.
-                names = [*window, "perf/data_wait_frac"]
-                means = all_reduce_mean(torch.tensor([np.mean(v) for v in window.values()] + [wait_s / elapsed],
-                                                     dtype=torch.float64, device=device))
-                metrics = dict(zip(names, means.tolist()))
-                metrics.update({
-                    "step": step,
-                    "train/lr": float(sched.lr[step - 1]),
-                    "train/weight_decay": float(sched.weight_decay[step - 1]),
-                    "train/temperature": float(student.text.temperature),
-                    "train/teacher_momentum": float(sched.momentum[step - 1]),
-                    "perf/images_per_s": n_steps * batch_size * world_size / elapsed,
-                })
-                save_now = step == train["steps"] or (train["checkpoint_every"] and step % train["checkpoint_every"] == 0)
-                report(metrics, save_now, rank, {
-                    "student": student.state_dict(), "optimizer": optimizer.state_dict(),
-                    "objective": objective.state_dict(),
-                    "teacher": teacher.state_dict() if teacher is not None else None,
-                    "step": step, "config": exp, "tokenizer": tokenizer.state(),
-                } if save_now else None)
-                window, wait_s, window_start = {}, 0.0, time.perf_counter()
+                metrics = self.window_metrics(stage, window, counters, wait_s, elapsed, stage_step, step, index, name)
+                if probe is not None and (step % self.train["probe_every"] == 0 or last):
+                    metrics.update(probe(stage.student, self.device))
+                save = last or bool(train["checkpoint_every"]) and step % train["checkpoint_every"] == 0
+                position_now = None
+                if save or last:
+                    finished = plan.merge_done(gather(plan.done_files(self.rank, rows_done)))
+                    position_now = {"epoch": epoch, "done": sorted(done | finished)}
+                self.report(metrics, stage, index, stage_step, step, position_now if save else None)
+                window, counters, wait_s, window_start = {}, dict.fromkeys(BAD_ROW_COLUMNS, 0), 0.0, time.perf_counter()
+                if last:
+                    return step, position_now
+            if epoch_steps == 0 and not done:
+                raise RunStopped(f"data: the {exp['data']['train_split']} split has too few rows for one batch of "
+                                 f"{batch_size} on each of {self.world_size} ranks")
+            epoch, done = epoch + 1, set()
+        return step, {"epoch": epoch, "done": sorted(done)}
+
+    def window_metrics(self, stage, window, counters, wait_s, elapsed, stage_step, step, index, name) -> dict:
+        """Window means of the loss terms and norms, over every rank in one collective; the bad-row
+        counters summed over ranks (only rank 0's report is kept)."""
+        names = list(window)
+        sums = all_sum([float(np.mean(v)) for v in window.values()] + [wait_s / elapsed, elapsed]
+                       + [counters[c] for c in BAD_ROW_COLUMNS], self.device)
+        means = [v / self.world_size for v in sums[:len(names) + 2]]
+        for column, total in zip(BAD_ROW_COLUMNS, sums[len(names) + 2:]):
+            self.bad[column] += int(total)
+        sched, n_steps = stage.sched, len(window["train/loss"])
+        data = stage.exp["data"]
+        if self.bad["rows_seen"] and self.bad["bad_rows"] / self.bad["rows_seen"] > data["max_bad_fraction"]:
+            raise RunStopped(f"data: {self.bad['bad_rows']} of {self.bad['rows_seen']} rows seen were bad, more than "
+                             f"data.max_bad_fraction = {data['max_bad_fraction']} (the workers' logs name each one)")
+        metrics = dict(zip(names, means))
+        metrics.update({
+            "step": step, "train/stage": index, "train/stage_step": stage_step,
+            "train/lr": float(sched.lr[stage_step - 1]),
+            "train/weight_decay": float(sched.weight_decay[stage_step - 1]),
+            "train/temperature": float(stage.student.text.temperature),
+            "train/teacher_momentum": float(sched.momentum[stage_step - 1]),
+            "train/param_norm": stage.param_norm(),
+            "perf/images_per_s": n_steps * data["batch_size"] * self.world_size / means[len(names) + 1],
+            "perf/data_wait_frac": means[len(names)],
+            "data/rows_seen": self.bad["rows_seen"], "data/bad_rows": self.bad["bad_rows"],
+        })
+        return metrics
+
+    def report(self, metrics: dict, stage: Stage, index: int, stage_step: int, step: int, position: dict | None) -> None:
+        """Report; with a data position, a checkpoint too (written by rank 0; report is a barrier)."""
+        if position is None:
+            ray.train.report(metrics)
+            return
+        rng = gather(torch.get_rng_state())
+        if self.rank != 0:
+            ray.train.report(metrics)
+            return
+        state = {**stage.state(), "stage": index, "stage_step": stage_step, "step": step, "data": position,
+                 "rng": rng, "bad_rows": dict(self.bad), "config": stage.exp, "tokenizer": self.tokenizer.state()}
+        with tempfile.TemporaryDirectory() as tmp:
+            save_checkpoint(tmp, state)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def report(metrics: dict, save: bool, rank: int, state: dict | None) -> None:
-    """Report metrics; with `save`, rank 0 attaches a checkpoint (report is a barrier for all ranks)."""
-    if not save or rank != 0:
-        ray.train.report(metrics)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        save_checkpoint(tmp, state)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+def all_min(flag: bool, device) -> list[float]:
+    """[the minimum of `flag` over ranks] (1.0 when every rank has it)."""
+    x = torch.tensor([float(flag)], device=device)
+    if world()[1] > 1:
+        dist.all_reduce(x, op=dist.ReduceOp.MIN)
+    return x.tolist()
 
 
-def build_trainer(exp: dict, *, name: str, storage_path: str, callbacks=(), max_failures: int = 0):
-    """A TorchTrainer for one experiment; `fit()` runs it and returns the Ray Train result."""
-    from ray.train.torch import TorchConfig, TorchTrainer
+class TIPSTrainer(TorchTrainer):
+    """A TorchTrainer whose `fit()` raises `RunStopped` when the workers stopped the run."""
 
+    def __init__(self, *args, run_path: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._run_path = run_path
+
+    def fit(self):
+        marker = storage.join(self._run_path, STOPPED_FILE)
+        if storage.exists(marker):
+            storage.delete(marker)  # left by an earlier attempt of this run
+        result = super().fit()
+        if storage.exists(marker):
+            raise RunStopped(json.loads(storage.read_bytes(marker))["reason"])
+        return result
+
+
+def build_trainer(exp: dict, *, name: str, storage_path: str, callbacks=(), max_failures: int | None = None,
+                  resources_per_worker: dict | None = None):
+    """A TorchTrainer for one experiment; `fit()` runs it (or resumes the run stored under
+    (storage_path, name)) and returns the Ray Train result. `resources_per_worker` adds custom
+    resources to each worker's CPU/GPU request (e.g. to pin workers to some nodes)."""
     train = exp["train"]
+    if train["strategy"] != "ddp":
+        # jobs/parallel.py has FSDP2 sharding and sharded checkpoints; the loop does not use them yet.
+        raise ValueError(f"train.strategy: {train['strategy']!r} is not supported by the training loop yet; use ddp")
     use_gpu = train["gpus_per_worker"] > 0
-    resources = {"CPU": train["cpus_per_worker"]}
+    resources = {"CPU": train["cpus_per_worker"], **(resources_per_worker or {})}
     if use_gpu:
         resources["GPU"] = train["gpus_per_worker"]
-    return TorchTrainer(
+    run_path = storage.join(storage_path, name) if storage.is_s3(storage_path) else os.path.join(storage_path, name)
+    return TIPSTrainer(
         train_loop,
-        train_loop_config={"experiment": exp},
+        run_path=run_path,
+        train_loop_config={"experiment": exp, "run": {"path": run_path}},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=train["num_workers"], use_gpu=use_gpu, resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage_path, callbacks=list(callbacks),
-            failure_config=ray.train.FailureConfig(max_failures=max_failures, controller_failure_limit=3),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            # Ray workers see no variables set in the driver after ray.init: S3 settings go along.
+            worker_runtime_env={"env_vars": {**storage.aws_env(), **{k: os.environ[k] for k in (ROW_TRACE_ENV,) if k in os.environ}}},
+            failure_config=ray.train.FailureConfig(
+                max_failures=train["max_failures"] if max_failures is None else max_failures, controller_failure_limit=3),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=train["checkpoints_to_keep"]),
         ),
-        datasets={"train": train_dataset(exp)},
-        dataset_config=ray.train.DataConfig(execution_options=data_execution_options(exp)),
     )

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import torch
 
+from tipslab.models.distributed import world
 from tipslab.models.objective import TIPSObjective
 from tipslab.models.schedules import cosine_schedule
 from tipslab.models.teacher import EMATeacher
@@ -50,18 +51,31 @@ class Schedules:
 
 
 def tips_step(model, student: TIPSStudent, teacher: EMATeacher | None, objective: TIPSObjective, optimizer,
-              batch: dict, *, teacher_temp: float, momentum: float, grad_clip: float, step: int) -> dict[str, float]:
+              batch: dict, *, teacher_temp: float, momentum: float, grad_clip: float, step: int,
+              bf16: bool = False) -> dict[str, float]:
     """One TIPS step: student (maybe DDP-wrapped `model`) and teacher forwards, the objective,
     backward, clipping, the optimizer, the EMA update. Returns the loss terms and `grad_norm` as
     floats, read from the device in one transfer (one synchronisation per step, not one per term)."""
-    out = model(batch)
-    teacher_out = {}
-    if teacher is not None:
-        masks = batch["masks"] if student.mim_head is not None else None
-        teacher_out = teacher(batch["global_crop"], masks, student.cfg.loss.distill_cls)
-    total, terms = objective(out, teacher_out, teacher_temp)
-    values = dict(zip(terms, torch.stack([v.detach().float() for v in terms.values()]).tolist()))
-    for name, value in values.items():
+    device_type = batch["global_crop"].device.type
+    # bf16 autocast on GPU for the forwards and the objective; backward runs outside it.
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16 and device_type == "cuda"):
+        out = model(batch)
+        teacher_out = {}
+        if teacher is not None:
+            masks = batch["masks"] if student.mim_head is not None else None
+            teacher_out = teacher(batch["global_crop"], masks, student.cfg.loss.distill_cls)
+        total, terms = objective(out, teacher_out, teacher_temp)
+    stacked = torch.stack([v.detach().float() for v in terms.values()])
+    values = dict(zip(terms, stacked.tolist()))
+    # Every rank must agree before backward, or the ranks with finite losses would wait forever in
+    # DDP's gradient all-reduce: a sum over ranks is non-finite wherever any rank's term is.
+    if world()[1] > 1:
+        summed = stacked.clone()
+        torch.distributed.all_reduce(summed)
+        checked = dict(zip(terms, summed.tolist()))
+    else:
+        checked = values
+    for name, value in checked.items():
         if not math.isfinite(value):
             raise NonFiniteLossError(f"non-finite loss at step {step}: term {name!r} = {value}")
     optimizer.zero_grad(set_to_none=True)

@@ -98,6 +98,8 @@ class LossConfig:
     teacher_temp: float = 0.04
     center_momentum: float = 0.9
     mask_ratio: float = 0.75  # TIPS default: 75% random masking
+    # random | blockwise (BEiT/iBOT rectangles); TIPS: blockwise at 75% scored the same as random.
+    mask_mode: str = "random"
     # γ of L_tag (Tag2Text tagging). 0 = off: no tagging head, no computation. The tags
     # (batch["tags"], multi-hot [B, model.num_tags]) come from the data pipeline.
     tag_weight: float = 0.0

@@ -131,14 +131,36 @@ def check(cfg: DictConfig, source: str) -> None:
             bad(key, "must be at least 1")
 
 
+STAGE_FIXED = ("train.stages", "train.steps", "train.num_workers", "train.strategy")  # one per run, not per stage
+
+
+def check_stages(cfg: DictConfig, label: str) -> None:
+    """Each stage's overrides must make a valid config on their own; train.steps becomes their sum."""
+    names = [stage.name for stage in cfg.train.stages]
+    for i, stage in enumerate(cfg.train.stages):
+        where = f"{label}: train.stages[{i}]"
+        if not stage.name or names.count(stage.name) > 1:
+            raise ConfigError(f"{where}: name: every stage needs a name of its own (got {stage.name!r})")
+        if stage.steps < 1:
+            raise ConfigError(f"{where} ({stage.name}): steps: must be at least 1")
+        for key in stage.overrides:
+            if key.startswith(STAGE_FIXED):
+                raise ConfigError(f"{where} ({stage.name}): overrides: {key} cannot change between stages")
+        check(merge(cfg, OmegaConf.to_container(stage.overrides), where, "overrides: "), f"{where} ({stage.name})")
+    if names:
+        cfg.train.steps = sum(stage.steps for stage in cfg.train.stages)
+
+
 def compose(sources: list[tuple[dict, str]], label: str) -> DictConfig:
     """Merge (data, source name) pairs, in order, onto the schema; check the result as `label`."""
     cfg = schema()
     for data, source in sources:
         cfg = merge(cfg, data, source)
     check(cfg, label)
+    check_stages(cfg, label)
     # Workers run in other folders: every path they get is absolute.
-    cfg.data.root = str(Path(cfg.data.root).resolve()) if cfg.data.root else str(home() / "data" / "scenes")
+    if not cfg.data.root.startswith("s3://"):  # an s3:// URI is absolute already
+        cfg.data.root = str(Path(cfg.data.root).resolve()) if cfg.data.root else str(home() / "data" / "scenes")
     if cfg.model.tokenizer != "hash":
         cfg.model.tokenizer = str(Path(cfg.model.tokenizer).resolve())
     if cfg.data.tag_vocab:
@@ -156,8 +178,48 @@ def to_dict(cfg: DictConfig) -> dict:
 
 
 def config_hash(config: dict) -> str:
-    """Identity of a resolved config: equal hashes mean the same training run."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    """Identity of a resolved config: equal hashes mean the same training run.
+
+    Paths are replaced by what they hold (the shards' manifest content hash, a file's sha256), so
+    the same run resumed from another working directory or another copy of the data still matches.
+    """
+    return hashlib.sha256(json.dumps(identity(config), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def identity(config: dict) -> dict:
+    """The config with every path swapped for the content it names."""
+    out = json.loads(json.dumps(config))
+    if "data" not in out:  # not an experiment config: nothing to swap
+        return out
+    data = out["data"]
+    # Procedural scenes are fully determined by the data.* and model.image_size keys already here.
+    data["root"] = "scenes" if data["source"] == "scenes" else data_fingerprint(config)
+    for section, key in (("model", "tokenizer"), ("data", "tag_vocab")):
+        value = out[section][key]
+        if value and value != "hash" and Path(value).is_file():
+            out[section][key] = "sha256:" + hashlib.sha256(Path(value).read_bytes()).hexdigest()
+    return out
+
+
+def data_fingerprint(config: dict) -> dict:
+    """{split: manifest content hash} of the splits a run reads; a split without a readable
+    manifest keeps its path (it fails later, with its own message)."""
+    data, ev = config["data"], config["eval"]
+    return {split: (manifest_of(data["root"], split) or {}).get("content_hash", f"{data['root']}/{split}")
+            for split in (data["train_split"], ev["probe_train_split"], ev["probe_test_split"])}
+
+
+def manifest_of(root: str, split: str) -> dict | None:
+    """The shard manifest of one split under a local or s3:// root, or None when there is none."""
+    import pyarrow.fs
+
+    uri = f"{root.rstrip('/')}/{split}/manifest.json"
+    try:
+        fs, path = pyarrow.fs.FileSystem.from_uri(uri if "://" in uri else Path(uri).absolute().as_uri())
+        with fs.open_input_stream(path) as f:
+            return json.loads(f.read())
+    except (OSError, ValueError):
+        return None
 
 
 def flatten(config: dict, prefix: str = "") -> dict:

@@ -3,11 +3,15 @@
 Going through Tune keeps one path for everything: the same trial function, the same MLflow writer
 in the driver, per-step metrics included.
 """
+import re
 from pathlib import Path
 
+from tipslab.jobs.data import storage
 from tipslab.jobs.evaluate import metric_keys
 
 from .config import config_hash, load_experiment, to_dict
+from .errors import UserError
+from .runtime import storage_path
 from .spec import Plan, ResourceSpec, Trial
 from .sweep import SweepResult, run_sweep
 
@@ -26,5 +30,14 @@ def single_plan(config_path: str, overrides: list[str]) -> Plan:
     return Plan(Path(config_path), spec, "single", resources, [Trial(name, train["seed"], config, config_hash(config))])
 
 
-def run_single(config_path: str, overrides: list[str], address: str | None = None) -> SweepResult:
+def run_single(config_path: str, overrides: list[str], address: str | None = None,
+               resume: str | None = None) -> SweepResult:
+    """With `resume` (a Ray Train run name: the run's folder under the run storage, the last part
+    of its MLflow `checkpoint_uri` tag), training continues from that run's latest checkpoint, in
+    its stage, at its data position; a new MLflow run records it."""
+    if resume:
+        if not re.fullmatch(r"[A-Za-z0-9_.=+-]+", resume) or not storage.is_dir(storage.join(storage_path(), resume)):
+            raise UserError(f"--resume {resume}: no training run of that name under {storage_path()} "
+                            "(the name is the run's folder there)")
+        overrides = [*overrides, f"train.run_name={resume}"]
     return run_sweep(single_plan(config_path, overrides), address=address)

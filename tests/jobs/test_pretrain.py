@@ -62,3 +62,33 @@ def test_tag_loss_trains_on_the_shards_tags(ray_session, home, tmp_path):
     result = build_trainer(config, name="tags", storage_path=str(home / "ray")).fit()
     tag_loss = result.metrics_dataframe["train/tag"].iloc[-1]
     assert 0 < tag_loss < 100
+
+
+def test_shards_and_checkpoints_on_s3_and_a_rerun_resumes(ray_session, home, s3, tmp_path):
+    import json
+
+    import ray
+
+    from tipslab.jobs.data import storage
+    from tipslab.jobs.pretrain import ROW_TRACE_ENV
+
+    config = experiment(**{"data.root": f"{s3}/scenes", "train.steps": 2, "train.log_every": 2})
+    assert storage.is_file(f"{s3}/scenes/train/manifest.json")
+
+    # The trial driver is a Ray task, as in a sweep; the AWS variables set here after ray.init reach
+    # it (and from it, the controller and workers) only through its runtime environment.
+    @ray.remote(num_cpus=0)
+    def fit(exp):
+        result = build_trainer(exp, name="on-s3", storage_path=f"{s3}/ray").fit()
+        with result.checkpoint.as_directory() as d:
+            return result.checkpoint.path, load_state(d)["step"]
+
+    on_s3 = fit.options(runtime_env={"env_vars": {**storage.aws_env(), ROW_TRACE_ENV: str(tmp_path)}})
+    path, step = ray.get(on_s3.remote(config))
+    assert path.startswith("tipslab-test/ray/on-s3/") and step == 2
+    # the same (storage_path, name) with more steps goes on from step 2
+    config["train"]["steps"] = 4
+    path, step = ray.get(on_s3.remote(config))
+    assert step == 4 and any(name.startswith("checkpoint") for name in storage.list_names(f"{s3}/ray/on-s3"))
+    events = [json.loads(line) for f in tmp_path.glob("*.json") for line in f.read_text().splitlines()]
+    assert [e["resumed_at"] for e in events] == [2]

@@ -99,3 +99,33 @@ def test_tag_vocabulary_sets_num_tags_and_is_required_by_the_tag_loss(tmp_path, 
         load_experiment(BASE, ["loss.tag_weight=1"])
     with pytest.raises(ConfigError, match="data.tag_vocab: no tag vocabulary"):
         load_experiment(BASE, [f"data.tag_vocab={tmp_path / 'absent.txt'}"])
+
+
+def _manifests(root, content: str):
+    for split in ("train", "probe_train", "probe_test"):
+        (root / split).mkdir(parents=True, exist_ok=True)
+        (root / split / "manifest.json").write_text(f'{{"content_hash": "{content}-{split}", "num_rows": 1}}')
+
+
+def test_config_hash_follows_content_not_paths(tmp_path, monkeypatch):
+    """A resume from another folder, or from a copy of the same shards, is the same run."""
+    hashes = []
+    for where in ("one", "two"):
+        monkeypatch.setenv("TIPSLAB_HOME", str(tmp_path / where))
+        monkeypatch.chdir(tmp_path.joinpath(where).mkdir() or tmp_path / where)
+        hashes.append(config_hash(to_dict(load_experiment(BASE))))
+    assert hashes[0] == hashes[1]  # scenes: the config alone determines the data
+
+    _manifests(tmp_path / "copy_a", "abc")
+    _manifests(tmp_path / "copy_b", "abc")
+    _manifests(tmp_path / "other", "xyz")
+    def shards(root):
+        return config_hash(to_dict(load_experiment(BASE, ["data.source=shards", f"data.root={root}"])))
+    assert shards(tmp_path / "copy_a") == shards(tmp_path / "copy_b")
+    assert shards(tmp_path / "copy_a") != shards(tmp_path / "other")
+
+    vocab_a, vocab_b = tmp_path / "a.txt", tmp_path / "b.txt"
+    vocab_a.write_text("red\n")
+    vocab_b.write_text("red\n")
+    assert config_hash(to_dict(load_experiment(BASE, [f"data.tag_vocab={vocab_a}"]))) == \
+        config_hash(to_dict(load_experiment(BASE, [f"data.tag_vocab={vocab_b}"])))
