@@ -1,29 +1,64 @@
-"""Evaluation on frozen features: image<->text retrieval and a linear segmentation probe.
+"""Evaluation on frozen features: the paper's probes (jobs/probes) on the probe splits of the
+experiment's shards (the procedural scenes by default) and on standard datasets (jobs/evalsets).
 
-The probe trains on the probe-train split and is scored on the separate probe-test split; retrieval
-is scored on probe-test. Results are returned as `eval/<dataset>/<metric>` and written as JSON.
+Features come from Ray Data batch inference (jobs/probes/features.py); every trained probe is fit
+on probe-train features only and scored on probe-test. Results are `eval/<dataset>/<metric>`
+(the registry that specs are validated against: `metric_keys`, `metric_goal`), written as JSON
+next to a `features.npz` of a few probe-test images and their patch tokens (the report's PCA maps).
 """
+import dataclasses
+import io
 import json
+import logging
 import os
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
-import torch.nn.functional as F
 
-from tipslab.models.checkpoint import load_student
+from .config import EvalConfig
+from .data import storage
+from .evalsets import ALL_PROBES, EvalSet, check_disjoint, dataset_probes, read_standard, scenes
+from .probes import DENSE, PROBES, ProbeContext, SplitFeatures, metric_goal
+from .probes.features import features, load_pixels
+from .probes.zero_shot import prompts
 
-from .data.pipeline import split_dir
-from .data.scenes import CLASSES
-from .data.shards import decode_png, shard_files
-
-PROBE_METRICS = {"retrieval": ("i2t_r1", "t2i_r1"), "segmentation": ("seg_miou",)}
 RESULTS_FILE = "eval_results.json"
+FEATURES_FILE = "features.npz"
+log = logging.getLogger(__name__)
+
+__all__ = ["metric_keys", "metric_goal", "evaluate_checkpoint", "evaluate", "Evaluation"]
+
+
+def settings(eval_cfg: dict) -> dict:
+    """The eval config with every field (checkpoints written before a field existed lack it)."""
+    ev = {**dataclasses.asdict(EvalConfig()), **dict(eval_cfg or {})}
+    unknown = sorted(set(ev["probes"]) - set(ALL_PROBES))
+    if unknown:
+        raise ValueError(f"eval.probes: unknown probes {unknown}; known: {', '.join(ALL_PROBES)}")
+    for key in ("zero_shot_token", "knn_token"):
+        if ev[key] not in ("cls_web", "cls_synthetic"):
+            raise ValueError(f"eval.{key}: {ev[key]!r} is not cls_web or cls_synthetic")
+    return ev
+
+
+def planned(ev: dict) -> list[tuple[str, str | None, tuple[str, ...]]]:
+    """(dataset name, folder or None for the experiment's probe splits, probes) in run order."""
+    plan = [(ev["dataset"], None, tuple(p for p in ALL_PROBES if p in ev["probes"]))] if ev["dataset"] else []
+    for name, path in ev["datasets"].items():
+        try:
+            allowed = dataset_probes(name, is_shards=False)
+        except ValueError as err:
+            raise ValueError(f"eval.datasets.{name}: {err}") from None
+        plan.append((name, path, tuple(p for p in allowed if p in ev["probes"])))
+    return plan
 
 
 def metric_keys(eval_cfg: dict) -> set[str]:
     """The registry: every metric key this evaluation configuration produces."""
-    return {f"eval/{eval_cfg['dataset']}/{m}" for names in PROBE_METRICS.values() for m in names}
+    return {f"eval/{name}/{metric}" for name, _, probes in planned(settings(eval_cfg))
+            for probe in probes for metric in PROBES[probe].METRICS}
 
 
 def retrieval_token(exp: dict) -> str:
@@ -34,105 +69,124 @@ def retrieval_token(exp: dict) -> str:
     return "cls_synthetic" if dual and exp["eval"]["retrieval_caption"] == "synthetic_caption" else "cls_web"
 
 
-def load_split(root: str, split: str, columns: list[str]) -> dict:
-    """A small probe split, fully in memory (probe splits are hundreds of images)."""
-    parts = [pq.read_table(f, columns=columns).to_pydict() for f in shard_files(split_dir(root, split))]
-    return {c: [v for p in parts for v in p[c]] for c in columns}
+def cls_tokens(exp: dict, ev: dict, shards: bool) -> dict[str, str]:
+    """Which CLS token serves each global probe. Human captions (COCO, Flickr30k) are compared with
+    CLS_1, as in the paper, unless eval.retrieval_token names one."""
+    retrieval = retrieval_token({**exp, "eval": ev}) if shards or ev["retrieval_token"] != "auto" else "cls_web"
+    return {"retrieval": retrieval, "zero_shot": ev["zero_shot_token"], "knn": ev["knn_token"]}
 
 
-def images_tensor(encoded: list[bytes], size: int) -> torch.Tensor:
-    x = torch.from_numpy(np.stack([decode_png(b)[..., :3] for b in encoded])).permute(0, 3, 1, 2).float() / 255.0
-    if x.shape[-1] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return x
+def load_data(name: str, path: str | None, exp: dict, ev: dict) -> EvalSet:
+    size = exp["model"]["image_size"]
+    if path is None:
+        return scenes.read(exp["data"]["root"], size, name, ev["probe_train_split"], ev["probe_test_split"],
+                           ev["retrieval_caption"])
+    return read_standard(name, path, size)
 
 
-def labels_tensor(encoded: list[bytes]) -> torch.Tensor:
-    return torch.from_numpy(np.stack([decode_png(b) for b in encoded]).astype(np.int64))
+def why_not(probe: str, es: EvalSet) -> str | None:
+    """Why `probe` cannot run on this data, or None."""
+    module = PROBES[probe]
+    if probe in es.unavailable:
+        return es.unavailable[probe]
+    splits = [("probe-test", es.test)] + ([("probe-train", es.train)] if module.TRAINED else [])
+    for split_name, split in splits:
+        if split is None:
+            return f"it has no {split_name} split"
+        missing = [f for f in module.NEEDS if getattr(split, f) is None]
+        if missing:
+            return f"its {split_name} split has no {', '.join(missing)}"
+    if probe == "zero_shot" and not any(n is not None for n in es.class_names):
+        return "it has no class names"
+    return None
 
 
-@torch.no_grad()
-def image_features(student, images: torch.Tensor, batch_size: int) -> dict:
-    outs = [student.vision(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
-    return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+@dataclass
+class Evaluation:
+    metrics: dict[str, float] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # "<dataset>/<probe>" -> why
+    seconds: dict[str, float] = field(default_factory=dict)  # "<dataset>/features", "<dataset>/<probe>"
 
 
-@torch.no_grad()
-def text_features(student, tokenizer, captions: list[str], batch_size: int) -> torch.Tensor:
-    tokens = torch.from_numpy(tokenizer.encode(captions))
-    return torch.cat([student.encode_text(tokens[i:i + batch_size]) for i in range(0, len(tokens), batch_size)])
+def extract(checkpoint: str, es: EvalSet, runnable: list[str], ev: dict, size: int, patches: bool):
+    """(probe-train features or None, probe-test features, zero-shot prompt embeddings or None),
+    from one Ray Data pass over both splits' images and the texts."""
+    train = es.train if any(PROBES[p].TRAINED for p in runnable) else None
+    splits = [es.test] + ([train] if train is not None else [])
+    captions = es.test.captions if "retrieval" in runnable else []
+    prompt_texts = prompts(es.class_names, ev["zero_shot_templates"]) if "zero_shot" in runnable else []
+    feats = features(checkpoint, [k for s in splits for k in s.keys], [im for s in splits for im in s.images],
+                     captions + prompt_texts, size, patches, ev["batch_size"])
+    texts = torch.from_numpy(feats.pop("text"))
+    n = len(es.test)
+    test = SplitFeatures(es.test, {k: torch.from_numpy(v[:n]) for k, v in feats.items()},
+                         texts[:len(captions)] if captions else None)
+    train_feats = SplitFeatures(train, {k: torch.from_numpy(v[n:]) for k, v in feats.items()}) if train else None
+    prompt_emb = None
+    if prompt_texts:
+        prompt_emb = texts[len(captions):].reshape(-1, len(ev["zero_shot_templates"]), texts.shape[-1])
+    return train_feats, test, prompt_emb
 
 
-def retrieval_recall_at_1(image_emb: torch.Tensor, text_emb: torch.Tensor) -> tuple[float, float]:
-    """(image->text R@1, text->image R@1) in percent; pair i is (image i, caption i)."""
-    sim = F.normalize(image_emb, dim=-1) @ F.normalize(text_emb, dim=-1).T
-    target = torch.arange(len(sim))
-    i2t = (sim.argmax(dim=1) == target).float().mean().item() * 100
-    t2i = (sim.argmax(dim=0) == target).float().mean().item() * 100
-    return i2t, t2i
+def evaluate(checkpoint: str, exp: dict, out_dir: str | None = None) -> Evaluation:
+    """Every configured probe on every configured dataset; `checkpoint` is a folder or s3:// URI."""
+    started = time.perf_counter()
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    ev, size, result, pca = settings(exp["eval"]), exp["model"]["image_size"], Evaluation(), None
+    for index, (name, path, probes) in enumerate(planned(ev)):
+        t0 = time.perf_counter()
+        es = load_data(name, path, exp, ev)
+        check_disjoint(es)
+        runnable = []
+        for probe in probes:
+            reason = why_not(probe, es)
+            if reason:
+                log.warning("eval: %s probe on %s skipped: %s", probe, name, reason)
+                result.skipped[f"{name}/{probe}"] = reason
+            else:
+                runnable.append(probe)
+        if not runnable:
+            continue
+        first = index == 0 and ev["pca_images"] > 0  # its probe-test images go to features.npz
+        train, test, prompt_emb = extract(checkpoint, es, runnable, ev, size,
+                                          patches=first or any(p in DENSE for p in runnable))
+        result.seconds[f"{name}/features"] = time.perf_counter() - t0
+        ctx = ProbeContext(es, train, test, ev, cls_tokens(exp, ev, shards=path is None), prompt_emb)
+        for probe in runnable:
+            t0, module = time.perf_counter(), PROBES[probe]
+            model = module.fit(ctx.train, ctx) if module.TRAINED else None  # probe-train rows only
+            for metric, value in module.score(model, ctx.test, ctx).items():
+                result.metrics[f"eval/{name}/{metric}"] = float(value)
+            result.seconds[f"{name}/{probe}"] = time.perf_counter() - t0
+        if first:
+            pca = pca_arrays(es, test, ev["pca_images"], size)
+    result.seconds["total"] = time.perf_counter() - started
+    if out_dir:
+        write_outputs(out_dir, result, pca)
+    return result
 
 
-def mean_iou(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> float:
-    """Mean IoU in percent over the classes present in the prediction or the ground truth."""
-    idx = target.flatten() * num_classes + pred.flatten()
-    conf = torch.bincount(idx, minlength=num_classes**2).reshape(num_classes, num_classes).double()
-    inter = conf.diag()
-    union = conf.sum(0) + conf.sum(1) - inter
-    present = union > 0
-    return (inter[present] / union[present]).mean().item() * 100
+def pca_arrays(es: EvalSet, test: SplitFeatures, n: int, size: int) -> dict[str, np.ndarray]:
+    """The first n probe-test images (uint8 [n, S, S, 3]) and their patch tokens [n, P, D]."""
+    n = min(n, len(es.test))
+    images = [load_pixels(im, size, k) for im, k in zip(es.test.images[:n], es.test.keys[:n])]
+    return {"keys": np.array(es.test.keys[:n]), "dataset": np.array(es.name),
+            "images": (torch.stack(images).permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy(),
+            "patch_tokens": test.image["patch_tokens"][:n].numpy()}
 
 
-def patch_grid(patch_tokens: torch.Tensor) -> torch.Tensor:
-    """[B, N, C] -> [B, C, g, g]."""
-    b, n, c = patch_tokens.shape
-    g = int(round(n**0.5))
-    return patch_tokens.transpose(1, 2).reshape(b, c, g, g)
-
-
-def linear_segmentation_probe(train_feats, train_seg, test_feats, test_seg, num_classes: int,
-                              epochs: int, lr: float, seed: int = 0) -> float:
-    """DINOv2's linear protocol in small: a 1x1 linear layer on frozen patch tokens, logits
-    upsampled to the label resolution, trained with cross-entropy; returns test mIoU."""
-    torch.manual_seed(seed)
-    mean = train_feats.mean(dim=(0, 2, 3), keepdim=True)
-    std = train_feats.std(dim=(0, 2, 3), keepdim=True) + 1e-6
-    probe = torch.nn.Conv2d(train_feats.shape[1], num_classes, 1)
-    opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=1e-4)
-    x, size = (train_feats - mean) / std, train_seg.shape[-2:]
-    for _ in range(epochs):
-        logits = F.interpolate(probe(x), size=size, mode="bilinear", align_corners=False)
-        loss = F.cross_entropy(logits, train_seg)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        logits = F.interpolate(probe((test_feats - mean) / std), size=test_seg.shape[-2:], mode="bilinear",
-                               align_corners=False)
-    return mean_iou(logits.argmax(1), test_seg, num_classes)
+def write_outputs(out_dir: str, result: Evaluation, pca: dict | None) -> None:
+    storage.make_dirs(out_dir)
+    body = {**result.metrics, "perf/eval_seconds": result.seconds["total"]}
+    storage.write_bytes(storage.join(out_dir, RESULTS_FILE), json.dumps(body, indent=2, sort_keys=True).encode())
+    if pca is not None:
+        buf = io.BytesIO()
+        np.savez(buf, **pca)
+        storage.write_bytes(storage.join(out_dir, FEATURES_FILE), buf.getvalue())
 
 
 def evaluate_checkpoint(checkpoint_dir: str, exp: dict, out_dir: str | None = None) -> dict:
-    """Run every probe of `exp["eval"]` on the checkpoint; returns {metric key: value}."""
-    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
-    student, tokenizer, _ = load_student(checkpoint_dir)
-    ev, root, size = exp["eval"], exp["data"]["root"], exp["model"]["image_size"]
-    caption_col = ev["retrieval_caption"]
-    test = load_split(root, ev["probe_test_split"], ["image", "segmentation", caption_col])
-    train = load_split(root, ev["probe_train_split"], ["image", "segmentation"])
-    test_img = image_features(student, images_tensor(test["image"], size), ev["batch_size"])
-    train_img = image_features(student, images_tensor(train["image"], size), ev["batch_size"])
-
-    text = text_features(student, tokenizer, test[caption_col], ev["batch_size"])
-    i2t, t2i = retrieval_recall_at_1(test_img[retrieval_token(exp)], text)
-    miou = linear_segmentation_probe(
-        patch_grid(train_img["patch_tokens"]), labels_tensor(train["segmentation"]),
-        patch_grid(test_img["patch_tokens"]), labels_tensor(test["segmentation"]),
-        num_classes=len(CLASSES), epochs=ev["seg_probe_epochs"], lr=ev["seg_probe_lr"],
-    )
-    name = ev["dataset"]
-    results = {f"eval/{name}/i2t_r1": i2t, f"eval/{name}/t2i_r1": t2i, f"eval/{name}/seg_miou": miou}
-    if out_dir:
-        os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, RESULTS_FILE), "w") as f:
-            json.dump(results, f, indent=2, sort_keys=True)
-    return results
+    """Run every probe of `exp["eval"]` on the checkpoint; returns {metric key: value}, plus the
+    evaluation's wall time as `perf/eval_seconds`."""
+    result = evaluate(checkpoint_dir, exp, out_dir)
+    return {**result.metrics, "perf/eval_seconds": result.seconds["total"]}

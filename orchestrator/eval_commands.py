@@ -1,5 +1,149 @@
-"""`tipslab eval`: the probes on any checkpoint (issue 7 fills this in)."""
+"""`tipslab eval`: the paper's probes on any checkpoint, or on an MLflow run's checkpoint with the
+results appended to that run (so probes can be re-run or added without retraining)."""
+import json
+import os
+import tempfile
+import time
+
+from .errors import UserError
+from .runtime import ensure_ray, home, tracking_uri
+
+
+def parse_data(items: list[str] | None, ev: dict) -> None:
+    """--data DATASET[=PATH] items -> eval.dataset / eval.datasets / data root overrides, in place."""
+    from tipslab.jobs.evalsets import STANDARD
+
+    if not items:
+        return
+    ev["dataset"], ev["datasets"], ev["_root"] = "", {}, None
+    for item in items:
+        name, sep, path = item.partition("=")
+        if name == "scenes":
+            ev["dataset"], ev["_root"] = "scenes", (os.path.abspath(path) if sep else None)
+        elif name in STANDARD:
+            if not sep or not path:
+                raise UserError(f"--data {item}: give the dataset's folder, as {name}=PATH")
+            if not os.path.exists(path):
+                raise UserError(f"--data {item}: {path}: no such file or folder")
+            ev["datasets"][name] = os.path.abspath(path)
+        else:
+            raise UserError(f"--data {item}: unknown dataset {name!r}; known: scenes, {', '.join(STANDARD)}")
+
+
+def experiment_for(checkpoint: str, data: list[str] | None) -> dict:
+    """The checkpoint's own config, with the datasets of --data and an absolute scenes root."""
+    from tipslab.jobs.probes.features import local_checkpoint
+    from tipslab.models.checkpoint import load_state
+
+    try:
+        with local_checkpoint(checkpoint) as folder:
+            exp = load_state(folder)["config"]
+    except (FileNotFoundError, OSError, ValueError) as err:
+        raise UserError(f"{checkpoint}: cannot read the checkpoint ({err})") from None
+    ev = dict(exp.get("eval") or {})
+    parse_data(data, ev)
+    root = ev.pop("_root", None)
+    exp = {**exp, "eval": ev, "data": dict(exp["data"])}
+    if root:
+        exp["data"]["root"] = root
+    elif not exp["data"].get("root"):
+        exp["data"]["root"] = str(home() / "data" / "scenes")
+    return exp
+
+
+def probe_splits_ready(exp: dict) -> None:
+    """Render the scenes' probe splits when the checkpoint's data are scenes and they are missing."""
+    from tipslab.jobs.data.prepare import ensure_scenes
+
+    data, ev = exp["data"], exp["eval"]
+    if ev.get("dataset") and data.get("source") == "scenes":
+        # ensure_scenes renders data.train_split too: point it at probe-train, sized like a probe split.
+        ensure_scenes({**exp, "data": {**data, "train_split": ev.get("probe_train_split", "probe_train"),
+                                       "scenes_train": data["scenes_probe"]}, "eval": {**ev}})
+
+
+def run_evaluation(checkpoint: str, exp: dict, out_dir: str, address: str | None):
+    from tipslab.jobs.evalsets import EvalDataError
+    from tipslab.jobs.evaluate import evaluate
+
+    probe_splits_ready(exp)
+    ensure_ray(address)
+    try:
+        return evaluate(checkpoint, exp, out_dir)
+    except (EvalDataError, ValueError) as err:
+        raise UserError(str(err)) from None
+
+
+def append_to_run(client, run_id: str, result, out_dir: str) -> None:
+    """eval/* metrics at the run's last training step; eval_results.json merged; features.npz."""
+    from mlflow.entities import Metric
+
+    from tipslab.jobs.evaluate import FEATURES_FILE, RESULTS_FILE
+
+    run = client.get_run(run_id)
+    step, now = int(run.data.params.get("train.steps", 0)), int(time.time() * 1000)
+    metrics = {**result.metrics, "perf/eval_seconds": result.seconds["total"]}
+    client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
+    merged = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        if any(a.path == RESULTS_FILE for a in client.list_artifacts(run_id)):
+            with open(client.download_artifacts(run_id, RESULTS_FILE, tmp)) as f:
+                merged = json.load(f)
+    client.log_dict(run_id, {**merged, **metrics}, RESULTS_FILE)
+    if os.path.isfile(os.path.join(out_dir, FEATURES_FILE)):
+        client.log_artifact(run_id, os.path.join(out_dir, FEATURES_FILE))
+
+
+def cmd_eval(args) -> None:
+    if bool(args.checkpoint) == bool(args.run):
+        raise UserError("give a CHECKPOINT or --run RUN_ID (one of them)")
+    client = None
+    checkpoint = args.checkpoint
+    if args.run:
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+
+        from .tracking import CHECKPOINT, redact
+
+        client = MlflowClient(tracking_uri())
+        try:
+            run = client.get_run(args.run)
+        except MlflowException:
+            raise UserError(f"--run {args.run}: no such run in {redact(tracking_uri())}") from None
+        checkpoint = run.data.tags.get(CHECKPOINT)
+        if not checkpoint:
+            raise UserError(f"--run {args.run}: the run has no {CHECKPOINT} tag (it finished no training)")
+    if not checkpoint.startswith("s3://") and not os.path.isdir(checkpoint):
+        raise UserError(f"{checkpoint}: no such checkpoint folder")
+    exp = experiment_for(checkpoint, args.data)
+    with tempfile.TemporaryDirectory(prefix="tipslab-eval-") as tmp:
+        out_dir = args.out or (tmp if args.run else str(home() / "eval" / time.strftime("%Y%m%d-%H%M%S")))
+        result = run_evaluation(checkpoint, exp, out_dir, args.address)
+        if client is not None:
+            append_to_run(client, args.run, result, out_dir)
+    report = {"checkpoint": checkpoint, "run_id": args.run, "out_dir": None if args.run and not args.out else out_dir,
+              "metrics": result.metrics, "skipped": result.skipped, "seconds": result.seconds}
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+        return
+    for key, value in sorted(result.metrics.items()):
+        print(f"{key:40s} {value:10.4f}")
+    for probe, why in sorted(result.skipped.items()):
+        print(f"skipped {probe}: {why}")
+    print(f"evaluated in {result.seconds['total']:.1f} s" + (f"; appended to run {args.run}" if args.run else
+                                                             f"; results in {out_dir}"))
 
 
 def add_parsers(sub) -> None:
-    pass
+    ev = sub.add_parser("eval", help="the paper's probes on a checkpoint's frozen features")
+    ev.add_argument("checkpoint", nargs="?", help="a tipslab checkpoint folder or s3:// URI "
+                                                   "(official TIPS weights after `tipslab checkpoint import`)")
+    ev.add_argument("--run", metavar="RUN_ID", help="evaluate this MLflow run's checkpoint and append to the run")
+    ev.add_argument("--data", action="append", metavar="DATASET[=PATH]",
+                    help="scenes[=ROOT] (the probe splits; default) or NAME=PATH for imagenet (class folders), "
+                         "coco, flickr30k (Karpathy JSON), pascal_voc, ade20k, nyuv2; repeatable")
+    ev.add_argument("--out", help="folder for eval_results.json and features.npz "
+                                  "(default: $TIPSLAB_HOME/eval/<time>; with --run, the run's artifacts)")
+    ev.add_argument("--json", action="store_true", help="print the results as JSON")
+    ev.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local instance)")
+    ev.set_defaults(func=cmd_eval)

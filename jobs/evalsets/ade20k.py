@@ -1,0 +1,32 @@
+"""ADE20k (SceneParsing, ADEChallengeData2016): ROOT/images/{training,validation}/*.jpg and
+ROOT/annotations/{training,validation}/*.png with ids 1..150 and 0 = "other", which is not scored."""
+from pathlib import Path
+
+import numpy as np
+
+from .base import IGNORE, EvalDataError, EvalSet, EvalSplit, list_images, need_dir, read_label_map
+
+CLASSES = 150
+
+
+def read_split(root: Path, split: str, size: int) -> EvalSplit:
+    images = list_images(need_dir(root / "images" / split, f"ADE20k {split} images"))
+    labels = need_dir(root / "annotations" / split, f"ADE20k {split} annotations")
+    if not images:
+        raise EvalDataError(f"{root / 'images' / split}: no images")
+    seg = []
+    for path in images:
+        label = labels / f"{path.stem}.png"
+        if not label.is_file():
+            raise EvalDataError(f"{label}: no such file (the annotation of {path.name})")
+        ids = read_label_map(label, size, str(label))
+        if ids.max() > CLASSES:
+            raise EvalDataError(f"{label}: class id {ids.max()} is outside 0..{CLASSES}")
+        seg.append(np.where(ids == 0, IGNORE, ids - 1).astype(np.uint8))  # 1..150 -> 0..149
+    return EvalSplit([p.stem for p in images], [str(p) for p in images], segmentation=np.stack(seg))
+
+
+def read(root: str, size: int, name: str = "ade20k") -> EvalSet:
+    root = Path(root)
+    return EvalSet(name, read_split(root, "training", size), read_split(root, "validation", size),
+                   seg_classes=CLASSES)
