@@ -1,11 +1,12 @@
 """Reading sweeps back from an MLflow tracking store (nothing else is read)."""
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mlflow.tracking import MlflowClient
 
 ROLE, SWEEP_ID, VARIANT, SEED = "tipslab.role", "tipslab.sweep_id", "tipslab.variant", "tipslab.seed"
+SIZE, CONFIG_HASH, AXIS = "tipslab.size", "tipslab.config_hash", "tipslab.axis."
 
 
 class StoreError(LookupError):
@@ -18,6 +19,8 @@ class TrialRun:
     seed: int
     status: str
     metrics: dict
+    run_id: str = ""
+    tags: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -26,14 +29,30 @@ class Sweep:
     sweep_id: str
     status: str
     spec: dict
-    trials: list[TrialRun]
+    trials: list[TrialRun]  # every nested run, newest first
+    tracking_uri: str = ""
+    parent_run_id: str = ""
+
+    def finished(self) -> list[TrialRun]:
+        """The newest FINISHED run of each (variant, seed): older ones were superseded by a resume
+        after the variant's config changed."""
+        seen, out = set(), []
+        for t in self.trials:
+            if t.status == "FINISHED" and (t.variant, t.seed) not in seen:
+                seen.add((t.variant, t.seed))
+                out.append(t)
+        return out
+
+
+def client_for(tracking_uri: str) -> MlflowClient:
+    if tracking_uri.startswith("sqlite:///") and not os.path.exists(tracking_uri[len("sqlite:///"):]):
+        raise StoreError(f"no MLflow store at {tracking_uri}: run a sweep first, or set MLFLOW_TRACKING_URI")
+    return MlflowClient(tracking_uri)
 
 
 def load_sweep(tracking_uri: str, experiment: str, sweep_id: str | None = None) -> Sweep:
     """The given sweep of an experiment, or its latest one."""
-    if tracking_uri.startswith("sqlite:///") and not os.path.exists(tracking_uri[len("sqlite:///"):]):
-        raise StoreError(f"no MLflow store at {tracking_uri}: run a sweep first, or set MLFLOW_TRACKING_URI")
-    client = MlflowClient(tracking_uri)
+    client = client_for(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         names = [e.name for e in client.search_experiments()]
@@ -46,7 +65,23 @@ def load_sweep(tracking_uri: str, experiment: str, sweep_id: str | None = None) 
     with open(client.download_artifacts(parent.info.run_id, "spec.json")) as f:
         spec = json.load(f)
     children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
-                                  max_results=10000)
-    trials = [TrialRun(r.data.tags.get(VARIANT, "?"), int(r.data.tags.get(SEED, 0)), r.info.status, r.data.metrics)
-              for r in children]
-    return Sweep(experiment, parent.data.tags[SWEEP_ID], parent.info.status, spec, trials)
+                                  order_by=["attributes.start_time DESC"], max_results=50000)
+    trials = [TrialRun(r.data.tags.get(VARIANT, "?"), int(r.data.tags.get(SEED, 0)), r.info.status, r.data.metrics,
+                       r.info.run_id, r.data.tags) for r in children]
+    return Sweep(experiment, parent.data.tags[SWEEP_ID], parent.info.status, spec, trials, tracking_uri,
+                 parent.info.run_id)
+
+
+def metric_history(sweep: Sweep, run_id: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) of one metric of one run, in step order."""
+    history = MlflowClient(sweep.tracking_uri).get_metric_history(run_id, key)
+    return sorted((m.step, m.value) for m in history)
+
+
+def run_artifact(sweep: Sweep, run_id: str, path: str) -> str | None:
+    """A local copy of one artifact of a run, or None when the run has none by that name."""
+    client = MlflowClient(sweep.tracking_uri)
+    folder, _, name = path.rpartition("/")
+    if name not in {a.path.rpartition("/")[2] for a in client.list_artifacts(run_id, folder or None)}:
+        return None
+    return client.download_artifacts(run_id, path)

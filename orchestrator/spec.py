@@ -1,26 +1,30 @@
 """Ablation specs: one YAML file per paper table, turned into validated trials.
 
-A spec names a base experiment, the variants (rows), the seeds, the metrics (columns, keys of the
-probes' registry), the paper's reference numbers, the resources of each trial, and a `smoke`
-overlay that shrinks the whole spec to a laptop-sized run. Every problem is reported with the spec
-file and the key, before any cluster resource is taken.
+A spec names a base experiment, the rows (explicit `variants`, or `axes` whose product makes the
+rows), the seeds, the metrics (columns, keys of the probes' registry), the paper's reference
+numbers, an optional Tune search over loss weights, the resources of each trial, and a `smoke`
+overlay of the whole spec that shrinks it to a laptop-sized run. Every problem is reported with
+the spec file and the key before any cluster resource is taken.
 """
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from tipslab.jobs.evaluate import metric_keys
+from tipslab.jobs import evaluate
 
-from .config import ConfigError, compose, config_hash, merge, parse_overrides, read_yaml, to_dict
+from .config import ConfigError, compose, config_hash, parse_overrides, read_yaml, to_dict
+from .search import SearchSpec, check_search, grid_points
 
 
 @dataclass
 class MetricSpec:
     key: str
     header: str = ""
-    goal: str = "max"  # max | min
+    goal: str = ""  # max | min; empty: the registry's direction for the key, else max
 
 
 @dataclass
@@ -32,27 +36,21 @@ class ResourceSpec:
 
 
 @dataclass
-class SmokeSpec:
-    overrides: dict[str, Any] = field(default_factory=dict)
-    resources: dict[str, Any] = field(default_factory=dict)
-    seeds: Optional[list[int]] = None
-    metrics: Optional[list[MetricSpec]] = None
-
-
-@dataclass
 class AblationSpec:
     name: str
-    base: str
+    base: str  # the base experiment YAML, relative to the spec's folder
     title: str = ""
     overrides: dict[str, Any] = field(default_factory=dict)
-    variants: dict[str, Any] = field(default_factory=dict)
+    variants: dict[str, Any] = field(default_factory=dict)  # row name -> {dotted key: value}
+    # Grid product instead of explicit rows: axis -> {value label: overrides}, or dotted key -> [values].
+    axes: dict[str, Any] = field(default_factory=dict)
     baseline: Optional[str] = None
     seeds: list[int] = field(default_factory=lambda: [0])
     metrics: list[MetricSpec] = field(default_factory=list)
-    reference: dict[str, Any] = field(default_factory=dict)
-    search: dict[str, Any] = field(default_factory=dict)
+    reference: dict[str, Any] = field(default_factory=dict)  # source: str, then variant -> {key: number}
+    search: SearchSpec = field(default_factory=SearchSpec)
     resources: ResourceSpec = field(default_factory=ResourceSpec)
-    smoke: SmokeSpec = field(default_factory=SmokeSpec)
+    smoke: dict[str, Any] = field(default_factory=dict)  # any of the keys above, laid over them
 
 
 @dataclass
@@ -61,6 +59,7 @@ class Trial:
     seed: int
     config: dict
     config_hash: str
+    tags: dict = field(default_factory=dict)  # axis -> value label; search key -> sampled value
 
     @property
     def name(self) -> str:
@@ -74,7 +73,85 @@ class Plan:
     spec: dict  # the resolved spec (smoke overlay applied), logged with the sweep
     size: str
     resources: ResourceSpec
-    trials: list[Trial]
+    trials: list[Trial]  # fixed trials; for a random or TPE search, the point it samples around
+    search: Optional[SearchSpec] = None
+
+    @property
+    def sampled(self) -> bool:
+        """A random or TPE search: its trials are drawn while the sweep runs."""
+        return self.search is not None and self.search.algorithm in ("random", "tpe")
+
+    def sampled_trial(self, variant: str, seed: int, values: dict) -> Trial:
+        """A trial of a random/TPE search: a resolved point of the spec plus sampled loss weights."""
+        start = next(t for t in self.trials if t.variant == variant and t.seed == seed)
+        config = to_dict(compose([(start.config, f"{self.path}: variants.{variant}"), (values, f"{self.path}: search")],
+                                 f"{self.path}: search"))
+        label = ",".join(f"{k.split('.')[-1]}={v:.4g}" for k, v in sorted(values.items()))
+        return Trial(f"{variant}[{label}]", seed, config, config_hash(config),
+                     {**start.tags, **{k: f"{v:.6g}" for k, v in values.items()}})
+
+
+def deep_overlay(under: dict, over: dict) -> dict:
+    """`over` laid on `under`: mappings merge key by key, anything else is replaced; an empty
+    mapping replaces too (so a smoke overlay can clear, say, the full run's `eval.datasets`)."""
+    out = dict(under)
+    for key, value in over.items():
+        merge = isinstance(value, dict) and value and isinstance(out.get(key), dict)
+        out[key] = deep_overlay(out[key], value) if merge else value
+    return out
+
+
+# Files a spec may name: relative to the spec's folder when they are found there.
+FILE_KEYS = ("data.tag_vocab", "model.tokenizer")
+
+
+def anchored(folder: Path, overrides: dict | None) -> dict:
+    out = dict(overrides or {})
+    for key in FILE_KEYS:
+        value = out.get(key)
+        if isinstance(value, str) and value and not Path(value).is_absolute() and (folder / value).is_file():
+            out[key] = str((folder / value).resolve())
+    return out
+
+
+def typed_spec(raw: dict, source: str) -> AblationSpec:
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(AblationSpec), raw))
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        raise ConfigError(f"{source}: {key}: {str(getattr(err, 'msg', err)).splitlines()[0]}") from None
+
+
+def expand_axes(path: Path, axes: dict) -> tuple[dict, dict]:
+    """The product of the axes: {variant: overrides} and {variant: {axis: value label}}."""
+    choices = []
+    for axis, values in axes.items():
+        if isinstance(values, list) and values:  # dotted config key -> values
+            choices.append([(axis, f"{axis.split('.')[-1]}={_label(v)}", {axis: v}) for v in values])
+        elif isinstance(values, dict) and values:
+            for label, overrides in values.items():
+                if not isinstance(overrides, dict):
+                    raise ConfigError(f"{path}: axes.{axis}.{label}: expected a mapping of overrides")
+            choices.append([(axis, str(label), overrides or {}) for label, overrides in values.items()])
+        else:
+            raise ConfigError(f"{path}: axes.{axis}: expected a non-empty list of values of the key {axis!r} "
+                              "or a mapping {value label: overrides}")
+    variants, tags = {}, {}
+    for combo in itertools.product(*choices):
+        name = "/".join(label for _, label, _ in combo)
+        variants[name] = {k: v for _, _, overrides in combo for k, v in overrides.items()}
+        tags[name] = {axis: label for axis, label, _ in combo}
+    return variants, tags
+
+
+def _label(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def metric_goal(key: str) -> str:
+    """The registry's direction for a metric key where the evaluation layer gives one."""
+    goal = getattr(evaluate, "metric_goal", None)
+    return goal(key) if goal else ("min" if key.rsplit("/", 1)[-1].endswith(("rmse", "error", "_deg")) else "max")
 
 
 def load_spec(path: str | Path, smoke: bool = False, overrides: list[str] = ()) -> Plan:
@@ -83,54 +160,79 @@ def load_spec(path: str | Path, smoke: bool = False, overrides: list[str] = ()) 
     for required in ("name", "base"):
         if required not in raw:
             raise ConfigError(f"{path}: {required}: missing (every spec needs `name` and `base`)")
-    spec = OmegaConf.to_object(merge(OmegaConf.structured(AblationSpec), raw, str(path)))
-    if not spec.variants:
-        raise ConfigError(f"{path}: variants: a spec needs at least one variant")
-    resources, seeds, metrics = spec.resources, spec.seeds, spec.metrics
-    spec_overrides = dict(spec.overrides)
+    spec = typed_spec(raw, str(path))
+    for key in ("name", "smoke"):
+        if key in spec.smoke:
+            raise ConfigError(f"{path}: smoke.{key}: the smoke overlay cannot change `{key}`")
+    # The overlay's keys are checked whichever size runs: a typo there fails the full spec too.
+    smoke_spec = typed_spec(deep_overlay({k: v for k, v in raw.items() if k != "smoke"}, spec.smoke), f"{path}: smoke")
     if smoke:
-        spec_overrides.update(spec.smoke.overrides)
-        resources = OmegaConf.to_object(merge(OmegaConf.structured(resources), spec.smoke.resources,
-                                              str(path), prefix="smoke.resources."))
-        seeds = spec.smoke.seeds if spec.smoke.seeds is not None else seeds
-        metrics = spec.smoke.metrics if spec.smoke.metrics is not None else metrics
-    if not seeds:
-        raise ConfigError(f"{path}: seeds: at least one seed is needed")
-    if spec.baseline is not None and spec.baseline not in spec.variants:
-        raise ConfigError(f"{path}: baseline: {spec.baseline!r} is not one of the variants {list(spec.variants)}")
-    for variant in spec.reference:
-        if variant != "source" and variant not in spec.variants:
-            raise ConfigError(f"{path}: reference.{variant}: no such variant (variants: {list(spec.variants)})")
-    for i, m in enumerate(metrics):
+        spec = smoke_spec
+    where = f"{path}{': smoke overlay' if smoke else ''}"
+
+    if spec.variants and spec.axes:
+        raise ConfigError(f"{where}: axes: give `variants` or `axes`, not both")
+    variants, axis_tags = (expand_axes(path, spec.axes) if spec.axes
+                           else (dict(spec.variants), {v: {} for v in spec.variants}))
+    for name, value in variants.items():
+        if value is not None and not isinstance(value, dict):
+            raise ConfigError(f"{path}: variants.{name}: expected a mapping of overrides, got {value!r}")
+    search = spec.search if spec.search.algorithm else None
+    if search and search.algorithm == "grid":  # a grid is rows known in advance: one more axis
+        variants, axis_tags = grid_points(path, search, variants, axis_tags)
+    if not variants:
+        raise ConfigError(f"{path}: variants: a spec needs at least one variant (or `axes`)")
+    if not spec.seeds:
+        raise ConfigError(f"{where}: seeds: at least one seed is needed")
+    if len(set(spec.seeds)) != len(spec.seeds):
+        raise ConfigError(f"{where}: seeds: {spec.seeds} repeats a seed")
+    if spec.baseline is not None and spec.baseline not in variants:
+        raise ConfigError(f"{path}: baseline: {spec.baseline!r} is not one of the variants {list(variants)}")
+    for variant, numbers in spec.reference.items():
+        if variant == "source":
+            continue
+        if variant not in variants:
+            raise ConfigError(f"{path}: reference.{variant}: no such variant (variants: {list(variants)})")
+        for key, value in (numbers or {}).items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ConfigError(f"{path}: reference.{variant}.{key}: {value!r} is not a number")
+    for i, m in enumerate(spec.metrics):
+        m.goal = m.goal or metric_goal(m.key)
         if m.goal not in ("max", "min"):
-            raise ConfigError(f"{path}: metrics[{i}].goal: {m.goal!r} is not 'max' or 'min'")
+            raise ConfigError(f"{where}: metrics[{i}].goal: {m.goal!r} is not 'max' or 'min'")
+    if not smoke:  # paper numbers under keys the table does not show would never be seen
+        keys = {m.key for m in spec.metrics}
+        for variant, numbers in spec.reference.items():
+            for key in (numbers or {}) if variant != "source" else ():
+                if key not in keys:
+                    raise ConfigError(f"{path}: reference.{variant}.{key}: not one of the spec's metrics {sorted(keys)}")
 
     base = path.parent / spec.base
     base_data = read_yaml(base)
     cli = parse_overrides(list(overrides))
+    resources = spec.resources
     trials = []
-    for variant, variant_overrides in spec.variants.items():
-        sources = [(base_data, str(base)), (spec_overrides, f"{path}: overrides")]
-        sources.append((variant_overrides or {}, f"{path}: variants.{variant}"))
-        sources.append((cli, "command line"))
-        for seed in seeds:
-            sources_seeded = sources + [({
-                "train.seed": seed,
-                "train.num_workers": resources.workers_per_trial,
-                "train.gpus_per_worker": resources.gpus_per_worker,
-                "train.cpus_per_worker": resources.cpus_per_worker,
-            }, f"{path}: seeds/resources")]
-            config = to_dict(compose(sources_seeded, f"{path}: variants.{variant}"))
-            trials.append(Trial(variant, seed, config, config_hash(config)))
+    for variant, variant_overrides in variants.items():
+        for seed in spec.seeds:
+            config = to_dict(compose([
+                (base_data, str(base)), (anchored(path.parent, spec.overrides), f"{where}: overrides"),
+                (anchored(path.parent, variant_overrides), f"{path}: variants.{variant}"), (cli, "command line"),
+                ({"train.seed": seed, "train.num_workers": resources.workers_per_trial,
+                  "train.gpus_per_worker": resources.gpus_per_worker,
+                  "train.cpus_per_worker": resources.cpus_per_worker}, f"{where}: seeds/resources"),
+            ], f"{path}: variants.{variant}"))
+            trials.append(Trial(variant, seed, config, config_hash(config), dict(axis_tags[variant])))
 
-    produced = metric_keys(trials[0].config["eval"])
-    for i, m in enumerate(metrics):
-        if m.key not in produced:
-            raise ConfigError(f"{path}: metrics[{i}].key: no probe produces {m.key!r}; "
-                              f"configured probes give {sorted(produced)}")
+    for trial in trials:
+        produced = evaluate.metric_keys(trial.config["eval"])
+        for i, m in enumerate(spec.metrics):
+            if m.key not in produced:
+                raise ConfigError(f"{where}: metrics[{i}].key: no probe produces {m.key!r} in variant "
+                                  f"{trial.variant!r}; its probes give {sorted(produced)}")
+    if search:
+        check_search(where, search, trials, spec.seeds)
+
     resolved = OmegaConf.to_container(OmegaConf.structured(spec))
-    resolved.update(seeds=list(seeds), metrics=[OmegaConf.to_container(OmegaConf.structured(m)) for m in metrics],
-                    resources=OmegaConf.to_container(OmegaConf.structured(resources)),
-                    overrides=spec_overrides)
     resolved.pop("smoke")
-    return Plan(path, resolved, "smoke" if smoke else "full", resources, trials)
+    resolved.update(variants=variants, axes_of=axis_tags)
+    return Plan(path, resolved, "smoke" if smoke else "full", resources, trials, search)

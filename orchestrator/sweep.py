@@ -1,4 +1,7 @@
-"""Ray Tune sweeps: one trial per (variant, seed); each trial trains, then evaluates.
+"""Ray Tune sweeps: one trial per (variant, seed) or per search sample; each trains, then evaluates.
+
+MLflow is the record of what is done: a resumed sweep gives Tune only the trials without a finished
+run of the same config hash, so growing a spec (a row, a seed) and resuming trains only the new runs.
 
 Resources are explicit: a trial's driver function takes no CPU (the TorchTrainer's workers and
 Ray Data's budget hold the trial's CPUs), and the number of concurrent trials follows from what the
@@ -6,6 +9,8 @@ cluster has, so a 2-core machine runs one trial at a time instead of waiting for
 """
 import math
 import os
+import re
+import uuid
 from dataclasses import dataclass
 
 import ray
@@ -19,7 +24,8 @@ from tipslab.jobs.pretrain import build_trainer
 
 from .errors import UserError
 from .runtime import ensure_ray, storage_path, tracking_uri
-from .spec import Plan
+from .search import scheduler, searcher, tune_space
+from .spec import Plan, Trial
 from .tracking import SweepTracker, TrackingCallback
 
 
@@ -33,7 +39,14 @@ def trial_cpus(config: dict) -> float:
     return train["num_workers"] * train["cpus_per_worker"] + config["data"]["cpus"]
 
 
-def concurrency(plan: Plan, cluster: dict) -> int:
+def eval_cpus(config: dict) -> float:
+    """The evaluation is one task on one node: the trial's CPUs, but never more than the largest
+    node has (a paper-sized trial asks for 65 CPUs across nodes; no node has that many)."""
+    largest = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=1.0)
+    return min(trial_cpus(config), largest)
+
+
+def concurrency(plan: Plan, cluster: dict, count: int | None = None) -> int:
     """How many trials can run at once on this cluster (at least 1, or an error)."""
     config = plan.trials[0].config
     need_cpu, have_cpu = trial_cpus(config), cluster.get("CPU", 0)
@@ -48,7 +61,7 @@ def concurrency(plan: Plan, cluster: dict) -> int:
         limit = min(limit, math.floor(cluster["GPU"] / gpus))
     if plan.resources.max_concurrent_trials > 0:
         limit = min(limit, plan.resources.max_concurrent_trials)
-    return max(1, min(limit, len(plan.trials)))
+    return max(1, min(limit, count or len(plan.trials)))
 
 
 @ray.remote
@@ -57,18 +70,44 @@ def _evaluate(checkpoint, config: dict, out_dir: str) -> dict:
         return evaluate_checkpoint(d, config, out_dir)
 
 
+def trial_resolver(plan: Plan):
+    """Tune's trial config -> our Trial: a fixed trial by name, or a search sample's values."""
+    by_name = {t.name: t for t in plan.trials}
+    sampled: dict[tuple, Trial] = {}
+
+    def resolve(params: dict) -> Trial:
+        if "trial" in params:
+            return by_name[params["trial"]]
+        values = {k: params[k] for k in plan.search.space}
+        key = tuple(sorted(values.items()))
+        if key not in sampled:
+            start = plan.trials[0]
+            sampled[key] = plan.sampled_trial(start.variant, start.seed, values)
+        return sampled[key]
+
+    return resolve
+
+
+def run_name(plan: Plan, trial: Trial) -> str:
+    """A folder-safe Ray Train run name (variant names may hold '/', '[', ',')."""
+    if trial.config["train"].get("run_name"):
+        return trial.config["train"]["run_name"]  # a named run (train.run_name) resumes when it exists
+    return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", f"{plan.spec['name']}-{trial.name}-{tune.get_context().get_trial_id()}")
+
+
 def run_trial(params: dict, plan: Plan, storage: str) -> None:
     """The Tune trainable: pretrain with a TorchTrainer, then evaluate its last checkpoint."""
-    trial = next(t for t in plan.trials if t.name == params["trial"])
-    name = f"{plan.spec['name']}-{trial.name}-{tune.get_context().get_trial_id()}"
+    trial = trial_resolver(plan)(params)
+    name = run_name(plan, trial)
     result = build_trainer(trial.config, name=name, storage_path=storage, callbacks=[TuneReportCallback()]).fit()
     checkpoint = result.checkpoint
     out_dir = os.path.join(storage, name, "eval")
     # The trial's placement group only holds the driver; the evaluation takes the CPUs the trainer freed.
     outside = PlacementGroupSchedulingStrategy(placement_group=None)
-    metrics = ray.get(_evaluate.options(num_cpus=trial_cpus(trial.config), scheduling_strategy=outside)
+    metrics = ray.get(_evaluate.options(num_cpus=eval_cpus(trial.config), scheduling_strategy=outside)
                       .remote(checkpoint, trial.config, out_dir))
-    tune.report({**metrics, "step": trial.config["train"]["steps"], "checkpoint_uri": checkpoint.path})
+    tune.report({**metrics, "step": trial.config["train"]["steps"], "checkpoint_uri": checkpoint.path,
+                 "eval_dir": out_dir})
 
 
 @dataclass
@@ -77,23 +116,47 @@ class SweepResult:
     sweep_id: str
     parent_run_id: str
     failed: list[str]
+    ran: int = 0  # trials this invocation ran
+    kept: int = 0  # finished runs a resume kept
+    closed: int = 0  # runs left RUNNING by a dead driver, marked KILLED
 
 
-def run_sweep(plan: Plan, address: str | None = None) -> SweepResult:
+def run_sweep(plan: Plan, address: str | None = None, resume: bool = False) -> SweepResult:
+    """Run what the spec asks for; with `resume`, only what the store does not hold finished."""
+    cluster = ensure_ray(address)  # first, so that missing scenes render in parallel Ray tasks
     for trial in plan.trials:
         ensure_scenes(trial.config)
-    cluster = ensure_ray(address)
-    max_concurrent = concurrency(plan, cluster)
-    tracker = SweepTracker(tracking_uri(), plan)
+    tracker = SweepTracker(tracking_uri(), plan, resume=resume)
+    search = plan.search
+    tune_config = {"reuse_actors": False, "trial_dirname_creator": lambda t: f"trial_{t.trial_id}"}
+    if plan.sampled:
+        done = tracker.finished_samples(search.metric)
+        count = search.num_samples - len(tracker.done)
+        param_space = tune_space(search)
+        tune_config.update(num_samples=count, search_alg=searcher(search, plan.trials[0].seed, done),
+                           metric=search.metric, mode=search.mode)
+    else:
+        todo = [t.name for t in plan.trials if not tracker.is_done(t)]
+        count = len(todo)
+        param_space = {"trial": tune.grid_search(todo)}
+    kept, closed = len(tracker.done), len(tracker.closed)
+    if count <= 0:
+        tracker.finish("FINISHED")
+        return SweepResult(plan.spec["name"], tracker.sweep_id, tracker.parent_id, [], 0, kept, closed)
+    if search is not None:
+        # Train's reports carry the objective only at probe steps and at the end.
+        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+        tune_config["scheduler"] = scheduler(search, search.metric, search.mode)
+    max_concurrent = concurrency(plan, cluster, count)
     storage = storage_path()
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan, storage=storage), DRIVER_RESOURCES)
     tuner = tune.Tuner(
         trainable,
-        param_space={"trial": tune.grid_search([t.name for t in plan.trials])},
-        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=False),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, **tune_config),
         run_config=tune.RunConfig(
-            name=f"{plan.spec['name']}-{tracker.sweep_id}", storage_path=storage, verbose=0,
-            callbacks=[TrackingCallback(tracker, {t.name: t for t in plan.trials})],
+            name=f"{plan.spec['name']}-{tracker.sweep_id}-{uuid.uuid4().hex[:6]}", storage_path=storage, verbose=0,
+            callbacks=[TrackingCallback(tracker, trial_resolver(plan))],
             failure_config=tune.FailureConfig(max_failures=0),  # Ray Train retries; Tune does not again
         ),
     )
@@ -102,6 +165,7 @@ def run_sweep(plan: Plan, address: str | None = None) -> SweepResult:
     except BaseException:
         tracker.finish("KILLED")
         raise
-    failed = [r.config["trial"] for r in results if r.error]
+    resolve = trial_resolver(plan)
+    failed = [resolve(r.config).name for r in results if r.error]
     tracker.finish("FAILED" if failed else "FINISHED")
-    return SweepResult(plan.spec["name"], tracker.sweep_id, tracker.parent_id, failed)
+    return SweepResult(plan.spec["name"], tracker.sweep_id, tracker.parent_id, failed, count, kept, closed)

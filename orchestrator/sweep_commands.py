@@ -1,16 +1,27 @@
-"""Commands on ablation specs and their sweeps: demo, sweep, table."""
+"""Commands on ablation specs and their sweeps: demo, plan, sweep, table, report, ui."""
+import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 from .errors import UserError
 from .runtime import home, tracking_uri
 
+UI_HINT = ("In the UI: open the experiment, then 'Group by' the tag tipslab.variant (or a tipslab.axis.* tag) to "
+           "compare variants over seeds, or filter with  tags.`tipslab.variant` = 'NAME'.")
+
 
 def cmd_sweep(args) -> None:
     from .spec import load_spec
     from .sweep import run_sweep
 
-    finish(run_sweep(load_spec(args.spec, smoke=args.smoke, overrides=args.overrides), address=args.address))
+    plan = load_spec(args.spec, smoke=args.smoke, overrides=args.overrides)
+    result = run_sweep(plan, address=args.address, resume=args.resume)
+    if args.resume:
+        print(f"resume: kept {result.kept} finished run(s), closed {result.closed} left RUNNING, ran {result.ran}")
+    finish(result)
 
 
 def finish(result, footer: str = "") -> None:
@@ -27,14 +38,50 @@ def finish(result, footer: str = "") -> None:
         raise SystemExit(f"tipslab: {len(result.failed)} trial(s) failed: {', '.join(result.failed)}")
 
 
-def cmd_table(args) -> None:
+def cmd_plan(args) -> None:
+    from .plan import format_plan, plan_summary
+    from .spec import load_spec
+
+    summary = plan_summary(load_spec(args.spec, smoke=args.smoke, overrides=args.overrides), tracking_uri())
+    print(json.dumps(summary, indent=2) if args.json else format_plan(summary))
+
+
+def _sweep(args):
     from tipslab.dashboards.store import StoreError, load_sweep
-    from tipslab.dashboards.table import render
 
     try:
-        print(render(load_sweep(tracking_uri(), args.experiment, args.sweep), args.format))
+        return load_sweep(tracking_uri(), args.experiment, args.sweep)
     except StoreError as err:
         raise UserError(str(err)) from None
+
+
+def cmd_table(args) -> None:
+    from tipslab.dashboards.table import render
+
+    print(render(_sweep(args), args.format))
+
+
+def cmd_report(args) -> None:
+    from tipslab.dashboards.report import write_report
+
+    path = write_report(_sweep(args), args.out)
+    print(f"report: {path}")
+
+
+def cmd_ui(args) -> None:
+    uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        print(f"the tracking server {uri} serves the UI itself: open it in a browser.\n{UI_HINT}")
+        return
+    if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
+        raise UserError(f"no MLflow store at {uri}: run a sweep first, or set MLFLOW_TRACKING_URI")
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
+               "--port", str(args.port)]
+    print(f"MLflow UI on {uri}: http://{args.host}:{args.port}  (Ctrl-C to stop)\n{UI_HINT}", flush=True)
+    try:
+        subprocess.run(command, check=False)
+    except KeyboardInterrupt:
+        pass
 
 
 def cmd_demo(args) -> None:
@@ -49,7 +96,7 @@ def cmd_demo(args) -> None:
     result = run_sweep(load_spec(spec, smoke=True))
     finish(result, footer=(
         f"demo took {time.perf_counter() - start:.0f} s. See every run in the MLflow UI:\n"
-        f"  .venv/bin/mlflow ui --backend-store-uri {tracking_uri()}\n"
+        f"  .venv/bin/tipslab ui\n"
         f"then open http://127.0.0.1:5000 (experiment '{result.experiment}')."))
 
 
@@ -59,15 +106,36 @@ def add_demo_parser(sub) -> None:
 
 
 def add_parsers(sub) -> None:
+    plan = sub.add_parser("plan", help="the trials of a spec, their resources and estimated GPU-hours; runs nothing")
+    plan.add_argument("spec", help="an ablation spec, e.g. ablations/tips_losses.yaml")
+    plan.add_argument("overrides", nargs="*", metavar="key=value")
+    plan.add_argument("--smoke", action="store_true", help="plan the spec's laptop-sized `smoke` overlay")
+    plan.add_argument("--json", action="store_true", help="stable machine-readable output")
+    plan.set_defaults(func=cmd_plan)
+
     sweep = sub.add_parser("sweep", help="run an ablation spec as a Ray Tune sweep")
     sweep.add_argument("spec", help="an ablation spec, e.g. ablations/smoke.yaml")
     sweep.add_argument("overrides", nargs="*", metavar="key=value")
     sweep.add_argument("--smoke", action="store_true", help="apply the spec's laptop-sized `smoke` overlay")
+    sweep.add_argument("--resume", action="store_true",
+                       help="continue the latest sweep of this spec and size: keep finished runs with the same "
+                            "config hash, close runs a dead driver left RUNNING, run only what is missing")
     sweep.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local instance)")
     sweep.set_defaults(func=cmd_sweep)
 
-    table = sub.add_parser("table", help="the ablation table of a sweep, from MLflow alone")
-    table.add_argument("experiment", help="the spec's name (the MLflow experiment)")
-    table.add_argument("--sweep", help="a sweep id (default: the latest sweep)")
-    table.add_argument("--format", choices=["md", "csv"], default="md")
-    table.set_defaults(func=cmd_table)
+    for name, text in (("table", "the ablation table of a sweep, from MLflow alone"),
+                       ("report", "a static HTML report of a sweep (table, curves, bars, PCA maps), from MLflow alone")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("experiment", help="the spec's name (the MLflow experiment)")
+        p.add_argument("--sweep", help="a sweep id (default: the latest sweep)")
+        if name == "table":
+            p.add_argument("--format", choices=["md", "html", "latex", "csv"], default="md")
+            p.set_defaults(func=cmd_table)
+        else:
+            p.add_argument("--out", required=True, help="folder for index.html and its images")
+            p.set_defaults(func=cmd_report)
+
+    ui = sub.add_parser("ui", help="the MLflow UI on the store")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(func=cmd_ui)

@@ -1,8 +1,8 @@
 """The command line as a user meets it: a subprocess, its exit code and its one message."""
+import json
 import subprocess
 import sys
 
-import pytest
 from conftest import REPO
 
 
@@ -12,10 +12,36 @@ def tipslab(*args, env_home):
                           text=True, env=env, timeout=300, cwd=REPO)
 
 
-@pytest.mark.parametrize("command", [[], ["data", "scenes"], ["train"], ["sweep"], ["table"], ["demo"]])
-def test_every_command_has_help(command, tmp_path):
-    result = tipslab(*command, "--help", env_home=tmp_path)
-    assert result.returncode == 0 and "usage: tipslab" in result.stdout
+HELP = r"""
+import contextlib, io, json, sys
+from tipslab.orchestrator.cli import main
+out = {}
+for command in json.loads(sys.argv[1]):
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        try:
+            main([*command, "--help"])
+            code = None
+        except SystemExit as exit_:
+            code = exit_.code
+    out[" ".join(command)] = [code, buf.getvalue()]
+print(json.dumps(out))
+"""
+
+
+def test_every_command_has_help(tmp_path):
+    """One fresh process for all of them (each would pay the imports again)."""
+    commands = [[], ["data", "scenes"], ["data", "ingest"], ["data", "tags"], ["data", "caption"],
+                ["data", "check"], ["train"], ["eval"], ["sweep"], ["table"], ["demo"], ["plan"], ["report"],
+                ["ui"], ["bench", "step"], ["bench", "data"], ["bench", "trial"], ["checkpoint", "import"]]
+    env = {"TIPSLAB_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-c", HELP, json.dumps(commands)], capture_output=True, text=True,
+                            env=env, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    helps = json.loads(result.stdout)
+    for command in commands:
+        code, text = helps[" ".join(command)]
+        assert code == 0 and "usage: tipslab" in text, command
 
 
 def test_bad_spec_exits_2_with_one_message_before_ray(tmp_path):
@@ -43,3 +69,16 @@ def test_data_scenes_writes_shards(tmp_path):
     assert "wrote 5 scenes in 1 shards" in result.stdout and (out / "manifest.json").is_file()
     bad = tipslab("data", "scenes", str(out), "--split", "dev", env_home=tmp_path)
     assert bad.returncode == 2 and "--split: 'dev'" in bad.stderr
+
+
+def test_plan_json_is_stable_and_report_ui_need_a_store(tmp_path):
+    result = tipslab("plan", "ablations/tips_losses.yaml", "--smoke", "--json", env_home=tmp_path / "home")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert list(summary) == ["spec", "size", "trials", "num_trials", "resources", "estimate"]
+    assert (summary["spec"], summary["size"], summary["num_trials"]) == ("tips-losses", "smoke", 3)
+    assert summary["estimate"]["gpu_hours"] is None and "no MLflow store" in summary["estimate"]["basis"][0]["note"]
+    for command in (["report", "smoke", "--out", str(tmp_path / "r")], ["ui"]):
+        result = tipslab(*command, env_home=tmp_path / "home")
+        assert result.returncode == 2 and "no MLflow store" in result.stderr
+    assert not (tmp_path / "home").exists()  # planning and failing to read wrote nothing

@@ -6,6 +6,7 @@ from tipslab.orchestrator.spec import load_spec
 
 SMOKE = REPO / "ablations" / "smoke.yaml"
 BASE = REPO / "ablations" / "base" / "tips_tiny.yaml"
+METRIC = "metrics: [{key: eval/scenes/i2t_r1}]\n"
 
 
 def spec_file(tmp_path, body: str):
@@ -44,9 +45,72 @@ smoke:
     assert smoke.trials[0].config_hash != smoke.trials[1].config_hash  # seeds differ
 
 
+def test_smoke_overlays_the_whole_spec_base_variants_and_clears_a_mapping(tmp_path, home):
+    big = tmp_path / "big.yaml"
+    big.write_text("model: {size: S}\n")
+    path = tmp_path / "spec.yaml"
+    path.write_text(f"""name: t
+base: big.yaml
+overrides: {{eval.datasets: {{flickr30k: /nowhere/flickr}}, train.steps: 100}}
+variants: {{a: {{loss.mim_weight: 2}}, b: {{loss.mim_weight: 0}}}}
+baseline: a
+{METRIC}
+smoke:
+  base: {BASE}
+  overrides: {{eval.datasets: {{}}}}
+  variants: {{a: {{loss.mim_weight: 0.2}}}}
+""")
+    full, smoke = load_spec(path), load_spec(path, smoke=True)
+    assert full.trials[0].config["model"]["size"] == "S" and smoke.trials[0].config["model"]["size"] == "tiny"
+    assert full.trials[0].config["eval"]["datasets"] == {"flickr30k": "/nowhere/flickr"}
+    assert smoke.trials[0].config["eval"]["datasets"] == {}  # an empty mapping clears
+    assert smoke.trials[0].config["train"]["steps"] == 100  # the rest of `overrides` stays
+    assert [t.config["loss"]["mim_weight"] for t in smoke.trials] == [0.2, 0.0]
+
+
+def test_axes_make_the_product_of_rows_tagged_by_axis_value(tmp_path, home):
+    path = spec_file(tmp_path, METRIC + """
+axes:
+  captions: {web: {loss.caption_mode: web}, dual: {loss.caption_mode: dual_cls}}
+  loss.mask_ratio: [0.5, 0.75]
+baseline: dual/mask_ratio=0.75
+seeds: [0, 1]
+""")
+    plan = load_spec(path)
+    assert list(plan.spec["variants"]) == ["web/mask_ratio=0.5", "web/mask_ratio=0.75",
+                                           "dual/mask_ratio=0.5", "dual/mask_ratio=0.75"]
+    assert len(plan.trials) == 8 and len({t.config_hash for t in plan.trials}) == 8
+    trial = next(t for t in plan.trials if t.variant == "dual/mask_ratio=0.5" and t.seed == 1)
+    assert trial.tags == {"captions": "dual", "loss.mask_ratio": "mask_ratio=0.5"}
+    assert trial.config["loss"]["caption_mode"] == "dual_cls" and trial.config["loss"]["mask_ratio"] == 0.5
+
+
+def test_grid_search_becomes_rows_and_sampled_search_keeps_its_space(tmp_path, home):
+    grid = load_spec(spec_file(tmp_path, METRIC + """
+variants: {tips: {}}
+search: {algorithm: grid, metric: eval/scenes/i2t_r1, mode: max,
+         space: {loss.distill_weight: [0.5, 1.0], loss.mim_weight: [1, 2]}}
+"""))
+    assert [t.variant for t in grid.trials] == ["tips[distill_weight=0.5,mim_weight=1]", "tips[distill_weight=0.5,mim_weight=2]",
+                                                "tips[distill_weight=1,mim_weight=1]", "tips[distill_weight=1,mim_weight=2]"]
+    assert grid.trials[1].config["loss"]["mim_weight"] == 2 and not grid.sampled
+    tpe = load_spec(spec_file(tmp_path, METRIC + """
+variants: {tips: {}}
+search: {algorithm: tpe, metric: eval/scenes/i2t_r1, mode: max, num_samples: 3,
+         space: {loss.distill_weight: {loguniform: [0.1, 2.0]}}}
+"""))
+    assert tpe.sampled and len(tpe.trials) == 1
+    sample = tpe.sampled_trial("tips", 0, {"loss.distill_weight": 0.37})
+    assert sample.config["loss"]["distill_weight"] == 0.37 and sample.name == "tips[distill_weight=0.37]-seed0"
+    assert sample.config_hash != tpe.trials[0].config_hash and sample.tags == {"loss.distill_weight": "0.37"}
+
+
 def test_command_line_overrides_reach_every_trial(home):
     plan = load_spec(SMOKE, smoke=True, overrides=["train.steps=3"])
     assert {t.config["train"]["steps"] for t in plan.trials} == {3}
+
+
+SEARCH = "variants: {a: {}}\n" + METRIC + "search: {algorithm: tpe, num_samples: 2, space: {loss.mim_weight: {uniform: [0, 1]}}, "
 
 
 @pytest.mark.parametrize("body, message", [
@@ -54,11 +118,30 @@ def test_command_line_overrides_reach_every_trial(home):
     ("variants: {a: {}}\nmetrics: [{key: eval/nyuv2/depth_rmse}]\n", r"metrics\[0\]\.key: no probe produces"),
     ("variants: {a: {}}\nbaseline: b\n", r"baseline: 'b' is not one of the variants"),
     ("variants: {a: {}}\nreference: {source: x, b: {eval/scenes/i2t_r1: 1}}\n", r"reference\.b: no such variant"),
+    ("variants: {a: {}}\n" + METRIC + "reference: {a: {eval/scenes/seg_miou: 1}}\n",
+     r"reference\.a\.eval/scenes/seg_miou: not one of the spec's metrics"),
+    ("variants: {a: {}}\n" + METRIC + "reference: {a: {eval/scenes/i2t_r1: high}}\n", r"reference\.a\.eval/scenes/i2t_r1: 'high' is not a number"),
     ("variants: {a: {}}\nmetrics: [{key: eval/scenes/i2t_r1, goal: up}]\n", r"metrics\[0\]\.goal"),
     ("variants: {a: {}}\ncolour: red\n", r"spec\.yaml: colour"),
     ("variants: {}\n", r"variants: a spec needs at least one variant"),
     ("variants: {a: {}}\nseeds: []\n", r"seeds: at least one seed"),
+    ("variants: {a: {}}\nseeds: [1, 1]\n", r"seeds: \[1, 1\] repeats a seed"),
     ("variants: {a: {}}\nresources: {workers_per_trial: two}\n", r"resources\.workers_per_trial"),
+    ("variants: {a: {}}\naxes: {x: [1]}\n", r"axes: give `variants` or `axes`, not both"),
+    ("axes: {loss.mim_weight: []}\n", r"axes\.loss\.mim_weight: expected a non-empty list"),
+    ("variants: {a: {}}\nsmoke: {colour: red}\n", r"spec\.yaml: smoke: colour"),
+    (SEARCH + "metric: train/loss, mode: min}\n", r"search\.metric: 'train/loss' is not an eval key"),
+    (SEARCH + "metric: eval/scenes/i2t_r1}\n", r"search\.mode: '' must be 'max' or 'min'"),
+    (SEARCH + "metric: eval/nyu/x, mode: max}\n", r"search\.metric: no probe produces 'eval/nyu/x'"),
+    (SEARCH + "metric: eval/scenes/i2t_r1, mode: max, scheduler: asha}\n", r"search\.scheduler: asha .* train\.probe_every"),
+    ("variants: {a: {}}\n" + METRIC + "search: {algorithm: tpe, metric: eval/scenes/i2t_r1, mode: max, "
+     "space: {loss.mim_weight: [0, 1]}}\n", r"search\.space\.loss\.mim_weight: TPE samples a domain"),
+    ("variants: {a: {}}\n" + METRIC + "search: {algorithm: bayes, metric: eval/scenes/i2t_r1, mode: max, "
+     "space: {loss.mim_weight: [0, 1]}}\n", r"search\.algorithm: 'bayes' is not one of grid, random, tpe"),
+    ("variants: {a: {}}\n" + METRIC + "search: {algorithm: random, metric: eval/scenes/i2t_r1, mode: max, "
+     "space: {loss.mim_weight: {uniform: [1, 0]}}}\n", r"search\.space\.loss\.mim_weight\.uniform: expected \[low, high\]"),
+    ("variants: {a: {}}\n" + METRIC + "search: {algorithm: grid, metric: eval/scenes/i2t_r1, mode: max, "
+     "space: {loss.mim_wieght: [0, 1]}}\n", r"variants\.a\[mim_wieght=0\]: loss\.mim_wieght"),
 ])
 def test_spec_mistakes_name_the_file_and_key(tmp_path, home, body, message):
     with pytest.raises(ConfigError, match=message):
@@ -70,3 +153,45 @@ def test_spec_needs_name_and_base(tmp_path):
     path.write_text("variants: {a: {}}\n")
     with pytest.raises(ConfigError, match=r"s\.yaml: name: missing"):
         load_spec(path)
+
+
+SPECS = sorted(p for p in (REPO / "ablations").glob("*.yaml"))
+
+
+@pytest.fixture
+def cluster_data(tmp_path, monkeypatch):
+    """Full specs name data a cluster has (relative to where they run): placeholders stand in."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "webli").mkdir(parents=True)
+    (tmp_path / "data" / "webli" / "tag_vocab.txt").write_text("red\nsquare\n")
+
+
+@pytest.mark.parametrize("smoke", [False, True], ids=["full", "smoke"])
+@pytest.mark.parametrize("spec", SPECS, ids=[p.stem for p in SPECS])
+def test_every_ablation_spec_validates(spec, smoke, home, cluster_data):
+    plan = load_spec(spec, smoke=smoke)
+    assert plan.trials and plan.spec["metrics"]
+    keys = {m["key"] for m in plan.spec["metrics"]}
+    for variant, numbers in plan.spec["reference"].items():
+        if variant != "source":
+            assert variant in plan.spec["variants"] and (smoke or set(numbers) <= keys)
+    if smoke:
+        for t in plan.trials:
+            assert t.config["model"]["size"] == "tiny" and t.config["train"]["gpus_per_worker"] == 0
+            assert t.config["data"]["source"] == "scenes" and t.config["train"]["steps"] <= 200
+    elif spec.stem != "smoke":  # smoke.yaml is laptop-sized at both sizes
+        assert all(t.config["train"]["gpus_per_worker"] >= 1 for t in plan.trials)
+
+
+def test_the_paper_ablations_are_all_there(home, cluster_data):
+    names = {load_spec(p).spec["name"] for p in SPECS}
+    assert {"tips-caption-source", "tips-losses", "tips-mask-ratio", "tips-sequential", "tips-loss-weights",
+            "tag2text-tags"} <= names
+    masks = load_spec(REPO / "ablations" / "tips_mask_ratio.yaml", smoke=True)
+    assert {(t.config["loss"]["mask_ratio"], t.config["loss"]["mask_mode"]) for t in masks.trials} == {
+        (0.25, "random"), (0.5, "random"), (0.75, "random"), (0.75, "blockwise")}
+    seq = next(t for t in load_spec(REPO / "ablations" / "tips_sequential.yaml", smoke=True).trials
+               if t.variant == "clip_then_mim")
+    assert [s["name"] for s in seq.config["train"]["stages"]] == ["clip", "mim"]
+    tags = {t.variant: t for t in load_spec(REPO / "ablations" / "tag2text_tags.yaml", smoke=True).trials}
+    assert tags["tags_on"].config["model"]["num_tags"] == 18 and tags["tags_off"].config["loss"]["tag_weight"] == 0

@@ -1,9 +1,18 @@
-"""End to end, on a real local Ray instance and a real sqlite MLflow store: the smoke ablation.
+"""End to end, on the real local Ray instance and real MLflow stores: sweeps that die, resume and grow.
 
 procedural scenes -> Ray Data -> Ray Train (CPU, gloo) -> evaluation -> Ray Tune -> MLflow -> table.
 """
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
 import pytest
-from conftest import REPO
+from conftest import REPO, tiny_overrides
 from mlflow.tracking import MlflowClient
 
 from tipslab.dashboards.store import load_sweep
@@ -14,77 +23,213 @@ from tipslab.orchestrator.spec import load_spec
 from tipslab.orchestrator.sweep import concurrency, run_sweep
 
 SMOKE = REPO / "ablations" / "smoke.yaml"
+TINY = REPO / "ablations" / "base" / "tips_tiny.yaml"
+# Fake credentials planted in the environment of every process of the sweep; none may reach MLflow.
+PLANTED = {"AWS_ACCESS_KEY_ID": "AKIAPLANTEDKEY0000001", "AWS_SECRET_ACCESS_KEY": "plantedSecret/abc+XYZ0123456789",
+           "AWS_SESSION_TOKEN": "planted-session-token-0123456789"}
+STEPS = {"train.steps": 4, "data.scenes_train": 32, "data.scenes_probe": 16, "eval.probes": "[retrieval,segmentation]"}
+
+
+def wait_for(condition, what: str, deadline_s: float = 1800, every_s: float = 1.0):
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")
-def smoke_sweep(ray_session, tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TIPSLAB_HOME", str(tmp_path_factory.mktemp("smoke") / "home"))
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        plan = load_spec(SMOKE, smoke=True)
-        result = run_sweep(plan)
-        uri = tracking_uri()
-        yield plan, result, uri
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on loopback (sqlite backend, artifacts proxied to a local folder)."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")],
+        stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True, cwd=root)
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy():
+        try:
+            return urllib.request.urlopen(f"{url}/health", timeout=2).status == 200
+        except OSError:
+            assert proc.poll() is None, (root / "server.log").read_text()[-2000:]
+            return False
+
+    try:
+        wait_for(healthy, "the MLflow server", 240, 0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
-def runs(uri, experiment):
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
-    found = client.search_runs([exp.experiment_id])
-    parents = [r for r in found if r.data.tags.get("tipslab.role") == "sweep"]
-    children = [r for r in found if r.data.tags.get("tipslab.role") == "trial"]
-    return client, parents, children
+def spec_text(variants: dict) -> str:
+    rows = "".join(f"  {name}: {json.dumps(overrides)}\n" for name, overrides in variants.items())
+    return (f"name: resume-e2e\nbase: {TINY}\nvariants:\n{rows}baseline: a\nseeds: [0, 1]\n"
+            "metrics:\n  - {key: eval/scenes/i2t_r1, header: I→T}\n  - {key: eval/scenes/seg_miou, header: mIoU}\n")
 
 
-def test_store_holds_one_parent_and_a_nested_run_per_variant(smoke_sweep):
-    plan, result, uri = smoke_sweep
-    assert result.failed == []
-    client, parents, children = runs(uri, "smoke")
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert sorted(r.data.tags["tipslab.variant"] for r in children) == ["mim_off", "mim_on"]
-    for run in children:
-        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
-        assert run.info.status == "FINISHED"
-        assert {"eval/scenes/i2t_r1", "eval/scenes/t2i_r1", "eval/scenes/seg_miou"} <= set(run.data.metrics)
-        assert run.data.params["loss.mim_weight"] == str(float(run.data.tags["tipslab.variant"] == "mim_on") * 0.2)
-        trial = next(t for t in plan.trials if t.variant == run.data.tags["tipslab.variant"])
-        assert run.data.tags["tipslab.config_hash"] == trial.config_hash
-        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert {"config.json", "eval_results.json"} <= artifacts
+def trial_runs(client, status=None):
+    exp = client.get_experiment_by_name("resume-e2e")
+    runs = client.search_runs([exp.experiment_id], "tags.`tipslab.role` = 'trial'", max_results=1000) if exp else []
+    return [r for r in runs if status is None or r.info.status == status]
+
+
+def tipslab(*args, env, log, cwd=REPO, **kw):
+    """The CLI as a subprocess; its output goes to a file (a full pipe would block it)."""
+    return subprocess.Popen([sys.executable, "-m", "tipslab.orchestrator.cli", *args], env=env, cwd=cwd,
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, **kw)
+
+
+# The longest test of this file: 6 tiny trials plus one killed mid-way, one Ray instance throughout.
+def test_killed_sweep_resumes_then_grows_and_logs_no_secret(ray_session, mlflow_server, tmp_path, monkeypatch):
+    import ray
+
+    home = tmp_path / "home"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(spec_text({"a": {"loss.mim_weight": 0}, "b": {"loss.mim_weight": 0.2}}))
+    overrides = tiny_overrides(**STEPS)
+    ours = {"TIPSLAB_HOME": str(home), "MLFLOW_TRACKING_URI": mlflow_server, **PLANTED}
+    for name, value in ours.items():
+        monkeypatch.setenv(name, value)
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}  # the session's Ray instance
+    client = MlflowClient(mlflow_server)
+
+    # 1. The driver dies (SIGKILL to its whole process group) with one run finished and one RUNNING.
+    driver = tipslab("sweep", str(spec), *overrides, env=env, log=tmp_path / "driver.log", start_new_session=True)
+    def mid_sweep():
+        assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+        return trial_runs(client, "FINISHED") and trial_runs(client, "RUNNING")
+
+    try:
+        wait_for(mid_sweep, "one finished and one running trial")
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    finished = trial_runs(client, "FINISHED")
+    orphans = trial_runs(client, "RUNNING")
+    assert len(finished) == 1 and len(orphans) == 1
+
+    # 2. Resume: the finished run is kept, the orphan is closed, only the three missing trials run.
+    plan = load_spec(spec, overrides=overrides)
+    result = run_sweep(plan, resume=True)
+    assert (result.kept, result.closed, result.ran, result.failed) == (1, 1, 3, [])
+    assert client.get_run(orphans[0].info.run_id).info.status == "KILLED"
+    done = trial_runs(client, "FINISHED")
+    assert sorted(r.info.run_name for r in done) == ["a-seed0", "a-seed1", "b-seed0", "b-seed1"]
+    assert trial_runs(client, "RUNNING") == []
+    assert finished[0].info.run_id in {r.info.run_id for r in done}
+    hashes = {t.name: t.config_hash for t in plan.trials}
+    manifest = json.loads((home / "data" / "scenes" / "train" / "manifest.json").read_text())
+    for run in done:
+        assert run.data.tags["tipslab.config_hash"] == hashes[run.info.run_name]
+        assert run.data.tags["mlflow.parentRunId"] == result.parent_run_id
+        assert {"eval/scenes/i2t_r1", "eval/scenes/seg_miou", "perf/launch_to_first_report_s"} <= set(run.data.metrics)
+        assert run.data.params["loss.mim_weight"] == str(0.2 * (run.data.tags["tipslab.variant"] == "b"))
+        assert [d.dataset.digest for d in run.inputs.dataset_inputs] == [manifest["content_hash"][:36]]
+        assert run.data.tags["tipslab.data_hash"] == manifest["content_hash"]
+        assert {"config.json", "eval_results.json", "features.npz"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
         assert run.data.tags["tipslab.checkpoint"]
 
+    # 3. A third variant, resumed through the command line: only its two runs train.
+    spec.write_text(spec_text({"a": {"loss.mim_weight": 0}, "b": {"loss.mim_weight": 0.2},
+                               "c": {"loss.mim_weight": 0.4}}))
+    grow = tipslab("sweep", str(spec), *overrides, "--resume", env=env, log=tmp_path / "grow.log")
+    grow.wait(timeout=1800)
+    out = (tmp_path / "grow.log").read_text()
+    assert grow.returncode == 0, out[-3000:]
+    assert "resume: kept 4 finished run(s), closed 0 left RUNNING, ran 2" in out
+    after = trial_runs(client, "FINISHED")
+    assert {r.info.run_id for r in done} <= {r.info.run_id for r in after}
+    assert sorted(r.info.run_name for r in after if r.info.run_id not in {d.info.run_id for d in done}) == [
+        "c-seed0", "c-seed1"]
+    assert len(trial_runs(client)) == 7 and trial_runs(client, "RUNNING") == []  # 6 finished + 1 killed
 
-def test_training_loss_fell_in_every_run(smoke_sweep):
-    _, _, uri = smoke_sweep
-    client, _, children = runs(uri, "smoke")
-    for run in children:
-        history = sorted(client.get_metric_history(run.info.run_id, "train/loss"), key=lambda m: m.step)
-        assert history[-1].step == 200 and len(history) == 200 // 5
-        first, last = history[0].value, history[-1].value
-        assert last < first - 0.3, (run.info.run_name, first, last)
-        assert "mim" in {m.split("/")[1] for m in run.data.metrics} or run.data.tags["tipslab.variant"] == "mim_off"
+    # 4. A new process in an empty folder rebuilds the table from the tracking server alone.
+    empty = tmp_path / "elsewhere"
+    empty.mkdir()
+    table = tipslab("table", "resume-e2e", "--format", "csv", env={
+        "PATH": env["PATH"], "HOME": env.get("HOME", "/"), "MLFLOW_TRACKING_URI": mlflow_server},
+        log=tmp_path / "table.csv", cwd=empty)
+    table.wait(timeout=300)
+    csv_text = (tmp_path / "table.csv").read_text()
+    assert table.returncode == 0, csv_text
+    lines = csv_text.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("variant,"))
+    rows = {line.split(",")[0]: line.split(",") for line in lines[header + 1:] if line}
+    assert set(rows) == {"a (baseline)", "b", "c"} and all(r[3] == "2" for r in rows.values())  # n = 2 seeds
+    assert os.listdir(empty) == []
+
+    # 5. No planted credential anywhere in what was logged: params, tags, metric names, inputs, artifacts.
+    logged = []
+    for exp in client.search_experiments():
+        for run in client.search_runs([exp.experiment_id], max_results=1000):
+            logged += [run.info.run_name, json.dumps(run.data.params), json.dumps(run.data.tags), *run.data.metrics]
+            logged += [str(d.dataset) for d in (run.inputs.dataset_inputs if run.inputs else [])]
+            local = client.download_artifacts(run.info.run_id, "", str(tmp_path / "artifacts" / run.info.run_id))
+            for folder, _, files in os.walk(local):
+                logged += [open(os.path.join(folder, f), "rb").read().decode("latin-1") for f in files]
+    text = "\n".join(logged)
+    assert len(text) > 10000  # the scan did read the configs and results
+    for name, value in PLANTED.items():
+        assert value not in text, name
 
 
-def test_retrieval_is_above_chance(smoke_sweep):
-    _, _, uri = smoke_sweep
-    _, _, children = runs(uri, "smoke")
+@pytest.fixture(scope="module")
+def learned(ray_session, tmp_path_factory):
+    """One run of the smoke ablation's MIM row at its full smoke length (200 steps)."""
+    root = tmp_path_factory.mktemp("learn")
+    spec = root / "spec.yaml"
+    spec.write_text(f"name: learn\nbase: {TINY}\nvariants: {{mim_on: {{loss.mim_weight: 0.2}}}}\n"
+                    "overrides: {eval.probes: [retrieval, segmentation]}\n"
+                    "metrics: [{key: eval/scenes/i2t_r1}, {key: eval/scenes/t2i_r1}, {key: eval/scenes/seg_miou}]\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TIPSLAB_HOME", str(root / "home"))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        result = run_sweep(load_spec(spec))
+        client = MlflowClient(tracking_uri())
+        yield result, client, client.get_run(next(iter(client.search_runs(
+            [client.get_experiment_by_name("learn").experiment_id], "tags.`tipslab.role` = 'trial'"))).info.run_id)
+
+
+def test_training_loss_fell(learned):
+    result, client, run = learned
+    assert result.failed == [] and run.info.status == "FINISHED"
+    history = sorted(client.get_metric_history(run.info.run_id, "train/loss"), key=lambda m: m.step)
+    assert history[-1].step == 200 and len(history) == 200 // 5
+    first, last = history[0].value, history[-1].value
+    assert last < first - 0.3, (first, last)
+    assert "train/mim" in run.data.metrics
+
+
+def test_retrieval_is_above_chance(learned):
+    _, _, run = learned
     chance = 100.0 / 256  # R@1 of a random ranking over the 256 probe-test captions
-    for run in children:
-        assert run.data.metrics["eval/scenes/i2t_r1"] > 3 * chance, run.info.run_name
-        assert run.data.metrics["eval/scenes/t2i_r1"] > 3 * chance, run.info.run_name
-        assert 20 < run.data.metrics["eval/scenes/seg_miou"] <= 100
+    assert run.data.metrics["eval/scenes/i2t_r1"] > 3 * chance
+    assert run.data.metrics["eval/scenes/t2i_r1"] > 3 * chance
+    assert 20 < run.data.metrics["eval/scenes/seg_miou"] <= 100
 
 
-def test_table_from_the_store_alone(smoke_sweep):
-    _, result, uri = smoke_sweep
-    table = render(load_sweep(uri, "smoke", result.sweep_id))
-    assert "| variant | I→T R@1 ↑ | T→I R@1 ↑ | Seg mIoU ↑ |" in table
-    assert table.count("| mim_o") == 2 and "–" not in table
+def test_table_from_the_sqlite_store_alone(learned):
+    result, _, _ = learned
+    table = render(load_sweep(tracking_uri(), "learn", result.sweep_id))
+    assert "| variant | eval/scenes/i2t_r1 ↑ | eval/scenes/t2i_r1 ↑ | eval/scenes/seg_miou ↑ |" in table
+    assert "| mim_on |" in table and "–" not in table
 
 
 def test_concurrency_follows_the_cluster(home):
     plan = load_spec(SMOKE, smoke=True)
     assert concurrency(plan, {"CPU": 2}) == 1  # 1 worker + 1 CPU for Ray Data
     assert concurrency(plan, {"CPU": 8}) == 2  # bounded by the number of trials
+    assert concurrency(plan, {"CPU": 8}, count=1) == 1  # a resume with one trial left
     with pytest.raises(UserError, match="needs 2 CPUs"):
         concurrency(plan, {"CPU": 1})

@@ -1,0 +1,192 @@
+"""A static HTML report of one sweep, from the MLflow store alone.
+
+The page holds the ablation table, the training curves of each variant, one bar chart per metric
+(mean and sd over seeds, the paper's number marked where the spec gives one), and PCA maps of patch
+features from each run's `features.npz` artifact: the first three principal components of a run's
+patch tokens shown as RGB, the view the TIPS paper uses to show spatial awareness. A run without
+that artifact is named on the page. Images are PNG files drawn with matplotlib.
+"""
+import html
+import os
+import re
+
+import numpy as np
+
+from .store import Sweep, metric_history, run_artifact
+from .table import as_html, build
+
+STYLE = """body{font-family:sans-serif;margin:2em;max-width:1200px}table.ablation{border-collapse:collapse}
+td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}
+td.best{background:#e8f4e8}figure{display:inline-block;margin:8px}img{max-width:520px}.missing{color:#a33}"""
+# Written into the page so that a headless browser's DOM says whether every image decoded.
+IMAGE_CHECK = """<script>window.addEventListener('load',function(){var i=document.images,ok=0;
+for(var k=0;k<i.length;k++){if(i[k].complete&&i[k].naturalWidth>0)ok++;}
+document.body.setAttribute('data-images',i.length);document.body.setAttribute('data-images-loaded',ok);});</script>"""
+
+
+# Logged beside the losses but not losses: they would flatten the curves' scale.
+SCHEDULES = ("train/lr", "train/weight_decay", "train/temperature", "train/teacher_momentum", "train/grad_norm")
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_") or "x"
+
+
+def training_curves(sweep: Sweep, out: str) -> list[tuple[str, str]]:
+    """One PNG per variant: every train/* loss term over steps, one line per seed."""
+    plt = _plt()
+    figures = []
+    runs_by_variant: dict[str, list] = {}
+    for t in sweep.finished():
+        runs_by_variant.setdefault(t.variant, []).append(t)
+    for variant, runs in runs_by_variant.items():
+        keys = sorted(k for k in set().union(*(r.metrics for r in runs)) if k.startswith("train/") and k not in SCHEDULES)
+        if not keys:
+            continue
+        fig, ax = plt.subplots(figsize=(5.5, 3.4))
+        for run in sorted(runs, key=lambda r: r.seed):
+            for key in keys:
+                points = metric_history(sweep, run.run_id, key)
+                if points:
+                    ax.plot(*zip(*points), label=f"{key.split('/', 1)[1]} (seed {run.seed})")
+        ax.set_xlabel("step")
+        ax.set_title(f"{variant}: training losses")
+        ax.legend(fontsize=7)
+        name = f"curves_{_slug(variant)}.png"
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, name), dpi=80)
+        plt.close(fig)
+        figures.append((name, f"training curves of {variant}"))
+    return figures
+
+
+def metric_bars(sweep: Sweep, out: str) -> list[tuple[str, str]]:
+    """One PNG per metric: mean ± sd over seeds per variant, the paper's number as a marker."""
+    plt = _plt()
+    table = build(sweep)
+    figures = []
+    for i, m in enumerate(table.metrics):
+        labels = [label for label, _ in table.rows]
+        cells = [cells[i] for _, cells in table.rows]
+        if not any(c.values for c in cells):
+            continue
+        fig, ax = plt.subplots(figsize=(5.5, 3.4))
+        x = np.arange(len(labels))
+        ax.bar(x, [c.mean or 0 for c in cells], yerr=[c.sd or 0 for c in cells], capsize=3,
+               color=["#4a8" if c.best else "#68a" for c in cells])
+        papers = [(j, c.paper) for j, c in enumerate(cells) if c.paper is not None]
+        if papers:
+            ax.scatter(*zip(*papers), marker="D", color="#c33", label="paper", zorder=3)
+            ax.legend(fontsize=7)
+        ax.set_xticks(x, labels, rotation=20, ha="right", fontsize=7)
+        ax.set_title(f"{m.get('header') or m['key']} ({'higher' if m['goal'] == 'max' else 'lower'} is better)")
+        name = f"bars_{_slug(m['key'])}.png"
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, name), dpi=80)
+        plt.close(fig)
+        figures.append((name, f"{m['key']} per variant"))
+    return figures
+
+
+def patch_tokens(npz) -> np.ndarray | None:
+    """Patch features as (images, h, w, dim) from a features.npz, whatever its key names."""
+    names = [k for k in ("patch_tokens", "patch_features", "patches") if k in npz.files]
+    names += [k for k in npz.files if k not in names and npz[k].ndim in (3, 4)]
+    for name in names:
+        a = np.asarray(npz[name], dtype=np.float32)
+        if a.ndim == 4:
+            return a
+        side = int(round(np.sqrt(a.shape[1])))
+        if a.ndim == 3 and side * side == a.shape[1]:
+            return a.reshape(a.shape[0], side, side, a.shape[2])
+    return None
+
+
+def pca_rgb(tokens: np.ndarray) -> np.ndarray:
+    """First three principal components of all patches, min-max scaled per component to [0, 1]."""
+    n, h, w, d = tokens.shape
+    x = tokens.reshape(-1, d)
+    x = x - x.mean(0)
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    y = x @ vt[:3].T
+    if y.shape[1] < 3:
+        y = np.pad(y, ((0, 0), (0, 3 - y.shape[1])))
+    y = (y - y.min(0)) / np.maximum(y.max(0) - y.min(0), 1e-8)
+    return y.reshape(n, h, w, 3)
+
+
+def pca_maps(sweep: Sweep, out: str, per_run: int = 4) -> tuple[list[tuple[str, str]], list[str]]:
+    """PCA maps of each finished run's patch features, and the runs that logged none."""
+    plt = _plt()
+    figures, missing = [], []
+    for run in sorted(sweep.finished(), key=lambda r: (r.variant, r.seed)):
+        label = f"{run.variant} (seed {run.seed})"
+        path = run_artifact(sweep, run.run_id, "features.npz")
+        tokens = patch_tokens(np.load(path)) if path else None
+        if tokens is None:
+            missing.append(label)
+            continue
+        maps = pca_rgb(tokens[:per_run])
+        images = np.load(path)["images"][:per_run] if "images" in np.load(path).files else None
+        rows = [maps] if images is None else [images, maps]  # the input above its map, when logged
+        fig, axes = plt.subplots(len(rows), len(maps), figsize=(1.6 * len(maps), 1.7 * len(rows) + 0.2), squeeze=False)
+        for row, pictures in zip(axes, rows):
+            for ax, picture in zip(row, pictures):
+                ax.imshow(picture, interpolation="nearest")
+                ax.axis("off")
+        fig.suptitle(label, fontsize=8)
+        name = f"pca_{_slug(run.variant)}_seed{run.seed}.png"
+        fig.savefig(os.path.join(out, name), dpi=80)
+        plt.close(fig)
+        figures.append((name, f"PCA of patch features, {label}"))
+    return figures, missing
+
+
+def write_report(sweep: Sweep, out: str) -> str:
+    """Write index.html and its images into `out`; returns the page's path."""
+    img = os.path.join(out, "img")
+    os.makedirs(img, exist_ok=True)
+    esc = html.escape
+
+    def gallery(figures):
+        return "".join(f'<figure><img src="img/{esc(n)}" alt="{esc(a)}"><figcaption>{esc(a)}</figcaption></figure>'
+                       for n, a in figures) or "<p class=\"missing\">nothing logged</p>"
+
+    curves, bars = training_curves(sweep, img), metric_bars(sweep, img)
+    maps, missing = pca_maps(sweep, img)
+    absent = (f"<p class=\"missing\">No features.npz artifact for: {esc(', '.join(missing))}; "
+              "no PCA map for these runs.</p>") if missing else ""
+    title = sweep.spec.get("title") or sweep.experiment
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{esc(title)}</title><style>{STYLE}</style>{IMAGE_CHECK}</head>
+<body>
+<h1>{esc(title)}</h1>
+<p>Experiment <code>{esc(sweep.experiment)}</code>, sweep <code>{esc(sweep.sweep_id)}</code>
+({esc(sweep.status)}), from <code>{esc(_display_uri(sweep.tracking_uri))}</code>.</p>
+<h2>Table</h2>
+{as_html(build(sweep))}
+<h2>Training curves</h2>
+<div id="curves">{gallery(curves)}</div>
+<h2>Metrics</h2>
+<div id="bars">{gallery(bars)}</div>
+<h2>PCA maps of patch features</h2>
+<div id="pca">{gallery(maps) if maps else ""}{absent}</div>
+</body></html>
+"""
+    path = os.path.join(out, "index.html")
+    with open(path, "w") as f:
+        f.write(page)
+    return path
+
+
+def _display_uri(uri: str) -> str:
+    return re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", uri)
