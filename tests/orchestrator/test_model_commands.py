@@ -1,5 +1,4 @@
 """checkpoint import/export, embed, data tokenizer and bench step, through the real command line."""
-import json
 
 import numpy as np
 import pytest
@@ -76,10 +75,3 @@ def test_data_tokenizer_trains_on_the_shards_and_configs_accept_it(tmp_path, hom
     assert cfg.model.tokenizer == str(model)
     with pytest.raises(ConfigError, match="model.tokenizer: no SentencePiece model"):
         load_experiment(base, [f"model.tokenizer={tmp_path / 'absent.model'}"])
-
-
-def test_bench_step_prints_figures(capsys):
-    assert main(["bench", "step", "--json", "--batch-size", "2"]) == 0
-    (result,) = json.loads(capsys.readouterr().out)
-    assert result["size"] == "tiny" and result["batch_size"] == 2
-    assert result["step_s"] > 0 and result["peak_rss_mb"] > 100 and 0.1 < result["student_params_m"] < 5

@@ -1,0 +1,80 @@
+"""`tipslab bench`: each command runs at tiny size on CPU, prints figures, and logs one MLflow run
+to `tipslab-bench` with the tags and metric names that `tipslab plan` reads."""
+import json
+
+import pytest
+from conftest import tiny_overrides
+from mlflow.tracking import MlflowClient
+
+from tipslab.orchestrator.bench_commands import EXPERIMENT, STEP_COMPONENTS, TRIAL_EXPERIMENT
+from tipslab.orchestrator.cli import main
+from tipslab.orchestrator.runtime import tracking_uri
+
+
+def bench_runs(bench: str) -> list:
+    client = MlflowClient(tracking_uri())
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    return client.search_runs([exp.experiment_id], f"tags.`tipslab.bench` = '{bench}'")
+
+
+def run_json(capsys, argv: list[str]):
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_bench_step_prints_figures_and_logs_them(home, capsys):
+    [r] = run_json(capsys, ["bench", "step", "--batch-size", "4", "--repeats", "2", "--threads", "1", "--json"])
+    assert r["model_size"] == "tiny" and r["device_kind"] == "cpu" and r["images_per_s"] > 0 and 0 < r["mfu"] < 1
+    [run] = bench_runs("step")
+    assert run.info.run_id == r["mlflow_run_id"] and run.info.status == "FINISHED"
+    tags, metrics = run.data.tags, run.data.metrics
+    assert (tags["tipslab.model_size"], tags["tipslab.device_kind"], tags["tipslab.device"]) == ("tiny", "cpu", r["device"])
+    for key in ("images_per_s", "mfu", "step_s", "flops_per_image", *(f"{c}_s" for c in STEP_COMPONENTS)):
+        assert metrics[f"bench/step/{key}"] == pytest.approx(r[key])
+    assert run.data.params["batch_size"] == "4"
+
+
+def test_bench_flops_prints_the_table_of_each_size(home, capsys):
+    rows = run_json(capsys, ["bench", "flops", "--sizes", "tiny", "B", "--json"])
+    assert [r["model_size"] for r in rows] == ["tiny", "B"]
+    b = rows[1]
+    assert (b["image_size"], b["local_crops"], b["local_crop_size"], b["captions"], b["batch_size"]) == (224, 8, 98, 2, 128)
+    assert b["flops_per_image"] == pytest.approx(sum(c["forward"] + c["backward"] for c in b["components"].values()))
+    assert 600e9 < b["flops_per_image"] < 650e9
+    assert main(["bench", "flops", "--sizes", "B"]) == 0
+    assert "student local crops" in capsys.readouterr().out
+
+
+def test_bench_step_user_mistakes_exit_2(home, capsys):
+    assert main(["bench", "step", "model.size=huge", "--json"]) == 2
+    assert "model.size" in capsys.readouterr().err
+    import torch
+
+    if not torch.cuda.is_available():
+        assert main(["bench", "step", "--device", "cuda"]) == 2
+        assert "--device cuda" in capsys.readouterr().err
+
+
+def test_bench_trial_measures_launch_to_first_step(ray_session, home, capsys):
+    r = run_json(capsys, ["bench", "trial", *tiny_overrides(**{"train.steps": 2, "train.log_every": 1}), "--json"])
+    assert 0 < r["launch_to_first_step_s"] < r["trial_total_s"]
+    [run] = bench_runs("trial")
+    assert run.data.metrics["bench/trial/launch_to_first_step_s"] == pytest.approx(r["launch_to_first_step_s"])
+    assert (run.data.tags["tipslab.model_size"], run.data.tags["tipslab.device_kind"]) == ("tiny", "cpu")
+    # The trial went through the sweep's own path: a parent and a trial run in their own experiment.
+    client = MlflowClient(tracking_uri())
+    trial_runs = client.search_runs([client.get_experiment_by_name(TRIAL_EXPERIMENT).experiment_id])
+    assert {t.data.tags["tipslab.role"] for t in trial_runs} == {"sweep", "trial"}
+
+
+def test_bench_data_measures_both_pipelines_on_scenes(ray_session, home, capsys, tmp_path):
+    r = run_json(capsys, ["bench", "data", "--scenes", "24", "--batch-size", "4", "--cpus", "1", "--local-crops", "1",
+                          "--json"])
+    assert r["raydata_images_per_s"] > 0 and r["dataloader_images_per_s"] > 0 and r["image_size"] == 224
+    assert r["shards"] == str(home / "data" / "bench-scenes-224" / "train")
+    [run] = bench_runs("data")
+    for key in ("raydata_images_per_s", "dataloader_images_per_s"):
+        assert run.data.metrics[f"bench/data/{key}"] == pytest.approx(r[key])
+    assert run.data.tags["tipslab.device_kind"] == "cpu"
+    assert main(["bench", "data", "--shards", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere" in capsys.readouterr().err
