@@ -12,6 +12,7 @@ import time
 import urllib.request
 
 import pytest
+import ray
 from conftest import REPO, tiny_overrides
 from mlflow.tracking import MlflowClient
 
@@ -20,7 +21,7 @@ from tipslab.dashboards.table import render
 from tipslab.orchestrator.errors import UserError
 from tipslab.orchestrator.runtime import tracking_uri
 from tipslab.orchestrator.spec import load_spec
-from tipslab.orchestrator.sweep import concurrency, run_sweep
+from tipslab.orchestrator.sweep import concurrency, eval_cpus, run_sweep
 
 SMOKE = REPO / "ablations" / "smoke.yaml"
 TINY = REPO / "ablations" / "base" / "tips_tiny.yaml"
@@ -233,3 +234,12 @@ def test_concurrency_follows_the_cluster(home):
     assert concurrency(plan, {"CPU": 8}, count=1) == 1  # a resume with one trial left
     with pytest.raises(UserError, match="needs 2 CPUs"):
         concurrency(plan, {"CPU": 1})
+
+
+def test_evaluation_asks_for_no_more_cpus_than_the_largest_node_has(ray_session, home):
+    """One task runs on one node: a paper-sized trial (8 workers × 8 CPUs + 1) must not wait forever."""
+    config = load_spec(SMOKE, smoke=True).trials[0].config
+    largest = max(n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"])
+    assert eval_cpus(config) == min(2.0, largest)  # the smoke trial: 1 worker + 1 CPU for Ray Data
+    paper = {**config, "train": {**config["train"], "num_workers": 8, "cpus_per_worker": 8}}
+    assert eval_cpus(paper) == largest < 65
