@@ -241,6 +241,29 @@ def make_row(sample: dict, max_pixels: int, joined: dict | None = None) -> dict:
             "tags": caption_tags(web, synthetic), "width": width, "height": height}
 
 
+def checked_rows(samples, bad: BadRows, keys: set[str], max_pixels: int, max_bad_fraction: float,
+                 joined: dict | None, on_bad: Callable[[BadRow], None] | None = None) -> Iterator[dict]:
+    """Shard rows made from `samples`; a bad sample (a `BadRow` from the reader, a repeated key, or
+    one `make_row` refuses) is counted in `bad`, handed to `on_bad` and skipped. Stops the job past
+    `max_bad_fraction` (TooManyBadRows)."""
+    for sample in samples:
+        bad.seen()
+        try:
+            if isinstance(sample, BadRow):
+                raise sample
+            if sample["key"] in keys:
+                raise BadRow(sample["key"], "duplicate_key")
+            row = make_row(sample, max_pixels, joined)
+        except BadRow as err:
+            bad.add(err)
+            if on_bad:
+                on_bad(err)
+            bad.check(max_bad_fraction)
+            continue
+        keys.add(row["key"])
+        yield row
+
+
 def ingest(fmt: str, src: str, out: str, *, max_pixels: int, max_bad_fraction: float,
            join: str | None = None, join_column: str = "synthetic_caption",
            rows_per_shard: int = 256, on_bad: Callable[[BadRow], None] | None = None,
@@ -258,21 +281,8 @@ def ingest(fmt: str, src: str, out: str, *, max_pixels: int, max_bad_fraction: f
 
     def rows() -> Iterator[dict]:
         nonlocal used_join
-        for sample in read_source(fmt, src, **options):
-            bad.seen()
-            try:
-                if isinstance(sample, BadRow):
-                    raise sample
-                if sample["key"] in keys:
-                    raise BadRow(sample["key"], "duplicate_key")
-                row = make_row(sample, max_pixels, joined)
-            except BadRow as err:
-                bad.add(err)
-                if on_bad:
-                    on_bad(err)
-                bad.check(max_bad_fraction)
-                continue
-            keys.add(row["key"])
+        for row in checked_rows(read_source(fmt, src, **options), bad, keys, max_pixels, max_bad_fraction,
+                                joined, on_bad):
             used_join += joined is not None and row["key"] in joined
             yield row
         bad.check(max_bad_fraction, final=True)

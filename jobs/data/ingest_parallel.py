@@ -14,7 +14,7 @@ import time
 
 import ray
 
-from .ingest import tar_paths, make_row, read_join, read_webdataset
+from .ingest import checked_rows, read_join, read_webdataset, tar_paths
 from .rows import KEPT_KEYS, BadRow, BadRows
 from .shards import write_manifest, write_shard
 from .storage import aws_env, make_dirs
@@ -33,21 +33,11 @@ def _ingest_tar(index: int, tar: str, out: str, max_pixels: int, max_bad_fractio
         shards.append(write_shard(batch, out, index * SHARDS_PER_TAR + len(shards)))
         batch.clear()
 
-    for sample in read_webdataset(tar):
-        bad.seen()
-        try:
-            if isinstance(sample, BadRow):
-                raise sample
-            if sample["key"] in keys:
-                raise BadRow(sample["key"], "duplicate_key")
-            row = make_row(sample, max_pixels, joined)
-        except BadRow as err:
-            bad.add(err)
-            if len(errors) < KEPT_KEYS:
-                errors.append(err)
-            bad.check(max_bad_fraction)
-            continue
-        keys.add(row["key"])
+    def keep(err: BadRow) -> None:
+        if len(errors) < KEPT_KEYS:
+            errors.append(err)
+
+    for row in checked_rows(read_webdataset(tar), bad, keys, max_pixels, max_bad_fraction, joined, keep):
         used_join += joined is not None and row["key"] in joined
         batch.append(row)
         if len(batch) >= rows_per_shard:
