@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from tipslab.jobs.data import storage
-from tipslab.jobs.evaluate import metric_keys
+from tipslab.jobs.evaluate import metric_goal, metric_keys
 
 from .config import config_hash, load_experiment, to_dict
 from .errors import UserError
@@ -24,7 +24,7 @@ def single_plan(config_path: str, overrides: list[str]) -> Plan:
     name = Path(config_path).stem
     spec = {"name": EXPERIMENT, "title": f"tipslab train {config_path}", "variants": {name: {}},
             "overrides": dict(o.split("=", 1) for o in overrides), "seeds": [train["seed"]],
-            "metrics": [{"key": k, "header": k.split("/")[-1], "goal": "max"} for k in sorted(metric_keys(config["eval"]))],
+            "metrics": [{"key": k, "header": k.split("/")[-1], "goal": metric_goal(k)} for k in sorted(metric_keys(config["eval"]))],
             "reference": {}, "baseline": None}
     resources = ResourceSpec(train["num_workers"], train["gpus_per_worker"], train["cpus_per_worker"], 1)
     return Plan(Path(config_path), spec, "single", resources, [Trial(name, train["seed"], config, config_hash(config))])

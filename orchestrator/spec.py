@@ -224,7 +224,10 @@ def load_spec(path: str | Path, smoke: bool = False, overrides: list[str] = ()) 
             trials.append(Trial(variant, seed, config, config_hash(config), dict(axis_tags[variant])))
 
     for trial in trials:
-        produced = evaluate.metric_keys(trial.config["eval"])
+        try:
+            produced = evaluate.metric_keys(trial.config["eval"])
+        except ValueError as err:  # an unknown probe or dataset name in eval.*
+            raise ConfigError(f"{where}: variant {trial.variant!r}: eval: {err}") from None
         for i, m in enumerate(spec.metrics):
             if m.key not in produced:
                 raise ConfigError(f"{where}: metrics[{i}].key: no probe produces {m.key!r} in variant "
