@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # constraints file pins the versions the tests passed with (Ray exactly, in pyproject.toml).
 STAMP := $(VENV)/.tipslab-installed
 
-.PHONY: demo test install clean chromium
+.PHONY: demo test soak install clean chromium
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ chromium:
 
 test: $(STAMP) chromium
 	$(BIN)/python -m pytest tests
+
+# Long runs outside the 20-minute `make test`: does a 200-step smoke trial learn (loss, retrieval, table).
+soak: $(STAMP)
+	$(BIN)/python -m pytest -m soak tests
 
 clean:
 	rm -rf tipslab-runs .pytest_cache
