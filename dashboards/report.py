@@ -61,12 +61,16 @@ def training_curves(sweep: Sweep, out: str) -> list[tuple[str, str]]:
         ax.set_xlabel("step")
         ax.set_title(f"{variant}: training losses")
         ax.legend(fontsize=7)
-        name = f"curves_{_slug(variant)}.png"
-        fig.tight_layout()
-        fig.savefig(os.path.join(out, name), dpi=80)
-        plt.close(fig)
-        figures.append((name, f"training curves of {variant}"))
+        figures.append((_save(plt, fig, out, f"curves_{_slug(variant)}.png"), f"training curves of {variant}"))
     return figures
+
+
+def _save(plt, fig, out: str, name: str) -> str:
+    """Write a figure as out/name (a small PNG) and free it; return the name."""
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, name), dpi=80)
+    plt.close(fig)
+    return name
 
 
 def metric_bars(sweep: Sweep, out: str) -> list[tuple[str, str]]:
@@ -89,11 +93,7 @@ def metric_bars(sweep: Sweep, out: str) -> list[tuple[str, str]]:
             ax.legend(fontsize=7)
         ax.set_xticks(x, labels, rotation=20, ha="right", fontsize=7)
         ax.set_title(f"{m.get('header') or m['key']} ({'higher' if m['goal'] == 'max' else 'lower'} is better)")
-        name = f"bars_{_slug(m['key'])}.png"
-        fig.tight_layout()
-        fig.savefig(os.path.join(out, name), dpi=80)
-        plt.close(fig)
-        figures.append((name, f"{m['key']} per variant"))
+        figures.append((_save(plt, fig, out, f"bars_{_slug(m['key'])}.png"), f"{m['key']} per variant"))
     return figures
 
 

@@ -4,21 +4,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import IGNORE, EvalDataError, EvalSet, EvalSplit, list_images, need_dir, read_label_map
+from .base import IGNORE, EvalDataError, EvalSet, EvalSplit, need_dir, paired_pngs, read_label_map
 
 CLASSES = 150
 
 
 def read_split(root: Path, split: str, size: int) -> EvalSplit:
-    images = list_images(need_dir(root / "images" / split, f"ADE20k {split} images"))
-    labels = need_dir(root / "annotations" / split, f"ADE20k {split} annotations")
-    if not images:
-        raise EvalDataError(f"{root / 'images' / split}: no images")
+    pairs = paired_pngs(need_dir(root / "images" / split, f"ADE20k {split} images"),
+                        need_dir(root / "annotations" / split, f"ADE20k {split} annotations"), "annotation")
+    images = [path for path, _ in pairs]
     seg = []
-    for path in images:
-        label = labels / f"{path.stem}.png"
-        if not label.is_file():
-            raise EvalDataError(f"{label}: no such file (the annotation of {path.name})")
+    for _, label in pairs:
         ids = read_label_map(label, size, str(label))
         if ids.max() > CLASSES:
             raise EvalDataError(f"{label}: class id {ids.max()} is outside 0..{CLASSES}")

@@ -124,6 +124,21 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
+def paired_pngs(images_dir: Path, pngs_dir: Path, what: str) -> list[tuple[Path, Path]]:
+    """Each image of `images_dir` with the PNG of the same stem in `pngs_dir` (its label map or
+    depth); a folder without images, or an image without its PNG, is an error naming the file."""
+    images = list_images(images_dir)
+    if not images:
+        raise EvalDataError(f"{images_dir}: no images")
+    pairs = []
+    for path in images:
+        png = pngs_dir / f"{path.stem}.png"
+        if not png.is_file():
+            raise EvalDataError(f"{png}: no such file (the {what} of {path.name})")
+        pairs.append((path, png))
+    return pairs
+
+
 def need_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
         raise EvalDataError(f"{path}: no such folder ({what})")

@@ -5,20 +5,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import EvalDataError, EvalSet, EvalSplit, list_images, need_dir, read_depth_mm
+from .base import EvalSet, EvalSplit, need_dir, paired_pngs, read_depth_mm
 
 
 def read_split(root: Path, split: str, size: int) -> EvalSplit:
-    rgb = list_images(need_dir(root / split / "rgb", f"NYUv2 {split} RGB images"))
-    depth_dir = need_dir(root / split / "depth", f"NYUv2 {split} depth PNGs")
-    if not rgb:
-        raise EvalDataError(f"{root / split / 'rgb'}: no images")
-    depth = []
-    for path in rgb:
-        d = depth_dir / f"{path.stem}.png"
-        if not d.is_file():
-            raise EvalDataError(f"{d}: no such file (the depth of {path.name})")
-        depth.append(read_depth_mm(d, size, str(d)))
+    pairs = paired_pngs(need_dir(root / split / "rgb", f"NYUv2 {split} RGB images"),
+                        need_dir(root / split / "depth", f"NYUv2 {split} depth PNGs"), "depth")
+    rgb = [path for path, _ in pairs]
+    depth = [read_depth_mm(d, size, str(d)) for _, d in pairs]
     return EvalSplit([f"{split}/{p.stem}" for p in rgb], [str(p) for p in rgb], depth=np.stack(depth))
 
 
