@@ -205,8 +205,10 @@ class LocalCluster:
                 "process_groups": [p.pid for p in self.procs if p is not None]}
 
 
-def stop_group(pgid: int, grace_s: float = 3) -> None:
-    """SIGTERM a node's process group, then SIGKILL whatever is left after `grace_s`."""
+def stop_group(pgid: int, grace_s: float = 3, kill_wait_s: float = 15) -> None:
+    """SIGTERM a node's process group, then SIGKILL whatever is left after `grace_s`, and wait (up to
+    `kill_wait_s`) until none of it runs: a SIGKILL is delivered asynchronously, and a busy machine
+    may take a moment to tear a process down."""
     try:
         os.killpg(pgid, signal.SIGTERM)
     except ProcessLookupError:
@@ -217,7 +219,10 @@ def stop_group(pgid: int, grace_s: float = 3) -> None:
     try:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
-        pass
+        return
+    deadline = time.monotonic() + kill_wait_s
+    while group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def state_file(directory: str | None) -> Path:
