@@ -28,6 +28,7 @@ not counted).
 from dataclasses import dataclass
 
 from tipslab.models.checkpoint import tips_config
+from tipslab.models.mim import masked_count
 from tipslab.models.vision import mlp_kind, swiglu_hidden
 
 OPTIMIZER_FLOPS_PER_PARAM = 16  # clip (square, sum, scale) + AdamW (decay, two moments, sqrt, divide, update)
@@ -125,7 +126,7 @@ def step_shape(exp: dict, world_size: int = 1, batch_size: int | None = None) ->
         batch=batch, global_batch=batch * world_size, tokens_global=patches + 2, patches_global=patches,
         local_crops=data["local_crops"] if distill else 0, tokens_local=patches_local + 2,
         patches_local=patches_local,
-        masked=int(round(loss.mask_ratio * patches)) if mim else 0,  # as the views and synthetic_batch mask
+        masked=masked_count(loss.mask_ratio, patches) if mim else 0,  # as the views and synthetic_batch mask
         student_global_passes=2 if (mim and loss.clip_view == "clean") else 1,
         captions=2 if loss.caption_mode == "dual_cls" else 1, text_len=m.max_text_len,
         distill=distill, mim=mim)

@@ -17,7 +17,6 @@ import os
 import tempfile
 import time
 
-import numpy as np
 import ray.train
 import ray.train.torch
 import torch
@@ -35,7 +34,7 @@ from .data import storage
 from .data.pipeline import plan_epoch, rank_dataset, train_shards
 from .data.views import BAD_ROW_COLUMNS
 from .stages import carry_weights, stage_configs
-from .step import NonFiniteLossError, Schedules, apply_schedules, param_groups, tips_step
+from .step import LossWatch, NonFiniteLossError, compile_parts, Schedules, apply_schedules, param_groups, tips_step
 
 STOPPED_FILE = "stopped.json"
 # Set to a folder, every rank appends "epoch key_id" of each row it trains on to a file there:
@@ -124,6 +123,7 @@ class Stage:
         self.model = ray.train.torch.prepare_model(self.student)
         if train["compile"]:
             self.model = torch.compile(self.model)
+            compile_parts(self.teacher, self.objective)
 
     def state(self) -> dict:
         return {"student": self.student.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -202,8 +202,11 @@ class Loop:
             from .train_probe import RetrievalProbe
             probe = RetrievalProbe(exp, self.tokenizer)
         cpus = exp["data"]["cpus"] / self.world_size
-        window: dict[str, list[float]] = {}
-        counters = dict.fromkeys(BAD_ROW_COLUMNS, 0)
+        # The step's values stay on the device until a report reads them all in one transfer; the
+        # watch is checked there too, before any checkpoint.
+        window: dict[str, list[torch.Tensor]] = {}
+        watch = LossWatch()
+        counters = self.no_counts()
         wait_s, window_start = 0.0, time.perf_counter()
         epoch, done = position["epoch"], set(position["done"])
         while stage_step < steps:
@@ -219,15 +222,14 @@ class Loop:
                 # The epoch ends for every rank when one runs out: DDP needs the same step count.
                 if min(all_min(batch is not None, self.device)) < 1:
                     break
-                rows_done += int(batch.pop("rows_done").sum())
+                rows_done = rows_done + batch.pop("rows_done").sum()  # on the device: read at checkpoints
                 self.trace.rows(epoch, batch.pop("key_id"))
-                for column in BAD_ROW_COLUMNS:
-                    counters[column] += int(batch.pop(column).sum())
+                counters += torch.stack([batch.pop(column).sum() for column in BAD_ROW_COLUMNS])
                 apply_schedules(stage.optimizer, stage.sched, stage_step)
                 values = tips_step(
                     stage.model, stage.student, stage.teacher, stage.objective, stage.optimizer, batch,
                     teacher_temp=float(stage.sched.teacher_temp[stage_step]), momentum=float(stage.sched.momentum[stage_step]),
-                    grad_clip=train["grad_clip"], step=step, bf16=True)
+                    grad_clip=train["grad_clip"], step=step, bf16=True, watch=watch)
                 stage_step, step, epoch_steps = stage_step + 1, step + 1, epoch_steps + 1
                 for key, value in values.items():
                     window.setdefault(f"train/{key}", []).append(value)
@@ -235,6 +237,7 @@ class Loop:
                 if not (step % train["log_every"] == 0 or last or step % max(train["checkpoint_every"], 1) == 0
                         and train["checkpoint_every"]):
                     continue
+                watch.check()  # a collective, at the same step on every rank
                 elapsed = time.perf_counter() - window_start
                 metrics = self.window_metrics(stage, window, counters, wait_s, elapsed, stage_step, step, index, name)
                 if probe is not None and (step % self.train["probe_every"] == 0 or last):
@@ -242,10 +245,10 @@ class Loop:
                 save = last or bool(train["checkpoint_every"]) and step % train["checkpoint_every"] == 0
                 position_now = None
                 if save or last:
-                    finished = plan.merge_done(gather(plan.done_files(self.rank, rows_done)))
+                    finished = plan.merge_done(gather(plan.done_files(self.rank, int(rows_done))))
                     position_now = {"epoch": epoch, "done": sorted(done | finished)}
                 self.report(metrics, stage, index, stage_step, step, position_now if save else None)
-                window, counters, wait_s, window_start = {}, dict.fromkeys(BAD_ROW_COLUMNS, 0), 0.0, time.perf_counter()
+                window, counters, wait_s, window_start = {}, self.no_counts(), 0.0, time.perf_counter()
                 if last:
                     return step, position_now
             if epoch_steps == 0 and not done:
@@ -254,12 +257,17 @@ class Loop:
             epoch, done = epoch + 1, set()
         return step, {"epoch": epoch, "done": sorted(done)}
 
+    def no_counts(self) -> torch.Tensor:
+        """Zero bad-row counters (BAD_ROW_COLUMNS), on the device, where batches add theirs."""
+        return torch.zeros(len(BAD_ROW_COLUMNS), dtype=torch.int64, device=self.device)
+
     def window_metrics(self, stage, window, counters, wait_s, elapsed, stage_step, step, index, name) -> dict:
         """Window means of the loss terms and norms, over every rank in one collective; the bad-row
         counters summed over ranks (only rank 0's report is kept)."""
         names = list(window)
-        sums = all_sum([float(np.mean(v)) for v in window.values()] + [wait_s / elapsed, elapsed]
-                       + [counters[c] for c in BAD_ROW_COLUMNS], self.device)
+        means_here = torch.stack([torch.stack(v).float().mean() for v in window.values()]).tolist()
+        sums = all_sum(means_here + [wait_s / elapsed, elapsed]
+                       + counters.tolist(), self.device)
         means = [v / self.world_size for v in sums[:len(names) + 2]]
         for column, total in zip(BAD_ROW_COLUMNS, sums[len(names) + 2:]):
             self.bad[column] += int(total)
@@ -300,9 +308,11 @@ class Loop:
 
 def all_min(flag: bool, device) -> list[float]:
     """[the minimum of `flag` over ranks] (1.0 when every rank has it)."""
+    if world()[1] == 1:
+        return [float(flag)]
+    # The loop's one read of the device per step, with several ranks: they must agree on the epoch's end.
     x = torch.tensor([float(flag)], device=device)
-    if world()[1] > 1:
-        dist.all_reduce(x, op=dist.ReduceOp.MIN)
+    dist.all_reduce(x, op=dist.ReduceOp.MIN)
     return x.tolist()
 
 

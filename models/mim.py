@@ -25,3 +25,17 @@ class MIMLoss(nn.Module):
         if student_patch_logits.shape[0] == 0:
             return student_patch_logits.sum() * 0.0  # zero, with a graph for backward()
         return cross_entropy_to_targets(student_patch_logits, targets, self.student_temp)
+
+
+def masked_count(ratio: float, patches: int) -> int:
+    """How many of `patches` a mask at `ratio` covers. Every mask of a batch covers exactly this many
+    (jobs/data/masking.py), which gives the masked tokens a shape known on the host."""
+    return int(round(ratio * patches))
+
+
+def masked_tokens(tokens: torch.Tensor, masks: torch.Tensor, count: int) -> torch.Tensor:
+    """`tokens[masks]` ([B*count, D], row by row, positions ascending) for masks [B, N] with exactly
+    `count` True per row, without a host synchronisation: boolean indexing must wait for the device
+    to count the Trues, this gathers positions a stable sort puts first."""
+    order = torch.argsort(masks.to(torch.uint8), dim=1, descending=True, stable=True)[:, :count]
+    return tokens.gather(1, order.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])).flatten(0, 1)

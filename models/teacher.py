@@ -9,6 +9,7 @@ import copy
 import torch
 from torch import nn
 
+from .mim import masked_count, masked_tokens
 from .tips import TIPSStudent
 
 TEACHER_PARTS = ("vision", "distill_head", "mim_head")
@@ -20,6 +21,7 @@ class EMATeacher(nn.Module):
         for name in TEACHER_PARTS:
             part = getattr(student, name)
             setattr(self, name, copy.deepcopy(part) if part is not None else None)
+        self.mask_ratio = student.cfg.loss.mask_ratio
         self.requires_grad_(False)
         self.train(False)
 
@@ -48,5 +50,6 @@ class EMATeacher(nn.Module):
         if self.distill_head is not None:
             out["cls_logits"] = self.distill_head(view[distill_cls])
         if self.mim_head is not None and masks is not None:
-            out["masked_patch_logits"] = self.mim_head(view["patch_tokens"][masks])
+            count = masked_count(self.mask_ratio, masks.shape[1])
+            out["masked_patch_logits"] = self.mim_head(masked_tokens(view["patch_tokens"], masks, count))
         return out

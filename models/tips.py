@@ -8,6 +8,7 @@ from torch import nn
 
 from .config import CAPTION_MODES, CLS_TOKENS, TIPSConfig
 from .heads import PrototypeHead
+from .mim import masked_count, masked_tokens
 from .tagging import TagHead
 from .text import TextTower
 from .vision import VisionTower
@@ -80,7 +81,8 @@ class TIPSStudent(nn.Module):
             out["tag_logits"] = self.tag_head(tokens)
             out["tag_targets"] = batch["tags"]
         if self.mim_head is not None:
-            out["masked_patch_logits"] = self.mim_head(view["patch_tokens"][masks])
+            count = masked_count(loss.mask_ratio, masks.shape[1])
+            out["masked_patch_logits"] = self.mim_head(masked_tokens(view["patch_tokens"], masks, count))
         if self.distill_head is not None:
             local = batch["local_crops"]
             b, v = local.shape[:2]

@@ -84,11 +84,15 @@ class VisionTower(nn.Module):
         )
 
     def forward(self, pixels: torch.Tensor, masks: torch.Tensor | None = None) -> dict:
-        """pixels: [B, 3, H, W] in [0, 1]; masks: optional bool [B, num_patches], True = masked.
+        """pixels: [B, 3, H, W], float in [0, 1] or uint8 in [0, 255] (the training views travel as
+        uint8, a quarter of the bytes, and become floats here, on the device); masks: optional bool
+        [B, num_patches], True = masked.
 
         Returns `cls_web` and `cls_synthetic` [B, width] and `patch_tokens` [B, N, width], all after
         the final LayerNorm.
         """
+        if pixels.dtype == torch.uint8:
+            pixels = pixels.float() / 255.0
         b, _, h, w = pixels.shape
         gh, gw = h // self.patch_size, w // self.patch_size
         x = self.patch_embed(pixels)

@@ -8,6 +8,8 @@ import math
 
 import numpy as np
 
+from tipslab.models.mim import masked_count
+
 MASK_MODES = ("random", "blockwise")
 # DINOv2's MaskingGenerator: blocks of at least 4 patches, aspect ratio 0.3 to 1/0.3, at most
 # half the grid per block, 10 tries per block.
@@ -59,7 +61,7 @@ def blockwise_mask(rng: np.random.Generator, grid: int, masked: int) -> np.ndarr
 
 def make_mask(rng: np.random.Generator, mode: str, grid: int, ratio: float) -> np.ndarray:
     """A bool mask over the grid x grid patches (row-major, True = masked)."""
-    masked = int(round(ratio * grid * grid))
+    masked = masked_count(ratio, grid * grid)
     if mode == "random":
         return random_mask(rng, grid * grid, masked)
     if mode == "blockwise":

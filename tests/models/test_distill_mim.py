@@ -248,3 +248,21 @@ def test_centres_average_every_masked_patch_across_ranks_even_with_none_on_a_ran
     per_rank = 0.5 * (rank_rows(0, 0, 3, "distill").mean(0) + rank_rows(0, 1, 5, "distill").mean(0))
     assert not torch.allclose(0.1 * per_rank, ranks[0]["distill"][0], atol=1e-4)
     assert ranks[1]["losses"][1] == 0.0 and ranks[0]["losses"][1] > 0  # the rank with no patch: 0, no hang
+
+
+@pytest.mark.parametrize("ratio, patches", [(0.75, 16), (0.5, 9), (0.0, 4), (1.0, 4)])
+def test_masked_tokens_are_the_boolean_selection_without_a_host_read(ratio, patches):
+    # The student and the teacher pick the masked patches by a gather of static size: exactly what
+    # boolean indexing selects, in the same order, for masks of the pipeline's fixed count per row.
+    from tipslab.jobs.data.masking import make_mask
+    from tipslab.models.mim import masked_count, masked_tokens
+
+    rng = np.random.default_rng(int(ratio * 100) + patches)
+    grid = int(patches ** 0.5)
+    masks = torch.from_numpy(np.stack([make_mask(rng, mode, grid, ratio) for mode in ("random", "blockwise") * 3]))
+    tokens = torch.randn(6, patches, 5)
+    count = masked_count(ratio, patches)
+    assert (masks.sum(1) == count).all()
+    picked = masked_tokens(tokens, masks, count)
+    assert picked.shape == (6 * count, 5)
+    assert torch.equal(picked, tokens[masks])
