@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tipslab.models.tokenizer import HashTokenizer
 
 from .data import storage
+from .data.pipeline import BATCHES_PER_BLOCK, read_blocks, read_shards
 from .data.shards import read_manifest, shard_files
 from .data.views import TIPSViews
 
@@ -92,12 +93,13 @@ def timed(batches) -> tuple[float, float, float]:
     return first - start, images / (time.perf_counter() - start), images / cpu
 
 
-def raydata_batches(files: list[str], views: TIPSViews, *, cpus: float, batch_size: int, rows: int):
+def raydata_batches(files: list[str], views: TIPSViews, *, cpus: float, batch_size: int, rows: int,
+                    file_rows: int):
+    """The training pipeline's read (`read_shards` into `read_blocks` blocks: about 4 batches per
+    views task) of the files' `file_rows` rows, of which the first `rows` (0: all) go through."""
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.resource_limits = ray.data.ExecutionResources(cpu=cpus)
-    # One block per file at least: Ray Data would otherwise pack small shards into one read task
-    # and one block, which a single views task then works through alone.
-    ds = ray.data.read_parquet(files, columns=COLUMNS, override_num_blocks=max(len(files), int(cpus)))
+    ds = read_shards(files, COLUMNS, read_blocks(file_rows, len(files), batch_size, int(cpus)))
     if rows:
         ds = ds.limit(rows)
     ds = ds.map_batches(views, batch_size=batch_size, batch_format="numpy", num_cpus=1)
@@ -142,11 +144,14 @@ def bench_data(shards_dir: str, *, cpus: int, batch_size: int = 32, rows: int = 
     limits = execution.resource_limits
     torch.set_num_threads(1)  # the driver only receives batches; the workers do the work
     try:
-        if warmup:  # Ray's worker processes import torch and the views once, as they would for a job
-            for _ in raydata_batches(files, views, cpus=cpus, batch_size=batch_size, rows=batch_size * cpus):
+        if warmup:  # Ray's worker processes import torch and the views once, as they would for a job:
+            # a read block per CPU, so that every worker process the measurement uses is started
+            warm_rows = min(available, cpus * BATCHES_PER_BLOCK * batch_size)
+            for _ in raydata_batches(files, views, cpus=cpus, batch_size=batch_size, rows=warm_rows,
+                                     file_rows=available):
                 pass
         measure = dict(cpus=cpus, batch_size=batch_size, rows=rows)
-        ray_startup, ray_rate, ray_cpu_rate = timed(raydata_batches(files, views, **measure))
+        ray_startup, ray_rate, ray_cpu_rate = timed(raydata_batches(files, views, **measure, file_rows=available))
         dl_startup, dl_rate, dl_cpu_rate = timed(dataloader_batches(files, views, **measure))
     finally:
         torch.set_num_threads(threads)

@@ -6,6 +6,13 @@ files in order (`preserve_order`), and a checkpoint records which files are full
 restart deals out only the files not done yet, so it replays at most the file each rank was in the
 middle of (plus the steps after the checkpoint), whatever the number of ranks after the restart.
 
+Parallelism: a rank's files are read into about one block per `BATCHES_PER_BLOCK` batches (Ray
+Data's `override_num_blocks`, `read_blocks`), each block a views task of its own, so that the views
+run on every CPU given and hand their first batches over early. Ray Data 2.60's default Parquet
+reader (DataSourceV2) ignores `override_num_blocks` and packs small shard files into one block that
+a single views task then works through alone; `read_shards` reads with the V1 reader, which honours
+it by splitting each file's rows into consecutive blocks, in order.
+
 Each batch carries `rows_done` (on the last output row of each views batch: the input rows, bad ones
 included, that are fully used once that row is trained on); summed over the trained batches it is
 the rank's position in its ordered file list. `key_id` (a stable 63-bit id of the row's key) lets a
@@ -13,6 +20,7 @@ run be checked for replayed rows; it is -1 in a views batch that dropped bad row
 longer be matched to rows.
 """
 import hashlib
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -26,6 +34,9 @@ from .views import TIPSViews, view_options
 
 TRAIN_COLUMNS = ["key", "image", "web_caption", "synthetic_caption"]
 POSITION_COLUMNS = ("rows_done", "key_id")
+# Rows of one read block, in batches: a views task's unit of work. Fewer batches per block add
+# per-task overhead; more delay the first batch and leave CPUs idle when a rank has few rows.
+BATCHES_PER_BLOCK = 4
 
 
 def read_tag_vocab(path: str) -> list[str]:
@@ -120,6 +131,27 @@ def plan_epoch(shards: list[Shard], seed: int, epoch: int, world_size: int, done
     return DataPlan(epoch, [todo[r::world_size] for r in range(world_size)])
 
 
+def read_blocks(rows: int, files: int, batch_size: int, tasks: int) -> int:
+    """How many blocks to read `rows` rows of `files` shard files into: one per BATCHES_PER_BLOCK
+    batches, at least one per file, and at least one per views task (as long as each has a batch)."""
+    batches = max(1, math.ceil(rows / batch_size))
+    return max(files, math.ceil(batches / BATCHES_PER_BLOCK), min(tasks, batches))
+
+
+def read_shards(files: list[str], columns: list[str], num_blocks: int, **read_args) -> ray.data.Dataset:
+    """`ray.data.read_parquet` of the shard files into `num_blocks` blocks (at least one per file),
+    rows in file order. Ray Data 2.60's default Parquet reader (DataSourceV2) ignores
+    `override_num_blocks`; the V1 reader honours it, so it is switched on for this read only (the
+    dataset keeps a copy of the context it was made with)."""
+    ctx = ray.data.DataContext.get_current()
+    v2 = ctx.use_datasource_v2
+    ctx.use_datasource_v2 = False
+    try:
+        return ray.data.read_parquet(files, columns=columns, override_num_blocks=num_blocks, **read_args)
+    finally:
+        ctx.use_datasource_v2 = v2
+
+
 def rank_dataset(exp: dict, plan: DataPlan, rank: int, cpus: float) -> ray.data.Dataset | None:
     """One rank's files of one epoch as a streaming dataset of views, rows in file order; `cpus`
     is this rank's share of the data CPU budget (read and views tasks run within it)."""
@@ -132,8 +164,8 @@ def rank_dataset(exp: dict, plan: DataPlan, rank: int, cpus: float) -> ray.data.
     # The rank's CPU share as task sizes and counts (an ExecutionResources limit below one CPU
     # left Ray Data's budget at 0, running one task at a time across the whole pipeline).
     per_task, tasks = min(cpus, 1.0), max(1, int(cpus))
-    ds = ray.data.read_parquet([s.file for s in shards], columns=columns, concurrency=tasks,
-                               ray_remote_args={"num_cpus": per_task})
+    blocks = read_blocks(sum(s.num_rows for s in shards), len(shards), data["batch_size"], tasks)
+    ds = read_shards([s.file for s in shards], columns, blocks, concurrency=min(tasks, len(shards)), num_cpus=per_task)
     # Tasks, not an actor pool: each epoch is a new dataset, and an actor pool's start-up would be
     # paid again every epoch; tasks reuse Ray's idle worker processes.
     views = PositionedViews(views_for(exp, plan.epoch), rank, len(plan.files), plan.shared)

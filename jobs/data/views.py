@@ -10,9 +10,12 @@ Every random choice of a row comes from a stream seeded by (seed, epoch, key), s
 are the same whichever worker, batch or position it lands in, and change from epoch to epoch.
 
 Speed (about 150 images/s per core is the goal at 224 px): images larger than the views need are
-decoded at a reduced scale (JPEG DCT scaling, or a box reduction), crops are cut and resized on
-uint8 tensors, and the batch becomes float once, after which the photometric steps run on the
-whole batch.
+decoded at a reduced scale (JPEG DCT scaling, or a box reduction), and crops are cut and resized on
+uint8 tensors. With photometric augmentations the batch becomes float once, the steps run on the
+whole batch, and it is rounded back to uint8.
+
+The views leave as uint8 in 0..255, a quarter of float32's bytes through Ray's object store and
+onto the device, where the vision tower makes them float in [0, 1] (models/vision.py).
 
 Bad rows (undecodable images, empty captions, wrong types: jobs/data/rows.py) are skipped, logged
 by key, and counted in output columns (`BAD_ROW_COLUMNS`) that the training loop sums over its
@@ -93,10 +96,19 @@ def decode(data, key: str, max_pixels: int, need: int) -> torch.Tensor:
     return torch.from_numpy(np.array(img)).permute(2, 0, 1)
 
 
+def augmented(crops: torch.Tensor, draws: list) -> torch.Tensor:
+    """uint8 crops [n, 3, H, W] through their drawn photometric augmentations (computed in float in
+    [0, 1]), rounded back to uint8."""
+    if not len(crops) or all(p.is_identity for p in draws):
+        return crops
+    x = photometric.apply(crops.float().div_(255), draws)
+    return x.mul_(255).round_().clamp_(0, 255).to(torch.uint8)
+
+
 class TIPSViews:
     """A Ray Data batch function: a numpy batch of shard rows -> a numpy batch of training views.
 
-    Output columns: global_crop float32 [B,3,S,S] and local_crops float32 [B,V,3,s,s] in [0, 1],
+    Output columns: global_crop uint8 [B,3,S,S] and local_crops uint8 [B,V,3,s,s] in 0..255,
     masks bool [B, patches], web_tokens and synthetic_tokens int64 [B, L], tags float32 multi-hot
     (with a tag vocabulary), and the int64 counters of BAD_ROW_COLUMNS.
     """
@@ -183,12 +195,12 @@ class TIPSViews:
             masks.append(self.random_mask(mask_rng))
             draws.append([p for _, p in drawn])
         n, v = len(rows), self.local_crops
-        global_crop = torch.stack(globals_).float().div_(255)
-        local_crops = (torch.stack(locals_).float().div_(255) if v else
-                       torch.zeros(0, 3, self.local_crop_size, self.local_crop_size))
+        global_crop = torch.stack(globals_)
+        local_crops = (torch.stack(locals_) if v else
+                       torch.zeros(0, 3, self.local_crop_size, self.local_crop_size, dtype=torch.uint8))
         if self.augment != "none":
-            global_crop = photometric.apply(global_crop, [d[0] for d in draws])
-            local_crops = photometric.apply(local_crops, [p for d in draws for p in d[1:]])
+            global_crop = augmented(global_crop, [d[0] for d in draws])
+            local_crops = augmented(local_crops, [p for d in draws for p in d[1:]])
         out = {
             "global_crop": global_crop.numpy(),
             "local_crops": local_crops.reshape(n, v, 3, self.local_crop_size, self.local_crop_size).numpy(),
@@ -216,8 +228,8 @@ class TIPSViews:
     def empty(self) -> dict:
         """A batch of no rows with the columns' shapes and types (every row of the batch was bad)."""
         s, ls, v = self.image_size, self.local_crop_size, self.local_crops
-        out = {"global_crop": np.zeros((0, 3, s, s), np.float32),
-               "local_crops": np.zeros((0, v, 3, ls, ls), np.float32),
+        out = {"global_crop": np.zeros((0, 3, s, s), np.uint8),
+               "local_crops": np.zeros((0, v, 3, ls, ls), np.uint8),
                "masks": np.zeros((0, self.grid ** 2), bool), "web_tokens": self.tokenizer.encode([]),
                "synthetic_tokens": self.tokenizer.encode([])}
         if self.tag_index:

@@ -9,7 +9,7 @@ from torchvision.transforms.v2 import functional as TF
 from tipslab.jobs.data import photometric
 from tipslab.jobs.data.masking import make_mask
 from tipslab.jobs.data.scenes import scene_row
-from tipslab.jobs.data.views import BAD_ROW_COLUMNS, TIPSViews, decode
+from tipslab.jobs.data.views import BAD_ROW_COLUMNS, TIPSViews, decode, row_seed
 from tipslab.models.tokenizer import HashTokenizer
 
 
@@ -33,9 +33,10 @@ def encoded(array: np.ndarray, fmt: str) -> bytes:
 def test_views_shapes_ranges_masks_and_tokens():
     rows = [scene_row(s, "train", size=56) for s in range(4)]
     out = views()(batch_of(rows))
-    assert out["global_crop"].shape == (4, 3, 56, 56) and out["global_crop"].dtype == np.float32
-    assert out["local_crops"].shape == (4, 3, 3, 28, 28)
-    assert 0.0 <= out["global_crop"].min() and out["global_crop"].max() <= 1.0
+    # uint8 in 0..255: a quarter of float32's bytes; the vision tower makes them float on the device
+    assert out["global_crop"].shape == (4, 3, 56, 56) and out["global_crop"].dtype == np.uint8
+    assert out["local_crops"].shape == (4, 3, 3, 28, 28) and out["local_crops"].dtype == np.uint8
+    assert out["global_crop"].max() > 1  # pixel values, not [0, 1] fractions
     assert out["masks"].shape == (4, 16) and (out["masks"].sum(1) == 12).all()  # 75% of 16 patches
     assert out["web_tokens"].shape == (4, 8) and out["synthetic_tokens"].dtype == np.int64
     assert (out["synthetic_tokens"][:, 0] > 0).all()
@@ -60,6 +61,7 @@ def test_a_batch_of_only_bad_rows_hands_its_counts_to_the_next_batch():
         r["image"] = b"\x89PNG\r\n\x1a\n truncated"
     empty = v(batch_of(bad))
     assert empty["global_crop"].shape == (0, 3, 56, 56) and empty["masks"].shape == (0, 16)
+    assert empty["global_crop"].dtype == empty["local_crops"].dtype == np.uint8  # as a batch with rows
     assert empty["bad_rows"].sum() == 0
     out = v(batch_of([scene_row(9, "train", size=56)]))
     assert out["rows_seen"].tolist() == [3] and out["bad_rows"].tolist() == [2]
@@ -70,8 +72,8 @@ def test_global_crop_of_full_scale_is_the_image():
     out = views(global_crop_scale=[1.0, 1.0])(batch_of([row]))
     # scale 1 with the image's own aspect ratio may still pick a sub-window of ratio 3/4..4/3;
     # the pixel values stay those of the image (no colour change)
-    image = np.asarray(Image.open(io.BytesIO(row["image"])).convert("RGB")).astype(np.float32) / 255
-    assert abs(out["global_crop"][0].mean() - image.mean()) < 0.05
+    image = np.asarray(Image.open(io.BytesIO(row["image"])).convert("RGB")).astype(np.float32)
+    assert abs(out["global_crop"][0].mean() - image.mean()) < 0.05 * 255
 
 
 def test_tags_become_multi_hot_over_the_vocabulary():
@@ -99,10 +101,30 @@ def test_dinov2_augmentation_changes_colours_but_not_crops():
     rows = [scene_row(s, "train", size=56) for s in range(8)]
     plain = views(global_crop_scale=[1.0, 1.0])(batch_of(rows))
     augmented = views(global_crop_scale=[1.0, 1.0], augment="dinov2")(batch_of(rows))
-    assert 0.0 <= augmented["global_crop"].min() and augmented["global_crop"].max() <= 1.0
+    assert augmented["global_crop"].dtype == augmented["local_crops"].dtype == np.uint8
     np.testing.assert_array_equal(plain["masks"], augmented["masks"])  # masks have their own stream
-    changed = np.abs(plain["global_crop"] - augmented["global_crop"]).mean(axis=(1, 2, 3)) > 1e-3
+    diff = np.abs(plain["global_crop"].astype(np.float32) - augmented["global_crop"].astype(np.float32)) / 255
+    changed = diff.mean(axis=(1, 2, 3)) > 1e-3
     assert changed.sum() >= 6  # every view has some jitter, blur or flip with probability 0.95
+
+
+def test_augmented_views_are_the_float_augmentation_rounded_to_uint8():
+    rows = [scene_row(s, "train", size=56) for s in range(6)]
+    plain = views(local_crops=1)(batch_of(rows))
+    v = views(local_crops=1, augment="dinov2")
+    out = v(batch_of(rows))
+    for column, view in (("global_crop", 0), ("local_crops", 1)):
+        crops = torch.from_numpy(plain[column]).reshape(-1, 3, *plain[column].shape[-2:])
+        draws = []
+        for key in batch_of(rows)["key"]:  # the rows' own draws, from their augment streams
+            drawn = v.draw_augment(np.random.default_rng(row_seed(0, 0, key).spawn(3)[1]))
+            draws.append(drawn[view])
+        flips = torch.tensor([flip for flip, _ in draws])
+        crops = torch.where(flips[:, None, None, None], crops.flip(-1), crops)
+        reference = photometric.apply(crops.float() / 255, [p for _, p in draws]) * 255
+        ours = torch.from_numpy(out[column]).reshape(crops.shape).float()
+        assert (ours - reference).abs().max() <= 0.5 + 1e-3  # rounded, not truncated
+        assert ours.min() >= 0 and ours.max() <= 255
 
 
 def test_dinov2_probabilities_per_view():
