@@ -11,6 +11,7 @@ Run each size in its own process (`tipslab bench step`) so that its peak memory 
 """
 import contextlib
 import math
+import os
 import platform
 import resource
 import sys
@@ -253,4 +254,7 @@ if __name__ == "__main__":  # python -m tipslab.jobs.bench ARGS_JSON: for `tipsl
     threads = args.pop("threads", 0)
     if threads:
         torch.set_num_threads(threads)
-    print(json.dumps(step_benchmark(**args)))
+    print(json.dumps(step_benchmark(**args)), flush=True)
+    # Compiled steps leave compile workers behind that can hold up the interpreter's exit (seen on
+    # an H200 box, 2026-11-30): the result is out, so leave at once.
+    os._exit(0)

@@ -71,28 +71,70 @@ def run_step_job(job: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def cmd_bench_step(args) -> None:
-    if args.device == "cuda":
-        import torch
+def log_step_result(result: dict, exp: dict | None, overrides: str) -> str:
+    """Log one step benchmark result to `tipslab-bench`; returns the MLflow run id."""
+    metrics = {k: result.get(k) for k in ("images_per_s", "mfu", "step_s", "flops_per_image", "peak_flops",
+                                          "components_over_step", "peak_gpu_mem_gb")}
+    if not result["compile"]:
+        metrics.update({f"{c}_s": result[f"{c}_s"] for c in STEP_COMPONENTS})
+    params = {k: result[k] for k in ("batch_size", "threads", "precision", "fused_adamw", "compile", "repeats",
+                                     "burst", "peak_source")}
+    params["overrides"] = overrides
+    return log_bench("step", result["model_size"], {**result, "config": exp}, metrics, params)
 
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda: no CUDA device is visible to this process (use --device cpu)")
-    results = []
+
+def step_jobs(args) -> list[dict]:
+    jobs = []
     for size in args.sizes:
         exp = experiment(args.config, size, args.overrides)
-        batch = args.batch_size or exp["data"]["batch_size"]
-        result = run_step_job({"exp": exp, "batch_size": batch, "repeats": args.repeats, "device": args.device,
-                               "precision": args.precision, "fused": args.fused, "compile": args.compile,
-                               "burst": args.burst or None, "threads": args.threads})
-        metrics = {k: result[k] for k in ("images_per_s", "mfu", "step_s", "flops_per_image", "peak_flops",
-                                          "components_over_step", "peak_gpu_mem_gb")}
-        if not args.compile:
-            metrics.update({f"{c}_s": result[f"{c}_s"] for c in STEP_COMPONENTS})
-        params = {k: result[k] for k in ("batch_size", "threads", "precision", "fused_adamw", "compile", "repeats",
-                                         "burst", "peak_source")}
-        params["overrides"] = " ".join(args.overrides)
-        result["mlflow_run_id"] = log_bench("step", size, {**result, "config": exp}, metrics, params)
+        jobs.append({"exp": exp, "batch_size": args.batch_size or exp["data"]["batch_size"], "repeats": args.repeats,
+                     "device": args.device, "precision": args.precision, "fused": args.fused,
+                     "compile": args.compile, "burst": args.burst or None, "threads": args.threads})
+    return jobs
+
+
+def import_step_results(paths: list[str]) -> list[dict]:
+    """Results that `python -m tipslab.jobs.bench JOB` printed on a machine without MLflow (a GPU
+    node, say: infra/bench-step-gpu.sh), logged here as if `bench step` had run them."""
+    results = []
+    for path in paths:
+        try:
+            lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+            result = json.loads(lines[-1])
+            missing = [k for k in ("model_size", "device_kind", "device", "images_per_s", "mfu", "step_s",
+                                   "compile", "batch_size") if k not in result]
+        except (OSError, IndexError, ValueError) as err:
+            raise UserError(f"bench step --import {path}: not a step benchmark result ({err})") from None
+        if missing:
+            raise UserError(f"bench step --import {path}: not a step benchmark result (no {', '.join(missing)})")
         results.append(result)
+    for path, result in zip(paths, results):
+        result["mlflow_run_id"] = log_step_result(result, None, f"imported from {path}")
+    return results
+
+
+def cmd_bench_step(args) -> None:
+    if args.import_results:
+        results = import_step_results(args.import_results)
+    else:
+        if args.write_jobs:
+            folder = Path(args.write_jobs)
+            folder.mkdir(parents=True, exist_ok=True)
+            for job in step_jobs(args):
+                path = folder / f"step-{job['exp']['model']['size']}-b{job['batch_size']}.json"
+                path.write_text(json.dumps(job))
+                print(path)
+            return
+        if args.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise UserError("--device cuda: no CUDA device is visible to this process (use --device cpu)")
+        results = []
+        for job in step_jobs(args):
+            result = run_step_job(job)
+            result["mlflow_run_id"] = log_step_result(result, job["exp"], " ".join(args.overrides))
+            results.append(result)
     if args.json:
         print(json.dumps(results, indent=2))
         return
@@ -107,7 +149,8 @@ def cmd_bench_step(args) -> None:
             parts = "  ".join(f"{c} {r[f'{c}_s'] * 1e3:.2f}" for c in STEP_COMPONENTS)
             print(f"  per component, ms: {parts}")
             print(f"  components sum to {100 * r['components_over_step']:.0f}% of the step")
-        print(f"  peak RSS {r['peak_rss_mb']:.0f} MB; MLflow run {r['mlflow_run_id']} ({EXPERIMENT})")
+        memory = f"peak GPU memory {r['peak_gpu_mem_gb']:.1f} GB" if r.get("peak_gpu_mem_gb") else f"peak RSS {r['peak_rss_mb']:.0f} MB"
+        print(f"  {memory}; MLflow run {r['mlflow_run_id']} ({EXPERIMENT})")
 
 
 def cmd_bench_flops(args) -> None:
@@ -286,6 +329,11 @@ def add_parsers(sub) -> None:
     step.add_argument("--compile", action="store_true",
                       help="torch.compile the student and the teacher (no per-component times)")
     step.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
+    step.add_argument("--write-jobs", metavar="DIR",
+                      help="run nothing: write each size's job file to DIR, for infra/bench-step-gpu.sh on a machine "
+                           "without MLflow")
+    step.add_argument("--import", dest="import_results", nargs="+", metavar="RESULT",
+                      help="run nothing: log result files that infra/bench-step-gpu.sh wrote")
     step.set_defaults(func=cmd_bench_step)
 
     flops = bench_sub.add_parser("flops", help="the analytic FLOP count of one step, by component (no run)")

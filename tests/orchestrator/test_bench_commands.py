@@ -78,3 +78,35 @@ def test_bench_data_measures_both_pipelines_on_scenes(ray_session, home, capsys,
     assert run.data.tags["tipslab.device_kind"] == "cpu"
     assert main(["bench", "data", "--shards", str(tmp_path / "nowhere")]) == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_step_jobs_run_elsewhere_and_their_results_are_imported(home, capsys, tmp_path):
+    # The path of a GPU box without MLflow: job files written here, run by infra/bench-step-gpu.sh
+    # there (here: on this CPU), the result files logged back here, where `tipslab plan` reads them.
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    from tipslab.orchestrator.plan import bench_estimate
+
+    jobs = tmp_path / "jobs"
+    assert main(["bench", "step", "--batch-size", "2", "--repeats", "1", "--threads", "1", "--device", "cpu",
+                 "--write-jobs", str(jobs)]) == 0
+    [job] = sorted(jobs.iterdir())
+    assert json.loads(job.read_text())["exp"]["model"]["size"] == "tiny"
+    env = {**os.environ, "OUT": str(tmp_path / "results"), "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", str(REPO / "infra" / "bench-step-gpu.sh"), str(job)], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "tiny batch 2 eager:" in proc.stdout and "exit 0" in proc.stdout
+    capsys.readouterr()
+    [r] = run_json(capsys, ["bench", "step", "--import", str(tmp_path / "results" / job.name), "--json"])
+    [run] = bench_runs("step")  # writing the jobs logged nothing
+    assert run.info.run_id == r["mlflow_run_id"] and run.data.metrics["bench/step/images_per_s"] == pytest.approx(r["images_per_s"])
+    est = bench_estimate(tracking_uri(), "tiny", "cpu")
+    assert est.step_run == r["mlflow_run_id"]
+    assert main(["bench", "step", "--import", str(job)]) == 2  # a job file is not a result
+    assert "not a step benchmark result" in capsys.readouterr().err
+
