@@ -18,6 +18,7 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from tipslab.jobs.data.storage import to_uri
 from tipslab.jobs.data.prepare import ensure_scenes
 from tipslab.jobs.evaluate import evaluate_checkpoint
 from tipslab.jobs.pretrain import build_trainer
@@ -106,7 +107,7 @@ def run_trial(params: dict, plan: Plan, storage: str) -> None:
     outside = PlacementGroupSchedulingStrategy(placement_group=None)
     metrics = ray.get(_evaluate.options(num_cpus=eval_cpus(trial.config), scheduling_strategy=outside)
                       .remote(checkpoint, trial.config, out_dir))
-    tune.report({**metrics, "step": trial.config["train"]["steps"], "checkpoint_uri": checkpoint.path,
+    tune.report({**metrics, "step": trial.config["train"]["steps"], "checkpoint_uri": to_uri(checkpoint.filesystem, checkpoint.path),
                  "eval_dir": out_dir})
 
 

@@ -57,6 +57,14 @@ def resolve(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(uri)
 
 
+def to_uri(filesystem: pafs.FileSystem | None, path: str) -> str:
+    """The URI of `path` on `filesystem` (a Ray Train checkpoint's pair): `s3://bucket/key` on S3,
+    else the path itself; what `resolve` takes back."""
+    if isinstance(filesystem, pafs.S3FileSystem) and not is_s3(path):
+        return "s3://" + path.lstrip("/")
+    return path
+
+
 def join(uri: str | os.PathLike, *names: str) -> str:
     uri = str(uri)
     if is_s3(uri):

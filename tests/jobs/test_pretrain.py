@@ -81,11 +81,13 @@ def test_shards_and_checkpoints_on_s3_and_a_rerun_resumes(ray_session, home, s3,
     def fit(exp):
         result = build_trainer(exp, name="on-s3", storage_path=f"{s3}/ray").fit()
         with result.checkpoint.as_directory() as d:
-            return result.checkpoint.path, load_state(d)["step"]
+            return storage.to_uri(result.checkpoint.filesystem, result.checkpoint.path), load_state(d)["step"]
 
     on_s3 = fit.options(runtime_env={"env_vars": {**storage.aws_env(), ROW_TRACE_ENV: str(tmp_path)}})
     path, step = ray.get(on_s3.remote(config))
-    assert path.startswith("tipslab-test/ray/on-s3/") and step == 2
+    # the URI the sweep records as the run's checkpoint_uri, which `tipslab eval --run` reads back
+    assert path.startswith(f"{s3}/ray/on-s3/") and step == 2
+    assert storage.is_file(storage.join(path, "model.pt"))
     # the same (storage_path, name) with more steps goes on from step 2
     config["train"]["steps"] = 4
     path, step = ray.get(on_s3.remote(config))

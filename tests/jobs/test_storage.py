@@ -45,6 +45,13 @@ def test_s3_settings_come_from_the_aws_environment(monkeypatch):
                                  "http://127.0.0.1:7", "AWS_REGION": "eu-west-3", "AWS_ACCESS_KEY_ID": "id"}
 
 
+def test_a_checkpoints_filesystem_and_path_make_its_uri(s3):
+    assert storage.to_uri(storage.s3_filesystem(), "bucket/run/checkpoint_1") == "s3://bucket/run/checkpoint_1"
+    assert storage.to_uri(storage.s3_filesystem(), "s3://bucket/x") == "s3://bucket/x"
+    local, path = storage.resolve("/tmp/run/checkpoint_1")
+    assert storage.to_uri(local, path) == "/tmp/run/checkpoint_1" and storage.to_uri(None, "rel/x") == "rel/x"
+
+
 def test_s3_objects(s3):
     uri = storage.join(s3, "x", "f.bin")
     assert uri == f"{s3}/x/f.bin" and storage.absolute(uri + "/") == uri
