@@ -2,6 +2,8 @@
 from dataclasses import dataclass, field
 from typing import Any
 
+STRATEGIES = ("ddp", "fsdp")  # train.strategy
+
 
 @dataclass
 class DataConfig:
@@ -77,7 +79,12 @@ class TrainConfig:
     probe_every: int = 0
     probe_images: int = 64
     prefetch_batches: int = 2  # per worker, ahead of the training step
-    strategy: str = "ddp"  # ddp | fsdp (FSDP2, for the L and g sizes)
+    # ddp: every worker holds the whole model and optimizer (DistributedDataParallel). fsdp: FSDP2
+    # shards the student, its EMA teacher and the optimizer over the workers (what the L and g sizes
+    # need); its checkpoints hold each rank's shards (torch.distributed.checkpoint, which can reshard
+    # them for another number of workers) beside the whole weights in model.pt, which evaluation
+    # reads as with ddp. A run resumes only with the strategy that wrote its checkpoint (jobs/pretrain.py).
+    strategy: str = "ddp"  # ddp | fsdp
     # The Ray Train run's name, its folder in the run storage. Empty: made from the sweep and trial.
     # Training again under an existing name resumes that run from its latest checkpoint
     # (`tipslab train CONFIG --resume NAME` sets it).

@@ -2,23 +2,35 @@
 
 `shard_model` wraps every transformer block (of the image and text towers) in its own FSDP unit,
 then the root (embeddings, heads, the tagging head's small layers), so that only one block's full
-weights exist at a time in forward and backward: what lets the L and g sizes fit. The teacher is wrapped by the same call: FSDP2 shards each
-parameter on its first dimension over the same mesh, so a teacher parameter's local shard holds
-exactly the rows of its student parameter's local shard, and the EMA update (two foreach calls over
-the local shards, models/teacher.py) needs no communication.
+weights exist at a time in forward and backward: what lets the L and g sizes fit. The teacher is
+wrapped by the same call: FSDP2 shards each parameter on its first dimension over the same mesh, so
+a teacher parameter's local shard holds exactly the rows of its student parameter's local shard,
+and the EMA update (two foreach calls over the local shards, models/teacher.py) needs no
+communication.
 
 Checkpoints go through torch.distributed.checkpoint: every rank writes its own shards and a restart
 may use another world size. The state_dict helpers of torch.distributed.checkpoint key the
 optimizer's state by parameter names, not by the order of its parameter list.
+`train.strategy: fsdp` uses all of this in the training loop (jobs/pretrain.py); `read_sharded` reads
+such a checkpoint back whole in one process, without a process group.
+
+Outside forward and backward a sharded module's parameters are DTensors, each rank holding its rows:
+`param_norm`, `full_parameter` and `full_model_state_dict` read them whole (collectives).
 """
+import os
+import tempfile
+
 import torch
+import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from timm.models.vision_transformer import Block
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_model_state_dict, set_optimizer_state_dict,
 )
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
 from torch.nn.utils import parametrize
 
 
@@ -100,12 +112,13 @@ def load_sharded(state: dict, path: str) -> None:
             state[name] = loaded[name]
 
 
-def full_model_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+def full_model_state_dict(module: nn.Module, rank0_only: bool = False) -> dict[str, torch.Tensor]:
     """The whole, unsharded state dict of a module sharded by `shard_model`, on CPU, with the keys
     and shapes of the unsharded model (for the ordinary checkpoint of models/checkpoint.py). A
-    collective; every rank gets it."""
-    # cpu_offload would leave every rank but 0 with an empty dict; move to CPU here instead.
-    state = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True))
+    collective; every rank gets it, or with `rank0_only` rank 0 only (the others get {}), each
+    parameter moved to CPU as soon as it is gathered: what a checkpoint writer wants."""
+    # cpu_offload leaves every rank but 0 with an empty dict; without it, move to CPU here.
+    state = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=rank0_only))
     out = {}
     for key, value in state.items():
         value = value.detach().cpu()
@@ -115,3 +128,67 @@ def full_model_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
         else:
             out[key] = value
     return out
+
+
+def full_state(module: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """(model state, optimizer state), gathered whole on every rank, keyed as `save_sharded` keys
+    them (parameter names, parametrized scalars as `...parametrizations.x.original`): what
+    `read_sharded` returns for that module and optimizer. A collective that gathers the optimizer
+    too: for checks (the resume trace), never for checkpoints."""
+    whole = StateDictOptions(full_state_dict=True)
+    return get_model_state_dict(module, options=whole), get_optimizer_state_dict(module, optimizer, options=whole)
+
+
+def read_sharded(path: str) -> dict:
+    """Everything a `save_sharded` call wrote to `path`, whole (no DTensors), in this one process
+    (no process group needed): {name: model state dict, optimizer state dict or value}. For tests,
+    checks and conversions; it holds the whole optimizer state in memory."""
+    with tempfile.TemporaryDirectory() as tmp:
+        single = os.path.join(tmp, "state.pt")
+        dcp_to_torch_save(path, single)
+        return torch.load(single, map_location="cpu", weights_only=False)
+
+
+def unsharded(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's whole value as a plain tensor (a collective unless it is replicated); any other
+    tensor as it is."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+@torch.no_grad()
+def full_parameter(module: nn.Module, name: str) -> torch.Tensor:
+    """The whole value of the parameter the unsharded model calls `name` ("text.log_temperature"),
+    in a module sharded by `shard_model` or not, detached. A collective when sharded: call on every
+    rank."""
+    owner, _, attr = name.rpartition(".")
+    sub = module.get_submodule(owner) if owner else module
+    if parametrize.is_parametrized(sub, attr):
+        chain = getattr(sub.parametrizations, attr)
+        value = unsharded(chain.original)
+        for transform in chain:
+            value = transform(value)
+        return value.detach()
+    return unsharded(getattr(sub, attr)).detach()
+
+
+def param_norm(parameters) -> torch.Tensor:
+    """The L2 norm of all `parameters` together, a 0-dim tensor. Sharded parameters (DTensors
+    sharded by `shard_model`, each rank holding different rows) count each row once: their local
+    squares are summed over the ranks (a collective; plain parameters are assumed the same on
+    every rank and counted once)."""
+    plain, local = [], []
+    for p in parameters:
+        p = p.detach()
+        if isinstance(p, DTensor):
+            if any(not placement.is_shard() for placement in p.placements):
+                raise ValueError("param_norm: only sharded or plain parameters, not replicated DTensors")
+            local.append(p.to_local().float().pow(2).sum())
+        else:
+            plain.append(p.float().pow(2).sum())
+    total = torch.stack(plain).sum() if plain else torch.zeros(())
+    if local:
+        sharded = torch.stack(local).sum()
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(sharded)
+        total = total.to(sharded.device) + sharded
+    return total.sqrt()

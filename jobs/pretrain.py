@@ -8,9 +8,23 @@ After a worker or node failure Ray Train restarts the worker group and the loop 
 `ray.train.get_checkpoint()`, the latest registered checkpoint; running again with the same
 (storage_path, name) resumes a stopped run the same way.
 
+`train.strategy` picks how the workers share the model. ddp: every worker holds the whole student,
+teacher and optimizer (`ray.train.torch.prepare_model`), and rank 0 writes the checkpoint, one
+`model.pt`. fsdp: FSDP2 (jobs/parallel.py) shards the student and, the same way, the EMA teacher
+over the workers, each transformer block its own unit, and the optimizer holds each rank's shards
+only. A checkpoint then holds, besides `model.pt`, a `sharded/` folder written with
+torch.distributed.checkpoint: every rank writes its shards of student, teacher and optimizer into its
+own temporary folder and reports it, and Ray Train V2 copies every rank's files into the one
+checkpoint folder of that report, which it registers only once every rank has reported (so never
+with some rank's shards missing). Rank 0's `model.pt` holds everything else, as with ddp, plus the
+whole student and teacher weights (gathered at each checkpoint, the optimizer never), so that
+evaluation, `tipslab embed` and `load_student` read it unchanged; a resume reads the shards
+(torch.distributed.checkpoint reshards them if the number of workers changed).
+
 A non-finite loss (or too many bad rows) is not a failure to retry: the workers write the reason
 to `stopped.json` in the run's folder and return, and `fit()` raises `RunStopped` with it.
 """
+import contextlib
 import hashlib
 import json
 import os
@@ -22,21 +36,28 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 from ray.train.torch import TorchConfig, TorchTrainer
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import DTensor
 
-from tipslab.models.checkpoint import load_state, save_checkpoint, tips_config
+from tipslab.models.checkpoint import CHECKPOINT_FILE, save_checkpoint, tips_config
 from tipslab.models.distributed import world
 from tipslab.models.objective import TIPSObjective
 from tipslab.models.teacher import EMATeacher
 from tipslab.models.tips import TIPSStudent
 from tipslab.models.tokenizer import build_tokenizer
 
+from .config import STRATEGIES
 from .data import storage
 from .data.pipeline import plan_epoch, rank_dataset, train_shards
 from .data.views import BAD_ROW_COLUMNS
+from .parallel import (
+    full_model_state_dict, full_parameter, full_state, load_sharded, param_norm, save_sharded, shard_model, unsharded,
+)
 from .stages import carry_weights, stage_configs
 from .step import LossWatch, NonFiniteLossError, compile_parts, Schedules, apply_schedules, param_groups, tips_step
 
 STOPPED_FILE = "stopped.json"
+SHARDED_DIR = "sharded"  # an fsdp checkpoint's torch.distributed.checkpoint folder, beside model.pt
 # Set to a folder, every rank appends "epoch key_id" of each row it trains on to a file there:
 # how the tests count replayed rows. Off unless set.
 ROW_TRACE_ENV = "TIPSLAB_ROW_TRACE"
@@ -47,16 +68,28 @@ class RunStopped(RuntimeError):
 
 
 def state_digest(module_state: dict, optimizer_state: dict) -> str:
-    """sha256 over parameters and optimizer state, for checking that a resume restored them."""
+    """sha256 over parameters and optimizer state, for checking that a resume restored them.
+
+    Plain state dicts (ddp: `state_dict()`s, optimizer state keyed by parameter index), or whole
+    ones keyed by names (fsdp: `parallel.full_state` in the loop, `parallel.read_sharded` of the
+    checkpoint's sharded/ folder): the same state gives the same digest either way it was read.
+    A DTensor is read whole (a collective)."""
     h = hashlib.sha256()
+
+    def add(value):
+        h.update(unsharded(value.detach()).cpu().contiguous().numpy().tobytes())
+
     for key in sorted(module_state):
         h.update(key.encode())
-        h.update(module_state[key].detach().cpu().contiguous().numpy().tobytes())
+        add(module_state[key])
     for pid in sorted(optimizer_state["state"]):
         for name in sorted(optimizer_state["state"][pid]):
             value = optimizer_state["state"][pid][name]
             h.update(f"{pid}.{name}".encode())
-            h.update(value.detach().cpu().contiguous().numpy().tobytes() if torch.is_tensor(value) else repr(value).encode())
+            if torch.is_tensor(value):
+                add(value)
+            else:
+                h.update(repr(value).encode())
     return h.hexdigest()
 
 
@@ -94,10 +127,15 @@ class RowTrace:
 
 
 class Stage:
-    """One stage's modules, optimizer and schedules on this worker."""
+    """One stage's modules, optimizer and schedules on this worker.
 
-    def __init__(self, exp: dict, device, previous: dict | None, resume: bool):
+    previous: the last stage's state (unsharded weights: "student", "teacher", "objective") to
+    start from, or with `resume` the checkpoint's state to resume from; an fsdp checkpoint's shards
+    are then read from `folder` (the checkpoint's folder)."""
+
+    def __init__(self, exp: dict, device, previous: dict | None, resume: bool, folder: str | None = None):
         train = exp["train"]
+        self.sharded = train["strategy"] == "fsdp"
         torch.manual_seed(train["seed"])  # identical initial weights on every rank
         cfg = tips_config(exp)
         self.exp, self.device = exp, device
@@ -111,35 +149,93 @@ class Stage:
             self.teacher = EMATeacher(self.student).to(device)  # a copy of the student's current weights
             if previous is not None and previous.get("teacher") is not None and not resume:
                 carry_weights(self.teacher, previous["teacher"])
+        if self.sharded:
+            # FSDP2 in place of DDP; the teacher sharded the same way, so that its EMA update stays local.
+            mesh = init_device_mesh(device.type, (world()[1],))
+            shard_model(self.student, mesh)
+            if self.teacher is not None:
+                shard_model(self.teacher, mesh)
         fused = device.type == "cuda"
         self.optimizer = torch.optim.AdamW(param_groups(self.student, train["weight_decay"]), lr=train["lr"], fused=fused)
         if resume:
-            self.student.load_state_dict(previous["student"])
             self.objective.load_state_dict(previous["objective"])
-            self.optimizer.load_state_dict(previous["optimizer"])
-            if self.teacher is not None:
-                self.teacher.load_state_dict(previous["teacher"])
+            if self.sharded:
+                load_sharded(self.sharded_state(), os.path.join(folder, SHARDED_DIR))
+            else:
+                self.student.load_state_dict(previous["student"])
+                self.optimizer.load_state_dict(previous["optimizer"])
+                if self.teacher is not None:
+                    self.teacher.load_state_dict(previous["teacher"])
         self.sched = Schedules(train, exp["loss"])
-        self.model = ray.train.torch.prepare_model(self.student)
+        # FSDP2 shards in place: the sharded student is its own training wrapper.
+        self.model = self.student if self.sharded else ray.train.torch.prepare_model(self.student)
         if train["compile"]:
             self.model = torch.compile(self.model)
             compile_parts(self.teacher, self.objective)
 
-    def state(self) -> dict:
-        return {"student": self.student.state_dict(), "optimizer": self.optimizer.state_dict(),
+    def sharded_state(self) -> dict:
+        """What an fsdp checkpoint's sharded/ folder holds (parallel.save_sharded)."""
+        state = {"student": self.student, "optimizer": self.optimizer}
+        if self.teacher is not None:
+            state["teacher"] = self.teacher
+        return state
+
+    def state(self, rank0_only: bool = False) -> dict:
+        """Unsharded state dicts of student, teacher, objective and (ddp) optimizer. fsdp: a
+        collective that gathers the weights (on every rank, or on rank 0 only with `rank0_only`:
+        the others get empty dicts), never the optimizer (None: its state is in the shards)."""
+        if not self.sharded:
+            return {"student": self.student.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    "objective": self.objective.state_dict(),
+                    "teacher": self.teacher.state_dict() if self.teacher is not None else None}
+        return {"student": full_model_state_dict(self.student, rank0_only), "optimizer": None,
                 "objective": self.objective.state_dict(),
-                "teacher": self.teacher.state_dict() if self.teacher is not None else None}
+                "teacher": full_model_state_dict(self.teacher, rank0_only) if self.teacher is not None else None}
+
+    def digest(self) -> str:
+        """`state_digest` of the student and optimizer; fsdp: gathered whole on every rank (a
+        collective, optimizer included: for the resume trace only), as `read_sharded` reads them
+        from the checkpoint."""
+        if not self.sharded:
+            return state_digest(self.student.state_dict(), self.optimizer.state_dict())
+        return state_digest(*full_state(self.student, self.optimizer))
 
     def param_norm(self) -> float:
-        return float(torch.linalg.vector_norm(torch.stack([p.detach().float().norm() for p in self.student.parameters()])))
+        """The student's parameter norm (fsdp: a collective)."""
+        return float(param_norm(self.student.parameters()))
+
+    def temperature(self) -> float:
+        """The contrastive temperature (fsdp: a collective)."""
+        return float(full_parameter(self.student, "text.log_temperature").exp())
+
+    def probe(self, probe) -> dict:
+        """Run the retrieval probe on the student. fsdp: on every rank, since each block's forward
+        gathers its weights from all of them; the root's own parameters (embeddings, heads),
+        which the probe uses outside the root's forward, are gathered around it."""
+        if not self.sharded:
+            return probe(self.student, self.device)
+        self.student.unshard()
+        try:
+            return probe(self.student, self.device)
+        finally:
+            self.student.reshard()
 
 
-def restored_state() -> dict | None:
+@contextlib.contextmanager
+def restored_state():
+    """(state, folder): the run's latest checkpoint, `model.pt` read (memory-mapped: an fsdp
+    checkpoint's whole weights are read only where a new stage starts from them) and its folder,
+    which exists until the with block ends (fsdp reads its shards there); (None, None) when the
+    run has none."""
     checkpoint = ray.train.get_checkpoint()
     if not checkpoint:
-        return None
+        yield None, None
+        return
     with checkpoint.as_directory() as d:
-        return load_state(d)
+        path = os.path.join(d, CHECKPOINT_FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no tipslab checkpoint at {path}")
+        yield torch.load(path, map_location="cpu", weights_only=False, mmap=True), d
 
 
 def train_loop(config: dict) -> None:
@@ -169,36 +265,42 @@ class Loop:
 
     def run(self) -> None:
         stages = stage_configs(self.exp)
-        state = restored_state()
-        first, step = 0, 0
-        position = {"epoch": 0, "done": []}
-        if state is not None:
-            first, step, position = state["stage"], state["step"], state["data"]
-            self.bad.update(state.get("bad_rows", {}))
-        for index in range(first, len(stages)):
-            name, stage_exp = stages[index]
-            resume = state is not None and state["stage"] == index and state["stage_step"] < stage_exp["train"]["steps"]
-            if state is not None and state["stage"] == index and not resume:
-                continue  # the checkpoint is this stage's last
-            stage = Stage(stage_exp, self.device, state, resume)
-            stage_step = state["stage_step"] if resume else 0
-            if resume:
-                rng = state["rng"]
-                if len(rng) == self.world_size:
-                    torch.set_rng_state(rng[self.rank])
-                self.trace.event(resumed_at=step, stage=index, digest=state_digest(stage.student.state_dict(),
-                                                                                   stage.optimizer.state_dict()))
-            else:
-                torch.manual_seed(self.train["seed"] * 1000 + self.rank + step)  # per-rank randomness
-            step, position = self.run_stage(stage, index, name, stage_step, step, position)
-            state = {"stage": index, "stage_step": stage_exp["train"]["steps"], "step": step, "data": position,
-                     **stage.state()}
+        with contextlib.ExitStack() as opened:
+            state, folder = opened.enter_context(restored_state())
+            first, step = 0, 0
+            position = {"epoch": 0, "done": []}
+            if state is not None:
+                first, step, position = state["stage"], state["step"], state["data"]
+                self.bad.update(state.get("bad_rows", {}))
+            for index in range(first, len(stages)):
+                name, stage_exp = stages[index]
+                here = state is not None and state["stage"] == index
+                resume = here and state["stage_step"] < stage_exp["train"]["steps"]
+                if here and not resume:
+                    continue  # the checkpoint is this stage's last
+                if resume:
+                    check_strategy(state, stage_exp)
+                stage = Stage(stage_exp, self.device, state, resume, folder)
+                opened.close()  # the checkpoint's files are read
+                stage_step = state["stage_step"] if resume else 0
+                if resume:
+                    rng = state["rng"]
+                    if len(rng) == self.world_size:
+                        torch.set_rng_state(rng[self.rank])
+                    if self.trace.path:  # fsdp: a collective, on every rank alike (the variable reaches all)
+                        self.trace.event(resumed_at=step, stage=index, digest=stage.digest())
+                else:
+                    torch.manual_seed(self.train["seed"] * 1000 + self.rank + step)  # per-rank randomness
+                step, position = self.run_stage(stage, index, name, stage_step, step, position)
+                if index + 1 < len(stages):  # the next stage starts from these weights (fsdp: gathered)
+                    state = {"stage": index, "stage_step": stage_exp["train"]["steps"], "step": step, "data": position,
+                             **stage.state()}
 
     def run_stage(self, stage: Stage, index: int, name: str, stage_step: int, step: int, position: dict):
         exp, train = stage.exp, stage.exp["train"]
         steps, batch_size = train["steps"], exp["data"]["batch_size"]
         probe = None
-        if self.train["probe_every"] and self.rank == 0:
+        if self.train["probe_every"] and (self.rank == 0 or stage.sharded):  # fsdp: its forwards are collectives
             from .train_probe import RetrievalProbe
             probe = RetrievalProbe(exp, self.tokenizer)
         cpus = exp["data"]["cpus"] / self.world_size
@@ -232,6 +334,8 @@ class Loop:
                     grad_clip=train["grad_clip"], step=step, bf16=True, watch=watch)
                 stage_step, step, epoch_steps = stage_step + 1, step + 1, epoch_steps + 1
                 for key, value in values.items():
+                    if isinstance(value, DTensor):  # fsdp: grad_norm, replicated
+                        value = value.to_local()
                     window.setdefault(f"train/{key}", []).append(value)
                 last = stage_step == steps
                 if not (step % train["log_every"] == 0 or last or step % max(train["checkpoint_every"], 1) == 0
@@ -241,7 +345,7 @@ class Loop:
                 elapsed = time.perf_counter() - window_start
                 metrics = self.window_metrics(stage, window, counters, wait_s, elapsed, stage_step, step, index, name)
                 if probe is not None and (step % self.train["probe_every"] == 0 or last):
-                    metrics.update(probe(stage.student, self.device))
+                    metrics.update(stage.probe(probe))
                 save = last or bool(train["checkpoint_every"]) and step % train["checkpoint_every"] == 0
                 position_now = None
                 if save or last:
@@ -281,7 +385,7 @@ class Loop:
             "step": step, "train/stage": index, "train/stage_step": stage_step,
             "train/lr": float(sched.lr[stage_step - 1]),
             "train/weight_decay": float(sched.weight_decay[stage_step - 1]),
-            "train/temperature": float(stage.student.text.temperature),
+            "train/temperature": stage.temperature(),
             "train/teacher_momentum": float(sched.momentum[stage_step - 1]),
             "train/param_norm": stage.param_norm(),
             "perf/images_per_s": n_steps * data["batch_size"] * self.world_size / means[len(names) + 1],
@@ -291,19 +395,35 @@ class Loop:
         return metrics
 
     def report(self, metrics: dict, stage: Stage, index: int, stage_step: int, step: int, position: dict | None) -> None:
-        """Report; with a data position, a checkpoint too (written by rank 0; report is a barrier)."""
+        """Report; with a data position, a checkpoint too (report is a barrier). ddp: rank 0 writes
+        it. fsdp: every rank writes its shards into its own folder and reports it, Ray Train
+        merging them into the one checkpoint folder; rank 0 adds model.pt with the whole weights."""
         if position is None:
             ray.train.report(metrics)
             return
         rng = gather(torch.get_rng_state())
-        if self.rank != 0:
+        if self.rank != 0 and not stage.sharded:
             ray.train.report(metrics)
             return
-        state = {**stage.state(), "stage": index, "stage_step": stage_step, "step": step, "data": position,
-                 "rng": rng, "bad_rows": dict(self.bad), "config": stage.exp, "tokenizer": self.tokenizer.state()}
+        weights = stage.state(rank0_only=True)  # fsdp: a collective
         with tempfile.TemporaryDirectory() as tmp:
-            save_checkpoint(tmp, state)
+            if stage.sharded:
+                save_sharded(stage.sharded_state(), os.path.join(tmp, SHARDED_DIR))  # a collective
+            if self.rank == 0:
+                save_checkpoint(tmp, {
+                    **weights, "stage": index, "stage_step": stage_step, "step": step, "data": position, "rng": rng,
+                    "bad_rows": dict(self.bad), "config": stage.exp, "tokenizer": self.tokenizer.state(),
+                    "sharded": SHARDED_DIR if stage.sharded else None})
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def check_strategy(state: dict, exp: dict) -> None:
+    """A stage resumes only with the strategy that wrote its checkpoint: an fsdp checkpoint's
+    optimizer state is in its shards, a ddp checkpoint has none."""
+    written = "fsdp" if state.get("sharded") else "ddp"
+    if written != exp["train"]["strategy"]:
+        raise RunStopped(f"train.strategy: the run's checkpoint was written with {written}, this run uses "
+                         f"{exp['train']['strategy']!r}; resume it with train.strategy={written}")
 
 
 def all_min(flag: bool, device) -> list[float]:
@@ -339,9 +459,8 @@ def build_trainer(exp: dict, *, name: str, storage_path: str, callbacks=(), max_
     (storage_path, name)) and returns the Ray Train result. `resources_per_worker` adds custom
     resources to each worker's CPU/GPU request (e.g. to pin workers to some nodes)."""
     train = exp["train"]
-    if train["strategy"] != "ddp":
-        # jobs/parallel.py has FSDP2 sharding and sharded checkpoints; the loop does not use them yet.
-        raise ValueError(f"train.strategy: {train['strategy']!r} is not supported by the training loop yet; use ddp")
+    if train["strategy"] not in STRATEGIES:
+        raise ValueError(f"train.strategy: {train['strategy']!r} is not one of {', '.join(STRATEGIES)}")
     use_gpu = train["gpus_per_worker"] > 0
     resources = {"CPU": train["cpus_per_worker"], **(resources_per_worker or {})}
     if use_gpu:
@@ -358,6 +477,8 @@ def build_trainer(exp: dict, *, name: str, storage_path: str, callbacks=(), max_
             name=name, storage_path=storage_path, callbacks=list(callbacks),
             # Ray workers see no variables set in the driver after ray.init: S3 settings go along.
             worker_runtime_env={"env_vars": {**storage.aws_env(), **{k: os.environ[k] for k in (ROW_TRACE_ENV,) if k in os.environ}}},
+            # relax_collectives_on_preemption stays off: with it Ray Train may register a checkpoint
+            # without the files of a preempted rank, which for fsdp would be a partial checkpoint.
             failure_config=ray.train.FailureConfig(
                 max_failures=train["max_failures"] if max_failures is None else max_failures, controller_failure_limit=3),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=train["checkpoints_to_keep"]),

@@ -13,7 +13,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from tipslab.jobs.config import DataConfig, EvalConfig, TrainConfig
+from tipslab.jobs.config import STRATEGIES, DataConfig, EvalConfig, TrainConfig
 from tipslab.jobs.data.pipeline import read_tag_vocab
 from tipslab.models.config import CAPTION_MODES, CLS_TOKENS, SIZES, LossConfig, ModelConfig
 from tipslab.models.vision import MLP_KINDS
@@ -108,6 +108,8 @@ def check(cfg: DictConfig, source: str) -> None:
         bad("eval.retrieval_token", f"{cfg.eval.retrieval_token!r} is not one of auto, {', '.join(CLS_TOKENS)}")
     if cfg.eval.retrieval_caption not in ("web_caption", "synthetic_caption"):
         bad("eval.retrieval_caption", f"{cfg.eval.retrieval_caption!r} is not web_caption or synthetic_caption")
+    if cfg.train.strategy not in STRATEGIES:
+        bad("train.strategy", f"{cfg.train.strategy!r} is not one of {', '.join(STRATEGIES)}")
     if not 0.0 <= cfg.loss.mask_ratio < 1.0:
         bad("loss.mask_ratio", "must be in [0, 1)")
     for key in ("loss.distill_weight", "loss.mim_weight"):

@@ -56,6 +56,7 @@ def test_bad_command_line_item_names_command_line(home):
     ("model.size=XXL", "model.size"),
     ("loss.caption_mode=both", "loss.caption_mode"),
     ("loss.mask_ratio=1.5", "loss.mask_ratio"),
+    ("train.strategy=zero3", "train.strategy"),
     ("loss.mim_weight=-1", "loss.mim_weight"),
     ("model.image_size=100", "model.image_size"),
     ("eval.retrieval_token=cls_3", "eval.retrieval_token"),
