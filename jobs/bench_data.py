@@ -4,12 +4,16 @@ DataLoader, with the same views on the same shards, in one run.
 Both pipelines decode, crop, augment, mask and tokenise with the same `TIPSViews` (by default the
 224 px global crop, 2 local crops of 96 px and DINOv2's augmentations: the most work per image)
 and get the same CPU budget: Ray Data as its resource limit, the DataLoader as its worker count.
-Each is timed from the start of its iteration to its last batch, after a warm-up that starts Ray's
-worker processes (DataLoader workers are forked from the warm driver); `*_startup_s` is the time to
-the first batch, included in the rate. Over few rows the start-up weighs more: measure with
-hundreds of rows per CPU.
+The Ray Data side is the training pipeline's (jobs/data/pipeline.py): the same read, and the views
+in a pool of actors, one per CPU, each building its views once. Each is timed from the start of its
+iteration to its last batch; `*_startup_s` is the time to the first batch, included in the rate.
+A warm-up run first starts Ray's worker processes and imports torch in them, as a job's first epoch
+would, but the actor pool is made anew for each dataset (as for each epoch of training), so Ray
+Data's start-up includes starting the actors; DataLoader workers are forked from the warm driver.
+Over few rows the start-up weighs more: measure with hundreds of rows per CPU.
 """
 import time
+from functools import partial
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -19,8 +23,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from tipslab.models.tokenizer import HashTokenizer
 
+from .config import DataConfig
 from .data import storage
-from .data.pipeline import BATCHES_PER_BLOCK, read_blocks, read_shards
+from .data.pipeline import BATCHES_PER_BLOCK, PositionedViews, map_views, read_blocks, read_shards, views_actors
 from .data.shards import read_manifest, shard_files
 from .data.views import TIPSViews
 
@@ -36,21 +41,44 @@ def bench_views(*, image_size: int = 224, local_crops: int = 2, local_crop_size:
                      mask_mode=mask_mode, augment=augment, tokenizer=HashTokenizer(32_000, 64))
 
 
+def views_cpu_s(out: dict, start: float) -> dict:
+    """`out` plus `views_cpu_s`: the CPU seconds the worker process spent on the batch since
+    `start` (on its first row), which a busy machine inflates far less than wall time."""
+    cpu = np.zeros(len(out["masks"]))
+    if len(cpu):
+        cpu[0] = time.process_time() - start
+    out["views_cpu_s"] = cpu
+    return out
+
+
 class TimedViews:
-    """The views plus `views_cpu_s`: the CPU seconds their worker process spent on the batch (on its
-    first row), which a busy machine inflates far less than wall time."""
+    """The views (DataLoader side) with `views_cpu_s`."""
 
     def __init__(self, views: TIPSViews):
         self.views = views
 
     def __call__(self, batch: dict) -> dict:
         start = time.process_time()
-        out = self.views(batch)
-        cpu = np.zeros(len(out["masks"]))
-        if len(cpu):
-            cpu[0] = time.process_time() - start
-        out["views_cpu_s"] = cpu
-        return out
+        return views_cpu_s(self.views(batch), start)
+
+
+class TimedPositionedViews(PositionedViews):
+    """The training pipeline's views actor (Ray Data side) with `views_cpu_s`, and `views_ready_at`:
+    the wall-clock time at which the actor had built its views, on the first row of its first batch
+    (0 elsewhere)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ready_at = time.time()
+
+    def batch(self, batch: dict):
+        start = time.process_time()
+        out, counts = super().batch(batch)
+        if out is None:
+            return None, counts
+        out["views_ready_at"] = np.zeros(len(out["masks"]))
+        out["views_ready_at"][0], self.ready_at = self.ready_at, 0.0
+        return views_cpu_s(out, start), counts
 
 
 class ShardBatches(IterableDataset):
@@ -77,51 +105,61 @@ class ShardBatches(IterableDataset):
                     index += 1
 
 
-def timed(batches) -> tuple[float, float, float]:
+def timed(batches) -> tuple[float, float, float, float]:
     """(seconds to the first batch, images/s from the start to the last batch, images per CPU second
-    of the views) of an iterator of batches. The whole span counts: Ray Data computes ahead, so a
-    clock started at the first batch would miss the work done before it arrives."""
-    start = time.perf_counter()
-    first, images, cpu = None, 0, 0.0
+    of the views, seconds until the last views actor was ready: 0 without actors) of an iterator of
+    batches. The whole span counts: Ray Data computes ahead, so a clock started at the first batch
+    would miss the work done before it arrives."""
+    start, wall_start = time.perf_counter(), time.time()
+    first, images, cpu, ready = None, 0, 0.0, wall_start
     for batch in batches:
         images += len(batch["masks"])
         cpu += float(np.asarray(batch["views_cpu_s"]).sum())  # the DataLoader hands tensors
+        if "views_ready_at" in batch:
+            ready = max(ready, float(np.max(batch["views_ready_at"])))
         if first is None:
             first = time.perf_counter()
     if images == 0:
         raise ValueError("bench data: no views came out; are all rows bad?")
-    return first - start, images / (time.perf_counter() - start), images / cpu
+    return first - start, images / (time.perf_counter() - start), images / cpu, ready - wall_start
 
 
-def raydata_batches(files: list[str], views: TIPSViews, *, cpus: float, batch_size: int, rows: int,
-                    file_rows: int):
-    """The training pipeline's read (`read_shards` into `read_blocks` blocks: about 4 batches per
-    views task) of the files' `file_rows` rows, of which the first `rows` (0: all) go through."""
+def raydata_batches(files: list[str], make_views, *, cpus: float, batch_size: int, rows: int, file_rows: int,
+                    actors: bool = True):
+    """The training pipeline (`rank_dataset`'s read into `read_blocks` blocks: about 4 batches per
+    block, and `map_views`' actor pool) over the files' `file_rows` rows, of which the first `rows`
+    (0: all) go through; `make_views()` builds each actor's views (`actors=False`: Ray tasks, as
+    training runs an epoch under `data.views_actor_rows`)."""
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.resource_limits = ray.data.ExecutionResources(cpu=cpus)
-    ds = read_shards(files, COLUMNS, read_blocks(file_rows, len(files), batch_size, int(cpus)))
+    actors = views_actors(cpus)
+    ds = read_shards(files, COLUMNS, read_blocks(file_rows, len(files), batch_size, actors),
+                     concurrency=min(actors, len(files)), num_cpus=0)
     if rows:
         ds = ds.limit(rows)
-    ds = ds.map_batches(views, batch_size=batch_size, batch_format="numpy", num_cpus=1)
+    ds = map_views(ds, make_views, batch_size=batch_size, cpus=cpus, views_class=TimedPositionedViews, actors=actors)
     return ds.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=2)
 
 
 def dataloader_batches(files: list[str], views: TIPSViews, *, cpus: int, batch_size: int, rows: int):
-    return iter(DataLoader(ShardBatches(files, views, batch_size, rows), batch_size=None, num_workers=cpus,
-                           prefetch_factor=2 if cpus else None, persistent_workers=False))
+    return iter(DataLoader(ShardBatches(files, TimedViews(views), batch_size, rows), batch_size=None,
+                           num_workers=cpus, prefetch_factor=2 if cpus else None, persistent_workers=False))
 
 
 def bench_data(shards_dir: str, *, cpus: int, batch_size: int = 32, rows: int = 0, image_size: int = 224,
                local_crops: int = 2, local_crop_size: int = 96, augment: str = "dinov2",
-               mask_mode: str = "random", warmup: bool = True) -> dict:
+               mask_mode: str = "random", warmup: bool = True, views: str = "auto") -> dict:
     """Measure both pipelines on the shards in `shards_dir` (a folder with a manifest, local or
-    s3://), each over the first `rows` rows (0: all). Needs Ray (an initialised instance, or Ray
+    s3://), each over the first `rows` rows (0: all). `views`: actors, tasks, or auto (as training
+    picks for an epoch of that many rows: actors from `data.views_actor_rows`). Needs Ray (an initialised instance, or Ray
     Data starts a local one). `warmup=False` skips the warm-up run (tests: figures with start-up).
 
     Returns (stable keys, for `tipslab bench data --json` and MLflow):
       cpus, batch_size, rows (as asked, 0 = all), image_size, local_crops, local_crop_size, augment,
-      mask_mode;
-      raydata_images_per_s, raydata_images_per_s_per_cpu, raydata_startup_s, raydata_images_per_cpu_s;
+      mask_mode; views (actors or tasks);
+      raydata_images_per_s, raydata_images_per_s_per_cpu, raydata_startup_s, raydata_images_per_cpu_s,
+      raydata_actors_ready_s (from the start until the last views actor had built its views: the
+      actor pool's start-up, paid for each epoch in training);
       dataloader_images_per_s, dataloader_images_per_s_per_cpu, dataloader_startup_s,
       dataloader_images_per_cpu_s;
       ratio = raydata_images_per_s / dataloader_images_per_s (> 1: Ray Data is faster).
@@ -137,30 +175,35 @@ def bench_data(shards_dir: str, *, cpus: int, batch_size: int = 32, rows: int = 
     if measured < 2 * batch_size:
         raise ValueError(f"bench data: {measured} rows make fewer than 2 batches of {batch_size}; "
                          f"use more rows or a smaller batch size")
-    views = TimedViews(bench_views(image_size=image_size, local_crops=local_crops, local_crop_size=local_crop_size,
-                                   augment=augment, mask_mode=mask_mode))
+    if views not in ("auto", "actors", "tasks"):
+        raise ValueError(f"bench data: views must be auto, actors or tasks, not {views!r}")
+    actors = measured >= DataConfig().views_actor_rows if views == "auto" else views == "actors"
+    make_views = partial(bench_views, image_size=image_size, local_crops=local_crops, local_crop_size=local_crop_size,
+                         augment=augment, mask_mode=mask_mode)
     threads = torch.get_num_threads()
     execution = ray.data.DataContext.get_current().execution_options
     limits = execution.resource_limits
     torch.set_num_threads(1)  # the driver only receives batches; the workers do the work
     try:
-        if warmup:  # Ray's worker processes import torch and the views once, as they would for a job:
-            # a read block per CPU, so that every worker process the measurement uses is started
+        if warmup:  # Ray's first worker processes and the read's sampling, as in a job's first epoch:
+            # a read block per CPU (the measured run starts its own actors, as every epoch does)
             warm_rows = min(available, cpus * BATCHES_PER_BLOCK * batch_size)
-            for _ in raydata_batches(files, views, cpus=cpus, batch_size=batch_size, rows=warm_rows,
-                                     file_rows=available):
+            for _ in raydata_batches(files, make_views, cpus=cpus, batch_size=batch_size, rows=warm_rows,
+                                     file_rows=available, actors=actors):
                 pass
         measure = dict(cpus=cpus, batch_size=batch_size, rows=rows)
-        ray_startup, ray_rate, ray_cpu_rate = timed(raydata_batches(files, views, **measure, file_rows=available))
-        dl_startup, dl_rate, dl_cpu_rate = timed(dataloader_batches(files, views, **measure))
+        ray_startup, ray_rate, ray_cpu_rate, actors_ready = timed(
+            raydata_batches(files, make_views, **measure, file_rows=available, actors=actors))
+        dl_startup, dl_rate, dl_cpu_rate, _ = timed(dataloader_batches(files, make_views(), **measure))
     finally:
         torch.set_num_threads(threads)
         execution.resource_limits = limits
     return {
         "cpus": cpus, "batch_size": batch_size, "rows": rows, "image_size": image_size, "local_crops": local_crops,
         "local_crop_size": local_crop_size, "augment": augment, "mask_mode": mask_mode,
-        "raydata_images_per_s": ray_rate, "raydata_images_per_s_per_cpu": ray_rate / cpus,
+        "views": "actors" if actors else "tasks", "raydata_images_per_s": ray_rate, "raydata_images_per_s_per_cpu": ray_rate / cpus,
         "raydata_startup_s": ray_startup, "raydata_images_per_cpu_s": ray_cpu_rate,
+        "raydata_actors_ready_s": actors_ready if actors else 0.0,
         "dataloader_images_per_s": dl_rate, "dataloader_images_per_s_per_cpu": dl_rate / cpus,
         "dataloader_startup_s": dl_startup, "dataloader_images_per_cpu_s": dl_cpu_rate,
         "ratio": ray_rate / dl_rate,

@@ -314,13 +314,18 @@ class Loop:
         while stage_step < steps:
             plan = plan_epoch(self.shards, train["seed"], epoch, self.world_size, done)
             ds = rank_dataset(exp, plan, self.rank, cpus)
-            batches = iter(ds.iter_torch_batches(batch_size=batch_size, drop_last=True, device=self.device,
+            batches = iter(ds.iter_torch_batches(batch_size=batch_size, drop_last=False, device=self.device,
                                                  prefetch_batches=train["prefetch_batches"]) if ds else ())
             rows_done, epoch_steps = 0, 0
             while stage_step < steps:
                 t0 = time.perf_counter()
                 batch = next(batches, None)
                 wait_s += time.perf_counter() - t0
+                if batch is not None and len(batch["masks"]) < batch_size:
+                    # The epoch's short last batch is not trained on (every rank steps alike), but
+                    # the bad rows among its input are counted.
+                    counters += torch.stack([batch[column].sum() for column in BAD_ROW_COLUMNS])
+                    batch = None
                 # The epoch ends for every rank when one runs out: DDP needs the same step count.
                 if min(all_min(batch is not None, self.device)) < 1:
                     break

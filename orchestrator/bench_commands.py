@@ -207,18 +207,19 @@ def cmd_bench_data(args) -> None:
     try:
         result = bench_data(shards, cpus=cpus, batch_size=args.batch_size, rows=args.rows, image_size=args.image_size,
                             local_crops=args.local_crops, local_crop_size=args.local_crop_size, augment=args.augment,
-                            mask_mode=args.mask_mode)
+                            mask_mode=args.mask_mode, views=args.views)
     except (ValueError, OSError) as err:  # bad shards or settings: the message names them
         raise UserError(str(err)) from None
     result.update(device_kind="cpu", device=cpu_name(), shards=shards)
     metrics = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    params = {k: result[k] for k in ("shards", "augment", "mask_mode")}
+    params = {k: result[k] for k in ("shards", "augment", "mask_mode", "views")}
     result["mlflow_run_id"] = log_bench("data", "none", result, metrics, params)
     if args.json:
         print(json.dumps(result, indent=2))
         return
     print(f"TIPS views ({result['image_size']} px global crop, {result['local_crops']} local crops of "
-          f"{result['local_crop_size']} px, {result['augment']} augmentation) on {cpus} CPUs, shards {shards}:")
+          f"{result['local_crop_size']} px, {result['augment']} augmentation) on {cpus} CPUs, shards {shards}, "
+          f"Ray Data's views in {result['views']}:")
     for name, key in (("Ray Data", "raydata"), ("torch DataLoader", "dataloader")):
         print(f"  {name:<17} {result[f'{key}_images_per_s']:>8.1f} images/s ({result[f'{key}_images_per_s_per_cpu']:.1f} "
               f"per CPU), start-up {result[f'{key}_startup_s']:.1f} s")
@@ -353,6 +354,9 @@ def add_parsers(sub) -> None:
     data.add_argument("--local-crop-size", type=int, default=96)
     data.add_argument("--augment", default="dinov2", help="the views' augmentation (jobs/data/views.py)")
     data.add_argument("--mask-mode", default="random", help="random | blockwise")
+    data.add_argument("--views", choices=["auto", "actors", "tasks"], default="auto",
+                      help="Ray Data's views in an actor pool or in tasks (auto: as training picks for that many rows, "
+                           "data.views_actor_rows)")
     data.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local instance)")
     data.add_argument("--json", action="store_true", help="print the result as JSON (stable keys)")
     data.set_defaults(func=cmd_bench_data)

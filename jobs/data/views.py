@@ -19,7 +19,9 @@ onto the device, where the vision tower makes them float in [0, 1] (models/visio
 
 Bad rows (undecodable images, empty captions, wrong types: jobs/data/rows.py) are skipped, logged
 by key, and counted in output columns (`BAD_ROW_COLUMNS`) that the training loop sums over its
-batches and across ranks.
+batches and across ranks. `TIPSViews.views` returns a batch's views and its counts apart, for a
+caller that places the counts itself (the training pipeline: jobs/data/pipeline.py, which makes
+sure that a batch without a good row loses none); calling the instance places them on the batch.
 """
 import hashlib
 import io
@@ -42,9 +44,26 @@ AUGMENTS = ("none", "dinov2")
 CROP_RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's default aspect-ratio range
 # The reasons of jobs/data/rows.py, each counted in its own column; any other reason counts as "other".
 BAD_REASONS = ("wrong_type", "not_an_image", "truncated", "too_many_pixels", "empty_caption", "missing_key", "other")
-# Per-batch counters, carried on the first output row of each batch (0 on the others), so that a
+# Per-batch counters, carried on the last output row of each batch (0 on the others), so that a
 # sum over any re-batching of the rows gives the totals: rows looked at, bad rows, bad rows by reason.
 BAD_ROW_COLUMNS = ("rows_seen", "bad_rows") + tuple(f"bad_{r}" for r in BAD_REASONS)
+
+
+def bad_row_counts(bad: BadRows) -> np.ndarray:
+    """The values of BAD_ROW_COLUMNS for a BadRows, in that order (int64)."""
+    counts = dict.fromkeys(BAD_REASONS, 0)
+    for reason, k in bad.counts.items():
+        counts[reason if reason in counts else "other"] += k
+    return np.array([bad.rows_seen, bad.bad, *(counts[r] for r in BAD_REASONS)], dtype=np.int64)
+
+
+def count_columns(names, values: np.ndarray, n: int) -> dict:
+    """Columns `names` for a batch of `n` rows (n >= 1): `values` on the last row, 0 on the others."""
+    columns = {}
+    for name, value in zip(names, values):
+        columns[name] = np.zeros(n, dtype=np.int64)
+        columns[name][-1] = value
+    return columns
 
 
 def row_seed(seed: int, epoch: int, key: str) -> np.random.SeedSequence:
@@ -106,11 +125,11 @@ def augmented(crops: torch.Tensor, draws: list) -> torch.Tensor:
 
 
 class TIPSViews:
-    """A Ray Data batch function: a numpy batch of shard rows -> a numpy batch of training views.
+    """A numpy batch of shard rows -> a numpy batch of training views.
 
     Output columns: global_crop uint8 [B,3,S,S] and local_crops uint8 [B,V,3,s,s] in 0..255,
     masks bool [B, patches], web_tokens and synthetic_tokens int64 [B, L], tags float32 multi-hot
-    (with a tag vocabulary), and the int64 counters of BAD_ROW_COLUMNS.
+    (with a tag vocabulary), and, when the instance is called, the int64 counters of BAD_ROW_COLUMNS.
     """
 
     def __init__(self, *, image_size: int, patch_size: int, local_crops: int, local_crop_size: int,
@@ -134,8 +153,8 @@ class TIPSViews:
         self.decode_side = max(math.ceil(size / math.sqrt(max(scale, 0.01))) for size, scale in smallest)
         self.tokenizer = tokenizer
         self.tag_index = {tag: i for i, tag in enumerate(tag_vocab)}
-        # Counts of batches that had no good row, which have no output row to carry them: they go
-        # out with this instance's next batch.
+        # For calls: counts of batches that had no good row, which have no output row to carry
+        # them; they go out with this instance's next batch.
         self.carried = BadRows()
 
     def random_mask(self, rng: np.random.Generator) -> np.ndarray:
@@ -170,9 +189,10 @@ class TIPSViews:
         kinds += [photometric.LOCAL] * self.local_crops
         return [(bool(rng.random() < 0.5), photometric.draw(rng, kind)) for kind in kinds]
 
-    def __call__(self, batch: dict) -> dict:
-        bad = self.carried
-        self.carried = BadRows()
+    def views(self, batch: dict) -> tuple[dict | None, BadRows]:
+        """The views of the batch's good rows (None when it has none, every row being bad) and the
+        batch's counts: every row seen, the bad ones by reason."""
+        bad = BadRows()
         bad.seen(len(batch["key"]))
         rows = []
         for i in range(len(batch["key"])):
@@ -182,8 +202,7 @@ class TIPSViews:
                 log.warning("skipping %s", err)
                 bad.add(err)
         if not rows:
-            self.carried = bad
-            return self.empty()
+            return None, bad
         globals_, locals_, masks, draws = [], [], [], []
         for row in rows:
             streams = row_seed(self.seed, self.epoch, row["key"]).spawn(3)
@@ -210,20 +229,20 @@ class TIPSViews:
         }
         if self.tag_index:
             out["tags"] = self.multi_hot([r["tags"] for r in rows])
-        out.update(self.bad_row_columns(bad, n))
-        return out
+        return out, bad
 
-    def bad_row_columns(self, bad: BadRows, n: int) -> dict:
-        counts = dict.fromkeys(BAD_REASONS, 0)
-        for reason, k in bad.counts.items():
-            counts[reason if reason in counts else "other"] += k
-        values = {"rows_seen": bad.rows_seen, "bad_rows": bad.bad, **{f"bad_{r}": k for r, k in counts.items()}}
-        columns = {}
-        for name in BAD_ROW_COLUMNS:
-            columns[name] = np.zeros(n, dtype=np.int64)
-            if n:
-                columns[name][0] = values[name]
-        return columns
+    def __call__(self, batch: dict) -> dict:
+        """The batch's views with its counters (BAD_ROW_COLUMNS) on the last row. A batch with no
+        good row comes out empty; its counts go out with this instance's next batch, so a caller
+        whose last batch had none loses them (the training pipeline places counts itself)."""
+        out, bad = self.views(batch)
+        bad = self.carried.merge(bad)
+        if out is None:
+            self.carried = bad
+            return self.empty()
+        self.carried = BadRows()
+        out.update(count_columns(BAD_ROW_COLUMNS, bad_row_counts(bad), len(out["masks"])))
+        return out
 
     def empty(self) -> dict:
         """A batch of no rows with the columns' shapes and types (every row of the batch was bad)."""
@@ -234,7 +253,7 @@ class TIPSViews:
                "synthetic_tokens": self.tokenizer.encode([])}
         if self.tag_index:
             out["tags"] = np.zeros((0, len(self.tag_index)), np.float32)
-        out.update(self.bad_row_columns(BadRows(), 0))
+        out.update({name: np.zeros(0, np.int64) for name in BAD_ROW_COLUMNS})
         return out
 
     def multi_hot(self, rows) -> np.ndarray:

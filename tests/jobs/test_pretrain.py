@@ -94,3 +94,31 @@ def test_shards_and_checkpoints_on_s3_and_a_rerun_resumes(ray_session, home, s3,
     assert step == 4 and any(name.startswith("checkpoint") for name in storage.list_names(f"{s3}/ray/on-s3"))
     events = [json.loads(line) for f in tmp_path.glob("*.json") for line in f.read_text().splitlines()]
     assert [e["resumed_at"] for e in events] == [2]
+
+
+def test_bad_rows_are_counted_in_the_metrics_and_too_many_stop_the_run(ray_session, home, tmp_path):
+    # 20 rows in batches of 8: two full batches and a short last one, which is not trained on but
+    # whose bad rows (3 of its 4) still count. Step 3 is epoch 1's first batch: 16 + 4 + 8 rows seen.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tipslab.jobs.data.pipeline import split_dir
+    from tipslab.jobs.data.scenes import generate_scenes
+    from tipslab.jobs.pretrain import RunStopped
+
+    config = experiment(**{"data.root": str(tmp_path / "scenes"), "train.steps": 3, "train.log_every": 3,
+                           "train.warmup_steps": 0, "data.max_bad_fraction": 0.2})
+    path = split_dir(config["data"]["root"], config["data"]["train_split"])
+    generate_scenes(path, 20, size=config["model"]["image_size"], rows_per_shard=20, parallel=False)
+    [shard] = sorted(p for p in (tmp_path / "scenes" / "train").iterdir() if p.suffix == ".parquet")
+    table = pq.read_table(shard)
+    records = table.to_pylist()
+    for i in (17, 18, 19):
+        records[i]["image"] = b"not an image"
+    pq.write_table(pa.Table.from_pylist(records, schema=table.schema), shard, row_group_size=20)
+    result = build_trainer(config, name="bad-rows", storage_path=str(home / "ray")).fit()
+    last = result.metrics_dataframe.iloc[-1]
+    assert (last["step"], last["data/bad_rows"], last["data/rows_seen"]) == (3, 3, 28)
+    config["data"]["max_bad_fraction"] = 0.05
+    with pytest.raises(RunStopped, match=r"data: 3 of 28 rows seen were bad, more than data.max_bad_fraction = 0.05"):
+        build_trainer(config, name="too-many-bad-rows", storage_path=str(home / "ray")).fit()

@@ -40,7 +40,7 @@ def test_views_shapes_ranges_masks_and_tokens():
     assert out["masks"].shape == (4, 16) and (out["masks"].sum(1) == 12).all()  # 75% of 16 patches
     assert out["web_tokens"].shape == (4, 8) and out["synthetic_tokens"].dtype == np.int64
     assert (out["synthetic_tokens"][:, 0] > 0).all()
-    assert out["rows_seen"].tolist() == [4, 0, 0, 0] and out["bad_rows"].sum() == 0
+    assert out["rows_seen"].tolist() == [0, 0, 0, 4] and out["bad_rows"].sum() == 0  # on the last row
 
 
 def test_bad_rows_are_skipped_and_counted_by_reason():
@@ -65,6 +65,18 @@ def test_a_batch_of_only_bad_rows_hands_its_counts_to_the_next_batch():
     assert empty["bad_rows"].sum() == 0
     out = v(batch_of([scene_row(9, "train", size=56)]))
     assert out["rows_seen"].tolist() == [3] and out["bad_rows"].tolist() == [2]
+
+
+def test_views_returns_a_batchs_views_and_its_counts_apart():
+    rows = [scene_row(s, "train", size=56) for s in range(3)]
+    rows[0]["web_caption"] = ""
+    v = views()
+    out, bad = v.views(batch_of(rows))
+    assert len(out["masks"]) == 2 and not set(BAD_ROW_COLUMNS) & set(out)
+    assert bad.rows_seen == 3 and bad.counts == {"empty_caption": 1}
+    nothing, bad = v.views(batch_of(rows[:1]))
+    assert nothing is None and bad.counts == {"empty_caption": 1}
+    assert v.carried.rows_seen == 0  # nothing carried: the caller places the counts
 
 
 def test_global_crop_of_full_scale_is_the_image():
