@@ -130,11 +130,12 @@ def raydata_batches(files: list[str], make_views, *, cpus: float, batch_size: in
     block, and `map_views`' actor pool) over the files' `file_rows` rows, of which the first `rows`
     (0: all) go through; `make_views()` builds each actor's views (`actors=False`: Ray tasks, as
     training runs an epoch under `data.views_actor_rows`)."""
-    ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.resource_limits = ray.data.ExecutionResources(cpu=cpus)
-    actors = views_actors(cpus)
-    ds = read_shards(files, COLUMNS, read_blocks(file_rows, len(files), batch_size, actors),
-                     concurrency=min(actors, len(files)), num_cpus=0)
+    # As rank_dataset runs it: rows in order, no ExecutionResources limit (the views' task or actor
+    # count and their CPU sizes keep the pipeline within `cpus`).
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    workers = views_actors(cpus)
+    ds = read_shards(files, COLUMNS, read_blocks(file_rows, len(files), batch_size, workers),
+                     concurrency=min(workers, len(files)), num_cpus=0)
     if rows:
         ds = ds.limit(rows)
     ds = map_views(ds, make_views, batch_size=batch_size, cpus=cpus, views_class=TimedPositionedViews, actors=actors)
@@ -181,8 +182,6 @@ def bench_data(shards_dir: str, *, cpus: int, batch_size: int = 32, rows: int = 
     make_views = partial(bench_views, image_size=image_size, local_crops=local_crops, local_crop_size=local_crop_size,
                          augment=augment, mask_mode=mask_mode)
     threads = torch.get_num_threads()
-    execution = ray.data.DataContext.get_current().execution_options
-    limits = execution.resource_limits
     torch.set_num_threads(1)  # the driver only receives batches; the workers do the work
     try:
         if warmup:  # Ray's first worker processes and the read's sampling, as in a job's first epoch:
@@ -197,7 +196,6 @@ def bench_data(shards_dir: str, *, cpus: int, batch_size: int = 32, rows: int = 
         dl_startup, dl_rate, dl_cpu_rate, _ = timed(dataloader_batches(files, make_views(), **measure))
     finally:
         torch.set_num_threads(threads)
-        execution.resource_limits = limits
     return {
         "cpus": cpus, "batch_size": batch_size, "rows": rows, "image_size": image_size, "local_crops": local_crops,
         "local_crop_size": local_crop_size, "augment": augment, "mask_mode": mask_mode,
