@@ -78,6 +78,8 @@ class TimedPositionedViews(PositionedViews):
             return None, counts
         out["views_ready_at"] = np.zeros(len(out["masks"]))
         out["views_ready_at"][0], self.ready_at = self.ready_at, 0.0
+        # where these views were made: what the run reports as `views`, measured rather than asked for
+        out["views_in_actor"] = np.full(len(out["masks"]), ray.get_runtime_context().get_actor_id() is not None)
         return views_cpu_s(out, start), counts
 
 
@@ -105,23 +107,25 @@ class ShardBatches(IterableDataset):
                     index += 1
 
 
-def timed(batches) -> tuple[float, float, float, float]:
+def timed(batches) -> tuple[float, float, float, float, str]:
     """(seconds to the first batch, images/s from the start to the last batch, images per CPU second
-    of the views, seconds until the last views actor was ready: 0 without actors) of an iterator of
-    batches. The whole span counts: Ray Data computes ahead, so a clock started at the first batch
+    of the views, seconds until the last views actor was ready: 0 without actors, and where Ray
+    Data's views ran: "actors", "tasks", or "" for the DataLoader) of an iterator of batches. The whole span counts: Ray Data computes ahead, so a clock started at the first batch
     would miss the work done before it arrives."""
     start, wall_start = time.perf_counter(), time.time()
-    first, images, cpu, ready = None, 0, 0.0, wall_start
+    first, images, cpu, ready, ran = None, 0, 0.0, wall_start, set()
     for batch in batches:
         images += len(batch["masks"])
         cpu += float(np.asarray(batch["views_cpu_s"]).sum())  # the DataLoader hands tensors
         if "views_ready_at" in batch:
             ready = max(ready, float(np.max(batch["views_ready_at"])))
+            ran.update("actors" if a else "tasks" for a in np.unique(batch["views_in_actor"]).tolist())
         if first is None:
             first = time.perf_counter()
     if images == 0:
         raise ValueError("bench data: no views came out; are all rows bad?")
-    return first - start, images / (time.perf_counter() - start), images / cpu, ready - wall_start
+    rate = images / (time.perf_counter() - start)
+    return first - start, rate, images / cpu, max(ready - wall_start, 0.0), ",".join(sorted(ran))
 
 
 def raydata_batches(files: list[str], make_views, *, cpus: float, batch_size: int, rows: int, file_rows: int,
@@ -157,7 +161,7 @@ def bench_data(shards_dir: str, *, cpus: int, batch_size: int = 32, rows: int = 
 
     Returns (stable keys, for `tipslab bench data --json` and MLflow):
       cpus, batch_size, rows (as asked, 0 = all), image_size, local_crops, local_crop_size, augment,
-      mask_mode; views (actors or tasks);
+      mask_mode; views (where Ray Data's views ran, as seen in the workers: actors or tasks);
       raydata_images_per_s, raydata_images_per_s_per_cpu, raydata_startup_s, raydata_images_per_cpu_s,
       raydata_actors_ready_s (from the start until the last views actor had built its views: the
       actor pool's start-up, paid for each epoch in training);
@@ -191,15 +195,15 @@ def bench_data(shards_dir: str, *, cpus: int, batch_size: int = 32, rows: int = 
                                      file_rows=available, actors=actors):
                 pass
         measure = dict(cpus=cpus, batch_size=batch_size, rows=rows)
-        ray_startup, ray_rate, ray_cpu_rate, actors_ready = timed(
+        ray_startup, ray_rate, ray_cpu_rate, actors_ready, ran = timed(
             raydata_batches(files, make_views, **measure, file_rows=available, actors=actors))
-        dl_startup, dl_rate, dl_cpu_rate, _ = timed(dataloader_batches(files, make_views(), **measure))
+        dl_startup, dl_rate, dl_cpu_rate, _, _ = timed(dataloader_batches(files, make_views(), **measure))
     finally:
         torch.set_num_threads(threads)
     return {
         "cpus": cpus, "batch_size": batch_size, "rows": rows, "image_size": image_size, "local_crops": local_crops,
         "local_crop_size": local_crop_size, "augment": augment, "mask_mode": mask_mode,
-        "views": "actors" if actors else "tasks", "raydata_images_per_s": ray_rate, "raydata_images_per_s_per_cpu": ray_rate / cpus,
+        "views": ran, "raydata_images_per_s": ray_rate, "raydata_images_per_s_per_cpu": ray_rate / cpus,
         "raydata_startup_s": ray_startup, "raydata_images_per_cpu_s": ray_cpu_rate,
         "raydata_actors_ready_s": actors_ready if actors else 0.0,
         "dataloader_images_per_s": dl_rate, "dataloader_images_per_s_per_cpu": dl_rate / cpus,
