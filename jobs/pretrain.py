@@ -37,7 +37,6 @@ import torch
 import torch.distributed as dist
 from ray.train.torch import TorchConfig, TorchTrainer
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.tensor import DTensor
 
 from tipslab.models.checkpoint import CHECKPOINT_FILE, save_checkpoint, tips_config
 from tipslab.models.distributed import world
@@ -339,8 +338,6 @@ class Loop:
                     grad_clip=train["grad_clip"], step=step, bf16=True, watch=watch)
                 stage_step, step, epoch_steps = stage_step + 1, step + 1, epoch_steps + 1
                 for key, value in values.items():
-                    if isinstance(value, DTensor):  # fsdp: grad_norm, replicated
-                        value = value.to_local()
                     window.setdefault(f"train/{key}", []).append(value)
                 last = stage_step == steps
                 if not (step % train["log_every"] == 0 or last or step % max(train["checkpoint_every"], 1) == 0

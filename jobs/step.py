@@ -9,6 +9,8 @@ from tipslab.models.schedules import cosine_schedule
 from tipslab.models.teacher import EMATeacher
 from tipslab.models.tips import TIPSStudent
 
+from .parallel import unsharded
+
 NO_WEIGHT_DECAY = ("cls_token", "register_token", "pos_embed", "mask_token", "log_temperature", "queries")
 
 
@@ -133,4 +135,5 @@ def tips_step(model, student: TIPSStudent, teacher: EMATeacher | None, objective
     if teacher is not None:
         teacher.update(student, momentum)
     mark("ema")
-    return {**values, "grad_norm": grad_norm.detach()}
+    # FSDP2 returns a replicated DTensor: its local value is the whole norm, and plain from here on.
+    return {**values, "grad_norm": unsharded(grad_norm).detach()}

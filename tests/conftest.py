@@ -79,3 +79,15 @@ def s3(s3_endpoint, monkeypatch):
         monkeypatch.setenv(name, value)
     boto3.client("s3").create_bucket(Bucket="tipslab-test")
     return "s3://tipslab-test"
+
+
+def spoil_rows(shard_file, spoiled: dict[int, tuple[str, object]]) -> None:
+    """Rewrite one Parquet shard file with rows made bad: {row: (column, value)}."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(shard_file)
+    records = table.to_pylist()
+    for i, (column, value) in spoiled.items():
+        records[i][column] = value
+    pq.write_table(pa.Table.from_pylist(records, schema=table.schema), shard_file, row_group_size=len(records))

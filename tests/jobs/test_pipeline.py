@@ -1,10 +1,9 @@
 """The training input pipeline (jobs/data/pipeline.py): how a rank's files become blocks and views,
 and how every input row is counted."""
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, tiny_overrides
+from conftest import REPO, spoil_rows, tiny_overrides
 
 from tipslab.jobs.data.pipeline import (BATCHES_PER_BLOCK, COUNT_COLUMNS, TRAIN_COLUMNS, PositionedViews, key_ids,
                                         plan_epoch, rank_dataset, read_blocks, split_dir, train_shards, views_actors)
@@ -45,12 +44,7 @@ def one_shard(exp: dict, rows: int, spoiled: dict[int, str] | None = None):
     generate_scenes(path, rows, size=56, rows_per_shard=rows, parallel=False)
     shards = train_shards(exp)
     if spoiled:
-        table = pq.read_table(shards[0].file)
-        records = table.to_pylist()
-        for i, reason in spoiled.items():
-            column, value = SPOIL[reason]
-            records[i][column] = value
-        pq.write_table(pa.Table.from_pylist(records, schema=table.schema), shards[0].file, row_group_size=rows)
+        spoil_rows(shards[0].file, {i: SPOIL[reason] for i, reason in spoiled.items()})
     return shards
 
 

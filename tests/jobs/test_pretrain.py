@@ -1,7 +1,7 @@
 """The Ray Train job on the shared local Ray instance: two CPU workers (gloo, DDP)."""
 import pytest
 import torch
-from conftest import REPO, tiny_overrides
+from conftest import REPO, spoil_rows, tiny_overrides
 
 from tipslab.jobs.data.prepare import ensure_scenes
 from tipslab.jobs.pretrain import build_trainer
@@ -99,9 +99,6 @@ def test_shards_and_checkpoints_on_s3_and_a_rerun_resumes(ray_session, home, s3,
 def test_bad_rows_are_counted_in_the_metrics_and_too_many_stop_the_run(ray_session, home, tmp_path):
     # 20 rows in batches of 8: two full batches and a short last one, which is not trained on but
     # whose bad rows (3 of its 4) still count. Step 3 is epoch 1's first batch: 16 + 4 + 8 rows seen.
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     from tipslab.jobs.data.pipeline import split_dir
     from tipslab.jobs.data.scenes import generate_scenes
     from tipslab.jobs.pretrain import RunStopped
@@ -111,11 +108,7 @@ def test_bad_rows_are_counted_in_the_metrics_and_too_many_stop_the_run(ray_sessi
     path = split_dir(config["data"]["root"], config["data"]["train_split"])
     generate_scenes(path, 20, size=config["model"]["image_size"], rows_per_shard=20, parallel=False)
     [shard] = sorted(p for p in (tmp_path / "scenes" / "train").iterdir() if p.suffix == ".parquet")
-    table = pq.read_table(shard)
-    records = table.to_pylist()
-    for i in (17, 18, 19):
-        records[i]["image"] = b"not an image"
-    pq.write_table(pa.Table.from_pylist(records, schema=table.schema), shard, row_group_size=20)
+    spoil_rows(shard, {i: ("image", b"not an image") for i in (17, 18, 19)})
     result = build_trainer(config, name="bad-rows", storage_path=str(home / "ray")).fit()
     last = result.metrics_dataframe.iloc[-1]
     assert (last["step"], last["data/bad_rows"], last["data/rows_seen"]) == (3, 3, 28)
