@@ -23,7 +23,7 @@ log=$out/log.txt
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,power.draw,memory.used --format=csv 2>&1 | tee -a "$log"
 python3 - <<'PY' 2>&1 | tee -a "$log"
 import timm, torch
-from tipslab.jobs.bench import matmul_peak
+from tipslab.jobs.bench.step import matmul_peak
 print("torch", torch.__version__, "timm", timm.__version__)
 if torch.cuda.is_available():
     print("measured bf16 8192^3 matmul: %.1f TFLOP/s" % (matmul_peak(torch.device("cuda"), torch.bfloat16, 8192) / 1e12))
@@ -31,7 +31,7 @@ PY
 for job in "$@"; do
   name=$(basename "$job" .json)
   echo "== $name $(date +%T)" | tee -a "$log"
-  timeout "${JOB_TIMEOUT:-600}" python3 -m tipslab.jobs.bench "$(cat "$job")" >"$out/$name.json" 2>>"$log"
+  timeout "${JOB_TIMEOUT:-600}" python3 -m tipslab.jobs.bench.step "$(cat "$job")" >"$out/$name.json" 2>>"$log"
   echo "exit $?" | tee -a "$log"
   python3 - "$out/$name.json" <<'PY' 2>&1 | tee -a "$log"
 import json, sys

@@ -88,7 +88,7 @@ class TrainConfig:
     # shards the student, its EMA teacher and the optimizer over the workers (what the L and g sizes
     # need); its checkpoints hold each rank's shards (torch.distributed.checkpoint, which can reshard
     # them for another number of workers) beside the whole weights in model.pt, which evaluation
-    # reads as with ddp. A run resumes only with the strategy that wrote its checkpoint (jobs/pretrain.py).
+    # reads as with ddp. A run resumes only with the strategy that wrote its checkpoint (jobs/train/loop.py).
     strategy: str = "ddp"  # ddp | fsdp
     # The Ray Train run's name, its folder in the run storage. Empty: made from the sweep and trial.
     # Training again under an existing name resumes that run from its latest checkpoint
@@ -104,12 +104,12 @@ class EvalConfig:
     dataset: str = "scenes"
     probe_train_split: str = "probe_train"
     probe_test_split: str = "probe_test"
-    # Which probes run (jobs/probes): zero_shot, retrieval, segmentation, depth, normals, knn. Each
+    # Which probes run (jobs/eval/probes): zero_shot, retrieval, segmentation, depth, normals, knn. Each
     # dataset runs those of them that its labels allow.
     probes: list[str] = field(default_factory=lambda: ["zero_shot", "retrieval", "segmentation", "depth",
                                                        "normals", "knn"])
     # Standard-format datasets evaluated besides the probe splits: {name: folder}, names from
-    # jobs/evalsets (imagenet, coco, flickr30k, pascal_voc, ade20k, nyuv2).
+    # jobs/eval/evalsets (imagenet, coco, flickr30k, pascal_voc, ade20k, nyuv2).
     datasets: dict[str, str] = field(default_factory=dict)
     # Retrieval compares a CLS embedding with text embeddings. The paper uses CLS_1 on human
     # captions; on scenes the reference caption is the synthetic description, so "auto" takes the

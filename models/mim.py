@@ -29,7 +29,7 @@ class MIMLoss(nn.Module):
 
 def masked_count(ratio: float, patches: int) -> int:
     """How many of `patches` a mask at `ratio` covers. Every mask of a batch covers exactly this many
-    (jobs/data/masking.py), which gives the masked tokens a shape known on the host."""
+    (jobs/data/pipeline/masking.py), which gives the masked tokens a shape known on the host."""
     return int(round(ratio * patches))
 
 

@@ -3,7 +3,7 @@
 Every result becomes one run of the experiment `tipslab-bench` (tags `tipslab.bench`,
 `tipslab.model_size`, `tipslab.device_kind`, `tipslab.device`; metrics `bench/<bench>/*`), where
 `tipslab plan` reads them for its GPU-hour estimates. `bench flops` prints the analytic FLOP count
-(jobs/flops.py) and logs nothing: it is a function of the config alone.
+(jobs/bench/flops.py) and logs nothing: it is a function of the config alone.
 """
 import argparse
 import contextlib
@@ -65,7 +65,7 @@ def log_bench(bench: str, model_size: str, result: dict, metrics: dict, params: 
 
 def run_step_job(job: dict) -> dict:
     """One size in a fresh process, so that each peak memory figure is its own."""
-    proc = subprocess.run([sys.executable, "-m", "tipslab.jobs.bench", json.dumps(job)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "tipslab.jobs.bench.step", json.dumps(job)], capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"tipslab: bench step failed for size {job['exp']['model']['size']}:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -94,7 +94,7 @@ def step_jobs(args) -> list[dict]:
 
 
 def import_step_results(paths: list[str]) -> list[dict]:
-    """Results that `python -m tipslab.jobs.bench JOB` printed on a machine without MLflow (a GPU
+    """Results that `python -m tipslab.jobs.bench.step JOB` printed on a machine without MLflow (a GPU
     node, say: infra/bench-step-gpu.sh), logged here as if `bench step` had run them."""
     results = []
     for path in paths:
@@ -154,7 +154,7 @@ def cmd_bench_step(args) -> None:
 
 
 def cmd_bench_flops(args) -> None:
-    from tipslab.jobs.flops import step_flops, step_shape, trainable_params
+    from tipslab.jobs.bench.flops import step_flops, step_shape, trainable_params
 
     rows = []
     for size in args.sizes:
@@ -188,10 +188,10 @@ def cmd_bench_flops(args) -> None:
 
 
 def cmd_bench_data(args) -> None:
-    """B2's measurement (jobs/bench_data.py) on the given shards, or on procedural scenes made at the
+    """B2's measurement (jobs/bench/data.py) on the given shards, or on procedural scenes made at the
     views' image size in a folder of their own (the training scenes are left as they are)."""
-    from tipslab.jobs.bench_data import bench_data
-    from tipslab.jobs.data.prepare import ensure_scenes
+    from tipslab.jobs.bench.data import bench_data
+    from tipslab.jobs.data.pipeline.prepare import ensure_scenes
 
     from .runtime import ensure_ray, home
 
@@ -228,7 +228,7 @@ def cmd_bench_data(args) -> None:
 
 
 def cpu_name() -> str:
-    from tipslab.jobs.bench import device_name
+    from tipslab.jobs.bench.step import device_name
 
     import torch
 
@@ -261,7 +261,7 @@ def cmd_bench_trial(args) -> None:
     trial's first `train/*` report as the sweep's MLflow writer received it."""
     from mlflow.tracking import MlflowClient
 
-    from tipslab.jobs.data.prepare import ensure_scenes
+    from tipslab.jobs.data.pipeline.prepare import ensure_scenes
 
     from .runtime import ensure_ray
     from .single import single_plan
@@ -352,7 +352,7 @@ def add_parsers(sub) -> None:
     data.add_argument("--image-size", type=int, default=224, help="the global crop, px")
     data.add_argument("--local-crops", type=int, default=2)
     data.add_argument("--local-crop-size", type=int, default=96)
-    data.add_argument("--augment", default="dinov2", help="the views' augmentation (jobs/data/views.py)")
+    data.add_argument("--augment", default="dinov2", help="the views' augmentation (jobs/data/pipeline/views.py)")
     data.add_argument("--mask-mode", default="random", help="random | blockwise")
     data.add_argument("--views", choices=["auto", "actors", "tasks"], default="auto",
                       help="Ray Data's views in an actor pool or in tasks (auto: as training picks for that many rows, "

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from tipslab.jobs.config import STRATEGIES, DataConfig, EvalConfig, TrainConfig
-from tipslab.jobs.data.pipeline import read_tag_vocab
+from tipslab.jobs.data.pipeline.streaming import read_tag_vocab
 from tipslab.models.config import CAPTION_MODES, CLS_TOKENS, SIZES, LossConfig, ModelConfig
 from tipslab.models.vision import MLP_KINDS
 

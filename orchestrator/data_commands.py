@@ -7,7 +7,7 @@ from .errors import UserError
 def cmd_data_scenes(args) -> None:
     import json
 
-    from tipslab.jobs.data.scenes import SPLIT_OFFSETS, generate_scenes
+    from tipslab.jobs.data.scenes.render import SPLIT_OFFSETS, generate_scenes
 
     if args.split not in SPLIT_OFFSETS:
         raise UserError(f"--split: {args.split!r} is not one of {', '.join(SPLIT_OFFSETS)}")
@@ -38,7 +38,7 @@ def cmd_data_scenes(args) -> None:
 def cmd_data_tokenizer(args) -> None:
     import pyarrow.parquet as pq
 
-    from tipslab.jobs.data.shards import ShardError, shard_files
+    from tipslab.jobs.data.shards.format import ShardError, shard_files
     from tipslab.models.tokenizer import train_sentencepiece_file
 
     try:
@@ -92,9 +92,9 @@ def add_parsers(sub) -> None:
 
 def _user_errors(fn):
     """Run ``fn``; data the user gave that cannot be used becomes one UserError line."""
-    from tipslab.jobs.data.ingest import IngestError
-    from tipslab.jobs.data.rows import TooManyBadRows
-    from tipslab.jobs.data.shards import ShardError
+    from tipslab.jobs.data.ingest.sources import IngestError
+    from tipslab.jobs.data.shards.rows import TooManyBadRows
+    from tipslab.jobs.data.shards.format import ShardError
 
     try:
         return fn()
@@ -130,12 +130,12 @@ def _bad_summary(bad: dict) -> str:
 
 
 def cmd_data_ingest(args) -> None:
-    from tipslab.jobs.data.ingest import ingest
+    from tipslab.jobs.data.ingest.sources import ingest
 
     common = dict(max_pixels=args.max_pixels, max_bad_fraction=args.max_bad_fraction, join=args.join,
                   join_column=args.join_column, rows_per_shard=args.rows_per_shard, on_bad=_print_bad())
     if args.parallel:
-        from tipslab.jobs.data.ingest_parallel import ingest_webdataset_parallel
+        from tipslab.jobs.data.ingest.parallel import ingest_webdataset_parallel
 
         from .runtime import ensure_ray
 
@@ -155,7 +155,7 @@ def cmd_data_ingest(args) -> None:
 
 
 def cmd_data_tags(args) -> None:
-    from tipslab.jobs.data.tags import tag_shards
+    from tipslab.jobs.data.enrichment.tags import tag_shards
 
     result = _user_errors(lambda: tag_shards(args.shards, min_freq=args.min_freq,
                                              vocab_path=args.out, out=args.shards_out))
@@ -166,7 +166,7 @@ def cmd_data_tags(args) -> None:
 
 
 def cmd_data_caption(args) -> None:
-    from tipslab.jobs.data.caption import caption_shards
+    from tipslab.jobs.data.enrichment.caption import caption_shards
 
     from .runtime import ensure_ray
 
@@ -183,13 +183,13 @@ def cmd_data_caption(args) -> None:
 
 
 def cmd_data_check(args) -> None:
-    from tipslab.jobs.data.check import check_shards, format_report
+    from tipslab.jobs.data.shards.check import check_shards, format_report
 
     report = _user_errors(lambda: check_shards(args.shards, max_pixels=args.max_pixels))
     _emit(report, args.json, format_report(report))
 
 
-#: jobs/data/ingest.py's FORMATS, spelled out so that `tipslab --help` does not import pyarrow.
+#: jobs/data/ingest/sources.py's FORMATS, spelled out so that `tipslab --help` does not import pyarrow.
 INGEST_FORMATS = ("webdataset", "csv", "tsv", "jsonl", "coco")
 
 

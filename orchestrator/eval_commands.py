@@ -11,7 +11,7 @@ from .runtime import ensure_ray, home, tracking_uri
 
 def parse_data(items: list[str] | None, ev: dict) -> None:
     """--data DATASET[=PATH] items -> eval.dataset / eval.datasets / data root overrides, in place."""
-    from tipslab.jobs.evalsets import STANDARD
+    from tipslab.jobs.eval.evalsets import STANDARD
 
     if not items:
         return
@@ -32,7 +32,7 @@ def parse_data(items: list[str] | None, ev: dict) -> None:
 
 def experiment_for(checkpoint: str, data: list[str] | None) -> dict:
     """The checkpoint's own config, with the datasets of --data and an absolute scenes root."""
-    from tipslab.jobs.probes.features import local_checkpoint
+    from tipslab.jobs.eval.probes.features import local_checkpoint
     from tipslab.models.checkpoint import load_state
 
     try:
@@ -53,7 +53,7 @@ def experiment_for(checkpoint: str, data: list[str] | None) -> dict:
 
 def probe_splits_ready(exp: dict) -> None:
     """Render the scenes' probe splits when the checkpoint's data are scenes and they are missing."""
-    from tipslab.jobs.data.prepare import ensure_scenes
+    from tipslab.jobs.data.pipeline.prepare import ensure_scenes
 
     data, ev = exp["data"], exp["eval"]
     if ev.get("dataset") and data.get("source") == "scenes":
@@ -63,8 +63,8 @@ def probe_splits_ready(exp: dict) -> None:
 
 
 def run_evaluation(checkpoint: str, exp: dict, out_dir: str, address: str | None):
-    from tipslab.jobs.evalsets import EvalDataError
-    from tipslab.jobs.evaluate import evaluate
+    from tipslab.jobs.eval.evalsets import EvalDataError
+    from tipslab.jobs.eval.evaluate import evaluate
 
     probe_splits_ready(exp)
     ensure_ray(address)
@@ -78,7 +78,7 @@ def append_to_run(client, run_id: str, result, out_dir: str) -> None:
     """eval/* metrics at the run's last training step; eval_results.json merged; features.npz."""
     from mlflow.entities import Metric
 
-    from tipslab.jobs.evaluate import FEATURES_FILE, RESULTS_FILE
+    from tipslab.jobs.eval.evaluate import FEATURES_FILE, RESULTS_FILE
 
     run = client.get_run(run_id)
     step, now = int(run.data.params.get("train.steps", 0)), int(time.time() * 1000)

@@ -35,7 +35,7 @@ def cmd_checkpoint_export(args) -> None:
 
 
 def cmd_embed(args) -> None:
-    from tipslab.jobs.embed import EmbedError, embed
+    from tipslab.jobs.eval.embed import EmbedError, embed
 
     if not args.images and not args.text:
         raise UserError("give at least one IMAGE or --text")

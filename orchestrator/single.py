@@ -6,8 +6,8 @@ in the driver, per-step metrics included.
 import re
 from pathlib import Path
 
-from tipslab.jobs.data import storage
-from tipslab.jobs.evaluate import metric_goal, metric_keys
+from tipslab.jobs import storage
+from tipslab.jobs.eval.evaluate import metric_goal, metric_keys
 
 from .config import config_hash, load_experiment, to_dict
 from .errors import UserError

@@ -14,7 +14,7 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from tipslab.jobs import evaluate
+from tipslab.jobs.eval import evaluate
 
 from .config import ConfigError, compose, config_hash, parse_overrides, read_yaml, to_dict
 from .search import SearchSpec, check_search, grid_points

@@ -3,7 +3,7 @@ plain PyTorch loop, on the same batches (the goal is within 5%). Local Ray only 
 
     python -m tipslab.orchestrator.train_overhead [CONFIG] [key=value ...] [--steps 30] [--warmup 5]
 
-Both sides run `jobs/step.py`'s `tips_step` on one thread over the same pre-made batches (so data
+Both sides run `jobs/train/step.py`'s `tips_step` on one thread over the same pre-made batches (so data
 loading is out of the comparison), and the Ray side reports every `train.log_every` steps as the
 training loop does. It prints one line per side and their ratio.
 """
@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tipslab.jobs.data.pipeline import split_dir, views_for
-from tipslab.jobs.data.prepare import ensure_scenes
-from tipslab.jobs.step import Schedules, apply_schedules, param_groups, tips_step
+from tipslab.jobs.data.pipeline.streaming import split_dir, views_for
+from tipslab.jobs.data.pipeline.prepare import ensure_scenes
+from tipslab.jobs.train.step import Schedules, apply_schedules, param_groups, tips_step
 from tipslab.models.checkpoint import tips_config
 from tipslab.models.objective import TIPSObjective
 from tipslab.models.teacher import EMATeacher
@@ -34,7 +34,7 @@ def make_batches(exp: dict, n: int) -> list[dict]:
     """`n` batches of views from the first shard of the training split, as numpy."""
     import pyarrow.parquet as pq
 
-    from tipslab.jobs.data.shards import shard_files
+    from tipslab.jobs.data.shards.format import shard_files
 
     size = exp["data"]["batch_size"]
     table = pq.read_table(shard_files(split_dir(exp["data"]["root"], exp["data"]["train_split"]))[0]).to_pydict()

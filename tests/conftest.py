@@ -1,7 +1,11 @@
 """Shared fixtures: one real local Ray instance for the whole test session, a home folder per test."""
+import io
+import struct
+import zlib
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from tipslab.orchestrator.runtime import quiet_environment
 
@@ -91,3 +95,20 @@ def spoil_rows(shard_file, spoiled: dict[int, tuple[str, object]]) -> None:
     for i, (column, value) in spoiled.items():
         records[i][column] = value
     pq.write_table(pa.Table.from_pylist(records, schema=table.schema), shard_file, row_group_size=len(records))
+
+
+# Encoded images for the data tests.
+def jpeg(w=64, h=48) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (200, 30, 30)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose IHDR declares width x height and whose pixel data is a few bytes: a decode
+    would need width*height*3 bytes of memory, so a check that decodes fails loudly."""
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) \
+        + chunk(b"IEND", b"")

@@ -36,7 +36,7 @@ import sys, tomllib
 import ray
 import torch
 
-import tipslab.dashboards.table, tipslab.jobs.pretrain, tipslab.models, tipslab.orchestrator.cli  # noqa: F401
+import tipslab.dashboards.table, tipslab.jobs.train.loop, tipslab.models, tipslab.orchestrator.cli  # noqa: F401
 
 # Every node of a cluster must run the Ray version the project pins, or nodes refuse to join.
 pin = next(d for d in tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"] if d.startswith("ray["))

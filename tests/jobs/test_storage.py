@@ -3,7 +3,7 @@ import os
 import pyarrow.fs as pafs
 import pytest
 
-from tipslab.jobs.data import storage
+from tipslab.jobs import storage
 
 
 def test_local_paths(tmp_path):

@@ -254,7 +254,7 @@ def test_centres_average_every_masked_patch_across_ranks_even_with_none_on_a_ran
 def test_masked_tokens_are_the_boolean_selection_without_a_host_read(ratio, patches):
     # The student and the teacher pick the masked patches by a gather of static size: exactly what
     # boolean indexing selects, in the same order, for masks of the pipeline's fixed count per row.
-    from tipslab.jobs.data.masking import make_mask
+    from tipslab.jobs.data.pipeline.masking import make_mask
     from tipslab.models.mim import masked_count, masked_tokens
 
     rng = np.random.default_rng(int(ratio * 100) + patches)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import sentencepiece
 
-from tipslab.jobs.data.scenes import render_scene
+from tipslab.jobs.data.scenes.render import render_scene
 from tipslab.models.config import ModelConfig
 from tipslab.models.tokenizer import (
     HashTokenizer,

@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from tipslab.jobs.data.ingest import FORMATS
-from tipslab.jobs.data.ingest_bench import photo_jpeg
+from tipslab.jobs.data.ingest.sources import FORMATS
+from tipslab.jobs.bench.ingest import photo_jpeg
 from tipslab.orchestrator import data_commands
 from tipslab.orchestrator.cli import main
 

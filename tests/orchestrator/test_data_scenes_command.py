@@ -1,7 +1,7 @@
 """`tipslab data scenes` in-process: options reach the generator, --json is stable, s3:// works."""
 import json
 
-from tipslab.jobs.data.shards import read_manifest, verify_shards
+from tipslab.jobs.data.shards.format import read_manifest, verify_shards
 from tipslab.orchestrator.cli import main
 
 

@@ -6,8 +6,8 @@ import torch
 from conftest import REPO, SHARED
 from PIL import Image
 
-from tipslab.jobs.data.scenes import generate_scenes
-from tipslab.jobs.embed import read_image
+from tipslab.jobs.data.scenes.render import generate_scenes
+from tipslab.jobs.eval.embed import read_image
 from tipslab.models.checkpoint import load_student
 from tipslab.models.tokenizer import load_sentencepiece
 from tipslab.orchestrator.cli import main

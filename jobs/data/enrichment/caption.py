@@ -1,0 +1,123 @@
+"""The captioner stage: ``synthetic_caption`` from an image-to-text model, in a Ray Data actor pool.
+
+TIPS replaces noisy web captions with dense synthetic ones made by an image captioner (PaliGemma in
+the paper, PAPER.md). Here any Hugging Face transformers image-to-text model saved in a local folder
+(``save_pretrained``: its model, image processor and tokenizer) fills the column: it is loaded with
+``local_files_only`` and ``HF_HUB_OFFLINE``, so nothing is ever downloaded. Each actor holds one
+copy of the model, with one GPU when the cluster has GPUs. Rows whose image cannot be decoded keep
+their old caption and are counted as bad; the stage stops past the bad-row fraction.
+"""
+from __future__ import annotations
+
+import os
+
+import pyarrow as pa
+import ray.data
+
+from tipslab.jobs.data.shards.rewrite import rewrite_shards
+from tipslab.jobs.data.shards.rows import BadRow, BadRows, decode_image
+from tipslab.jobs.data.shards.format import read_manifest, shard_files
+from tipslab.jobs.storage import aws_env
+
+_ERROR_COLUMN = "_caption_error"
+
+
+class Captioner:
+    """A Ray Data callable class: one model per actor, a pyarrow batch in, the same batch out with
+    ``synthetic_caption`` replaced and a column naming each row that could not be captioned."""
+
+    def __init__(self, model_path: str, max_new_tokens: int, max_pixels: int):
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        import torch
+        from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()
+        self.torch = torch
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.processor = AutoImageProcessor.from_pretrained(model_path, local_files_only=True)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
+        self.model = AutoModelForImageTextToText.from_pretrained(model_path, local_files_only=True)
+        self.model.to(self.device).eval()
+        self.max_new_tokens, self.max_pixels = max_new_tokens, max_pixels
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        keys = batch.column("key").to_pylist()
+        captions = batch.column("synthetic_caption").to_pylist()
+        errors: list[str | None] = [None] * len(keys)
+        images, index = [], []
+        for i, (key, data) in enumerate(zip(keys, batch.column("image").to_pylist())):
+            try:
+                images.append(decode_image(data, key, self.max_pixels))
+                index.append(i)
+            except BadRow as err:
+                errors[i] = f"{err.reason}\t{err.detail}"
+        if images:
+            pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
+            with self.torch.inference_mode():
+                ids = self.model.generate(pixel_values=pixels.to(self.device),
+                                          max_new_tokens=self.max_new_tokens)
+            for i, text in zip(index, self.tokenizer.batch_decode(ids, skip_special_tokens=True)):
+                if text.strip():
+                    captions[i] = text.strip()
+                else:
+                    errors[i] = "empty_caption\tthe model generated no text"
+        column = batch.schema.get_field_index("synthetic_caption")
+        batch = batch.set_column(column, "synthetic_caption", pa.array(captions, pa.string()))
+        return batch.append_column(_ERROR_COLUMN, pa.array(errors, pa.string()))
+
+
+def caption_shards(shards: str, model_path: str, *, out: str | None = None, actors: int = 1,
+                   batch_size: int = 16, max_new_tokens: int = 40, max_pixels: int,
+                   max_bad_fraction: float) -> dict:
+    """Fill ``synthetic_caption`` of every row; write the new shard set (rewrite.py); summarise.
+
+    Ray must be initialised. Uses one GPU per actor when the cluster has GPUs, else one CPU.
+    """
+    if not os.path.isdir(model_path):
+        raise ValueError(f"--model {model_path}: not a folder (a model saved with save_pretrained)")
+    gpus = ray.cluster_resources().get("GPU", 0)
+    # A dataset copies the DataContext when it is made: keep the rows in order (the new shards
+    # keep the old row order), then give the driver its setting back.
+    ctx = ray.data.DataContext.get_current()
+    preserve = ctx.execution_options.preserve_order
+    ctx.execution_options.preserve_order = True
+    try:
+        ds = _captioned(shards, model_path, actors, batch_size, max_new_tokens, max_pixels, gpus)
+    finally:
+        ctx.execution_options.preserve_order = preserve
+    bad = BadRows()
+    captioned = 0
+
+    def rows():
+        nonlocal captioned
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=batch_size):
+            for row in batch.to_pylist():
+                error = row.pop(_ERROR_COLUMN)
+                bad.seen()
+                if error:
+                    reason, _, detail = error.partition("\t")
+                    bad.add(BadRow(row["key"], reason, detail))
+                    bad.check(max_bad_fraction)
+                else:
+                    captioned += 1
+                yield row
+        bad.check(max_bad_fraction, final=True)
+
+    source = f"{read_manifest(shards)['source']}+caption:{os.path.basename(model_path.rstrip('/'))}"
+    manifest = rewrite_shards(shards, rows(), source=source, out=out)
+    return {"shards": out or shards, "rows": manifest["num_rows"], "captioned": captioned,
+            "bad_rows": bad.to_dict(), "gpus_per_actor": 1 if gpus else 0,
+            "content_hash": manifest["content_hash"]}
+
+
+def _captioned(shards, model_path, actors, batch_size, max_new_tokens, max_pixels, gpus) -> ray.data.Dataset:
+    """The shards read and captioned by a pool of `Captioner` actors (AWS variables passed on)."""
+    ds = ray.data.read_parquet(shard_files(shards), ray_remote_args={"runtime_env": {"env_vars": aws_env()}})
+    ds = ds.map_batches(
+        Captioner, fn_constructor_args=(os.path.abspath(model_path), max_new_tokens, max_pixels),
+        batch_size=batch_size, batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(actors, 1)),
+        num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1,
+        runtime_env={"env_vars": {**aws_env(), "HF_HUB_OFFLINE": "1"}})
+    return ds

@@ -1,0 +1,456 @@
+"""Procedural scenes with exact dense ground truth: Kubric's idea without a renderer.
+
+A scene is a few solid objects (sphere, cube, cylinder, cone, pyramid; CLEVR's attributes: size,
+colour, material, plus a surface pattern) standing on a textured ground plane, some resting on
+others, in front of a wall or under a sky, seen by a perspective pinhole camera and lit by one
+directional light with hard shadows. Every pixel is ray cast (scene_geometry.py), so occlusion is a
+per-pixel z-buffer and depth and normals are exact; shading is Lambertian from the exact normals,
+with a specular lobe for rubber and metal and an environment reflection for metal.
+
+Per scene: RGB image; semantic segmentation (class ids, 0 for ground, wall and sky); instance
+segmentation (0 background, k for the k-th listed object); depth as float32 metres along the
+optical axis (z-depth, as NYUv2 stores it; 0 where a ray meets no surface, i.e. sky); normals as
+float32 unit vectors in the camera frame (x right, y up, z towards the viewer; zero for sky); the
+`label` (class of the object with most visible pixels, for zero-shot and KNN probes); object
+metadata; and the two captions of scene_captions.py. Everything is a pure function of the seed:
+layout, pixel noise and captions draw from separate random streams, so caption settings never move
+a pixel.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+
+import numpy as np
+
+from tipslab.jobs.data.scenes import captions
+from tipslab.jobs import storage
+from tipslab.jobs.data.scenes.geometry import FLAT_TOP, HEIGHT, SHAPES, Camera, bounding_sphere, footprint_radius, intersect
+from tipslab.jobs.data.shards.format import encode_normals, encode_png, write_manifest, write_shard
+
+CLASSES = ("background",) + SHAPES
+COLOURS = {  # CLEVR's eight colours, sRGB
+    "gray": (87, 87, 87), "red": (173, 35, 35), "blue": (42, 75, 215), "green": (29, 105, 20),
+    "brown": (129, 74, 25), "purple": (129, 38, 192), "cyan": (41, 208, 208), "yellow": (255, 238, 51),
+}
+SIZES = {"small": 0.4, "large": 0.75}  # half-width in metres, jittered by +-10%
+MATERIALS = {  # diffuse weight, specular strength, shininess, mirror reflection
+    "matte": (1.0, 0.0, 1.0, 0.0),
+    "rubber": (0.9, 0.12, 6.0, 0.0),
+    "metal": (0.3, 0.9, 80.0, 0.45),
+}
+PATTERNS = ("plain", "striped", "checkered")
+PATTERN_ODDS = (0.7, 0.15, 0.15)
+SKIES = {"clear sky": ((70, 120, 200), (185, 210, 235)), "overcast sky": ((150, 155, 160), (205, 205, 205)),
+         "evening sky": ((80, 70, 130), (240, 160, 90))}  # zenith, horizon
+WALLS = {"white": (225, 225, 220), "beige": (215, 195, 160), "brick": (150, 75, 55),
+         "concrete": (140, 140, 135), "pastel": (175, 200, 215)}
+GROUNDS = {"stone": ((120, 118, 112), (160, 157, 150)), "sand": ((190, 170, 130), (215, 200, 165)),
+           "grass": ((70, 110, 55), (100, 140, 70)), "slate": ((60, 65, 75), (95, 100, 110)),
+           "wooden": ((140, 95, 60), (170, 125, 80))}
+GROUND_TEXTURES = ("plain", "checkered", "striped", "speckled")
+DEPTH_RANGE = (4.0, 10.0)  # metres from the camera plane to the footprints of objects on the ground
+HALF_FOV = math.radians(22.0)
+MAX_GROUND = 40.0  # metres along the ground; beyond it, sky (and depth stays inside 16-bit mm)
+STACK_ODDS = 0.3  # chance that a new small object rests on a free large cube or cylinder
+MIN_VISIBLE = 0.25  # an object must show this fraction of its unoccluded pixels, or it is dropped
+SPLIT_STRIDE = 10_000_000
+SPLIT_OFFSETS = {"train": 0, "probe_train": SPLIT_STRIDE, "probe_test": 2 * SPLIT_STRIDE}
+RELATION_WORDS = captions.RELATION_WORDS
+relation_words = captions.relation_words
+
+_TAG_ALIASES = {**{w: w for w in (*SHAPES, *COLOURS, *MATERIALS, "striped", "checkered")},
+                **{captions.plural(s): s for s in SHAPES}, "metallic": "metal", "shiny": "metal"}
+
+
+def _linear(rgb) -> np.ndarray:
+    return (np.asarray(rgb, float) / 255.0) ** 2.2
+
+
+def _rngs(seed: int, attempt: int = 0) -> tuple[np.random.Generator, ...]:
+    """Independent streams for layout, pixel noise and captions."""
+    ss = np.random.SeedSequence([int(seed), 0x5CE7E, attempt])
+    return tuple(np.random.default_rng(s) for s in ss.spawn(3))
+
+
+def _pick(rng, options):
+    return options[int(rng.integers(len(options)))]
+
+
+def make_object(shape: str, colour: str, size: str, material: str, x: float, z: float, *,
+                pattern: str = "plain", angle: float = 0.0, extent: float | None = None,
+                on: int | None = None, base_y: float = 0.0) -> dict:
+    """An object of a layout: standing on the ground at (x, z), or on layout object `on`."""
+    return {"shape": shape, "colour": colour, "size": size, "material": material,
+            "pattern": pattern, "angle": float(angle), "x": float(x), "z": float(z),
+            "extent": float(SIZES[size] if extent is None else extent), "base_y": float(base_y),
+            "on": on}
+
+
+def sample_layout(seed: int, size: int = 112, max_objects: int = 4, attempt: int = 0) -> dict:
+    """Camera, light, background and objects of a scene, before any pixel is drawn."""
+    if not 1 <= max_objects <= 9:
+        raise ValueError(f"max_objects must be in 1..9, got {max_objects}")
+    rng = _rngs(seed, attempt)[0]
+    height, pitch = rng.uniform(2.5, 3.5), math.radians(rng.uniform(12.0, 28.0))
+    az, el = rng.uniform(0, 2 * np.pi), math.radians(rng.uniform(30.0, 70.0))
+    layout = {
+        "size": size, "camera": {"height": height, "pitch": pitch},
+        "light": [math.cos(el) * math.sin(az), math.sin(el), -math.cos(el) * math.cos(az)],
+        "ambient": rng.uniform(0.2, 0.4),
+        "sky": _pick(rng, list(SKIES)),
+        "wall": _pick(rng, list(WALLS)) if rng.random() < 0.5 else None,
+        "wall_z": rng.uniform(13.0, 18.0),
+        "ground": _pick(rng, list(GROUNDS)), "ground_texture": _pick(rng, GROUND_TEXTURES),
+        "ground_scale": rng.uniform(0.5, 1.5), "noise_seed": int(rng.integers(2**31)),
+        "objects": [],
+    }
+    objs, used = layout["objects"], set()
+    for _ in range(int(rng.integers(1, max_objects + 1))):
+        for _attempt in range(30):
+            shape, colour = _pick(rng, SHAPES), _pick(rng, list(COLOURS))
+            word = "small" if rng.random() < 0.5 else "large"
+            o = make_object(shape, colour, word, _pick(rng, list(MATERIALS)), 0.0, 0.0,
+                            pattern=PATTERNS[int(rng.choice(3, p=PATTERN_ODDS))],
+                            angle=rng.uniform(0, np.pi / 2), extent=SIZES[word] * rng.uniform(0.9, 1.1))
+            if (shape, colour) in used:
+                continue
+            r = footprint_radius(shape, o["extent"])
+            free = [i for i, s in enumerate(objs) if s["shape"] in FLAT_TOP and s["on"] is None
+                    and all(p["on"] != i for p in objs) and r <= 0.8 * s["extent"]]
+            if free and rng.random() < STACK_ODDS:
+                k = _pick(rng, free)
+                s = objs[k]
+                o.update(x=s["x"], z=s["z"], on=k, base_y=s["base_y"] + HEIGHT[s["shape"]] * s["extent"])
+            else:
+                depth = rng.uniform(*DEPTH_RANGE)
+                half_width = 0.9 * depth * math.tan(HALF_FOV) - r
+                o["x"] = rng.uniform(-half_width, half_width)
+                o["z"] = (depth - height * math.sin(pitch)) / math.cos(pitch)
+                if any(p["on"] is None and math.hypot(p["x"] - o["x"], p["z"] - o["z"])
+                       < r + footprint_radius(p["shape"], p["extent"]) + 0.1 for p in objs):
+                    continue
+            used.add((shape, colour))
+            objs.append(o)
+            break
+    return layout
+
+
+def _texture(kind: str, a, b, scale: float, noise_seed: int) -> np.ndarray:
+    """A 0..1 pattern over surface coordinates (a, b) in metres."""
+    if kind == "checkered":
+        return ((np.floor(a / scale) + np.floor(b / scale)) % 2).astype(float)
+    if kind == "striped":
+        return (np.floor((a + b) / scale) % 2).astype(float)
+    if kind == "speckled":  # value noise: a random grid, bilinearly interpolated
+        grid = np.random.default_rng(noise_seed).random((33, 33))
+        fa, fb = (a / scale * 2) % 32, (b / scale * 2) % 32
+        ia, ib = fa.astype(int), fb.astype(int)
+        wa, wb = fa - ia, fb - ib
+        top = grid[ia, ib] * (1 - wb) + grid[ia, ib + 1] * wb
+        bottom = grid[ia + 1, ib] * (1 - wb) + grid[ia + 1, ib + 1] * wb
+        return top * (1 - wa) + bottom * wa
+    return np.zeros_like(a)
+
+
+def _composite(t_bg, hits, active):
+    """Per-pixel nearest surface among the background and the `active` objects."""
+    t_best, inst = t_bg.copy(), np.full(len(t_bg), -1)
+    for i in active:
+        idx, t, _ = hits[i]
+        closer = t < t_best[idx]
+        t_best[idx[closer]] = t[closer]
+        inst[idx[closer]] = i
+    return t_best, inst
+
+
+def _cast(layout: dict, cam: Camera, rays: np.ndarray):
+    """Hits of the background and of every object; drops objects that end up barely visible."""
+    size, origin = cam.size, cam.position
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t_ground = np.where(rays[:, 1] < 0, -origin[1] / rays[:, 1], np.inf)
+        t_ground[origin[2] + t_ground * rays[:, 2] > MAX_GROUND] = np.inf
+        t_wall = np.full(len(rays), np.inf)
+        if layout["wall"]:
+            t_wall = np.where(rays[:, 2] > 0, (layout["wall_z"] - origin[2]) / rays[:, 2], np.inf)
+    t_bg = np.minimum(t_ground, t_wall)
+    kind = np.where(np.isinf(t_bg), 0, np.where(t_ground <= t_wall, 1, 2))  # sky, ground, wall
+    objs = layout["objects"]
+    hits = []
+    for o in objs:
+        box = cam.pixel_box(o)
+        if box is None:
+            hits.append((np.zeros(0, int), np.zeros(0), np.zeros((0, 3))))
+            continue
+        rows, cols = np.arange(size)[box[0]], np.arange(size)[box[1]]
+        idx = (rows[:, None] * size + cols[None, :]).ravel()
+        t, n = intersect(o, origin, rays[idx])
+        keep = t < t_bg[idx]
+        hits.append((idx[keep], t[keep], n[keep]))
+    min_pixels = max(1, round(16 * (size / 112) ** 2))
+    active = list(range(len(objs)))
+    while True:
+        t_best, inst = _composite(t_bg, hits, active)
+        visible = np.bincount(inst + 1, minlength=len(objs) + 1)[1:]
+        drop = {i for i in active if visible[i] < max(MIN_VISIBLE * len(hits[i][0]), min_pixels)}
+        drop |= {i for i in active if objs[i]["on"] is not None and objs[i]["on"] in drop}
+        if not drop:
+            kind = np.where(inst >= 0, 3, kind)  # 3: an object
+            return t_best, inst, kind, hits, active, visible
+        active = [i for i in active if i not in drop]
+
+
+def _shadowed(layout, cam, points, normals, inst, active) -> np.ndarray:
+    """Which pixels' surfaces see an object between them and the (directional) light.
+
+    Per object, only pixels inside its shadow's screen box whose light ray passes its bounding
+    sphere are ray cast exactly.
+    """
+    light, size = np.asarray(layout["light"]), cam.size
+    out = np.zeros(len(points), bool)
+    for i in active:
+        o = layout["objects"][i]
+        box = cam.shadow_box(o, light)
+        if box is None:
+            continue
+        rows, cols = np.arange(size)[box[0]], np.arange(size)[box[1]]
+        idx = (rows[:, None] * size + cols[None, :]).ravel()
+        origins = points[idx] + 1e-3 * normals[idx]
+        centre, radius = bounding_sphere(o)
+        rel = centre - origins
+        along = rel @ light
+        near = (along > -radius) & ((rel * rel).sum(1) - along * along <= radius * radius)
+        cand = idx[near & (inst[idx] != i) & ~out[idx]]
+        if len(cand):
+            orig = points[cand] + 1e-3 * normals[cand]
+            t, _ = intersect(o, orig, np.broadcast_to(light, (len(cand), 3)))
+            out[cand[np.isfinite(t)]] = True
+    return out
+
+
+_GAMMA = np.round((np.arange(4096) / 4095) ** (1 / 2.2) * 255).astype(np.float32)
+
+
+def _shade(layout, cam, rays, t_best, inst, kind, hits, active, pix_rng) -> tuple:
+    """Linear-light colours per pixel, then sRGB gamma (a lookup table) and sensor noise."""
+    n_px, objs = len(rays), layout["objects"]
+    points = cam.position + np.where(kind == 0, 0.0, t_best)[:, None] * rays
+    normals = np.zeros((n_px, 3))
+    ground, wall = np.flatnonzero(kind == 1), np.flatnonzero(kind == 2)
+    normals[ground] = (0.0, 1.0, 0.0)
+    normals[wall] = (0.0, 0.0, -1.0)
+    for i in active:
+        idx, _, n = hits[i]
+        sel = inst[idx] == i
+        normals[idx[sel]] = n[sel]
+    light = np.asarray(layout["light"])
+    lit = np.clip(normals @ light, 0, None) * ~_shadowed(layout, cam, points, normals, inst, active)
+    amb = layout["ambient"]
+    rgb = np.zeros((n_px, 3))
+    low, high = (_linear(c) for c in GROUNDS[layout["ground"]])
+    tex = _texture(layout["ground_texture"], points[ground, 0], points[ground, 2],
+                   layout["ground_scale"], layout["noise_seed"])
+    rgb[ground] = (low + (high - low) * tex[:, None]) * (amb + (1 - amb) * lit[ground, None])
+    if layout["wall"]:
+        bricks = _texture("checkered", points[wall, 0], points[wall, 1] * 2, 1.0, 0)
+        rgb[wall] = _linear(WALLS[layout["wall"]]) * (0.9 + 0.1 * bricks[:, None]) * \
+            (amb + (1 - amb) * lit[wall, None])
+    zenith, horizon = (_linear(c) for c in SKIES[layout["sky"]])
+    sky = np.flatnonzero(kind == 0)
+    rgb[sky] = horizon + (zenith - horizon) * np.clip(rays[sky, 1:2] * 2.5, 0, 1)
+    for i in active:
+        o, (idx, _, _) = objs[i], hits[i]
+        px = idx[inst[idx] == i]
+        colour = _linear(COLOURS[o["colour"]]) * (1 + pix_rng.uniform(-0.05, 0.05, 3))
+        if o["pattern"] != "plain":
+            local = (points[px] - (o["x"], o["base_y"], o["z"])) / o["extent"]
+            bands = np.floor(local[:, 1] * 2.5) if o["pattern"] == "striped" else \
+                np.floor(local * 2).sum(1)
+            colour = colour * np.where(bands % 2 == 1, 0.45, 1.0)[:, None]
+        diffuse, strength, shininess, mirror = MATERIALS[o["material"]]
+        n, lt = normals[px], lit[px]
+        shade = colour * (diffuse * (amb + (1 - amb) * lt[:, None]))
+        if strength:
+            half = light - rays[px]
+            half /= np.linalg.norm(half, axis=1, keepdims=True)
+            shade += (strength * np.clip((n * half).sum(1), 0, None) ** shininess * (lt > 0))[:, None]
+        if mirror:  # metal mirrors the sky above and the floor below
+            up = (rays[px, 1] - 2 * (rays[px] * n).sum(1) * n[:, 1]) > 0
+            shade += mirror * colour * np.where(up[:, None], (zenith + horizon) / 2, (low + high) / 2)
+        rgb[px] = shade
+    image = _GAMMA[(np.clip(rgb, 0, 1) * 4095).astype(np.int32)]
+    image += 1.5 * pix_rng.standard_normal(image.shape, dtype=np.float32)
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8), normals
+
+
+def render_layout(layout: dict, *, seed: int = 0, web_noise: float = 0.3) -> dict:
+    """Draw a layout (see `sample_layout`); the module docstring lists what comes back."""
+    size = layout["size"]
+    _, pix_rng, cap_rng = _rngs(seed)
+    cam = Camera(size, layout["camera"]["height"], layout["camera"]["pitch"], HALF_FOV)
+    rays = cam.rays()
+    t_best, inst, kind, hits, active, visible = _cast(layout, cam, rays)
+    image, normals = _shade(layout, cam, rays, t_best, inst, kind, hits, active, pix_rng)
+    ids = {i: k + 1 for k, i in enumerate(active)}  # instance ids in the kept objects' order
+    objects = []
+    for i in active:
+        o = layout["objects"][i]
+        h = HEIGHT[o["shape"]] * o["extent"]
+        u, v, _ = cam.project([o["x"], o["base_y"] + h / 2, o["z"]])[0]
+        objects.append({**o, "class_id": CLASSES.index(o["shape"]), "id": ids[i],
+                        "on": ids[o["on"]] if o["on"] is not None else 0,
+                        "u": float(u), "v": float(v),
+                        "depth": float(cam.project([o["x"], 0.0, o["z"]])[0, 2]),
+                        "area": int(len(hits[i][0])), "visible_pixels": int(visible[i])})
+    lut = np.zeros(len(layout["objects"]) + 1, np.uint8)
+    for i in active:
+        lut[i + 1] = ids[i]
+    instances = lut[inst + 1]
+    classes = np.array([0] + [CLASSES.index(o["shape"]) for o in layout["objects"]], np.uint8)
+    depth = np.where(kind == 0, 0.0, t_best * (rays @ cam.forward)).astype(np.float32)
+    cam_normals = np.where((kind == 0)[:, None], 0.0, cam.to_camera(normals)).astype(np.float32)
+    behind = f"in front of a {layout['wall']} wall" if layout["wall"] else \
+        f"under {captions.article(layout['sky'])}"
+    setting = f"on a {layout['ground_texture']} {layout['ground']} floor {behind}"
+    label = max(objects, key=lambda o: o["visible_pixels"])["class_id"] if objects else 0
+    return {
+        "image": image.reshape(size, size, 3),
+        "segmentation": classes[inst + 1].reshape(size, size),
+        "instances": instances.reshape(size, size),
+        "depth": depth.reshape(size, size),
+        "normals": cam_normals.reshape(size, size, 3),
+        "label": int(label), "objects": objects, "camera": cam, "setting": setting,
+        "web_caption": captions.web_caption(cap_rng, objects, web_noise),
+        "synthetic_caption": captions.synthetic_caption(cap_rng, objects, setting, size, DEPTH_RANGE),
+    }
+
+
+def render_scene(seed: int, size: int = 112, max_objects: int = 4, web_noise: float = 0.3) -> dict:
+    """Render scene `seed`; see the module docstring for what comes back."""
+    for attempt in range(100):  # a layout whose objects are all clipped away is drawn again
+        scene = render_layout(sample_layout(seed, size, max_objects, attempt), seed=seed,
+                              web_noise=web_noise)
+        if scene["objects"]:
+            return scene
+    raise RuntimeError(f"scene {seed}: no layout with a visible object at size {size}")
+
+
+def caption_tags(*captions_: str | None) -> list[str]:
+    """Sorted shape, colour, material and pattern words in any caption (plurals folded)."""
+    words = set()
+    for c in captions_:
+        for w in re.findall(r"[a-z]+", (c or "").lower()):
+            if w in _TAG_ALIASES:
+                words.add(_TAG_ALIASES[w])
+    return sorted(words)
+
+
+def scene_row(seed: int, split: str, size: int = 112, **kw) -> dict:
+    """One row in the shard schema, with every eval column (see shards.py for the encodings)."""
+    s = render_scene(seed, size=size, **kw)
+    depth_mm = np.clip(np.rint(s["depth"] * 1000.0), 0, 65535).astype(np.uint16)
+    return {
+        "key": f"{split}-{seed:08d}",
+        "image": encode_png(s["image"]),
+        "web_caption": s["web_caption"],
+        "synthetic_caption": s["synthetic_caption"],
+        "tags": caption_tags(s["web_caption"], s["synthetic_caption"]),
+        "width": size,
+        "height": size,
+        "label": s["label"],
+        "segmentation": encode_png(s["segmentation"]),
+        "depth": encode_png(depth_mm),
+        "instances": encode_png(s["instances"]),
+        "normals": encode_normals(s["normals"]),
+    }
+
+
+def split_seeds(n: int, *, split: str = "train", seed: int = 0) -> range:
+    """The scene seeds of a split; different splits never overlap."""
+    if split not in SPLIT_OFFSETS:
+        raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLIT_OFFSETS)}")
+    if n < 0 or seed < 0 or seed + n > SPLIT_STRIDE:
+        raise ValueError(f"need 0 <= seed and seed + n <= {SPLIT_STRIDE}, got seed={seed}, n={n}")
+    start = SPLIT_OFFSETS[split] + seed
+    return range(start, start + n)
+
+
+def scenes_source(split: str, seed: int, size: int, web_noise: float = 0.3,
+                  max_objects: int = 4) -> str:
+    """The manifest's `source`: everything the rows depend on besides the code."""
+    return f"scenes:{split}:seed={seed}:size={size}:web_noise={web_noise}:max_objects={max_objects}"
+
+
+def _write_chunk(out_dir: str, index: int, first_seed: int, count: int, kw: dict) -> dict:
+    split = kw["split"]
+    rows = [scene_row(s, split, size=kw["size"], web_noise=kw["web_noise"],
+                      max_objects=kw["max_objects"]) for s in range(first_seed, first_seed + count)]
+    return write_shard(rows, out_dir, index)
+
+
+def generate_scenes(out_dir: str, n: int, *, split: str = "train", seed: int = 0, size: int = 112,
+                    rows_per_shard: int = 256, web_noise: float = 0.3, max_objects: int = 4,
+                    parallel: bool | None = None) -> dict:
+    """Render `n` scenes of `split` into Parquet shards in `out_dir` (local or s3://); return the
+    manifest. With Ray initialised (or `parallel=True`), one Ray task renders and writes each
+    shard; the bytes are the same as the serial path's, shard for shard."""
+    if rows_per_shard < 1:
+        raise ValueError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
+    if not 0.0 <= web_noise <= 1.0:
+        raise ValueError(f"web_noise must be in [0, 1], got {web_noise}")
+    seeds = split_seeds(n, split=split, seed=seed)
+    chunks = [seeds[i:i + rows_per_shard] for i in range(0, n, rows_per_shard)]
+    kw = {"split": split, "size": size, "web_noise": web_noise, "max_objects": max_objects}
+    storage.make_dirs(out_dir)
+    if parallel is None:
+        import ray
+
+        parallel = ray.is_initialized()
+    if parallel and chunks:
+        import ray
+
+        env = storage.aws_env()  # Ray workers do not see variables set after ray.init
+        task = ray.remote(num_cpus=1)(_write_chunk)
+        if env:
+            task = task.options(runtime_env={"env_vars": env})
+        shards = ray.get([task.remote(out_dir, i, c.start, len(c), kw) for i, c in enumerate(chunks)])
+    else:
+        shards = [_write_chunk(out_dir, i, c.start, len(c), kw) for i, c in enumerate(chunks)]
+    return write_manifest(out_dir, shards,
+                          source=scenes_source(split, seed, size, web_noise, max_objects))
+
+
+def benchmark(size: int = 224, n: int = 100) -> dict:
+    """Scenes per second on one core: rendering alone, and whole shard rows (PNG encoding too).
+
+    Rates per CPU-second of this process are given beside wall-clock rates, since a busy machine
+    stretches wall time but not the CPU time one core spends.
+    """
+    import time
+
+    render_scene(0, size=size)  # warm up
+    out = {"size": size, "scenes": n}
+    for name, fn in (("render", lambda s: render_scene(s, size=size)),
+                     ("row", lambda s: scene_row(s, "train", size=size))):
+        wall, cpu = time.perf_counter(), time.process_time()
+        for s in range(n):
+            fn(s)
+        out[f"{name}_per_s"] = round(n / (time.perf_counter() - wall), 2)
+        out[f"{name}_per_cpu_s"] = round(n / (time.process_time() - cpu), 2)
+    return out
+
+
+if __name__ == "__main__":
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description="procedural scenes: speed on one core")
+    parser.add_argument("--bench", action="store_true", help="print scenes/s per core")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--n", type=int, default=100)
+    args = parser.parse_args()
+    if not args.bench:
+        parser.error("nothing to do: pass --bench")
+    print(json.dumps(benchmark(args.size, args.n)))

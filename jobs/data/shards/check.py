@@ -1,0 +1,122 @@
+"""``tipslab data check``: what is in a shard set, and what is broken, in one streaming pass.
+
+Every image is decoded (a truncated file shows only then), its header checked against the pixel
+bound, and its size compared with the row's ``width``/``height``. Caption lengths are in words.
+The report's keys are stable (``tipslab data check --json`` is for scripts); distributions are
+``{"min", "median", "p95", "max"}``, with nulls when there is nothing to measure.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from tipslab.jobs.data.shards.rewrite import iter_rows
+from tipslab.jobs.data.shards.rows import KEPT_KEYS, BadRow, BadRows, verify_image
+from tipslab.jobs.data.shards.format import read_manifest, shard_files
+from tipslab.jobs.storage import exists, join, read_bytes
+from tipslab.jobs.data.enrichment.tags import VOCAB_NAME
+
+CAPTION_COLUMNS = ("web_caption", "synthetic_caption")
+
+
+def distribution(values: list[float]) -> dict:
+    if not values:
+        return {"min": None, "median": None, "p95": None, "max": None}
+    a = np.asarray(values, dtype=np.float64)
+    return {"min": float(a.min()), "median": float(np.median(a)),
+            "p95": float(np.percentile(a, 95)), "max": float(a.max())}
+
+
+def check_shards(shards: str, *, max_pixels: int) -> dict:
+    """The report of ``tipslab data check`` for the shard set at ``shards``."""
+    manifest = read_manifest(shards)
+    bad = BadRows()
+    seen: set[str] = set()
+    duplicates: list[str] = []
+    n_duplicates = 0
+    missing = {c: 0 for c in CAPTION_COLUMNS}
+    missing_all = 0
+    words: dict[str, list[int]] = {c: [] for c in CAPTION_COLUMNS}
+    widths, heights = [], []
+    tagged, tag_count, distinct_tags = 0, 0, set()
+    rows = 0
+    for row in iter_rows(shards):
+        rows += 1
+        key = row["key"]
+        if key in seen:
+            n_duplicates += 1
+            if len(duplicates) < KEPT_KEYS:
+                duplicates.append(key)
+        seen.add(key)
+        bad.seen()
+        try:
+            width, height = verify_image(row["image"], key, max_pixels)
+            if (width, height) != (row["width"], row["height"]):
+                raise BadRow(key, "wrong_size", f"image is {width}x{height}, row says "
+                                                f"{row['width']}x{row['height']}")
+            widths.append(width)
+            heights.append(height)
+        except BadRow as err:
+            bad.add(err)
+        present = 0
+        for column in CAPTION_COLUMNS:
+            text = row.get(column)
+            if text is None or not text.strip():
+                missing[column] += 1
+            else:
+                present += 1
+                words[column].append(len(text.split()))
+        missing_all += present == 0
+        tags = row.get("tags") or []
+        tagged += bool(tags)
+        tag_count += len(tags)
+        distinct_tags.update(tags)
+
+    vocab_path = join(shards, VOCAB_NAME)
+    vocab_size = None
+    if exists(vocab_path):
+        vocab_size = sum(1 for line in read_bytes(vocab_path).decode().splitlines() if line.strip())
+    report = bad.to_dict()
+    return {
+        "shards": shards,
+        "rows": rows,
+        "shard_files": len(shard_files(shards)),
+        "content_hash": manifest["content_hash"],
+        "bad_images": {"count": report["bad"], "by_reason": report["counts"],
+                       "keys": report["keys"], "examples": report["examples"]},
+        "duplicate_keys": {"count": n_duplicates, "keys": duplicates},
+        "missing_captions": {**missing, "all": missing_all},
+        "image_width": distribution(widths),
+        "image_height": distribution(heights),
+        "caption_words": {c: distribution(words[c]) for c in CAPTION_COLUMNS},
+        "tags": {"rows_with_tags": round(tagged / rows, 4) if rows else 0.0,
+                 "mean_per_row": round(tag_count / rows, 3) if rows else 0.0,
+                 "distinct": len(distinct_tags),
+                 "vocab_file": vocab_path if vocab_size is not None else None,
+                 "vocab_size": vocab_size},
+    }
+
+
+def format_report(report: dict) -> str:
+    """The report for people: one line per part."""
+    def dist(d: dict) -> str:
+        if d["min"] is None:
+            return "none"
+        return f"min {d['min']:g}, median {d['median']:g}, p95 {d['p95']:g}, max {d['max']:g}"
+
+    bad, tags = report["bad_images"], report["tags"]
+    lines = [
+        f"{report['shards']}: {report['rows']} rows in {report['shard_files']} shards "
+        f"(content hash {report['content_hash'][:12]})",
+        f"bad images: {bad['count']}" + (f" {bad['by_reason']}: {'; '.join(bad['examples'][:5])}"
+                                        if bad["count"] else ""),
+        f"duplicate keys: {report['duplicate_keys']['count']}"
+        + (f" ({', '.join(report['duplicate_keys']['keys'][:5])})" if report["duplicate_keys"]["count"] else ""),
+        "missing captions: " + ", ".join(f"{k} {v}" for k, v in report["missing_captions"].items()),
+        f"image width: {dist(report['image_width'])}",
+        f"image height: {dist(report['image_height'])}",
+        *(f"{c} words: {dist(d)}" for c, d in report["caption_words"].items()),
+        f"tags: {tags['rows_with_tags']:.1%} of rows tagged, {tags['mean_per_row']} per row, "
+        f"{tags['distinct']} distinct; vocabulary "
+        + (f"{tags['vocab_size']} tags in {tags['vocab_file']}" if tags["vocab_file"] else "file: none"),
+    ]
+    return "\n".join(lines)

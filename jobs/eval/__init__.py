@@ -1,0 +1,1 @@
+"""Evaluation on frozen features: the probes, the evaluation datasets, embeddings."""

@@ -1,0 +1,202 @@
+"""Evaluation on frozen features: the paper's probes (jobs/eval/probes) on the probe splits of the
+experiment's shards (the procedural scenes by default) and on standard datasets (jobs/eval/evalsets).
+
+Features come from Ray Data batch inference (jobs/eval/probes/features.py); every trained probe is fit
+on probe-train features only and scored on probe-test. Results are `eval/<dataset>/<metric>`
+(the registry that specs are validated against: `metric_keys`, `metric_goal`), written as JSON
+next to a `features.npz` of a few probe-test images and their patch tokens (the report's PCA maps).
+"""
+import dataclasses
+import io
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from tipslab.jobs.config import EvalConfig
+from tipslab.jobs import storage
+from tipslab.jobs.eval.evalsets import ALL_PROBES
+from tipslab.jobs.eval.evalsets import EvalSet
+from tipslab.jobs.eval.evalsets import check_disjoint
+from tipslab.jobs.eval.evalsets import dataset_probes
+from tipslab.jobs.eval.evalsets import read_standard
+from tipslab.jobs.eval.evalsets import scenes
+from tipslab.jobs.eval.probes import DENSE
+from tipslab.jobs.eval.probes import PROBES
+from tipslab.jobs.eval.probes import ProbeContext
+from tipslab.jobs.eval.probes import SplitFeatures
+from tipslab.jobs.eval.probes import metric_goal
+from tipslab.jobs.eval.probes.features import features
+from tipslab.jobs.eval.probes.features import load_pixels
+from tipslab.jobs.eval.probes.zero_shot import prompts
+
+RESULTS_FILE = "eval_results.json"
+FEATURES_FILE = "features.npz"
+log = logging.getLogger(__name__)
+
+__all__ = ["metric_keys", "metric_goal", "evaluate_checkpoint", "evaluate", "Evaluation"]
+
+
+def settings(eval_cfg: dict) -> dict:
+    """The eval config with every field (checkpoints written before a field existed lack it)."""
+    ev = {**dataclasses.asdict(EvalConfig()), **dict(eval_cfg or {})}
+    unknown = sorted(set(ev["probes"]) - set(ALL_PROBES))
+    if unknown:
+        raise ValueError(f"eval.probes: unknown probes {unknown}; known: {', '.join(ALL_PROBES)}")
+    for key in ("zero_shot_token", "knn_token"):
+        if ev[key] not in ("cls_web", "cls_synthetic"):
+            raise ValueError(f"eval.{key}: {ev[key]!r} is not cls_web or cls_synthetic")
+    return ev
+
+
+def planned(ev: dict) -> list[tuple[str, str | None, tuple[str, ...]]]:
+    """(dataset name, folder or None for the experiment's probe splits, probes) in run order."""
+    plan = [(ev["dataset"], None, tuple(p for p in ALL_PROBES if p in ev["probes"]))] if ev["dataset"] else []
+    for name, path in ev["datasets"].items():
+        try:
+            allowed = dataset_probes(name, is_shards=False)
+        except ValueError as err:
+            raise ValueError(f"eval.datasets.{name}: {err}") from None
+        plan.append((name, path, tuple(p for p in allowed if p in ev["probes"])))
+    return plan
+
+
+def metric_keys(eval_cfg: dict) -> set[str]:
+    """The registry: every metric key this evaluation configuration produces."""
+    return {f"eval/{name}/{metric}" for name, _, probes in planned(settings(eval_cfg))
+            for probe in probes for metric in PROBES[probe].METRICS}
+
+
+def retrieval_token(exp: dict) -> str:
+    token = exp["eval"]["retrieval_token"]
+    if token != "auto":
+        return token
+    dual = exp["loss"]["caption_mode"] == "dual_cls"
+    return "cls_synthetic" if dual and exp["eval"]["retrieval_caption"] == "synthetic_caption" else "cls_web"
+
+
+def cls_tokens(exp: dict, ev: dict, shards: bool) -> dict[str, str]:
+    """Which CLS token serves each global probe. Human captions (COCO, Flickr30k) are compared with
+    CLS_1, as in the paper, unless eval.retrieval_token names one."""
+    retrieval = retrieval_token({**exp, "eval": ev}) if shards or ev["retrieval_token"] != "auto" else "cls_web"
+    return {"retrieval": retrieval, "zero_shot": ev["zero_shot_token"], "knn": ev["knn_token"]}
+
+
+def load_data(name: str, path: str | None, exp: dict, ev: dict) -> EvalSet:
+    size = exp["model"]["image_size"]
+    if path is None:
+        return scenes.read(exp["data"]["root"], size, name, ev["probe_train_split"], ev["probe_test_split"],
+                           ev["retrieval_caption"])
+    return read_standard(name, path, size)
+
+
+def why_not(probe: str, es: EvalSet) -> str | None:
+    """Why `probe` cannot run on this data, or None."""
+    module = PROBES[probe]
+    if probe in es.unavailable:
+        return es.unavailable[probe]
+    splits = [("probe-test", es.test)] + ([("probe-train", es.train)] if module.TRAINED else [])
+    for split_name, split in splits:
+        if split is None:
+            return f"it has no {split_name} split"
+        missing = [f for f in module.NEEDS if getattr(split, f) is None]
+        if missing:
+            return f"its {split_name} split has no {', '.join(missing)}"
+    if probe == "zero_shot" and not any(n is not None for n in es.class_names):
+        return "it has no class names"
+    return None
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # "<dataset>/<probe>" -> why
+    seconds: dict[str, float] = field(default_factory=dict)  # "<dataset>/features", "<dataset>/<probe>"
+
+
+def extract(checkpoint: str, es: EvalSet, runnable: list[str], ev: dict, size: int, patches: bool):
+    """(probe-train features or None, probe-test features, zero-shot prompt embeddings or None),
+    from one Ray Data pass over both splits' images and the texts."""
+    train = es.train if any(PROBES[p].TRAINED for p in runnable) else None
+    splits = [es.test] + ([train] if train is not None else [])
+    captions = es.test.captions if "retrieval" in runnable else []
+    prompt_texts = prompts(es.class_names, ev["zero_shot_templates"]) if "zero_shot" in runnable else []
+    feats = features(checkpoint, [k for s in splits for k in s.keys], [im for s in splits for im in s.images],
+                     captions + prompt_texts, size, patches, ev["batch_size"])
+    texts = torch.from_numpy(feats.pop("text"))
+    n = len(es.test)
+    test = SplitFeatures(es.test, {k: torch.from_numpy(v[:n]) for k, v in feats.items()},
+                         texts[:len(captions)] if captions else None)
+    train_feats = SplitFeatures(train, {k: torch.from_numpy(v[n:]) for k, v in feats.items()}) if train else None
+    prompt_emb = None
+    if prompt_texts:
+        prompt_emb = texts[len(captions):].reshape(-1, len(ev["zero_shot_templates"]), texts.shape[-1])
+    return train_feats, test, prompt_emb
+
+
+def evaluate(checkpoint: str, exp: dict, out_dir: str | None = None) -> Evaluation:
+    """Every configured probe on every configured dataset; `checkpoint` is a folder or s3:// URI."""
+    started = time.perf_counter()
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    ev, size, result, pca = settings(exp["eval"]), exp["model"]["image_size"], Evaluation(), None
+    for index, (name, path, probes) in enumerate(planned(ev)):
+        t0 = time.perf_counter()
+        es = load_data(name, path, exp, ev)
+        check_disjoint(es)
+        runnable = []
+        for probe in probes:
+            reason = why_not(probe, es)
+            if reason:
+                log.warning("eval: %s probe on %s skipped: %s", probe, name, reason)
+                result.skipped[f"{name}/{probe}"] = reason
+            else:
+                runnable.append(probe)
+        if not runnable:
+            continue
+        first = index == 0 and ev["pca_images"] > 0  # its probe-test images go to features.npz
+        train, test, prompt_emb = extract(checkpoint, es, runnable, ev, size,
+                                          patches=first or any(p in DENSE for p in runnable))
+        result.seconds[f"{name}/features"] = time.perf_counter() - t0
+        ctx = ProbeContext(es, train, test, ev, cls_tokens(exp, ev, shards=path is None), prompt_emb)
+        for probe in runnable:
+            t0, module = time.perf_counter(), PROBES[probe]
+            model = module.fit(ctx.train, ctx) if module.TRAINED else None  # probe-train rows only
+            for metric, value in module.score(model, ctx.test, ctx).items():
+                result.metrics[f"eval/{name}/{metric}"] = float(value)
+            result.seconds[f"{name}/{probe}"] = time.perf_counter() - t0
+        if first:
+            pca = pca_arrays(es, test, ev["pca_images"], size)
+    result.seconds["total"] = time.perf_counter() - started
+    if out_dir:
+        write_outputs(out_dir, result, pca)
+    return result
+
+
+def pca_arrays(es: EvalSet, test: SplitFeatures, n: int, size: int) -> dict[str, np.ndarray]:
+    """The first n probe-test images (uint8 [n, S, S, 3]) and their patch tokens [n, P, D]."""
+    n = min(n, len(es.test))
+    images = [load_pixels(im, size, k) for im, k in zip(es.test.images[:n], es.test.keys[:n])]
+    return {"keys": np.array(es.test.keys[:n]), "dataset": np.array(es.name),
+            "images": (torch.stack(images).permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy(),
+            "patch_tokens": test.image["patch_tokens"][:n].numpy()}
+
+
+def write_outputs(out_dir: str, result: Evaluation, pca: dict | None) -> None:
+    storage.make_dirs(out_dir)
+    body = {**result.metrics, "perf/eval_seconds": result.seconds["total"]}
+    storage.write_bytes(storage.join(out_dir, RESULTS_FILE), json.dumps(body, indent=2, sort_keys=True).encode())
+    if pca is not None:
+        buf = io.BytesIO()
+        np.savez(buf, **pca)
+        storage.write_bytes(storage.join(out_dir, FEATURES_FILE), buf.getvalue())
+
+
+def evaluate_checkpoint(checkpoint_dir: str, exp: dict, out_dir: str | None = None) -> dict:
+    """Run every probe of `exp["eval"]` on the checkpoint; returns {metric key: value}, plus the
+    evaluation's wall time as `perf/eval_seconds`."""
+    result = evaluate(checkpoint_dir, exp, out_dir)
+    return {**result.metrics, "perf/eval_seconds": result.seconds["total"]}

@@ -1,0 +1,24 @@
+"""What a probe sees: the frozen features of each split, next to that split's labels."""
+from dataclasses import dataclass
+
+import torch
+
+from tipslab.jobs.eval.evalsets import EvalSet
+from tipslab.jobs.eval.evalsets import EvalSplit
+
+
+@dataclass
+class SplitFeatures:
+    split: EvalSplit
+    image: dict[str, torch.Tensor]  # cls_web, cls_synthetic [N, D]; patch_tokens [N, P, D] when extracted
+    text: torch.Tensor | None = None  # [T, D] embeddings of split.captions
+
+
+@dataclass
+class ProbeContext:
+    data: EvalSet
+    train: SplitFeatures | None  # probe-train: the only rows a probe is ever fit on
+    test: SplitFeatures  # probe-test: only ever scored
+    ev: dict  # the eval config
+    tokens: dict[str, str]  # probe -> which CLS token serves it
+    prompts: torch.Tensor | None = None  # [C, K, D] zero-shot prompt embeddings (class x template)

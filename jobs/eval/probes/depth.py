@@ -1,0 +1,68 @@
+"""Linear monocular depth on patch tokens: depth as classification over uniform bins (DINOv2's
+"lin. 1", inferred for TIPS), read out per patch as the probability-weighted mean of the bin
+centres and upsampled bilinearly.
+Scored per image on measured pixels and averaged: RMSE (metres), AbsRel, and δ1 (percent of
+pixels within a factor 1.25)."""
+import torch
+import torch.nn.functional as F
+
+from tipslab.jobs.eval.probes.context import ProbeContext
+from tipslab.jobs.eval.probes.context import SplitFeatures
+from tipslab.jobs.eval.probes.dense import Standardise
+from tipslab.jobs.eval.probes.dense import fit_linear
+from tipslab.jobs.eval.probes.dense import nearest
+from tipslab.jobs.eval.probes.dense import pixels
+from tipslab.jobs.eval.probes.dense import train_size
+
+METRICS = {"depth_rmse": "min", "depth_absrel": "min", "depth_delta1": "max"}
+NEEDS = ("depth",)
+TRAINED = True
+
+
+def bin_centres(bins: int, depth_max: float) -> torch.Tensor:
+    return (torch.arange(bins) + 0.5) * depth_max / bins
+
+
+def to_bins(depth: torch.Tensor, bins: int, depth_max: float) -> torch.Tensor:
+    """Bin index per pixel; -100 (ignored) where nothing was measured."""
+    idx = (depth / depth_max * bins).long().clamp(0, bins - 1)
+    return torch.where(depth > 0, idx, torch.full_like(idx, -100))
+
+
+def depth_metrics(pred: torch.Tensor, gt: torch.Tensor) -> dict:
+    """Per-image metrics over measured pixels (gt > 0), averaged over images that have any."""
+    rmse, absrel, delta1 = [], [], []
+    for p, g in zip(pred, gt):
+        valid = g > 0
+        if not valid.any():
+            continue
+        p, g = p[valid].clamp(min=1e-3), g[valid]
+        rmse.append(((p - g) ** 2).mean().sqrt())
+        absrel.append(((p - g).abs() / g).mean())
+        delta1.append((torch.maximum(p / g, g / p) < 1.25).float().mean() * 100)
+    return {"depth_rmse": torch.stack(rmse).mean().item(), "depth_absrel": torch.stack(absrel).mean().item(),
+            "depth_delta1": torch.stack(delta1).mean().item()}
+
+
+def fit(train: SplitFeatures, ctx: ProbeContext) -> dict:
+    ev, norm = ctx.ev, Standardise(train.image["patch_tokens"])
+    grid = norm(train.image["patch_tokens"])
+    size = train_size(ev, grid)
+    depth = torch.from_numpy(train.split.depth)
+    depth_max = ev["depth_max"] or ctx.data.depth_max or float(depth.max())
+    target = to_bins(nearest(depth, size), ev["depth_bins"], depth_max)
+    probe = fit_linear(pixels(grid, size), target.flatten(), ev["depth_bins"],
+                       ev["depth_probe_epochs"], ev["depth_probe_lr"])
+    return {"norm": norm, "probe": probe, "depth_max": depth_max}
+
+
+@torch.no_grad()
+def score(model: dict, test: SplitFeatures, ctx: ProbeContext) -> dict:
+    gt = torch.from_numpy(test.split.depth)
+    centres = bin_centres(ctx.ev["depth_bins"], model["depth_max"])
+    grid = model["norm"](test.image["patch_tokens"])
+    # Depth is read out on the patch grid and the depth map upsampled: upsampling 256-bin logits to
+    # every pixel first costs ~100x more and moves the metrics little.
+    patch_depth = model["probe"](grid.permute(0, 2, 3, 1)).softmax(-1) @ centres
+    pred = F.interpolate(patch_depth[:, None], size=gt.shape[1:], mode="bilinear", align_corners=False)[:, 0]
+    return depth_metrics(pred, gt)

@@ -1,0 +1,29 @@
+"""Zero-shot classification: each class name goes through every prompt template and the text
+tower; the normalised embeddings are averaged per class (CLIP's ensembling), and each probe-test
+image takes the class nearest to its CLS embedding. Top-1 accuracy in percent."""
+import torch
+import torch.nn.functional as F
+
+from tipslab.jobs.eval.probes.context import ProbeContext
+from tipslab.jobs.eval.probes.context import SplitFeatures
+
+METRICS = {"zero_shot_top1": "max"}
+NEEDS = ("labels",)
+TRAINED = False
+
+
+def prompts(class_names: list[str | None], templates: list[str]) -> list[str]:
+    """Class-major: the prompts of class c are [c * len(templates), (c + 1) * len(templates))."""
+    return [t.format(name) for name in class_names if name is not None for t in templates]
+
+
+def classify(image_emb: torch.Tensor, prompt_emb: torch.Tensor) -> torch.Tensor:
+    """prompt_emb [C, K, D] -> the index (among C) of each image's class."""
+    classes = F.normalize(F.normalize(prompt_emb.float(), dim=-1).mean(dim=1), dim=-1)
+    return (F.normalize(image_emb.float(), dim=-1) @ classes.T).argmax(dim=1)
+
+
+def score(model, test: SplitFeatures, ctx: ProbeContext) -> dict:
+    candidates = torch.tensor([i for i, n in enumerate(ctx.data.class_names) if n is not None])
+    pred = candidates[classify(test.image[ctx.tokens["zero_shot"]], ctx.prompts)]
+    return {"zero_shot_top1": (pred == torch.from_numpy(test.split.labels)).float().mean().item() * 100}

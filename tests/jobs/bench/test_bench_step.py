@@ -1,0 +1,49 @@
+"""The benchmarked step (jobs/bench/step.py): it is the training step, and its figures are sane."""
+import pytest
+import torch
+from conftest import REPO
+
+from tipslab.jobs.bench.step import COMPONENTS, Clock, StepParts, step_benchmark, synthetic_batch, timed_step
+from tipslab.jobs.bench.flops import flops_per_image
+from tipslab.jobs.train.step import tips_step
+from tipslab.orchestrator.config import load_experiment, to_dict
+
+TINY = REPO / "ablations" / "base" / "tips_tiny.yaml"
+KW = {"teacher_temp": 0.04, "momentum": 0.9, "grad_clip": 1.0}
+
+
+def test_the_marked_step_computes_exactly_what_tips_step_computes(one_torch_thread):
+    exp = to_dict(load_experiment(TINY))
+    plain, timed = StepParts(exp), StepParts(exp)
+    batch = synthetic_batch(exp, 4)
+    assert batch["global_crop"].dtype == torch.uint8  # as the training views ship them
+    for step in range(2):
+        tips_step(plain.model, plain.student, plain.teacher, plain.objective, plain.optimizer, batch, step=step, **KW)
+        clock = Clock(timed.device)
+        text = timed.student.text
+        text.register_forward_pre_hook(clock.enter_text)
+        text.register_forward_hook(clock.leave_text)
+        timed_step(timed, batch, clock, step=step, **KW)
+    for (name, a), b in zip(plain.student.state_dict().items(), timed.student.state_dict().values()):
+        assert torch.equal(a, b), name
+    for a, b in zip(plain.teacher.state_dict().values(), timed.teacher.state_dict().values()):
+        assert torch.equal(a, b)
+    assert plain.student.state_dict()["vision.pos_embed"].ne(StepParts(exp).student.state_dict()["vision.pos_embed"]).any()
+    assert all(clock.laps[c] > 0 for c in COMPONENTS if c != "data_to_device")
+    assert clock.text > 0 and clock.laps["text_fwd"] == clock.text
+
+
+def test_step_figures_are_sane(one_torch_thread):
+    exp = to_dict(load_experiment(TINY))
+    r = step_benchmark(exp, batch_size=4, repeats=3)
+    assert (r["device_kind"], r["precision"], r["fused_adamw"], r["threads"]) == ("cpu", "fp32", False, 1)
+    assert r["images_per_s"] == pytest.approx(4 / r["step_s"]) and r["images_per_s"] > 0
+    assert r["flops_per_image"] == pytest.approx(flops_per_image(exp, batch_size=4))
+    assert 0 < r["mfu"] < 1 and r["burst"] == 1 and r["peak_gpu_mem_gb"] is None
+    assert r["mfu"] == pytest.approx(r["flops_per_step"] / r["step_s"] / r["peak_flops"])
+    assert r["peak_source"] == "measured 1024x1024 fp32 matmul peak"
+    assert all(r[f"{c}_s"] > 0 for c in COMPONENTS if c != "data_to_device") and r["data_to_device_s"] >= 0
+    # The components, timed behind marks, add up to the step as the training loop runs it, timed
+    # alone right before them. Generous bounds: the machine is shared; a component missing from the
+    # timed sequence (backward alone is over a third of the step) would fall outside them.
+    assert 0.7 < r["components_over_step"] < 1.4

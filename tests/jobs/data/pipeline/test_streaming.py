@@ -1,0 +1,139 @@
+"""The training input pipeline (jobs/data/pipeline/streaming.py): how a rank's files become blocks and views,
+and how every input row is counted."""
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from conftest import REPO, spoil_rows, tiny_overrides
+
+from tipslab.jobs.data.pipeline.streaming import BATCHES_PER_BLOCK, COUNT_COLUMNS, TRAIN_COLUMNS, PositionedViews, key_ids, plan_epoch, rank_dataset, read_blocks, split_dir, train_shards, views_actors
+from tipslab.jobs.data.scenes.render import generate_scenes, scene_row
+from tipslab.jobs.data.pipeline.views import BAD_ROW_COLUMNS, TIPSViews
+from tipslab.models.tokenizer import HashTokenizer
+from tipslab.orchestrator.config import load_experiment, to_dict
+
+BASE = REPO / "ablations" / "base" / "tips_tiny.yaml"
+# How a row is spoiled, and the counter it must land in.
+SPOIL = {"not_an_image": ("image", b"not an image"), "truncated": ("image", b"\x89PNG\r\n\x1a\n truncated"),
+         "empty_caption": ("web_caption", "   ")}
+
+
+def test_read_blocks_give_every_views_actor_work():
+    assert BATCHES_PER_BLOCK == 4
+    assert read_blocks(rows=512, files=2, batch_size=32, actors=2) == 4  # 16 batches, 4 per block
+    assert read_blocks(rows=4096, files=16, batch_size=32, actors=2) == 32
+    assert read_blocks(rows=64, files=1, batch_size=32, actors=2) == 2  # a block per actor...
+    assert read_blocks(rows=20, files=1, batch_size=32, actors=4) == 1  # ...while each has a batch
+    assert read_blocks(rows=96, files=12, batch_size=8, actors=1) == 12  # never fewer than the files
+
+
+def test_views_actors_follow_the_ranks_cpus():
+    assert [views_actors(c) for c in (0.25, 0.5, 1, 1.5, 2, 8)] == [1, 1, 1, 1, 2, 8]
+
+
+def tiny_exp(root, batch: int, actor_rows: int = 0) -> dict:
+    """actor_rows: data.views_actor_rows (0: the views in an actor pool, whatever the epoch's size)."""
+    return to_dict(load_experiment(BASE, tiny_overrides(**{
+        "data.root": str(root), "data.batch_size": batch, "model.image_size": 56, "data.local_crop_size": 28,
+        "data.views_actor_rows": actor_rows})))
+
+
+def one_shard(exp: dict, rows: int, spoiled: dict[int, str] | None = None):
+    """A training split of one shard file of `rows` scenes, rows `spoiled` made bad ({row: reason})."""
+    path = split_dir(exp["data"]["root"], exp["data"]["train_split"])
+    generate_scenes(path, rows, size=56, rows_per_shard=rows, parallel=False)
+    shards = train_shards(exp)
+    if spoiled:
+        spoil_rows(shards[0].file, {i: SPOIL[reason] for i, reason in spoiled.items()})
+    return shards
+
+
+@pytest.mark.parametrize("actor_rows", [0, 97], ids=["actor pool", "tasks below views_actor_rows"])
+def test_a_ranks_file_is_read_in_blocks_for_parallel_views_in_file_order(ray_session, tmp_path, actor_rows):
+    # One file of 96 rows, batches of 8, 2 CPUs: Ray Data's default reader would make one block and
+    # one views call of it; the read splits it into 96 / (8 * 4) = 3 blocks for 2 views actors (or
+    # tasks, for an epoch under data.views_actor_rows), in order.
+    rows, batch = 96, 8
+    exp = tiny_exp(tmp_path, batch, actor_rows)
+    shards = one_shard(exp, rows)
+    ds = rank_dataset(exp, plan_epoch(shards, seed=0, epoch=0, world_size=1), rank=0, cpus=2).materialize()
+    assert ds.num_blocks() == 3  # a views call per block, on either actor
+    out = ds.take_batch(rows, batch_format="numpy")
+    # preserve_order: the rows come in file order (the resumable position is a row count)
+    keys = pq.read_table(shards[0].file, columns=["key"]).column("key").to_pylist()
+    np.testing.assert_array_equal(out["key_id"], key_ids(keys))
+    assert out["global_crop"].dtype == np.uint8
+    # every views batch's input is counted on its last row
+    assert out["rows_done"].sum() == out["rows_seen"].sum() == rows and out["bad_rows"].sum() == 0
+    assert np.flatnonzero(out["rows_done"]).tolist() == list(range(batch - 1, rows, batch))
+
+
+def views_of(**kw) -> PositionedViews:
+    def make_views():
+        return TIPSViews(image_size=56, patch_size=14, local_crops=1, local_crop_size=28, global_crop_scale=[0.8, 1.0],
+                         local_crop_scale=[0.3, 0.5], mask_ratio=0.5, tokenizer=HashTokenizer(100, 8))
+    return PositionedViews(make_views, **kw)
+
+
+def block_of(first: int, n: int, bad: set[int]) -> dict:
+    rows = [scene_row(s, "train", size=56) for s in range(first, first + n)]
+    for i in bad:
+        rows[i - first]["image"] = b"not an image"
+    return {k: np.array([r[k] for r in rows], dtype=object) for k in TRAIN_COLUMNS}
+
+
+def totals(batches) -> dict:
+    return {c: int(sum(b[c].sum() for b in batches)) for c in COUNT_COLUMNS}
+
+
+def test_batches_without_rows_pass_their_counts_on_within_the_block_and_to_the_next():
+    v = views_of(batch_size=4)
+    # 5 batches of 4: the first, the middle and the last two have no good row
+    bad = set(range(0, 4)) | set(range(8, 12)) | set(range(12, 20))
+    out = list(v(block_of(0, 20, bad)))
+    assert [len(b["masks"]) for b in out] == [4]  # only batch 2 (rows 4..7) has rows
+    assert totals(out)["rows_done"] == 20 and totals(out)["bad_rows"] == 16 and totals(out)["rows_seen"] == 20
+    assert out[0]["rows_done"].tolist() == [0, 0, 0, 20]  # on the last row, with the counters
+    # a block without one good row hands its counters to the actor's next call, which Ray Data may
+    # run out of order: its rows_done stays behind (a replay of its file after a restart, not a skip)
+    assert list(v(block_of(20, 6, set(range(20, 26))))) == []
+    later = list(v(block_of(26, 6, {31})))
+    assert [len(b["masks"]) for b in later] == [4, 1]
+    assert totals(later) == {**dict.fromkeys(COUNT_COLUMNS, 0), "rows_seen": 12, "bad_rows": 7,
+                             "bad_not_an_image": 7, "rows_done": 6}
+    assert [b["rows_seen"].tolist() for b in later] == [[0, 0, 0, 10], [2]]  # 6 carried in, then 4 + 2
+    assert [b["rows_done"].tolist() for b in later] == [[0, 0, 0, 4], [2]]
+
+
+def test_shared_files_count_other_ranks_rows_as_done_but_not_seen():
+    block = block_of(0, 16, set())
+    ids = key_ids(block["key"])
+    outs = [list(views_of(batch_size=4, rank=r, world_size=2, share=True)(block)) for r in (0, 1)]
+    for r, out in enumerate(outs):
+        np.testing.assert_array_equal(np.concatenate([b["key_id"] for b in out]), ids[ids % 2 == r])
+    assert sum(totals(out)["rows_seen"] for out in outs) == 16  # each row seen by one rank
+    assert [totals(out)["rows_done"] for out in outs] == [16, 16]  # each rank is through the block
+
+
+def test_every_bad_row_is_counted_through_the_pipeline_on_ray(ray_session, tmp_path):
+    # 96 rows in 3 read blocks of 32 (4 views batches of 8) on 2 actors. Bad rows fill a whole views
+    # batch at the end of the first block (24..31), one at the start of the last (64..71) and the
+    # last of the file (88..95), plus a few in batches that keep good rows.
+    rows, batch = 96, 8
+    spoiled = {i: "not_an_image" for i in range(24, 32)}
+    spoiled.update({i: "truncated" for i in range(64, 72)})
+    spoiled.update({i: "empty_caption" for i in range(88, 96)})
+    spoiled.update({3: "truncated", 40: "empty_caption", 41: "not_an_image"})
+    exp = tiny_exp(tmp_path, batch)
+    shards = one_shard(exp, rows, spoiled)
+    ds = rank_dataset(exp, plan_epoch(shards, seed=0, epoch=0, world_size=1), rank=0, cpus=2)
+    out = ds.take_batch(rows, batch_format="numpy")
+    written = {f"bad_{r}": sum(1 for v in spoiled.values() if v == r) for r in ("not_an_image", "truncated",
+                                                                                   "empty_caption")}
+    counted = {c: int(out[c].sum()) for c in COUNT_COLUMNS}
+    assert counted == {**dict.fromkeys(BAD_ROW_COLUMNS, 0), **written, "rows_seen": rows,
+                       "bad_rows": len(spoiled), "rows_done": rows}
+    assert len(out["masks"]) == rows - len(spoiled)
+    good = [i for i in range(rows) if i not in spoiled]  # the good rows, in file order
+    keys = pq.read_table(shards[0].file, columns=["key"]).column("key").to_pylist()
+    kept = out["key_id"] != -1
+    np.testing.assert_array_equal(out["key_id"][kept], key_ids([keys[i] for i in good])[kept])

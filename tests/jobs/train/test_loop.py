@@ -1,0 +1,117 @@
+"""The Ray Train job on the shared local Ray instance: two CPU workers (gloo, DDP)."""
+import pytest
+import torch
+from conftest import REPO, spoil_rows, tiny_overrides
+
+from tipslab.jobs.data.pipeline.prepare import ensure_scenes
+from tipslab.jobs.train.loop import build_trainer
+from tipslab.models.checkpoint import load_state, load_student
+from tipslab.orchestrator.config import load_experiment, to_dict
+
+BASE = REPO / "ablations" / "base" / "tips_tiny.yaml"
+
+
+def experiment(**extra) -> dict:
+    config = to_dict(load_experiment(BASE, tiny_overrides(**extra)))
+    ensure_scenes(config)
+    return config
+
+
+def test_two_workers_train_report_and_checkpoint(ray_session, home):
+    config = experiment(**{"train.num_workers": 2, "train.cpus_per_worker": 0.5, "train.checkpoint_every": 2})
+    result = build_trainer(config, name="ddp", storage_path=str(home / "ray")).fit()
+    history = result.metrics_dataframe
+    # Ray Train V2 keeps the metrics reported with the retained checkpoints (every 2 steps, last 2 kept)
+    assert list(history["step"]) == [4, 6]
+    assert {"train/loss", "train/clip", "train/distill", "train/mim", "perf/images_per_s", "perf/data_wait_frac"} <= set(history)
+    assert history["train/loss"].notna().all() and (history["perf/images_per_s"] > 0).all()
+    assert 0 <= history["perf/data_wait_frac"].max() <= 1
+    # checkpoints every 2 steps, the last two kept
+    assert len(result.best_checkpoints) == 2
+    with result.checkpoint.as_directory() as d:
+        state = load_state(d)
+        student, tokenizer, saved = load_student(d)
+    assert state["step"] == 6 and saved == config and tokenizer.max_len == config["model"]["max_text_len"]
+    assert state["teacher"] is not None and set(state["objective"]) == {"distill.targets.center", "mim.targets.center"}
+    # the teacher moved towards the student but is not the student
+    t = state["teacher"]["vision.pos_embed"]
+    assert not torch.equal(t, state["student"]["vision.pos_embed"])
+
+
+def test_non_finite_loss_stops_the_run_naming_step_and_term(ray_session, home):
+    config = experiment(**{"train.lr": 1e30, "train.warmup_steps": 0, "train.grad_clip": 0, "train.steps": 20})
+    with pytest.raises(Exception, match=r"non-finite loss at step \d+: term '\w+'"):
+        build_trainer(config, name="nan", storage_path=str(home / "ray")).fit()
+
+
+def test_two_workers_without_mim_leave_no_parameter_without_gradient(ray_session, home):
+    # DDP fails on its second step if a trainable parameter got no gradient (the mask token
+    # when nothing is masked); two steps on two workers show it does not happen.
+    config = experiment(**{"train.num_workers": 2, "train.cpus_per_worker": 0.5, "loss.mim_weight": 0,
+                           "train.steps": 3, "train.log_every": 3})
+    result = build_trainer(config, name="ddp-no-mim", storage_path=str(home / "ray")).fit()
+    assert list(result.metrics_dataframe["step"]) == [3]
+    assert "train/mim" not in result.metrics_dataframe
+
+
+def test_tag_loss_trains_on_the_shards_tags(ray_session, home, tmp_path):
+    vocab = tmp_path / "tags.txt"
+    vocab.write_text("\n".join(["circle", "square", "triangle", "red", "green", "blue", "yellow", "purple", "orange"]))
+    config = experiment(**{"loss.tag_weight": 1.0, "data.tag_vocab": str(vocab), "train.steps": 2, "train.log_every": 2})
+    assert config["model"]["num_tags"] == 9  # derived from the vocabulary
+    result = build_trainer(config, name="tags", storage_path=str(home / "ray")).fit()
+    tag_loss = result.metrics_dataframe["train/tag"].iloc[-1]
+    assert 0 < tag_loss < 100
+
+
+def test_shards_and_checkpoints_on_s3_and_a_rerun_resumes(ray_session, home, s3, tmp_path):
+    import json
+
+    import ray
+
+    from tipslab.jobs import storage
+    from tipslab.jobs.train.loop import ROW_TRACE_ENV
+
+    config = experiment(**{"data.root": f"{s3}/scenes", "train.steps": 2, "train.log_every": 2})
+    assert storage.is_file(f"{s3}/scenes/train/manifest.json")
+
+    # The trial driver is a Ray task, as in a sweep; the AWS variables set here after ray.init reach
+    # it (and from it, the controller and workers) only through its runtime environment.
+    @ray.remote(num_cpus=0)
+    def fit(exp):
+        result = build_trainer(exp, name="on-s3", storage_path=f"{s3}/ray").fit()
+        with result.checkpoint.as_directory() as d:
+            return storage.to_uri(result.checkpoint.filesystem, result.checkpoint.path), load_state(d)["step"]
+
+    on_s3 = fit.options(runtime_env={"env_vars": {**storage.aws_env(), ROW_TRACE_ENV: str(tmp_path)}})
+    path, step = ray.get(on_s3.remote(config))
+    # the URI the sweep records as the run's checkpoint_uri, which `tipslab eval --run` reads back
+    assert path.startswith(f"{s3}/ray/on-s3/") and step == 2
+    assert storage.is_file(storage.join(path, "model.pt"))
+    # the same (storage_path, name) with more steps goes on from step 2
+    config["train"]["steps"] = 4
+    path, step = ray.get(on_s3.remote(config))
+    assert step == 4 and any(name.startswith("checkpoint") for name in storage.list_names(f"{s3}/ray/on-s3"))
+    events = [json.loads(line) for f in tmp_path.glob("*.json") for line in f.read_text().splitlines()]
+    assert [e["resumed_at"] for e in events] == [2]
+
+
+def test_bad_rows_are_counted_in_the_metrics_and_too_many_stop_the_run(ray_session, home, tmp_path):
+    # 20 rows in batches of 8: two full batches and a short last one, which is not trained on but
+    # whose bad rows (3 of its 4) still count. Step 3 is epoch 1's first batch: 16 + 4 + 8 rows seen.
+    from tipslab.jobs.data.pipeline.streaming import split_dir
+    from tipslab.jobs.data.scenes.render import generate_scenes
+    from tipslab.jobs.train.loop import RunStopped
+
+    config = experiment(**{"data.root": str(tmp_path / "scenes"), "train.steps": 3, "train.log_every": 3,
+                           "train.warmup_steps": 0, "data.max_bad_fraction": 0.2})
+    path = split_dir(config["data"]["root"], config["data"]["train_split"])
+    generate_scenes(path, 20, size=config["model"]["image_size"], rows_per_shard=20, parallel=False)
+    [shard] = sorted(p for p in (tmp_path / "scenes" / "train").iterdir() if p.suffix == ".parquet")
+    spoil_rows(shard, {i: ("image", b"not an image") for i in (17, 18, 19)})
+    result = build_trainer(config, name="bad-rows", storage_path=str(home / "ray")).fit()
+    last = result.metrics_dataframe.iloc[-1]
+    assert (last["step"], last["data/bad_rows"], last["data/rows_seen"]) == (3, 3, 28)
+    config["data"]["max_bad_fraction"] = 0.05
+    with pytest.raises(RunStopped, match=r"data: 3 of 28 rows seen were bad, more than data.max_bad_fraction = 0.05"):
+        build_trainer(config, name="too-many-bad-rows", storage_path=str(home / "ray")).fit()

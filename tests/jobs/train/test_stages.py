@@ -1,0 +1,52 @@
+"""Training in stages: CLIP only, then with MIM at a higher resolution, on one worker."""
+import torch
+from conftest import REPO, tiny_overrides
+from timm.layers import resample_abs_pos_embed
+
+from tipslab.jobs.data.pipeline.prepare import ensure_scenes
+from tipslab.jobs.train.loop import build_trainer
+from tipslab.jobs.train.stages import stage_configs
+from tipslab.models.checkpoint import load_state
+from tipslab.orchestrator.config import load_experiment, to_dict
+
+BASE = REPO / "ablations" / "base" / "tips_tiny.yaml"
+
+
+def test_clip_then_mim_starts_from_the_first_stages_weights(ray_session, home):
+    # Stage 2 runs at lr 0, so its student can only hold what stage 1 left (resampled to 140 px).
+    stages = ("[{name: clip, steps: 2, overrides: {loss.distill_weight: 0, loss.mim_weight: 0}},"
+              " {name: mim, steps: 2, overrides: {loss.distill_weight: 0.1, loss.mim_weight: 0.2,"
+              " train.lr: 0, train.min_lr: 0, model.image_size: 140}}]")
+    config = to_dict(load_experiment(BASE, tiny_overrides(**{
+        "train.stages": stages, "train.checkpoint_every": 1, "train.log_every": 1, "train.checkpoints_to_keep": 4})))
+    ensure_scenes(config)
+    assert config["train"]["steps"] == 4
+    result = build_trainer(config, name="stages", storage_path=str(home / "ray")).fit()
+    history = result.metrics_dataframe.set_index("step")
+    assert list(history.index) == [1, 2, 3, 4] and list(history["train/stage"]) == [0, 0, 1, 1]
+    assert history.loc[[1, 2], "train/mim"].isna().all() and history.loc[[3, 4], "train/mim"].notna().all()
+    assert (history.loc[[3, 4], "train/lr"] == 0).all()
+    states = {}
+    for checkpoint, _ in result.best_checkpoints:
+        with checkpoint.as_directory() as d:
+            state = load_state(d)
+        states[state["step"]] = state
+    clip, mim = states[2], states[4]
+    assert clip["config"]["model"]["image_size"] == 112 and mim["config"]["model"]["image_size"] == 140
+    assert clip["teacher"] is None and mim["teacher"] is not None and (mim["stage"], mim["stage_step"]) == (1, 2)
+    shared = [k for k in clip["student"] if k != "vision.pos_embed"]
+    assert all(torch.equal(clip["student"][k], mim["student"][k]) for k in shared)
+    grid = resample_abs_pos_embed(clip["student"]["vision.pos_embed"], new_size=[10, 10], old_size=[8, 8], num_prefix_tokens=1)
+    assert torch.equal(mim["student"]["vision.pos_embed"], grid)
+    assert {k for k in mim["student"] if k.startswith("mim_head.")}  # a head new in stage 2
+
+
+def test_stage_configs_apply_each_stages_overrides_to_a_copy():
+    exp = {"train": {"steps": 9, "stages": [{"name": "clip", "steps": 3, "overrides": {"loss.mim_weight": 0}},
+                                             {"name": "hires", "steps": 2, "overrides": {"model.image_size": 448}}]},
+           "loss": {"mim_weight": 2.0}, "model": {"image_size": 224}}
+    (n1, clip), (n2, hires) = stage_configs(exp)
+    assert (n1, clip["train"]["steps"], clip["loss"]["mim_weight"], clip["model"]["image_size"]) == ("clip", 3, 0, 224)
+    assert (n2, hires["train"]["steps"], hires["loss"]["mim_weight"], hires["model"]["image_size"]) == ("hires", 2, 2.0, 448)
+    assert exp["loss"]["mim_weight"] == 2.0 and exp["train"]["steps"] == 9  # the run's config is untouched
+    assert stage_configs({"train": {"steps": 9, "stages": []}}) == [("main", {"train": {"steps": 9, "stages": []}})]

@@ -1,0 +1,81 @@
+"""The plain-PyTorch TIPS step and its schedules (no Ray)."""
+import numpy as np
+import pytest
+import torch
+
+from tipslab.jobs.train.step import Schedules, apply_schedules, param_groups
+
+TRAIN = {"steps": 10, "lr": 1e-3, "min_lr": 1e-5, "warmup_steps": 2, "weight_decay": 0.04, "weight_decay_end": 0.4,
+         "teacher_momentum": 0.992, "teacher_momentum_end": 1.0, "teacher_temp_warmup_steps": 4, "teacher_temp_end": 0.07}
+
+
+def test_schedules_are_arrays_indexed_by_step():
+    s = Schedules(TRAIN, {"teacher_temp": 0.04})
+    for array in (s.lr, s.weight_decay, s.momentum, s.teacher_temp):
+        assert len(array) == 10
+    assert s.lr[0] == 0 and s.lr[2] == pytest.approx(1e-3) and s.lr[-1] < 1e-4
+    assert s.weight_decay[0] == pytest.approx(0.04) and np.all(np.diff(s.weight_decay) > 0)
+    assert s.teacher_temp[0] == pytest.approx(0.04) and s.teacher_temp[4:].tolist() == [0.07] * 6
+
+
+def test_schedules_reach_the_optimizer_and_spare_norms_and_tokens():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    opt = torch.optim.AdamW(param_groups(model, 0.04), lr=1.0)
+    decay, no_decay = opt.param_groups
+    assert [p.shape for p in decay["params"]] == [(4, 3)]  # biases and norms get no weight decay
+    s = Schedules(TRAIN, {"teacher_temp": 0.04})
+    apply_schedules(opt, s, 7)
+    assert decay["lr"] == no_decay["lr"] == s.lr[7]
+    assert decay["weight_decay"] == s.weight_decay[7] and no_decay["weight_decay"] == 0.0
+
+
+def tiny_setup():
+    from conftest import REPO
+
+    from tipslab.jobs.bench.step import synthetic_batch
+    from tipslab.models.checkpoint import tips_config
+    from tipslab.models.objective import TIPSObjective
+    from tipslab.models.teacher import EMATeacher
+    from tipslab.models.tips import TIPSStudent
+    from tipslab.orchestrator.config import load_experiment, to_dict
+
+    exp = to_dict(load_experiment(REPO / "ablations" / "base" / "tips_tiny.yaml"))
+    cfg = tips_config(exp)
+    torch.manual_seed(0)
+    student = TIPSStudent(cfg)
+    objective = TIPSObjective(cfg)
+    teacher = EMATeacher(student)
+    optimizer = torch.optim.AdamW(param_groups(student, 0.05), lr=1e-3)
+    return student, teacher, objective, optimizer, synthetic_batch(exp, 4)
+
+
+def test_one_step_returns_every_term_as_a_device_scalar_and_moves_the_teacher(home):
+    from tipslab.jobs.train.step import tips_step
+
+    student, teacher, objective, optimizer, batch = tiny_setup()
+    before = teacher.vision.pos_embed.clone()
+    marks = []
+    values = tips_step(student, student, teacher, objective, optimizer, batch, teacher_temp=0.04, momentum=0.9,
+                       grad_clip=1.0, step=0, marks=marks.append)
+    assert set(values) == {"clip_web", "clip_synthetic", "clip", "distill", "mim", "loss", "grad_norm"}
+    assert all(torch.is_tensor(v) and v.ndim == 0 and not v.requires_grad for v in values.values())
+    assert values["grad_norm"] > 0 and torch.isfinite(values["loss"])
+    assert marks == ["student_fwd", "teacher_fwd", "losses", "backward", "optimizer", "ema"]
+    assert not torch.equal(teacher.vision.pos_embed, before)
+
+
+def test_the_watch_names_the_first_non_finite_step_and_term(home):
+    from tipslab.jobs.train.step import LossWatch, NonFiniteLossError, tips_step
+
+    student, teacher, objective, optimizer, batch = tiny_setup()
+    watch = LossWatch()
+    kw = {"teacher_temp": 0.04, "momentum": 0.9, "grad_clip": 1.0, "watch": watch}
+    for step in range(7):
+        tips_step(student, student, teacher, objective, optimizer, batch, step=step, **kw)
+    watch.check()  # seven finite steps: nothing to say
+    with torch.no_grad():
+        student.text.log_temperature.fill_(float("nan"))  # the contrastive terms go first
+    for step in range(7, 9):
+        tips_step(student, student, teacher, objective, optimizer, batch, step=step, **kw)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 7: term 'clip_web' = nan"):
+        watch.check()
