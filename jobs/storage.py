@@ -17,6 +17,7 @@ import os
 import posixpath
 
 import pyarrow.fs as pafs
+from tipslab.models.errors import DataError
 
 AWS_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID",
                  "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION",
@@ -50,10 +51,10 @@ def resolve(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     if is_s3(uri):
         path = uri[len("s3://"):].strip("/")
         if not path:
-            raise ValueError(f"{uri!r} names no bucket")
+            raise DataError(f"{uri!r} names no bucket")
         return s3_filesystem(), path
     if "://" in uri:
-        raise ValueError(f"{uri!r}: only local paths and s3:// URIs are supported")
+        raise DataError(f"{uri!r}: only local paths and s3:// URIs are supported")
     return pafs.LocalFileSystem(), os.path.abspath(uri)
 
 

@@ -3,6 +3,7 @@
 Values marked "unverified" in ../shared/PAPER.md are plain defaults here, easy to override.
 """
 from dataclasses import dataclass, field
+from .errors import ConfigError
 
 # width, depth, heads, mlp hidden (TIPS paper / official code; patch 14 for every size).
 # "tiny" and "small-cpu" are ours, for CPU runs; they are not TIPS sizes.
@@ -69,7 +70,7 @@ class ModelConfig:
     def dims(self) -> tuple[int, int, int, int, int]:
         """(width, depth, heads, mlp_dim, text_depth) after applying the named size."""
         if self.size not in SIZES:
-            raise ValueError(f"model.size: unknown size {self.size!r}; known: {sorted(SIZES)}")
+            raise ConfigError(f"model.size: unknown size {self.size!r}; known: {sorted(SIZES)}")
         w, d, h, m = SIZES[self.size]
         w, d, h, m = self.width or w, self.depth or d, self.heads or h, self.mlp_dim or m
         text_depth = self.text_depth or TEXT_DEPTH.get(self.size, 12 if w >= 384 else d)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .distributed import world
+from .errors import ConfigError
 
 
 class CenteredTeacherTargets(nn.Module):
@@ -55,7 +56,7 @@ class DistillLoss(nn.Module):
         """local_logits: [B, V, K] for V local crops; teacher_logits: [B, K] of the global crop."""
         b, v, k = local_logits.shape
         if v == 0:  # a mean over no crops would be NaN
-            raise ValueError("L_distill needs local crops, but the batch has none (data.local_crops: 0); "
+            raise ConfigError("L_distill needs local crops, but the batch has none (data.local_crops: 0); "
                              "set data.local_crops > 0, or loss.distill_weight: 0 to switch it off")
         targets = self.targets(teacher_logits, teacher_temp)
         targets = targets.unsqueeze(1).expand(b, v, k).reshape(b * v, k)

@@ -22,6 +22,7 @@ from .config import SIZES
 from .tips import TIPSStudent
 from .tokenizer import build_tokenizer
 from .vision import swiglu_hidden
+from .errors import DataError
 
 OFFICIAL_SIZES = ("S", "B", "L", "So400m", "g")
 
@@ -110,11 +111,11 @@ def infer_model_fields(vision_arrays: dict, text_arrays: dict, heads: int | None
 
     for name, arrays, key in (("vision", vision_arrays, "cls_token"), ("text", text_arrays, "token_embedding.weight")):
         if key not in arrays:
-            raise ValueError(f"the {name} checkpoint has no {key!r}: not an official TIPS {name} tower")
+            raise DataError(f"the {name} checkpoint has no {key!r}: not an official TIPS {name} tower")
     width = vision_arrays["cls_token"].shape[-1]
     vocab_size, text_width = text_arrays["token_embedding.weight"].shape
     if text_width != width:
-        raise ValueError(f"text width {text_width} differs from image width {width}; tipslab ties them")
+        raise DataError(f"text width {text_width} differs from image width {width}; tipslab ties them")
     depth = count(vision_arrays, r"blocks\.(\d+)\.")
     text_depth = count(text_arrays, r"transformer\.resblocks\.(\d+)\.")
     mlp_dim = text_arrays["transformer.resblocks.0.mlp.c_fc.weight"].shape[0]
@@ -124,7 +125,7 @@ def infer_model_fields(vision_arrays: dict, text_arrays: dict, heads: int | None
     else:
         vision_hidden, expected = vision_arrays["blocks.0.mlp.fc1.weight"].shape[0], mlp_dim
     if vision_hidden != expected:
-        raise ValueError(f"image MLP hidden width {vision_hidden} does not follow from the text MLP width "
+        raise DataError(f"image MLP hidden width {vision_hidden} does not follow from the text MLP width "
                          f"{mlp_dim} (expected {expected}); tipslab uses one model.mlp_dim for both towers")
     grid = math.isqrt(vision_arrays["pos_embed"].shape[1] - 1)
     patch_size = vision_arrays["patch_embed.proj.weight"].shape[-1]
@@ -132,7 +133,7 @@ def infer_model_fields(vision_arrays: dict, text_arrays: dict, heads: int | None
                 if SIZES[s][0] == width]
     if heads is None:
         if not by_width:
-            raise ValueError(f"width {width} matches no size in the table; pass the number of heads")
+            raise DataError(f"width {width} matches no size in the table; pass the number of heads")
         heads = SIZES[by_width[0]][2]
     exact = [s for s in by_width if SIZES[s] == (width, depth, heads, mlp_dim)]
     size = exact[0] if exact else (by_width[0] if by_width else "tiny")
@@ -158,7 +159,7 @@ def _split_student(source) -> tuple[dict, dict]:
     vision = {k[len("vision."):]: v for k, v in source.items() if k.startswith("vision.")}
     text = {k[len("text."):]: v for k, v in source.items() if k.startswith("text.")}
     if not vision or not text:
-        raise ValueError("expected a student state dict with 'vision.' and 'text.' entries")
+        raise DataError("expected a student state dict with 'vision.' and 'text.' entries")
     return vision, text
 
 
@@ -200,7 +201,7 @@ def import_checkpoint(vision_npz, text_npz, out_dir: str | os.PathLike, base_con
         student.vision.load_state_dict(vision)
         student.text.load_state_dict(text)
     except RuntimeError as err:  # names or shapes the official layout does not explain
-        raise ValueError(f"{vision_npz}, {text_npz}: not loadable as TIPS towers: {err}") from None
+        raise DataError(f"{vision_npz}, {text_npz}: not loadable as TIPS towers: {err}") from None
     state = {
         "student": student.state_dict(), "teacher": None, "objective": None, "optimizer": None,
         "step": 0, "config": config,

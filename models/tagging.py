@@ -13,6 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from .errors import ConfigError
 
 
 class CrossAttentionLayer(nn.Module):
@@ -21,7 +22,7 @@ class CrossAttentionLayer(nn.Module):
     def __init__(self, width: int, heads: int, mlp_dim: int):
         super().__init__()
         if width % heads:
-            raise ValueError(f"model.tag_heads: {heads} does not divide the width {width}")
+            raise ConfigError(f"model.tag_heads: {heads} does not divide the width {width}")
         self.heads = heads
         self.q, self.k, self.v, self.out = (nn.Linear(width, width) for _ in range(4))
         self.norm1 = nn.LayerNorm(width, eps=1e-12)  # BERT's eps
@@ -42,7 +43,7 @@ class TagHead(nn.Module):
     def __init__(self, width: int, num_tags: int, layers: int = 2, heads: int = 4, mlp_dim: int | None = None):
         super().__init__()
         if num_tags < 1:
-            raise ValueError("model.num_tags must be the tag vocabulary's size (> 0) when loss.tag_weight > 0")
+            raise ConfigError("model.num_tags must be the tag vocabulary's size (> 0) when loss.tag_weight > 0")
         self.queries = nn.Parameter(torch.randn(num_tags, width) * 0.02)  # Tag2Text's label_embed
         self.layers = nn.ModuleList(CrossAttentionLayer(width, heads, mlp_dim or 4 * width) for _ in range(layers))
         # Per-class linear output (Tag2Text's GroupWiseLinear), with its uniform init.

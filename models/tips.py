@@ -12,6 +12,7 @@ from .mim import masked_count, masked_tokens
 from .tagging import TagHead
 from .text import TextTower
 from .vision import VisionTower
+from .errors import ConfigError
 
 
 def make_head(cfg: TIPSConfig, prototypes: int) -> PrototypeHead:
@@ -30,11 +31,11 @@ class TIPSStudent(nn.Module):
         super().__init__()
         loss = cfg.loss
         if loss.caption_mode not in CAPTION_MODES:
-            raise ValueError(f"loss.caption_mode: {loss.caption_mode!r} is not one of {CAPTION_MODES}")
+            raise ConfigError(f"loss.caption_mode: {loss.caption_mode!r} is not one of {CAPTION_MODES}")
         if loss.distill_cls not in CLS_TOKENS:
-            raise ValueError(f"loss.distill_cls: {loss.distill_cls!r} is not one of {CLS_TOKENS}")
+            raise ConfigError(f"loss.distill_cls: {loss.distill_cls!r} is not one of {CLS_TOKENS}")
         if loss.clip_view not in ("masked", "clean"):
-            raise ValueError(f"loss.clip_view: {loss.clip_view!r} is not 'masked' or 'clean'")
+            raise ConfigError(f"loss.clip_view: {loss.clip_view!r} is not 'masked' or 'clean'")
         self.cfg = cfg
         self.vision = VisionTower(cfg.model)
         self.text = TextTower(cfg.model)
@@ -72,7 +73,7 @@ class TIPSStudent(nn.Module):
             out["text_synthetic"] = self.text(batch["synthetic_tokens"])
         if self.tag_head is not None:
             if "tags" not in batch:
-                raise ValueError("loss.tag_weight > 0 needs batch['tags'] (multi-hot [B, model.num_tags]), "
+                raise ConfigError("loss.tag_weight > 0 needs batch['tags'] (multi-hot [B, model.num_tags]), "
                                  "which this data does not have; set loss.tag_weight: 0")
             # The tags describe the whole image (they come from its caption): the head sees the
             # contrastive loss's view, all its tokens.

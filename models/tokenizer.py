@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
+from .errors import ConfigError, DataError
 
 _WORD = re.compile(r"[a-z0-9]+")
 # The official tokenizer lower-cases with tf.strings.lower, which by default changes ASCII letters
@@ -29,7 +30,7 @@ class HashTokenizer:
 
     def __init__(self, vocab_size: int, max_len: int):
         if vocab_size < 2:
-            raise ValueError("vocab_size must be at least 2 (id 0 is padding)")
+            raise ConfigError("vocab_size must be at least 2 (id 0 is padding)")
         self.vocab_size = vocab_size
         self.max_len = max_len
 
@@ -63,10 +64,10 @@ class SentencePieceTokenizer:
         try:
             self._sp = sentencepiece.SentencePieceProcessor(model_proto=self.model)
         except RuntimeError as err:
-            raise ValueError(f"{source}: not a SentencePiece model ({err})") from None
+            raise DataError(f"{source}: not a SentencePiece model ({err})") from None
         # Id 0 must never come out of encode(): the text tower takes it for padding.
         if not (self._sp.pad_id() == 0 or self._sp.is_control(0)):
-            raise ValueError(
+            raise DataError(
                 f"{source}: its pad id is {self._sp.pad_id()} and id 0 is {self._sp.id_to_piece(0)!r}, but tipslab "
                 "(like the official TIPS tokenizer.model) uses id 0 for padding only; train one with pad id 0 "
                 "(`tipslab data tokenizer`, or models.tokenizer.train_sentencepiece_file)")
@@ -127,7 +128,7 @@ def train_sentencepiece(captions: Iterable[str], vocab_size: int, *, model_type:
     texts = (_lower(c) for c in captions if c)
     first = next(texts, None)
     if first is None:
-        raise ValueError("no captions to train a SentencePiece model on")
+        raise DataError("no captions to train a SentencePiece model on")
     out = io.BytesIO()
     try:
         sentencepiece.SentencePieceTrainer.train(
@@ -137,7 +138,7 @@ def train_sentencepiece(captions: Iterable[str], vocab_size: int, *, model_type:
             num_threads=min(16, os.cpu_count() or 1), minloglevel=2,
         )
     except RuntimeError as err:
-        raise ValueError(f"cannot train a SentencePiece model with vocab_size={vocab_size}: {err}") from None
+        raise DataError(f"cannot train a SentencePiece model with vocab_size={vocab_size}: {err}") from None
     return out.getvalue()
 
 
@@ -161,7 +162,7 @@ def load_sentencepiece(path: str | os.PathLike, max_len: int) -> SentencePieceTo
     """The tokenizer of a tokenizer.model file: the official TIPS one, or one we trained."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"model.tokenizer: no SentencePiece model at {path}; give the path of a "
+        raise ConfigError(f"model.tokenizer: no SentencePiece model at {path}; give the path of a "
                                 "tokenizer.model, or 'hash'")
     return SentencePieceTokenizer(path.read_bytes(), max_len, source=str(path))
 
@@ -178,7 +179,7 @@ def build_tokenizer(model_cfg) -> HashTokenizer | SentencePieceTokenizer:
         return HashTokenizer(vocab_size, max_len)
     tokenizer = load_sentencepiece(name, max_len)
     if tokenizer.vocab_size > vocab_size:
-        raise ValueError(f"model.tokenizer: {name} has {tokenizer.vocab_size} pieces but model.vocab_size is "
+        raise ConfigError(f"model.tokenizer: {name} has {tokenizer.vocab_size} pieces but model.vocab_size is "
                          f"{vocab_size}; set model.vocab_size: {tokenizer.vocab_size} (or more)")
     return tokenizer
 
@@ -190,6 +191,6 @@ def tokenizer_from_state(state: dict) -> HashTokenizer | SentencePieceTokenizer:
         return HashTokenizer(state["vocab_size"], state["max_len"])
     if kind == "sentencepiece":
         if not isinstance(state.get("model"), (bytes, bytearray)) or "max_len" not in state:
-            raise ValueError("sentencepiece tokenizer state lacks its serialized 'model' bytes or 'max_len'")
+            raise DataError("sentencepiece tokenizer state lacks its serialized 'model' bytes or 'max_len'")
         return SentencePieceTokenizer(state["model"], state["max_len"], source="the checkpoint's tokenizer")
-    raise ValueError(f"unknown tokenizer kind {kind!r}; known: 'hash', 'sentencepiece'")
+    raise ConfigError(f"unknown tokenizer kind {kind!r}; known: 'hash', 'sentencepiece'")

@@ -16,6 +16,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from .config import ModelConfig
+from .errors import ConfigError
 
 MLP_KINDS = ("auto", "gelu", "swiglu")
 
@@ -23,7 +24,7 @@ MLP_KINDS = ("auto", "gelu", "swiglu")
 def mlp_kind(cfg: ModelConfig) -> str:
     """gelu or swiglu; "auto" picks SwiGLU for size g only (PAPER.md: "g ... with SwiGLU")."""
     if cfg.mlp not in MLP_KINDS:
-        raise ValueError(f"model.mlp: {cfg.mlp!r} is not one of {MLP_KINDS}")
+        raise ConfigError(f"model.mlp: {cfg.mlp!r} is not one of {MLP_KINDS}")
     if cfg.mlp == "auto":
         return "swiglu" if cfg.size == "g" else "gelu"
     return cfg.mlp

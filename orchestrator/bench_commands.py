@@ -2,116 +2,22 @@
 
 Every result becomes one run of the experiment `tipslab-bench` (tags `tipslab.bench`,
 `tipslab.model_size`, `tipslab.device_kind`, `tipslab.device`; metrics `bench/<bench>/*`), where
-`tipslab plan` reads them for its GPU-hour estimates. `bench flops` prints the analytic FLOP count
-(jobs/bench/flops.py) and logs nothing: it is a function of the config alone.
+`tipslab plan` reads them for its estimates. `bench flops` prints the analytic FLOP count
+(jobs/bench/flops.py) and logs nothing: it is a function of the config alone. The work itself is in
+orchestrator/bench_runs.py and jobs/bench/; this module parses and prints.
 """
 import argparse
-import contextlib
-import dataclasses
 import json
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-from .config import load_experiment, to_dict
-from .errors import UserError
-from .runtime import artifact_root, tracking_uri
+from tipslab.jobs.bench import COMPONENTS
 
-EXPERIMENT = "tipslab-bench"
-TRIAL_EXPERIMENT = "tipslab-bench-trial"  # the sweep runs that `bench trial` launches, kept apart
-BASE = Path(__file__).resolve().parent.parent / "ablations" / "base"
-CPU_SIZES = ("tiny", "small-cpu")
-BENCH, MODEL_SIZE, DEVICE_KIND, DEVICE = "tipslab.bench", "tipslab.model_size", "tipslab.device_kind", "tipslab.device"
-STEP_COMPONENTS = ("data_to_device", "student_fwd", "text_fwd", "teacher_fwd", "losses", "backward", "optimizer", "ema")
-
-
-def default_config(size: str) -> Path:
-    """The base experiment of a size: the tiny CPU experiment for our CPU sizes, else the paper's
-    B/14 setting (224 px, 8 local crops of 98 px, both captions) with the size swapped."""
-    return BASE / ("tips_tiny.yaml" if size in CPU_SIZES else "tips_b14.yaml")
-
-
-def experiment(config: str | None, size: str | None, overrides: list[str]) -> dict:
-    sized = [f"model.size={size}"] if size else []
-    path = config or default_config(size or "tiny")
-    return to_dict(load_experiment(path, [*sized, *overrides]))
-
-
-def log_bench(bench: str, model_size: str, result: dict, metrics: dict, params: dict) -> str:
-    """One FINISHED run in `tipslab-bench`; returns its id. The result itself is its `bench.json`."""
-    from mlflow.entities import Metric, Param
-    from mlflow.tracking import MlflowClient
-
-    from .tracking import code_version, redact, scrub
-
-    client = MlflowClient(tracking_uri())
-    found = client.get_experiment_by_name(EXPERIMENT)
-    exp_id = found.experiment_id if found else client.create_experiment(
-        EXPERIMENT, artifact_location=f"{artifact_root()}/{EXPERIMENT}")
-    run = client.create_run(exp_id, run_name=f"{bench}-{model_size}-{result['device_kind']}", tags={
-        BENCH: bench, MODEL_SIZE: model_size, DEVICE_KIND: result["device_kind"], DEVICE: result["device"],
-        "tipslab.code_version": code_version()})
-    run_id = run.info.run_id
-    now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(f"bench/{bench}/{k}", float(v), now, 0) for k, v in metrics.items()
-                                      if v is not None],
-                     params=[Param(k, redact(v)[:6000]) for k, v in params.items()])
-    client.log_dict(run_id, scrub(result), "bench.json")
-    client.set_terminated(run_id, "FINISHED")
-    return run_id
-
-
-def run_step_job(job: dict) -> dict:
-    """One size in a fresh process, so that each peak memory figure is its own."""
-    proc = subprocess.run([sys.executable, "-m", "tipslab.jobs.bench.step", json.dumps(job)], capture_output=True, text=True)
-    if proc.returncode:
-        raise SystemExit(f"tipslab: bench step failed for size {job['exp']['model']['size']}:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def log_step_result(result: dict, exp: dict | None, overrides: str) -> str:
-    """Log one step benchmark result to `tipslab-bench`; returns the MLflow run id."""
-    metrics = {k: result.get(k) for k in ("images_per_s", "mfu", "step_s", "flops_per_image", "peak_flops",
-                                          "components_over_step", "peak_gpu_mem_gb")}
-    if not result["compile"]:
-        metrics.update({f"{c}_s": result[f"{c}_s"] for c in STEP_COMPONENTS})
-    params = {k: result[k] for k in ("batch_size", "threads", "precision", "fused_adamw", "compile", "repeats",
-                                     "burst", "peak_source")}
-    params["overrides"] = overrides
-    return log_bench("step", result["model_size"], {**result, "config": exp}, metrics, params)
-
-
-def step_jobs(args) -> list[dict]:
-    jobs = []
-    for size in args.sizes:
-        exp = experiment(args.config, size, args.overrides)
-        jobs.append({"exp": exp, "batch_size": args.batch_size or exp["data"]["batch_size"], "repeats": args.repeats,
-                     "device": args.device, "precision": args.precision, "fused": args.fused,
-                     "compile": args.compile, "burst": args.burst or None, "threads": args.threads})
-    return jobs
-
-
-def import_step_results(paths: list[str]) -> list[dict]:
-    """Results that `python -m tipslab.jobs.bench.step JOB` printed on a machine without MLflow (a GPU
-    node, say: infra/bench-step-gpu.sh), logged here as if `bench step` had run them."""
-    results = []
-    for path in paths:
-        try:
-            lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
-            result = json.loads(lines[-1])
-            missing = [k for k in ("model_size", "device_kind", "device", "images_per_s", "mfu", "step_s",
-                                   "compile", "batch_size") if k not in result]
-        except (OSError, IndexError, ValueError) as err:
-            raise UserError(f"bench step --import {path}: not a step benchmark result ({err})") from None
-        if missing:
-            raise UserError(f"bench step --import {path}: not a step benchmark result (no {', '.join(missing)})")
-        results.append(result)
-    for path, result in zip(paths, results):
-        result["mlflow_run_id"] = log_step_result(result, None, f"imported from {path}")
-    return results
-
+from .bench_runs import (
+    device, experiment, import_step_results, log_bench, log_step_result, measure_trial, run_step_job, step_jobs,
+)
+from .errors import PATH_ERRORS, UserError
+from .plan import BENCH_EXPERIMENT as EXPERIMENT
 
 def cmd_bench_step(args) -> None:
     if args.import_results:
@@ -146,7 +52,7 @@ def cmd_bench_step(args) -> None:
         print(f"  {r['flops_per_image'] / 1e9:.3f} GFLOP/image; MFU {100 * r['mfu']:.1f}% "
               f"of {r['peak_flops'] / 1e12:.3g} TFLOP/s, {r['peak_source']}")
         if not r["compile"]:
-            parts = "  ".join(f"{c} {r[f'{c}_s'] * 1e3:.2f}" for c in STEP_COMPONENTS)
+            parts = "  ".join(f"{c} {r[f'{c}_s'] * 1e3:.2f}" for c in COMPONENTS)
             print(f"  per component, ms: {parts}")
             print(f"  components sum to {100 * r['components_over_step']:.0f}% of the step")
         memory = f"peak GPU memory {r['peak_gpu_mem_gb']:.1f} GB" if r.get("peak_gpu_mem_gb") else f"peak RSS {r['peak_rss_mb']:.0f} MB"
@@ -208,9 +114,9 @@ def cmd_bench_data(args) -> None:
         result = bench_data(shards, cpus=cpus, batch_size=args.batch_size, rows=args.rows, image_size=args.image_size,
                             local_crops=args.local_crops, local_crop_size=args.local_crop_size, augment=args.augment,
                             mask_mode=args.mask_mode, views=args.views)
-    except (ValueError, OSError) as err:  # bad shards or settings: the message names them
+    except PATH_ERRORS as err:  # bad shards or settings are UserErrors already
         raise UserError(str(err)) from None
-    result.update(device_kind="cpu", device=cpu_name(), shards=shards)
+    result.update(device_kind="cpu", device=device(), shards=shards)
     metrics = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     params = {k: result[k] for k in ("shards", "augment", "mask_mode", "views")}
     result["mlflow_run_id"] = log_bench("data", "none", result, metrics, params)
@@ -227,82 +133,75 @@ def cmd_bench_data(args) -> None:
     print(f"MLflow run {result['mlflow_run_id']} ({EXPERIMENT})")
 
 
-def cpu_name() -> str:
-    from tipslab.jobs.bench.step import device_name
-
-    import torch
-
-    return device_name(torch.device("cpu"))
-
-
-def gpu_name() -> str:
-    import torch
-
-    return torch.cuda.get_device_name() if torch.cuda.is_available() else "GPU (not visible to the driver)"
-
-
-def trial_run(client, parent_run_id: str):
-    """The one trial run of the bench's sweep."""
-    [run] = client.search_runs([client.get_run(parent_run_id).info.experiment_id],
-                               f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
-    return run
-
-
-def first_report_time(client, run) -> float | None:
-    """Wall time (s) of the run's first `train/*` metric, as the sweep's MLflow writer logged it."""
-    times = [m.timestamp for key in run.data.metrics if key.startswith("train/")
-             for m in client.get_metric_history(run.info.run_id, key)]
-    return min(times) / 1000 if times else None
-
-
 def cmd_bench_trial(args) -> None:
-    """A one-trial sweep through the sweeps' own code path (orchestrator/sweep.py); the clock starts
-    when the sweep is launched, with Ray already up and the scenes already made, and stops at the
-    trial's first `train/*` report as the sweep's MLflow writer received it."""
-    from mlflow.tracking import MlflowClient
-
-    from tipslab.jobs.data.pipeline.prepare import ensure_scenes
-
-    from .runtime import ensure_ray
-    from .single import single_plan
-    from .sweep import run_sweep
-
-    config = args.config or str(default_config(args.size))
-    overrides = [f"model.size={args.size}", f"train.steps={args.steps}", "train.log_every=1", *args.overrides]
-    plan = single_plan(config, overrides)
-    plan = dataclasses.replace(plan, spec={**plan.spec, "name": TRIAL_EXPERIMENT, "title": "tipslab bench trial"})
-    exp = plan.trials[0].config
-    ensure_scenes(exp)
-    ensure_ray(args.address)
-    client = MlflowClient(tracking_uri())
-    if client.get_experiment_by_name(TRIAL_EXPERIMENT) is None:  # store set up before the clock starts
-        client.create_experiment(TRIAL_EXPERIMENT, artifact_location=f"{artifact_root()}/{TRIAL_EXPERIMENT}")
-    start = time.time()
-    with contextlib.redirect_stdout(sys.stderr):  # Tune prints its tables: stdout is for the figures
-        sweep = run_sweep(plan, address=args.address)
-    total = time.time() - start
-    if sweep.failed:
-        raise SystemExit(f"tipslab: bench trial: the trial failed (MLflow parent run {sweep.parent_run_id} "
-                         f"in {TRIAL_EXPERIMENT})")
-    run = trial_run(client, sweep.parent_run_id)
-    first = first_report_time(client, run)
-    if first is None:
-        raise SystemExit(f"tipslab: bench trial: the trial reported no train/* metric (run {run.info.run_id})")
-    gpu = exp["train"]["gpus_per_worker"] > 0
-    result = {"model_size": exp["model"]["size"], "steps": exp["train"]["steps"], "device_kind": "gpu" if gpu else "cpu",
-              "device": gpu_name() if gpu else cpu_name(),
-              "launch_to_first_step_s": first - start, "trial_total_s": total, "sweep_parent_run_id": sweep.parent_run_id,
-              # From Tune's start of the trial (the sweep's tracker measures it, where it does).
-              "trial_start_to_first_step_s": run.data.metrics.get("perf/launch_to_first_report_s")}
-    result["mlflow_run_id"] = log_bench(
-        "trial", args.size, result, {k: result[k] for k in ("launch_to_first_step_s", "trial_start_to_first_step_s", "trial_total_s")},
-        {"steps": exp["train"]["steps"], "num_workers": exp["train"]["num_workers"], "overrides": " ".join(args.overrides)})
+    result = measure_trial(args)
     if args.json:
         print(json.dumps(result, indent=2))
         return
     print(f"one {result['model_size']} trial: {result['launch_to_first_step_s']:.1f} s from launch to its first "
-          f"train/* report; {total:.1f} s in all ({result['steps']} steps, then evaluation)")
-    print(f"MLflow run {result['mlflow_run_id']} ({EXPERIMENT}); the trial's own runs are in {TRIAL_EXPERIMENT}")
+          f"train/* report; {result['trial_total_s']:.1f} s in all ({result['steps']} steps, then evaluation)")
+    print(f"MLflow run {result['mlflow_run_id']} ({EXPERIMENT}); the trial's own runs are in tipslab-bench-trial")
+
+
+def cmd_bench_overhead(args) -> None:
+    """What Ray Train costs per step: a 1-worker TorchTrainer against a plain loop (jobs/bench/overhead.py)."""
+    from tipslab.jobs.bench.overhead import bench_overhead
+    from tipslab.jobs.data.pipeline.prepare import ensure_scenes
+
+    from .runtime import ensure_ray, storage_path
+
+    exp = experiment(args.config, None, args.overrides)
+    ensure_scenes(exp)
+    ensure_ray()
+    result = bench_overhead(exp, storage_path(), steps=args.steps, warmup=args.warmup)
+    result.update(device_kind="cpu", device=device())
+    result["mlflow_run_id"] = log_bench("overhead", result["model_size"], result,
+                                        {k: result[k] for k in ("plain_step_s", "ray_step_s", "ratio")},
+                                        {"steps": args.steps, "warmup": args.warmup, "overrides": " ".join(args.overrides)})
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"plain PyTorch loop: {result['plain_step_s'] * 1000:.1f} ms/step")
+    print(f"Ray Train (1 worker): {result['ray_step_s'] * 1000:.1f} ms/step")
+    print(f"Ray Train / plain: {result['ratio']:.3f} (goal <= 1.05); batch {result['batch_size']}, {args.steps} steps "
+          f"after {args.warmup} warm-up, model {result['model_size']}, one thread each")
+
+
+def cmd_bench_ingest(args) -> None:
+    """Ingestion rows/s of each format on the same images (jobs/bench/ingest.py)."""
+    from tipslab.jobs.bench.ingest import bench_ingest
+
+    if args.parallel:
+        from .runtime import ensure_ray
+
+        ensure_ray()
+    result = bench_ingest(n=args.n, size=args.size, tars=args.tars, parallel=args.parallel)
+    result.update(device_kind="cpu", device=device())
+    metrics = {f"{fmt.split(',')[0]}{'_ray' if ',' in fmt else ''}_rows_per_s": r["rows_per_s"]
+               for fmt, r in result["formats"].items()}
+    result["mlflow_run_id"] = log_bench("ingest", "none", result, metrics, {"n": args.n, "size": args.size})
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"ingestion of {args.n} JPEGs of {args.size}x{args.size} px:")
+    print(f"{'format':<28}{'rows':>6}{'seconds':>9}{'rows/s':>9}")
+    for fmt, r in result["formats"].items():
+        print(f"{fmt:<28}{r['rows']:>6}{r['seconds']:>9.2f}{r['rows_per_s']:>9.0f}")
+
+
+def cmd_bench_scenes(args) -> None:
+    """Procedural scenes per second on one core (jobs/bench/scenes.py)."""
+    from tipslab.jobs.bench.scenes import bench_scenes
+
+    result = bench_scenes(args.size, args.n)
+    result.update(device_kind="cpu", device=device())
+    result["mlflow_run_id"] = log_bench("scenes", "none", result,
+                                        {k: v for k, v in result.items() if k.endswith("_s")}, {"size": args.size})
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"{args.n} scenes of {args.size} px: {result['render_per_cpu_s']:.1f} rendered per CPU-second, "
+          f"{result['row_per_cpu_s']:.1f} whole shard rows (with the dense labels encoded) per CPU-second")
 
 
 def add_parsers(sub) -> None:
@@ -367,3 +266,23 @@ def add_parsers(sub) -> None:
     trial.add_argument("--steps", type=int, default=2, help="training steps of the trial")
     trial.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local instance)")
     trial.set_defaults(func=cmd_bench_trial)
+
+    overhead = bench_sub.add_parser("overhead", help="Ray Train's cost per step: a 1-worker trainer vs a plain loop")
+    common(overhead, sizes=False)
+    overhead.add_argument("--steps", type=int, default=30, help="timed steps on each side")
+    overhead.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    overhead.set_defaults(func=cmd_bench_overhead)
+
+    ingest = bench_sub.add_parser("ingest", help="ingestion rows/s of each source format on the same images")
+    ingest.add_argument("--n", type=int, default=300, help="images per format")
+    ingest.add_argument("--size", type=int, default=224, help="image side, px")
+    ingest.add_argument("--tars", type=int, default=4, help="tars the WebDataset images are split into")
+    ingest.add_argument("--parallel", action="store_true", help="also one Ray task per tar")
+    ingest.add_argument("--json", action="store_true", help="print the result as JSON (stable keys)")
+    ingest.set_defaults(func=cmd_bench_ingest)
+
+    scenes = bench_sub.add_parser("scenes", help="procedural scenes per second on one core")
+    scenes.add_argument("--n", type=int, default=100, help="scenes to render")
+    scenes.add_argument("--size", type=int, default=224, help="image side, px")
+    scenes.add_argument("--json", action="store_true", help="print the result as JSON (stable keys)")
+    scenes.set_defaults(func=cmd_bench_scenes)

@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from . import bench_commands, data_commands, eval_commands, model_commands, sweep_commands, train_commands
-from .errors import UserError
+from .errors import CommandFailed, UserError
 from .runtime import quiet_environment
 
 
@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"tipslab: error: {err}", file=sys.stderr)
         return 2
+    except CommandFailed as err:
+        print(f"tipslab: failed: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

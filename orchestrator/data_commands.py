@@ -1,7 +1,7 @@
 """`tipslab data`: make, inspect and repair shards."""
 import os
 
-from .errors import UserError
+from .errors import PATH_ERRORS, UserError
 
 
 def cmd_data_scenes(args) -> None:
@@ -25,7 +25,7 @@ def cmd_data_scenes(args) -> None:
         manifest = generate_scenes(args.out, args.n, split=args.split, seed=args.seed, size=args.size,
                                    web_noise=args.web_noise, max_objects=args.max_objects,
                                    rows_per_shard=args.rows_per_shard, parallel=args.parallel)
-    except (ValueError, OSError) as err:
+    except PATH_ERRORS as err:
         raise UserError(f"{args.out}: {err}") from None
     if args.json:
         print(json.dumps({k: manifest[k] for k in ("num_rows", "content_hash", "schema_version", "source")}
@@ -91,14 +91,11 @@ def add_parsers(sub) -> None:
 
 
 def _user_errors(fn):
-    """Run ``fn``; data the user gave that cannot be used becomes one UserError line."""
-    from tipslab.jobs.data.ingest.sources import IngestError
-    from tipslab.jobs.data.shards.rows import TooManyBadRows
-    from tipslab.jobs.data.shards.format import ShardError
-
+    """Run ``fn``; a path the user gave that cannot be read or written becomes one UserError line
+    (bad data is already a DataError, a kind of UserError; anything else keeps its traceback)."""
     try:
         return fn()
-    except (IngestError, ShardError, TooManyBadRows, ValueError, OSError) as err:
+    except PATH_ERRORS as err:
         raise UserError(str(err)) from None
 
 

@@ -76,22 +76,13 @@ def run_evaluation(checkpoint: str, exp: dict, out_dir: str, address: str | None
 
 def append_to_run(client, run_id: str, result, out_dir: str) -> None:
     """eval/* metrics at the run's last training step; eval_results.json merged; features.npz."""
-    from mlflow.entities import Metric
-
     from tipslab.jobs.eval.evaluate import FEATURES_FILE, RESULTS_FILE
 
-    run = client.get_run(run_id)
-    step, now = int(run.data.params.get("train.steps", 0)), int(time.time() * 1000)
-    metrics = {**result.metrics, "perf/eval_seconds": result.seconds["total"]}
-    client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
-    merged = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        if any(a.path == RESULTS_FILE for a in client.list_artifacts(run_id)):
-            with open(client.download_artifacts(run_id, RESULTS_FILE, tmp)) as f:
-                merged = json.load(f)
-    client.log_dict(run_id, {**merged, **metrics}, RESULTS_FILE)
-    if os.path.isfile(os.path.join(out_dir, FEATURES_FILE)):
-        client.log_artifact(run_id, os.path.join(out_dir, FEATURES_FILE))
+    from .tracking import append_eval
+
+    features = os.path.join(out_dir, FEATURES_FILE)
+    append_eval(client, run_id, {**result.metrics, "perf/eval_seconds": result.seconds["total"]}, RESULTS_FILE,
+                features if os.path.isfile(features) else None)
 
 
 def cmd_eval(args) -> None:

@@ -17,10 +17,8 @@ def cmd_checkpoint_import(args) -> None:
         raise UserError(f"--tokenizer: {args.tokenizer}: no such file (the official tokenizer.model, or 'hash')")
     base = to_dict(schema())
     base["model"]["tokenizer"] = args.tokenizer if args.tokenizer == "hash" else os.path.abspath(args.tokenizer)
-    try:  # the checkpoint carries the tokenizer that model.tokenizer names
-        path = import_checkpoint(args.vision, args.text, args.out, base, heads=args.heads)
-    except ValueError as err:
-        raise UserError(str(err)) from None
+    # The checkpoint carries the tokenizer that model.tokenizer names; what cannot be imported is a DataError.
+    path = import_checkpoint(args.vision, args.text, args.out, base, heads=args.heads)
     print(f"wrote {path}")
 
 

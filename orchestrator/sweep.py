@@ -21,7 +21,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from tipslab.jobs.storage import to_uri
 from tipslab.jobs.data.pipeline.prepare import ensure_scenes
 from tipslab.jobs.eval.evaluate import evaluate_checkpoint
-from tipslab.jobs.train.loop import build_trainer
+from tipslab.jobs.train.trainer import build_trainer
 
 from .errors import UserError
 from .runtime import ensure_ray, storage_path, tracking_uri

@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import UserError
+from .errors import CommandFailed, UserError
 from .runtime import home, tracking_uri
 
 UI_HINT = ("In the UI: open the experiment, then 'Group by' the tag tipslab.variant (or a tipslab.axis.* tag) to "
@@ -35,7 +35,8 @@ def finish(result, footer: str = "") -> None:
     if footer:
         print(footer)
     if result.failed:
-        raise SystemExit(f"tipslab: {len(result.failed)} trial(s) failed: {', '.join(result.failed)}")
+        raise CommandFailed(f"{len(result.failed)} trial(s) failed: {', '.join(result.failed)} (their errors are "
+                            f"in the trial runs of parent run {result.parent_run_id})")
 
 
 def cmd_plan(args) -> None:

@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from .config import flatten, manifest_of
+from .plan import BENCH, BENCH_EXPERIMENT, DEVICE_KIND, MODEL_SIZE
 from .runtime import artifact_root
 
 ROLE, SWEEP_ID, SPEC, SIZE = "tipslab.role", "tipslab.sweep_id", "tipslab.spec", "tipslab.size"
@@ -206,3 +207,49 @@ class TrackingCallback(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.tracker.finish_trial(self.resolve(trial.config).name, "FAILED", trial.last_result)
+
+
+# --------------------------------------------------------------------------- outside sweeps
+DEVICE = "tipslab.device"  # beside the bench tags that `tipslab plan` reads (orchestrator/plan.py)
+
+
+def experiment_id(client: MlflowClient, name: str) -> str:
+    """The id of the experiment `name`, created (with its artifacts under the store's root) if new."""
+    found = client.get_experiment_by_name(name)
+    return found.experiment_id if found else client.create_experiment(
+        name, artifact_location=f"{artifact_root()}/{name}")
+
+
+def log_bench(tracking_uri: str, bench: str, model_size: str, result: dict, metrics: dict, params: dict) -> str:
+    """One FINISHED run of `tipslab bench` in `tipslab-bench`, where `tipslab plan` reads it; returns
+    its id. Metrics `bench/<bench>/*`; the result itself is its `bench.json`."""
+    client = MlflowClient(tracking_uri)
+    run = client.create_run(experiment_id(client, BENCH_EXPERIMENT), run_name=f"{bench}-{model_size}-{result['device_kind']}",
+                            tags={BENCH: bench, MODEL_SIZE: model_size, DEVICE_KIND: result["device_kind"],
+                                  DEVICE: result["device"], "tipslab.code_version": code_version()})
+    run_id = run.info.run_id
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(f"bench/{bench}/{k}", float(v), now, 0) for k, v in metrics.items()
+                                      if v is not None],
+                     params=[Param(k, redact(v)[:6000]) for k, v in params.items()])
+    client.log_dict(run_id, scrub(result), "bench.json")
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def append_eval(client: MlflowClient, run_id: str, metrics: dict, results_file: str, features: str | None) -> None:
+    """`tipslab eval --run`: eval/* metrics at the run's last training step, its eval results file
+    merged with them, and the features file (if any) beside them."""
+    import tempfile
+
+    run = client.get_run(run_id)
+    step, now = int(run.data.params.get("train.steps", 0)), int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
+    merged = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        if any(a.path == results_file for a in client.list_artifacts(run_id)):
+            with open(client.download_artifacts(run_id, results_file, tmp)) as f:
+                merged = json.load(f)
+    client.log_dict(run_id, {**merged, **metrics}, results_file)
+    if features:
+        client.log_artifact(run_id, features)

@@ -28,6 +28,7 @@ from tipslab.jobs import storage
 from tipslab.jobs.data.pipeline.streaming import BATCHES_PER_BLOCK, PositionedViews, map_views, read_blocks, read_shards, views_actors
 from tipslab.jobs.data.shards.format import read_manifest, shard_files
 from tipslab.jobs.data.pipeline.views import TIPSViews
+from tipslab.models.errors import ConfigError, DataError
 
 COLUMNS = ["key", "image", "web_caption", "synthetic_caption"]
 
@@ -123,7 +124,7 @@ def timed(batches) -> tuple[float, float, float, float, str]:
         if first is None:
             first = time.perf_counter()
     if images == 0:
-        raise ValueError("bench data: no views came out; are all rows bad?")
+        raise DataError("bench data: no views came out; are all rows bad?")
     rate = images / (time.perf_counter() - start)
     return first - start, rate, images / cpu, max(ready - wall_start, 0.0), ",".join(sorted(ran))
 
@@ -173,15 +174,15 @@ def bench_data(shards_dir: str, *, cpus: int, batch_size: int = 32, rows: int = 
     scheduling): on a machine shared with other work, the first falls and the second holds.
     """
     if cpus < 1:
-        raise ValueError(f"bench data: cpus must be at least 1, got {cpus}")
+        raise ConfigError(f"bench data: cpus must be at least 1, got {cpus}")
     files = shard_files(shards_dir)
     available = sum(s["num_rows"] for s in read_manifest(shards_dir)["shards"])
     measured = min(rows, available) if rows else available
     if measured < 2 * batch_size:
-        raise ValueError(f"bench data: {measured} rows make fewer than 2 batches of {batch_size}; "
+        raise ConfigError(f"bench data: {measured} rows make fewer than 2 batches of {batch_size}; "
                          f"use more rows or a smaller batch size")
     if views not in ("auto", "actors", "tasks"):
-        raise ValueError(f"bench data: views must be auto, actors or tasks, not {views!r}")
+        raise ConfigError(f"bench data: views must be auto, actors or tasks, not {views!r}")
     actors = measured >= DataConfig().views_actor_rows if views == "auto" else views == "actors"
     make_views = partial(bench_views, image_size=image_size, local_crops=local_crops, local_crop_size=local_crop_size,
                          augment=augment, mask_mode=mask_mode)

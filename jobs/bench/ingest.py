@@ -1,18 +1,16 @@
-"""Ingestion rows/s per format: ``python -m tipslab.jobs.data.ingest.sources --bench [--n N] [--size PX]``.
+"""`tipslab bench ingest`: ingestion rows/s per format.
 
 Makes the same N JPEG images (photo-like noise, so that they compress like photos) as a folder of
 WebDataset tars, CSV, TSV and JSONL tables and a COCO caption file in a temporary folder, ingests
 each into local shards in one process and prints the rows per second. Every row is fully decoded on
-the way in. ``--parallel`` adds the tars ingested by one Ray task per tar (ingest_parallel.py), on a
-local Ray instance with this machine's CPUs; its figure includes starting the tasks' workers.
+the way in. ``--parallel`` adds the tars ingested by one Ray task per tar (jobs/data/ingest/parallel.py);
+its figure includes starting the tasks' workers.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
-import os
 import tarfile
 import tempfile
 from pathlib import Path
@@ -70,31 +68,23 @@ def make_sources(root: Path, n: int, size: int, n_tars: int = 4, seed: int = 0) 
             "coco": images / "captions.json"}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tipslab.jobs.data.ingest.sources")
-    parser.add_argument("--bench", action="store_true", required=True)
-    parser.add_argument("--n", type=int, default=300, help="images per format (default 300)")
-    parser.add_argument("--size", type=int, default=224, help="image side in pixels (default 224)")
-    parser.add_argument("--parallel", action="store_true", help="also time one Ray task per tar")
-    parser.add_argument("--tars", type=int, default=4, help="tars the images are split into (default 4)")
-    args = parser.parse_args(argv)
+def bench_ingest(n: int = 300, size: int = 224, tars: int = 4, parallel: bool = False) -> dict:
+    """Rows/s of each format's ingestion of the same `n` images; with `parallel`, also the tars by one
+    Ray task per tar (on the Ray instance the caller started). {"formats": {fmt: {rows, seconds,
+    rows_per_s}}, ...}."""
+    out = {"n": n, "size": size, "tars": tars, "formats": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        sources = make_sources(Path(tmp) / "src", args.n, args.size, n_tars=args.tars)
+        sources = make_sources(Path(tmp) / "src", n, size, n_tars=tars)
         # One untimed pass first, so that no format pays for the first imports and file caches.
         ingest("csv", str(sources["csv"]), f"{tmp}/warm-up", max_pixels=40_000_000, max_bad_fraction=0.0)
-        print(f"ingestion of {args.n} JPEGs of {args.size}x{args.size} px, one process:")
-        print(f"{'format':<12}{'rows':>6}{'seconds':>9}{'rows/s':>9}")
-        for fmt in FORMATS:
-            result = ingest(fmt, str(sources[fmt]), f"{tmp}/out-{fmt}",
-                            max_pixels=40_000_000, max_bad_fraction=0.0)
-            print(f"{fmt:<12}{result['rows']:>6}{result['seconds']:>9.2f}{result['rows_per_s']:>9.0f}")
-        if args.parallel:
-            import ray
-
+        runs = {fmt: lambda fmt=fmt: ingest(fmt, str(sources[fmt]), f"{tmp}/out-{fmt}", max_pixels=40_000_000,
+                                            max_bad_fraction=0.0) for fmt in FORMATS}
+        if parallel:
             from tipslab.jobs.data.ingest.parallel import ingest_webdataset_parallel
 
-            ray.init(num_cpus=os.cpu_count(), log_to_driver=False)
-            result = ingest_webdataset_parallel(str(sources["webdataset"]), f"{tmp}/out-parallel",
-                                                max_pixels=40_000_000, max_bad_fraction=0.0)
-            print(f"{'webdataset, Ray, ' + str(args.tars) + ' tasks':<12}{result['rows']:>6}"
-                  f"{result['seconds']:>9.2f}{result['rows_per_s']:>9.0f}")
+            runs[f"webdataset, Ray, {tars} tasks"] = lambda: ingest_webdataset_parallel(
+                str(sources["webdataset"]), f"{tmp}/out-parallel", max_pixels=40_000_000, max_bad_fraction=0.0)
+        for name, run in runs.items():
+            result = run()
+            out["formats"][name] = {k: result[k] for k in ("rows", "seconds", "rows_per_s")}
+    return out

@@ -9,31 +9,19 @@ Two ways to run the same step, interleaved so that a busy machine slows each ali
 
 Run each size in its own process (`tipslab bench step`) so that its peak memory is its own.
 """
-import contextlib
-import math
 import os
-import platform
-import resource
 import sys
 import time
 
 import numpy as np
 import torch
 
-from tipslab.models.checkpoint import tips_config
-from tipslab.models.mim import masked_count
-from tipslab.models.objective import TIPSObjective
-from tipslab.models.teacher import EMATeacher
-from tipslab.models.tips import TIPSStudent
-
+from tipslab.jobs.bench import COMPONENTS
+from tipslab.jobs.bench.device import device_name, device_peak, peak_rss_mb, sync
 from tipslab.jobs.bench.flops import flops_per_step
-from tipslab.jobs.train.step import LossWatch, compile_parts, param_groups, tips_step
-
-COMPONENTS = ("data_to_device", "student_fwd", "text_fwd", "teacher_fwd", "losses", "backward", "optimizer", "ema")
-# Dense bf16 tensor-core peaks from the vendors' data sheets, by a fragment of
-# torch.cuda.get_device_name(); the first match wins (PCIe before the SXM default).
-GPU_BF16_PEAKS = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12), ("L4", 121e12))
-
+from tipslab.jobs.train.step import StepParts, build_step
+from tipslab.models.mim import masked_count
+from tipslab.models.errors import ConfigError
 
 def synthetic_batch(exp: dict, batch_size: int, seed: int = 0) -> dict:
     """A batch of the training views' shapes and types (random uint8 pixels and tokens, masks at the ratio)."""
@@ -52,15 +40,6 @@ def synthetic_batch(exp: dict, batch_size: int, seed: int = 0) -> dict:
                                      dtype=torch.uint8),
         "masks": masks, "web_tokens": tokens(), "synthetic_tokens": tokens(),
     }
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class Clock:
@@ -94,88 +73,60 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def timed_step(parts: "StepParts", cpu_batch: dict, clock: Clock, *, step: int, **kw) -> None:
-    """One `tips_step` with a clock mark after each component; the text tower's time (measured by
-    hooks on it, which the caller registers) moves from the student's forward to its own line."""
-    batch = to_device(cpu_batch, parts.device)
+def timed_step(parts: StepParts, cpu_batch: dict, clock: Clock, *, stage_step: int, step: int) -> None:
+    """One step as the loop runs it (`StepParts.step`) with a clock mark after each component; the
+    text tower's time (measured by hooks on it, which the caller registers) moves from the student's
+    forward to its own line."""
+    batch = to_device(cpu_batch, clock.device)
     clock.lap("data_to_device")
-    tips_step(parts.model, parts.student, parts.teacher, parts.objective, parts.optimizer, batch, step=step,
-              bf16=parts.precision == "bf16", watch=parts.watch, marks=clock.lap, **kw)
+    parts.step(batch, stage_step, step, marks=clock.lap)
     clock.laps["student_fwd"] -= clock.text
     clock.laps["text_fwd"] += clock.text
 
 
-class StepParts:
-    """The student, objective, teacher and optimizer of one step, as the training loop builds them."""
-
-    def __init__(self, exp: dict, device: str = "cpu", precision: str = "fp32", fused: bool = False,
-                 compile: bool = False):
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision: {precision!r} is not fp32 or bf16")
-        if precision == "bf16" and torch.device(device).type != "cuda":
-            raise ValueError("precision bf16: the training step autocasts to bf16 on cuda only (jobs/train/step.py)")
-        cfg = tips_config(exp)
-        self.device = torch.device(device)
-        self.precision = precision
-        torch.manual_seed(0)
-        self.student = TIPSStudent(cfg).to(self.device)
-        self.objective = TIPSObjective(cfg).to(self.device)
-        self.teacher = EMATeacher(self.student).to(self.device) if self.objective.needs_teacher else None
-        self.optimizer = torch.optim.AdamW(param_groups(self.student, exp["train"]["weight_decay"]),
-                                           lr=exp["train"]["lr"], fused=fused)
-        self.watch = LossWatch()
-        # torch.compile traces the student's forward; the hooks that time the text tower would break
-        # its graph, so a compiled step has no per-component figures (see step_benchmark).
-        self.model = torch.compile(self.student) if compile else self.student
-        if compile:
-            compile_parts(self.teacher, self.objective)
-
-    def autocast(self):
-        """As `tips_step` autocasts: the forwards and the objective, not the backward."""
-        if self.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+def bench_parts(exp: dict, device: str = "cpu", precision: str = "fp32", fused: bool = False,
+                compile: bool = False) -> StepParts:
+    """The training loop's step parts (`build_step`) at a benchmark's precision and compile setting."""
+    if precision not in ("fp32", "bf16"):
+        raise ConfigError(f"precision: {precision!r} is not fp32 or bf16")
+    if precision == "bf16" and torch.device(device).type != "cuda":
+        raise ConfigError("precision bf16: the training step autocasts to bf16 on cuda only (jobs/train/step.py)")
+    parts = build_step(exp, device, seed=0, fused=fused)
+    parts.bf16 = precision == "bf16"
+    # torch.compile traces the student's forward; the hooks that time the text tower would break
+    # its graph, so a compiled step has no per-component figures (see step_benchmark).
+    if compile:
+        parts.compile()
+    return parts
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int = 10) -> float:
-    """FLOP/s of the best of `repeats` n×n matmuls, after one warm-up: the peak this device (and this
-    process's thread count) reaches on the kind of work a transformer is made of."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    best = math.inf
-    for i in range(repeats + 1):
-        sync(device)
+class StepTimer:
+    """A benchmark's two ways of running the step (module docstring) on one set of parts and batch."""
+
+    def __init__(self, parts: StepParts, cpu_batch: dict, device: torch.device, burst: int):
+        self.parts, self.batch, self.device, self.burst = parts, cpu_batch, device, burst
+        self.steps = len(parts.sched.lr)  # the schedules' values at step i, as the loop's first steps get them
+
+    def plain(self, step: int) -> float:
+        """Seconds per step of a burst run back to back behind one device synchronisation."""
+        sync(self.device)
         t0 = time.perf_counter()
-        torch.mm(a, b)
-        sync(device)
-        if i:
-            best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
+        for i in range(self.burst):
+            self.parts.step(to_device(self.batch, self.device), (step + i) % self.steps, step + i)
+        sync(self.device)
+        return (time.perf_counter() - t0) / self.burst
 
-
-def device_peak(device: torch.device, precision: str) -> tuple[float, str]:
-    """(peak FLOP/s, where it comes from): a data-sheet bf16 peak for known GPUs, else measured."""
-    if device.type == "cuda" and precision == "bf16":
-        name = torch.cuda.get_device_name(device)
-        for fragment, peak in GPU_BF16_PEAKS:
-            if fragment in name:
-                return peak, f"data sheet: {fragment} bf16 dense"
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    n = 8192 if device.type == "cuda" else 1024
-    return matmul_peak(device, dtype, n), f"measured {n}x{n} {precision} matmul peak"
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    def marked(self, step: int) -> dict:
+        """Seconds per component of one marked step."""
+        clock = Clock(self.device)
+        text = self.parts.student.text
+        hooks = [text.register_forward_pre_hook(clock.enter_text), text.register_forward_hook(clock.leave_text)]
+        try:
+            timed_step(self.parts, self.batch, clock, stage_step=step % self.steps, step=step)
+        finally:
+            for h in hooks:
+                h.remove()
+        return {f"{name}_s": clock.laps[name] for name in COMPONENTS}
 
 
 def step_benchmark(exp: dict, batch_size: int, repeats: int = 3, device: str = "auto", precision: str = "auto",
@@ -187,47 +138,21 @@ def step_benchmark(exp: dict, batch_size: int, repeats: int = 3, device: str = "
     "auto" picks cuda when visible; on cuda bf16 autocast and fused AdamW (the GPU step), on cpu fp32.
     `burst` defaults to 1 on cpu (each burst interleaved with a marked step) and 10 on cuda (where a
     device synchronisation per step would hide the launch overlap the training loop gets)."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if precision == "auto":
-        precision = "bf16" if device == "cuda" else "fp32"
-    if fused is None:
-        fused = device == "cuda"
-    parts = StepParts(exp, device, precision, fused, compile)
-    dev = parts.device
-    burst = burst or (10 if dev.type == "cuda" else 1)
+    device = device if device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+    precision = precision if precision != "auto" else "bf16" if device == "cuda" else "fp32"
+    fused = device == "cuda" if fused is None else fused
+    parts = bench_parts(exp, device, precision, fused, compile)
+    dev = torch.device(device)
     cpu_batch = synthetic_batch(exp, batch_size)
     if dev.type == "cuda":
         cpu_batch = {k: v.pin_memory() for k, v in cpu_batch.items()}
-    kw = {"teacher_temp": exp["loss"]["teacher_temp"], "momentum": 0.999, "grad_clip": exp["train"]["grad_clip"]}
-
-    def plain(step: int) -> float:
-        sync(dev)
-        t0 = time.perf_counter()
-        for i in range(burst):
-            tips_step(parts.model, parts.student, parts.teacher, parts.objective, parts.optimizer,
-                      to_device(cpu_batch, dev), step=step + i, bf16=precision == "bf16", watch=parts.watch, **kw)
-        sync(dev)
-        return (time.perf_counter() - t0) / burst
-
-    def timed(step: int) -> dict:
-        clock = Clock(dev)
-        text = parts.student.text
-        hooks = [text.register_forward_pre_hook(clock.enter_text), text.register_forward_hook(clock.leave_text)]
-        try:
-            timed_step(parts, cpu_batch, clock, step=step, **kw)
-        finally:
-            for h in hooks:
-                h.remove()
-        return {f"{name}_s": clock.laps[name] for name in COMPONENTS}
-
+    timer = StepTimer(parts, cpu_batch, dev, burst or (10 if dev.type == "cuda" else 1))
     for step in range(3 if compile else 1):  # warm-up: allocator, autotuning, compilation
-        plain(step * burst)
+        timer.plain(step * timer.burst)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    rows = []
-    for step in range(repeats):
-        rows.append({"step_s": plain(step * burst), **({} if compile else timed(step))})
+    rows = [{"step_s": timer.plain(step * timer.burst), **({} if compile else timer.marked(step))}
+            for step in range(repeats)]
     parts.watch.check()  # a benchmark of a diverging step would measure nothing
     median = {k: float(np.median([r[k] for r in rows])) for k in rows[0]}
     flops = flops_per_step(exp, batch_size=batch_size)
@@ -235,7 +160,7 @@ def step_benchmark(exp: dict, batch_size: int, repeats: int = 3, device: str = "
     return {
         "model_size": exp["model"]["size"], "batch_size": batch_size, "device_kind": "gpu" if dev.type == "cuda" else "cpu",
         "device": device_name(dev), "threads": torch.get_num_threads(), "precision": precision, "fused_adamw": fused,
-        "compile": compile, "repeats": repeats, "burst": burst, **median,
+        "compile": compile, "repeats": repeats, "burst": timer.burst, **median,
         # Per repeat: the component sum over the step timed right before it.
         "components_over_step": (float(np.median([sum(r[f"{c}_s"] for c in COMPONENTS) / r["step_s"] for r in rows]))
                                  if not compile else None),

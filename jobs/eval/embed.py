@@ -8,9 +8,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from tipslab.models.checkpoint import load_student
+from tipslab.models.errors import DataError
 
 
-class EmbedError(ValueError):
+class EmbedError(DataError):
     """An input image cannot be read; the message names the file."""
 
 

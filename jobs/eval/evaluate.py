@@ -33,6 +33,7 @@ from tipslab.jobs.eval.probes import metric_goal
 from tipslab.jobs.eval.probes.features import features
 from tipslab.jobs.eval.probes.features import load_pixels
 from tipslab.jobs.eval.probes.zero_shot import prompts
+from tipslab.models.errors import ConfigError
 
 RESULTS_FILE = "eval_results.json"
 FEATURES_FILE = "features.npz"
@@ -46,10 +47,10 @@ def settings(eval_cfg: dict) -> dict:
     ev = {**dataclasses.asdict(EvalConfig()), **dict(eval_cfg or {})}
     unknown = sorted(set(ev["probes"]) - set(ALL_PROBES))
     if unknown:
-        raise ValueError(f"eval.probes: unknown probes {unknown}; known: {', '.join(ALL_PROBES)}")
+        raise ConfigError(f"eval.probes: unknown probes {unknown}; known: {', '.join(ALL_PROBES)}")
     for key in ("zero_shot_token", "knn_token"):
         if ev[key] not in ("cls_web", "cls_synthetic"):
-            raise ValueError(f"eval.{key}: {ev[key]!r} is not cls_web or cls_synthetic")
+            raise ConfigError(f"eval.{key}: {ev[key]!r} is not cls_web or cls_synthetic")
     return ev
 
 
@@ -60,7 +61,7 @@ def planned(ev: dict) -> list[tuple[str, str | None, tuple[str, ...]]]:
         try:
             allowed = dataset_probes(name, is_shards=False)
         except ValueError as err:
-            raise ValueError(f"eval.datasets.{name}: {err}") from None
+            raise ConfigError(f"eval.datasets.{name}: {err}") from None
         plan.append((name, path, tuple(p for p in allowed if p in ev["probes"])))
     return plan
 

@@ -11,6 +11,7 @@ from tipslab.jobs.eval.evalsets.scenes import read_split
 from tipslab.jobs.eval.evaluate import retrieval_token, settings
 from tipslab.jobs.eval.probes.features import load_pixels
 from tipslab.jobs.eval.probes.retrieval import recall_at_k
+from tipslab.models.errors import ConfigError
 
 
 class RetrievalProbe:
@@ -20,7 +21,7 @@ class RetrievalProbe:
         split, _ = read_split(exp["data"]["root"], ev["probe_test_split"], size, ev["retrieval_caption"])
         n = min(exp["train"]["probe_images"], len(split.keys))
         if split.captions is None:
-            raise ValueError(f"train.probe_every: the {ev['probe_test_split']} split has no {ev['retrieval_caption']!r} "
+            raise ConfigError(f"train.probe_every: the {ev['probe_test_split']} split has no {ev['retrieval_caption']!r} "
                              "column to probe retrieval with; set train.probe_every: 0")
         self.pixels = torch.stack([load_pixels(split.images[i], size, split.keys[i]) for i in range(n)])
         self.tokens = torch.from_numpy(tokenizer.encode(split.captions[:n]))

@@ -9,6 +9,7 @@ import copy
 
 import torch
 from timm.layers import resample_abs_pos_embed
+from tipslab.models.errors import ConfigError
 
 
 def with_overrides(exp: dict, overrides: dict) -> dict:
@@ -19,7 +20,7 @@ def with_overrides(exp: dict, overrides: dict) -> dict:
         node = out
         for p in parents:
             if not isinstance(node.get(p), dict):
-                raise ValueError(f"train.stages: override {key!r} names no config section")
+                raise ConfigError(f"train.stages: override {key!r} names no config section")
             node = node[p]
         node[last] = copy.deepcopy(value)
     return out
@@ -52,7 +53,7 @@ def carry_weights(module: torch.nn.Module, state: dict) -> list[str]:
             old, new = int((value.shape[1] - 1) ** 0.5), int((own[key].shape[1] - 1) ** 0.5)
             value = resample_abs_pos_embed(value, new_size=[new, new], old_size=[old, old], num_prefix_tokens=1)
         if value.shape != own[key].shape:
-            raise ValueError(f"train.stages: {key} has shape {tuple(value.shape)} in the last stage but "
+            raise ConfigError(f"train.stages: {key} has shape {tuple(value.shape)} in the last stage but "
                              f"{tuple(own[key].shape)} in this one; a stage may not change it")
         loaded[key] = value
     module.load_state_dict(loaded, strict=False)

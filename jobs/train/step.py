@@ -1,15 +1,19 @@
-"""One TIPS training step and what it needs, in plain PyTorch: it runs without Ray (on the GPU
-machine, in benchmarks) exactly as inside the Ray Train loop."""
+"""One TIPS training step and its parts, built one way, in plain PyTorch: it runs without Ray (on
+the GPU machine, in benchmarks) exactly as inside the Ray Train loop."""
+from dataclasses import dataclass, field
+
 import numpy as np
 import torch
 
+from tipslab.models.checkpoint import tips_config
 from tipslab.models.distributed import world
 from tipslab.models.objective import TIPSObjective
 from tipslab.models.schedules import cosine_schedule
 from tipslab.models.teacher import EMATeacher
 from tipslab.models.tips import TIPSStudent
 
-from tipslab.jobs.train.parallel import unsharded
+from tipslab.jobs.train.parallel import shard_model, unsharded
+from tipslab.jobs.train.stages import carry_weights
 
 NO_WEIGHT_DECAY = ("cls_token", "register_token", "pos_embed", "mask_token", "log_temperature", "queries")
 
@@ -101,36 +105,98 @@ class LossWatch:
                                  f"{value[index].item()}")
 
 
-def tips_step(model, student: TIPSStudent, teacher: EMATeacher | None, objective: TIPSObjective, optimizer,
-              batch: dict, *, teacher_temp: float, momentum: float, grad_clip: float, step: int,
-              bf16: bool = False, watch: LossWatch | None = None, marks=None) -> dict[str, torch.Tensor]:
-    """One TIPS step: student (maybe DDP-wrapped `model`) and teacher forwards, the objective,
+@dataclass
+class StepParts:
+    """Everything one TIPS step touches: the student (and `model`, the wrapper its forward runs
+    through: DDP, torch.compile, or the student itself), the EMA teacher (None when no loss term
+    needs one), the objective, the optimizer, the per-step schedules and the non-finite watch.
+    `build_step` makes them; the training loop, `tipslab bench step` and the Ray Train overhead
+    benchmark all step through them, so what is benchmarked is what is trained."""
+
+    student: TIPSStudent
+    objective: TIPSObjective
+    teacher: EMATeacher | None
+    optimizer: torch.optim.Optimizer
+    sched: "Schedules"
+    grad_clip: float
+    model: torch.nn.Module | None = None
+    watch: LossWatch = field(default_factory=LossWatch)
+    bf16: bool = True  # bf16 autocast where the batch is on cuda (never on cpu)
+
+    def __post_init__(self):
+        self.model = self.model or self.student
+
+    def step(self, batch: dict, stage_step: int, step: int, marks=None) -> dict[str, torch.Tensor]:
+        """The schedules at `stage_step`, then one `tips_step` (`step` counts over all stages)."""
+        apply_schedules(self.optimizer, self.sched, stage_step)
+        return tips_step(self, batch, teacher_temp=float(self.sched.teacher_temp[stage_step]),
+                         momentum=float(self.sched.momentum[stage_step]), step=step, marks=marks)
+
+    def compile(self) -> None:
+        """torch.compile the student's forward (through its wrapper), the teacher and the objective."""
+        self.model = torch.compile(self.model)
+        compile_parts(self.teacher, self.objective)
+
+
+def build_step(exp: dict, device, *, seed: int, carry: dict | None = None, mesh=None,
+               fused: bool | None = None) -> StepParts:
+    """The parts of one step for experiment `exp` on `device`: the student initialised from `seed`
+    (the same on every rank), then `carry` (a last stage's whole "student", "objective" and
+    "teacher" state dicts) loaded into it; the teacher a copy of the student; with `mesh`, student
+    and teacher sharded by FSDP2 (jobs/train/parallel.py); then AdamW over what this rank holds
+    (fused on cuda unless `fused` says otherwise) and the schedules over `train.steps`."""
+    train = exp["train"]
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    cfg = tips_config(exp)
+    student = TIPSStudent(cfg).to(device)  # before the optimizer and any restored state
+    objective = TIPSObjective(cfg).to(device)
+    if carry is not None:
+        carry_weights(student, carry["student"])
+        carry_weights(objective, carry["objective"])
+    teacher = None
+    if objective.needs_teacher:
+        teacher = EMATeacher(student).to(device)  # a copy of the student's current weights
+        if carry is not None and carry.get("teacher") is not None:
+            carry_weights(teacher, carry["teacher"])
+    if mesh is not None:  # the teacher sharded the same way, so that its EMA update stays local
+        shard_model(student, mesh)
+        if teacher is not None:
+            shard_model(teacher, mesh)
+    fused = device.type == "cuda" if fused is None else fused
+    optimizer = torch.optim.AdamW(param_groups(student, train["weight_decay"]), lr=train["lr"], fused=fused)
+    return StepParts(student, objective, teacher, optimizer, Schedules(train, exp["loss"]), train["grad_clip"])
+
+
+def tips_step(parts: StepParts, batch: dict, *, teacher_temp: float, momentum: float, step: int,
+              marks=None) -> dict[str, torch.Tensor]:
+    """One TIPS step: student (through `parts.model`) and teacher forwards, the objective,
     backward, clipping, the optimizer, the EMA update. Returns the loss terms and `grad_norm` as
     0-dim tensors on the device: nothing here waits for the device (the caller reads the values when
-    it logs them); `watch` notes a non-finite term for a later `check`. `marks(name)` is called after
-    each component (student_fwd, teacher_fwd, losses, backward, optimizer, ema): jobs/bench/step.py times
-    them."""
+    it logs them); `parts.watch` notes a non-finite term for a later `check`. `marks(name)` is
+    called after each component (student_fwd, teacher_fwd, losses, backward, optimizer, ema):
+    jobs/bench/step.py times them."""
     mark = marks or (lambda name: None)
+    student, teacher = parts.student, parts.teacher
     device_type = batch["global_crop"].device.type
     # bf16 autocast on GPU for the forwards and the objective; backward runs outside it.
-    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16 and device_type == "cuda"):
-        out = model(batch)
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=parts.bf16 and device_type == "cuda"):
+        out = parts.model(batch)
         mark("student_fwd")
         teacher_out = {}
         if teacher is not None:
             masks = batch["masks"] if student.mim_head is not None else None
             teacher_out = teacher(batch["global_crop"], masks, student.cfg.loss.distill_cls)
         mark("teacher_fwd")
-        total, terms = objective(out, teacher_out, teacher_temp)
+        total, terms = parts.objective(out, teacher_out, teacher_temp)
     values = {k: v.detach() for k, v in terms.items()}
-    if watch is not None:
-        watch.observe(values, step)
+    parts.watch.observe(values, step)
     mark("losses")
-    optimizer.zero_grad(set_to_none=True)
+    parts.optimizer.zero_grad(set_to_none=True)
     total.backward()
     mark("backward")
-    grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), grad_clip or float("inf"))
-    optimizer.step()
+    grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), parts.grad_clip or float("inf"))
+    parts.optimizer.step()
     mark("optimizer")
     if teacher is not None:
         teacher.update(student, momentum)

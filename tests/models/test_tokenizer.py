@@ -12,6 +12,7 @@ import sentencepiece
 
 from tipslab.jobs.data.scenes.render import render_scene
 from tipslab.models.config import ModelConfig
+from tipslab.models.errors import ConfigError
 from tipslab.models.tokenizer import (
     HashTokenizer,
     SentencePieceTokenizer,
@@ -184,7 +185,7 @@ def test_config_and_file_errors_name_the_key(tmp_path, model):
     path.write_bytes(model)
     with pytest.raises(ValueError, match="model.vocab_size"):  # more pieces than embedding rows
         build_tokenizer(ModelConfig(tokenizer=str(path), vocab_size=20))
-    with pytest.raises(FileNotFoundError, match="model.tokenizer"):
+    with pytest.raises(ConfigError, match="model.tokenizer"):
         build_tokenizer(ModelConfig(tokenizer=str(tmp_path / "missing.model")))
     (tmp_path / "junk.model").write_bytes(b"not a model")
     with pytest.raises(ValueError, match="not a SentencePiece model"):

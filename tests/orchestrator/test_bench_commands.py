@@ -6,7 +6,9 @@ import pytest
 from conftest import tiny_overrides
 from mlflow.tracking import MlflowClient
 
-from tipslab.orchestrator.bench_commands import EXPERIMENT, STEP_COMPONENTS, TRIAL_EXPERIMENT
+from tipslab.jobs.bench import COMPONENTS as STEP_COMPONENTS
+from tipslab.orchestrator.bench_commands import EXPERIMENT
+from tipslab.orchestrator.bench_runs import TRIAL_EXPERIMENT
 from tipslab.orchestrator.cli import main
 from tipslab.orchestrator.runtime import tracking_uri
 

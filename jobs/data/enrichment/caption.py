@@ -18,6 +18,7 @@ from tipslab.jobs.data.shards.rewrite import rewrite_shards
 from tipslab.jobs.data.shards.rows import BadRow, BadRows, decode_image
 from tipslab.jobs.data.shards.format import read_manifest, shard_files
 from tipslab.jobs.storage import aws_env
+from tipslab.models.errors import DataError
 
 _ERROR_COLUMN = "_caption_error"
 
@@ -75,7 +76,7 @@ def caption_shards(shards: str, model_path: str, *, out: str | None = None, acto
     Ray must be initialised. Uses one GPU per actor when the cluster has GPUs, else one CPU.
     """
     if not os.path.isdir(model_path):
-        raise ValueError(f"--model {model_path}: not a folder (a model saved with save_pretrained)")
+        raise DataError(f"--model {model_path}: not a folder (a model saved with save_pretrained)")
     gpus = ray.cluster_resources().get("GPU", 0)
     # A dataset copies the DataContext when it is made: keep the rows in order (the new shards
     # keep the old row order), then give the driver its setting back.

@@ -18,6 +18,7 @@ from tipslab.jobs.data.enrichment.lexicon import ACTIONS, ATTRIBUTES, DETERMINER
 from tipslab.jobs.data.shards.rewrite import iter_rows, rewrite_shards
 from tipslab.jobs.data.shards.format import read_manifest
 from tipslab.jobs.storage import join, write_bytes
+from tipslab.models.errors import ConfigError
 
 #: The vocabulary's file name beside the shards' manifest when no path is given.
 VOCAB_NAME = "tag_vocab.txt"
@@ -144,7 +145,7 @@ def caption_tags(*captions: str | None) -> list[str]:
 def build_vocab(tag_lists: Iterable[Iterable[str]], min_freq: int = 1) -> list[str]:
     """Tags met in at least ``min_freq`` rows, most frequent first (ties alphabetical)."""
     if min_freq < 1:
-        raise ValueError(f"min_freq must be >= 1, got {min_freq}")
+        raise ConfigError(f"min_freq must be >= 1, got {min_freq}")
     counts: Counter[str] = Counter()
     for tags in tag_lists:
         counts.update(set(tags))

@@ -18,6 +18,7 @@ from tipslab.jobs.data.ingest.sources import checked_rows, read_join, read_webda
 from tipslab.jobs.data.shards.rows import KEPT_KEYS, BadRow, BadRows
 from tipslab.jobs.data.shards.format import write_manifest, write_shard
 from tipslab.jobs.storage import aws_env, make_dirs
+from tipslab.models.errors import DataError
 
 #: Shard numbers reserved for each tar (10,000 x 256 rows: far more than an img2dataset tar holds).
 SHARDS_PER_TAR = 10_000
@@ -29,7 +30,7 @@ def _ingest_tar(index: int, tar: str, out: str, max_pixels: int, max_bad_fractio
 
     def flush() -> None:
         if len(shards) >= SHARDS_PER_TAR:
-            raise ValueError(f"{tar} makes more than {SHARDS_PER_TAR} shards; raise rows_per_shard")
+            raise DataError(f"{tar} makes more than {SHARDS_PER_TAR} shards; raise rows_per_shard")
         shards.append(write_shard(batch, out, index * SHARDS_PER_TAR + len(shards)))
         batch.clear()
 

@@ -33,13 +33,14 @@ from typing import Callable, Iterator
 from tipslab.jobs.data.shards.rows import BadRow, BadRows, check_caption, check_key, verify_image
 from tipslab.jobs.data.shards.format import write_shards
 from tipslab.jobs.data.enrichment.tags import caption_tags
+from tipslab.models.errors import DataError
 
 FORMATS = ("webdataset", "csv", "tsv", "jsonl", "coco")
 _IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 _DELIMITERS = {"csv": ",", "tsv": "\t"}
 
 
-class IngestError(ValueError):
+class IngestError(DataError):
     """The source as a whole cannot be read (missing file, missing column): nothing to skip."""
 
 
@@ -295,9 +296,3 @@ def ingest(fmt: str, src: str, out: str, *, max_pixels: int, max_bad_fraction: f
             "content_hash": manifest["content_hash"], "bad_rows": bad.to_dict(),
             "joined": used_join, "join_unused": len(joined) - used_join if joined else 0,
             "seconds": round(seconds, 3), "rows_per_s": round(bad.rows_seen / max(seconds, 1e-9), 1)}
-
-
-if __name__ == "__main__":
-    from tipslab.jobs.bench.ingest import main
-
-    main()

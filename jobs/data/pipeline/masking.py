@@ -9,6 +9,7 @@ import math
 import numpy as np
 
 from tipslab.models.mim import masked_count
+from tipslab.models.errors import ConfigError
 
 MASK_MODES = ("random", "blockwise")
 # DINOv2's MaskingGenerator: blocks of at least 4 patches, aspect ratio 0.3 to 1/0.3, at most
@@ -66,4 +67,4 @@ def make_mask(rng: np.random.Generator, mode: str, grid: int, ratio: float) -> n
         return random_mask(rng, grid * grid, masked)
     if mode == "blockwise":
         return blockwise_mask(rng, grid, masked)
-    raise ValueError(f"loss.mask_mode: {mode!r} is not one of {MASK_MODES}")
+    raise ConfigError(f"loss.mask_mode: {mode!r} is not one of {MASK_MODES}")

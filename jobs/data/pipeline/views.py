@@ -36,6 +36,7 @@ from torchvision.transforms.v2 import functional as TF
 from tipslab.jobs.data.pipeline import photometric
 from tipslab.jobs.data.pipeline.masking import MASK_MODES, make_mask
 from tipslab.jobs.data.shards.rows import IMAGE_FORMATS, BadRow, BadRows, check_caption, check_key, check_pixels, check_tags, decode_image, image_size
+from tipslab.models.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +137,9 @@ class TIPSViews:
                  mask_mode: str = "random", augment: str = "none", seed: int = 0, epoch: int = 0,
                  max_image_pixels: int = 40_000_000):
         if mask_mode not in MASK_MODES:
-            raise ValueError(f"loss.mask_mode: {mask_mode!r} is not one of {MASK_MODES}")
+            raise ConfigError(f"loss.mask_mode: {mask_mode!r} is not one of {MASK_MODES}")
         if augment not in AUGMENTS:
-            raise ValueError(f"data.augment: {augment!r} is not one of {AUGMENTS}")
+            raise ConfigError(f"data.augment: {augment!r} is not one of {AUGMENTS}")
         self.image_size, self.local_crop_size, self.local_crops = image_size, local_crop_size, local_crops
         self.global_crop_scale, self.local_crop_scale = tuple(global_crop_scale), tuple(local_crop_scale)
         self.grid = image_size // patch_size

@@ -29,6 +29,7 @@ from tipslab.jobs.data.scenes import captions
 from tipslab.jobs import storage
 from tipslab.jobs.data.scenes.geometry import FLAT_TOP, HEIGHT, SHAPES, Camera, bounding_sphere, footprint_radius, intersect
 from tipslab.jobs.data.shards.format import encode_normals, encode_png, write_manifest, write_shard
+from tipslab.models.errors import ConfigError
 
 CLASSES = ("background",) + SHAPES
 COLOURS = {  # CLEVR's eight colours, sRGB
@@ -92,7 +93,7 @@ def make_object(shape: str, colour: str, size: str, material: str, x: float, z: 
 def sample_layout(seed: int, size: int = 112, max_objects: int = 4, attempt: int = 0) -> dict:
     """Camera, light, background and objects of a scene, before any pixel is drawn."""
     if not 1 <= max_objects <= 9:
-        raise ValueError(f"max_objects must be in 1..9, got {max_objects}")
+        raise ConfigError(f"max_objects must be in 1..9, got {max_objects}")
     rng = _rngs(seed, attempt)[0]
     height, pitch = rng.uniform(2.5, 3.5), math.radians(rng.uniform(12.0, 28.0))
     az, el = rng.uniform(0, 2 * np.pi), math.radians(rng.uniform(30.0, 70.0))
@@ -370,9 +371,9 @@ def scene_row(seed: int, split: str, size: int = 112, **kw) -> dict:
 def split_seeds(n: int, *, split: str = "train", seed: int = 0) -> range:
     """The scene seeds of a split; different splits never overlap."""
     if split not in SPLIT_OFFSETS:
-        raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLIT_OFFSETS)}")
+        raise ConfigError(f"unknown split {split!r}; expected one of {sorted(SPLIT_OFFSETS)}")
     if n < 0 or seed < 0 or seed + n > SPLIT_STRIDE:
-        raise ValueError(f"need 0 <= seed and seed + n <= {SPLIT_STRIDE}, got seed={seed}, n={n}")
+        raise ConfigError(f"need 0 <= seed and seed + n <= {SPLIT_STRIDE}, got seed={seed}, n={n}")
     start = SPLIT_OFFSETS[split] + seed
     return range(start, start + n)
 
@@ -397,9 +398,9 @@ def generate_scenes(out_dir: str, n: int, *, split: str = "train", seed: int = 0
     manifest. With Ray initialised (or `parallel=True`), one Ray task renders and writes each
     shard; the bytes are the same as the serial path's, shard for shard."""
     if rows_per_shard < 1:
-        raise ValueError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
+        raise ConfigError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
     if not 0.0 <= web_noise <= 1.0:
-        raise ValueError(f"web_noise must be in [0, 1], got {web_noise}")
+        raise ConfigError(f"web_noise must be in [0, 1], got {web_noise}")
     seeds = split_seeds(n, split=split, seed=seed)
     chunks = [seeds[i:i + rows_per_shard] for i in range(0, n, rows_per_shard)]
     kw = {"split": split, "size": size, "web_noise": web_noise, "max_objects": max_objects}
@@ -420,37 +421,3 @@ def generate_scenes(out_dir: str, n: int, *, split: str = "train", seed: int = 0
         shards = [_write_chunk(out_dir, i, c.start, len(c), kw) for i, c in enumerate(chunks)]
     return write_manifest(out_dir, shards,
                           source=scenes_source(split, seed, size, web_noise, max_objects))
-
-
-def benchmark(size: int = 224, n: int = 100) -> dict:
-    """Scenes per second on one core: rendering alone, and whole shard rows (PNG encoding too).
-
-    Rates per CPU-second of this process are given beside wall-clock rates, since a busy machine
-    stretches wall time but not the CPU time one core spends.
-    """
-    import time
-
-    render_scene(0, size=size)  # warm up
-    out = {"size": size, "scenes": n}
-    for name, fn in (("render", lambda s: render_scene(s, size=size)),
-                     ("row", lambda s: scene_row(s, "train", size=size))):
-        wall, cpu = time.perf_counter(), time.process_time()
-        for s in range(n):
-            fn(s)
-        out[f"{name}_per_s"] = round(n / (time.perf_counter() - wall), 2)
-        out[f"{name}_per_cpu_s"] = round(n / (time.process_time() - cpu), 2)
-    return out
-
-
-if __name__ == "__main__":
-    import argparse
-    import json
-
-    parser = argparse.ArgumentParser(description="procedural scenes: speed on one core")
-    parser.add_argument("--bench", action="store_true", help="print scenes/s per core")
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--n", type=int, default=100)
-    args = parser.parse_args()
-    if not args.bench:
-        parser.error("nothing to do: pass --bench")
-    print(json.dumps(benchmark(args.size, args.n)))

@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tipslab.jobs import storage
+from tipslab.models.errors import ConfigError, DataError
 
 SCHEMA_VERSION = 2
 MANIFEST_NAME = "manifest.json"
@@ -62,7 +63,7 @@ SHARD_SCHEMA = pa.schema(_BASE_FIELDS + _EVAL_FIELDS, metadata=_METADATA)
 _SHARD_RE = re.compile(r"^shard-\d{5,}\.parquet$")
 
 
-class ShardError(ValueError):
+class ShardError(DataError):
     """A dataset folder, manifest or row is missing or malformed."""
 
 
@@ -220,7 +221,7 @@ def write_shards(
     (stored as null) but may not add new ones.
     """
     if rows_per_shard < 1:
-        raise ValueError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
+        raise ConfigError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
     storage.make_dirs(out_dir)
     schema: pa.Schema | None = None
     shards: list[dict] = []

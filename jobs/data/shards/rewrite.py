@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from tipslab.jobs.data.shards.format import MANIFEST_NAME, read_manifest, shard_files, write_shards
 from tipslab.jobs.storage import is_s3, resolve
+from tipslab.models.errors import DataError
 
 _SHARD_PREFIX = "shard-"
 
@@ -37,7 +38,7 @@ def rewrite_shards(src: str, rows: Iterator[dict], *, source: str, out: str | No
     if out and out.rstrip("/") != src.rstrip("/"):
         return write_shards(rows, out, source=source, rows_per_shard=per_shard)
     if is_s3(src):
-        raise ValueError(f"cannot rewrite {src} in place; give an output location")
+        raise DataError(f"cannot rewrite {src} in place; give an output location")
     old = Path(src)
     tmp = old.with_name(f"{old.name}.rewrite-{os.getpid()}")
     aside = old.with_name(f"{old.name}.old-{os.getpid()}")

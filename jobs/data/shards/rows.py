@@ -11,6 +11,7 @@ import io
 import math
 
 from PIL import Image, ImageFile, UnidentifiedImageError
+from tipslab.models.errors import DataError
 
 # Pillow's own decompression-bomb guard would warn at ~89 Mpx and raise at twice that, before and
 # instead of ours. ``image_size`` applies the configured bound from the header, so turn Pillow's off.
@@ -39,7 +40,7 @@ class BadRow(ValueError):
         return (BadRow, (self.key, self.reason, self.detail))
 
 
-class TooManyBadRows(ValueError):
+class TooManyBadRows(DataError):
     """More rows than the configured fraction were bad: the job stops with counts and examples."""
 
     def __init__(self, message: str, counts: dict[str, int], keys: list[str]):

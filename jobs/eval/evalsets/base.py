@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tipslab.models.errors import DataError
 
 IGNORE = 255  # segmentation pixels that are never scored (VOC's boundaries, ADE20k's "other")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
-class EvalDataError(ValueError):
+class EvalDataError(DataError):
     """A dataset folder, file or row is missing or malformed; the message names it."""
 
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from tipslab.models.checkpoint import load_student
 
 from tipslab.jobs import storage
+from tipslab.models.errors import DataError
 
 
 @contextlib.contextmanager
@@ -41,7 +42,7 @@ def load_pixels(image, size: int, key: str) -> torch.Tensor:
         with Image.open(io.BytesIO(image) if isinstance(image, (bytes, bytearray)) else image) as img:
             x = torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).float() / 255.0
     except (OSError, ValueError) as err:
-        raise ValueError(f"image {key!r}: cannot decode ({err})") from None
+        raise DataError(f"image {key!r}: cannot decode ({err})") from None
     if x.shape[1:] != (size, size):
         x = F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
     return x

@@ -3,32 +3,31 @@ import pytest
 import torch
 from conftest import REPO
 
-from tipslab.jobs.bench.step import COMPONENTS, Clock, StepParts, step_benchmark, synthetic_batch, timed_step
+from tipslab.jobs.bench import COMPONENTS
+from tipslab.jobs.bench.step import Clock, bench_parts, step_benchmark, synthetic_batch, timed_step
 from tipslab.jobs.bench.flops import flops_per_image
-from tipslab.jobs.train.step import tips_step
 from tipslab.orchestrator.config import load_experiment, to_dict
 
 TINY = REPO / "ablations" / "base" / "tips_tiny.yaml"
-KW = {"teacher_temp": 0.04, "momentum": 0.9, "grad_clip": 1.0}
 
 
-def test_the_marked_step_computes_exactly_what_tips_step_computes(one_torch_thread):
+def test_the_marked_step_computes_exactly_what_the_loop_computes(one_torch_thread):
     exp = to_dict(load_experiment(TINY))
-    plain, timed = StepParts(exp), StepParts(exp)
+    plain, timed = bench_parts(exp), bench_parts(exp)
     batch = synthetic_batch(exp, 4)
     assert batch["global_crop"].dtype == torch.uint8  # as the training views ship them
     for step in range(2):
-        tips_step(plain.model, plain.student, plain.teacher, plain.objective, plain.optimizer, batch, step=step, **KW)
-        clock = Clock(timed.device)
+        plain.step(batch, step, step)
+        clock = Clock(torch.device("cpu"))
         text = timed.student.text
         text.register_forward_pre_hook(clock.enter_text)
         text.register_forward_hook(clock.leave_text)
-        timed_step(timed, batch, clock, step=step, **KW)
+        timed_step(timed, batch, clock, stage_step=step, step=step)
     for (name, a), b in zip(plain.student.state_dict().items(), timed.student.state_dict().values()):
         assert torch.equal(a, b), name
     for a, b in zip(plain.teacher.state_dict().values(), timed.teacher.state_dict().values()):
         assert torch.equal(a, b)
-    assert plain.student.state_dict()["vision.pos_embed"].ne(StepParts(exp).student.state_dict()["vision.pos_embed"]).any()
+    assert plain.student.state_dict()["vision.pos_embed"].ne(bench_parts(exp).student.state_dict()["vision.pos_embed"]).any()
     assert all(clock.laps[c] > 0 for c in COMPONENTS if c != "data_to_device")
     assert clock.text > 0 and clock.laps["text_fwd"] == clock.text
 

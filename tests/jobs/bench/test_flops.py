@@ -4,9 +4,8 @@ import torch
 from conftest import REPO
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from tipslab.jobs.bench.step import StepParts, synthetic_batch
+from tipslab.jobs.bench.step import bench_parts, synthetic_batch
 from tipslab.jobs.bench.flops import flops_per_image, step_flops, trainable_params
-from tipslab.jobs.train.step import tips_step
 from tipslab.orchestrator.config import load_experiment, to_dict
 
 TINY = REPO / "ablations" / "base" / "tips_tiny.yaml"
@@ -39,10 +38,9 @@ VARIANTS = {
 @pytest.mark.parametrize("overrides", VARIANTS.values(), ids=VARIANTS.keys())
 def test_flop_count_equals_the_flop_counter_on_the_real_step(overrides, one_torch_thread):
     exp = to_dict(load_experiment(TINY, overrides))
-    parts = StepParts(exp)
+    parts = bench_parts(exp)
     with FlopCounterMode(display=False, custom_mapping=CPU_SDPA) as counter:
-        tips_step(parts.model, parts.student, parts.teacher, parts.objective, parts.optimizer, synthetic_batch(exp, 3),
-                  teacher_temp=0.04, momentum=0.99, grad_clip=1.0, step=0)
+        parts.step(synthetic_batch(exp, 3), 0, 0)
     counted = counter.get_total_flops()
     ours = step_flops(exp, batch_size=3)
     matmuls = sum(p.total for p in ours if p.name != "optimizer + EMA")  # the counter counts matmuls only
@@ -54,7 +52,7 @@ def test_flop_count_equals_the_flop_counter_on_the_real_step(overrides, one_torc
 @pytest.mark.parametrize("overrides", VARIANTS.values(), ids=VARIANTS.keys())
 def test_parameter_count_equals_the_model(overrides):
     exp = to_dict(load_experiment(TINY, overrides))
-    parts = StepParts(exp)
+    parts = bench_parts(exp)
     trainable = sum(p.numel() for p in parts.student.parameters() if p.requires_grad)
     teacher = sum(p.numel() for p in parts.teacher.parameters()) if parts.teacher is not None else 0
     assert trainable_params(exp) == (trainable, teacher)

@@ -10,7 +10,7 @@ from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from tipslab.jobs.train.parallel import full_model_state_dict, load_sharded, save_sharded, shard_model
-from tipslab.jobs.train.step import param_groups, tips_step
+from tipslab.jobs.train.step import StepParts, param_groups, tips_step
 from tipslab.models.config import LossConfig, ModelConfig, TIPSConfig
 from tipslab.models.objective import TIPSObjective
 from tipslab.models.teacher import EMATeacher
@@ -48,8 +48,8 @@ def setup(seed: int):
 
 
 def step(model, student, teacher, objective, optimizer, rank, i):
-    values = tips_step(model, student, teacher, objective, optimizer, rank_batch(rank, i), teacher_temp=0.04,
-                       momentum=0.9, grad_clip=1.0, step=i)
+    parts = StepParts(student, objective, teacher, optimizer, sched=None, grad_clip=1.0, model=model)
+    values = tips_step(parts, rank_batch(rank, i), teacher_temp=0.04, momentum=0.9, step=i)
     return {k: float(full(v)) for k, v in values.items()}  # the gradient norm of sharded parameters is a DTensor
 
 

@@ -12,7 +12,7 @@ from conftest import REPO, tiny_overrides
 
 from tipslab.jobs.data.pipeline.streaming import Shard, plan_epoch, split_dir
 from tipslab.jobs.data.scenes.render import generate_scenes
-from tipslab.jobs.train.loop import ROW_TRACE_ENV, state_digest
+from tipslab.jobs.train.trace import ROW_TRACE_ENV, state_digest
 from tipslab.models.checkpoint import load_state
 from tipslab.orchestrator.config import load_experiment, to_dict
 from tipslab.orchestrator.localcluster import LocalCluster
@@ -25,7 +25,7 @@ DRIVER = """
 import json, sys
 import ray
 from ray.train import UserCallback
-from tipslab.jobs.train.loop import build_trainer
+from tipslab.jobs.train.trainer import build_trainer
 
 exp, storage, out = json.load(open(sys.argv[1])), sys.argv[2], sys.argv[3]
 

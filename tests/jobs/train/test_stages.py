@@ -4,7 +4,7 @@ from conftest import REPO, tiny_overrides
 from timm.layers import resample_abs_pos_embed
 
 from tipslab.jobs.data.pipeline.prepare import ensure_scenes
-from tipslab.jobs.train.loop import build_trainer
+from tipslab.jobs.train.trainer import build_trainer
 from tipslab.jobs.train.stages import stage_configs
 from tipslab.models.checkpoint import load_state
 from tipslab.orchestrator.config import load_experiment, to_dict

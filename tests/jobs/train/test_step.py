@@ -33,30 +33,21 @@ def tiny_setup():
     from conftest import REPO
 
     from tipslab.jobs.bench.step import synthetic_batch
-    from tipslab.models.checkpoint import tips_config
-    from tipslab.models.objective import TIPSObjective
-    from tipslab.models.teacher import EMATeacher
-    from tipslab.models.tips import TIPSStudent
+    from tipslab.jobs.train.step import build_step
     from tipslab.orchestrator.config import load_experiment, to_dict
 
     exp = to_dict(load_experiment(REPO / "ablations" / "base" / "tips_tiny.yaml"))
-    cfg = tips_config(exp)
-    torch.manual_seed(0)
-    student = TIPSStudent(cfg)
-    objective = TIPSObjective(cfg)
-    teacher = EMATeacher(student)
-    optimizer = torch.optim.AdamW(param_groups(student, 0.05), lr=1e-3)
-    return student, teacher, objective, optimizer, synthetic_batch(exp, 4)
+    return build_step(exp, "cpu", seed=0), synthetic_batch(exp, 4)
 
 
 def test_one_step_returns_every_term_as_a_device_scalar_and_moves_the_teacher(home):
     from tipslab.jobs.train.step import tips_step
 
-    student, teacher, objective, optimizer, batch = tiny_setup()
+    parts, batch = tiny_setup()
+    teacher = parts.teacher
     before = teacher.vision.pos_embed.clone()
     marks = []
-    values = tips_step(student, student, teacher, objective, optimizer, batch, teacher_temp=0.04, momentum=0.9,
-                       grad_clip=1.0, step=0, marks=marks.append)
+    values = tips_step(parts, batch, teacher_temp=0.04, momentum=0.9, step=0, marks=marks.append)
     assert set(values) == {"clip_web", "clip_synthetic", "clip", "distill", "mim", "loss", "grad_norm"}
     assert all(torch.is_tensor(v) and v.ndim == 0 and not v.requires_grad for v in values.values())
     assert values["grad_norm"] > 0 and torch.isfinite(values["loss"])
@@ -65,17 +56,17 @@ def test_one_step_returns_every_term_as_a_device_scalar_and_moves_the_teacher(ho
 
 
 def test_the_watch_names_the_first_non_finite_step_and_term(home):
-    from tipslab.jobs.train.step import LossWatch, NonFiniteLossError, tips_step
+    from tipslab.jobs.train.step import NonFiniteLossError, tips_step
 
-    student, teacher, objective, optimizer, batch = tiny_setup()
-    watch = LossWatch()
-    kw = {"teacher_temp": 0.04, "momentum": 0.9, "grad_clip": 1.0, "watch": watch}
+    parts, batch = tiny_setup()
+    student, watch = parts.student, parts.watch
+    kw = {"teacher_temp": 0.04, "momentum": 0.9}
     for step in range(7):
-        tips_step(student, student, teacher, objective, optimizer, batch, step=step, **kw)
+        tips_step(parts, batch, step=step, **kw)
     watch.check()  # seven finite steps: nothing to say
     with torch.no_grad():
         student.text.log_temperature.fill_(float("nan"))  # the contrastive terms go first
     for step in range(7, 9):
-        tips_step(student, student, teacher, objective, optimizer, batch, step=step, **kw)
+        tips_step(parts, batch, step=step, **kw)
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 7: term 'clip_web' = nan"):
         watch.check()

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_loop import experiment
+from test_trainer import experiment
 
 from tipslab.jobs.train.parallel import read_sharded
-from tipslab.jobs.train.loop import ROW_TRACE_ENV, SHARDED_DIR, build_trainer, state_digest
+from tipslab.jobs.train.state import SHARDED_DIR
+from tipslab.jobs.train.trace import ROW_TRACE_ENV, state_digest
+from tipslab.jobs.train.trainer import build_trainer
 from tipslab.jobs.train.stages import stage_configs
 from tipslab.models.checkpoint import load_state, load_student, tips_config
 from tipslab.models.tips import TIPSStudent

@@ -4,7 +4,7 @@ import torch
 from conftest import REPO, spoil_rows, tiny_overrides
 
 from tipslab.jobs.data.pipeline.prepare import ensure_scenes
-from tipslab.jobs.train.loop import build_trainer
+from tipslab.jobs.train.trainer import build_trainer
 from tipslab.models.checkpoint import load_state, load_student
 from tipslab.orchestrator.config import load_experiment, to_dict
 
@@ -70,7 +70,7 @@ def test_shards_and_checkpoints_on_s3_and_a_rerun_resumes(ray_session, home, s3,
     import ray
 
     from tipslab.jobs import storage
-    from tipslab.jobs.train.loop import ROW_TRACE_ENV
+    from tipslab.jobs.train.trace import ROW_TRACE_ENV
 
     config = experiment(**{"data.root": f"{s3}/scenes", "train.steps": 2, "train.log_every": 2})
     assert storage.is_file(f"{s3}/scenes/train/manifest.json")
@@ -101,7 +101,7 @@ def test_bad_rows_are_counted_in_the_metrics_and_too_many_stop_the_run(ray_sessi
     # whose bad rows (3 of its 4) still count. Step 3 is epoch 1's first batch: 16 + 4 + 8 rows seen.
     from tipslab.jobs.data.pipeline.streaming import split_dir
     from tipslab.jobs.data.scenes.render import generate_scenes
-    from tipslab.jobs.train.loop import RunStopped
+    from tipslab.jobs.train.state import RunStopped
 
     config = experiment(**{"data.root": str(tmp_path / "scenes"), "train.steps": 3, "train.log_every": 3,
                            "train.warmup_steps": 0, "data.max_bad_fraction": 0.2})

@@ -1,0 +1,160 @@
+"""The work behind `tipslab bench` (orchestrator/bench_commands.py prints it): step jobs in processes
+of their own, imported results, and the one-trial sweep of `bench trial`; every result is logged to
+the `tipslab-bench` experiment (orchestrator/tracking.py), where `tipslab plan` reads it."""
+import contextlib
+import dataclasses
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tipslab.jobs.bench import COMPONENTS
+
+from .config import load_experiment, to_dict
+from .errors import CommandFailed, UserError
+from .runtime import tracking_uri
+
+TRIAL_EXPERIMENT = "tipslab-bench-trial"  # the sweep runs that `bench trial` launches, kept apart
+BASE = Path(__file__).resolve().parent.parent / "ablations" / "base"
+CPU_SIZES = ("tiny", "small-cpu")
+
+
+def default_config(size: str) -> Path:
+    """The base experiment of a size: the tiny CPU experiment for our CPU sizes, else the paper's
+    B/14 setting (224 px, 8 local crops of 98 px, both captions) with the size swapped."""
+    return BASE / ("tips_tiny.yaml" if size in CPU_SIZES else "tips_b14.yaml")
+
+
+def experiment(config: str | None, size: str | None, overrides: list[str]) -> dict:
+    sized = [f"model.size={size}"] if size else []
+    path = config or default_config(size or "tiny")
+    return to_dict(load_experiment(path, [*sized, *overrides]))
+
+
+def log_bench(bench: str, model_size: str, result: dict, metrics: dict, params: dict) -> str:
+    from .tracking import log_bench as log
+
+    return log(tracking_uri(), bench, model_size, result, metrics, params)
+
+
+def device(gpu: bool = False) -> str:
+    """The name of this machine's CPU, or of its GPU (jobs/bench/device.py names both)."""
+    import torch
+
+    from tipslab.jobs.bench.device import device_name
+
+    if gpu and not torch.cuda.is_available():
+        return "GPU (not visible to the driver)"
+    return device_name(torch.device("cuda" if gpu else "cpu"))
+
+
+def run_step_job(job: dict) -> dict:
+    """One size in a fresh process, so that each peak memory figure is its own."""
+    proc = subprocess.run([sys.executable, "-m", "tipslab.jobs.bench.step", json.dumps(job)], capture_output=True, text=True)
+    if proc.returncode:
+        raise CommandFailed(f"bench step failed for size {job['exp']['model']['size']}:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def log_step_result(result: dict, exp: dict | None, overrides: str) -> str:
+    """Log one step benchmark result to `tipslab-bench`; returns the MLflow run id."""
+    metrics = {k: result.get(k) for k in ("images_per_s", "mfu", "step_s", "flops_per_image", "peak_flops",
+                                          "components_over_step", "peak_gpu_mem_gb")}
+    if not result["compile"]:
+        metrics.update({f"{c}_s": result[f"{c}_s"] for c in COMPONENTS})
+    params = {k: result[k] for k in ("batch_size", "threads", "precision", "fused_adamw", "compile", "repeats",
+                                     "burst", "peak_source")}
+    params["overrides"] = overrides
+    return log_bench("step", result["model_size"], {**result, "config": exp}, metrics, params)
+
+
+def step_jobs(args) -> list[dict]:
+    jobs = []
+    for size in args.sizes:
+        exp = experiment(args.config, size, args.overrides)
+        jobs.append({"exp": exp, "batch_size": args.batch_size or exp["data"]["batch_size"], "repeats": args.repeats,
+                     "device": args.device, "precision": args.precision, "fused": args.fused,
+                     "compile": args.compile, "burst": args.burst or None, "threads": args.threads})
+    return jobs
+
+
+def import_step_results(paths: list[str]) -> list[dict]:
+    """Results that `python -m tipslab.jobs.bench.step JOB` printed on a machine without MLflow (a GPU
+    node, say: infra/bench-step-gpu.sh), logged here as if `bench step` had run them."""
+    results = []
+    for path in paths:
+        try:
+            lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+            result = json.loads(lines[-1])
+            missing = [k for k in ("model_size", "device_kind", "device", "images_per_s", "mfu", "step_s",
+                                   "compile", "batch_size") if k not in result]
+        except (OSError, IndexError, ValueError) as err:
+            raise UserError(f"bench step --import {path}: not a step benchmark result ({err})") from None
+        if missing:
+            raise UserError(f"bench step --import {path}: not a step benchmark result (no {', '.join(missing)})")
+        results.append(result)
+    for path, result in zip(paths, results):
+        result["mlflow_run_id"] = log_step_result(result, None, f"imported from {path}")
+    return results
+
+
+def trial_run(client, parent_run_id: str):
+    """The one trial run of the bench's sweep."""
+    [run] = client.search_runs([client.get_run(parent_run_id).info.experiment_id],
+                               f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+    return run
+
+
+def first_report_time(client, run) -> float | None:
+    """Wall time (s) of the run's first `train/*` metric, as the sweep's MLflow writer logged it."""
+    times = [m.timestamp for key in run.data.metrics if key.startswith("train/")
+             for m in client.get_metric_history(run.info.run_id, key)]
+    return min(times) / 1000 if times else None
+
+
+def measure_trial(args) -> dict:
+    """A one-trial sweep through the sweeps' own code path (orchestrator/sweep.py); the clock starts
+    when the sweep is launched, with Ray already up and the scenes already made, and stops at the
+    trial's first `train/*` report as the sweep's MLflow writer received it."""
+    from mlflow.tracking import MlflowClient
+
+    from tipslab.jobs.data.pipeline.prepare import ensure_scenes
+
+    from .runtime import ensure_ray
+    from .single import single_plan
+    from .sweep import run_sweep
+    from .tracking import experiment_id
+
+    config = args.config or str(default_config(args.size))
+    overrides = [f"model.size={args.size}", f"train.steps={args.steps}", "train.log_every=1", *args.overrides]
+    plan = single_plan(config, overrides)
+    plan = dataclasses.replace(plan, spec={**plan.spec, "name": TRIAL_EXPERIMENT, "title": "tipslab bench trial"})
+    exp = plan.trials[0].config
+    ensure_scenes(exp)
+    ensure_ray(args.address)
+    client = MlflowClient(tracking_uri())
+    experiment_id(client, TRIAL_EXPERIMENT)  # the store set up before the clock starts
+    start = time.time()
+    with contextlib.redirect_stdout(sys.stderr):  # Tune prints its tables: stdout is for the figures
+        sweep = run_sweep(plan, address=args.address)
+    total = time.time() - start
+    if sweep.failed:
+        raise CommandFailed(f"bench trial: the trial failed (MLflow parent run {sweep.parent_run_id} "
+                            f"in {TRIAL_EXPERIMENT})")
+    run = trial_run(client, sweep.parent_run_id)
+    first = first_report_time(client, run)
+    if first is None:
+        raise CommandFailed(f"bench trial: the trial reported no train/* metric (run {run.info.run_id})")
+    gpu = exp["train"]["gpus_per_worker"] > 0
+    result = {"model_size": exp["model"]["size"], "steps": exp["train"]["steps"], "device_kind": "gpu" if gpu else "cpu",
+              "device": device(gpu), "launch_to_first_step_s": first - start, "trial_total_s": total,
+              "sweep_parent_run_id": sweep.parent_run_id,
+              # From Tune's start of the trial (the sweep's tracker measures it, where it does).
+              "trial_start_to_first_step_s": run.data.metrics.get("perf/launch_to_first_report_s")}
+    result["mlflow_run_id"] = log_bench(
+        "trial", args.size, result,
+        {k: result[k] for k in ("launch_to_first_step_s", "trial_start_to_first_step_s", "trial_total_s")},
+        {"steps": exp["train"]["steps"], "num_workers": exp["train"]["num_workers"],
+         "overrides": " ".join(args.overrides)})
+    return result
