@@ -26,56 +26,64 @@ def distribution(values: list[float]) -> dict:
             "p95": float(np.percentile(a, 95)), "max": float(a.max())}
 
 
-def check_shards(shards: str, *, max_pixels: int) -> dict:
-    """The report of ``tipslab data check`` for the shard set at ``shards``."""
-    manifest = read_manifest(shards)
-    bad = BadRows()
-    seen: set[str] = set()
-    duplicates: list[str] = []
-    n_duplicates = 0
-    missing = {c: 0 for c in CAPTION_COLUMNS}
-    missing_all = 0
-    words: dict[str, list[int]] = {c: [] for c in CAPTION_COLUMNS}
-    widths, heights = [], []
-    tagged, tag_count, distinct_tags = 0, 0, set()
-    rows = 0
-    for row in iter_rows(shards):
-        rows += 1
+class Tally:
+    """What one pass over the rows counts: keys, images, captions, tags."""
+
+    def __init__(self, max_pixels: int):
+        self.max_pixels, self.rows, self.bad = max_pixels, 0, BadRows()
+        self.seen: set[str] = set()
+        self.duplicates: list[str] = []
+        self.n_duplicates = 0
+        self.missing = dict.fromkeys(CAPTION_COLUMNS, 0)
+        self.missing_all = 0
+        self.words: dict[str, list[int]] = {c: [] for c in CAPTION_COLUMNS}
+        self.widths, self.heights = [], []
+        self.tagged, self.tag_count, self.distinct_tags = 0, 0, set()
+
+    def add(self, row: dict) -> None:
+        self.rows += 1
         key = row["key"]
-        if key in seen:
-            n_duplicates += 1
-            if len(duplicates) < KEPT_KEYS:
-                duplicates.append(key)
-        seen.add(key)
-        bad.seen()
+        if key in self.seen:
+            self.n_duplicates += 1
+            if len(self.duplicates) < KEPT_KEYS:
+                self.duplicates.append(key)
+        self.seen.add(key)
+        self.bad.seen()
         try:
-            width, height = verify_image(row["image"], key, max_pixels)
+            width, height = verify_image(row["image"], key, self.max_pixels)
             if (width, height) != (row["width"], row["height"]):
                 raise BadRow(key, "wrong_size", f"image is {width}x{height}, row says "
                                                 f"{row['width']}x{row['height']}")
-            widths.append(width)
-            heights.append(height)
+            self.widths.append(width)
+            self.heights.append(height)
         except BadRow as err:
-            bad.add(err)
+            self.bad.add(err)
         present = 0
         for column in CAPTION_COLUMNS:
             text = row.get(column)
             if text is None or not text.strip():
-                missing[column] += 1
+                self.missing[column] += 1
             else:
                 present += 1
-                words[column].append(len(text.split()))
-        missing_all += present == 0
+                self.words[column].append(len(text.split()))
+        self.missing_all += present == 0
         tags = row.get("tags") or []
-        tagged += bool(tags)
-        tag_count += len(tags)
-        distinct_tags.update(tags)
+        self.tagged += bool(tags)
+        self.tag_count += len(tags)
+        self.distinct_tags.update(tags)
 
+
+def check_shards(shards: str, *, max_pixels: int) -> dict:
+    """The report of ``tipslab data check`` for the shard set at ``shards``."""
+    manifest = read_manifest(shards)
+    t = Tally(max_pixels)
+    for row in iter_rows(shards):
+        t.add(row)
     vocab_path = join(shards, VOCAB_NAME)
     vocab_size = None
     if exists(vocab_path):
         vocab_size = sum(1 for line in read_bytes(vocab_path).decode().splitlines() if line.strip())
-    report = bad.to_dict()
+    report, rows = t.bad.to_dict(), t.rows
     return {
         "shards": shards,
         "rows": rows,
@@ -83,14 +91,14 @@ def check_shards(shards: str, *, max_pixels: int) -> dict:
         "content_hash": manifest["content_hash"],
         "bad_images": {"count": report["bad"], "by_reason": report["counts"],
                        "keys": report["keys"], "examples": report["examples"]},
-        "duplicate_keys": {"count": n_duplicates, "keys": duplicates},
-        "missing_captions": {**missing, "all": missing_all},
-        "image_width": distribution(widths),
-        "image_height": distribution(heights),
-        "caption_words": {c: distribution(words[c]) for c in CAPTION_COLUMNS},
-        "tags": {"rows_with_tags": round(tagged / rows, 4) if rows else 0.0,
-                 "mean_per_row": round(tag_count / rows, 3) if rows else 0.0,
-                 "distinct": len(distinct_tags),
+        "duplicate_keys": {"count": t.n_duplicates, "keys": t.duplicates},
+        "missing_captions": {**t.missing, "all": t.missing_all},
+        "image_width": distribution(t.widths),
+        "image_height": distribution(t.heights),
+        "caption_words": {c: distribution(t.words[c]) for c in CAPTION_COLUMNS},
+        "tags": {"rows_with_tags": round(t.tagged / rows, 4) if rows else 0.0,
+                 "mean_per_row": round(t.tag_count / rows, 3) if rows else 0.0,
+                 "distinct": len(t.distinct_tags),
                  "vocab_file": vocab_path if vocab_size is not None else None,
                  "vocab_size": vocab_size},
     }
