@@ -204,17 +204,16 @@ def cmd_bench_scenes(args) -> None:
           f"{result['row_per_cpu_s']:.1f} whole shard rows (with the dense labels encoded) per CPU-second")
 
 
-def add_parsers(sub) -> None:
-    bench = sub.add_parser("bench", help="benchmarks that print figures and log them to MLflow (tipslab-bench)")
-    bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCH_COMMAND")
+def common(p, sizes: bool = True) -> None:
+    """The arguments of the benchmarks that build an experiment config."""
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--config", help="experiment YAML (default: the base experiment of each size)")
+    if sizes:
+        p.add_argument("--sizes", nargs="+", default=["tiny"], help="model sizes, e.g. tiny S B L")
+    p.add_argument("--json", action="store_true", help="print the results as JSON (stable keys)")
 
-    def common(p, sizes: bool = True):
-        p.add_argument("overrides", nargs="*", metavar="key=value")
-        p.add_argument("--config", help="experiment YAML (default: the base experiment of each size)")
-        if sizes:
-            p.add_argument("--sizes", nargs="+", default=["tiny"], help="model sizes, e.g. tiny S B L")
-        p.add_argument("--json", action="store_true", help="print the results as JSON (stable keys)")
 
+def add_step_parser(bench_sub) -> None:
     step = bench_sub.add_parser("step", help="one TIPS training step: images/s, MFU, time per component")
     common(step)
     step.add_argument("--batch-size", type=int, help="per device (default: the config's data.batch_size)")
@@ -236,6 +235,11 @@ def add_parsers(sub) -> None:
                       help="run nothing: log result files that infra/bench-step-gpu.sh wrote")
     step.set_defaults(func=cmd_bench_step)
 
+
+def add_parsers(sub) -> None:
+    bench = sub.add_parser("bench", help="benchmarks that print figures and log them to MLflow (tipslab-bench)")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCH_COMMAND")
+    add_step_parser(bench_sub)
     flops = bench_sub.add_parser("flops", help="the analytic FLOP count of one step, by component (no run)")
     common(flops)
     flops.add_argument("--batch-size", type=int, help="per device (default: the config's data.batch_size)")
@@ -259,7 +263,11 @@ def add_parsers(sub) -> None:
     data.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local instance)")
     data.add_argument("--json", action="store_true", help="print the result as JSON (stable keys)")
     data.set_defaults(func=cmd_bench_data)
+    add_run_parsers(bench_sub)
 
+
+def add_run_parsers(bench_sub) -> None:
+    """The benchmarks of whole runs: a trial's fixed cost, Ray Train's per-step cost, ingestion, scenes."""
     trial = bench_sub.add_parser("trial", help="the fixed cost of one Tune trial: launch to first step")
     common(trial, sizes=False)
     trial.add_argument("--size", default="tiny")

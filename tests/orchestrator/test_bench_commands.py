@@ -112,3 +112,24 @@ def test_step_jobs_run_elsewhere_and_their_results_are_imported(home, capsys, tm
     assert main(["bench", "step", "--import", str(job)]) == 2  # a job file is not a result
     assert "not a step benchmark result" in capsys.readouterr().err
 
+
+
+def test_bench_scenes_and_ingest_print_rates_and_log_them(home, capsys):
+    scenes = run_json(capsys, ["bench", "scenes", "--n", "3", "--size", "48", "--json"])
+    assert (scenes["size"], scenes["scenes"]) == (48, 3)
+    assert scenes["render_per_cpu_s"] > 0 and scenes["row_per_cpu_s"] > 0
+    [run] = bench_runs("scenes")
+    assert run.data.metrics["bench/scenes/row_per_cpu_s"] == pytest.approx(scenes["row_per_cpu_s"])
+    ingest = run_json(capsys, ["bench", "ingest", "--n", "8", "--size", "32", "--tars", "2", "--json"])
+    assert set(ingest["formats"]) == {"webdataset", "csv", "tsv", "jsonl", "coco"}
+    assert all(r["rows"] == 8 and r["rows_per_s"] > 0 for r in ingest["formats"].values()), ingest
+    [run] = bench_runs("ingest")
+    assert run.data.metrics["bench/ingest/csv_rows_per_s"] == pytest.approx(ingest["formats"]["csv"]["rows_per_s"])
+
+
+def test_bench_overhead_times_the_loop_step_with_and_without_ray_train(ray_session, home, capsys):
+    r = run_json(capsys, ["bench", "overhead", *tiny_overrides(**{"data.batch_size": 4}), "--steps", "3",
+                          "--warmup", "1", "--json"])
+    assert r["plain_step_s"] > 0 and r["ray_step_s"] > 0 and r["ratio"] == pytest.approx(r["ray_step_s"] / r["plain_step_s"])
+    [run] = bench_runs("overhead")
+    assert run.data.metrics["bench/overhead/ratio"] == pytest.approx(r["ratio"])
