@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # constraints file pins the versions the tests passed with (Ray exactly, in pyproject.toml).
 STAMP := $(VENV)/.tipslab-installed
 
-.PHONY: demo test soak install clean chromium
+.PHONY: demo test soak install clean chromium lint
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,8 +26,13 @@ chromium:
 	   $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null)) || \
 	  echo "make: chromium could not be installed; the report's browser test will be skipped"
 
-test: $(STAMP) chromium
+# The formatter and linter first (seconds), then the suite; pytest prints the ten slowest tests.
+test: $(STAMP) chromium lint
 	$(BIN)/python -m pytest tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # Long runs outside the 20-minute `make test`: does a 200-step smoke trial learn (loss, retrieval, table).
 soak: $(STAMP)
