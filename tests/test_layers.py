@@ -55,8 +55,10 @@ def import_graph(modules: dict[str, tuple]) -> dict[str, set[str]]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom):
                 base = name.split(".") if is_package else name.split(".")[:-1]
-                full = node.module or "" if not node.level else ".".join(
-                    base[: len(base) - node.level + 1] + ([node.module] if node.module else []))
+                if node.level:
+                    full = ".".join(base[: len(base) - node.level + 1] + ([node.module] if node.module else []))
+                else:
+                    full = node.module or ""
                 deps.update(next((c for c in (f"{full}.{a.name}", full) if c in modules), None) for a in node.names)
             elif isinstance(node, ast.Import):
                 deps.update(a.name for a in node.names if a.name in modules)
@@ -84,3 +86,6 @@ def test_no_module_imports_itself_through_others():
 
 def test_the_cycle_check_can_fail():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
+    graph = import_graph(package_modules())  # relative and absolute imports are both read
+    assert "tipslab.models.errors" in graph["tipslab.models.config"]
+    assert "tipslab.jobs.train.step" in graph["tipslab.jobs.train.loop"]
