@@ -11,6 +11,7 @@ so a paper number never sits beside one measured on other data.
 import csv
 import html
 import io
+import math
 import statistics
 from dataclasses import dataclass
 
@@ -106,11 +107,13 @@ def build(sweep: Sweep) -> Table:
     finished = sweep.finished()
     variants = list(spec["variants"]) + sorted({t.variant for t in finished} - set(spec["variants"]))
     baseline = spec.get("baseline")
-    rows = []
+    rows, not_finite = [], []
     for variant in variants:
-        runs = [t for t in finished if t.variant == variant]
-        cells = [Cell([r.metrics[m["key"]] for r in runs if m["key"] in r.metrics],
+        runs = sorted((t for t in finished if t.variant == variant), key=lambda t: t.seed)
+        cells = [Cell([r.metrics[m["key"]] for r in runs if math.isfinite(r.metrics.get(m["key"], math.nan))],
                       paper=reference.get(variant, {}).get(m["key"])) for m in metrics]
+        not_finite += [f"{variant} seed {r.seed} ({m.get('header') or m['key']}: {r.metrics[m['key']]})"
+                       for m in metrics for r in runs if not math.isfinite(r.metrics.get(m["key"], 0.0))]
         rows.append((variant + (" (baseline)" if variant == baseline else ""), cells))
     base_cells = next((cells for (label, cells), v in zip(rows, variants) if v == baseline), None)
     for i, m in enumerate(metrics):
@@ -132,6 +135,8 @@ def build(sweep: Sweep) -> Table:
              (f"; Δ against the baseline {baseline}" if base_cells is not None else "")]
     if base_cells is not None:
         notes += _delta_notes(rows, metrics)
+    if not_finite:
+        notes.append(f"not counted in n, means or intervals: {', '.join(not_finite)}")
     source = spec.get("reference", {}).get("source")
     if source and any(with_paper):
         notes.append(f"paper: {source}")

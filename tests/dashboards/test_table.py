@@ -146,6 +146,16 @@ def test_no_spread_on_either_side_gives_no_interval_and_says_why(tmp_path):
     assert "* better" not in table and "* worse" not in table
 
 
+def test_a_value_that_is_not_a_number_is_left_out_and_named(tmp_path):
+    uri = make_store(tmp_path, {("clip", 0): {"eval/scenes/i2t_r1": 50.0}, ("clip", 1): {"eval/scenes/i2t_r1": 51.0},
+                                ("clip+mim", 0): {"eval/scenes/i2t_r1": 53.0},
+                                ("clip+mim", 1): {"eval/scenes/i2t_r1": float("nan")},  # a diverged run
+                                ("clip+mim", 2): {"eval/scenes/i2t_r1": 54.0}})
+    table = render(load_sweep(uri, "abl"))
+    assert "| clip+mim | **53.50 ± 0.71 (n=2)** | +3.00 [" in table
+    assert "not counted in n, means or intervals: clip+mim seed 1 (I→T: nan)" in table
+
+
 def test_unknown_experiment_or_sweep_or_store(tmp_path):
     uri = make_store(tmp_path, {("clip", 0): {"eval/scenes/i2t_r1": 1.0}})
     with pytest.raises(StoreError, match="no experiment 'other'"):
