@@ -1,10 +1,11 @@
 """A static HTML report of one sweep, from the MLflow store alone.
 
-The page holds the ablation table, the training curves of each variant, one bar chart per metric
-(mean and sd over seeds, the paper's number marked where the spec gives one), and PCA maps of patch
-features from each run's `features.npz` artifact: the first three principal components of a run's
-patch tokens shown as RGB, the view the TIPS paper uses to show spatial awareness. A run without
-that artifact is named on the page. Images are PNG files drawn with matplotlib.
+The page holds the ablation table (with Δ's 95% intervals and marks, as `tipslab table`), the
+training curves of each variant, one plot per metric (each seed, the mean ± sd over seeds on an axis
+that does not start at 0, the marks of the table, n = 1 named, the paper's number where the spec
+gives one), and PCA maps of patch features from each run's `features.npz` artifact: the first three
+principal components of a run's patch tokens shown as RGB, the view the TIPS paper uses to show
+spatial awareness. A run without that artifact is named on the page. Images are PNG files drawn with matplotlib.
 """
 import html
 import os
@@ -17,7 +18,7 @@ from .table import as_html, build
 
 STYLE = """body{font-family:sans-serif;margin:2em;max-width:1200px}table.ablation{border-collapse:collapse}
 td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}
-td.best{background:#e8f4e8}figure{display:inline-block;margin:8px}img{max-width:520px}.missing{color:#a33}"""
+td.best{background:#e8f4e8}td.real{background:#fdf3d8}p.note{font-size:90%;color:#444}figure{display:inline-block;margin:8px}img{max-width:520px}.missing{color:#a33}"""
 # Written into the page so that a headless browser's DOM says whether every image decoded.
 IMAGE_CHECK = """<script>window.addEventListener('load',function(){var i=document.images,ok=0;
 for(var k=0;k<i.length;k++){if(i[k].complete&&i[k].naturalWidth>0)ok++;}
@@ -73,28 +74,76 @@ def _save(plt, fig, out: str, name: str) -> str:
     return name
 
 
-def metric_bars(sweep: Sweep, out: str) -> list[tuple[str, str]]:
-    """One PNG per metric: mean ± sd over seeds per variant, the paper's number as a marker."""
+def metric_plots(sweep: Sweep, out: str) -> list[tuple[str, str]]:
+    """One PNG per metric, drawn by `draw_metric`, with its caption."""
     plt = _plt()
     table = build(sweep)
     figures = []
     for i, m in enumerate(table.metrics):
-        labels = [label for label, _ in table.rows]
-        cells = [cells[i] for _, cells in table.rows]
-        if not any(c.values for c in cells):
+        rows = [(label, cells[i]) for label, cells in table.rows]
+        if not any(c.values for _, c in rows):
             continue
-        fig, ax = plt.subplots(figsize=(5.5, 3.4))
-        x = np.arange(len(labels))
-        ax.bar(x, [c.mean or 0 for c in cells], yerr=[c.sd or 0 for c in cells], capsize=3,
-               color=["#4a8" if c.best else "#68a" for c in cells])
-        papers = [(j, c.paper) for j, c in enumerate(cells) if c.paper is not None]
-        if papers:
-            ax.scatter(*zip(*papers), marker="D", color="#c33", label="paper", zorder=3)
-            ax.legend(fontsize=7)
-        ax.set_xticks(x, labels, rotation=20, ha="right", fontsize=7)
-        ax.set_title(f"{m.get('header') or m['key']} ({'higher' if m['goal'] == 'max' else 'lower'} is better)")
-        figures.append((_save(plt, fig, out, f"bars_{_slug(m['key'])}.png"), f"{m['key']} per variant"))
+        fig, ax = plt.subplots(figsize=(5.5, 3.6))
+        caption = draw_metric(ax, m, rows)
+        figures.append((_save(plt, fig, out, f"metric_{_slug(m['key'])}.png"), caption))
     return figures
+
+
+def draw_metric(ax, metric: dict, rows) -> str:
+    """Every seed as a dot and the mean ± sd over seeds per variant, on an axis fitted to our values
+    (not from 0, so a 1-2 point difference shows), the baseline's mean as a dashed line, `*` over a
+    variant whose Δ's 95% interval excludes zero (green: better by the metric's goal, red: worse),
+    `n=1` beside a variant with one seed (no spread, no interval), and the paper's number as a
+    diamond (its value at the edge, with an arrow, where it lies off the axis). Returns the caption,
+    which says the same and names the variants with n = 1. `rows`: (label, table cell) per variant."""
+    labels, cells = [label for label, _ in rows], [c for _, c in rows]
+    ours, first = [], True
+    for x, c in enumerate(cells):
+        if not c.values:
+            continue
+        n, sd = len(c.values), c.sd or 0.0
+        offsets = np.linspace(-0.12, 0.12, n) if n > 1 else np.zeros(1)
+        ax.scatter(x + 0.18 + offsets, c.values, s=12, color="#999", zorder=2, label="seeds" if first else None)
+        ax.errorbar([x], [c.mean], yerr=[[sd], [sd]] if n > 1 else None, fmt="o", capsize=4,
+                    color="#2a7" if c.best else "#36a", zorder=3, label="mean ± sd" if first else None)
+        first = False
+        ours += [*c.values, c.mean - sd, c.mean + sd]
+        if n == 1:
+            ax.annotate("n=1", (x, c.mean), xytext=(-6, 0), textcoords="offset points", ha="right", va="center",
+                        fontsize=7, color="#a33")
+        if c.diff is not None and c.diff.real:
+            ax.annotate("*", (x, c.mean + sd), xytext=(0, 2), textcoords="offset points", ha="center", va="bottom",
+                        fontsize=13, fontweight="bold", color="#2a7" if c.diff.better(metric["goal"]) else "#c33")
+    lo, hi = min(ours), max(ours)
+    pad = (hi - lo) * 0.15 or max(abs(hi) * 0.05, 0.5)
+    lo, hi = lo - pad, hi + 1.3 * pad  # room above for the marks
+    base = next((c for c in cells if c.baseline), None)
+    if base is not None:
+        ax.axhline(base.mean, ls="--", lw=0.8, color="#666", label="baseline mean", zorder=1)
+    papers = [(j, c.paper) for j, c in enumerate(cells) if c.paper is not None]
+    inside = [(j, p) for j, p in papers if lo <= p <= hi]
+    if inside:
+        ax.scatter(*zip(*inside), marker="D", color="#c33", label="paper", zorder=4)
+    for j, p in papers:
+        if not lo <= p <= hi:
+            ax.annotate(f"paper {p:g} {'↑' if p > hi else '↓'}", (j, hi if p > hi else lo),
+                        xytext=(0, -3 if p > hi else 3), textcoords="offset points", ha="center",
+                        va="top" if p > hi else "bottom", fontsize=7, color="#c33")
+    ax.set_ylim(lo, hi)
+    ax.set_xlim(-0.6, len(labels) - 0.4)
+    ax.set_xticks(np.arange(len(labels)), [f"{label}\n(n={len(c.values)})" for label, c in rows],
+                  rotation=20, ha="right", fontsize=7)
+    ax.legend(fontsize=7)
+    name = metric.get("header") or metric["key"]
+    ax.set_title(f"{name} ({'higher' if metric['goal'] == 'max' else 'lower'} is better)", fontsize=9)
+    caption = (f"{metric['key']} per variant: mean ± sd over seeds (error bars), each seed a grey dot; the axis "
+               "is fitted to the values and does not start at 0")
+    if base is not None:
+        caption += "; dashed: the baseline's mean; * the 95% interval of Δ (Welch's t) excludes zero"
+    single = [label for label, c in rows if len(c.values) == 1]
+    if single:
+        caption += f". n = 1 for {', '.join(single)}: one seed, no spread and no interval"
+    return caption
 
 
 def patch_tokens(npz) -> np.ndarray | None:
@@ -161,7 +210,7 @@ def write_report(sweep: Sweep, out: str) -> str:
         return "".join(f'<figure><img src="img/{esc(n)}" alt="{esc(a)}"><figcaption>{esc(a)}</figcaption></figure>'
                        for n, a in figures) or "<p class=\"missing\">nothing logged</p>"
 
-    curves, bars = training_curves(sweep, img), metric_bars(sweep, img)
+    curves, bars = training_curves(sweep, img), metric_plots(sweep, img)
     maps, missing = pca_maps(sweep, img)
     absent = (f"<p class=\"missing\">No features.npz artifact for: {esc(', '.join(missing))}; "
               "no PCA map for these runs.</p>") if missing else ""

@@ -1,28 +1,41 @@
 """The paper-style ablation table: rows are variants, columns the spec's metrics.
 
-Each cell is the mean over seeds, with ± the standard deviation and n when there is more than one
-seed; the best mean of each column is marked, and with a baseline every row gets its difference
-from the baseline's mean. The paper's number for the same metric key, where the spec gives one,
-sits beside ours; for another key there is none, so a paper number never sits beside one measured
-on other data.
+Each cell is the mean over seeds, with ± the standard deviation where there is more than one seed,
+and always n; the best mean of each column is marked. With a baseline every row gets its difference
+from the baseline's mean with the 95% confidence interval of Welch's t over the seeds (stats.py),
+and a difference whose interval excludes zero is marked `*`, better or worse by the metric's goal.
+With one seed on either side no interval can be given, and the table says so. The paper's number
+for the same metric key, where the spec gives one, sits beside ours; for another key there is none,
+so a paper number never sits beside one measured on other data.
 """
 import csv
 import html
 import io
+import math
 import statistics
 from dataclasses import dataclass
 
+from .stats import NO_SPREAD, ONE_SEED, Diff, welch
 from .store import Sweep
 
 ARROWS = {"max": "↑", "min": "↓"}
+REAL = "*"  # follows a difference whose 95% interval excludes zero
 
 
 @dataclass
 class Cell:
     values: list[float]
     best: bool = False
-    delta: float | None = None  # mean minus the baseline's mean
+    diff: Diff | None = None  # against the baseline's values; None for the baseline itself or without one
     paper: float | None = None
+    baseline: bool = False  # the baseline's own cell: Δ is 0 by definition, no interval
+
+    @property
+    def delta(self) -> float | None:
+        """Mean minus the baseline's mean."""
+        if self.baseline and self.values:
+            return 0.0
+        return self.diff.delta if self.diff else None
 
     @property
     def mean(self) -> float | None:
@@ -34,10 +47,24 @@ class Cell:
 
     def text(self) -> str:
         if not self.values:
-            return "–"
+            return "– (n=0)"
         if len(self.values) == 1:
-            return f"{self.mean:.2f}"
+            return f"{self.mean:.2f} (n=1)"
         return f"{self.mean:.2f} ± {self.sd:.2f} (n={len(self.values)})"
+
+    def delta_text(self, goal: str) -> str:
+        """Δ [95% CI], `*` and better/worse where the interval excludes zero, else why there is none."""
+        if self.delta is None:
+            return "–"
+        d = self.diff
+        if self.baseline or d is None:
+            return f"{self.delta:+.2f}"
+        if d.reason == ONE_SEED:
+            return f"{d.delta:+.2f} (n=1: no CI)"
+        if d.reason == NO_SPREAD:
+            return f"{d.delta:+.2f} (no spread: no CI)"
+        text = f"{d.delta:+.2f} [{d.low:+.2f}, {d.high:+.2f}]"
+        return f"{text} {REAL} {'better' if d.better(goal) else 'worse'}" if d.real else text
 
 
 @dataclass
@@ -53,18 +80,20 @@ class Table:
         out = ["variant"]
         for m, paper in zip(self.metrics, self.with_paper):
             out.append(f"{m.get('header') or m['key']} {ARROWS[m['goal']]}")
-            out += ["Δ"] * self.with_delta + ["paper"] * paper
+            out += ["Δ [95% CI]"] * self.with_delta + ["paper"] * paper
         return out
 
-    def cells(self, mark) -> list[list[str]]:
-        """Text rows; `mark(text)` decorates the best value of a column."""
+    def cells(self, mark, real=lambda s: s) -> list[list[str]]:
+        """Text rows; `mark(text)` decorates the best value of a column, `real(text)` a Δ whose
+        interval excludes zero."""
         out = []
         for label, cells in self.rows:
             line = [label]
-            for c, paper in zip(cells, self.with_paper):
+            for c, m, paper in zip(cells, self.metrics, self.with_paper):
                 line.append(mark(c.text()) if c.best else c.text())
                 if self.with_delta:
-                    line.append("–" if c.delta is None else f"{c.delta:+.2f}")
+                    text = c.delta_text(m["goal"])
+                    line.append(real(text) if c.diff and c.diff.real else text)
                 if paper:
                     line.append("–" if c.paper is None else f"{c.paper:g}")
             out.append(line)
@@ -78,11 +107,13 @@ def build(sweep: Sweep) -> Table:
     finished = sweep.finished()
     variants = list(spec["variants"]) + sorted({t.variant for t in finished} - set(spec["variants"]))
     baseline = spec.get("baseline")
-    rows = []
+    rows, not_finite = [], []
     for variant in variants:
-        runs = [t for t in finished if t.variant == variant]
-        cells = [Cell([r.metrics[m["key"]] for r in runs if m["key"] in r.metrics],
+        runs = sorted((t for t in finished if t.variant == variant), key=lambda t: t.seed)
+        cells = [Cell([r.metrics[m["key"]] for r in runs if math.isfinite(r.metrics.get(m["key"], math.nan))],
                       paper=reference.get(variant, {}).get(m["key"])) for m in metrics]
+        not_finite += [f"{variant} seed {r.seed} ({m.get('header') or m['key']}: {r.metrics[m['key']]})"
+                       for m in metrics for r in runs if not math.isfinite(r.metrics.get(m["key"], 0.0))]
         rows.append((variant + (" (baseline)" if variant == baseline else ""), cells))
     base_cells = next((cells for (label, cells), v in zip(rows, variants) if v == baseline), None)
     for i, m in enumerate(metrics):
@@ -93,33 +124,60 @@ def build(sweep: Sweep) -> Table:
             for c in column:
                 c.best = c.mean == best
         if base_cells is not None and base_cells[i].values:
+            base_cells[i].baseline = True
             for c in column:
-                c.delta = c.mean - base_cells[i].mean
+                if c is not base_cells[i]:
+                    c.diff = welch(c.values, base_cells[i].values)
     with_paper = [any(m["key"] in ref for ref in reference.values()) for m in metrics]
     title = spec.get("title") or sweep.experiment
     notes = [f"sweep {sweep.sweep_id}" + (f", {spec['size']}" if spec.get("size") else "") +
              "; mean ± sd (n) over seeds; best of each column marked" +
              (f"; Δ against the baseline {baseline}" if base_cells is not None else "")]
+    if base_cells is not None:
+        notes += _delta_notes(rows, metrics)
+    if not_finite:
+        notes.append(f"not counted in n, means or intervals: {', '.join(not_finite)}")
     source = spec.get("reference", {}).get("source")
     if source and any(with_paper):
         notes.append(f"paper: {source}")
     return Table(title, notes, metrics, with_paper, base_cells is not None, rows)
 
 
+def _delta_notes(rows, metrics) -> list[str]:
+    notes = ["Δ [95% CI]: mean difference from the baseline's mean with the two-sided 95% confidence interval "
+             f"of Welch's t over seeds; {REAL} marks an interval that excludes zero, better or worse by the "
+             "metric's goal (↑ higher is better, ↓ lower is better)"]
+    for reason, note in ((ONE_SEED, "one seed (n=1) on a side, so no interval can be given and nothing is marked"),
+                         (NO_SPREAD, "every seed gave the same value on both sides, so Welch's degrees of freedom "
+                                     "are undefined: no interval, nothing marked")):
+        hit = [f"{label} ({m.get('header') or m['key']})" for label, cells in rows
+               for c, m in zip(cells, metrics) if c.diff and c.diff.reason == reason]
+        if hit:
+            notes.append(f"{', '.join(hit)}: {note}")
+    return notes
+
+
 def markdown(t: Table) -> str:
     header = t.header()
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in t.cells(lambda s: f"**{s}**")]
-    return "\n".join([f"**{t.title}**", *t.notes, ""] + lines)
+    return "\n".join([f"**{t.title}**", ""] + lines + ["", *t.notes])
 
 
 def as_html(t: Table) -> str:
     esc = html.escape
     head = "".join(f"<th>{esc(h)}</th>" for h in t.header())
-    marker = "\0"  # marks the best cell through escaping
-    body = "".join("<tr>" + "".join(f"<td class=\"best\"><strong>{esc(c[1:])}</strong></td>" if c.startswith(marker)
-                                    else f"<td>{esc(c)}</td>" for c in row) + "</tr>\n"
-                   for row in t.cells(lambda s: marker + s))
+    best, real = "\0", "\1"  # mark the best cell and a real Δ through escaping
+
+    def td(c: str) -> str:
+        if c.startswith(best):
+            return f"<td class=\"best\"><strong>{esc(c[1:])}</strong></td>"
+        if c.startswith(real):
+            return f"<td class=\"real\"><strong>{esc(c[1:])}</strong></td>"
+        return f"<td>{esc(c)}</td>"
+
+    body = "".join("<tr>" + "".join(td(c) for c in row) + "</tr>\n"
+                   for row in t.cells(lambda s: best + s, lambda s: real + s))
     notes = "".join(f"<p class=\"note\">{esc(n)}</p>" for n in t.notes)
     return (f"<table class=\"ablation\">\n<caption>{esc(t.title)}</caption>\n<thead><tr>{head}</tr></thead>\n"
             f"<tbody>\n{body}</tbody>\n</table>\n{notes}")
@@ -139,25 +197,34 @@ def latex(t: Table) -> str:
              " & ".join(tex(h) for h in header) + r" \\", r"\midrule"]
     for row in t.cells(lambda s: "\0" + s):
         lines.append(" & ".join(r"\textbf{" + tex(c[1:]) + "}" if c.startswith("\0") else tex(c) for c in row) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", "% " + " / ".join(t.notes), r"\end{table}"]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\par\smallskip{\footnotesize " + r" \\ ".join(tex(n) for n in t.notes) + "}",
+              r"\end{table}"]
     return "\n".join(lines)
 
 
 def as_csv(t: Table) -> str:
-    """Numbers for scripts: mean, sd, n, delta, paper and best per metric."""
+    """Numbers for scripts: mean, sd, n, best, then against the baseline the delta, its 95% interval
+    (empty where none can be given), real (the interval excludes zero) and better (a real delta in
+    the metric's direction: 1, against it: 0, else empty), and the paper's number, per metric."""
     header = ["variant"]
     for m, paper in zip(t.metrics, t.with_paper):
         key = m["key"]
         header += [f"{key} mean", f"{key} sd", f"{key} n", f"{key} best"]
-        header += [f"{key} delta"] * t.with_delta + [f"{key} paper"] * paper
+        header += [f"{key} {x}" for x in ("delta", "ci_low", "ci_high", "real", "better")] * t.with_delta
+        header += [f"{key} paper"] * paper
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(header)
     for label, cells in t.rows:
         line = [label]
-        for c, paper in zip(cells, t.with_paper):
+        for c, m, paper in zip(cells, t.metrics, t.with_paper):
             line += [_num(c.mean), _num(c.sd), len(c.values), int(c.best)]
-            line += [_num(c.delta)] * t.with_delta + [_num(c.paper)] * paper
+            if t.with_delta:
+                d = c.diff
+                better = d.better(m["goal"]) if d else None
+                line += [_num(c.delta), _num(d and d.low), _num(d and d.high), int(bool(d and d.real)),
+                         "" if better is None else int(better)]
+            line += [_num(c.paper)] * paper
         writer.writerow(line)
     return out.getvalue()
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tipslab.dashboards.report import pca_rgb, write_report
+from tipslab.dashboards.report import _plt, draw_metric, pca_rgb, write_report
 from tipslab.dashboards.store import load_sweep
+from tipslab.dashboards.table import build
 
 SPEC = {
     "name": "rep", "title": "Losses", "size": "smoke", "baseline": "clip",
@@ -56,11 +57,47 @@ def test_report_writes_table_curves_bars_and_pca_maps_and_names_runs_without_fea
     out = tmp_path / "report"
     page = open(write_report(load_sweep(make_store(tmp_path), "rep"), str(out))).read()
     images = re.findall(r'<img src="img/([^"]+)"', page)
-    assert sorted(images) == ["bars_eval_scenes_i2t_r1.png", "curves_clip.png", "curves_clip_mim.png",
+    assert sorted(images) == ["curves_clip.png", "curves_clip_mim.png", "metric_eval_scenes_i2t_r1.png",
                               "pca_clip_mim_seed0.png"]
     assert all((out / "img" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in images)
     assert "<td>clip (baseline)</td><td>12.50 ± 3.54 (n=2)</td>" in page
+    assert "<td>clip+mim</td><td class=\"best\"><strong>20.00 (n=1)</strong></td><td>+7.50 (n=1: no CI)</td>" in page
+    assert "clip+mim (I→T): one seed (n=1) on a side, so no interval can be given" in page
+    # The metric's plot: spread over seeds, an axis not from 0, and a visible note for the variant with one seed.
+    caption = re.search(r'<img src="img/metric_eval_scenes_i2t_r1.png"[^>]*><figcaption>([^<]*)', page).group(1)
+    assert "mean ± sd over seeds" in caption and "does not start at 0" in caption
+    assert caption.endswith("n = 1 for clip+mim: one seed, no spread and no interval")
     assert "No features.npz artifact for: clip (seed 0), clip (seed 1)" in page
+
+
+def test_report_marks_a_real_difference_and_its_plot_does_not_start_at_zero(tmp_path):
+    base, real, null = [70.1, 69.6, 70.4, 69.8, 70.2], [73.4, 72.6, 73.1, 72.9, 73.3], [70.3, 69.7, 69.9, 70.5, 69.8]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("rep", artifact_location=(tmp_path / "art").as_uri())
+    parent = client.create_run(exp, tags={"tipslab.role": "sweep", "tipslab.sweep_id": "s1"}).info.run_id
+    client.log_dict(parent, dict(SPEC, variants={"clip": {}, "clip+mim": {}, "clip+null": {}}), "spec.json")
+    for variant, values in (("clip", base), ("clip+mim", real), ("clip+null", null)):
+        for seed, value in enumerate(values):
+            run = client.create_run(exp, tags={"mlflow.parentRunId": parent, "tipslab.role": "trial",
+                                               "tipslab.variant": variant, "tipslab.seed": str(seed)}).info.run_id
+            client.log_metric(run, "eval/scenes/i2t_r1", value)
+            client.set_terminated(run, "FINISHED")
+    client.set_terminated(parent, "FINISHED")
+    sweep = load_sweep(uri, "rep")
+    page = open(write_report(sweep, str(tmp_path / "report"))).read()
+    assert '<td class="real"><strong>+3.04 [+2.57, +3.51] * better</strong></td>' in page
+    assert "<td>+0.02 [-0.46, +0.50]</td>" in page and "n = 1 for" not in page
+
+    # The plot's axis spans the values, not 0 to the top: a 3-point step fills most of it.
+    table = build(sweep)
+    fig, ax = _plt().subplots()
+    draw_metric(ax, table.metrics[0], [(label, cells[0]) for label, cells in table.rows])
+    lo, hi = ax.get_ylim()
+    assert 65 < lo < min(base) and max(real) < hi < 76
+    texts = [t.get_text() for t in ax.texts]  # the paper's 79.1 lies off the axis: named at its edge
+    _plt().close(fig)
+    assert "paper 79.1 ↑" in texts and texts.count("*") == 1 and "n=1" not in texts
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
