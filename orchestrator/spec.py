@@ -197,7 +197,10 @@ def load_spec(path: str | Path, smoke: bool = False, overrides: list[str] = ()) 
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise ConfigError(f"{path}: reference.{variant}.{key}: {value!r} is not a number")
     for i, m in enumerate(spec.metrics):
-        m.goal = m.goal or metric_goal(m.key)
+        try:
+            m.goal = m.goal or metric_goal(m.key)
+        except KeyError as err:  # a metric name no probe has: one line, not a traceback
+            raise ConfigError(f"{where}: metrics[{i}].key: {err.args[0]}") from None
         if m.goal not in ("max", "min"):
             raise ConfigError(f"{where}: metrics[{i}].goal: {m.goal!r} is not 'max' or 'min'")
     if not smoke:  # paper numbers under keys the table does not show would never be seen

@@ -116,6 +116,8 @@ SEARCH = "variants: {a: {}}\n" + METRIC + "search: {algorithm: tpe, num_samples:
 @pytest.mark.parametrize("body, message", [
     ("variants: {a: {loss.mim_wieght: 0}}\n", r"spec\.yaml: variants\.a: loss\.mim_wieght"),
     ("variants: {a: {}}\nmetrics: [{key: eval/nyuv2/depth_rmse}]\n", r"metrics\[0\]\.key: no probe produces"),
+    ("variants: {a: {}}\nmetrics: [{key: eval/scenes/normals_angle}]\n",
+     r"spec\.yaml: metrics\[0\]\.key: 'eval/scenes/normals_angle': no probe produces the metric 'normals_angle'"),
     ("variants: {a: {}}\nbaseline: b\n", r"baseline: 'b' is not one of the variants"),
     ("variants: {a: {eval.probes: [retrieval, telepathy]}}\n", r"spec\.yaml: variant 'a': eval: .*telepathy"),
     ("variants: {a: {}}\nreference: {source: x, b: {eval/scenes/i2t_r1: 1}}\n", r"reference\.b: no such variant"),
