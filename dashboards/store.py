@@ -50,17 +50,19 @@ def client_for(tracking_uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri)
 
 
-def load_sweep(tracking_uri: str, experiment: str, sweep_id: str | None = None) -> Sweep:
-    """The given sweep of an experiment, or its latest one."""
+def load_sweep(tracking_uri: str, experiment: str, sweep_id: str | None = None, size: str | None = None) -> Sweep:
+    """The given sweep of an experiment, or its latest one (of `size`: full, mini or smoke, when given)."""
     client = client_for(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         names = [e.name for e in client.search_experiments()]
         raise StoreError(f"no experiment {experiment!r} in {tracking_uri} (experiments: {names})")
-    query = f"tags.`{ROLE}` = 'sweep'" + (f" and tags.`{SWEEP_ID}` = '{sweep_id}'" if sweep_id else "")
+    query = (f"tags.`{ROLE}` = 'sweep'" + (f" and tags.`{SWEEP_ID}` = '{sweep_id}'" if sweep_id else "")
+             + (f" and tags.`{SIZE}` = '{size}'" if size else ""))
     parents = client.search_runs([exp.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1)
     if not parents:
-        raise StoreError(f"no sweep{' ' + sweep_id if sweep_id else ''} in experiment {experiment!r}")
+        raise StoreError(f"no{' ' + size if size else ''} sweep{' ' + sweep_id if sweep_id else ''} "
+                         f"in experiment {experiment!r}")
     parent = parents[0]
     with open(client.download_artifacts(parent.info.run_id, "spec.json")) as f:
         spec = json.load(f)

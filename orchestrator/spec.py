@@ -2,9 +2,15 @@
 
 A spec names a base experiment, the rows (explicit `variants`, or `axes` whose product makes the
 rows), the seeds, the metrics (columns, keys of the probes' registry), the paper's reference
-numbers, an optional Tune search over loss weights, the resources of each trial, and a `smoke`
-overlay of the whole spec that shrinks it to a laptop-sized run. Every problem is reported with
-the spec file and the key before any cluster resource is taken.
+numbers, an optional Tune search over loss weights, the resources of each trial, and overlays of
+the whole spec for the smaller sizes. A spec runs at one of three sizes:
+
+- full: the spec as written, the paper's setting (GPUs, web-scale shards, standard eval datasets);
+- mini: its `mini` overlay, procedural scenes on CPU, sized so that the effects of a table's rows
+  should show beyond seed noise (several seeds) in about 90 CPU-minutes per 3 x 3 table;
+- smoke: its `smoke` overlay, the machinery end to end in minutes on a laptop.
+
+Every problem is reported with the spec file and the key before any cluster resource is taken.
 """
 import itertools
 from dataclasses import dataclass, field
@@ -50,7 +56,12 @@ class AblationSpec:
     reference: dict[str, Any] = field(default_factory=dict)  # source: str, then variant -> {key: number}
     search: SearchSpec = field(default_factory=SearchSpec)
     resources: ResourceSpec = field(default_factory=ResourceSpec)
-    smoke: dict[str, Any] = field(default_factory=dict)  # any of the keys above, laid over them
+    mini: dict[str, Any] = field(default_factory=dict)  # any of the keys above, laid over them
+    smoke: dict[str, Any] = field(default_factory=dict)  # likewise
+
+
+SIZES = ("full", "mini", "smoke")  # full: the spec as written; the others: its overlay of that name
+OVERLAYS = SIZES[1:]
 
 
 @dataclass
@@ -68,10 +79,10 @@ class Trial:
 
 @dataclass
 class Plan:
-    """A spec resolved for one size (smoke or full): what a sweep runs and how it is tabled."""
+    """A spec resolved for one size (full, mini or smoke): what a sweep runs and how it is tabled."""
     path: Path
-    spec: dict  # the resolved spec (smoke overlay applied), logged with the sweep
-    size: str
+    spec: dict  # the resolved spec (the size's overlay applied), logged with the sweep
+    size: str  # one of SIZES: the MLflow tag tipslab.size, which identifies a sweep with the spec's name
     resources: ResourceSpec
     trials: list[Trial]  # fixed trials; for a random or TPE search, the point it samples around
     search: Optional[SearchSpec] = None
@@ -154,58 +165,73 @@ def metric_goal(key: str) -> str:
     return goal(key) if goal else ("min" if key.rsplit("/", 1)[-1].endswith(("rmse", "error", "_deg")) else "max")
 
 
-def load_spec(path: str | Path, smoke: bool = False, overrides: list[str] = ()) -> Plan:
+def load_spec(path: str | Path, smoke: bool = False, overrides: list[str] = (), size: str | None = None) -> Plan:
+    """The spec at `size` (full, mini or smoke; `smoke=True` is size smoke), validated."""
     path = Path(path)
+    size = size or ("smoke" if smoke else "full")
+    if size not in SIZES:
+        raise ConfigError(f"{path}: size: {size!r} is not a size; sizes: {', '.join(SIZES)}")
     raw = read_yaml(path)
     for required in ("name", "base"):
         if required not in raw:
             raise ConfigError(f"{path}: {required}: missing (every spec needs `name` and `base`)")
     spec = typed_spec(raw, str(path))
-    for key in ("name", "smoke"):
-        if key in spec.smoke:
-            raise ConfigError(f"{path}: smoke.{key}: the smoke overlay cannot change `{key}`")
-    # The overlay's keys are checked whichever size runs: a typo there fails the full spec too.
-    smoke_spec = typed_spec(deep_overlay({k: v for k, v in raw.items() if k != "smoke"}, spec.smoke), f"{path}: smoke")
-    if smoke:
-        spec = smoke_spec
-    where = f"{path}{': smoke overlay' if smoke else ''}"
+    # Every overlay's keys are checked whichever size runs: a typo there fails the full spec too.
+    unsized = {k: v for k, v in raw.items() if k not in OVERLAYS}
+    sized = {}
+    for overlay in OVERLAYS:
+        block = getattr(spec, overlay)
+        for key in ("name", *OVERLAYS):
+            if key in block:
+                raise ConfigError(f"{path}: {overlay}.{key}: the {overlay} overlay cannot change `{key}`")
+        sized[overlay] = typed_spec(deep_overlay(unsized, block), f"{path}: {overlay}")
+    if size != "full":
+        if size not in raw:
+            has = ", ".join(["full", *(o for o in OVERLAYS if o in raw)])
+            raise ConfigError(f"{path}: {size}: the spec has no `{size}:` overlay, so it cannot run at size "
+                              f"{size} (its sizes: {has})")
+        spec = sized[size]
+    where = f"{path}{f': {size} overlay' if size != 'full' else ''}"
 
     if spec.variants and spec.axes:
         raise ConfigError(f"{where}: axes: give `variants` or `axes`, not both")
-    variants, axis_tags = (expand_axes(path, spec.axes) if spec.axes
+    variants, axis_tags = (expand_axes(where, spec.axes) if spec.axes
                            else (dict(spec.variants), {v: {} for v in spec.variants}))
     for name, value in variants.items():
         if value is not None and not isinstance(value, dict):
-            raise ConfigError(f"{path}: variants.{name}: expected a mapping of overrides, got {value!r}")
+            raise ConfigError(f"{where}: variants.{name}: expected a mapping of overrides, got {value!r}")
     search = spec.search if spec.search.algorithm else None
     if search and search.algorithm == "grid":  # a grid is rows known in advance: one more axis
-        variants, axis_tags = grid_points(path, search, variants, axis_tags)
+        variants, axis_tags = grid_points(where, search, variants, axis_tags)
     if not variants:
-        raise ConfigError(f"{path}: variants: a spec needs at least one variant (or `axes`)")
+        raise ConfigError(f"{where}: variants: a spec needs at least one variant (or `axes`)")
     if not spec.seeds:
         raise ConfigError(f"{where}: seeds: at least one seed is needed")
     if len(set(spec.seeds)) != len(spec.seeds):
         raise ConfigError(f"{where}: seeds: {spec.seeds} repeats a seed")
     if spec.baseline is not None and spec.baseline not in variants:
-        raise ConfigError(f"{path}: baseline: {spec.baseline!r} is not one of the variants {list(variants)}")
+        raise ConfigError(f"{where}: baseline: {spec.baseline!r} is not one of the variants {list(variants)}")
     for variant, numbers in spec.reference.items():
         if variant == "source":
             continue
         if variant not in variants:
-            raise ConfigError(f"{path}: reference.{variant}: no such variant (variants: {list(variants)})")
+            raise ConfigError(f"{where}: reference.{variant}: no such variant (variants: {list(variants)})")
         for key, value in (numbers or {}).items():
             if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise ConfigError(f"{path}: reference.{variant}.{key}: {value!r} is not a number")
+                raise ConfigError(f"{where}: reference.{variant}.{key}: {value!r} is not a number")
     for i, m in enumerate(spec.metrics):
-        m.goal = m.goal or metric_goal(m.key)
+        try:
+            m.goal = m.goal or metric_goal(m.key)
+        except KeyError as err:  # a metric name no probe has: one line, not a traceback
+            raise ConfigError(f"{where}: metrics[{i}].key: {err.args[0]}") from None
         if m.goal not in ("max", "min"):
             raise ConfigError(f"{where}: metrics[{i}].goal: {m.goal!r} is not 'max' or 'min'")
-    if not smoke:  # paper numbers under keys the table does not show would never be seen
+    if size == "full":  # paper numbers under keys the table does not show would never be seen
         keys = {m.key for m in spec.metrics}
         for variant, numbers in spec.reference.items():
             for key in (numbers or {}) if variant != "source" else ():
                 if key not in keys:
-                    raise ConfigError(f"{path}: reference.{variant}.{key}: not one of the spec's metrics {sorted(keys)}")
+                    raise ConfigError(f"{where}: reference.{variant}.{key}: not one of the spec's metrics {sorted(keys)}")
 
     base = path.parent / spec.base
     base_data = read_yaml(base)
@@ -216,11 +242,11 @@ def load_spec(path: str | Path, smoke: bool = False, overrides: list[str] = ()) 
         for seed in spec.seeds:
             config = to_dict(compose([
                 (base_data, str(base)), (anchored(path.parent, spec.overrides), f"{where}: overrides"),
-                (anchored(path.parent, variant_overrides), f"{path}: variants.{variant}"), (cli, "command line"),
+                (anchored(path.parent, variant_overrides), f"{where}: variants.{variant}"), (cli, "command line"),
                 ({"train.seed": seed, "train.num_workers": resources.workers_per_trial,
                   "train.gpus_per_worker": resources.gpus_per_worker,
                   "train.cpus_per_worker": resources.cpus_per_worker}, f"{where}: seeds/resources"),
-            ], f"{path}: variants.{variant}"))
+            ], f"{where}: variants.{variant}"))
             trials.append(Trial(variant, seed, config, config_hash(config), dict(axis_tags[variant])))
 
     for trial in trials:
@@ -236,6 +262,7 @@ def load_spec(path: str | Path, smoke: bool = False, overrides: list[str] = ()) 
         check_search(where, search, trials, spec.seeds)
 
     resolved = OmegaConf.to_container(OmegaConf.structured(spec))
-    resolved.pop("smoke")
+    for overlay in OVERLAYS:
+        resolved.pop(overlay)
     resolved.update(variants=variants, axes_of=axis_tags)
-    return Plan(path, resolved, "smoke" if smoke else "full", resources, trials, search)
+    return Plan(path, resolved, size, resources, trials, search)

@@ -17,7 +17,7 @@ def cmd_sweep(args) -> None:
     from .spec import load_spec
     from .sweep import run_sweep
 
-    plan = load_spec(args.spec, smoke=args.smoke, overrides=args.overrides)
+    plan = load_spec(args.spec, size=args.size, overrides=args.overrides)
     result = run_sweep(plan, address=args.address, resume=args.resume)
     if args.resume:
         print(f"resume: kept {result.kept} finished run(s), closed {result.closed} left RUNNING, ran {result.ran}")
@@ -43,15 +43,19 @@ def cmd_plan(args) -> None:
     from .plan import format_plan, plan_summary
     from .spec import load_spec
 
-    summary = plan_summary(load_spec(args.spec, smoke=args.smoke, overrides=args.overrides), tracking_uri())
+    summary = plan_summary(load_spec(args.spec, size=args.size, overrides=args.overrides), tracking_uri())
     print(json.dumps(summary, indent=2) if args.json else format_plan(summary))
 
 
 def _sweep(args):
     from tipslab.dashboards.store import StoreError, load_sweep
 
+    from .spec import SIZES
+
+    if args.size is not None and args.size not in SIZES:
+        raise UserError(f"--size: {args.size!r} is not a size; sizes: {', '.join(SIZES)}")
     try:
-        return load_sweep(tracking_uri(), args.experiment, args.sweep)
+        return load_sweep(tracking_uri(), args.experiment, args.sweep, size=args.size)
     except StoreError as err:
         raise UserError(str(err)) from None
 
@@ -106,18 +110,31 @@ def add_demo_parser(sub) -> None:
     demo.set_defaults(func=cmd_demo)
 
 
+SIZE_HELP = ("full: the spec as written (the paper's setting); mini: its `mini` overlay (procedural scenes on CPU, "
+             "several seeds); smoke: its `smoke` overlay (the machinery in minutes)")
+
+
+def add_size_arguments(p) -> None:
+    """--size full|mini|smoke, and --smoke for --size smoke. A size is checked against the spec
+    (spec.load_spec), so that a wrong one is one line naming the spec file."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--size", default="full", metavar="full|mini|smoke", help=SIZE_HELP)
+    group.add_argument("--smoke", dest="size", action="store_const", const="smoke", help="the same as --size smoke")
+
+
 def add_parsers(sub) -> None:
-    plan = sub.add_parser("plan", help="the trials of a spec, their resources and estimated GPU-hours; runs nothing")
+    plan = sub.add_parser("plan", help="the trials of a spec, their resources and estimated GPU- or CPU-hours; "
+                                       "runs nothing")
     plan.add_argument("spec", help="an ablation spec, e.g. ablations/tips_losses.yaml")
     plan.add_argument("overrides", nargs="*", metavar="key=value")
-    plan.add_argument("--smoke", action="store_true", help="plan the spec's laptop-sized `smoke` overlay")
+    add_size_arguments(plan)
     plan.add_argument("--json", action="store_true", help="stable machine-readable output")
     plan.set_defaults(func=cmd_plan)
 
     sweep = sub.add_parser("sweep", help="run an ablation spec as a Ray Tune sweep")
     sweep.add_argument("spec", help="an ablation spec, e.g. ablations/smoke.yaml")
     sweep.add_argument("overrides", nargs="*", metavar="key=value")
-    sweep.add_argument("--smoke", action="store_true", help="apply the spec's laptop-sized `smoke` overlay")
+    add_size_arguments(sweep)
     sweep.add_argument("--resume", action="store_true",
                        help="continue the latest sweep of this spec and size: keep finished runs with the same "
                             "config hash, close runs a dead driver left RUNNING, run only what is missing")
@@ -129,6 +146,8 @@ def add_parsers(sub) -> None:
         p = sub.add_parser(name, help=text)
         p.add_argument("experiment", help="the spec's name (the MLflow experiment)")
         p.add_argument("--sweep", help="a sweep id (default: the latest sweep)")
+        p.add_argument("--size", metavar="full|mini|smoke",
+                       help="the latest sweep of this size (default: the latest sweep of any size)")
         if name == "table":
             p.add_argument("--format", choices=["md", "html", "latex", "csv"], default="md")
             p.set_defaults(func=cmd_table)

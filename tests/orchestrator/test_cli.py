@@ -82,3 +82,51 @@ def test_plan_json_is_stable_and_report_ui_need_a_store(tmp_path):
         result = tipslab(*command, env_home=tmp_path / "home")
         assert result.returncode == 2 and "no MLflow store" in result.stderr
     assert not (tmp_path / "home").exists()  # planning and failing to read wrote nothing
+
+
+
+MAIN = r"""
+import contextlib, io, json, sys
+from tipslab.orchestrator.cli import main
+out = []
+for command in json.loads(sys.argv[1]):
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            code = main(command)
+        except SystemExit as exit_:
+            code = exit_.code
+    out.append([code, stdout.getvalue(), stderr.getvalue()])
+print(json.dumps(out))
+"""
+
+
+def test_sizes_on_the_command_line(tmp_path):
+    """--size full|mini|smoke (and --smoke) on plan and sweep; a wrong size is one line naming the
+    spec file and the key, exit 2, before Ray or the store is touched. One process for all."""
+    home = tmp_path / "home"
+    errors = [
+        (["sweep", "ablations/tips_losses.yaml", "--size", "medium"],
+         "tipslab: error: ablations/tips_losses.yaml: size: 'medium' is not a size; sizes: full, mini, smoke"),
+        (["sweep", "ablations/smoke.yaml", "--size", "mini"],
+         "tipslab: error: ablations/smoke.yaml: mini: the spec has no `mini:` overlay, so it cannot run at size "
+         "mini (its sizes: full, smoke)"),
+        (["plan", "ablations/smoke.yaml", "--size", "mini"], None),
+        (["table", "smoke", "--size", "medium"], "tipslab: error: --size: 'medium' is not a size; sizes: full, mini, smoke"),
+    ]
+    commands = [["plan", "ablations/tips_losses.yaml", "--size", "mini", "--json"],
+                ["plan", "ablations/tips_losses.yaml", "--size", "mini", "--smoke"], *(c for c, _ in errors)]
+    env = {"TIPSLAB_HOME": str(home), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-c", MAIN, json.dumps(commands)], capture_output=True, text=True,
+                            env=env, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    (code, out, err), both, *failed = json.loads(result.stdout.strip().splitlines()[-1])
+    assert code == 0, err
+    summary = json.loads(out)
+    assert (summary["spec"], summary["size"], summary["num_trials"]) == ("tips-losses", "mini", 9)
+    assert summary["resources"]["device_kind"] == "cpu" and summary["estimate"]["cpu_hours"] is None
+    assert both[0] == 2 and "argument --smoke: not allowed with argument --size" in both[2]
+    for (args, line), (code, _, err) in zip(errors, failed):
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and (line is None or lines == [line]), (args, err)
+    assert not home.exists()  # nothing was started or written

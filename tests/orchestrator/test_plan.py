@@ -58,3 +58,53 @@ def test_no_bench_results_is_said_and_no_store_is_created(tmp_path, home):
     MlflowClient(uri).create_experiment("other")
     text = format_plan(plan_summary(load_spec(spec(tmp_path)), uri))
     assert "no bench result for model size B on gpu in MLflow experiment 'tipslab-bench'" in text
+
+
+LOSSES = REPO / "ablations" / "tips_losses.yaml"
+
+
+def test_mini_is_estimated_from_cpu_bench_results_in_minutes_and_cpu_hours(tmp_path, home):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("tipslab-bench")
+    bench_run(client, exp, "step", "tiny", "gpu", {"bench/step/images_per_s": 5000.0})  # a GPU figure: not for CPU trials
+    step = bench_run(client, exp, "step", "tiny", "cpu", {"bench/step/images_per_s": 64.0})
+    client.log_param(step, "threads", "1")
+    trial = bench_run(client, exp, "trial", "tiny", "cpu", {"bench/trial/launch_to_first_step_s": 30.0})
+    summary = plan_summary(load_spec(LOSSES, size="mini"), uri)
+    assert (summary["size"], summary["num_trials"]) == ("mini", 9)
+    assert [t["name"] for t in summary["trials"][:3]] == ["clip-seed0", "clip-seed1", "clip-seed2"]
+    # per trial: 600 steps x 32 images / 64 images/s = 300 s, + 30 s launch; 9 trials; 2 CPUs each
+    assert [t["hours"] for t in summary["trials"]] == [pytest.approx(330 / 3600)] * 9
+    est = summary["estimate"]
+    assert est["trial_hours"] == pytest.approx(2970 / 3600) and est["cpu_hours"] == pytest.approx(2 * 2970 / 3600)
+    assert est["gpu_hours"] == 0 and summary["resources"]["cpus_per_trial"] == 2
+    assert (est["basis"][0]["step_run"], est["basis"][0]["trial_run"], est["basis"][0]["device_kind"]) == (step, trial, "cpu")
+    text = format_plan(summary)
+    assert "plan of tips-losses (mini): 9 trial(s)" in text and "minutes" in text.splitlines()[1]
+    assert "clip-seed0" in text and " 5.5" in text  # minutes per trial
+    assert "estimate: 49.5 trial-minutes (0.82 h), 1.65 CPU-hours at 2 CPUs per trial, no GPU" in text
+    assert "GPU-hours" not in text and "note:" not in text
+    json.dumps(summary)
+
+
+def test_mini_without_a_cpu_bench_result_says_so(tmp_path, home):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("tipslab-bench")
+    bench_run(client, exp, "step", "tiny", "gpu", {"bench/step/images_per_s": 5000.0})
+    text = format_plan(plan_summary(load_spec(LOSSES, size="mini"), uri))
+    assert ("no bench result for model size tiny on cpu in MLflow experiment 'tipslab-bench': "
+            "run `tipslab bench step --sizes tiny --device cpu`") in text
+    assert "estimate: unknown (no matching bench results)" in text
+
+
+def test_a_cpu_bench_with_other_threads_than_the_worker_has_is_noted(tmp_path, home):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("tipslab-bench")
+    step = bench_run(client, exp, "step", "tiny", "cpu", {"bench/step/images_per_s": 64.0})
+    client.log_param(step, "threads", "2")
+    text = format_plan(plan_summary(load_spec(LOSSES, size="mini"), uri))
+    assert "the step bench ran with 2 torch threads, a trial's worker has 1 CPU(s)" in text
+    assert "no trial bench result" in text and "trial-minutes" in text

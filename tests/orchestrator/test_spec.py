@@ -1,6 +1,7 @@
 import pytest
 from conftest import REPO
 
+from tipslab.orchestrator.config import read_yaml
 from tipslab.orchestrator.errors import ConfigError
 from tipslab.orchestrator.spec import load_spec
 
@@ -116,6 +117,8 @@ SEARCH = "variants: {a: {}}\n" + METRIC + "search: {algorithm: tpe, num_samples:
 @pytest.mark.parametrize("body, message", [
     ("variants: {a: {loss.mim_wieght: 0}}\n", r"spec\.yaml: variants\.a: loss\.mim_wieght"),
     ("variants: {a: {}}\nmetrics: [{key: eval/nyuv2/depth_rmse}]\n", r"metrics\[0\]\.key: no probe produces"),
+    ("variants: {a: {}}\nmetrics: [{key: eval/scenes/normals_angle}]\n",
+     r"spec\.yaml: metrics\[0\]\.key: 'eval/scenes/normals_angle': no probe produces the metric 'normals_angle'"),
     ("variants: {a: {}}\nbaseline: b\n", r"baseline: 'b' is not one of the variants"),
     ("variants: {a: {eval.probes: [retrieval, telepathy]}}\n", r"spec\.yaml: variant 'a': eval: .*telepathy"),
     ("variants: {a: {}}\nreference: {source: x, b: {eval/scenes/i2t_r1: 1}}\n", r"reference\.b: no such variant"),
@@ -196,3 +199,107 @@ def test_the_paper_ablations_are_all_there(home, cluster_data):
     assert [s["name"] for s in seq.config["train"]["stages"]] == ["clip", "mim"]
     tags = {t.variant: t for t in load_spec(REPO / "ablations" / "tag2text_tags.yaml", smoke=True).trials}
     assert tags["tags_on"].config["model"]["num_tags"] == 18 and tags["tags_off"].config["loss"]["tag_weight"] == 0
+
+
+# The mini size: every paper spec's `mini` overlay, procedural scenes on CPU with three seeds.
+ABLATIONS = REPO / "ablations"
+PAPER_SPECS = ["tips_caption_source", "tips_losses", "tips_mask_ratio", "tips_sequential", "tips_loss_weights",
+               "tag2text_tags"]
+MINI_SPECS = [p for p in SPECS if "mini" in read_yaml(p)]
+SCENE_PROBES = {"eval/scenes/i2t_r1", "eval/scenes/t2i_r1", "eval/scenes/seg_miou", "eval/scenes/depth_rmse",
+                "eval/scenes/normals_mean_angle", "eval/scenes/knn_top1"}
+
+
+@pytest.mark.parametrize("name, variants", [
+    ("tips_losses", ["clip", "clip+distill", "clip+distill+mim"]),
+    ("tips_caption_source", ["web", "synthetic", "both_single_cls", "dual_cls"]),
+])
+def test_each_size_plans_its_own_trials(name, variants, home, cluster_data):
+    path = ABLATIONS / f"{name}.yaml"
+    mini = load_spec(path, size="mini")
+    assert mini.size == "mini" and mini.spec["seeds"] == [0, 1, 2]
+    assert [t.name for t in mini.trials] == [f"{v}-seed{s}" for v in variants for s in (0, 1, 2)]
+    for t in mini.trials:
+        c = t.config
+        assert (c["data"]["source"], c["model"]["size"], c["train"]["steps"]) == ("scenes", "tiny", 600)
+        assert c["eval"]["datasets"] == {} and c["train"]["gpus_per_worker"] == 0 and c["train"]["seed"] == t.seed
+    assert {m["key"] for m in mini.spec["metrics"]} == SCENE_PROBES
+    assert len({t.config_hash for t in mini.trials}) == len(mini.trials)
+
+    smoke = load_spec(path, smoke=True)  # --smoke is --size smoke
+    assert smoke.size == "smoke" and [t.name for t in smoke.trials] == [f"{v}-seed0" for v in variants]
+    assert {t.config["train"]["steps"] for t in smoke.trials} == {60}
+    assert [t.config_hash for t in load_spec(path, size="smoke").trials] == [t.config_hash for t in smoke.trials]
+
+    full = load_spec(path, size="full")
+    assert full.size == "full" and [t.name for t in full.trials] == [f"{v}-seed0" for v in variants]
+    assert {(t.config["data"]["source"], t.config["model"]["size"], t.config["train"]["steps"])
+            for t in full.trials} == {("shards", "B", 70000)}
+    assert [t.config_hash for t in load_spec(path).trials] == [t.config_hash for t in full.trials]
+
+
+def test_mini_keeps_the_rows_own_settings(home):
+    losses = {t.variant: t.config["loss"] for t in load_spec(ABLATIONS / "tips_losses.yaml", size="mini").trials}
+    assert [(losses[v]["distill_weight"], losses[v]["mim_weight"], losses[v]["caption_mode"])
+            for v in ("clip", "clip+distill", "clip+distill+mim")] == [(0, 0, "web"), (0.1, 0, "web"), (0.1, 0.2, "web")]
+    captions = {t.variant: t.config["loss"] for t in load_spec(ABLATIONS / "tips_caption_source.yaml", size="mini").trials}
+    assert {v: (c["caption_mode"], c["distill_weight"], c["mim_weight"]) for v, c in captions.items()} == {
+        v: (v, 0, 0) for v in ("web", "synthetic", "both_single_cls", "dual_cls")}
+
+
+@pytest.mark.parametrize("spec", MINI_SPECS, ids=[p.stem for p in MINI_SPECS])
+def test_every_mini_overlay_validates(spec, home):
+    plan = load_spec(spec, size="mini")
+    smoke_steps = max(t.config["train"]["steps"] for t in load_spec(spec, size="smoke").trials)
+    assert plan.spec["seeds"] == [0, 1, 2] and len(plan.trials) == 3 * len(plan.spec["variants"])
+    assert SCENE_PROBES <= {m["key"] for m in plan.spec["metrics"]}
+    assert all(m["key"].startswith("eval/scenes/") for m in plan.spec["metrics"])
+    assert not plan.sampled  # every row takes the three seeds
+    for t in plan.trials:
+        c = t.config
+        assert c["model"]["size"] in ("tiny", "small-cpu") and c["train"]["gpus_per_worker"] == 0
+        assert c["data"]["source"] == "scenes" and c["eval"]["datasets"] == {}
+        assert smoke_steps < c["train"]["steps"] <= 1000  # longer than smoke, short enough for a 2-core trial
+        assert c["train"]["num_workers"] * c["train"]["cpus_per_worker"] + c["data"]["cpus"] <= 2
+
+
+def test_every_paper_spec_has_a_mini_size():
+    assert sorted(p.stem for p in MINI_SPECS) == sorted(PAPER_SPECS)
+
+
+@pytest.mark.parametrize("size, spec, message", [
+    ("medium", "tips_losses", r"tips_losses\.yaml: size: 'medium' is not a size; sizes: full, mini, smoke$"),
+    ("mini", "smoke", r"ablations/smoke\.yaml: mini: the spec has no `mini:` overlay, so it cannot run at size mini"),
+])
+def test_an_unknown_size_or_a_missing_overlay_names_the_file_and_key(size, spec, message, home):
+    with pytest.raises(ConfigError, match=message):
+        load_spec(ABLATIONS / f"{spec}.yaml", size=size)
+
+
+def test_smoke_needs_a_smoke_overlay_too(tmp_path, home):
+    path = spec_file(tmp_path, "variants: {a: {}}\n" + METRIC)
+    with pytest.raises(ConfigError, match=r"spec\.yaml: smoke: the spec has no `smoke:` overlay, so it cannot run at size smoke \(its sizes: full\)"):
+        load_spec(path, smoke=True)
+
+
+MINI = "variants: {a: {}, b: {loss.mim_weight: 0}}\n" + METRIC + "smoke: {}\n"
+
+
+@pytest.mark.parametrize("body, size, message", [
+    # the overlay's own keys are checked whichever size runs
+    (MINI + "mini: {colour: red}\n", "full", r"spec\.yaml: mini: colour"),
+    (MINI + "mini: {name: other}\n", "smoke", r"spec\.yaml: mini\.name: the mini overlay cannot change `name`"),
+    (MINI + "mini: {smoke: {seeds: [1]}}\n", "full", r"spec\.yaml: mini\.smoke: the mini overlay cannot change"),
+    (MINI + "mini: {seeds: [0, 0]}\n", "mini", r"spec\.yaml: mini overlay: seeds: \[0, 0\] repeats a seed"),
+    # and what it resolves to, when that size runs
+    (MINI + "mini: {variants: {a: {loss.mim_wieght: 0}}}\n", "mini", r"spec\.yaml: mini overlay: variants\.a: loss\.mim_wieght"),
+    (MINI + "mini: {overrides: {train.stepz: 5}}\n", "mini", r"spec\.yaml: mini overlay: overrides: train\.stepz"),
+    (MINI + "mini: {metrics: [{key: eval/nyuv2/depth_rmse}]}\n", "mini",
+     r"spec\.yaml: mini overlay: metrics\[0\]\.key: no probe produces 'eval/nyuv2/depth_rmse'"),
+    (MINI + "mini: {metrics: [{key: eval/scenes/normals_angle}]}\n", "mini",
+     r"spec\.yaml: mini overlay: metrics\[0\]\.key: .*no probe produces the metric 'normals_angle'"),
+    (MINI + "mini: {baseline: c}\n", "mini", r"spec\.yaml: mini overlay: baseline: 'c' is not one of the variants"),
+])
+def test_mini_overlay_mistakes_name_the_file_and_key(tmp_path, home, body, size, message):
+    with pytest.raises(ConfigError, match=message):
+        load_spec(spec_file(tmp_path, body), size=size)

@@ -48,3 +48,52 @@ def test_resume_keeps_finished_runs_of_the_same_hash_and_closes_orphans(tmp_path
     assert client.get_run(first.parent_id).info.status == "RUNNING"
     other_size = SweepTracker(uri, Plan(plan.path, plan.spec, "full", ResourceSpec(), trials), resume=True)
     assert other_size.sweep_id != first.sweep_id and other_size.done == {}  # a sweep is (spec, size)
+
+
+def test_a_sweep_is_its_spec_and_size_in_mlflow_and_table_finds_the_mini_one(tmp_path, home, monkeypatch, capsys):
+    """A mini sweep written by the sweep's tracker (no Ray), then a newer smoke one: the size tag
+    is on the parent and every trial, and `table --size mini` reads the mini sweep back."""
+    from conftest import REPO
+    from mlflow.tracking import MlflowClient
+
+    from tipslab.dashboards.store import load_sweep
+    from tipslab.dashboards.table import render
+    from tipslab.orchestrator.cli import main
+    from tipslab.orchestrator.runtime import QUIET_ENV
+    from tipslab.orchestrator.spec import load_spec
+    from tipslab.orchestrator.tracking import SweepTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = REPO / "ablations" / "tips_losses.yaml"
+    written = {}
+    for size in ("mini", "smoke"):
+        plan = load_spec(spec, size=size)
+        tracker = SweepTracker(uri, plan)
+        for trial in plan.trials:
+            tracker.start_trial(trial)
+            result = {m["key"]: 10.0 + trial.seed for m in plan.spec["metrics"]}
+            tracker.log_metrics(trial.name, result, plan.trials[0].config["train"]["steps"])
+            tracker.finish_trial(trial.name, "FINISHED", result)
+        tracker.finish("FINISHED")
+        written[size] = tracker.sweep_id
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("tips-losses").experiment_id
+    mini_runs = client.search_runs([exp], f"tags.`tipslab.sweep_id` = '{written['mini']}'")
+    assert len(mini_runs) == 1 + 9 and {r.data.tags["tipslab.size"] for r in mini_runs} == {"mini"}
+
+    sweep = load_sweep(uri, "tips-losses", size="mini")
+    assert sweep.sweep_id == written["mini"] and sweep.spec["size"] == "mini"
+    assert {(t.variant, t.seed) for t in sweep.finished()} == {(v, s) for v in ("clip", "clip+distill", "clip+distill+mim")
+                                                               for s in (0, 1, 2)}
+    table = render(sweep)
+    assert f"sweep {written['mini']}, mini;" in table and "Normals °" in table and "11.00 ± 1.00 (n=3)" in table
+    assert load_sweep(uri, "tips-losses").sweep_id == written["smoke"]  # without --size: the latest
+
+    for key, value in QUIET_ENV.items():  # main() sets these for its process: keep them to this test
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert main(["table", "tips-losses", "--size", "mini"]) == 0
+    assert f"sweep {written['mini']}, mini;" in capsys.readouterr().out
+    assert main(["table", "tips-losses", "--size", "full"]) == 2
+    assert capsys.readouterr().err.strip() == "tipslab: error: no full sweep in experiment 'tips-losses'"
