@@ -165,10 +165,9 @@ def metric_goal(key: str) -> str:
     return goal(key) if goal else ("min" if key.rsplit("/", 1)[-1].endswith(("rmse", "error", "_deg")) else "max")
 
 
-def load_spec(path: str | Path, smoke: bool = False, overrides: list[str] = (), size: str | None = None) -> Plan:
-    """The spec at `size` (full, mini or smoke; `smoke=True` is size smoke), validated."""
-    path = Path(path)
-    size = size or ("smoke" if smoke else "full")
+def sized_spec(path: Path, size: str):
+    """The typed spec at `size`, every overlay checked whichever size runs (a typo in an overlay
+    fails the full spec too)."""
     if size not in SIZES:
         raise ConfigError(f"{path}: size: {size!r} is not a size; sizes: {', '.join(SIZES)}")
     raw = read_yaml(path)
@@ -176,7 +175,6 @@ def load_spec(path: str | Path, smoke: bool = False, overrides: list[str] = (), 
         if required not in raw:
             raise ConfigError(f"{path}: {required}: missing (every spec needs `name` and `base`)")
     spec = typed_spec(raw, str(path))
-    # Every overlay's keys are checked whichever size runs: a typo there fails the full spec too.
     unsized = {k: v for k, v in raw.items() if k not in OVERLAYS}
     sized = {}
     for overlay in OVERLAYS:
@@ -185,14 +183,17 @@ def load_spec(path: str | Path, smoke: bool = False, overrides: list[str] = (), 
             if key in block:
                 raise ConfigError(f"{path}: {overlay}.{key}: the {overlay} overlay cannot change `{key}`")
         sized[overlay] = typed_spec(deep_overlay(unsized, block), f"{path}: {overlay}")
-    if size != "full":
-        if size not in raw:
-            has = ", ".join(["full", *(o for o in OVERLAYS if o in raw)])
-            raise ConfigError(f"{path}: {size}: the spec has no `{size}:` overlay, so it cannot run at size "
-                              f"{size} (its sizes: {has})")
-        spec = sized[size]
-    where = f"{path}{f': {size} overlay' if size != 'full' else ''}"
+    if size == "full":
+        return spec
+    if size not in raw:
+        has = ", ".join(["full", *(o for o in OVERLAYS if o in raw)])
+        raise ConfigError(f"{path}: {size}: the spec has no `{size}:` overlay, so it cannot run at size "
+                          f"{size} (its sizes: {has})")
+    return sized[size]
 
+
+def spec_rows(where: str, spec) -> tuple[dict, dict, object]:
+    """(variants: name -> overrides, axis tags per variant, the search or None), checked."""
     if spec.variants and spec.axes:
         raise ConfigError(f"{where}: axes: give `variants` or `axes`, not both")
     variants, axis_tags = (expand_axes(where, spec.axes) if spec.axes
@@ -211,6 +212,12 @@ def load_spec(path: str | Path, smoke: bool = False, overrides: list[str] = (), 
         raise ConfigError(f"{where}: seeds: {spec.seeds} repeats a seed")
     if spec.baseline is not None and spec.baseline not in variants:
         raise ConfigError(f"{where}: baseline: {spec.baseline!r} is not one of the variants {list(variants)}")
+    return variants, axis_tags, search
+
+
+def check_columns(where: str, spec, variants: dict, size: str) -> None:
+    """The reference numbers name variants and numbers; every metric has a goal; at full size every
+    paper number sits under a key the table shows."""
     for variant, numbers in spec.reference.items():
         if variant == "source":
             continue
@@ -233,6 +240,10 @@ def load_spec(path: str | Path, smoke: bool = False, overrides: list[str] = (), 
                 if key not in keys:
                     raise ConfigError(f"{where}: reference.{variant}.{key}: not one of the spec's metrics {sorted(keys)}")
 
+
+def spec_trials(path: Path, where: str, spec, variants: dict, axis_tags: dict, overrides: list[str]) -> list[Trial]:
+    """One trial per (variant, seed): base <- spec overrides <- variant <- command line, checked,
+    each producing every metric of the spec."""
     base = path.parent / spec.base
     base_data = read_yaml(base)
     cli = parse_overrides(list(overrides))
@@ -248,21 +259,31 @@ def load_spec(path: str | Path, smoke: bool = False, overrides: list[str] = (), 
                   "train.cpus_per_worker": resources.cpus_per_worker}, f"{where}: seeds/resources"),
             ], f"{where}: variants.{variant}"))
             trials.append(Trial(variant, seed, config, config_hash(config), dict(axis_tags[variant])))
-
     for trial in trials:
         try:
             produced = evaluate.metric_keys(trial.config["eval"])
-        except ValueError as err:  # an unknown probe or dataset name in eval.*
+        except ConfigError as err:  # an unknown probe or dataset name in eval.*
             raise ConfigError(f"{where}: variant {trial.variant!r}: eval: {err}") from None
         for i, m in enumerate(spec.metrics):
             if m.key not in produced:
                 raise ConfigError(f"{where}: metrics[{i}].key: no probe produces {m.key!r} in variant "
                                   f"{trial.variant!r}; its probes give {sorted(produced)}")
+    return trials
+
+
+def load_spec(path: str | Path, smoke: bool = False, overrides: list[str] = (), size: str | None = None) -> Plan:
+    """The spec at `size` (full, mini or smoke; `smoke=True` is size smoke), validated."""
+    path = Path(path)
+    size = size or ("smoke" if smoke else "full")
+    spec = sized_spec(path, size)
+    where = f"{path}{f': {size} overlay' if size != 'full' else ''}"
+    variants, axis_tags, search = spec_rows(where, spec)
+    check_columns(where, spec, variants, size)
+    trials = spec_trials(path, where, spec, variants, axis_tags, overrides)
     if search:
         check_search(where, search, trials, spec.seeds)
-
     resolved = OmegaConf.to_container(OmegaConf.structured(spec))
     for overlay in OVERLAYS:
         resolved.pop(overlay)
     resolved.update(variants=variants, axes_of=axis_tags)
-    return Plan(path, resolved, size, resources, trials, search)
+    return Plan(path, resolved, size, spec.resources, trials, search)
