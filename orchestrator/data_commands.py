@@ -7,7 +7,7 @@ from .errors import PATH_ERRORS, UserError
 def cmd_data_scenes(args) -> None:
     import json
 
-    from tipslab.jobs.data.scenes.render import SPLIT_OFFSETS, generate_scenes
+    from tipslab.jobs.data.scenes.generate import SPLIT_OFFSETS, generate_scenes
 
     if args.split not in SPLIT_OFFSETS:
         raise UserError(f"--split: {args.split!r} is not one of {', '.join(SPLIT_OFFSETS)}")

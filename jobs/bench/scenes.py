@@ -2,7 +2,8 @@
 shard rows (PNG encoding of the dense labels too)."""
 import time
 
-from tipslab.jobs.data.scenes.render import render_scene, scene_row
+from tipslab.jobs.data.scenes.render import render_scene
+from tipslab.jobs.data.scenes.generate import scene_row
 
 
 def bench_scenes(size: int = 224, n: int = 100) -> dict:

@@ -11,7 +11,7 @@ from tipslab.orchestrator.runtime import artifact_root, tracking_uri
 
 
 def tiny_checkpoint(home, size=56):
-    from tipslab.jobs.data.scenes.render import generate_scenes
+    from tipslab.jobs.data.scenes.generate import generate_scenes
     from tipslab.models.checkpoint import save_checkpoint, tips_config
     from tipslab.models.tips import TIPSStudent
     from tipslab.models.tokenizer import build_tokenizer

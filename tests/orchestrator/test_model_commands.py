@@ -6,7 +6,7 @@ import torch
 from conftest import REPO, SHARED
 from PIL import Image
 
-from tipslab.jobs.data.scenes.render import generate_scenes
+from tipslab.jobs.data.scenes.generate import generate_scenes
 from tipslab.jobs.eval.embed import read_image
 from tipslab.models.checkpoint import load_student
 from tipslab.models.tokenizer import load_sentencepiece

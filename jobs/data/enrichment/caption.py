@@ -71,7 +71,7 @@ class Captioner:
 def caption_shards(shards: str, model_path: str, *, out: str | None = None, actors: int = 1,
                    batch_size: int = 16, max_new_tokens: int = 40, max_pixels: int,
                    max_bad_fraction: float) -> dict:
-    """Fill ``synthetic_caption`` of every row; write the new shard set (rewrite.py); summarise.
+    """Fill ``synthetic_caption`` of every row; write the new shard set (jobs/data/shards/rewrite.py); summarise.
 
     Ray must be initialised. Uses one GPU per actor when the cluster has GPUs, else one CPU.
     """

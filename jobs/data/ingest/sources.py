@@ -16,7 +16,7 @@ elsewhere into ``synthetic_caption``; that file's captions are held in memory (k
 Every row is checked (rows.py): key, captions, the image header against ``max_pixels`` and a full
 decode. A bad row is skipped, named and counted; past ``max_bad_fraction`` the ingestion stops.
 Keys are kept to reject duplicates. This module ingests in one streaming process; tars can also
-be ingested by one Ray task each (ingest_parallel.py). A run stopped by the bad-row fraction
+be ingested by one Ray task each (parallel.py). A run stopped by the bad-row fraction
 leaves no manifest (shard files it wrote are unlisted, and the next write there removes them).
 """
 from __future__ import annotations

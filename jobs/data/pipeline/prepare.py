@@ -1,7 +1,7 @@
 """Make sure an experiment's data exists before its jobs start."""
 from tipslab.jobs import storage
 from tipslab.jobs.data.pipeline.streaming import split_dir
-from tipslab.jobs.data.scenes.render import generate_scenes, scenes_source
+from tipslab.jobs.data.scenes.generate import generate_scenes, scenes_source
 from tipslab.jobs.data.shards.format import MANIFEST_NAME, SCHEMA_VERSION, ShardError, read_manifest
 
 

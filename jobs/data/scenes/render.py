@@ -3,7 +3,7 @@
 A scene is a few solid objects (sphere, cube, cylinder, cone, pyramid; CLEVR's attributes: size,
 colour, material, plus a surface pattern) standing on a textured ground plane, some resting on
 others, in front of a wall or under a sky, seen by a perspective pinhole camera and lit by one
-directional light with hard shadows. Every pixel is ray cast (scene_geometry.py), so occlusion is a
+directional light with hard shadows. Every pixel is ray cast (geometry.py), so occlusion is a
 per-pixel z-buffer and depth and normals are exact; shading is Lambertian from the exact normals,
 with a specular lobe for rubber and metal and an environment reflection for metal.
 
@@ -12,7 +12,7 @@ segmentation (0 background, k for the k-th listed object); depth as float32 metr
 optical axis (z-depth, as NYUv2 stores it; 0 where a ray meets no surface, i.e. sky); normals as
 float32 unit vectors in the camera frame (x right, y up, z towards the viewer; zero for sky); the
 `label` (class of the object with most visible pixels, for zero-shot and KNN probes); object
-metadata; and the two captions of scene_captions.py. Everything is a pure function of the seed:
+metadata; and the two captions of captions.py; generate.py writes them into shards. Everything is a pure function of the seed:
 layout, pixel noise and captions draw from separate random streams, so caption settings never move
 a pixel.
 """
@@ -20,15 +20,12 @@ a pixel.
 from __future__ import annotations
 
 import math
-import re
 
 
 import numpy as np
 
 from tipslab.jobs.data.scenes import captions
-from tipslab.jobs import storage
 from tipslab.jobs.data.scenes.geometry import FLAT_TOP, HEIGHT, SHAPES, Camera, bounding_sphere, footprint_radius, intersect
-from tipslab.jobs.data.shards.format import encode_normals, encode_png, write_manifest, write_shard
 from tipslab.models.errors import ConfigError
 
 CLASSES = ("background",) + SHAPES
@@ -57,13 +54,8 @@ HALF_FOV = math.radians(22.0)
 MAX_GROUND = 40.0  # metres along the ground; beyond it, sky (and depth stays inside 16-bit mm)
 STACK_ODDS = 0.3  # chance that a new small object rests on a free large cube or cylinder
 MIN_VISIBLE = 0.25  # an object must show this fraction of its unoccluded pixels, or it is dropped
-SPLIT_STRIDE = 10_000_000
-SPLIT_OFFSETS = {"train": 0, "probe_train": SPLIT_STRIDE, "probe_test": 2 * SPLIT_STRIDE}
 RELATION_WORDS = captions.RELATION_WORDS
 relation_words = captions.relation_words
-
-_TAG_ALIASES = {**{w: w for w in (*SHAPES, *COLOURS, *MATERIALS, "striped", "checkered")},
-                **{captions.plural(s): s for s in SHAPES}, "metallic": "metal", "shiny": "metal"}
 
 
 def _linear(rgb) -> np.ndarray:
@@ -336,88 +328,3 @@ def render_scene(seed: int, size: int = 112, max_objects: int = 4, web_noise: fl
         if scene["objects"]:
             return scene
     raise RuntimeError(f"scene {seed}: no layout with a visible object at size {size}")
-
-
-def caption_tags(*captions_: str | None) -> list[str]:
-    """Sorted shape, colour, material and pattern words in any caption (plurals folded)."""
-    words = set()
-    for c in captions_:
-        for w in re.findall(r"[a-z]+", (c or "").lower()):
-            if w in _TAG_ALIASES:
-                words.add(_TAG_ALIASES[w])
-    return sorted(words)
-
-
-def scene_row(seed: int, split: str, size: int = 112, **kw) -> dict:
-    """One row in the shard schema, with every eval column (see shards.py for the encodings)."""
-    s = render_scene(seed, size=size, **kw)
-    depth_mm = np.clip(np.rint(s["depth"] * 1000.0), 0, 65535).astype(np.uint16)
-    return {
-        "key": f"{split}-{seed:08d}",
-        "image": encode_png(s["image"]),
-        "web_caption": s["web_caption"],
-        "synthetic_caption": s["synthetic_caption"],
-        "tags": caption_tags(s["web_caption"], s["synthetic_caption"]),
-        "width": size,
-        "height": size,
-        "label": s["label"],
-        "segmentation": encode_png(s["segmentation"]),
-        "depth": encode_png(depth_mm),
-        "instances": encode_png(s["instances"]),
-        "normals": encode_normals(s["normals"]),
-    }
-
-
-def split_seeds(n: int, *, split: str = "train", seed: int = 0) -> range:
-    """The scene seeds of a split; different splits never overlap."""
-    if split not in SPLIT_OFFSETS:
-        raise ConfigError(f"unknown split {split!r}; expected one of {sorted(SPLIT_OFFSETS)}")
-    if n < 0 or seed < 0 or seed + n > SPLIT_STRIDE:
-        raise ConfigError(f"need 0 <= seed and seed + n <= {SPLIT_STRIDE}, got seed={seed}, n={n}")
-    start = SPLIT_OFFSETS[split] + seed
-    return range(start, start + n)
-
-
-def scenes_source(split: str, seed: int, size: int, web_noise: float = 0.3,
-                  max_objects: int = 4) -> str:
-    """The manifest's `source`: everything the rows depend on besides the code."""
-    return f"scenes:{split}:seed={seed}:size={size}:web_noise={web_noise}:max_objects={max_objects}"
-
-
-def _write_chunk(out_dir: str, index: int, first_seed: int, count: int, kw: dict) -> dict:
-    split = kw["split"]
-    rows = [scene_row(s, split, size=kw["size"], web_noise=kw["web_noise"],
-                      max_objects=kw["max_objects"]) for s in range(first_seed, first_seed + count)]
-    return write_shard(rows, out_dir, index)
-
-
-def generate_scenes(out_dir: str, n: int, *, split: str = "train", seed: int = 0, size: int = 112,
-                    rows_per_shard: int = 256, web_noise: float = 0.3, max_objects: int = 4,
-                    parallel: bool | None = None) -> dict:
-    """Render `n` scenes of `split` into Parquet shards in `out_dir` (local or s3://); return the
-    manifest. With Ray initialised (or `parallel=True`), one Ray task renders and writes each
-    shard; the bytes are the same as the serial path's, shard for shard."""
-    if rows_per_shard < 1:
-        raise ConfigError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
-    if not 0.0 <= web_noise <= 1.0:
-        raise ConfigError(f"web_noise must be in [0, 1], got {web_noise}")
-    seeds = split_seeds(n, split=split, seed=seed)
-    chunks = [seeds[i:i + rows_per_shard] for i in range(0, n, rows_per_shard)]
-    kw = {"split": split, "size": size, "web_noise": web_noise, "max_objects": max_objects}
-    storage.make_dirs(out_dir)
-    if parallel is None:
-        import ray
-
-        parallel = ray.is_initialized()
-    if parallel and chunks:
-        import ray
-
-        env = storage.aws_env()  # Ray workers do not see variables set after ray.init
-        task = ray.remote(num_cpus=1)(_write_chunk)
-        if env:
-            task = task.options(runtime_env={"env_vars": env})
-        shards = ray.get([task.remote(out_dir, i, c.start, len(c), kw) for i, c in enumerate(chunks)])
-    else:
-        shards = [_write_chunk(out_dir, i, c.start, len(c), kw) for i, c in enumerate(chunks)]
-    return write_manifest(out_dir, shards,
-                          source=scenes_source(split, seed, size, web_noise, max_objects))

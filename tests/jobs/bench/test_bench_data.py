@@ -3,7 +3,7 @@ import math
 import pytest
 
 from tipslab.jobs.bench.data import bench_data
-from tipslab.jobs.data.scenes.render import generate_scenes
+from tipslab.jobs.data.scenes.generate import generate_scenes
 
 
 @pytest.mark.parametrize("views", ["actors", "auto"])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tipslab.jobs.eval import evaluate as evaluation
-from tipslab.jobs.data.scenes.render import generate_scenes, scene_row
+from tipslab.jobs.data.scenes.generate import generate_scenes, scene_row
 from tipslab.jobs.data.shards.format import write_shards
 from tipslab.jobs.eval.evalsets import scenes as scene_reader
 from tipslab.jobs.eval.evaluate import evaluate_checkpoint, metric_goal, metric_keys, retrieval_token

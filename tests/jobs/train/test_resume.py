@@ -11,7 +11,7 @@ from pathlib import Path
 from conftest import REPO, tiny_overrides
 
 from tipslab.jobs.data.pipeline.streaming import Shard, plan_epoch, split_dir
-from tipslab.jobs.data.scenes.render import generate_scenes
+from tipslab.jobs.data.scenes.generate import generate_scenes
 from tipslab.jobs.train.trace import ROW_TRACE_ENV, state_digest
 from tipslab.models.checkpoint import load_state
 from tipslab.orchestrator.config import load_experiment, to_dict

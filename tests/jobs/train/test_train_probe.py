@@ -3,7 +3,7 @@ import torch
 from conftest import REPO, tiny_overrides
 
 from tipslab.jobs.data.pipeline.streaming import split_dir
-from tipslab.jobs.data.scenes.render import generate_scenes
+from tipslab.jobs.data.scenes.generate import generate_scenes
 from tipslab.jobs.eval.evaluate import metric_keys
 from tipslab.jobs.train.probe import RetrievalProbe
 from tipslab.models.checkpoint import tips_config

@@ -100,7 +100,7 @@ def test_bad_rows_are_counted_in_the_metrics_and_too_many_stop_the_run(ray_sessi
     # 20 rows in batches of 8: two full batches and a short last one, which is not trained on but
     # whose bad rows (3 of its 4) still count. Step 3 is epoch 1's first batch: 16 + 4 + 8 rows seen.
     from tipslab.jobs.data.pipeline.streaming import split_dir
-    from tipslab.jobs.data.scenes.render import generate_scenes
+    from tipslab.jobs.data.scenes.generate import generate_scenes
     from tipslab.jobs.train.state import RunStopped
 
     config = experiment(**{"data.root": str(tmp_path / "scenes"), "train.steps": 3, "train.log_every": 3,

@@ -36,7 +36,7 @@ def _scene_words() -> dict[str, set[str]]:
     words = {"objects": {"sphere", "cube", "cylinder", "cone", "pyramid", "circle", "square", "triangle"},
              "attributes": {"red", "green", "blue", "yellow", "purple", "orange", "small", "large",
                             "metal", "rubber", "plastic", "wooden", "glass", "striped", "checkered"}}
-    for module in ("render", "geometry", "captions"):
+    for module in ("render", "generate", "geometry", "captions"):
         mod = importlib.import_module(f"tipslab.jobs.data.scenes.{module}")
         for name, kind in (("SHAPES", "objects"), ("COLOURS", "attributes"), ("MATERIALS", "attributes"),
                            ("SIZES", "attributes"), ("PATTERNS", "attributes"), ("WALLS", "attributes"),

@@ -6,7 +6,7 @@ import pytest
 from conftest import REPO, spoil_rows, tiny_overrides
 
 from tipslab.jobs.data.pipeline.streaming import BATCHES_PER_BLOCK, COUNT_COLUMNS, TRAIN_COLUMNS, PositionedViews, key_ids, plan_epoch, rank_dataset, read_blocks, split_dir, train_shards, views_actors
-from tipslab.jobs.data.scenes.render import generate_scenes, scene_row
+from tipslab.jobs.data.scenes.generate import generate_scenes, scene_row
 from tipslab.jobs.data.pipeline.views import BAD_ROW_COLUMNS, TIPSViews
 from tipslab.models.tokenizer import HashTokenizer
 from tipslab.orchestrator.config import load_experiment, to_dict

@@ -8,7 +8,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from tipslab.jobs.data.pipeline import photometric
 from tipslab.jobs.data.pipeline.masking import make_mask
-from tipslab.jobs.data.scenes.render import scene_row
+from tipslab.jobs.data.scenes.generate import scene_row
 from tipslab.jobs.data.pipeline.views import BAD_ROW_COLUMNS, TIPSViews, decode, row_seed
 from tipslab.models.tokenizer import HashTokenizer
 

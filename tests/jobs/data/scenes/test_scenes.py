@@ -5,6 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tipslab.jobs.data.scenes import captions as scene_captions
+from tipslab.jobs.data.scenes import generate
 from tipslab.jobs.data.scenes import render as scenes
 from tipslab.jobs.data.scenes.geometry import HEIGHT, SHAPES, intersect
 from tipslab.jobs.data.shards.format import decode_normals, decode_png, read_manifest, shard_files, verify_shards
@@ -26,7 +27,7 @@ def _world_points(scene):
 
 
 def test_deterministic_by_seed():
-    a, b, c = scenes.scene_row(7, "train"), scenes.scene_row(7, "train"), scenes.scene_row(8, "train")
+    a, b, c = generate.scene_row(7, "train"), generate.scene_row(7, "train"), generate.scene_row(8, "train")
     assert a == b
     assert a["image"] != c["image"] and a["key"] != c["key"]
     r1, r2 = scenes.render_scene(7), scenes.render_scene(7)
@@ -207,26 +208,26 @@ def test_web_noise_rate_is_honoured():
     objs = _constructed_scene()["objects"]
     vocab = set(scenes.COLOURS) | set(SHAPES) | set(scenes.MATERIALS)
     for text in scene_captions.GENERIC:
-        assert not set(text.split()) & vocab and scenes.caption_tags(text) == []
+        assert not set(text.split()) & vocab and generate.caption_tags(text) == []
     for rate in (0.0, 0.3, 1.0):
         rng = np.random.default_rng(0)
         caps = [scene_captions.web_caption(rng, objs, rate) for _ in range(4000)]
-        off = sum(scenes.caption_tags(c) == [] for c in caps)
+        off = sum(generate.caption_tags(c) == [] for c in caps)
         sd = math.sqrt(4000 * rate * (1 - rate))
         assert abs(off - 4000 * rate) <= 4 * sd + 1e-9, (rate, off)
-        on = [c for c in caps if scenes.caption_tags(c)]
+        on = [c for c in caps if generate.caption_tags(c)]
         words = {w for o in objs for w in (o["shape"], o["colour"], o["material"])}
-        assert all(set(scenes.caption_tags(c)) <= words for c in on)
+        assert all(set(generate.caption_tags(c)) <= words for c in on)
         assert all(len(c.split()) <= 12 for c in caps)  # alt-text is short
     # through the whole renderer too (tiny images: only the captions matter here)
     mixed = [scenes.render_scene(s, size=28, web_noise=0.5)["web_caption"] for s in range(200)]
-    off = sum(scenes.caption_tags(c) == [] for c in mixed)
+    off = sum(generate.caption_tags(c) == [] for c in mixed)
     assert abs(off - 100) <= 4 * math.sqrt(50)
 
 
 def test_scene_row_roundtrip():
     s = scenes.render_scene(3)
-    row = scenes.scene_row(3, "probe_test")
+    row = generate.scene_row(3, "probe_test")
     assert row["key"] == "probe_test-00000003"
     assert row["width"] == row["height"] == 112 and row["label"] == s["label"]
     assert np.array_equal(decode_png(row["image"]), s["image"])
@@ -236,32 +237,32 @@ def test_scene_row_roundtrip():
     assert depth_mm.dtype == np.uint16
     assert np.abs(depth_mm / 1000.0 - s["depth"]).max() <= 0.0005 + 1e-6
     assert np.abs(decode_normals(row["normals"]) - s["normals"]).max() <= 1 / 255 + 1e-6
-    assert row["tags"] == scenes.caption_tags(s["web_caption"], s["synthetic_caption"])
+    assert row["tags"] == generate.caption_tags(s["web_caption"], s["synthetic_caption"])
     assert {o["shape"] for o in s["objects"]} <= set(row["tags"])
-    assert scenes.caption_tags("Two CUBES and a shiny thing", None) == ["cube", "metal"]
+    assert generate.caption_tags("Two CUBES and a shiny thing", None) == ["cube", "metal"]
 
 
 def test_split_seeds_are_disjoint():
-    spans = [set(scenes.split_seeds(1000, split=sp, seed=5)) for sp in scenes.SPLIT_OFFSETS]
+    spans = [set(generate.split_seeds(1000, split=sp, seed=5)) for sp in generate.SPLIT_OFFSETS]
     assert all(len(s) == 1000 for s in spans)
     assert not (spans[0] & spans[1] or spans[0] & spans[2] or spans[1] & spans[2])
     with pytest.raises(ValueError):
-        scenes.split_seeds(10, split="train", seed=scenes.SPLIT_STRIDE - 5)
+        generate.split_seeds(10, split="train", seed=generate.SPLIT_STRIDE - 5)
     with pytest.raises(ValueError):
-        scenes.split_seeds(10, split="validation")
+        generate.split_seeds(10, split="validation")
 
 
 def test_generate_scenes(tmp_path):
-    m = scenes.generate_scenes(str(tmp_path / "a"), 10, split="probe_train", seed=2,
+    m = generate.generate_scenes(str(tmp_path / "a"), 10, split="probe_train", seed=2,
                                rows_per_shard=4, size=56, parallel=False)
     assert m["source"] == "scenes:probe_train:seed=2:size=56:web_noise=0.3:max_objects=4"
     assert m["num_rows"] == 10 and [s["num_rows"] for s in m["shards"]] == [4, 4, 2]
     assert read_manifest(tmp_path / "a") == m
     rows = [r for f in shard_files(tmp_path / "a") for r in pq.read_table(f).to_pylist()]
-    start = scenes.SPLIT_OFFSETS["probe_train"] + 2
+    start = generate.SPLIT_OFFSETS["probe_train"] + 2
     assert [r["key"] for r in rows] == [f"probe_train-{start + i:08d}" for i in range(10)]
-    assert rows[3] == scenes.scene_row(start + 3, "probe_train", size=56)
-    other = scenes.generate_scenes(str(tmp_path / "c"), 10, split="probe_train", seed=3,
+    assert rows[3] == generate.scene_row(start + 3, "probe_train", size=56)
+    other = generate.generate_scenes(str(tmp_path / "c"), 10, split="probe_train", seed=3,
                                    rows_per_shard=4, size=56, parallel=False)
     assert other["content_hash"] != m["content_hash"]
 
@@ -270,8 +271,8 @@ def test_parallel_on_ray_equals_serial_and_writes_s3(ray_session, s3, tmp_path):
     """Ray tasks write the shards straight to S3 (the endpoint reaches them via runtime_env) and
     produce the serial path's bytes."""
     kw = dict(split="train", seed=4, size=56, rows_per_shard=3, web_noise=0.5)
-    serial = scenes.generate_scenes(str(tmp_path / "serial"), 8, parallel=False, **kw)
-    parallel = scenes.generate_scenes(f"{s3}/scenes/train", 8, parallel=True, **kw)
+    serial = generate.generate_scenes(str(tmp_path / "serial"), 8, parallel=False, **kw)
+    parallel = generate.generate_scenes(f"{s3}/scenes/train", 8, parallel=True, **kw)
     assert parallel == serial and [s["num_rows"] for s in parallel["shards"]] == [3, 3, 2]
     assert verify_shards(f"{s3}/scenes/train") == serial
     files = shard_files(f"{s3}/scenes/train")
