@@ -4,7 +4,9 @@ Each area owns its commands in a module of its own (`*_commands.py`, each with `
 file only puts them together.
 """
 import argparse
+import re
 import sys
+from importlib.metadata import version
 
 from . import bench_commands, data_commands, eval_commands, model_commands, sweep_commands, train_commands
 from .errors import CommandFailed, UserError
@@ -13,6 +15,7 @@ from .runtime import quiet_environment
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tipslab", description="TIPS ablations on Ray, tracked in MLflow.")
+    p.add_argument("--version", action="version", version=f"tipslab {version('tipslab')}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sweep_commands.add_demo_parser(sub)
     data_commands.add_parsers(sub)
@@ -24,9 +27,27 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+# A config override: a dotted key (section.key[.key...]) then `=`.
+OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+=")
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The command line, with `key=value` overrides anywhere in it, as with Hydra (`tipslab sweep
+    SPEC --smoke train.steps=20`): argparse alone would take a command's trailing overrides only
+    before its options. They keep their order (a later one wins)."""
+    overrides = [a for a in argv if OVERRIDE.match(a)]
+    p = parser()
+    args = p.parse_args([a for a in argv if not OVERRIDE.match(a)])
+    if overrides:
+        if not hasattr(args, "overrides"):
+            p.error(f"{' '.join(overrides)}: this command takes no key=value overrides")
+        args.overrides = [*args.overrides, *overrides]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     quiet_environment()
-    args = parser().parse_args(argv)
+    args = parse(sys.argv[1:] if argv is None else list(argv))
     try:
         args.func(args)
     except UserError as err:

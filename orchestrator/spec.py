@@ -253,10 +253,11 @@ def spec_trials(path: Path, where: str, spec, variants: dict, axis_tags: dict, o
         for seed in spec.seeds:
             config = to_dict(compose([
                 (base_data, str(base)), (anchored(path.parent, spec.overrides), f"{where}: overrides"),
-                (anchored(path.parent, variant_overrides), f"{where}: variants.{variant}"), (cli, "command line"),
+                (anchored(path.parent, variant_overrides), f"{where}: variants.{variant}"),
                 ({"train.seed": seed, "train.num_workers": resources.workers_per_trial,
                   "train.gpus_per_worker": resources.gpus_per_worker,
                   "train.cpus_per_worker": resources.cpus_per_worker}, f"{where}: seeds/resources"),
+                (cli, "command line"),  # last: what the user types beats the spec, resources included
             ], f"{where}: variants.{variant}"))
             trials.append(Trial(variant, seed, config, config_hash(config), dict(axis_tags[variant])))
     for trial in trials:

@@ -47,6 +47,27 @@ def cmd_plan(args) -> None:
     print(json.dumps(summary, indent=2) if args.json else format_plan(summary))
 
 
+def cmd_config(args) -> None:
+    """The resolved config of one trial of a spec, as the trial would receive it (Hydra's --cfg job)."""
+    import yaml
+
+    from .spec import load_spec
+
+    plan = load_spec(args.spec, size=args.size, overrides=args.overrides)
+    variants = list(dict.fromkeys(t.variant for t in plan.trials))
+    variant = args.variant or variants[0]
+    trial = next((t for t in plan.trials if t.variant == variant and (args.seed is None or t.seed == args.seed)), None)
+    if trial is None:
+        seeds = sorted({t.seed for t in plan.trials})
+        raise UserError(f"{args.spec}: no trial with variant {variant!r} and seed {args.seed} at size {plan.size} "
+                        f"(variants: {', '.join(variants)}; seeds: {seeds})")
+    if args.json:
+        print(json.dumps(trial.config, indent=2, sort_keys=True))
+        return
+    print(f"# {args.spec}, size {plan.size}, variant {trial.variant}, seed {trial.seed}, config hash {trial.config_hash}")
+    print(yaml.safe_dump(trial.config, sort_keys=False), end="")
+
+
 def _sweep(args):
     from tipslab.dashboards.store import StoreError, load_sweep
 
@@ -130,6 +151,16 @@ def add_parsers(sub) -> None:
     add_size_arguments(plan)
     plan.add_argument("--json", action="store_true", help="stable machine-readable output")
     plan.set_defaults(func=cmd_plan)
+
+    config = sub.add_parser("config", help="the resolved config of one trial of a spec (base <- spec <- variant <- "
+                                           "command line); runs nothing")
+    config.add_argument("spec", help="an ablation spec, e.g. ablations/tips_losses.yaml")
+    config.add_argument("overrides", nargs="*", metavar="key=value")
+    add_size_arguments(config)
+    config.add_argument("--variant", help="the row (default: the first)")
+    config.add_argument("--seed", type=int, help="the seed (default: the first)")
+    config.add_argument("--json", action="store_true", help="JSON instead of YAML")
+    config.set_defaults(func=cmd_config)
 
     sweep = sub.add_parser("sweep", help="run an ablation spec as a Ray Tune sweep")
     sweep.add_argument("spec", help="an ablation spec, e.g. ablations/smoke.yaml")
