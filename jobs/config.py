@@ -1,8 +1,33 @@
-"""Configuration owned by the jobs layer: data pipeline, training loop, evaluation."""
+"""Configuration owned by the jobs layer: data pipeline, training loop, evaluation, and the
+experiment that composes them with the model layer's sections.
+
+Every section checks its own values when it is made (`check`, run by `__post_init__`), raising
+`ConfigError` with the dotted key; `ExperimentConfig` adds the checks across sections. Jobs take an
+`ExperimentConfig`; their entry points also accept a DictConfig or a plain dict (a checkpoint's
+stored config, a test's), which `experiment` turns into one.
+"""
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from tipslab.models.config import CLS_TOKENS, LossConfig, ModelConfig, bad, one_of
+from tipslab.models.errors import ConfigError
+
 STRATEGIES = ("ddp", "fsdp")  # train.strategy
+AUGMENTS = ("none", "dinov2")  # data.augment
+# eval.probes: the probes of jobs/eval/probes, in run order.
+ALL_PROBES = ("zero_shot", "retrieval", "segmentation", "depth", "normals", "knn")
+RETRIEVAL_CAPTIONS = ("web_caption", "synthetic_caption")  # eval.retrieval_caption
+
+
+def at_least_one(name: str, section, keys) -> None:
+    """Each of `keys` of `section` (named `name` in dotted keys) must be at least 1."""
+    for key in keys:
+        if getattr(section, key) < 1:
+            bad(f"{name}.{key}", "must be at least 1")
 
 
 @dataclass
@@ -37,6 +62,13 @@ class DataConfig:
     # none | dinov2: DINOv2's flips, colour jitter, grayscale, blur and solarisation on every view.
     # Off by default: the scenes' synthetic captions name colours and left/right, which these change.
     augment: str = "none"
+
+    def __post_init__(self):
+        self.check()
+
+    def check(self) -> None:
+        at_least_one("data", self, ("batch_size",))
+        one_of("data.augment", self.augment, AUGMENTS)
 
 
 @dataclass
@@ -96,6 +128,14 @@ class TrainConfig:
     run_name: str = ""
     compile: bool = False  # torch.compile the student (GPU runs)
 
+    def __post_init__(self):
+        self.check()
+
+    def check(self) -> None:
+        """The stages are checked where they are composed (orchestrator/config.py check_stages)."""
+        one_of("train.strategy", self.strategy, STRATEGIES)
+        at_least_one("train", self, ("steps", "num_workers", "log_every"))
+
 
 @dataclass
 class EvalConfig:
@@ -144,3 +184,67 @@ class EvalConfig:
     # features.npz keeps the patch tokens of this many fixed probe-test images (the report's PCA maps).
     pca_images: int = 4
     batch_size: int = 64
+
+    def __post_init__(self):
+        self.check()
+
+    def check(self) -> None:
+        unknown = sorted(set(self.probes) - set(ALL_PROBES))
+        if unknown:
+            bad("eval.probes", f"unknown probes {unknown}; known: {', '.join(ALL_PROBES)}")
+        one_of("eval.retrieval_token", self.retrieval_token, ("auto", *CLS_TOKENS))
+        if self.retrieval_caption not in RETRIEVAL_CAPTIONS:
+            bad("eval.retrieval_caption", f"{self.retrieval_caption!r} is not web_caption or synthetic_caption")
+        for key in ("zero_shot_token", "knn_token"):
+            if getattr(self, key) not in CLS_TOKENS:
+                bad(f"eval.{key}", f"{getattr(self, key)!r} is not cls_web or cls_synthetic")
+
+
+@dataclass
+class ExperimentConfig:
+    """One experiment: each layer's sections. The orchestrator composes it from YAML files and
+    command-line overrides (orchestrator/config.py); jobs read it by attribute."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self):
+        self.check()
+
+    def check(self) -> None:
+        """Checks across sections (each section checked its own values when it was made)."""
+        if self.data.local_crop_size % self.model.patch_size:
+            bad("data.local_crop_size", f"{self.data.local_crop_size} is not a multiple of model.patch_size")
+        if self.loss.distill_weight > 0 and self.data.local_crops < 1:
+            bad("data.local_crops", "self-distillation (loss.distill_weight > 0) needs at least one local crop")
+
+
+def typed(cls, cfg, prefix: str = ""):
+    """`cfg` (an instance of the structured config class `cls`, a DictConfig or a mapping, missing
+    keys taking their defaults) as an instance of `cls`, its values checked. Unknown keys and wrong
+    types raise ConfigError naming the key (`prefix` + its dotted path)."""
+    if isinstance(cfg, cls):
+        return cfg
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), cfg if cfg is not None else {}))
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        msg = str(getattr(err, "msg", err)).splitlines()[0]
+        raise ConfigError(f"{prefix}{key}: {msg}") from None
+
+
+def experiment(cfg) -> ExperimentConfig:
+    """An ExperimentConfig from an ExperimentConfig (returned as it is), a DictConfig or a plain dict."""
+    return typed(ExperimentConfig, cfg)
+
+
+def eval_config(cfg) -> EvalConfig:
+    """An EvalConfig from an EvalConfig, a DictConfig or a plain dict (an experiment's `eval`)."""
+    return typed(EvalConfig, cfg, "eval.")
+
+
+def as_dict(exp) -> dict:
+    """The experiment as a plain dict of built-in types (a checkpoint's `config`, JSON)."""
+    return dataclasses.asdict(experiment(exp))

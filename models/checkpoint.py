@@ -4,6 +4,7 @@ The tokenizer's state and the resolved config travel inside, so a checkpoint is 
 Files are written to a temporary name and moved into place, never left half-written.
 """
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -33,8 +34,12 @@ def load_state(directory: str | os.PathLike) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def tips_config(config: dict) -> TIPSConfig:
-    """The model part of a resolved experiment config, typed."""
+def tips_config(config) -> TIPSConfig:
+    """The model part of a resolved experiment config, typed: `config` is a typed config with
+    `model` and `loss` sections (the jobs layer's ExperimentConfig, a TIPSConfig) or a mapping (a
+    checkpoint's plain dict, a DictConfig)."""
+    if not isinstance(config, Mapping):
+        return TIPSConfig(model=config.model, loss=config.loss)
     return TIPSConfig(
         model=OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), config["model"])),
         loss=OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(LossConfig), config["loss"])),

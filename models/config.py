@@ -18,6 +18,21 @@ SIZES: dict[str, tuple[int, int, int, int]] = {
 }
 # Text tower depth: 12 layers, 27 for So400m (PAPER.md); tiny sizes follow the image tower.
 TEXT_DEPTH = {"So400m": 27}
+MLP_KINDS = ("auto", "gelu", "swiglu")  # model.mlp
+CAPTION_MODES = ("web", "synthetic", "both_single_cls", "dual_cls")  # loss.caption_mode
+CLS_TOKENS = ("cls_web", "cls_synthetic")  # loss.distill_cls, eval.*_token
+CLIP_VIEWS = ("masked", "clean")  # loss.clip_view
+MASK_MODES = ("random", "blockwise")  # loss.mask_mode
+
+
+def bad(key: str, why: str):
+    """Raise the ConfigError of one field: "<dotted key>: <why>"."""
+    raise ConfigError(f"{key}: {why}")
+
+
+def one_of(key: str, value, allowed) -> None:
+    if value not in allowed:
+        bad(key, f"{value!r} is not one of {', '.join(allowed)}")
 
 
 @dataclass
@@ -60,6 +75,20 @@ class ModelConfig:
     num_tags: int = 0  # the tag vocabulary's size, set from the data (Tag2Text: 3,429)
     tag_layers: int = 2
     tag_heads: int = 4
+
+    def __post_init__(self):
+        self.check()
+
+    def check(self) -> None:
+        """The values of this section (the types are OmegaConf's to check); raises ConfigError."""
+        if self.size not in SIZES:
+            bad("model.size", f"unknown size {self.size!r}; known: {', '.join(SIZES)}")
+        width, _, heads, _, _ = self.dims()
+        if width % heads:
+            bad("model.width", f"width {width} is not divisible by heads {heads}")
+        if self.image_size % self.patch_size:
+            bad("model.image_size", f"{self.image_size} is not a multiple of patch_size {self.patch_size}")
+        one_of("model.mlp", self.mlp, MLP_KINDS)
 
     def prototypes(self) -> tuple[int, int]:
         """(distillation, MIM) prototype counts, after `head_prototypes`."""
@@ -109,12 +138,23 @@ class LossConfig:
     tag_gamma_pos: float = 0.0
     tag_clip: float = 0.05
 
+    def __post_init__(self):
+        self.check()
+
+    def check(self) -> None:
+        one_of("loss.caption_mode", self.caption_mode, CAPTION_MODES)
+        one_of("loss.distill_cls", self.distill_cls, CLS_TOKENS)
+        one_of("loss.clip_view", self.clip_view, CLIP_VIEWS)
+        one_of("loss.mask_mode", self.mask_mode, MASK_MODES)
+        if not 0.0 <= self.mask_ratio < 1.0:
+            bad("loss.mask_ratio", "must be in [0, 1)")
+        for key in ("distill_weight", "mim_weight"):
+            if getattr(self, key) < 0:
+                bad(f"loss.{key}", "a loss weight cannot be negative (0 switches the term off)")
+
 
 @dataclass
 class TIPSConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
 
-
-CAPTION_MODES = ("web", "synthetic", "both_single_cls", "dual_cls")
-CLS_TOKENS = ("cls_web", "cls_synthetic")

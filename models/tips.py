@@ -6,7 +6,7 @@ leaves no unused parameters for DDP to trip over.
 import torch
 from torch import nn
 
-from .config import CAPTION_MODES, CLS_TOKENS, TIPSConfig
+from .config import TIPSConfig
 from .heads import PrototypeHead
 from .mim import masked_count, masked_tokens
 from .tagging import TagHead
@@ -29,13 +29,7 @@ def make_tag_head(cfg: TIPSConfig) -> TagHead:
 class TIPSStudent(nn.Module):
     def __init__(self, cfg: TIPSConfig):
         super().__init__()
-        loss = cfg.loss
-        if loss.caption_mode not in CAPTION_MODES:
-            raise ConfigError(f"loss.caption_mode: {loss.caption_mode!r} is not one of {CAPTION_MODES}")
-        if loss.distill_cls not in CLS_TOKENS:
-            raise ConfigError(f"loss.distill_cls: {loss.distill_cls!r} is not one of {CLS_TOKENS}")
-        if loss.clip_view not in ("masked", "clean"):
-            raise ConfigError(f"loss.clip_view: {loss.clip_view!r} is not 'masked' or 'clean'")
+        loss = cfg.loss  # its values are checked by LossConfig (models/config.py)
         self.cfg = cfg
         self.vision = VisionTower(cfg.model)
         self.text = TextTower(cfg.model)

@@ -14,7 +14,7 @@ from pathlib import Path
 from tipslab.jobs.bench import COMPONENTS
 
 from .bench_runs import (
-    device, experiment, import_step_results, log_bench, log_step_result, measure_trial, run_step_job, step_jobs,
+    device, import_step_results, log_bench, log_step_result, measure_trial, run_step_job, step_jobs, typed_experiment,
 )
 from .errors import PATH_ERRORS, UserError
 from .plan import BENCH_EXPERIMENT as EXPERIMENT
@@ -64,14 +64,14 @@ def cmd_bench_flops(args) -> None:
 
     rows = []
     for size in args.sizes:
-        exp = experiment(args.config, size, args.overrides)
-        batch = args.batch_size or exp["data"]["batch_size"]
+        exp = typed_experiment(args.config, size, args.overrides)
+        batch = args.batch_size or exp.data.batch_size
         parts = step_flops(exp, world_size=args.world_size, batch_size=batch)
         shape = step_shape(exp, args.world_size, batch)
         rows.append({
             "model_size": size, "batch_size": batch, "world_size": args.world_size,
-            "image_size": exp["model"]["image_size"], "local_crops": shape.local_crops,
-            "local_crop_size": exp["data"]["local_crop_size"], "captions": shape.captions,
+            "image_size": exp.model.image_size, "local_crops": shape.local_crops,
+            "local_crop_size": exp.data.local_crop_size, "captions": shape.captions,
             "masked_patches": shape.masked, "student_global_passes": shape.student_global_passes,
             "trainable_params": trainable_params(exp)[0],
             "components": {p.name: {"forward": p.forward / batch, "backward": p.backward / batch} for p in parts},
@@ -104,10 +104,10 @@ def cmd_bench_data(args) -> None:
     shards = args.shards
     if shards is None:
         root = str(home() / "data" / f"bench-scenes-{args.image_size}")
-        exp = experiment(None, None, [f"data.root={root}", f"model.image_size={args.image_size}",
-                                      f"data.scenes_train={args.scenes}", "data.scenes_probe=1"])
+        exp = typed_experiment(None, None, [f"data.root={root}", f"model.image_size={args.image_size}",
+                                            f"data.scenes_train={args.scenes}", "data.scenes_probe=1"])
         ensure_scenes(exp)
-        shards = os.path.join(exp["data"]["root"], exp["data"]["train_split"])
+        shards = os.path.join(exp.data.root, exp.data.train_split)
     cluster = ensure_ray(args.address)
     cpus = args.cpus or int(cluster.get("CPU", 1))
     try:
@@ -150,7 +150,7 @@ def cmd_bench_overhead(args) -> None:
 
     from .runtime import ensure_ray, storage_path
 
-    exp = experiment(args.config, None, args.overrides)
+    exp = typed_experiment(args.config, None, args.overrides)
     ensure_scenes(exp)
     ensure_ray()
     result = bench_overhead(exp, storage_path(), steps=args.steps, warmup=args.warmup)

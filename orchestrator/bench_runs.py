@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 from tipslab.jobs.bench import COMPONENTS
+from tipslab.jobs.config import ExperimentConfig
+from tipslab.jobs.config import experiment as typed_config
 
 from .config import load_experiment, to_dict
 from .errors import CommandFailed, UserError
@@ -27,9 +29,20 @@ def default_config(size: str) -> Path:
 
 
 def experiment(config: str | None, size: str | None, overrides: list[str]) -> dict:
+    """The experiment of a benchmark as a plain dict (it travels as JSON to `tipslab bench step`'s
+    subprocess and into MLflow)."""
+    return to_dict(load_bench_experiment(config, size, overrides))
+
+
+def typed_experiment(config: str | None, size: str | None, overrides: list[str]) -> ExperimentConfig:
+    """The experiment of a benchmark, typed, for the jobs that run in this process."""
+    return typed_config(load_bench_experiment(config, size, overrides))
+
+
+def load_bench_experiment(config: str | None, size: str | None, overrides: list[str]):
     sized = [f"model.size={size}"] if size else []
     path = config or default_config(size or "tiny")
-    return to_dict(load_experiment(path, [*sized, *overrides]))
+    return load_experiment(path, [*sized, *overrides])
 
 
 def log_bench(bench: str, model_size: str, result: dict, metrics: dict, params: dict) -> str:
@@ -130,7 +143,7 @@ def measure_trial(args) -> dict:
     overrides = [f"model.size={args.size}", f"train.steps={args.steps}", "train.log_every=1", *args.overrides]
     plan = single_plan(config, overrides)
     plan = dataclasses.replace(plan, spec={**plan.spec, "name": TRIAL_EXPERIMENT, "title": "tipslab bench trial"})
-    exp = plan.trials[0].config
+    exp = typed_config(plan.trials[0].config)
     ensure_scenes(exp)
     ensure_ray(args.address)
     client = MlflowClient(tracking_uri())
@@ -146,8 +159,8 @@ def measure_trial(args) -> dict:
     first = first_report_time(client, run)
     if first is None:
         raise CommandFailed(f"bench trial: the trial reported no train/* metric (run {run.info.run_id})")
-    gpu = exp["train"]["gpus_per_worker"] > 0
-    result = {"model_size": exp["model"]["size"], "steps": exp["train"]["steps"], "device_kind": "gpu" if gpu else "cpu",
+    gpu = exp.train.gpus_per_worker > 0
+    result = {"model_size": exp.model.size, "steps": exp.train.steps, "device_kind": "gpu" if gpu else "cpu",
               "device": device(gpu), "launch_to_first_step_s": first - start, "trial_total_s": total,
               "sweep_parent_run_id": sweep.parent_run_id,
               # From Tune's start of the trial (the sweep's tracker measures it, where it does).
@@ -155,6 +168,6 @@ def measure_trial(args) -> dict:
     result["mlflow_run_id"] = log_bench(
         "trial", args.size, result,
         {k: result[k] for k in ("launch_to_first_step_s", "trial_start_to_first_step_s", "trial_total_s")},
-        {"steps": exp["train"]["steps"], "num_workers": exp["train"]["num_workers"],
+        {"steps": exp.train.steps, "num_workers": exp.train.num_workers,
          "overrides": " ".join(args.overrides)})
     return result

@@ -6,29 +6,17 @@ dotted path and the source (file, or "command line") it came from, before Ray st
 """
 import hashlib
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from tipslab.jobs.config import STRATEGIES, DataConfig, EvalConfig, TrainConfig
+from tipslab.jobs.config import ExperimentConfig
 from tipslab.jobs.data.pipeline.streaming import read_tag_vocab
-from tipslab.models.config import CAPTION_MODES, CLS_TOKENS, SIZES, LossConfig, ModelConfig
-from tipslab.models.vision import MLP_KINDS
 
 from .errors import ConfigError
 from .runtime import home
-
-
-@dataclass
-class ExperimentConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -87,36 +75,15 @@ def schema() -> DictConfig:
 
 
 def check(cfg: DictConfig, source: str) -> None:
-    """Checks of values (not just types) that would otherwise fail late, inside Ray."""
+    """Checks of values (not just types) that would otherwise fail late, inside Ray: each section's
+    own (models/config.py, jobs/config.py: made once the config is typed) and those that read files."""
     def bad(key: str, why: str):
         raise ConfigError(f"{source}: {key}: {why}")
 
-    if cfg.model.size not in SIZES:
-        bad("model.size", f"unknown size {cfg.model.size!r}; known: {', '.join(SIZES)}")
-    width, _, heads, _, _ = ModelConfig(**OmegaConf.to_container(cfg.model)).dims()
-    if width % heads:
-        bad("model.width", f"width {width} is not divisible by heads {heads}")
-    if cfg.model.image_size % cfg.model.patch_size:
-        bad("model.image_size", f"{cfg.model.image_size} is not a multiple of patch_size {cfg.model.patch_size}")
-    if cfg.data.local_crop_size % cfg.model.patch_size:
-        bad("data.local_crop_size", f"{cfg.data.local_crop_size} is not a multiple of model.patch_size")
-    if cfg.loss.caption_mode not in CAPTION_MODES:
-        bad("loss.caption_mode", f"{cfg.loss.caption_mode!r} is not one of {', '.join(CAPTION_MODES)}")
-    if cfg.loss.distill_cls not in CLS_TOKENS:
-        bad("loss.distill_cls", f"{cfg.loss.distill_cls!r} is not one of {', '.join(CLS_TOKENS)}")
-    if cfg.eval.retrieval_token not in ("auto", *CLS_TOKENS):
-        bad("eval.retrieval_token", f"{cfg.eval.retrieval_token!r} is not one of auto, {', '.join(CLS_TOKENS)}")
-    if cfg.eval.retrieval_caption not in ("web_caption", "synthetic_caption"):
-        bad("eval.retrieval_caption", f"{cfg.eval.retrieval_caption!r} is not web_caption or synthetic_caption")
-    if cfg.train.strategy not in STRATEGIES:
-        bad("train.strategy", f"{cfg.train.strategy!r} is not one of {', '.join(STRATEGIES)}")
-    if not 0.0 <= cfg.loss.mask_ratio < 1.0:
-        bad("loss.mask_ratio", "must be in [0, 1)")
-    for key in ("loss.distill_weight", "loss.mim_weight"):
-        if OmegaConf.select(cfg, key) < 0:
-            bad(key, "a loss weight cannot be negative (0 switches the term off)")
-    if cfg.model.mlp not in MLP_KINDS:
-        bad("model.mlp", f"{cfg.model.mlp!r} is not one of {', '.join(MLP_KINDS)}")
+    try:
+        OmegaConf.to_object(cfg)  # ExperimentConfig and its sections check their values as they are made
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
     if cfg.model.tokenizer != "hash" and not Path(cfg.model.tokenizer).is_file():
         bad("model.tokenizer", f"no SentencePiece model at {cfg.model.tokenizer} ('hash', or a tokenizer.model path; "
                                "`tipslab data tokenizer` trains one)")
@@ -126,11 +93,6 @@ def check(cfg: DictConfig, source: str) -> None:
         cfg.model.num_tags = len(read_tag_vocab(cfg.data.tag_vocab))  # derived, never set by hand
     if cfg.loss.tag_weight > 0 and cfg.model.num_tags < 1:
         bad("data.tag_vocab", "the tagging loss (loss.tag_weight > 0) needs a tag vocabulary file")
-    if cfg.loss.distill_weight > 0 and cfg.data.local_crops < 1:
-        bad("data.local_crops", "self-distillation (loss.distill_weight > 0) needs at least one local crop")
-    for key in ("train.steps", "train.num_workers", "data.batch_size", "train.log_every"):
-        if OmegaConf.select(cfg, key) < 1:
-            bad(key, "must be at least 1")
 
 
 STAGE_FIXED = ("train.stages", "train.steps", "train.num_workers", "train.strategy")  # one per run, not per stage

@@ -1,5 +1,6 @@
 """`tipslab eval`: the paper's probes on any checkpoint, or on an MLflow run's checkpoint with the
 results appended to that run (so probes can be re-run or added without retraining)."""
+import dataclasses
 import json
 import os
 import tempfile
@@ -30,8 +31,10 @@ def parse_data(items: list[str] | None, ev: dict) -> None:
             raise UserError(f"--data {item}: unknown dataset {name!r}; known: scenes, {', '.join(STANDARD)}")
 
 
-def experiment_for(checkpoint: str, data: list[str] | None) -> dict:
-    """The checkpoint's own config, with the datasets of --data and an absolute scenes root."""
+def experiment_for(checkpoint: str, data: list[str] | None):
+    """The checkpoint's own config, with the datasets of --data and an absolute scenes root, typed
+    (an ExperimentConfig: keys the checkpoint lacks take their defaults)."""
+    from tipslab.jobs.config import experiment
     from tipslab.jobs.eval.probes.features import local_checkpoint
     from tipslab.models.checkpoint import load_state
 
@@ -48,21 +51,21 @@ def experiment_for(checkpoint: str, data: list[str] | None) -> dict:
         exp["data"]["root"] = root
     elif not exp["data"].get("root"):
         exp["data"]["root"] = str(home() / "data" / "scenes")
-    return exp
+    return experiment(exp)
 
 
-def probe_splits_ready(exp: dict) -> None:
+def probe_splits_ready(exp) -> None:
     """Render the scenes' probe splits when the checkpoint's data are scenes and they are missing."""
     from tipslab.jobs.data.pipeline.prepare import ensure_scenes
 
-    data, ev = exp["data"], exp["eval"]
-    if ev.get("dataset") and data.get("source") == "scenes":
+    data, ev = exp.data, exp.eval
+    if ev.dataset and data.source == "scenes":
         # ensure_scenes renders data.train_split too: point it at probe-train, sized like a probe split.
-        ensure_scenes({**exp, "data": {**data, "train_split": ev.get("probe_train_split", "probe_train"),
-                                       "scenes_train": data["scenes_probe"]}, "eval": {**ev}})
+        ensure_scenes(dataclasses.replace(exp, data=dataclasses.replace(
+            data, train_split=ev.probe_train_split, scenes_train=data.scenes_probe)))
 
 
-def run_evaluation(checkpoint: str, exp: dict, out_dir: str, address: str | None):
+def run_evaluation(checkpoint: str, exp, out_dir: str, address: str | None):
     from tipslab.jobs.eval.evalsets import EvalDataError
     from tipslab.jobs.eval.evaluate import evaluate
 

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from tipslab.jobs import storage
+from tipslab.jobs.config import experiment
 from tipslab.jobs.eval.evaluate import metric_goal, metric_keys
 
 from .config import config_hash, load_experiment, to_dict
@@ -20,14 +21,15 @@ EXPERIMENT = "tipslab-train"
 
 def single_plan(config_path: str, overrides: list[str]) -> Plan:
     config = to_dict(load_experiment(config_path, overrides))  # rejected here, before Ray starts
-    train = config["train"]
+    exp = experiment(config)
+    train = exp.train
     name = Path(config_path).stem
     spec = {"name": EXPERIMENT, "title": f"tipslab train {config_path}", "variants": {name: {}},
-            "overrides": dict(o.split("=", 1) for o in overrides), "seeds": [train["seed"]],
-            "metrics": [{"key": k, "header": k.split("/")[-1], "goal": metric_goal(k)} for k in sorted(metric_keys(config["eval"]))],
+            "overrides": dict(o.split("=", 1) for o in overrides), "seeds": [train.seed],
+            "metrics": [{"key": k, "header": k.split("/")[-1], "goal": metric_goal(k)} for k in sorted(metric_keys(exp.eval))],
             "reference": {}, "baseline": None}
-    resources = ResourceSpec(train["num_workers"], train["gpus_per_worker"], train["cpus_per_worker"], 1)
-    return Plan(Path(config_path), spec, "single", resources, [Trial(name, train["seed"], config, config_hash(config))])
+    resources = ResourceSpec(train.num_workers, train.gpus_per_worker, train.cpus_per_worker, 1)
+    return Plan(Path(config_path), spec, "single", resources, [Trial(name, train.seed, config, config_hash(config))])
 
 
 def run_single(config_path: str, overrides: list[str], address: str | None = None,

@@ -18,6 +18,7 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from tipslab.jobs.config import experiment
 from tipslab.jobs.storage import to_uri
 from tipslab.jobs.data.pipeline.prepare import ensure_scenes
 from tipslab.jobs.eval.evaluate import evaluate_checkpoint
@@ -66,7 +67,7 @@ def concurrency(plan: Plan, cluster: dict, count: int | None = None) -> int:
 
 
 @ray.remote
-def _evaluate(checkpoint, config: dict, out_dir: str) -> dict:
+def _evaluate(checkpoint, config, out_dir: str) -> dict:
     with checkpoint.as_directory() as d:
         return evaluate_checkpoint(d, config, out_dir)
 
@@ -100,14 +101,15 @@ def run_trial(params: dict, plan: Plan, storage: str) -> None:
     """The Tune trainable: pretrain with a TorchTrainer, then evaluate its last checkpoint."""
     trial = trial_resolver(plan)(params)
     name = run_name(plan, trial)
-    result = build_trainer(trial.config, name=name, storage_path=storage, callbacks=[TuneReportCallback()]).fit()
+    exp = experiment(trial.config)  # the jobs get the typed config; the trial keeps its dict (config_hash, MLflow)
+    result = build_trainer(exp, name=name, storage_path=storage, callbacks=[TuneReportCallback()]).fit()
     checkpoint = result.checkpoint
     out_dir = os.path.join(storage, name, "eval")
     # The trial's placement group only holds the driver; the evaluation takes the CPUs the trainer freed.
     outside = PlacementGroupSchedulingStrategy(placement_group=None)
     metrics = ray.get(_evaluate.options(num_cpus=eval_cpus(trial.config), scheduling_strategy=outside)
-                      .remote(checkpoint, trial.config, out_dir))
-    tune.report({**metrics, "step": trial.config["train"]["steps"], "checkpoint_uri": to_uri(checkpoint.filesystem, checkpoint.path),
+                      .remote(checkpoint, exp, out_dir))
+    tune.report({**metrics, "step": exp.train.steps, "checkpoint_uri": to_uri(checkpoint.filesystem, checkpoint.path),
                  "eval_dir": out_dir})
 
 
@@ -126,7 +128,7 @@ def run_sweep(plan: Plan, address: str | None = None, resume: bool = False) -> S
     """Run what the spec asks for; with `resume`, only what the store does not hold finished."""
     cluster = ensure_ray(address)  # first, so that missing scenes render in parallel Ray tasks
     for trial in plan.trials:
-        ensure_scenes(trial.config)
+        ensure_scenes(experiment(trial.config))
     tracker = SweepTracker(tracking_uri(), plan, resume=resume)
     search = plan.search
     tune_config = {"reuse_actors": False, "trial_dirname_creator": lambda t: f"trial_{t.trial_id}"}

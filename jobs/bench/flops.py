@@ -27,6 +27,7 @@ not counted).
 """
 from dataclasses import dataclass
 
+from tipslab.jobs.config import experiment
 from tipslab.models.checkpoint import tips_config
 from tipslab.models.mim import masked_count
 from tipslab.models.vision import mlp_kind, swiglu_hidden
@@ -115,16 +116,16 @@ class StepShape:
     mim: bool
 
 
-def step_shape(exp: dict, world_size: int = 1, batch_size: int | None = None) -> StepShape:
-    cfg = tips_config(exp)
-    m, loss, data = cfg.model, cfg.loss, exp["data"]
-    batch = batch_size or data["batch_size"]
+def step_shape(exp, world_size: int = 1, batch_size: int | None = None) -> StepShape:
+    exp = experiment(exp)
+    m, loss, data = exp.model, exp.loss, exp.data
+    batch = batch_size or data.batch_size
     patches = (m.image_size // m.patch_size) ** 2
-    patches_local = (data["local_crop_size"] // m.patch_size) ** 2
+    patches_local = (data.local_crop_size // m.patch_size) ** 2
     mim, distill = loss.mim_weight > 0, loss.distill_weight > 0
     return StepShape(
         batch=batch, global_batch=batch * world_size, tokens_global=patches + 2, patches_global=patches,
-        local_crops=data["local_crops"] if distill else 0, tokens_local=patches_local + 2,
+        local_crops=data.local_crops if distill else 0, tokens_local=patches_local + 2,
         patches_local=patches_local,
         masked=masked_count(loss.mask_ratio, patches) if mim else 0,  # as the views and synthetic_batch mask
         student_global_passes=2 if (mim and loss.clip_view == "clean") else 1,
@@ -132,8 +133,9 @@ def step_shape(exp: dict, world_size: int = 1, batch_size: int | None = None) ->
         distill=distill, mim=mim)
 
 
-def step_flops(exp: dict, world_size: int = 1, batch_size: int | None = None) -> list[Part]:
+def step_flops(exp, world_size: int = 1, batch_size: int | None = None) -> list[Part]:
     """The components of one step on one device, FLOPs per step."""
+    exp = experiment(exp)
     cfg = tips_config(exp)
     m = cfg.model
     width, depth, _, mlp_dim, text_depth = m.dims()
@@ -183,9 +185,9 @@ def step_flops(exp: dict, world_size: int = 1, batch_size: int | None = None) ->
     return parts
 
 
-def trainable_params(exp: dict) -> tuple[int, int]:
+def trainable_params(exp) -> tuple[int, int]:
     """(trainable student parameters, teacher parameters), counted from the config."""
-    cfg = tips_config(exp)
+    cfg = tips_config(experiment(exp))
     m, loss = cfg.model, cfg.loss
     width, depth, _, mlp_dim, text_depth = m.dims()
     grid = (m.image_size // m.patch_size) ** 2
@@ -203,9 +205,10 @@ def trainable_params(exp: dict) -> tuple[int, int]:
     return vision + mask_token + text + heads, teacher
 
 
-def flops_per_step(exp: dict, world_size: int = 1, batch_size: int | None = None) -> float:
+def flops_per_step(exp, world_size: int = 1, batch_size: int | None = None) -> float:
     return sum(p.total for p in step_flops(exp, world_size, batch_size))
 
 
-def flops_per_image(exp: dict, world_size: int = 1, batch_size: int | None = None) -> float:
+def flops_per_image(exp, world_size: int = 1, batch_size: int | None = None) -> float:
+    exp = experiment(exp)
     return flops_per_step(exp, world_size, batch_size) / step_shape(exp, world_size, batch_size).batch

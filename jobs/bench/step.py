@@ -17,26 +17,28 @@ import numpy as np
 import torch
 
 from tipslab.jobs.bench import COMPONENTS
+from tipslab.jobs.config import experiment
 from tipslab.jobs.bench.device import device_name, device_peak, peak_rss_mb, sync
 from tipslab.jobs.bench.flops import flops_per_step
 from tipslab.jobs.train.step import StepParts, build_step
 from tipslab.models.mim import masked_count
 from tipslab.models.errors import ConfigError
 
-def synthetic_batch(exp: dict, batch_size: int, seed: int = 0) -> dict:
+def synthetic_batch(exp, batch_size: int, seed: int = 0) -> dict:
     """A batch of the training views' shapes and types (random uint8 pixels and tokens, masks at the ratio)."""
     g = torch.Generator().manual_seed(seed)
-    model, data, loss = exp["model"], exp["data"], exp["loss"]
-    size, local, patch = model["image_size"], data["local_crop_size"], model["patch_size"]
+    exp = experiment(exp)
+    model, data, loss = exp.model, exp.data, exp.loss
+    size, local, patch = model.image_size, data.local_crop_size, model.patch_size
     patches = (size // patch) ** 2
     masks = torch.zeros(batch_size, patches, dtype=torch.bool)
-    n_masked = masked_count(loss["mask_ratio"], patches)
+    n_masked = masked_count(loss.mask_ratio, patches)
     for row in masks:
         row[torch.randperm(patches, generator=g)[:n_masked]] = True
-    tokens = lambda: torch.randint(1, model["vocab_size"], (batch_size, model["max_text_len"]), generator=g)  # noqa: E731
+    tokens = lambda: torch.randint(1, model.vocab_size, (batch_size, model.max_text_len), generator=g)  # noqa: E731
     return {
         "global_crop": torch.randint(0, 256, (batch_size, 3, size, size), generator=g, dtype=torch.uint8),
-        "local_crops": torch.randint(0, 256, (batch_size, data["local_crops"], 3, local, local), generator=g,
+        "local_crops": torch.randint(0, 256, (batch_size, data.local_crops, 3, local, local), generator=g,
                                      dtype=torch.uint8),
         "masks": masks, "web_tokens": tokens(), "synthetic_tokens": tokens(),
     }
@@ -84,7 +86,7 @@ def timed_step(parts: StepParts, cpu_batch: dict, clock: Clock, *, stage_step: i
     clock.laps["text_fwd"] += clock.text
 
 
-def bench_parts(exp: dict, device: str = "cpu", precision: str = "fp32", fused: bool = False,
+def bench_parts(exp, device: str = "cpu", precision: str = "fp32", fused: bool = False,
                 compile: bool = False) -> StepParts:
     """The training loop's step parts (`build_step`) at a benchmark's precision and compile setting."""
     if precision not in ("fp32", "bf16"):
@@ -129,7 +131,7 @@ class StepTimer:
         return {f"{name}_s": clock.laps[name] for name in COMPONENTS}
 
 
-def step_benchmark(exp: dict, batch_size: int, repeats: int = 3, device: str = "auto", precision: str = "auto",
+def step_benchmark(exp, batch_size: int, repeats: int = 3, device: str = "auto", precision: str = "auto",
                    fused: bool | None = None, compile: bool = False, burst: int | None = None) -> dict:
     """Seconds per step as the training loop runs it (the median over `repeats` bursts of `burst`
     steps, after warm-up steps), seconds per component (medians of `repeats` marked steps), images/s
@@ -138,6 +140,7 @@ def step_benchmark(exp: dict, batch_size: int, repeats: int = 3, device: str = "
     "auto" picks cuda when visible; on cuda bf16 autocast and fused AdamW (the GPU step), on cpu fp32.
     `burst` defaults to 1 on cpu (each burst interleaved with a marked step) and 10 on cuda (where a
     device synchronisation per step would hide the launch overlap the training loop gets)."""
+    exp = experiment(exp)
     device = device if device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
     precision = precision if precision != "auto" else "bf16" if device == "cuda" else "fp32"
     fused = device == "cuda" if fused is None else fused
@@ -158,7 +161,7 @@ def step_benchmark(exp: dict, batch_size: int, repeats: int = 3, device: str = "
     flops = flops_per_step(exp, batch_size=batch_size)
     peak, peak_source = device_peak(dev, precision)
     return {
-        "model_size": exp["model"]["size"], "batch_size": batch_size, "device_kind": "gpu" if dev.type == "cuda" else "cpu",
+        "model_size": exp.model.size, "batch_size": batch_size, "device_kind": "gpu" if dev.type == "cuda" else "cpu",
         "device": device_name(dev), "threads": torch.get_num_threads(), "precision": precision, "fused_adamw": fused,
         "compile": compile, "repeats": repeats, "burst": timer.burst, **median,
         # Per repeat: the component sum over the step timed right before it.

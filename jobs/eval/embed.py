@@ -29,8 +29,8 @@ def read_image(path: str, size: int) -> torch.Tensor:
 def embed(checkpoint_dir: str, images: list[str], texts: list[str], out: str, image_size: int | None = None) -> dict:
     """Writes `cls_web`, `cls_synthetic` [N, W], `patch_tokens` [N, P, W], `text` [M, W], plus the
     input names, to `out`; returns the arrays."""
-    student, tokenizer, config = load_student(checkpoint_dir)
-    size = image_size or config["model"]["image_size"]
+    student, tokenizer, _ = load_student(checkpoint_dir)
+    size = image_size or student.cfg.model.image_size
     arrays: dict[str, np.ndarray] = {"images": np.array(images, dtype=str), "texts": np.array(texts, dtype=str)}
     if images:
         feats = student.vision(torch.stack([read_image(p, size) for p in images]))

@@ -6,7 +6,6 @@ on probe-train features only and scored on probe-test. Results are `eval/<datase
 (the registry that specs are validated against: `metric_keys`, `metric_goal`), written as JSON
 next to a `features.npz` of a few probe-test images and their patch tokens (the report's PCA maps).
 """
-import dataclasses
 import io
 import json
 import logging
@@ -17,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from tipslab.jobs.config import EvalConfig
+from tipslab.jobs.config import EvalConfig, ExperimentConfig, eval_config, experiment
 from tipslab.jobs import storage
 from tipslab.jobs.eval.evalsets import ALL_PROBES
 from tipslab.jobs.eval.evalsets import EvalSet
@@ -33,6 +32,7 @@ from tipslab.jobs.eval.probes import metric_goal
 from tipslab.jobs.eval.probes.features import features
 from tipslab.jobs.eval.probes.features import load_pixels
 from tipslab.jobs.eval.probes.zero_shot import prompts
+from tipslab.models.config import LossConfig
 from tipslab.models.errors import ConfigError
 
 RESULTS_FILE = "eval_results.json"
@@ -42,56 +42,51 @@ log = logging.getLogger(__name__)
 __all__ = ["metric_keys", "metric_goal", "evaluate_checkpoint", "evaluate", "Evaluation"]
 
 
-def settings(eval_cfg: dict) -> dict:
-    """The eval config with every field (checkpoints written before a field existed lack it)."""
-    ev = {**dataclasses.asdict(EvalConfig()), **dict(eval_cfg or {})}
-    unknown = sorted(set(ev["probes"]) - set(ALL_PROBES))
-    if unknown:
-        raise ConfigError(f"eval.probes: unknown probes {unknown}; known: {', '.join(ALL_PROBES)}")
-    for key in ("zero_shot_token", "knn_token"):
-        if ev[key] not in ("cls_web", "cls_synthetic"):
-            raise ConfigError(f"eval.{key}: {ev[key]!r} is not cls_web or cls_synthetic")
-    return ev
-
-
-def planned(ev: dict) -> list[tuple[str, str | None, tuple[str, ...]]]:
+def planned(ev: EvalConfig) -> list[tuple[str, str | None, tuple[str, ...]]]:
     """(dataset name, folder or None for the experiment's probe splits, probes) in run order."""
-    plan = [(ev["dataset"], None, tuple(p for p in ALL_PROBES if p in ev["probes"]))] if ev["dataset"] else []
-    for name, path in ev["datasets"].items():
+    plan = [(ev.dataset, None, tuple(p for p in ALL_PROBES if p in ev.probes))] if ev.dataset else []
+    for name, path in ev.datasets.items():
         try:
             allowed = dataset_probes(name, is_shards=False)
         except ValueError as err:
             raise ConfigError(f"eval.datasets.{name}: {err}") from None
-        plan.append((name, path, tuple(p for p in allowed if p in ev["probes"])))
+        plan.append((name, path, tuple(p for p in allowed if p in ev.probes)))
     return plan
 
 
-def metric_keys(eval_cfg: dict) -> set[str]:
-    """The registry: every metric key this evaluation configuration produces."""
-    return {f"eval/{name}/{metric}" for name, _, probes in planned(settings(eval_cfg))
+def metric_keys(eval_cfg) -> set[str]:
+    """The registry: every metric key this evaluation configuration (an EvalConfig, or an
+    experiment's `eval` mapping) produces."""
+    return {f"eval/{name}/{metric}" for name, _, probes in planned(eval_config(eval_cfg))
             for probe in probes for metric in PROBES[probe].METRICS}
 
 
-def retrieval_token(exp: dict) -> str:
-    token = exp["eval"]["retrieval_token"]
-    if token != "auto":
-        return token
-    dual = exp["loss"]["caption_mode"] == "dual_cls"
-    return "cls_synthetic" if dual and exp["eval"]["retrieval_caption"] == "synthetic_caption" else "cls_web"
+def retrieval_token(exp) -> str:
+    """The CLS token that retrieval on the experiment's probe splits compares with text."""
+    exp = experiment(exp)
+    return token_for_retrieval(exp.loss, exp.eval)
 
 
-def cls_tokens(exp: dict, ev: dict, shards: bool) -> dict[str, str]:
+def token_for_retrieval(loss: LossConfig, ev: EvalConfig) -> str:
+    if ev.retrieval_token != "auto":
+        return ev.retrieval_token
+    dual = loss.caption_mode == "dual_cls"
+    return "cls_synthetic" if dual and ev.retrieval_caption == "synthetic_caption" else "cls_web"
+
+
+def cls_tokens(exp: ExperimentConfig, shards: bool) -> dict[str, str]:
     """Which CLS token serves each global probe. Human captions (COCO, Flickr30k) are compared with
     CLS_1, as in the paper, unless eval.retrieval_token names one."""
-    retrieval = retrieval_token({**exp, "eval": ev}) if shards or ev["retrieval_token"] != "auto" else "cls_web"
-    return {"retrieval": retrieval, "zero_shot": ev["zero_shot_token"], "knn": ev["knn_token"]}
+    ev = exp.eval
+    retrieval = token_for_retrieval(exp.loss, ev) if shards or ev.retrieval_token != "auto" else "cls_web"
+    return {"retrieval": retrieval, "zero_shot": ev.zero_shot_token, "knn": ev.knn_token}
 
 
-def load_data(name: str, path: str | None, exp: dict, ev: dict) -> EvalSet:
-    size = exp["model"]["image_size"]
+def load_data(name: str, path: str | None, exp: ExperimentConfig) -> EvalSet:
+    size, ev = exp.model.image_size, exp.eval
     if path is None:
-        return scenes.read(exp["data"]["root"], size, name, ev["probe_train_split"], ev["probe_test_split"],
-                           ev["retrieval_caption"])
+        return scenes.read(exp.data.root, size, name, ev.probe_train_split, ev.probe_test_split,
+                           ev.retrieval_caption)
     return read_standard(name, path, size)
 
 
@@ -119,15 +114,15 @@ class Evaluation:
     seconds: dict[str, float] = field(default_factory=dict)  # "<dataset>/features", "<dataset>/<probe>"
 
 
-def extract(checkpoint: str, es: EvalSet, runnable: list[str], ev: dict, size: int, patches: bool):
+def extract(checkpoint: str, es: EvalSet, runnable: list[str], ev: EvalConfig, size: int, patches: bool):
     """(probe-train features or None, probe-test features, zero-shot prompt embeddings or None),
     from one Ray Data pass over both splits' images and the texts."""
     train = es.train if any(PROBES[p].TRAINED for p in runnable) else None
     splits = [es.test] + ([train] if train is not None else [])
     captions = es.test.captions if "retrieval" in runnable else []
-    prompt_texts = prompts(es.class_names, ev["zero_shot_templates"]) if "zero_shot" in runnable else []
+    prompt_texts = prompts(es.class_names, ev.zero_shot_templates) if "zero_shot" in runnable else []
     feats = features(checkpoint, [k for s in splits for k in s.keys], [im for s in splits for im in s.images],
-                     captions + prompt_texts, size, patches, ev["batch_size"])
+                     captions + prompt_texts, size, patches, ev.batch_size)
     texts = torch.from_numpy(feats.pop("text"))
     n = len(es.test)
     test = SplitFeatures(es.test, {k: torch.from_numpy(v[:n]) for k, v in feats.items()},
@@ -135,18 +130,19 @@ def extract(checkpoint: str, es: EvalSet, runnable: list[str], ev: dict, size: i
     train_feats = SplitFeatures(train, {k: torch.from_numpy(v[n:]) for k, v in feats.items()}) if train else None
     prompt_emb = None
     if prompt_texts:
-        prompt_emb = texts[len(captions):].reshape(-1, len(ev["zero_shot_templates"]), texts.shape[-1])
+        prompt_emb = texts[len(captions):].reshape(-1, len(ev.zero_shot_templates), texts.shape[-1])
     return train_feats, test, prompt_emb
 
 
-def evaluate(checkpoint: str, exp: dict, out_dir: str | None = None) -> Evaluation:
+def evaluate(checkpoint: str, exp, out_dir: str | None = None) -> Evaluation:
     """Every configured probe on every configured dataset; `checkpoint` is a folder or s3:// URI."""
     started = time.perf_counter()
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
-    ev, size, result, pca = settings(exp["eval"]), exp["model"]["image_size"], Evaluation(), None
+    exp = experiment(exp)
+    ev, size, result, pca = exp.eval, exp.model.image_size, Evaluation(), None
     for index, (name, path, probes) in enumerate(planned(ev)):
         t0 = time.perf_counter()
-        es = load_data(name, path, exp, ev)
+        es = load_data(name, path, exp)
         check_disjoint(es)
         runnable = []
         for probe in probes:
@@ -158,11 +154,11 @@ def evaluate(checkpoint: str, exp: dict, out_dir: str | None = None) -> Evaluati
                 runnable.append(probe)
         if not runnable:
             continue
-        first = index == 0 and ev["pca_images"] > 0  # its probe-test images go to features.npz
+        first = index == 0 and ev.pca_images > 0  # its probe-test images go to features.npz
         train, test, prompt_emb = extract(checkpoint, es, runnable, ev, size,
                                           patches=first or any(p in DENSE for p in runnable))
         result.seconds[f"{name}/features"] = time.perf_counter() - t0
-        ctx = ProbeContext(es, train, test, ev, cls_tokens(exp, ev, shards=path is None), prompt_emb)
+        ctx = ProbeContext(es, train, test, ev, cls_tokens(exp, shards=path is None), prompt_emb)
         for probe in runnable:
             t0, module = time.perf_counter(), PROBES[probe]
             model = module.fit(ctx.train, ctx) if module.TRAINED else None  # probe-train rows only
@@ -170,7 +166,7 @@ def evaluate(checkpoint: str, exp: dict, out_dir: str | None = None) -> Evaluati
                 result.metrics[f"eval/{name}/{metric}"] = float(value)
             result.seconds[f"{name}/{probe}"] = time.perf_counter() - t0
         if first:
-            pca = pca_arrays(es, test, ev["pca_images"], size)
+            pca = pca_arrays(es, test, ev.pca_images, size)
     result.seconds["total"] = time.perf_counter() - started
     if out_dir:
         write_outputs(out_dir, result, pca)
@@ -196,8 +192,8 @@ def write_outputs(out_dir: str, result: Evaluation, pca: dict | None) -> None:
         storage.write_bytes(storage.join(out_dir, FEATURES_FILE), buf.getvalue())
 
 
-def evaluate_checkpoint(checkpoint_dir: str, exp: dict, out_dir: str | None = None) -> dict:
-    """Run every probe of `exp["eval"]` on the checkpoint; returns {metric key: value}, plus the
+def evaluate_checkpoint(checkpoint_dir: str, exp, out_dir: str | None = None) -> dict:
+    """Run every probe of `exp.eval` on the checkpoint; returns {metric key: value}, plus the
     evaluation's wall time as `perf/eval_seconds`."""
     result = evaluate(checkpoint_dir, exp, out_dir)
     return {**result.metrics, "perf/eval_seconds": result.seconds["total"]}

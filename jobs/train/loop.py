@@ -30,6 +30,7 @@ import ray.train.torch
 import torch
 from torch.distributed.device_mesh import init_device_mesh
 
+from tipslab.jobs.config import ExperimentConfig, as_dict, experiment
 from tipslab.jobs.data.pipeline.streaming import plan_epoch, rank_dataset, train_shards
 from tipslab.jobs.data.pipeline.views import BAD_ROW_COLUMNS
 from tipslab.jobs.train.cadence import Cadence
@@ -51,15 +52,15 @@ class Stage:
     stage's state to start from, or with `resume` the checkpoint's state to resume from; an fsdp
     checkpoint's shards are then read from `folder` (the checkpoint's folder)."""
 
-    def __init__(self, index: int, name: str, exp: dict, device, previous: TrainState | None, resume: bool,
-                 folder: str | None = None):
-        train = exp["train"]
+    def __init__(self, index: int, name: str, exp: ExperimentConfig, device, previous: TrainState | None,
+                 resume: bool, folder: str | None = None):
+        train = exp.train
         self.index, self.name, self.exp, self.device = index, name, exp, device
-        self.sharded = train["strategy"] == "fsdp"
+        self.sharded = train.strategy == "fsdp"
         carry = previous.weights() if previous is not None and not resume else None
         # FSDP2 in place of DDP: identical initial weights on every rank, then sharded.
         mesh = init_device_mesh(device.type, (world()[1],)) if self.sharded else None
-        self.parts = build_step(exp, device, seed=train["seed"], carry=carry, mesh=mesh)
+        self.parts = build_step(exp, device, seed=train.seed, carry=carry, mesh=mesh)
         self.student, self.teacher = self.parts.student, self.parts.teacher
         if resume:
             self.parts.objective.load_state_dict(previous.objective)
@@ -73,7 +74,7 @@ class Stage:
         # FSDP2 shards in place: the sharded student is its own training wrapper.
         if not self.sharded:
             self.parts.model = ray.train.torch.prepare_model(self.student)
-        if train["compile"]:
+        if train.compile:
             self.parts.compile()
 
     def sharded_state(self) -> dict:
@@ -161,10 +162,11 @@ def restored_state():
 
 
 class Loop:
-    def __init__(self, exp: dict, rank: int, world_size: int, device):
+    def __init__(self, exp, rank: int, world_size: int, device):
+        exp = experiment(exp)
         self.exp, self.rank, self.world_size, self.device = exp, rank, world_size, device
-        self.train = exp["train"]
-        self.tokenizer = build_tokenizer(exp["model"])  # travels inside every checkpoint
+        self.train = exp.train
+        self.tokenizer = build_tokenizer(exp.model)  # travels inside every checkpoint
         self.shards = train_shards(exp)
         self.trace = RowTrace(rank)
         self.bad = dict.fromkeys(BAD_ROW_COLUMNS, 0)  # run totals over all ranks
@@ -179,19 +181,19 @@ class Loop:
                 self.bad.update(state.bad_rows)
             for index in range(first, len(stages)):
                 name, stage_exp = stages[index]
-                steps = stage_exp["train"]["steps"]
+                steps = stage_exp.train.steps
                 here = state is not None and state.stage == index
                 resume = here and state.stage_step < steps
                 if here and not resume:
                     continue  # the checkpoint is this stage's last
                 if resume:
-                    check_strategy(state, stage_exp["train"]["strategy"])
+                    check_strategy(state, stage_exp.train.strategy)
                 stage = Stage(index, name, stage_exp, self.device, state, resume, folder)
                 opened.close()  # the checkpoint's files are read
                 if resume:
                     self.restore_rng(state, stage, step)
                 else:
-                    torch.manual_seed(self.train["seed"] * 1000 + self.rank + step)  # per-rank randomness
+                    torch.manual_seed(self.train.seed * 1000 + self.rank + step)  # per-rank randomness
                 step, position = self.run_stage(stage, state.stage_step if resume else 0, step, position)
                 if index + 1 < len(stages):  # the next stage starts from these weights (fsdp: gathered)
                     state = TrainState(stage=index, stage_step=steps, step=step, data=position, **stage.weights())
@@ -203,9 +205,9 @@ class Loop:
             self.trace.event(resumed_at=step, stage=stage.index, digest=stage.digest())
 
     def run_stage(self, stage: Stage, stage_step: int, step: int, position: DataPosition):
-        train, steps = stage.exp["train"], stage.exp["train"]["steps"]
-        log, save, probing = Cadence(train["log_every"]), Cadence(train["checkpoint_every"]), Cadence(
-            self.train["probe_every"])
+        train, steps = stage.exp.train, stage.exp.train.steps
+        log, save, probing = Cadence(train.log_every), Cadence(train.checkpoint_every), Cadence(
+            self.train.probe_every)
         probe = self.make_probe(stage)
         window = Window(self.device)
         epoch, done = position.epoch, set(position.done)
@@ -213,7 +215,7 @@ class Loop:
             plan, batches = self.epoch_batches(stage, epoch, done)
             rows_done, epoch_steps = 0, 0
             while stage_step < steps:
-                batch = self.next_batch(batches, window, stage.exp["data"]["batch_size"])
+                batch = self.next_batch(batches, window, stage.exp.data.batch_size)
                 # The epoch ends for every rank when one runs out: DDP needs the same step count.
                 if not all_have(batch is not None, self.device):
                     break
@@ -238,15 +240,15 @@ class Loop:
                 if last:
                     return step, now
             if epoch_steps == 0 and not done:
-                raise RunStopped(f"data: the {stage.exp['data']['train_split']} split has too few rows for one "
-                                 f"batch of {stage.exp['data']['batch_size']} on each of {self.world_size} ranks")
+                raise RunStopped(f"data: the {stage.exp.data.train_split} split has too few rows for one "
+                                 f"batch of {stage.exp.data.batch_size} on each of {self.world_size} ranks")
             epoch, done = epoch + 1, set()
         return step, DataPosition(epoch, sorted(done))
 
     def make_probe(self, stage: Stage):
         """The periodic retrieval probe, where it runs: rank 0, or every rank under fsdp (its
         forwards are collectives); None when train.probe_every is 0."""
-        if not self.train["probe_every"] or not (self.rank == 0 or stage.sharded):
+        if not self.train.probe_every or not (self.rank == 0 or stage.sharded):
             return None
         from tipslab.jobs.train.probe import RetrievalProbe
 
@@ -255,10 +257,10 @@ class Loop:
     def epoch_batches(self, stage: Stage, epoch: int, done: set[str]):
         """(this epoch's data plan, an iterator of this rank's batches on the device)."""
         exp = stage.exp
-        plan = plan_epoch(self.shards, exp["train"]["seed"], epoch, self.world_size, done)
-        ds = rank_dataset(exp, plan, self.rank, exp["data"]["cpus"] / self.world_size)
-        batches = ds.iter_torch_batches(batch_size=exp["data"]["batch_size"], drop_last=False, device=self.device,
-                                        prefetch_batches=exp["train"]["prefetch_batches"]) if ds else ()
+        plan = plan_epoch(self.shards, exp.train.seed, epoch, self.world_size, done)
+        ds = rank_dataset(exp, plan, self.rank, exp.data.cpus / self.world_size)
+        batches = ds.iter_torch_batches(batch_size=exp.data.batch_size, drop_last=False, device=self.device,
+                                        prefetch_batches=exp.train.prefetch_batches) if ds else ()
         return plan, iter(batches)
 
     def next_batch(self, batches, window: Window, batch_size: int) -> dict | None:
@@ -282,10 +284,10 @@ class Loop:
         means = [v / self.world_size for v in sums[:len(names) + 2]]
         for column, total in zip(BAD_ROW_COLUMNS, sums[len(names) + 2:]):
             self.bad[column] += int(total)
-        sched, data = stage.parts.sched, stage.exp["data"]
-        if self.bad["rows_seen"] and self.bad["bad_rows"] / self.bad["rows_seen"] > data["max_bad_fraction"]:
+        sched, data = stage.parts.sched, stage.exp.data
+        if self.bad["rows_seen"] and self.bad["bad_rows"] / self.bad["rows_seen"] > data.max_bad_fraction:
             raise RunStopped(f"data: {self.bad['bad_rows']} of {self.bad['rows_seen']} rows seen were bad, more than "
-                             f"data.max_bad_fraction = {data['max_bad_fraction']} (the workers' logs name each one)")
+                             f"data.max_bad_fraction = {data.max_bad_fraction} (the workers' logs name each one)")
         n_steps = len(window.values["train/loss"])
         return {
             **dict(zip(names, means)),
@@ -295,7 +297,7 @@ class Loop:
             "train/temperature": stage.temperature(),
             "train/teacher_momentum": float(sched.momentum[stage_step - 1]),
             "train/param_norm": stage.param_norm(),
-            "perf/images_per_s": n_steps * data["batch_size"] * self.world_size / means[len(names) + 1],
+            "perf/images_per_s": n_steps * data.batch_size * self.world_size / means[len(names) + 1],
             "perf/data_wait_frac": means[len(names)],
             "data/rows_seen": self.bad["rows_seen"], "data/bad_rows": self.bad["bad_rows"],
         }
@@ -318,7 +320,7 @@ class Loop:
             if self.rank == 0:
                 state = TrainState(
                     stage=stage.index, stage_step=stage_step, step=step, data=position, rng=rng,
-                    bad_rows=dict(self.bad), config=stage.exp, tokenizer=self.tokenizer.state(),
+                    bad_rows=dict(self.bad), config=as_dict(stage.exp), tokenizer=self.tokenizer.state(),
                     sharded=SHARDED_DIR if stage.sharded else None, **weights)
                 save_checkpoint(tmp, state.to_checkpoint())
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))

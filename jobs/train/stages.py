@@ -5,38 +5,41 @@ and a short high-resolution adaptation (224 -> 448 px) at the end. A stage start
 one's student and teacher; its optimizer is new (AdamW moments belong to a loss landscape the next
 stage changes) and its learning-rate, weight-decay and teacher schedules run over its own steps.
 """
-import copy
-
 import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from timm.layers import resample_abs_pos_embed
+from tipslab.jobs.config import ExperimentConfig, experiment
 from tipslab.models.errors import ConfigError
 
 
-def with_overrides(exp: dict, overrides: dict) -> dict:
-    """A deep copy of `exp` with dotted `overrides` applied ({"loss.mim_weight": 0})."""
-    out = copy.deepcopy(exp)
+def with_overrides(exp, overrides: dict) -> ExperimentConfig:
+    """A new ExperimentConfig: `exp` with dotted `overrides` applied ({"loss.mim_weight": 0}),
+    merged onto the typed config (so checked against its types and values)."""
+    cfg = OmegaConf.structured(experiment(exp))
     for key, value in overrides.items():
-        *parents, last = key.split(".")
-        node = out
-        for p in parents:
-            if not isinstance(node.get(p), dict):
-                raise ConfigError(f"train.stages: override {key!r} names no config section")
-            node = node[p]
-        node[last] = copy.deepcopy(value)
-    return out
+        *parents, _ = key.split(".")
+        if not parents or not isinstance(OmegaConf.select(cfg, ".".join(parents)), DictConfig):
+            raise ConfigError(f"train.stages: override {key!r} names no config section")
+        try:
+            OmegaConf.update(cfg, key, value, merge=True)
+        except OmegaConfBaseException as err:
+            msg = str(getattr(err, "msg", err)).splitlines()[0]
+            raise ConfigError(f"train.stages: override {key!r}: {msg}") from None
+    return OmegaConf.to_object(cfg)
 
 
-def stage_configs(exp: dict) -> list[tuple[str, dict]]:
+def stage_configs(exp) -> list[tuple[str, ExperimentConfig]]:
     """(name, the experiment config of that stage with train.steps = the stage's steps), in order.
     No stages: one stage, "main", of train.steps."""
-    stages = exp["train"].get("stages") or []
-    if not stages:
+    exp = experiment(exp)
+    if not exp.train.stages:
         return [("main", exp)]
     out = []
-    for stage in stages:
-        config = with_overrides(exp, stage.get("overrides") or {})
-        config["train"]["steps"] = stage["steps"]
-        out.append((stage["name"], config))
+    for stage in exp.train.stages:
+        config = with_overrides(exp, stage.overrides)
+        config.train.steps = stage.steps
+        out.append((stage.name, config))
     return out
 
 

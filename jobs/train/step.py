@@ -6,12 +6,14 @@ import numpy as np
 import torch
 
 from tipslab.models.checkpoint import tips_config
+from tipslab.models.config import LossConfig
 from tipslab.models.distributed import world
 from tipslab.models.objective import TIPSObjective
 from tipslab.models.schedules import cosine_schedule
 from tipslab.models.teacher import EMATeacher
 from tipslab.models.tips import TIPSStudent
 
+from tipslab.jobs.config import TrainConfig, experiment
 from tipslab.jobs.train.parallel import shard_model, unsharded
 from tipslab.jobs.train.stages import carry_weights
 
@@ -42,15 +44,15 @@ def apply_schedules(optimizer, sched: "Schedules", step: int) -> None:
 class Schedules:
     """Per-step learning rate, weight decay, teacher momentum and teacher temperature."""
 
-    def __init__(self, train: dict, loss: dict):
-        steps = train["steps"]
-        self.lr = cosine_schedule(train["lr"], train["min_lr"], steps, train["warmup_steps"])
-        self.weight_decay = cosine_schedule(train["weight_decay"], train["weight_decay_end"], steps)
-        self.momentum = cosine_schedule(train["teacher_momentum"], train["teacher_momentum_end"], steps)
-        warm = min(train["teacher_temp_warmup_steps"], steps)
+    def __init__(self, train: TrainConfig, loss: LossConfig):
+        steps = train.steps
+        self.lr = cosine_schedule(train.lr, train.min_lr, steps, train.warmup_steps)
+        self.weight_decay = cosine_schedule(train.weight_decay, train.weight_decay_end, steps)
+        self.momentum = cosine_schedule(train.teacher_momentum, train.teacher_momentum_end, steps)
+        warm = min(train.teacher_temp_warmup_steps, steps)
         self.teacher_temp = np.concatenate([
-            np.linspace(loss["teacher_temp"], train["teacher_temp_end"], warm),
-            np.full(steps - warm, train["teacher_temp_end"]),
+            np.linspace(loss.teacher_temp, train.teacher_temp_end, warm),
+            np.full(steps - warm, train.teacher_temp_end),
         ])
 
 
@@ -138,14 +140,15 @@ class StepParts:
         compile_parts(self.teacher, self.objective)
 
 
-def build_step(exp: dict, device, *, seed: int, carry: dict | None = None, mesh=None,
+def build_step(exp, device, *, seed: int, carry: dict | None = None, mesh=None,
                fused: bool | None = None) -> StepParts:
     """The parts of one step for experiment `exp` on `device`: the student initialised from `seed`
     (the same on every rank), then `carry` (a last stage's whole "student", "objective" and
     "teacher" state dicts) loaded into it; the teacher a copy of the student; with `mesh`, student
     and teacher sharded by FSDP2 (jobs/train/parallel.py); then AdamW over what this rank holds
     (fused on cuda unless `fused` says otherwise) and the schedules over `train.steps`."""
-    train = exp["train"]
+    exp = experiment(exp)
+    train = exp.train
     device = torch.device(device)
     torch.manual_seed(seed)
     cfg = tips_config(exp)
@@ -164,8 +167,8 @@ def build_step(exp: dict, device, *, seed: int, carry: dict | None = None, mesh=
         if teacher is not None:
             shard_model(teacher, mesh)
     fused = device.type == "cuda" if fused is None else fused
-    optimizer = torch.optim.AdamW(param_groups(student, train["weight_decay"]), lr=train["lr"], fused=fused)
-    return StepParts(student, objective, teacher, optimizer, Schedules(train, exp["loss"]), train["grad_clip"])
+    optimizer = torch.optim.AdamW(param_groups(student, train.weight_decay), lr=train.lr, fused=fused)
+    return StepParts(student, objective, teacher, optimizer, Schedules(train, exp.loss), train.grad_clip)
 
 
 def tips_step(parts: StepParts, batch: dict, *, teacher_temp: float, momentum: float, step: int,

@@ -16,18 +16,17 @@ import ray.train.torch
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from tipslab.jobs import storage
-from tipslab.jobs.config import STRATEGIES
+from tipslab.jobs.config import experiment
 from tipslab.jobs.train.loop import Loop
 from tipslab.jobs.train.state import RunStopped
 from tipslab.jobs.train.step import NonFiniteLossError
 from tipslab.jobs.train.trace import ROW_TRACE_ENV
-from tipslab.models.errors import ConfigError
 
 STOPPED_FILE = "stopped.json"
 
 
 def train_loop(config: dict) -> None:
-    """Runs on every Ray Train worker. config: {"experiment": resolved config, "run": {"path": ...}}."""
+    """Runs on every Ray Train worker. config: {"experiment": the ExperimentConfig, "run": {"path": ...}}."""
     exp = config["experiment"]
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
@@ -59,18 +58,17 @@ class TIPSTrainer(TorchTrainer):
         return result
 
 
-def build_trainer(exp: dict, *, name: str, storage_path: str, callbacks=(), max_failures: int | None = None,
+def build_trainer(exp, *, name: str, storage_path: str, callbacks=(), max_failures: int | None = None,
                   resources_per_worker: dict | None = None):
     """A TorchTrainer for one experiment; `fit()` runs it (or resumes the run stored under
     (storage_path, name)) and returns the Ray Train result. `resources_per_worker` adds custom
     resources to each worker's CPU/GPU request (e.g. to pin workers to some nodes)."""
-    train = exp["train"]
-    if train["strategy"] not in STRATEGIES:
-        raise ConfigError(f"train.strategy: {train['strategy']!r} is not one of {', '.join(STRATEGIES)}")
-    use_gpu = train["gpus_per_worker"] > 0
-    resources = {"CPU": train["cpus_per_worker"], **(resources_per_worker or {})}
+    exp = experiment(exp)  # its values checked (train.strategy among them) before Ray starts
+    train = exp.train
+    use_gpu = train.gpus_per_worker > 0
+    resources = {"CPU": train.cpus_per_worker, **(resources_per_worker or {})}
     if use_gpu:
-        resources["GPU"] = train["gpus_per_worker"]
+        resources["GPU"] = train.gpus_per_worker
     run_path = storage.join(storage_path, name) if storage.is_s3(storage_path) else os.path.join(storage_path, name)
     # Ray workers see no variables set in the driver after ray.init: S3 settings go along.
     env = {**storage.aws_env(), **{k: os.environ[k] for k in (ROW_TRACE_ENV,) if k in os.environ}}
@@ -80,14 +78,14 @@ def build_trainer(exp: dict, *, name: str, storage_path: str, callbacks=(), max_
         train_loop_config={"experiment": exp, "run": {"path": run_path}},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=train["num_workers"], use_gpu=use_gpu, resources_per_worker=resources),
+            num_workers=train.num_workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage_path, callbacks=list(callbacks), worker_runtime_env={"env_vars": env},
             # relax_collectives_on_preemption stays off: with it Ray Train may register a checkpoint
             # without the files of a preempted rank, which for fsdp would be a partial checkpoint.
             failure_config=ray.train.FailureConfig(
-                max_failures=train["max_failures"] if max_failures is None else max_failures,
+                max_failures=train.max_failures if max_failures is None else max_failures,
                 controller_failure_limit=3),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=train["checkpoints_to_keep"]),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=train.checkpoints_to_keep),
         ),
     )

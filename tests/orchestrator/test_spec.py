@@ -120,7 +120,8 @@ SEARCH = "variants: {a: {}}\n" + METRIC + "search: {algorithm: tpe, num_samples:
     ("variants: {a: {}}\nmetrics: [{key: eval/scenes/normals_angle}]\n",
      r"spec\.yaml: metrics\[0\]\.key: 'eval/scenes/normals_angle': no probe produces the metric 'normals_angle'"),
     ("variants: {a: {}}\nbaseline: b\n", r"baseline: 'b' is not one of the variants"),
-    ("variants: {a: {eval.probes: [retrieval, telepathy]}}\n", r"spec\.yaml: variant 'a': eval: .*telepathy"),
+    # EvalConfig checks its probes as the variant is composed (jobs/config.py)
+    ("variants: {a: {eval.probes: [retrieval, telepathy]}}\n", r"spec\.yaml: variants\.a: eval\.probes: .*telepathy"),
     ("variants: {a: {}}\nreference: {source: x, b: {eval/scenes/i2t_r1: 1}}\n", r"reference\.b: no such variant"),
     ("variants: {a: {}}\n" + METRIC + "reference: {a: {eval/scenes/seg_miou: 1}}\n",
      r"reference\.a\.eval/scenes/seg_miou: not one of the spec's metrics"),

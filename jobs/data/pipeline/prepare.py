@@ -1,23 +1,25 @@
 """Make sure an experiment's data exists before its jobs start."""
 from tipslab.jobs import storage
+from tipslab.jobs.config import experiment
 from tipslab.jobs.data.pipeline.streaming import split_dir
 from tipslab.jobs.data.scenes.generate import generate_scenes, scenes_source
 from tipslab.jobs.data.shards.format import MANIFEST_NAME, SCHEMA_VERSION, ShardError, read_manifest
 
 
-def ensure_scenes(exp: dict) -> list[str]:
+def ensure_scenes(exp) -> list[str]:
     """For `data.source: scenes`, render every missing split (deterministic by seed, in parallel
     when Ray is initialised) under `data.root`, a local folder or s3:// prefix; returns the splits
     it made. Other sources must already be sharded."""
-    data, ev = exp["data"], exp["eval"]
-    if data["source"] != "scenes":
+    exp = experiment(exp)
+    data, ev = exp.data, exp.eval
+    if data.source != "scenes":
         return []
-    wanted = {data["train_split"]: data["scenes_train"], ev["probe_train_split"]: data["scenes_probe"],
-              ev["probe_test_split"]: data["scenes_probe"]}
+    wanted = {data.train_split: data.scenes_train, ev.probe_train_split: data.scenes_probe,
+              ev.probe_test_split: data.scenes_probe}
     made = []
     for split, n in wanted.items():
-        out = split_dir(data["root"], split)
-        size, seed = exp["model"]["image_size"], data["scene_seed"]
+        out = split_dir(data.root, split)
+        size, seed = exp.model.image_size, data.scene_seed
         if not _has_scenes(out, n, scenes_source(split, seed, size)):
             generate_scenes(out, n, split=split, seed=seed, size=size)
             made.append(split)

@@ -45,6 +45,7 @@ import ray.data
 
 from tipslab.models.tokenizer import build_tokenizer
 
+from tipslab.jobs.config import experiment
 from tipslab.jobs.data.shards.format import read_manifest, shard_files
 from tipslab.jobs.data.pipeline.views import BAD_ROW_COLUMNS, TIPSViews, bad_row_counts, count_columns, view_options
 
@@ -74,10 +75,11 @@ def split_dir(root: str, split: str) -> str:
     return os.path.join(root, split)
 
 
-def views_for(exp: dict, epoch: int = 0) -> TIPSViews:
-    data = exp["data"]
-    return TIPSViews(**view_options(exp), epoch=epoch, tokenizer=build_tokenizer(exp["model"]),
-                     tag_vocab=read_tag_vocab(data["tag_vocab"]) if data["tag_vocab"] else ())
+def views_for(exp, epoch: int = 0) -> TIPSViews:
+    exp = experiment(exp)
+    tag_vocab = exp.data.tag_vocab
+    return TIPSViews(**view_options(exp), epoch=epoch, tokenizer=build_tokenizer(exp.model),
+                     tag_vocab=read_tag_vocab(tag_vocab) if tag_vocab else ())
 
 
 def key_ids(keys) -> np.ndarray:
@@ -198,9 +200,10 @@ class DataPlan:
         return set.intersection(*sets) if self.shared else set.union(*sets)
 
 
-def train_shards(exp: dict) -> list[Shard]:
+def train_shards(exp) -> list[Shard]:
     """The training split's shard files with their row counts, in manifest order."""
-    path = split_dir(exp["data"]["root"], exp["data"]["train_split"])
+    data = experiment(exp).data
+    path = split_dir(data.root, data.train_split)
     counts = [s["num_rows"] for s in read_manifest(path)["shards"]]
     return [Shard(f, n) for f, n in zip(shard_files(path), counts)]
 
@@ -235,19 +238,20 @@ def read_shards(files: list[str], columns: list[str], num_blocks: int, **read_ar
         ctx.use_datasource_v2 = v2
 
 
-def rank_dataset(exp: dict, plan: DataPlan, rank: int, cpus: float) -> ray.data.Dataset | None:
+def rank_dataset(exp, plan: DataPlan, rank: int, cpus: float) -> ray.data.Dataset | None:
     """One rank's files of one epoch as a streaming dataset of views, rows in file order; `cpus`
     is this rank's share of the data CPU budget (the views actors hold it)."""
     shards = plan.files[rank]
     if not shards:
         return None
-    data = exp["data"]
-    columns = TRAIN_COLUMNS + (["tags"] if data["tag_vocab"] else [])
+    exp = experiment(exp)
+    data = exp.data
+    columns = TRAIN_COLUMNS + (["tags"] if data.tag_vocab else [])
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # the position is a row count
     actors = views_actors(cpus)
     rows = sum(s.num_rows for s in shards)
-    blocks = read_blocks(rows, len(shards), data["batch_size"], actors)
+    blocks = read_blocks(rows, len(shards), data.batch_size, actors)
     ds = read_shards([s.file for s in shards], columns, blocks, concurrency=min(actors, len(shards)), num_cpus=0)
-    return map_views(ds, partial(views_for, exp, plan.epoch), batch_size=data["batch_size"], cpus=cpus,
-                     actors=rows >= data["views_actor_rows"], rank=rank, world_size=len(plan.files),
+    return map_views(ds, partial(views_for, exp, plan.epoch), batch_size=data.batch_size, cpus=cpus,
+                     actors=rows >= data.views_actor_rows, rank=rank, world_size=len(plan.files),
                      share=plan.shared)

@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
+from tipslab.jobs.config import AUGMENTS, experiment
 from tipslab.jobs.data.pipeline import photometric
 from tipslab.jobs.data.pipeline.masking import MASK_MODES, make_mask
 from tipslab.jobs.data.shards.rows import IMAGE_FORMATS, BadRow, BadRows, check_caption, check_key, check_pixels, check_tags, decode_image, image_size
@@ -40,7 +41,6 @@ from tipslab.models.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-AUGMENTS = ("none", "dinov2")
 CROP_RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's default aspect-ratio range
 # The reasons of jobs/data/shards/rows.py, each counted in its own column; any other reason counts as "other".
 BAD_REASONS = ("wrong_type", "not_an_image", "truncated", "too_many_pixels", "empty_caption", "missing_key", "other")
@@ -136,6 +136,8 @@ class TIPSViews:
                  global_crop_scale, local_crop_scale, mask_ratio: float, tokenizer, tag_vocab=(),
                  mask_mode: str = "random", augment: str = "none", seed: int = 0, epoch: int = 0,
                  max_image_pixels: int = 40_000_000):
+        # Checked here as well as by LossConfig and DataConfig: the arguments also come from callers
+        # that make no experiment config (jobs/bench/data.py, tests).
         if mask_mode not in MASK_MODES:
             raise ConfigError(f"loss.mask_mode: {mask_mode!r} is not one of {MASK_MODES}")
         if augment not in AUGMENTS:
@@ -266,12 +268,13 @@ class TIPSViews:
         return targets
 
 
-def view_options(exp: dict) -> dict:
-    """TIPSViews' keyword arguments that come straight from the resolved experiment config; the
-    caller adds tokenizer, tag_vocab and epoch."""
-    model, data, loss = exp["model"], exp["data"], exp["loss"]
-    return dict(image_size=model["image_size"], patch_size=model["patch_size"],
-                local_crops=data["local_crops"], local_crop_size=data["local_crop_size"],
-                global_crop_scale=data["global_crop_scale"], local_crop_scale=data["local_crop_scale"],
-                mask_ratio=loss["mask_ratio"], mask_mode=loss["mask_mode"], augment=data["augment"],
-                seed=exp["train"]["seed"], max_image_pixels=data["max_image_pixels"])
+def view_options(exp) -> dict:
+    """TIPSViews' keyword arguments that come straight from the experiment config; the caller adds
+    tokenizer, tag_vocab and epoch."""
+    exp = experiment(exp)
+    model, data, loss = exp.model, exp.data, exp.loss
+    return dict(image_size=model.image_size, patch_size=model.patch_size,
+                local_crops=data.local_crops, local_crop_size=data.local_crop_size,
+                global_crop_scale=list(data.global_crop_scale), local_crop_scale=list(data.local_crop_scale),
+                mask_ratio=loss.mask_ratio, mask_mode=loss.mask_mode, augment=data.augment,
+                seed=exp.train.seed, max_image_pixels=data.max_image_pixels)

@@ -5,6 +5,8 @@ probes its labels allow.
 """
 from functools import partial
 
+from tipslab.jobs.config import ALL_PROBES
+
 from tipslab.jobs.eval.evalsets import ade20k
 from tipslab.jobs.eval.evalsets import captions
 from tipslab.jobs.eval.evalsets import class_folders
@@ -16,8 +18,6 @@ from tipslab.jobs.eval.evalsets.base import EvalDataError
 from tipslab.jobs.eval.evalsets.base import EvalSet
 from tipslab.jobs.eval.evalsets.base import EvalSplit
 from tipslab.jobs.eval.evalsets.base import check_disjoint
-
-ALL_PROBES = ("zero_shot", "retrieval", "segmentation", "depth", "normals", "knn")
 
 STANDARD = {
     "imagenet": (class_folders.read, ("knn", "zero_shot")),

@@ -3,6 +3,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tipslab.jobs.config import EvalConfig
 from tipslab.jobs.eval.evalsets import EvalSet
 from tipslab.jobs.eval.evalsets import EvalSplit
 
@@ -19,6 +20,6 @@ class ProbeContext:
     data: EvalSet
     train: SplitFeatures | None  # probe-train: the only rows a probe is ever fit on
     test: SplitFeatures  # probe-test: only ever scored
-    ev: dict  # the eval config
+    ev: EvalConfig
     tokens: dict[str, str]  # probe -> which CLS token serves it
     prompts: torch.Tensor | None = None  # [C, K, D] zero-shot prompt embeddings (class x template)

@@ -24,9 +24,10 @@ def nearest(labels: torch.Tensor, size: int) -> torch.Tensor:
     return labels[:, idx][:, :, idx]
 
 
-def train_size(ev: dict, grid: torch.Tensor) -> int:
-    """The side of the label map dense probes train on: eval.dense_train_size, 0 = the patch grid."""
-    return ev["dense_train_size"] or grid.shape[-1]
+def train_size(ev, grid: torch.Tensor) -> int:
+    """The side of the label map dense probes train on: eval.dense_train_size (of the EvalConfig
+    `ev`), 0 = the patch grid."""
+    return ev.dense_train_size or grid.shape[-1]
 
 
 class Standardise:

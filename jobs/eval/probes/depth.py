@@ -49,17 +49,17 @@ def fit(train: SplitFeatures, ctx: ProbeContext) -> dict:
     grid = norm(train.image["patch_tokens"])
     size = train_size(ev, grid)
     depth = torch.from_numpy(train.split.depth)
-    depth_max = ev["depth_max"] or ctx.data.depth_max or float(depth.max())
-    target = to_bins(nearest(depth, size), ev["depth_bins"], depth_max)
-    probe = fit_linear(pixels(grid, size), target.flatten(), ev["depth_bins"],
-                       ev["depth_probe_epochs"], ev["depth_probe_lr"])
+    depth_max = ev.depth_max or ctx.data.depth_max or float(depth.max())
+    target = to_bins(nearest(depth, size), ev.depth_bins, depth_max)
+    probe = fit_linear(pixels(grid, size), target.flatten(), ev.depth_bins,
+                       ev.depth_probe_epochs, ev.depth_probe_lr)
     return {"norm": norm, "probe": probe, "depth_max": depth_max}
 
 
 @torch.no_grad()
 def score(model: dict, test: SplitFeatures, ctx: ProbeContext) -> dict:
     gt = torch.from_numpy(test.split.depth)
-    centres = bin_centres(ctx.ev["depth_bins"], model["depth_max"])
+    centres = bin_centres(ctx.ev.depth_bins, model["depth_max"])
     grid = model["norm"](test.image["patch_tokens"])
     # Depth is read out on the patch grid and the depth map upsampled: upsampling 256-bin logits to
     # every pixel first costs ~100x more and moves the metrics little.

@@ -31,6 +31,6 @@ def fit(train: SplitFeatures, ctx: ProbeContext) -> dict:
 def score(model: dict, test: SplitFeatures, ctx: ProbeContext) -> dict:
     labels = torch.from_numpy(test.split.labels)
     num_classes = int(max(model["labels"].max(), labels.max())) + 1
-    pred = knn_predict(model["emb"], model["labels"], test.image[ctx.tokens["knn"]], ctx.ev["knn_k"],
-                       ctx.ev["knn_temperature"], num_classes)
+    pred = knn_predict(model["emb"], model["labels"], test.image[ctx.tokens["knn"]], ctx.ev.knn_k,
+                       ctx.ev.knn_temperature, num_classes)
     return {"knn_top1": (pred == labels).float().mean().item() * 100}

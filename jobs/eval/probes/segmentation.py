@@ -35,7 +35,7 @@ def fit(train: SplitFeatures, ctx: ProbeContext) -> dict:
     target = nearest(torch.from_numpy(train.split.segmentation), size).long().flatten()
     target[target == IGNORE] = -100
     probe = fit_linear(pixels(grid, size), target, ctx.data.seg_classes,
-                       ev["seg_probe_epochs"], ev["seg_probe_lr"])
+                       ev.seg_probe_epochs, ev.seg_probe_lr)
     return {"norm": norm, "probe": probe}
 
 

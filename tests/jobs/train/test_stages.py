@@ -1,12 +1,15 @@
 """Training in stages: CLIP only, then with MIM at a higher resolution, on one worker."""
+import pytest
 import torch
 from conftest import REPO, tiny_overrides
 from timm.layers import resample_abs_pos_embed
 
+from tipslab.jobs.config import experiment
 from tipslab.jobs.data.pipeline.prepare import ensure_scenes
 from tipslab.jobs.train.trainer import build_trainer
 from tipslab.jobs.train.stages import stage_configs
 from tipslab.models.checkpoint import load_state
+from tipslab.models.errors import ConfigError
 from tipslab.orchestrator.config import load_experiment, to_dict
 
 BASE = REPO / "ablations" / "base" / "tips_tiny.yaml"
@@ -45,8 +48,25 @@ def test_stage_configs_apply_each_stages_overrides_to_a_copy():
     exp = {"train": {"steps": 9, "stages": [{"name": "clip", "steps": 3, "overrides": {"loss.mim_weight": 0}},
                                              {"name": "hires", "steps": 2, "overrides": {"model.image_size": 448}}]},
            "loss": {"mim_weight": 2.0}, "model": {"image_size": 224}}
-    (n1, clip), (n2, hires) = stage_configs(exp)
-    assert (n1, clip["train"]["steps"], clip["loss"]["mim_weight"], clip["model"]["image_size"]) == ("clip", 3, 0, 224)
-    assert (n2, hires["train"]["steps"], hires["loss"]["mim_weight"], hires["model"]["image_size"]) == ("hires", 2, 2.0, 448)
-    assert exp["loss"]["mim_weight"] == 2.0 and exp["train"]["steps"] == 9  # the run's config is untouched
-    assert stage_configs({"train": {"steps": 9, "stages": []}}) == [("main", {"train": {"steps": 9, "stages": []}})]
+    typed = experiment(exp)
+    (n1, clip), (n2, hires) = stage_configs(typed)
+    assert (n1, clip.train.steps, clip.loss.mim_weight, clip.model.image_size) == ("clip", 3, 0, 224)
+    assert (n2, hires.train.steps, hires.loss.mim_weight, hires.model.image_size) == ("hires", 2, 2.0, 448)
+    assert typed.loss.mim_weight == 2.0 and typed.train.steps == 9  # the run's config is untouched
+    assert exp["loss"]["mim_weight"] == 2.0 and exp["train"]["steps"] == 9
+    assert stage_configs(exp) == [("clip", clip), ("hires", hires)]  # a dict works as well
+    main = experiment({"train": {"steps": 9, "stages": []}})
+    assert stage_configs({"train": {"steps": 9, "stages": []}}) == [("main", main)]
+    assert stage_configs(main)[0][1] is main
+
+
+def test_stage_overrides_are_checked_against_the_typed_config():
+    def stages(overrides):
+        return {"train": {"stages": [{"name": "a", "steps": 1, "overrides": overrides}]}}
+
+    with pytest.raises(ConfigError, match="train.stages: override 'nosection.x' names no config section"):
+        stage_configs(stages({"nosection.x": 1}))
+    with pytest.raises(ConfigError, match="train.stages: override 'loss.mim_weight'"):
+        stage_configs(stages({"loss.mim_weight": "lots"}))
+    with pytest.raises(ConfigError, match="loss.mask_ratio"):
+        stage_configs(stages({"loss.mask_ratio": 1.5}))

@@ -3,14 +3,17 @@ import numpy as np
 import pytest
 import torch
 
+from tipslab.jobs.config import TrainConfig
 from tipslab.jobs.train.step import Schedules, apply_schedules, param_groups
+from tipslab.models.config import LossConfig
 
-TRAIN = {"steps": 10, "lr": 1e-3, "min_lr": 1e-5, "warmup_steps": 2, "weight_decay": 0.04, "weight_decay_end": 0.4,
-         "teacher_momentum": 0.992, "teacher_momentum_end": 1.0, "teacher_temp_warmup_steps": 4, "teacher_temp_end": 0.07}
+TRAIN = TrainConfig(steps=10, lr=1e-3, min_lr=1e-5, warmup_steps=2, weight_decay=0.04, weight_decay_end=0.4,
+                    teacher_momentum=0.992, teacher_momentum_end=1.0, teacher_temp_warmup_steps=4,
+                    teacher_temp_end=0.07)
 
 
 def test_schedules_are_arrays_indexed_by_step():
-    s = Schedules(TRAIN, {"teacher_temp": 0.04})
+    s = Schedules(TRAIN, LossConfig(teacher_temp=0.04))
     for array in (s.lr, s.weight_decay, s.momentum, s.teacher_temp):
         assert len(array) == 10
     assert s.lr[0] == 0 and s.lr[2] == pytest.approx(1e-3) and s.lr[-1] < 1e-4
@@ -23,7 +26,7 @@ def test_schedules_reach_the_optimizer_and_spare_norms_and_tokens():
     opt = torch.optim.AdamW(param_groups(model, 0.04), lr=1.0)
     decay, no_decay = opt.param_groups
     assert [p.shape for p in decay["params"]] == [(4, 3)]  # biases and norms get no weight decay
-    s = Schedules(TRAIN, {"teacher_temp": 0.04})
+    s = Schedules(TRAIN, LossConfig(teacher_temp=0.04))
     apply_schedules(opt, s, 7)
     assert decay["lr"] == no_decay["lr"] == s.lr[7]
     assert decay["weight_decay"] == s.weight_decay[7] and no_decay["weight_decay"] == 0.0

@@ -9,6 +9,7 @@ import pytest
 import torch
 from test_trainer import experiment
 
+from tipslab.jobs.config import as_dict
 from tipslab.jobs.train.parallel import read_sharded
 from tipslab.jobs.train.state import SHARDED_DIR
 from tipslab.jobs.train.trace import ROW_TRACE_ENV, state_digest
@@ -54,7 +55,8 @@ def test_fsdp_run_trains_checkpoints_whole_weights_and_a_rerun_resumes_from_its_
     reference = TIPSStudent(tips_config(config)).state_dict()
     assert {k: v.shape for k, v in state["student"].items()} == {k: v.shape for k, v in reference.items()}
     student, tokenizer, saved = load_student(folder)
-    assert saved == stage_configs(config)[1][1] and student.text.log_temperature.ndim == 0  # the stage's config
+    assert saved == as_dict(stage_configs(config)[1][1])  # the stage's config, a plain dict
+    assert student.text.log_temperature.ndim == 0
     # The metrics read the sharded parameters whole, as they are after the checkpoint's step.
     norm = torch.linalg.vector_norm(torch.stack([p.detach().norm() for p in student.parameters()]))
     assert history["train/param_norm"].iloc[-1] == pytest.approx(float(norm), rel=1e-5)

@@ -11,10 +11,8 @@ from tipslab.jobs.eval.probes import SplitFeatures
 TOKENS = {"retrieval": "cls_web", "zero_shot": "cls_web", "knn": "cls_web"}
 
 
-def settings(**overrides) -> dict:
-    from dataclasses import asdict
-
-    return {**asdict(EvalConfig()), **overrides}
+def settings(**overrides) -> EvalConfig:
+    return EvalConfig(**overrides)
 
 
 def split(n: int, prefix: str, **labels) -> EvalSplit:
