@@ -7,6 +7,7 @@ gives one), and PCA maps of patch features from each run's `features.npz` artifa
 principal components of a run's patch tokens shown as RGB, the view the TIPS paper uses to show
 spatial awareness. A run without that artifact is named on the page. Images are PNG files drawn with matplotlib.
 """
+
 import html
 import os
 import re
@@ -50,7 +51,9 @@ def training_curves(sweep: Sweep, out: str) -> list[tuple[str, str]]:
     for t in sweep.finished():
         runs_by_variant.setdefault(t.variant, []).append(t)
     for variant, runs in runs_by_variant.items():
-        keys = sorted(k for k in set().union(*(r.metrics for r in runs)) if k.startswith("train/") and k not in SCHEDULES)
+        keys = sorted(
+            k for k in set().union(*(r.metrics for r in runs)) if k.startswith("train/") and k not in SCHEDULES
+        )
         if not keys:
             continue
         fig, ax = plt.subplots(figsize=(5.5, 3.4))
@@ -104,16 +107,41 @@ def draw_metric(ax, metric: dict, rows) -> str:
         n, sd = len(c.values), c.sd or 0.0
         offsets = np.linspace(-0.12, 0.12, n) if n > 1 else np.zeros(1)
         ax.scatter(x + 0.18 + offsets, c.values, s=12, color="#999", zorder=2, label="seeds" if first else None)
-        ax.errorbar([x], [c.mean], yerr=[[sd], [sd]] if n > 1 else None, fmt="o", capsize=4,
-                    color="#2a7" if c.best else "#36a", zorder=3, label="mean ± sd" if first else None)
+        ax.errorbar(
+            [x],
+            [c.mean],
+            yerr=[[sd], [sd]] if n > 1 else None,
+            fmt="o",
+            capsize=4,
+            color="#2a7" if c.best else "#36a",
+            zorder=3,
+            label="mean ± sd" if first else None,
+        )
         first = False
         ours += [*c.values, c.mean - sd, c.mean + sd]
         if n == 1:
-            ax.annotate("n=1", (x, c.mean), xytext=(-6, 0), textcoords="offset points", ha="right", va="center",
-                        fontsize=7, color="#a33")
+            ax.annotate(
+                "n=1",
+                (x, c.mean),
+                xytext=(-6, 0),
+                textcoords="offset points",
+                ha="right",
+                va="center",
+                fontsize=7,
+                color="#a33",
+            )
         if c.diff is not None and c.diff.real:
-            ax.annotate("*", (x, c.mean + sd), xytext=(0, 2), textcoords="offset points", ha="center", va="bottom",
-                        fontsize=13, fontweight="bold", color="#2a7" if c.diff.better(metric["goal"]) else "#c33")
+            ax.annotate(
+                "*",
+                (x, c.mean + sd),
+                xytext=(0, 2),
+                textcoords="offset points",
+                ha="center",
+                va="bottom",
+                fontsize=13,
+                fontweight="bold",
+                color="#2a7" if c.diff.better(metric["goal"]) else "#c33",
+            )
     lo, hi = min(ours), max(ours)
     pad = (hi - lo) * 0.15 or max(abs(hi) * 0.05, 0.5)
     lo, hi = lo - pad, hi + 1.3 * pad  # room above for the marks
@@ -126,18 +154,32 @@ def draw_metric(ax, metric: dict, rows) -> str:
         ax.scatter(*zip(*inside), marker="D", color="#c33", label="paper", zorder=4)
     for j, p in papers:
         if not lo <= p <= hi:
-            ax.annotate(f"paper {p:g} {'↑' if p > hi else '↓'}", (j, hi if p > hi else lo),
-                        xytext=(0, -3 if p > hi else 3), textcoords="offset points", ha="center",
-                        va="top" if p > hi else "bottom", fontsize=7, color="#c33")
+            ax.annotate(
+                f"paper {p:g} {'↑' if p > hi else '↓'}",
+                (j, hi if p > hi else lo),
+                xytext=(0, -3 if p > hi else 3),
+                textcoords="offset points",
+                ha="center",
+                va="top" if p > hi else "bottom",
+                fontsize=7,
+                color="#c33",
+            )
     ax.set_ylim(lo, hi)
     ax.set_xlim(-0.6, len(labels) - 0.4)
-    ax.set_xticks(np.arange(len(labels)), [f"{label}\n(n={len(c.values)})" for label, c in rows],
-                  rotation=20, ha="right", fontsize=7)
+    ax.set_xticks(
+        np.arange(len(labels)),
+        [f"{label}\n(n={len(c.values)})" for label, c in rows],
+        rotation=20,
+        ha="right",
+        fontsize=7,
+    )
     ax.legend(fontsize=7)
     name = metric.get("header") or metric["key"]
     ax.set_title(f"{name} ({'higher' if metric['goal'] == 'max' else 'lower'} is better)", fontsize=9)
-    caption = (f"{metric['key']} per variant: mean ± sd over seeds (error bars), each seed a grey dot; the axis "
-               "is fitted to the values and does not start at 0")
+    caption = (
+        f"{metric['key']} per variant: mean ± sd over seeds (error bars), each seed a grey dot; the axis "
+        "is fitted to the values and does not start at 0"
+    )
     if base is not None:
         caption += "; dashed: the baseline's mean; * the 95% interval of Δ (Welch's t) excludes zero"
     single = [label for label, c in rows if len(c.values) == 1]
@@ -207,13 +249,21 @@ def write_report(sweep: Sweep, out: str) -> str:
     esc = html.escape
 
     def gallery(figures):
-        return "".join(f'<figure><img src="img/{esc(n)}" alt="{esc(a)}"><figcaption>{esc(a)}</figcaption></figure>'
-                       for n, a in figures) or "<p class=\"missing\">nothing logged</p>"
+        return (
+            "".join(
+                f'<figure><img src="img/{esc(n)}" alt="{esc(a)}"><figcaption>{esc(a)}</figcaption></figure>'
+                for n, a in figures
+            )
+            or '<p class="missing">nothing logged</p>'
+        )
 
     curves, bars = training_curves(sweep, img), metric_plots(sweep, img)
     maps, missing = pca_maps(sweep, img)
-    absent = (f"<p class=\"missing\">No features.npz artifact for: {esc(', '.join(missing))}; "
-              "no PCA map for these runs.</p>") if missing else ""
+    absent = (
+        (f'<p class="missing">No features.npz artifact for: {esc(", ".join(missing))}; no PCA map for these runs.</p>')
+        if missing
+        else ""
+    )
     title = sweep.spec.get("title") or sweep.experiment
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{esc(title)}</title><style>{STYLE}</style>{IMAGE_CHECK}</head>

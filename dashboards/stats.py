@@ -10,6 +10,7 @@ no variance to estimate, and when neither sample varies at all the degrees of fr
 Then `low`, `high` and `df` are None and `reason` says why. Values that are None or NaN count as
 missing and are left out (n counts the values used).
 """
+
 import math
 import statistics
 from dataclasses import dataclass
@@ -66,6 +67,6 @@ def welch(a, b, level: float = 0.95) -> Diff:
     if va == 0 and vb == 0:
         return Diff(delta, None, None, n_a, n_b, se=0.0, level=level, reason=NO_SPREAD)
     se = math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va ** 2 / (n_a - 1) + vb ** 2 / (n_b - 1))
+    df = (va + vb) ** 2 / (va**2 / (n_a - 1) + vb**2 / (n_b - 1))
     half = t_quantile(0.5 + level / 2, df) * se
     return Diff(delta, delta - half, delta + half, n_a, n_b, df, se, level)

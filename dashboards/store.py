@@ -1,4 +1,5 @@
 """Reading sweeps back from an MLflow tracking store (nothing else is read)."""
+
 import json
 import os
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ class Sweep:
 
 
 def client_for(tracking_uri: str) -> MlflowClient:
-    if tracking_uri.startswith("sqlite:///") and not os.path.exists(tracking_uri[len("sqlite:///"):]):
+    if tracking_uri.startswith("sqlite:///") and not os.path.exists(tracking_uri[len("sqlite:///") :]):
         raise StoreError(f"no MLflow store at {tracking_uri}: run a sweep first, or set MLFLOW_TRACKING_URI")
     return MlflowClient(tracking_uri)
 
@@ -57,21 +58,39 @@ def load_sweep(tracking_uri: str, experiment: str, sweep_id: str | None = None, 
     if exp is None:
         names = [e.name for e in client.search_experiments()]
         raise StoreError(f"no experiment {experiment!r} in {tracking_uri} (experiments: {names})")
-    query = (f"tags.`{ROLE}` = 'sweep'" + (f" and tags.`{SWEEP_ID}` = '{sweep_id}'" if sweep_id else "")
-             + (f" and tags.`{SIZE}` = '{size}'" if size else ""))
+    query = (
+        f"tags.`{ROLE}` = 'sweep'"
+        + (f" and tags.`{SWEEP_ID}` = '{sweep_id}'" if sweep_id else "")
+        + (f" and tags.`{SIZE}` = '{size}'" if size else "")
+    )
     parents = client.search_runs([exp.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1)
     if not parents:
-        raise StoreError(f"no{' ' + size if size else ''} sweep{' ' + sweep_id if sweep_id else ''} "
-                         f"in experiment {experiment!r}")
+        raise StoreError(
+            f"no{' ' + size if size else ''} sweep{' ' + sweep_id if sweep_id else ''} in experiment {experiment!r}"
+        )
     parent = parents[0]
     with open(client.download_artifacts(parent.info.run_id, "spec.json")) as f:
         spec = json.load(f)
-    children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
-                                  order_by=["attributes.start_time DESC"], max_results=50000)
-    trials = [TrialRun(r.data.tags.get(VARIANT, "?"), int(r.data.tags.get(SEED, 0)), r.info.status, r.data.metrics,
-                       r.info.run_id, r.data.tags) for r in children]
-    return Sweep(experiment, parent.data.tags[SWEEP_ID], parent.info.status, spec, trials, tracking_uri,
-                 parent.info.run_id)
+    children = client.search_runs(
+        [exp.experiment_id],
+        f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=50000,
+    )
+    trials = [
+        TrialRun(
+            r.data.tags.get(VARIANT, "?"),
+            int(r.data.tags.get(SEED, 0)),
+            r.info.status,
+            r.data.metrics,
+            r.info.run_id,
+            r.data.tags,
+        )
+        for r in children
+    ]
+    return Sweep(
+        experiment, parent.data.tags[SWEEP_ID], parent.info.status, spec, trials, tracking_uri, parent.info.run_id
+    )
 
 
 def metric_history(sweep: Sweep, run_id: str, key: str) -> list[tuple[int, float]]:

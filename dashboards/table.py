@@ -8,6 +8,7 @@ With one seed on either side no interval can be given, and the table says so. Th
 for the same metric key, where the spec gives one, sits beside ours; for another key there is none,
 so a paper number never sits beside one measured on other data.
 """
+
 import csv
 import html
 import io
@@ -110,10 +111,19 @@ def build(sweep: Sweep) -> Table:
     rows, not_finite = [], []
     for variant in variants:
         runs = sorted((t for t in finished if t.variant == variant), key=lambda t: t.seed)
-        cells = [Cell([r.metrics[m["key"]] for r in runs if math.isfinite(r.metrics.get(m["key"], math.nan))],
-                      paper=reference.get(variant, {}).get(m["key"])) for m in metrics]
-        not_finite += [f"{variant} seed {r.seed} ({m.get('header') or m['key']}: {r.metrics[m['key']]})"
-                       for m in metrics for r in runs if not math.isfinite(r.metrics.get(m["key"], 0.0))]
+        cells = [
+            Cell(
+                [r.metrics[m["key"]] for r in runs if math.isfinite(r.metrics.get(m["key"], math.nan))],
+                paper=reference.get(variant, {}).get(m["key"]),
+            )
+            for m in metrics
+        ]
+        not_finite += [
+            f"{variant} seed {r.seed} ({m.get('header') or m['key']}: {r.metrics[m['key']]})"
+            for m in metrics
+            for r in runs
+            if not math.isfinite(r.metrics.get(m["key"], 0.0))
+        ]
         rows.append((variant + (" (baseline)" if variant == baseline else ""), cells))
     base_cells = next((cells for (label, cells), v in zip(rows, variants) if v == baseline), None)
     for i, m in enumerate(metrics):
@@ -130,9 +140,12 @@ def build(sweep: Sweep) -> Table:
                     c.diff = welch(c.values, base_cells[i].values)
     with_paper = [any(m["key"] in ref for ref in reference.values()) for m in metrics]
     title = spec.get("title") or sweep.experiment
-    notes = [f"sweep {sweep.sweep_id}" + (f", {spec['size']}" if spec.get("size") else "") +
-             "; mean ± sd (n) over seeds; best of each column marked" +
-             (f"; Δ against the baseline {baseline}" if base_cells is not None else "")]
+    notes = [
+        f"sweep {sweep.sweep_id}"
+        + (f", {spec['size']}" if spec.get("size") else "")
+        + "; mean ± sd (n) over seeds; best of each column marked"
+        + (f"; Δ against the baseline {baseline}" if base_cells is not None else "")
+    ]
     if base_cells is not None:
         notes += _delta_notes(rows, metrics)
     if not_finite:
@@ -144,14 +157,25 @@ def build(sweep: Sweep) -> Table:
 
 
 def _delta_notes(rows, metrics) -> list[str]:
-    notes = ["Δ [95% CI]: mean difference from the baseline's mean with the two-sided 95% confidence interval "
-             f"of Welch's t over seeds; {REAL} marks an interval that excludes zero, better or worse by the "
-             "metric's goal (↑ higher is better, ↓ lower is better)"]
-    for reason, note in ((ONE_SEED, "one seed (n=1) on a side, so no interval can be given and nothing is marked"),
-                         (NO_SPREAD, "every seed gave the same value on both sides, so Welch's degrees of freedom "
-                                     "are undefined: no interval, nothing marked")):
-        hit = [f"{label} ({m.get('header') or m['key']})" for label, cells in rows
-               for c, m in zip(cells, metrics) if c.diff and c.diff.reason == reason]
+    notes = [
+        "Δ [95% CI]: mean difference from the baseline's mean with the two-sided 95% confidence interval "
+        f"of Welch's t over seeds; {REAL} marks an interval that excludes zero, better or worse by the "
+        "metric's goal (↑ higher is better, ↓ lower is better)"
+    ]
+    for reason, note in (
+        (ONE_SEED, "one seed (n=1) on a side, so no interval can be given and nothing is marked"),
+        (
+            NO_SPREAD,
+            "every seed gave the same value on both sides, so Welch's degrees of freedom "
+            "are undefined: no interval, nothing marked",
+        ),
+    ):
+        hit = [
+            f"{label} ({m.get('header') or m['key']})"
+            for label, cells in rows
+            for c, m in zip(cells, metrics)
+            if c.diff and c.diff.reason == reason
+        ]
         if hit:
             notes.append(f"{', '.join(hit)}: {note}")
     return notes
@@ -171,34 +195,57 @@ def as_html(t: Table) -> str:
 
     def td(c: str) -> str:
         if c.startswith(best):
-            return f"<td class=\"best\"><strong>{esc(c[1:])}</strong></td>"
+            return f'<td class="best"><strong>{esc(c[1:])}</strong></td>'
         if c.startswith(real):
-            return f"<td class=\"real\"><strong>{esc(c[1:])}</strong></td>"
+            return f'<td class="real"><strong>{esc(c[1:])}</strong></td>'
         return f"<td>{esc(c)}</td>"
 
-    body = "".join("<tr>" + "".join(td(c) for c in row) + "</tr>\n"
-                   for row in t.cells(lambda s: best + s, lambda s: real + s))
-    notes = "".join(f"<p class=\"note\">{esc(n)}</p>" for n in t.notes)
-    return (f"<table class=\"ablation\">\n<caption>{esc(t.title)}</caption>\n<thead><tr>{head}</tr></thead>\n"
-            f"<tbody>\n{body}</tbody>\n</table>\n{notes}")
+    body = "".join(
+        "<tr>" + "".join(td(c) for c in row) + "</tr>\n" for row in t.cells(lambda s: best + s, lambda s: real + s)
+    )
+    notes = "".join(f'<p class="note">{esc(n)}</p>' for n in t.notes)
+    return (
+        f'<table class="ablation">\n<caption>{esc(t.title)}</caption>\n<thead><tr>{head}</tr></thead>\n'
+        f"<tbody>\n{body}</tbody>\n</table>\n{notes}"
+    )
 
 
 def latex(t: Table) -> str:
     def tex(s: str) -> str:
-        for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
-                     ("±", r"$\pm$"), ("↑", r"$\uparrow$"), ("↓", r"$\downarrow$"), ("Δ", r"$\Delta$"),
-                     ("→", r"$\to$"), ("–", "--")):
+        for a, b in (
+            ("\\", r"\textbackslash{}"),
+            ("&", r"\&"),
+            ("%", r"\%"),
+            ("_", r"\_"),
+            ("#", r"\#"),
+            ("±", r"$\pm$"),
+            ("↑", r"$\uparrow$"),
+            ("↓", r"$\downarrow$"),
+            ("Δ", r"$\Delta$"),
+            ("→", r"$\to$"),
+            ("–", "--"),
+        ):
             s = s.replace(a, b)
         return s
 
     header = t.header()
-    lines = [r"\begin{table}[t]", r"\centering", r"\caption{" + tex(t.title) + "}",
-             r"\begin{tabular}{l" + "c" * (len(header) - 1) + "}", r"\toprule",
-             " & ".join(tex(h) for h in header) + r" \\", r"\midrule"]
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\caption{" + tex(t.title) + "}",
+        r"\begin{tabular}{l" + "c" * (len(header) - 1) + "}",
+        r"\toprule",
+        " & ".join(tex(h) for h in header) + r" \\",
+        r"\midrule",
+    ]
     for row in t.cells(lambda s: "\0" + s):
         lines.append(" & ".join(r"\textbf{" + tex(c[1:]) + "}" if c.startswith("\0") else tex(c) for c in row) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", r"\par\smallskip{\footnotesize " + r" \\ ".join(tex(n) for n in t.notes) + "}",
-              r"\end{table}"]
+    lines += [
+        r"\bottomrule",
+        r"\end{tabular}",
+        r"\par\smallskip{\footnotesize " + r" \\ ".join(tex(n) for n in t.notes) + "}",
+        r"\end{table}",
+    ]
     return "\n".join(lines)
 
 
@@ -222,8 +269,13 @@ def as_csv(t: Table) -> str:
             if t.with_delta:
                 d = c.diff
                 better = d.better(m["goal"]) if d else None
-                line += [_num(c.delta), _num(d and d.low), _num(d and d.high), int(bool(d and d.real)),
-                         "" if better is None else int(better)]
+                line += [
+                    _num(c.delta),
+                    _num(d and d.low),
+                    _num(d and d.high),
+                    int(bool(d and d.real)),
+                    "" if better is None else int(better),
+                ]
             line += [_num(c.paper)] * paper
         writer.writerow(line)
     return out.getvalue()

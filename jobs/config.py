@@ -6,6 +6,7 @@ Every section checks its own values when it is made (`check`, run by `__post_ini
 `ExperimentConfig`; their entry points also accept a DictConfig or a plain dict (a checkpoint's
 stored config, a test's), which `experiment` turns into one.
 """
+
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,6 +76,7 @@ class DataConfig:
 class StageConfig:
     """One phase of training. The next stage starts from this one's weights and teacher, with a
     fresh optimizer and its own warmup + cosine schedules over its own `steps`."""
+
     name: str = ""
     steps: int = 0
     # Dotted experiment keys applied on top of the run's config for this stage only, e.g.
@@ -146,8 +148,9 @@ class EvalConfig:
     probe_test_split: str = "probe_test"
     # Which probes run (jobs/eval/probes): zero_shot, retrieval, segmentation, depth, normals, knn. Each
     # dataset runs those of them that its labels allow.
-    probes: list[str] = field(default_factory=lambda: ["zero_shot", "retrieval", "segmentation", "depth",
-                                                       "normals", "knn"])
+    probes: list[str] = field(
+        default_factory=lambda: ["zero_shot", "retrieval", "segmentation", "depth", "normals", "knn"]
+    )
     # Standard-format datasets evaluated besides the probe splits: {name: folder}, names from
     # jobs/eval/evalsets (imagenet, coco, flickr30k, pascal_voc, ade20k, nyuv2).
     datasets: dict[str, str] = field(default_factory=dict)
@@ -161,8 +164,15 @@ class EvalConfig:
     knn_token: str = "cls_web"
     # Zero-shot prompts: each class name through every template, embeddings averaged (CLIP's
     # ensembling; TIPS does not list its templates, so these few are ours).
-    zero_shot_templates: list[str] = field(default_factory=lambda: [
-        "a photo of a {}.", "a picture of a {}.", "an image of a {}.", "a {}.", "a drawing of a {}."])
+    zero_shot_templates: list[str] = field(
+        default_factory=lambda: [
+            "a photo of a {}.",
+            "a picture of a {}.",
+            "an image of a {}.",
+            "a {}.",
+            "a drawing of a {}.",
+        ]
+    )
     # Temperature-weighted KNN votes, DINO's k = 20 and T = 0.07 (TIPS does not state its own).
     knn_k: int = 20
     knn_temperature: float = 0.07
@@ -204,6 +214,7 @@ class EvalConfig:
 class ExperimentConfig:
     """One experiment: each layer's sections. The orchestrator composes it from YAML files and
     command-line overrides (orchestrator/config.py); jobs read it by attribute."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -17,11 +17,21 @@ import os
 import posixpath
 
 import pyarrow.fs as pafs
+
 from tipslab.models.errors import DataError
 
-AWS_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID",
-                 "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION",
-                 "AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")
+AWS_VARIABLES = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_PROFILE",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+)
 
 
 def is_s3(uri: str | os.PathLike) -> bool:
@@ -49,7 +59,7 @@ def resolve(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     """The filesystem and the path inside it: `bucket/key` for S3, an absolute path locally."""
     uri = str(uri)
     if is_s3(uri):
-        path = uri[len("s3://"):].strip("/")
+        path = uri[len("s3://") :].strip("/")
         if not path:
             raise DataError(f"{uri!r} names no bucket")
         return s3_filesystem(), path

@@ -3,6 +3,7 @@
 The tokenizer's state and the resolved config travel inside, so a checkpoint is self-contained.
 Files are written to a temporary name and moved into place, never left half-written.
 """
+
 import os
 from collections.abc import Mapping
 from pathlib import Path

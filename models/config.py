@@ -2,7 +2,9 @@
 
 Values marked "unverified" in ../shared/PAPER.md are plain defaults here, easy to override.
 """
+
 from dataclasses import dataclass, field
+
 from .errors import ConfigError
 
 # width, depth, heads, mlp hidden (TIPS paper / official code; patch 14 for every size).
@@ -157,4 +159,3 @@ class LossConfig:
 class TIPSConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-

@@ -3,6 +3,7 @@
 Across workers each rank scores its own rows against the global batch, gathered with gradient, so
 the loss equals the single-process loss on the concatenated batch.
 """
+
 import torch
 import torch.nn.functional as F
 

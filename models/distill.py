@@ -3,6 +3,7 @@
 The teacher's prototype scores are centred (EMA of the batch mean, across ranks) and sharpened by a
 low temperature; the student's are softened by a higher one; the loss is their cross-entropy.
 """
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -56,8 +57,10 @@ class DistillLoss(nn.Module):
         """local_logits: [B, V, K] for V local crops; teacher_logits: [B, K] of the global crop."""
         b, v, k = local_logits.shape
         if v == 0:  # a mean over no crops would be NaN
-            raise ConfigError("L_distill needs local crops, but the batch has none (data.local_crops: 0); "
-                             "set data.local_crops > 0, or loss.distill_weight: 0 to switch it off")
+            raise ConfigError(
+                "L_distill needs local crops, but the batch has none (data.local_crops: 0); "
+                "set data.local_crops > 0, or loss.distill_weight: 0 to switch it off"
+            )
         targets = self.targets(teacher_logits, teacher_temp)
         targets = targets.unsqueeze(1).expand(b, v, k).reshape(b * v, k)
         return cross_entropy_to_targets(local_logits.reshape(b * v, k), targets, self.student_temp)

@@ -1,4 +1,5 @@
 """torch.distributed helpers that fall back to single-process behaviour."""
+
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn

@@ -5,6 +5,7 @@ teacher's (centred, sharpened) scores of the same patch in the clean image. The 
 mean over every rank's masked patches: the sums and the counts are both all-reduced, so a patch
 weighs the same whichever rank masked it and however many that rank masked.
 """
+
 import torch
 from torch import nn
 
@@ -17,7 +18,9 @@ class MIMLoss(nn.Module):
         self.student_temp = student_temp
         self.targets = CenteredTeacherTargets(prototypes, center_momentum)
 
-    def forward(self, student_patch_logits: torch.Tensor, teacher_patch_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
+    def forward(
+        self, student_patch_logits: torch.Tensor, teacher_patch_logits: torch.Tensor, teacher_temp: float
+    ) -> torch.Tensor:
         """Both [M, K]: the masked patches of the whole batch, in the same order."""
         # The centre update is a collective: a rank with no masked patch still takes part (or the
         # others would wait for it forever), contributing nothing.

@@ -4,6 +4,7 @@ total = ½ (L_clip(CLS_1, web) + L_clip(CLS_2, synthetic)) + α L_distill + β L
 (the caption modes of the ablations replace the first term; L_tag is Tag2Text's tagging loss, off by
 default). A term whose weight is 0 is skipped, and with both α and β at 0 there is no teacher at all.
 """
+
 import torch
 from torch import nn
 
@@ -20,7 +21,9 @@ class TIPSObjective(nn.Module):
         loss = cfg.loss
         k_distill, k_mim = cfg.model.prototypes()
         self.cfg = cfg
-        self.distill = DistillLoss(k_distill, loss.student_temp, loss.center_momentum) if loss.distill_weight > 0 else None
+        self.distill = (
+            DistillLoss(k_distill, loss.student_temp, loss.center_momentum) if loss.distill_weight > 0 else None
+        )
         self.mim = MIMLoss(k_mim, loss.student_temp, loss.center_momentum) if loss.mim_weight > 0 else None
 
     @property
@@ -45,11 +48,18 @@ class TIPSObjective(nn.Module):
             terms["distill"] = self.distill(student_out["local_logits"], teacher_out["cls_logits"], teacher_temp)
             total = total + loss.distill_weight * terms["distill"]
         if self.mim is not None:
-            terms["mim"] = self.mim(student_out["masked_patch_logits"], teacher_out["masked_patch_logits"], teacher_temp)
+            terms["mim"] = self.mim(
+                student_out["masked_patch_logits"], teacher_out["masked_patch_logits"], teacher_temp
+            )
             total = total + loss.mim_weight * terms["mim"]
         if loss.tag_weight > 0:
-            terms["tag"] = asymmetric_loss(student_out["tag_logits"], student_out["tag_targets"],
-                                           loss.tag_gamma_neg, loss.tag_gamma_pos, loss.tag_clip)
+            terms["tag"] = asymmetric_loss(
+                student_out["tag_logits"],
+                student_out["tag_targets"],
+                loss.tag_gamma_neg,
+                loss.tag_gamma_pos,
+                loss.tag_clip,
+            )
             total = total + loss.tag_weight * terms["tag"]
         terms["loss"] = total
         return total, terms

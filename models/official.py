@@ -8,6 +8,7 @@ store its log. Everything here is renaming plus that one exp/log: no tensor is r
 What the arrays cannot say is the number of attention heads: `import_official` takes it from the
 size table (the entry whose width matches, official sizes first), or from the `heads` argument.
 """
+
 import copy
 import math
 import os
@@ -19,17 +20,22 @@ import torch
 
 from .checkpoint import load_state, save_checkpoint, tips_config
 from .config import SIZES
+from .errors import DataError
 from .tips import TIPSStudent
 from .tokenizer import build_tokenizer
 from .vision import swiglu_hidden
-from .errors import DataError
 
 OFFICIAL_SIZES = ("S", "B", "L", "So400m", "g")
 
 # ours -> official, inside one block (`blocks.{i}.` here, `transformer.resblocks.{i}.` there).
 _TEXT_BLOCK = {
-    "norm1": "ln_1", "attn.qkv.weight": "attn.in_proj_weight", "attn.qkv.bias": "attn.in_proj_bias",
-    "attn.proj": "attn.out_proj", "norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
+    "norm1": "ln_1",
+    "attn.qkv.weight": "attn.in_proj_weight",
+    "attn.qkv.bias": "attn.in_proj_bias",
+    "attn.proj": "attn.out_proj",
+    "norm2": "ln_2",
+    "mlp.fc1": "mlp.c_fc",
+    "mlp.fc2": "mlp.c_proj",
 }
 _TEXT_TOP = {"embedding": "token_embedding", "norm": "ln_final"}
 _VISION_TOP = {"register_token": "register_tokens"}
@@ -43,7 +49,7 @@ def _rename(name: str, block_prefix: str, in_block: dict, top: dict) -> str:
     rest, table = (m.group(3), in_block) if m else (name, top)
     for src, dst in table.items():
         if rest == src or rest.startswith(src + "."):
-            rest = dst + rest[len(src):]
+            rest = dst + rest[len(src) :]
             break
     return f"{block_prefix}.{m.group(2)}.{rest}" if m else rest
 
@@ -106,6 +112,7 @@ def infer_model_fields(vision_arrays: dict, text_arrays: dict, heads: int | None
     """ModelConfig fields for official arrays: size, width, depth, heads, mlp_dim, mlp, text_depth,
     patch_size, image_size (the position-embedding grid x patch: 224 for TIPSv1, 448 for TIPSv2),
     vocab_size, layerscale_init (1.0, as the official loader)."""
+
     def count(arrays, pattern):
         return len({m.group(1) for k in arrays if (m := re.match(pattern, k))})
 
@@ -125,12 +132,13 @@ def infer_model_fields(vision_arrays: dict, text_arrays: dict, heads: int | None
     else:
         vision_hidden, expected = vision_arrays["blocks.0.mlp.fc1.weight"].shape[0], mlp_dim
     if vision_hidden != expected:
-        raise DataError(f"image MLP hidden width {vision_hidden} does not follow from the text MLP width "
-                         f"{mlp_dim} (expected {expected}); tipslab uses one model.mlp_dim for both towers")
+        raise DataError(
+            f"image MLP hidden width {vision_hidden} does not follow from the text MLP width "
+            f"{mlp_dim} (expected {expected}); tipslab uses one model.mlp_dim for both towers"
+        )
     grid = math.isqrt(vision_arrays["pos_embed"].shape[1] - 1)
     patch_size = vision_arrays["patch_embed.proj.weight"].shape[-1]
-    by_width = [s for s in (*OFFICIAL_SIZES, *(s for s in SIZES if s not in OFFICIAL_SIZES))
-                if SIZES[s][0] == width]
+    by_width = [s for s in (*OFFICIAL_SIZES, *(s for s in SIZES if s not in OFFICIAL_SIZES)) if SIZES[s][0] == width]
     if heads is None:
         if not by_width:
             raise DataError(f"width {width} matches no size in the table; pass the number of heads")
@@ -138,9 +146,17 @@ def infer_model_fields(vision_arrays: dict, text_arrays: dict, heads: int | None
     exact = [s for s in by_width if SIZES[s] == (width, depth, heads, mlp_dim)]
     size = exact[0] if exact else (by_width[0] if by_width else "tiny")
     return {
-        "size": size, "width": width, "depth": depth, "heads": heads, "mlp_dim": mlp_dim,
-        "mlp": "swiglu" if swiglu else "gelu", "text_depth": text_depth, "patch_size": patch_size,
-        "image_size": grid * patch_size, "vocab_size": vocab_size, "layerscale_init": 1.0,
+        "size": size,
+        "width": width,
+        "depth": depth,
+        "heads": heads,
+        "mlp_dim": mlp_dim,
+        "mlp": "swiglu" if swiglu else "gelu",
+        "text_depth": text_depth,
+        "patch_size": patch_size,
+        "image_size": grid * patch_size,
+        "vocab_size": vocab_size,
+        "layerscale_init": 1.0,
     }
 
 
@@ -156,8 +172,8 @@ def import_official(vision_npz, text_npz, heads: int | None = None) -> tuple[dic
 def _split_student(source) -> tuple[dict, dict]:
     if isinstance(source, torch.nn.Module):
         return source.vision.state_dict(), source.text.state_dict()
-    vision = {k[len("vision."):]: v for k, v in source.items() if k.startswith("vision.")}
-    text = {k[len("text."):]: v for k, v in source.items() if k.startswith("text.")}
+    vision = {k[len("vision.") :]: v for k, v in source.items() if k.startswith("vision.")}
+    text = {k[len("text.") :]: v for k, v in source.items() if k.startswith("text.")}
     if not vision or not text:
         raise DataError("expected a student state dict with 'vision.' and 'text.' entries")
     return vision, text
@@ -184,8 +200,15 @@ def export_official(source, prefix: str | os.PathLike) -> tuple[Path, Path]:
     return paths
 
 
-def import_checkpoint(vision_npz, text_npz, out_dir: str | os.PathLike, base_config: dict,
-                      tokenizer_state: dict | None = None, heads: int | None = None, seed: int = 0) -> Path:
+def import_checkpoint(
+    vision_npz,
+    text_npz,
+    out_dir: str | os.PathLike,
+    base_config: dict,
+    tokenizer_state: dict | None = None,
+    heads: int | None = None,
+    seed: int = 0,
+) -> Path:
     """Write a tipslab checkpoint (models/checkpoint.py) holding official weights.
 
     base_config: a full experiment config dict; its `model` section gets the inferred fields. The
@@ -203,8 +226,12 @@ def import_checkpoint(vision_npz, text_npz, out_dir: str | os.PathLike, base_con
     except RuntimeError as err:  # names or shapes the official layout does not explain
         raise DataError(f"{vision_npz}, {text_npz}: not loadable as TIPS towers: {err}") from None
     state = {
-        "student": student.state_dict(), "teacher": None, "objective": None, "optimizer": None,
-        "step": 0, "config": config,
+        "student": student.state_dict(),
+        "teacher": None,
+        "objective": None,
+        "optimizer": None,
+        "step": 0,
+        "config": config,
         "tokenizer": tokenizer_state if tokenizer_state is not None else build_tokenizer(config["model"]).state(),
         "imported_from": [str(vision_npz), str(text_npz)],
     }

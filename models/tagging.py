@@ -8,11 +8,13 @@ in the BERT layers Tag2Text uses. Its width is the image tower's (Tag2Text: BERT
 Data wiring comes with the tags issue: `batch["tags"]` (multi-hot [B, num_tags] float, the tags
 parsed from the caption) is not yet made by the data pipeline, so `loss.tag_weight` stays 0 until then.
 """
+
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from .errors import ConfigError
 
 
@@ -31,6 +33,7 @@ class CrossAttentionLayer(nn.Module):
 
     def forward(self, queries: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """queries [B, T, D], tokens [B, N, D] -> [B, T, D]."""
+
         def split(x):  # [B, L, D] -> [B, heads, L, D / heads]
             return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)
 
@@ -59,8 +62,14 @@ class TagHead(nn.Module):
         return (x * self.class_weight).sum(-1) + self.class_bias
 
 
-def asymmetric_loss(logits: torch.Tensor, targets: torch.Tensor, gamma_neg: float = 7.0,
-                    gamma_pos: float = 0.0, clip: float = 0.05, eps: float = 1e-8) -> torch.Tensor:
+def asymmetric_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    gamma_neg: float = 7.0,
+    gamma_pos: float = 0.0,
+    clip: float = 0.05,
+    eps: float = 1e-8,
+) -> torch.Tensor:
     """Asymmetric loss (Ridnik et al., ICCV 2021) with Tag2Text's γ- = 7, γ+ = 0, clip 0.05.
 
     With p = sigmoid(logit): a positive costs -(1 - p)^γ+ log p; a negative costs

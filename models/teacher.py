@@ -4,6 +4,7 @@ The update is two fused calls over the parameter lists (as DINOv2 does); the tea
 mode and never receives gradients. Only the DINO and iBOT heads have a teacher copy: the text tower
 and the tagging head are trained against data, not against the teacher.
 """
+
 import copy
 
 import torch

@@ -6,6 +6,7 @@ official text checkpoint does. The numerics follow the official PyTorch encoder 
 its [sin | cos] position table) so that official weights, mapped by models/official.py, give the
 official embeddings.
 """
+
 import math
 from functools import partial
 
@@ -37,8 +38,9 @@ class TextTower(nn.Module):
         self.register_buffer("positions", sinusoidal_positions(cfg.max_text_len, width), persistent=False)
         norm = partial(nn.LayerNorm, eps=1e-5)  # torch's default, which the official encoder keeps
         self.blocks = nn.ModuleList(
-            Block(width, heads, qkv_bias=True, act_layer=nn.ReLU, norm_layer=norm,
-                  mlp_layer=mlp_layer("gelu", mlp_dim))  # plain two-layer MLP; act_layer makes it ReLU
+            Block(
+                width, heads, qkv_bias=True, act_layer=nn.ReLU, norm_layer=norm, mlp_layer=mlp_layer("gelu", mlp_dim)
+            )  # plain two-layer MLP; act_layer makes it ReLU
             for _ in range(text_depth)
         )
         self.norm = norm(width)

@@ -3,16 +3,17 @@
 Heads exist only for terms whose weight is above 0, so a switched-off term costs nothing and
 leaves no unused parameters for DDP to trip over.
 """
+
 import torch
 from torch import nn
 
 from .config import TIPSConfig
+from .errors import ConfigError
 from .heads import PrototypeHead
 from .mim import masked_count, masked_tokens
 from .tagging import TagHead
 from .text import TextTower
 from .vision import VisionTower
-from .errors import ConfigError
 
 
 def make_head(cfg: TIPSConfig, prototypes: int) -> PrototypeHead:
@@ -55,8 +56,11 @@ class TIPSStudent(nn.Module):
         masks = batch["masks"] if self.mim_head is not None else None
         view = self.vision(batch["global_crop"], masks)
         clip_view = view if (loss.clip_view == "masked" or masks is None) else self.vision(batch["global_crop"])
-        out = {"cls_web": clip_view["cls_web"], "cls_synthetic": clip_view["cls_synthetic"],
-               "temperature": self.text.temperature}
+        out = {
+            "cls_web": clip_view["cls_web"],
+            "cls_synthetic": clip_view["cls_synthetic"],
+            "temperature": self.text.temperature,
+        }
         mode = loss.caption_mode
         if mode == "both_single_cls":
             pick = torch.rand(batch["web_tokens"].shape[0], device=batch["web_tokens"].device) < 0.5
@@ -67,12 +71,15 @@ class TIPSStudent(nn.Module):
             out["text_synthetic"] = self.text(batch["synthetic_tokens"])
         if self.tag_head is not None:
             if "tags" not in batch:
-                raise ConfigError("loss.tag_weight > 0 needs batch['tags'] (multi-hot [B, model.num_tags]), "
-                                 "which this data does not have; set loss.tag_weight: 0")
+                raise ConfigError(
+                    "loss.tag_weight > 0 needs batch['tags'] (multi-hot [B, model.num_tags]), "
+                    "which this data does not have; set loss.tag_weight: 0"
+                )
             # The tags describe the whole image (they come from its caption): the head sees the
             # contrastive loss's view, all its tokens.
-            tokens = torch.cat([clip_view["cls_web"][:, None], clip_view["cls_synthetic"][:, None],
-                                clip_view["patch_tokens"]], dim=1)
+            tokens = torch.cat(
+                [clip_view["cls_web"][:, None], clip_view["cls_synthetic"][:, None], clip_view["patch_tokens"]], dim=1
+            )
             out["tag_logits"] = self.tag_head(tokens)
             out["tag_targets"] = batch["tags"]
         if self.mim_head is not None:

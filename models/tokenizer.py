@@ -5,6 +5,7 @@ truncate to `max_len`, behind one `encode(texts) -> [N, max_len] int64` interfac
 `state()` goes into every checkpoint (a SentencePiece model travels as its serialized bytes), so a
 checkpoint is evaluated with exactly the tokenizer it was trained with.
 """
+
 import io
 import itertools
 import os
@@ -15,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
+
 from .errors import ConfigError, DataError
 
 _WORD = re.compile(r"[a-z0-9]+")
@@ -70,7 +72,8 @@ class SentencePieceTokenizer:
             raise DataError(
                 f"{source}: its pad id is {self._sp.pad_id()} and id 0 is {self._sp.id_to_piece(0)!r}, but tipslab "
                 "(like the official TIPS tokenizer.model) uses id 0 for padding only; train one with pad id 0 "
-                "(`tipslab data tokenizer`, or models.tokenizer.train_sentencepiece_file)")
+                "(`tipslab data tokenizer`, or models.tokenizer.train_sentencepiece_file)"
+            )
         self.vocab_size = self._sp.get_piece_size()
 
     def token_ids(self, text: str) -> list[int]:
@@ -108,8 +111,14 @@ def _pad(rows: list[list[int]], max_len: int) -> np.ndarray:
     return out
 
 
-def train_sentencepiece(captions: Iterable[str], vocab_size: int, *, model_type: str = "unigram",
-                        character_coverage: float = 1.0, max_sentences: int = 10_000_000) -> bytes:
+def train_sentencepiece(
+    captions: Iterable[str],
+    vocab_size: int,
+    *,
+    model_type: str = "unigram",
+    character_coverage: float = 1.0,
+    max_sentences: int = 10_000_000,
+) -> bytes:
     """A SentencePiece model trained in memory on lower-cased `captions`; its bytes.
 
     Special ids: pad 0, unk 1, no BOS/EOS. Id 0 = pad is what the official tokenizer.model and the
@@ -132,18 +141,29 @@ def train_sentencepiece(captions: Iterable[str], vocab_size: int, *, model_type:
     out = io.BytesIO()
     try:
         sentencepiece.SentencePieceTrainer.train(
-            sentence_iterator=itertools.chain([first], texts), model_writer=out, vocab_size=vocab_size,
-            model_type=model_type, character_coverage=character_coverage, hard_vocab_limit=False,
-            pad_id=0, unk_id=1, bos_id=-1, eos_id=-1, input_sentence_size=max_sentences, shuffle_input_sentence=True,
-            num_threads=min(16, os.cpu_count() or 1), minloglevel=2,
+            sentence_iterator=itertools.chain([first], texts),
+            model_writer=out,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            character_coverage=character_coverage,
+            hard_vocab_limit=False,
+            pad_id=0,
+            unk_id=1,
+            bos_id=-1,
+            eos_id=-1,
+            input_sentence_size=max_sentences,
+            shuffle_input_sentence=True,
+            num_threads=min(16, os.cpu_count() or 1),
+            minloglevel=2,
         )
     except RuntimeError as err:
         raise DataError(f"cannot train a SentencePiece model with vocab_size={vocab_size}: {err}") from None
     return out.getvalue()
 
 
-def train_sentencepiece_file(captions: Iterable[str], path: str | os.PathLike, vocab_size: int = 32_000,
-                             **options) -> Path:
+def train_sentencepiece_file(
+    captions: Iterable[str], path: str | os.PathLike, vocab_size: int = 32_000, **options
+) -> Path:
     """Train on `captions` and write the model to `path` (a tokenizer.model), atomically.
 
     At most 32,000 pieces by default, as the paper's vocabulary; `options` go to
@@ -162,8 +182,9 @@ def load_sentencepiece(path: str | os.PathLike, max_len: int) -> SentencePieceTo
     """The tokenizer of a tokenizer.model file: the official TIPS one, or one we trained."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"model.tokenizer: no SentencePiece model at {path}; give the path of a "
-                                "tokenizer.model, or 'hash'")
+        raise ConfigError(
+            f"model.tokenizer: no SentencePiece model at {path}; give the path of a tokenizer.model, or 'hash'"
+        )
     return SentencePieceTokenizer(path.read_bytes(), max_len, source=str(path))
 
 
@@ -179,8 +200,10 @@ def build_tokenizer(model_cfg) -> HashTokenizer | SentencePieceTokenizer:
         return HashTokenizer(vocab_size, max_len)
     tokenizer = load_sentencepiece(name, max_len)
     if tokenizer.vocab_size > vocab_size:
-        raise ConfigError(f"model.tokenizer: {name} has {tokenizer.vocab_size} pieces but model.vocab_size is "
-                         f"{vocab_size}; set model.vocab_size: {tokenizer.vocab_size} (or more)")
+        raise ConfigError(
+            f"model.tokenizer: {name} has {tokenizer.vocab_size} pieces but model.vocab_size is "
+            f"{vocab_size}; set model.vocab_size: {tokenizer.vocab_size} (or more)"
+        )
     return tokenizer
 
 

@@ -8,6 +8,7 @@ Parameter names follow the official PyTorch layout (timm's Block names are DINOv
 `register_token` (official: `register_tokens`) and the SwiGLU MLP's `fc1`/`fc2` (official: `w12`/`w3`);
 models/official.py maps between the two.
 """
+
 from functools import partial
 
 import torch
@@ -60,8 +61,14 @@ class VisionTower(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, width))
         norm = partial(nn.LayerNorm, eps=1e-6)
         self.blocks = nn.ModuleList(
-            Block(width, heads, qkv_bias=True, init_values=cfg.layerscale_init, norm_layer=norm,
-                  mlp_layer=mlp_layer(self.mlp, mlp_dim))
+            Block(
+                width,
+                heads,
+                qkv_bias=True,
+                init_values=cfg.layerscale_init,
+                norm_layer=norm,
+                mlp_layer=mlp_layer(self.mlp, mlp_dim),
+            )
             for _ in range(depth)
         )
         self.norm = norm(width)
@@ -75,8 +82,12 @@ class VisionTower(nn.Module):
         if (h, w) == (self.grid, self.grid):
             return self.pos_embed
         return resample_abs_pos_embed(
-            self.pos_embed, new_size=[h, w], old_size=[self.grid, self.grid], num_prefix_tokens=1,
-            interpolation=self.pos_interpolation, antialias=True,
+            self.pos_embed,
+            new_size=[h, w],
+            old_size=[self.grid, self.grid],
+            num_prefix_tokens=1,
+            interpolation=self.pos_interpolation,
+            antialias=True,
         )
 
     def forward(self, pixels: torch.Tensor, masks: torch.Tensor | None = None) -> dict:

@@ -6,6 +6,7 @@ Every result becomes one run of the experiment `tipslab-bench` (tags `tipslab.be
 (jobs/bench/flops.py) and logs nothing: it is a function of the config alone. The work itself is in
 orchestrator/bench_runs.py and jobs/bench/; this module parses and prints.
 """
+
 import argparse
 import json
 import os
@@ -14,10 +15,18 @@ from pathlib import Path
 from tipslab.jobs.bench import COMPONENTS
 
 from .bench_runs import (
-    device, import_step_results, log_bench, log_step_result, measure_trial, run_step_job, step_jobs, typed_experiment,
+    device,
+    import_step_results,
+    log_bench,
+    log_step_result,
+    measure_trial,
+    run_step_job,
+    step_jobs,
+    typed_experiment,
 )
 from .errors import PATH_ERRORS, UserError
 from .plan import BENCH_EXPERIMENT as EXPERIMENT
+
 
 def cmd_bench_step(args) -> None:
     if args.import_results:
@@ -45,17 +54,28 @@ def cmd_bench_step(args) -> None:
         print(json.dumps(results, indent=2))
         return
     for r in results:
-        print(f"{r['model_size']}: batch {r['batch_size']} on {r['device_kind']} ({r['device']}, {r['threads']} threads), "
-              f"{r['precision']}{', compiled' if r['compile'] else ''}")
-        print(f"  {r['images_per_s']:.1f} images/s, {r['step_s']:.4f} s/step (median of {r['repeats']} bursts of "
-              f"{r['burst']} steps)")
-        print(f"  {r['flops_per_image'] / 1e9:.3f} GFLOP/image; MFU {100 * r['mfu']:.1f}% "
-              f"of {r['peak_flops'] / 1e12:.3g} TFLOP/s, {r['peak_source']}")
+        print(
+            f"{r['model_size']}: batch {r['batch_size']} on {r['device_kind']} "
+            f"({r['device']}, {r['threads']} threads), "
+            f"{r['precision']}{', compiled' if r['compile'] else ''}"
+        )
+        print(
+            f"  {r['images_per_s']:.1f} images/s, {r['step_s']:.4f} s/step (median of {r['repeats']} bursts of "
+            f"{r['burst']} steps)"
+        )
+        print(
+            f"  {r['flops_per_image'] / 1e9:.3f} GFLOP/image; MFU {100 * r['mfu']:.1f}% "
+            f"of {r['peak_flops'] / 1e12:.3g} TFLOP/s, {r['peak_source']}"
+        )
         if not r["compile"]:
             parts = "  ".join(f"{c} {r[f'{c}_s'] * 1e3:.2f}" for c in COMPONENTS)
             print(f"  per component, ms: {parts}")
             print(f"  components sum to {100 * r['components_over_step']:.0f}% of the step")
-        memory = f"peak GPU memory {r['peak_gpu_mem_gb']:.1f} GB" if r.get("peak_gpu_mem_gb") else f"peak RSS {r['peak_rss_mb']:.0f} MB"
+        memory = (
+            f"peak GPU memory {r['peak_gpu_mem_gb']:.1f} GB"
+            if r.get("peak_gpu_mem_gb")
+            else f"peak RSS {r['peak_rss_mb']:.0f} MB"
+        )
         print(f"  {memory}; MLflow run {r['mlflow_run_id']} ({EXPERIMENT})")
 
 
@@ -68,28 +88,39 @@ def cmd_bench_flops(args) -> None:
         batch = args.batch_size or exp.data.batch_size
         parts = step_flops(exp, world_size=args.world_size, batch_size=batch)
         shape = step_shape(exp, args.world_size, batch)
-        rows.append({
-            "model_size": size, "batch_size": batch, "world_size": args.world_size,
-            "image_size": exp.model.image_size, "local_crops": shape.local_crops,
-            "local_crop_size": exp.data.local_crop_size, "captions": shape.captions,
-            "masked_patches": shape.masked, "student_global_passes": shape.student_global_passes,
-            "trainable_params": trainable_params(exp)[0],
-            "components": {p.name: {"forward": p.forward / batch, "backward": p.backward / batch} for p in parts},
-            "flops_per_image": sum(p.total for p in parts) / batch,
-        })
+        rows.append(
+            {
+                "model_size": size,
+                "batch_size": batch,
+                "world_size": args.world_size,
+                "image_size": exp.model.image_size,
+                "local_crops": shape.local_crops,
+                "local_crop_size": exp.data.local_crop_size,
+                "captions": shape.captions,
+                "masked_patches": shape.masked,
+                "student_global_passes": shape.student_global_passes,
+                "trainable_params": trainable_params(exp)[0],
+                "components": {p.name: {"forward": p.forward / batch, "backward": p.backward / batch} for p in parts},
+                "flops_per_image": sum(p.total for p in parts) / batch,
+            }
+        )
     if args.json:
         print(json.dumps(rows, indent=2))
         return
     for r in rows:
         passes = "masked and clean" if r["student_global_passes"] == 2 else "one"
-        print(f"{r['model_size']}: {r['image_size']} px global crop ({passes} student passes), "
-              f"{r['local_crops']} local crops of {r['local_crop_size']} px, {r['captions']} captions, "
-              f"{r['masked_patches']} masked patches; batch {r['batch_size']} x {r['world_size']} devices; "
-              f"{r['trainable_params'] / 1e6:.1f} M trainable parameters")
+        print(
+            f"{r['model_size']}: {r['image_size']} px global crop ({passes} student passes), "
+            f"{r['local_crops']} local crops of {r['local_crop_size']} px, {r['captions']} captions, "
+            f"{r['masked_patches']} masked patches; batch {r['batch_size']} x {r['world_size']} devices; "
+            f"{r['trainable_params'] / 1e6:.1f} M trainable parameters"
+        )
         print(f"  {'GFLOP per image':<22} {'forward':>9} {'backward':>9} {'total':>9}")
         for name, c in r["components"].items():
-            print(f"  {name:<22} {c['forward'] / 1e9:>9.3f} {c['backward'] / 1e9:>9.3f} "
-                  f"{(c['forward'] + c['backward']) / 1e9:>9.3f}")
+            print(
+                f"  {name:<22} {c['forward'] / 1e9:>9.3f} {c['backward'] / 1e9:>9.3f} "
+                f"{(c['forward'] + c['backward']) / 1e9:>9.3f}"
+            )
         print(f"  {'total':<22} {'':>9} {'':>9} {r['flops_per_image'] / 1e9:>9.3f}")
 
 
@@ -104,16 +135,33 @@ def cmd_bench_data(args) -> None:
     shards = args.shards
     if shards is None:
         root = str(home() / "data" / f"bench-scenes-{args.image_size}")
-        exp = typed_experiment(None, None, [f"data.root={root}", f"model.image_size={args.image_size}",
-                                            f"data.scenes_train={args.scenes}", "data.scenes_probe=1"])
+        exp = typed_experiment(
+            None,
+            None,
+            [
+                f"data.root={root}",
+                f"model.image_size={args.image_size}",
+                f"data.scenes_train={args.scenes}",
+                "data.scenes_probe=1",
+            ],
+        )
         ensure_scenes(exp)
         shards = os.path.join(exp.data.root, exp.data.train_split)
     cluster = ensure_ray(args.address)
     cpus = args.cpus or int(cluster.get("CPU", 1))
     try:
-        result = bench_data(shards, cpus=cpus, batch_size=args.batch_size, rows=args.rows, image_size=args.image_size,
-                            local_crops=args.local_crops, local_crop_size=args.local_crop_size, augment=args.augment,
-                            mask_mode=args.mask_mode, views=args.views)
+        result = bench_data(
+            shards,
+            cpus=cpus,
+            batch_size=args.batch_size,
+            rows=args.rows,
+            image_size=args.image_size,
+            local_crops=args.local_crops,
+            local_crop_size=args.local_crop_size,
+            augment=args.augment,
+            mask_mode=args.mask_mode,
+            views=args.views,
+        )
     except PATH_ERRORS as err:  # bad shards or settings are UserErrors already
         raise UserError(str(err)) from None
     result.update(device_kind="cpu", device=device(), shards=shards)
@@ -123,12 +171,16 @@ def cmd_bench_data(args) -> None:
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"TIPS views ({result['image_size']} px global crop, {result['local_crops']} local crops of "
-          f"{result['local_crop_size']} px, {result['augment']} augmentation) on {cpus} CPUs, shards {shards}, "
-          f"Ray Data's views in {result['views']}:")
+    print(
+        f"TIPS views ({result['image_size']} px global crop, {result['local_crops']} local crops of "
+        f"{result['local_crop_size']} px, {result['augment']} augmentation) on {cpus} CPUs, shards {shards}, "
+        f"Ray Data's views in {result['views']}:"
+    )
     for name, key in (("Ray Data", "raydata"), ("torch DataLoader", "dataloader")):
-        print(f"  {name:<17} {result[f'{key}_images_per_s']:>8.1f} images/s ({result[f'{key}_images_per_s_per_cpu']:.1f} "
-              f"per CPU), start-up {result[f'{key}_startup_s']:.1f} s")
+        print(
+            f"  {name:<17} {result[f'{key}_images_per_s']:>8.1f} images/s ({result[f'{key}_images_per_s_per_cpu']:.1f} "
+            f"per CPU), start-up {result[f'{key}_startup_s']:.1f} s"
+        )
     print(f"  Ray Data / DataLoader: {result['ratio']:.2f}")
     print(f"MLflow run {result['mlflow_run_id']} ({EXPERIMENT})")
 
@@ -138,8 +190,10 @@ def cmd_bench_trial(args) -> None:
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"one {result['model_size']} trial: {result['launch_to_first_step_s']:.1f} s from launch to its first "
-          f"train/* report; {result['trial_total_s']:.1f} s in all ({result['steps']} steps, then evaluation)")
+    print(
+        f"one {result['model_size']} trial: {result['launch_to_first_step_s']:.1f} s from launch to its first "
+        f"train/* report; {result['trial_total_s']:.1f} s in all ({result['steps']} steps, then evaluation)"
+    )
     print(f"MLflow run {result['mlflow_run_id']} ({EXPERIMENT}); the trial's own runs are in tipslab-bench-trial")
 
 
@@ -155,16 +209,22 @@ def cmd_bench_overhead(args) -> None:
     ensure_ray()
     result = bench_overhead(exp, storage_path(), steps=args.steps, warmup=args.warmup)
     result.update(device_kind="cpu", device=device())
-    result["mlflow_run_id"] = log_bench("overhead", result["model_size"], result,
-                                        {k: result[k] for k in ("plain_step_s", "ray_step_s", "ratio")},
-                                        {"steps": args.steps, "warmup": args.warmup, "overrides": " ".join(args.overrides)})
+    result["mlflow_run_id"] = log_bench(
+        "overhead",
+        result["model_size"],
+        result,
+        {k: result[k] for k in ("plain_step_s", "ray_step_s", "ratio")},
+        {"steps": args.steps, "warmup": args.warmup, "overrides": " ".join(args.overrides)},
+    )
     if args.json:
         print(json.dumps(result, indent=2))
         return
     print(f"plain PyTorch loop: {result['plain_step_s'] * 1000:.1f} ms/step")
     print(f"Ray Train (1 worker): {result['ray_step_s'] * 1000:.1f} ms/step")
-    print(f"Ray Train / plain: {result['ratio']:.3f} (goal <= 1.05); batch {result['batch_size']}, {args.steps} steps "
-          f"after {args.warmup} warm-up, model {result['model_size']}, one thread each")
+    print(
+        f"Ray Train / plain: {result['ratio']:.3f} (goal <= 1.05); batch {result['batch_size']}, {args.steps} steps "
+        f"after {args.warmup} warm-up, model {result['model_size']}, one thread each"
+    )
 
 
 def cmd_bench_ingest(args) -> None:
@@ -177,8 +237,10 @@ def cmd_bench_ingest(args) -> None:
         ensure_ray()
     result = bench_ingest(n=args.n, size=args.size, tars=args.tars, parallel=args.parallel)
     result.update(device_kind="cpu", device=device())
-    metrics = {f"{fmt.split(',')[0]}{'_ray' if ',' in fmt else ''}_rows_per_s": r["rows_per_s"]
-               for fmt, r in result["formats"].items()}
+    metrics = {
+        f"{fmt.split(',')[0]}{'_ray' if ',' in fmt else ''}_rows_per_s": r["rows_per_s"]
+        for fmt, r in result["formats"].items()
+    }
     result["mlflow_run_id"] = log_bench("ingest", "none", result, metrics, {"n": args.n, "size": args.size})
     if args.json:
         print(json.dumps(result, indent=2))
@@ -195,13 +257,16 @@ def cmd_bench_scenes(args) -> None:
 
     result = bench_scenes(args.size, args.n)
     result.update(device_kind="cpu", device=device())
-    result["mlflow_run_id"] = log_bench("scenes", "none", result,
-                                        {k: v for k, v in result.items() if k.endswith("_s")}, {"size": args.size})
+    result["mlflow_run_id"] = log_bench(
+        "scenes", "none", result, {k: v for k, v in result.items() if k.endswith("_s")}, {"size": args.size}
+    )
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"{args.n} scenes of {args.size} px: {result['render_per_cpu_s']:.1f} rendered per CPU-second, "
-          f"{result['row_per_cpu_s']:.1f} whole shard rows (with the dense labels encoded) per CPU-second")
+    print(
+        f"{args.n} scenes of {args.size} px: {result['render_per_cpu_s']:.1f} rendered per CPU-second, "
+        f"{result['row_per_cpu_s']:.1f} whole shard rows (with the dense labels encoded) per CPU-second"
+    )
 
 
 def common(p, sizes: bool = True) -> None:
@@ -218,21 +283,32 @@ def add_step_parser(bench_sub) -> None:
     common(step)
     step.add_argument("--batch-size", type=int, help="per device (default: the config's data.batch_size)")
     step.add_argument("--repeats", type=int, default=3, help="timed bursts and marked steps after warm-up (median)")
-    step.add_argument("--burst", type=int, default=0,
-                      help="steps back to back per timed burst (default: 10 on cuda, 1 on cpu)")
+    step.add_argument(
+        "--burst", type=int, default=0, help="steps back to back per timed burst (default: 10 on cuda, 1 on cpu)"
+    )
     step.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: cuda when visible")
-    step.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                      help="auto: bf16 autocast on cuda, fp32 on cpu")
-    step.add_argument("--fused", action=argparse.BooleanOptionalAction, default=None,
-                      help="fused AdamW (default: on for cuda)")
-    step.add_argument("--compile", action="store_true",
-                      help="torch.compile the student and the teacher (no per-component times)")
+    step.add_argument(
+        "--precision", choices=["auto", "fp32", "bf16"], default="auto", help="auto: bf16 autocast on cuda, fp32 on cpu"
+    )
+    step.add_argument(
+        "--fused", action=argparse.BooleanOptionalAction, default=None, help="fused AdamW (default: on for cuda)"
+    )
+    step.add_argument(
+        "--compile", action="store_true", help="torch.compile the student and the teacher (no per-component times)"
+    )
     step.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
-    step.add_argument("--write-jobs", metavar="DIR",
-                      help="run nothing: write each size's job file to DIR, for infra/bench-step-gpu.sh on a machine "
-                           "without MLflow")
-    step.add_argument("--import", dest="import_results", nargs="+", metavar="RESULT",
-                      help="run nothing: log result files that infra/bench-step-gpu.sh wrote")
+    step.add_argument(
+        "--write-jobs",
+        metavar="DIR",
+        help="run nothing: write each size's job file to DIR, for infra/bench-step-gpu.sh on a machine without MLflow",
+    )
+    step.add_argument(
+        "--import",
+        dest="import_results",
+        nargs="+",
+        metavar="RESULT",
+        help="run nothing: log result files that infra/bench-step-gpu.sh wrote",
+    )
     step.set_defaults(func=cmd_bench_step)
 
 
@@ -257,9 +333,13 @@ def add_parsers(sub) -> None:
     data.add_argument("--local-crop-size", type=int, default=96)
     data.add_argument("--augment", default="dinov2", help="the views' augmentation (jobs/data/pipeline/views.py)")
     data.add_argument("--mask-mode", default="random", help="random | blockwise")
-    data.add_argument("--views", choices=["auto", "actors", "tasks"], default="auto",
-                      help="Ray Data's views in an actor pool or in tasks (auto: as training picks for that many rows, "
-                           "data.views_actor_rows)")
+    data.add_argument(
+        "--views",
+        choices=["auto", "actors", "tasks"],
+        default="auto",
+        help="Ray Data's views in an actor pool or in tasks (auto: as training picks for that many rows, "
+        "data.views_actor_rows)",
+    )
     data.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local instance)")
     data.add_argument("--json", action="store_true", help="print the result as JSON (stable keys)")
     data.set_defaults(func=cmd_bench_data)

@@ -1,6 +1,7 @@
 """The work behind `tipslab bench` (orchestrator/bench_commands.py prints it): step jobs in processes
 of their own, imported results, and the one-trial sweep of `bench trial`; every result is logged to
 the `tipslab-bench` experiment (orchestrator/tracking.py), where `tipslab plan` reads it."""
+
 import contextlib
 import dataclasses
 import json
@@ -64,7 +65,9 @@ def device(gpu: bool = False) -> str:
 
 def run_step_job(job: dict) -> dict:
     """One size in a fresh process, so that each peak memory figure is its own."""
-    proc = subprocess.run([sys.executable, "-m", "tipslab.jobs.bench.step", json.dumps(job)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tipslab.jobs.bench.step", json.dumps(job)], capture_output=True, text=True
+    )
     if proc.returncode:
         raise CommandFailed(f"bench step failed for size {job['exp']['model']['size']}:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -72,12 +75,24 @@ def run_step_job(job: dict) -> dict:
 
 def log_step_result(result: dict, exp: dict | None, overrides: str) -> str:
     """Log one step benchmark result to `tipslab-bench`; returns the MLflow run id."""
-    metrics = {k: result.get(k) for k in ("images_per_s", "mfu", "step_s", "flops_per_image", "peak_flops",
-                                          "components_over_step", "peak_gpu_mem_gb")}
+    metrics = {
+        k: result.get(k)
+        for k in (
+            "images_per_s",
+            "mfu",
+            "step_s",
+            "flops_per_image",
+            "peak_flops",
+            "components_over_step",
+            "peak_gpu_mem_gb",
+        )
+    }
     if not result["compile"]:
         metrics.update({f"{c}_s": result[f"{c}_s"] for c in COMPONENTS})
-    params = {k: result[k] for k in ("batch_size", "threads", "precision", "fused_adamw", "compile", "repeats",
-                                     "burst", "peak_source")}
+    params = {
+        k: result[k]
+        for k in ("batch_size", "threads", "precision", "fused_adamw", "compile", "repeats", "burst", "peak_source")
+    }
     params["overrides"] = overrides
     return log_bench("step", result["model_size"], {**result, "config": exp}, metrics, params)
 
@@ -86,9 +101,19 @@ def step_jobs(args) -> list[dict]:
     jobs = []
     for size in args.sizes:
         exp = experiment(args.config, size, args.overrides)
-        jobs.append({"exp": exp, "batch_size": args.batch_size or exp["data"]["batch_size"], "repeats": args.repeats,
-                     "device": args.device, "precision": args.precision, "fused": args.fused,
-                     "compile": args.compile, "burst": args.burst or None, "threads": args.threads})
+        jobs.append(
+            {
+                "exp": exp,
+                "batch_size": args.batch_size or exp["data"]["batch_size"],
+                "repeats": args.repeats,
+                "device": args.device,
+                "precision": args.precision,
+                "fused": args.fused,
+                "compile": args.compile,
+                "burst": args.burst or None,
+                "threads": args.threads,
+            }
+        )
     return jobs
 
 
@@ -100,8 +125,20 @@ def import_step_results(paths: list[str]) -> list[dict]:
         try:
             lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
             result = json.loads(lines[-1])
-            missing = [k for k in ("model_size", "device_kind", "device", "images_per_s", "mfu", "step_s",
-                                   "compile", "batch_size") if k not in result]
+            missing = [
+                k
+                for k in (
+                    "model_size",
+                    "device_kind",
+                    "device",
+                    "images_per_s",
+                    "mfu",
+                    "step_s",
+                    "compile",
+                    "batch_size",
+                )
+                if k not in result
+            ]
         except (OSError, IndexError, ValueError) as err:
             raise UserError(f"bench step --import {path}: not a step benchmark result ({err})") from None
         if missing:
@@ -114,15 +151,20 @@ def import_step_results(paths: list[str]) -> list[dict]:
 
 def trial_run(client, parent_run_id: str):
     """The one trial run of the bench's sweep."""
-    [run] = client.search_runs([client.get_run(parent_run_id).info.experiment_id],
-                               f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+    [run] = client.search_runs(
+        [client.get_run(parent_run_id).info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'"
+    )
     return run
 
 
 def first_report_time(client, run) -> float | None:
     """Wall time (s) of the run's first `train/*` metric, as the sweep's MLflow writer logged it."""
-    times = [m.timestamp for key in run.data.metrics if key.startswith("train/")
-             for m in client.get_metric_history(run.info.run_id, key)]
+    times = [
+        m.timestamp
+        for key in run.data.metrics
+        if key.startswith("train/")
+        for m in client.get_metric_history(run.info.run_id, key)
+    ]
     return min(times) / 1000 if times else None
 
 
@@ -153,21 +195,30 @@ def measure_trial(args) -> dict:
         sweep = run_sweep(plan, address=args.address)
     total = time.time() - start
     if sweep.failed:
-        raise CommandFailed(f"bench trial: the trial failed (MLflow parent run {sweep.parent_run_id} "
-                            f"in {TRIAL_EXPERIMENT})")
+        raise CommandFailed(
+            f"bench trial: the trial failed (MLflow parent run {sweep.parent_run_id} in {TRIAL_EXPERIMENT})"
+        )
     run = trial_run(client, sweep.parent_run_id)
     first = first_report_time(client, run)
     if first is None:
         raise CommandFailed(f"bench trial: the trial reported no train/* metric (run {run.info.run_id})")
     gpu = exp.train.gpus_per_worker > 0
-    result = {"model_size": exp.model.size, "steps": exp.train.steps, "device_kind": "gpu" if gpu else "cpu",
-              "device": device(gpu), "launch_to_first_step_s": first - start, "trial_total_s": total,
-              "sweep_parent_run_id": sweep.parent_run_id,
-              # From Tune's start of the trial (the sweep's tracker measures it, where it does).
-              "trial_start_to_first_step_s": run.data.metrics.get("perf/launch_to_first_report_s")}
+    result = {
+        "model_size": exp.model.size,
+        "steps": exp.train.steps,
+        "device_kind": "gpu" if gpu else "cpu",
+        "device": device(gpu),
+        "launch_to_first_step_s": first - start,
+        "trial_total_s": total,
+        "sweep_parent_run_id": sweep.parent_run_id,
+        # From Tune's start of the trial (the sweep's tracker measures it, where it does).
+        "trial_start_to_first_step_s": run.data.metrics.get("perf/launch_to_first_report_s"),
+    }
     result["mlflow_run_id"] = log_bench(
-        "trial", args.size, result,
+        "trial",
+        args.size,
+        result,
         {k: result[k] for k in ("launch_to_first_step_s", "trial_start_to_first_step_s", "trial_total_s")},
-        {"steps": exp.train.steps, "num_workers": exp.train.num_workers,
-         "overrides": " ".join(args.overrides)})
+        {"steps": exp.train.steps, "num_workers": exp.train.num_workers, "overrides": " ".join(args.overrides)},
+    )
     return result

@@ -3,6 +3,7 @@
 Each area owns its commands in a module of its own (`*_commands.py`, each with `add_parsers`); this
 file only puts them together.
 """
+
 import argparse
 import re
 import sys

@@ -4,6 +4,7 @@ Sources merge in order base <- spec overrides <- variant <- command-line key=val
 checked against the schema on its own, so an unknown key or a wrong type is reported with its
 dotted path and the source (file, or "command line") it came from, before Ray starts.
 """
+
 import hashlib
 import json
 from pathlib import Path
@@ -77,6 +78,7 @@ def schema() -> DictConfig:
 def check(cfg: DictConfig, source: str) -> None:
     """Checks of values (not just types) that would otherwise fail late, inside Ray: each section's
     own (models/config.py, jobs/config.py: made once the config is typed) and those that read files."""
+
     def bad(key: str, why: str):
         raise ConfigError(f"{source}: {key}: {why}")
 
@@ -85,8 +87,11 @@ def check(cfg: DictConfig, source: str) -> None:
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
     if cfg.model.tokenizer != "hash" and not Path(cfg.model.tokenizer).is_file():
-        bad("model.tokenizer", f"no SentencePiece model at {cfg.model.tokenizer} ('hash', or a tokenizer.model path; "
-                               "`tipslab data tokenizer` trains one)")
+        bad(
+            "model.tokenizer",
+            f"no SentencePiece model at {cfg.model.tokenizer} ('hash', or a tokenizer.model path; "
+            "`tipslab data tokenizer` trains one)",
+        )
     if cfg.data.tag_vocab and not Path(cfg.data.tag_vocab).is_file():
         bad("data.tag_vocab", f"no tag vocabulary at {cfg.data.tag_vocab} (one tag per line)")
     if cfg.data.tag_vocab:
@@ -169,8 +174,10 @@ def data_fingerprint(config: dict) -> dict:
     """{split: manifest content hash} of the splits a run reads; a split without a readable
     manifest keeps its path (it fails later, with its own message)."""
     data, ev = config["data"], config["eval"]
-    return {split: (manifest_of(data["root"], split) or {}).get("content_hash", f"{data['root']}/{split}")
-            for split in (data["train_split"], ev["probe_train_split"], ev["probe_test_split"])}
+    return {
+        split: (manifest_of(data["root"], split) or {}).get("content_hash", f"{data['root']}/{split}")
+        for split in (data["train_split"], ev["probe_train_split"], ev["probe_test_split"])
+    }
 
 
 def manifest_of(root: str, split: str) -> dict | None:

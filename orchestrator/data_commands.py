@@ -1,4 +1,5 @@
 """`tipslab data`: make, inspect and repair shards."""
+
 import os
 
 from .errors import PATH_ERRORS, UserError
@@ -11,10 +12,13 @@ def cmd_data_scenes(args) -> None:
 
     if args.split not in SPLIT_OFFSETS:
         raise UserError(f"--split: {args.split!r} is not one of {', '.join(SPLIT_OFFSETS)}")
-    for flag, value, ok in (("--n", args.n, args.n >= 0), ("--size", args.size, args.size >= 16),
-                            ("--web-noise", args.web_noise, 0.0 <= args.web_noise <= 1.0),
-                            ("--max-objects", args.max_objects, 1 <= args.max_objects <= 9),
-                            ("--rows-per-shard", args.rows_per_shard, args.rows_per_shard >= 1)):
+    for flag, value, ok in (
+        ("--n", args.n, args.n >= 0),
+        ("--size", args.size, args.size >= 16),
+        ("--web-noise", args.web_noise, 0.0 <= args.web_noise <= 1.0),
+        ("--max-objects", args.max_objects, 1 <= args.max_objects <= 9),
+        ("--rows-per-shard", args.rows_per_shard, args.rows_per_shard >= 1),
+    ):
         if not ok:
             raise UserError(f"{flag}: {value} is out of range (see tipslab data scenes --help)")
     if args.parallel:
@@ -22,17 +26,32 @@ def cmd_data_scenes(args) -> None:
 
         ensure_ray()
     try:
-        manifest = generate_scenes(args.out, args.n, split=args.split, seed=args.seed, size=args.size,
-                                   web_noise=args.web_noise, max_objects=args.max_objects,
-                                   rows_per_shard=args.rows_per_shard, parallel=args.parallel)
+        manifest = generate_scenes(
+            args.out,
+            args.n,
+            split=args.split,
+            seed=args.seed,
+            size=args.size,
+            web_noise=args.web_noise,
+            max_objects=args.max_objects,
+            rows_per_shard=args.rows_per_shard,
+            parallel=args.parallel,
+        )
     except PATH_ERRORS as err:
         raise UserError(f"{args.out}: {err}") from None
     if args.json:
-        print(json.dumps({k: manifest[k] for k in ("num_rows", "content_hash", "schema_version", "source")}
-                         | {"out": args.out, "shards": len(manifest["shards"])}, sort_keys=True))
+        print(
+            json.dumps(
+                {k: manifest[k] for k in ("num_rows", "content_hash", "schema_version", "source")}
+                | {"out": args.out, "shards": len(manifest["shards"])},
+                sort_keys=True,
+            )
+        )
         return
-    print(f"wrote {manifest['num_rows']} scenes in {len(manifest['shards'])} shards to {args.out} "
-          f"(content hash {manifest['content_hash'][:12]})")
+    print(
+        f"wrote {manifest['num_rows']} scenes in {len(manifest['shards'])} shards to {args.out} "
+        f"(content hash {manifest['content_hash'][:12]})"
+    )
 
 
 def cmd_data_tokenizer(args) -> None:
@@ -53,26 +72,31 @@ def cmd_data_tokenizer(args) -> None:
                 yield from (c for c in column.to_pylist() if c)
 
     path = train_sentencepiece_file(captions(), args.out, vocab_size=args.vocab_size)
-    print(f"wrote {path} (vocabulary {args.vocab_size}); train with model.tokenizer={path} "
-          f"model.vocab_size={args.vocab_size}")
+    print(
+        f"wrote {path} (vocabulary {args.vocab_size}); train with model.tokenizer={path} "
+        f"model.vocab_size={args.vocab_size}"
+    )
 
 
 def add_parsers(sub) -> None:
     data = sub.add_parser("data", help="make and inspect data shards")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
     scenes = data_sub.add_parser("scenes", help="render procedural scenes into Parquet shards")
-    scenes.add_argument("out", help="output folder or s3://bucket/prefix for the shards and manifest "
-                        "(S3 endpoint and credentials from the standard AWS_* variables)")
+    scenes.add_argument(
+        "out",
+        help="output folder or s3://bucket/prefix for the shards and manifest "
+        "(S3 endpoint and credentials from the standard AWS_* variables)",
+    )
     scenes.add_argument("--n", type=int, default=1024, help="number of scenes (default 1024)")
     scenes.add_argument("--seed", type=int, default=0, help="first scene of the split (default 0)")
     scenes.add_argument("--split", default="train", help="train | probe_train | probe_test")
     scenes.add_argument("--size", type=int, default=112, help="image size in pixels (default 112)")
-    scenes.add_argument("--web-noise", type=float, default=0.3,
-                        help="fraction of off-topic web captions (default 0.3)")
+    scenes.add_argument("--web-noise", type=float, default=0.3, help="fraction of off-topic web captions (default 0.3)")
     scenes.add_argument("--max-objects", type=int, default=4, help="objects per scene, 1..9 (default 4)")
     scenes.add_argument("--rows-per-shard", type=int, default=256)
-    scenes.add_argument("--parallel", action="store_true",
-                        help="one Ray task per shard on a local Ray instance or RAY_ADDRESS")
+    scenes.add_argument(
+        "--parallel", action="store_true", help="one Ray task per shard on a local Ray instance or RAY_ADDRESS"
+    )
     scenes.add_argument("--json", action="store_true", help="print the manifest summary as JSON")
     scenes.set_defaults(func=cmd_data_scenes)
 
@@ -110,6 +134,7 @@ def _print_bad(limit: int = 20):
         if shown < limit:
             print(f"skipped {err}", file=sys.stderr)
         shown += 1
+
     return on_bad
 
 
@@ -129,8 +154,14 @@ def _bad_summary(bad: dict) -> str:
 def cmd_data_ingest(args) -> None:
     from tipslab.jobs.data.ingest.sources import ingest
 
-    common = dict(max_pixels=args.max_pixels, max_bad_fraction=args.max_bad_fraction, join=args.join,
-                  join_column=args.join_column, rows_per_shard=args.rows_per_shard, on_bad=_print_bad())
+    common = dict(
+        max_pixels=args.max_pixels,
+        max_bad_fraction=args.max_bad_fraction,
+        join=args.join,
+        join_column=args.join_column,
+        rows_per_shard=args.rows_per_shard,
+        on_bad=_print_bad(),
+    )
     if args.parallel:
         from tipslab.jobs.data.ingest.parallel import ingest_webdataset_parallel
 
@@ -141,25 +172,41 @@ def cmd_data_ingest(args) -> None:
         ensure_ray()
         result = _user_errors(lambda: ingest_webdataset_parallel(args.src, args.out, **common))
     else:
-        result = _user_errors(lambda: ingest(
-            args.format, args.src, args.out, image_column=args.image_column,
-            caption_column=args.caption_column, key_column=args.key_column, images=args.images, **common))
-    _emit(result, args.json,
-          f"wrote {result['rows']} rows in {result['shards']} shards to {args.out} "
-          f"(content hash {result['content_hash'][:12]}); {_bad_summary(result['bad_rows'])}; "
-          + (f"{result['joined']} rows took a joined caption; " if args.join else "")
-          + f"{result['rows_per_s']:.0f} rows/s")
+        result = _user_errors(
+            lambda: ingest(
+                args.format,
+                args.src,
+                args.out,
+                image_column=args.image_column,
+                caption_column=args.caption_column,
+                key_column=args.key_column,
+                images=args.images,
+                **common,
+            )
+        )
+    _emit(
+        result,
+        args.json,
+        f"wrote {result['rows']} rows in {result['shards']} shards to {args.out} "
+        f"(content hash {result['content_hash'][:12]}); {_bad_summary(result['bad_rows'])}; "
+        + (f"{result['joined']} rows took a joined caption; " if args.join else "")
+        + f"{result['rows_per_s']:.0f} rows/s",
+    )
 
 
 def cmd_data_tags(args) -> None:
     from tipslab.jobs.data.enrichment.tags import tag_shards
 
-    result = _user_errors(lambda: tag_shards(args.shards, min_freq=args.min_freq,
-                                             vocab_path=args.out, out=args.shards_out))
-    _emit(result, args.json,
-          f"tagged {result['rows']} rows in {result['shards']}: {result['tagged_fraction']:.1%} have tags, "
-          f"{result['mean_tags']} per row; vocabulary of {result['vocab_size']} tags "
-          f"(min frequency {args.min_freq}) in {result['vocab']}; train with data.tag_vocab={result['vocab']}")
+    result = _user_errors(
+        lambda: tag_shards(args.shards, min_freq=args.min_freq, vocab_path=args.out, out=args.shards_out)
+    )
+    _emit(
+        result,
+        args.json,
+        f"tagged {result['rows']} rows in {result['shards']}: {result['tagged_fraction']:.1%} have tags, "
+        f"{result['mean_tags']} per row; vocabulary of {result['vocab_size']} tags "
+        f"(min frequency {args.min_freq}) in {result['vocab']}; train with data.tag_vocab={result['vocab']}",
+    )
 
 
 def cmd_data_caption(args) -> None:
@@ -170,13 +217,24 @@ def cmd_data_caption(args) -> None:
     if not os.path.isdir(args.model):  # before starting Ray for nothing
         raise UserError(f"--model {args.model}: not a folder (a model saved with save_pretrained)")
     ensure_ray()
-    result = _user_errors(lambda: caption_shards(
-        args.shards, args.model, out=args.out, actors=args.actors, batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens, max_pixels=args.max_pixels,
-        max_bad_fraction=args.max_bad_fraction))
-    _emit(result, args.json,
-          f"captioned {result['captioned']} of {result['rows']} rows in {result['shards']}; "
-          f"{_bad_summary(result['bad_rows'])}")
+    result = _user_errors(
+        lambda: caption_shards(
+            args.shards,
+            args.model,
+            out=args.out,
+            actors=args.actors,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            max_pixels=args.max_pixels,
+            max_bad_fraction=args.max_bad_fraction,
+        )
+    )
+    _emit(
+        result,
+        args.json,
+        f"captioned {result['captioned']} of {result['rows']} rows in {result['shards']}; "
+        f"{_bad_summary(result['bad_rows'])}",
+    )
 
 
 def cmd_data_check(args) -> None:
@@ -196,17 +254,26 @@ def add_real_data_parsers(data_sub) -> None:
     defaults = DataConfig()
 
     def bounds(p) -> None:
-        p.add_argument("--max-pixels", type=int, default=defaults.max_image_pixels,
-                       help="an image whose header declares more pixels is a bad row, never decoded "
-                            f"(default {defaults.max_image_pixels})")
+        p.add_argument(
+            "--max-pixels",
+            type=int,
+            default=defaults.max_image_pixels,
+            help="an image whose header declares more pixels is a bad row, never decoded "
+            f"(default {defaults.max_image_pixels})",
+        )
         p.add_argument("--json", action="store_true", help="print the result as JSON")
 
     def bad_fraction(p) -> None:
-        p.add_argument("--max-bad-fraction", type=float, default=defaults.max_bad_fraction,
-                       help=f"stop past this fraction of bad rows (default {defaults.max_bad_fraction})")
+        p.add_argument(
+            "--max-bad-fraction",
+            type=float,
+            default=defaults.max_bad_fraction,
+            help=f"stop past this fraction of bad rows (default {defaults.max_bad_fraction})",
+        )
 
-    ingest = data_sub.add_parser("ingest", help="WebDataset tars, CSV/TSV/JSONL tables or COCO "
-                                                "captions -> Parquet shards")
+    ingest = data_sub.add_parser(
+        "ingest", help="WebDataset tars, CSV/TSV/JSONL tables or COCO captions -> Parquet shards"
+    )
     ingest.add_argument("--format", required=True, choices=INGEST_FORMATS)
     ingest.add_argument("src", help="a .tar or folder of tars, a table file, or a COCO caption JSON")
     ingest.add_argument("out", help="output folder or s3:// prefix for the shards")
@@ -217,16 +284,18 @@ def add_real_data_parsers(data_sub) -> None:
     ingest.add_argument("--key-column", default="key", help="tables: key column (else the image path)")
     ingest.add_argument("--images", help="coco: the image folder (default: the JSON file's folder)")
     ingest.add_argument("--rows-per-shard", type=int, default=256)
-    ingest.add_argument("--parallel", action="store_true",
-                        help="webdataset: one Ray task per tar (else one streaming process)")
+    ingest.add_argument(
+        "--parallel", action="store_true", help="webdataset: one Ray task per tar (else one streaming process)"
+    )
     bounds(ingest)
     bad_fraction(ingest)
     ingest.set_defaults(func=cmd_data_ingest)
 
     tags = data_sub.add_parser("tags", help="Tag2Text-style tags from the captions, and their vocabulary")
     tags.add_argument("shards", help="a shard folder (rewritten in place unless --shards-out)")
-    tags.add_argument("--min-freq", type=int, default=3,
-                      help="keep tags parsed from at least this many rows (default 3)")
+    tags.add_argument(
+        "--min-freq", type=int, default=3, help="keep tags parsed from at least this many rows (default 3)"
+    )
     tags.add_argument("--out", help="the vocabulary file (default: SHARDS/tag_vocab.txt)")
     tags.add_argument("--shards-out", help="write the re-tagged shards here instead of in place")
     tags.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -234,8 +303,9 @@ def add_real_data_parsers(data_sub) -> None:
 
     caption = data_sub.add_parser("caption", help="synthetic captions from a local image-to-text model")
     caption.add_argument("shards", help="a shard folder (rewritten in place unless --out)")
-    caption.add_argument("--model", required=True,
-                         help="folder of a transformers image-to-text model (save_pretrained)")
+    caption.add_argument(
+        "--model", required=True, help="folder of a transformers image-to-text model (save_pretrained)"
+    )
     caption.add_argument("--out", help="write the captioned shards here instead of in place")
     caption.add_argument("--actors", type=int, default=1, help="model copies (one GPU each if any)")
     caption.add_argument("--batch-size", type=int, default=16)

@@ -2,6 +2,7 @@
 exits with code 2 and one line; `CommandFailed` exits with code 1 and one line, for work that ran
 and failed (a trial, a benchmark's process), naming where its logs are; anything else is a bug and
 keeps its traceback."""
+
 from tipslab.models.errors import ConfigError, DataError, UserError
 
 __all__ = ["PATH_ERRORS", "CommandFailed", "ConfigError", "DataError", "UserError"]

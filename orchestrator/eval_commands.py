@@ -1,5 +1,6 @@
 """`tipslab eval`: the paper's probes on any checkpoint, or on an MLflow run's checkpoint with the
 results appended to that run (so probes can be re-run or added without retraining)."""
+
 import dataclasses
 import json
 import os
@@ -61,8 +62,11 @@ def probe_splits_ready(exp) -> None:
     data, ev = exp.data, exp.eval
     if ev.dataset and data.source == "scenes":
         # ensure_scenes renders data.train_split too: point it at probe-train, sized like a probe split.
-        ensure_scenes(dataclasses.replace(exp, data=dataclasses.replace(
-            data, train_split=ev.probe_train_split, scenes_train=data.scenes_probe)))
+        ensure_scenes(
+            dataclasses.replace(
+                exp, data=dataclasses.replace(data, train_split=ev.probe_train_split, scenes_train=data.scenes_probe)
+            )
+        )
 
 
 def run_evaluation(checkpoint: str, exp, out_dir: str, address: str | None):
@@ -84,8 +88,13 @@ def append_to_run(client, run_id: str, result, out_dir: str) -> None:
     from .tracking import append_eval
 
     features = os.path.join(out_dir, FEATURES_FILE)
-    append_eval(client, run_id, {**result.metrics, "perf/eval_seconds": result.seconds["total"]}, RESULTS_FILE,
-                features if os.path.isfile(features) else None)
+    append_eval(
+        client,
+        run_id,
+        {**result.metrics, "perf/eval_seconds": result.seconds["total"]},
+        RESULTS_FILE,
+        features if os.path.isfile(features) else None,
+    )
 
 
 def cmd_eval(args) -> None:
@@ -115,8 +124,14 @@ def cmd_eval(args) -> None:
         result = run_evaluation(checkpoint, exp, out_dir, args.address)
         if client is not None:
             append_to_run(client, args.run, result, out_dir)
-    report = {"checkpoint": checkpoint, "run_id": args.run, "out_dir": None if args.run and not args.out else out_dir,
-              "metrics": result.metrics, "skipped": result.skipped, "seconds": result.seconds}
+    report = {
+        "checkpoint": checkpoint,
+        "run_id": args.run,
+        "out_dir": None if args.run and not args.out else out_dir,
+        "metrics": result.metrics,
+        "skipped": result.skipped,
+        "seconds": result.seconds,
+    }
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
         return
@@ -124,20 +139,32 @@ def cmd_eval(args) -> None:
         print(f"{key:40s} {value:10.4f}")
     for probe, why in sorted(result.skipped.items()):
         print(f"skipped {probe}: {why}")
-    print(f"evaluated in {result.seconds['total']:.1f} s" + (f"; appended to run {args.run}" if args.run else
-                                                             f"; results in {out_dir}"))
+    print(
+        f"evaluated in {result.seconds['total']:.1f} s"
+        + (f"; appended to run {args.run}" if args.run else f"; results in {out_dir}")
+    )
 
 
 def add_parsers(sub) -> None:
     ev = sub.add_parser("eval", help="the paper's probes on a checkpoint's frozen features")
-    ev.add_argument("checkpoint", nargs="?", help="a tipslab checkpoint folder or s3:// URI "
-                                                   "(official TIPS weights after `tipslab checkpoint import`)")
+    ev.add_argument(
+        "checkpoint",
+        nargs="?",
+        help="a tipslab checkpoint folder or s3:// URI (official TIPS weights after `tipslab checkpoint import`)",
+    )
     ev.add_argument("--run", metavar="RUN_ID", help="evaluate this MLflow run's checkpoint and append to the run")
-    ev.add_argument("--data", action="append", metavar="DATASET[=PATH]",
-                    help="scenes[=ROOT] (the probe splits; default) or NAME=PATH for imagenet (class folders), "
-                         "coco, flickr30k (Karpathy JSON), pascal_voc, ade20k, nyuv2; repeatable")
-    ev.add_argument("--out", help="folder for eval_results.json and features.npz "
-                                  "(default: $TIPSLAB_HOME/eval/<time>; with --run, the run's artifacts)")
+    ev.add_argument(
+        "--data",
+        action="append",
+        metavar="DATASET[=PATH]",
+        help="scenes[=ROOT] (the probe splits; default) or NAME=PATH for imagenet (class folders), "
+        "coco, flickr30k (Karpathy JSON), pascal_voc, ade20k, nyuv2; repeatable",
+    )
+    ev.add_argument(
+        "--out",
+        help="folder for eval_results.json and features.npz "
+        "(default: $TIPSLAB_HOME/eval/<time>; with --run, the run's artifacts)",
+    )
     ev.add_argument("--json", action="store_true", help="print the results as JSON")
     ev.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local instance)")
     ev.set_defaults(func=cmd_eval)

@@ -28,6 +28,7 @@ From the shell (`infra/local-cluster.sh` wraps this):
 The shell commands keep their state (addresses, process groups, the temp dir under /tmp that
 holds the token and the nodes' logs) in `$TIPSLAB_HOME/local-cluster/cluster.json` (or `--dir`).
 """
+
 import argparse
 import json
 import os
@@ -67,9 +68,17 @@ class LocalCluster:
     (e.g. Ray settings such as RAY_memory_monitor_refresh_ms).
     """
 
-    def __init__(self, nodes: int = 2, cpus_per_node: int = 1, object_store_mb: int = 150, dashboard: bool = True,
-                 temp_dir: str | None = None, worker_resources: dict | None = None, start_timeout_s: float = 120,
-                 node_env: dict | None = None):
+    def __init__(
+        self,
+        nodes: int = 2,
+        cpus_per_node: int = 1,
+        object_store_mb: int = 150,
+        dashboard: bool = True,
+        temp_dir: str | None = None,
+        worker_resources: dict | None = None,
+        start_timeout_s: float = 120,
+        node_env: dict | None = None,
+    ):
         if nodes < 1:
             raise ValueError("a cluster needs at least its head node (nodes >= 1)")
         self.nodes, self.cpus_per_node, self.object_store_mb = nodes, cpus_per_node, object_store_mb
@@ -109,8 +118,12 @@ class LocalCluster:
         self.token_path.chmod(0o600)
         self.port, self.dashboard_port = free_port(), free_port()
         try:
-            head = ["--head", f"--port={self.port}", f"--ray-client-server-port={free_port()}",
-                    f"--include-dashboard={str(self.dashboard).lower()}"]
+            head = [
+                "--head",
+                f"--port={self.port}",
+                f"--ray-client-server-port={free_port()}",
+                f"--include-dashboard={str(self.dashboard).lower()}",
+            ]
             if self.dashboard:
                 head += ["--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}"]
             self.procs.append(self._launch(0, head, {}))
@@ -143,16 +156,26 @@ class LocalCluster:
         node_dir = self.temp_dir / f"node{index}"
         node_dir.mkdir(parents=True, exist_ok=True)
         log = node_dir / "ray-start.log"
-        cmd = [ray_executable(), "start", "--block", *role, f"--num-cpus={self.cpus_per_node}", "--num-gpus=0",
-               f"--object-store-memory={self.object_store_mb * 1024 * 1024}",
-               f"--temp-dir={node_dir}", f"--dashboard-agent-listen-port={free_port()}",
-               f"--metrics-export-port={free_port()}", "--disable-usage-stats"]
+        cmd = [
+            ray_executable(),
+            "start",
+            "--block",
+            *role,
+            f"--num-cpus={self.cpus_per_node}",
+            "--num-gpus=0",
+            f"--object-store-memory={self.object_store_mb * 1024 * 1024}",
+            f"--temp-dir={node_dir}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+            "--disable-usage-stats",
+        ]
         if resources:
             cmd.append(f"--resources={json.dumps(resources)}")
         with open(log, "w") as out:
             # A session of its own: the node's whole process tree is one process group to kill.
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self._node_env(),
-                                    start_new_session=True, cwd=node_dir)
+            proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, env=self._node_env(), start_new_session=True, cwd=node_dir
+            )
         deadline = time.monotonic() + self.start_timeout_s
         while READY_LINE not in log.read_text(errors="replace"):
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -200,9 +223,13 @@ class LocalCluster:
 
     # -- state for the shell commands ------------------------------------------------------------
     def state(self) -> dict:
-        return {"address": self.address, "dashboard_url": self.dashboard_url if self.dashboard else None,
-                "env": self.env, "temp_dir": str(self.temp_dir),
-                "process_groups": [p.pid for p in self.procs if p is not None]}
+        return {
+            "address": self.address,
+            "dashboard_url": self.dashboard_url if self.dashboard else None,
+            "env": self.env,
+            "temp_dir": str(self.temp_dir),
+            "process_groups": [p.pid for p in self.procs if p is not None],
+        }
 
 
 def stop_group(pgid: int, grace_s: float = 3, kill_wait_s: float = 15) -> None:
@@ -242,13 +269,17 @@ def group_alive(pgid: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tipslab.orchestrator.localcluster",
-                                     description="A multi-node Ray cluster on this machine (loopback).")
+    parser = argparse.ArgumentParser(
+        prog="python -m tipslab.orchestrator.localcluster",
+        description="A multi-node Ray cluster on this machine (loopback).",
+    )
     parser.add_argument("command", choices=["start", "stop", "status", "env"])
     parser.add_argument("--nodes", type=int, default=2, help="head + worker nodes (default 2)")
     parser.add_argument("--cpus-per-node", type=int, default=1)
     parser.add_argument("--object-store-mb", type=int, default=150)
-    parser.add_argument("--resources", default="{}", help='JSON custom resources of each worker node, e.g. {"trainer": 1}')
+    parser.add_argument(
+        "--resources", default="{}", help='JSON custom resources of each worker node, e.g. {"trainer": 1}'
+    )
     parser.add_argument("--dir", help="where the cluster's state file goes (default $TIPSLAB_HOME/local-cluster)")
     args = parser.parse_args(argv)
     path = state_file(args.dir)

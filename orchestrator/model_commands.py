@@ -1,9 +1,11 @@
 """Commands on checkpoints and towers: checkpoint import/export, embed."""
+
 import json
 import os
 
 from .config import to_dict
 from .errors import UserError
+
 
 def cmd_checkpoint_import(args) -> None:
     from tipslab.models.official import import_checkpoint
@@ -49,7 +51,9 @@ def add_parsers(sub) -> None:
     checkpoint = sub.add_parser("checkpoint", help="official TIPS weights <-> tipslab checkpoints")
     cp_sub = checkpoint.add_subparsers(dest="checkpoint_command", required=True, metavar="CHECKPOINT_COMMAND")
     imp = cp_sub.add_parser("import", help="official .npz towers -> a tipslab checkpoint folder")
-    imp.add_argument("--vision", required=True, help="the vision tower .npz (e.g. tips_oss_b14_highres_distilled_vision.npz)")
+    imp.add_argument(
+        "--vision", required=True, help="the vision tower .npz (e.g. tips_oss_b14_highres_distilled_vision.npz)"
+    )
     imp.add_argument("--text", required=True, help="the text tower .npz (holds the temperature too)")
     imp.add_argument("--tokenizer", required=True, help="the official tokenizer.model, or 'hash'")
     imp.add_argument("--heads", type=int, help="attention heads, when the width is not an official size")

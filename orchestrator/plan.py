@@ -9,6 +9,7 @@ linear); evaluation time is not included. Without a matching bench result the pl
 GPU trials are summed in GPU-hours; CPU trials (the mini and smoke sizes) in trial-minutes and
 CPU-hours (the CPUs a trial holds: its workers' and Ray Data's), read from CPU bench results only.
 """
+
 from dataclasses import dataclass
 
 BENCH_EXPERIMENT = "tipslab-bench"
@@ -29,8 +30,10 @@ class Estimate:
 
 
 def latest_bench(client, experiment_id: str, kind: str, size: str, device_kind: str, metric: str):
-    query = (f"tags.`{BENCH}` = '{kind}' and tags.`{MODEL_SIZE}` = '{size}' and tags.`{DEVICE_KIND}` = '{device_kind}'"
-             f" and attributes.status = 'FINISHED'")
+    query = (
+        f"tags.`{BENCH}` = '{kind}' and tags.`{MODEL_SIZE}` = '{size}' and tags.`{DEVICE_KIND}` = '{device_kind}'"
+        f" and attributes.status = 'FINISHED'"
+    )
     for run in client.search_runs([experiment_id], query, order_by=["attributes.start_time DESC"], max_results=20):
         if metric in run.data.metrics:
             return run
@@ -51,8 +54,10 @@ def bench_estimate(tracking_uri: str, size: str, device_kind: str) -> Estimate:
     trial = latest_bench(client, exp.experiment_id, "trial", size, device_kind, LAUNCH_S) if exp else None
     if step is None:
         how = f"tipslab bench step --sizes {size}" + (" --device cpu" if device_kind == "cpu" else "")
-        est.note = (f"no bench result for model size {size} on {device_kind} in MLflow experiment "
-                    f"{BENCH_EXPERIMENT!r}: run `{how}` on that hardware for an estimate")
+        est.note = (
+            f"no bench result for model size {size} on {device_kind} in MLflow experiment "
+            f"{BENCH_EXPERIMENT!r}: run `{how}` on that hardware for an estimate"
+        )
         return est
     est.images_per_s, est.step_run = step.data.metrics[IMAGES_PER_S], step.info.run_id
     threads = step.data.params.get("threads", "")
@@ -79,35 +84,72 @@ def plan_summary(plan, tracking_uri: str) -> dict:
         if est.images_per_s:
             seconds = t.config["train"]["steps"] * t.config["data"]["batch_size"] / est.images_per_s
             hours = (seconds + (est.launch_s or 0.0)) / 3600
-        trials.append({"name": t.name, "variant": t.variant, "seed": t.seed, "config_hash": t.config_hash,
-                       "model_size": size, "steps": t.config["train"]["steps"],
-                       "batch_size_per_worker": t.config["data"]["batch_size"], "hours": hours})
+        trials.append(
+            {
+                "name": t.name,
+                "variant": t.variant,
+                "seed": t.seed,
+                "config_hash": t.config_hash,
+                "model_size": size,
+                "steps": t.config["train"]["steps"],
+                "batch_size_per_worker": t.config["data"]["batch_size"],
+                "hours": hours,
+            }
+        )
     count = plan.search.num_samples if plan.sampled else len(trials)
     if plan.sampled:  # every sample costs what the starting point costs
-        trials = [dict(trials[0], name=f"{plan.search.algorithm} sample {i + 1}", config_hash=None)
-                  for i in range(count)]
+        trials = [
+            dict(trials[0], name=f"{plan.search.algorithm} sample {i + 1}", config_hash=None) for i in range(count)
+        ]
     known = [t["hours"] for t in trials if t["hours"] is not None]
     gpus_per_trial = train["num_workers"] * train["gpus_per_worker"]
     trial_hours = sum(known) if len(known) == len(trials) else None
     if device_kind == "cpu":
         for e in estimates.values():
             if e.threads and e.threads != train["cpus_per_worker"]:
-                e.note = "; ".join(filter(None, [e.note, (
-                    f"the step bench ran with {e.threads} torch threads, a trial's worker has "
-                    f"{train['cpus_per_worker']:g} CPU(s): the trial may run at a different speed")]))
+                e.note = "; ".join(
+                    filter(
+                        None,
+                        [
+                            e.note,
+                            (
+                                f"the step bench ran with {e.threads} torch threads, a trial's worker has "
+                                f"{train['cpus_per_worker']:g} CPU(s): the trial may run at a different speed"
+                            ),
+                        ],
+                    )
+                )
     return {
-        "spec": plan.spec["name"], "size": plan.size, "trials": trials, "num_trials": count,
-        "resources": {"workers_per_trial": train["num_workers"], "gpus_per_worker": train["gpus_per_worker"],
-                      "cpus_per_worker": train["cpus_per_worker"], "data_cpus": config["data"]["cpus"],
-                      "gpus_per_trial": gpus_per_trial, "cpus_per_trial": cpus_per_trial, "device_kind": device_kind,
-                      "max_concurrent_trials": plan.resources.max_concurrent_trials},
+        "spec": plan.spec["name"],
+        "size": plan.size,
+        "trials": trials,
+        "num_trials": count,
+        "resources": {
+            "workers_per_trial": train["num_workers"],
+            "gpus_per_worker": train["gpus_per_worker"],
+            "cpus_per_worker": train["cpus_per_worker"],
+            "data_cpus": config["data"]["cpus"],
+            "gpus_per_trial": gpus_per_trial,
+            "cpus_per_trial": cpus_per_trial,
+            "device_kind": device_kind,
+            "max_concurrent_trials": plan.resources.max_concurrent_trials,
+        },
         "estimate": {
             "trial_hours": trial_hours,
             "gpu_hours": trial_hours * gpus_per_trial if trial_hours is not None else None,
             "cpu_hours": trial_hours * cpus_per_trial if trial_hours is not None else None,
-            "basis": [{"model_size": e.model_size, "device_kind": e.device_kind, "images_per_s": e.images_per_s,
-                       "launch_to_first_step_s": e.launch_s, "step_run": e.step_run, "trial_run": e.trial_run,
-                       "note": e.note} for e in estimates.values()],
+            "basis": [
+                {
+                    "model_size": e.model_size,
+                    "device_kind": e.device_kind,
+                    "images_per_s": e.images_per_s,
+                    "launch_to_first_step_s": e.launch_s,
+                    "step_run": e.step_run,
+                    "trial_run": e.trial_run,
+                    "note": e.note,
+                }
+                for e in estimates.values()
+            ],
             "excludes": "evaluation time",
         },
     }
@@ -117,28 +159,40 @@ def format_plan(summary: dict) -> str:
     r = summary["resources"]
     cpu = r["device_kind"] == "cpu"  # CPU trials take minutes: shown in minutes, summed in CPU-hours
     unit, scale = ("minutes", 60) if cpu else ("hours", 1)
-    lines = [f"plan of {summary['spec']} ({summary['size']}): {summary['num_trials']} trial(s), each "
-             f"{r['workers_per_trial']} worker(s) x ({r['cpus_per_worker']:g} CPU, {r['gpus_per_worker']:g} GPU)"
-             f" + {r['data_cpus']:g} CPU for Ray Data",
-             f"{'trial':<40} {'model':>9} {'steps':>7} {'batch/worker':>12} {unit:>8}"]
+    lines = [
+        f"plan of {summary['spec']} ({summary['size']}): {summary['num_trials']} trial(s), each "
+        f"{r['workers_per_trial']} worker(s) x ({r['cpus_per_worker']:g} CPU, {r['gpus_per_worker']:g} GPU)"
+        f" + {r['data_cpus']:g} CPU for Ray Data",
+        f"{'trial':<40} {'model':>9} {'steps':>7} {'batch/worker':>12} {unit:>8}",
+    ]
     for t in summary["trials"]:
         time = "?" if t["hours"] is None else f"{t['hours'] * scale:.{1 if cpu else 3}f}"
         lines.append(f"{t['name']:<40} {t['model_size']:>9} {t['steps']:>7} {t['batch_size_per_worker']:>12} {time:>8}")
     est = summary["estimate"]
     for b in est["basis"]:
         if b["images_per_s"]:
-            lines.append(f"basis: {b['model_size']} on {b['device_kind']}: {b['images_per_s']:.1f} images/s per worker "
-                         f"(bench run {b['step_run']})" + (f", {b['launch_to_first_step_s']:.1f} s launch to first step"
-                                                           if b["launch_to_first_step_s"] is not None else ""))
+            lines.append(
+                f"basis: {b['model_size']} on {b['device_kind']}: {b['images_per_s']:.1f} images/s per worker "
+                f"(bench run {b['step_run']})"
+                + (
+                    f", {b['launch_to_first_step_s']:.1f} s launch to first step"
+                    if b["launch_to_first_step_s"] is not None
+                    else ""
+                )
+            )
         if b["note"]:
             lines.append(f"note: {b['note']}")
     if est["trial_hours"] is None:
         lines.append("estimate: unknown (no matching bench results)")
     elif cpu:
-        lines.append(f"estimate: {est['trial_hours'] * 60:.1f} trial-minutes ({est['trial_hours']:.2f} h), "
-                     f"{est['cpu_hours']:.2f} CPU-hours at {r['cpus_per_trial']:g} CPUs per trial, no GPU "
-                     f"(training only; evaluation not included)")
+        lines.append(
+            f"estimate: {est['trial_hours'] * 60:.1f} trial-minutes ({est['trial_hours']:.2f} h), "
+            f"{est['cpu_hours']:.2f} CPU-hours at {r['cpus_per_trial']:g} CPUs per trial, no GPU "
+            f"(training only; evaluation not included)"
+        )
     else:
-        lines.append(f"estimate: {est['trial_hours']:.3f} trial-hours, {est['gpu_hours']:.3f} GPU-hours "
-                     f"(training only; evaluation not included)")
+        lines.append(
+            f"estimate: {est['trial_hours']:.3f} trial-hours, {est['gpu_hours']:.3f} GPU-hours "
+            f"(training only; evaluation not included)"
+        )
     return "\n".join(lines)

@@ -3,6 +3,7 @@
 Everything a run writes goes under one home folder (`TIPSLAB_HOME`, default ./tipslab-runs): scene
 shards, Ray's storage (checkpoints, trial folders), and the MLflow sqlite store with its artifacts.
 """
+
 import os
 from pathlib import Path
 

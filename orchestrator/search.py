@@ -6,6 +6,7 @@ a resumed search only draws the samples still missing (TPE is told the finished 
 The objective is always an eval key: a training loss is what the weights change, so comparing runs
 on it would reward switching terms off.
 """
+
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,8 +41,10 @@ def domain(where: str, key: str, value) -> tuple[str, list]:
             if kind == "loguniform" and args[0] <= 0:
                 raise ConfigError(f"{where}: search.space.{key}.loguniform: low must be > 0")
             return kind, args
-    raise ConfigError(f"{where}: search.space.{key}: expected a list of values or one of "
-                      f"{{{'|'.join(DOMAINS)}: [...]}}, got {value!r}")
+    raise ConfigError(
+        f"{where}: search.space.{key}: expected a list of values or one of "
+        f"{{{'|'.join(DOMAINS)}: [...]}}, got {value!r}"
+    )
 
 
 def grid_points(path, search: SearchSpec, variants: dict, axis_tags: dict) -> tuple[dict, dict]:
@@ -59,8 +62,9 @@ def grid_points(path, search: SearchSpec, variants: dict, axis_tags: dict) -> tu
     out, tags = {}, {}
     for variant, overrides in variants.items():
         for point in itertools.product(*dims):
-            label = ",".join(f"{k.split('.')[-1]}={v:g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
-                             for k, v in point)
+            label = ",".join(
+                f"{k.split('.')[-1]}={v:g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}" for k, v in point
+            )
             name = f"{variant}[{label}]"
             out[name] = {**(overrides or {}), **dict(point)}
             tags[name] = {**axis_tags[variant], **{k: str(v) for k, v in point}}
@@ -75,18 +79,24 @@ def check_search(where: str, search: SearchSpec, trials: list, seeds: list) -> N
     if not search.metric:
         raise ConfigError(f"{where}: search.metric: missing (the objective: an eval key)")
     if not search.metric.startswith("eval/"):
-        raise ConfigError(f"{where}: search.metric: {search.metric!r} is not an eval key (eval/<dataset>/<metric>); "
-                          "a training loss is what the weights change, never the objective")
+        raise ConfigError(
+            f"{where}: search.metric: {search.metric!r} is not an eval key (eval/<dataset>/<metric>); "
+            "a training loss is what the weights change, never the objective"
+        )
     produced = metric_keys(trials[0].config["eval"])
     if search.metric not in produced:
-        raise ConfigError(f"{where}: search.metric: no probe produces {search.metric!r}; probes give {sorted(produced)}")
+        raise ConfigError(
+            f"{where}: search.metric: no probe produces {search.metric!r}; probes give {sorted(produced)}"
+        )
     if search.mode not in ("max", "min"):
         raise ConfigError(f"{where}: search.mode: {search.mode!r} must be 'max' or 'min'")
     if search.scheduler not in ("none", "asha"):
         raise ConfigError(f"{where}: search.scheduler: {search.scheduler!r} is not none or asha")
     if search.scheduler == "asha" and not trials[0].config["train"].get("probe_every"):
-        raise ConfigError(f"{where}: search.scheduler: asha stops trials on periodic probe results: "
-                          "set train.probe_every > 0 in overrides")
+        raise ConfigError(
+            f"{where}: search.scheduler: asha stops trials on periodic probe results: "
+            "set train.probe_every > 0 in overrides"
+        )
     if search.algorithm == "grid":
         return
     if search.num_samples < 1:
@@ -98,18 +108,26 @@ def check_search(where: str, search: SearchSpec, trials: list, seeds: list) -> N
         if search.algorithm == "tpe" and kind == "grid":
             raise ConfigError(f"{where}: search.space.{key}: TPE samples a domain; write {{choice: [...]}} or a range")
     if len({t.variant for t in trials}) != 1 or len(seeds) != 1:
-        raise ConfigError(f"{where}: search: a {search.algorithm} search runs one variant with one seed "
-                          "(each sample is one trial); use axes or seeds without a search to repeat it")
+        raise ConfigError(
+            f"{where}: search: a {search.algorithm} search runs one variant with one seed "
+            "(each sample is one trial); use axes or seeds without a search to repeat it"
+        )
 
 
 def tune_space(search: SearchSpec) -> dict:
     """The search space in Tune's terms (dotted keys kept as the parameter names)."""
     from ray import tune
 
-    make = {"grid": tune.choice, "choice": tune.choice, "uniform": lambda a: tune.uniform(*a),
-            "loguniform": lambda a: tune.loguniform(*a), "randint": lambda a: tune.randint(*a)}
-    return {key: make[kind](args) for key, (kind, args) in
-            ((k, domain("search", k, v)) for k, v in search.space.items())}
+    make = {
+        "grid": tune.choice,
+        "choice": tune.choice,
+        "uniform": lambda a: tune.uniform(*a),
+        "loguniform": lambda a: tune.loguniform(*a),
+        "randint": lambda a: tune.randint(*a),
+    }
+    return {
+        key: make[kind](args) for key, (kind, args) in ((k, domain("search", k, v)) for k, v in search.space.items())
+    }
 
 
 def searcher(search: SearchSpec, seed: int, done: list[tuple[dict, float]]):
@@ -119,9 +137,13 @@ def searcher(search: SearchSpec, seed: int, done: list[tuple[dict, float]]):
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    return OptunaSearch(metric=search.metric, mode=search.mode, sampler=optuna.samplers.TPESampler(seed=seed),
-                        points_to_evaluate=[p for p, _ in done] or None,
-                        evaluated_rewards=[r for _, r in done] or None)
+    return OptunaSearch(
+        metric=search.metric,
+        mode=search.mode,
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        points_to_evaluate=[p for p, _ in done] or None,
+        evaluated_rewards=[r for _, r in done] or None,
+    )
 
 
 def scheduler(search: SearchSpec | None, metric: str, mode: str):
@@ -129,5 +151,6 @@ def scheduler(search: SearchSpec | None, metric: str, mode: str):
         return None
     from ray.tune.schedulers import ASHAScheduler
 
-    return ASHAScheduler(metric=metric, mode=mode, grace_period=search.grace_period,
-                         reduction_factor=search.reduction_factor)
+    return ASHAScheduler(
+        metric=metric, mode=mode, grace_period=search.grace_period, reduction_factor=search.reduction_factor
+    )

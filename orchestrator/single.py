@@ -3,6 +3,7 @@
 Going through Tune keeps one path for everything: the same trial function, the same MLflow writer
 in the driver, per-step metrics included.
 """
+
 import re
 from pathlib import Path
 
@@ -24,22 +25,33 @@ def single_plan(config_path: str, overrides: list[str]) -> Plan:
     exp = experiment(config)
     train = exp.train
     name = Path(config_path).stem
-    spec = {"name": EXPERIMENT, "title": f"tipslab train {config_path}", "variants": {name: {}},
-            "overrides": dict(o.split("=", 1) for o in overrides), "seeds": [train.seed],
-            "metrics": [{"key": k, "header": k.split("/")[-1], "goal": metric_goal(k)} for k in sorted(metric_keys(exp.eval))],
-            "reference": {}, "baseline": None}
+    spec = {
+        "name": EXPERIMENT,
+        "title": f"tipslab train {config_path}",
+        "variants": {name: {}},
+        "overrides": dict(o.split("=", 1) for o in overrides),
+        "seeds": [train.seed],
+        "metrics": [
+            {"key": k, "header": k.split("/")[-1], "goal": metric_goal(k)} for k in sorted(metric_keys(exp.eval))
+        ],
+        "reference": {},
+        "baseline": None,
+    }
     resources = ResourceSpec(train.num_workers, train.gpus_per_worker, train.cpus_per_worker, 1)
     return Plan(Path(config_path), spec, "single", resources, [Trial(name, train.seed, config, config_hash(config))])
 
 
-def run_single(config_path: str, overrides: list[str], address: str | None = None,
-               resume: str | None = None) -> SweepResult:
+def run_single(
+    config_path: str, overrides: list[str], address: str | None = None, resume: str | None = None
+) -> SweepResult:
     """With `resume` (a Ray Train run name: the run's folder under the run storage, the last part
     of its MLflow `checkpoint_uri` tag), training continues from that run's latest checkpoint, in
     its stage, at its data position; a new MLflow run records it."""
     if resume:
         if not re.fullmatch(r"[A-Za-z0-9_.=+-]+", resume) or not storage.is_dir(storage.join(storage_path(), resume)):
-            raise UserError(f"--resume {resume}: no training run of that name under {storage_path()} "
-                            "(the name is the run's folder there)")
+            raise UserError(
+                f"--resume {resume}: no training run of that name under {storage_path()} "
+                "(the name is the run's folder there)"
+            )
         overrides = [*overrides, f"train.run_name={resume}"]
     return run_sweep(single_plan(config_path, overrides), address=address)

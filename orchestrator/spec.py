@@ -12,10 +12,11 @@ the whole spec for the smaller sizes. A spec runs at one of three sizes:
 
 Every problem is reported with the spec file and the key before any cluster resource is taken.
 """
+
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -50,7 +51,7 @@ class AblationSpec:
     variants: dict[str, Any] = field(default_factory=dict)  # row name -> {dotted key: value}
     # Grid product instead of explicit rows: axis -> {value label: overrides}, or dotted key -> [values].
     axes: dict[str, Any] = field(default_factory=dict)
-    baseline: Optional[str] = None
+    baseline: str | None = None
     seeds: list[int] = field(default_factory=lambda: [0])
     metrics: list[MetricSpec] = field(default_factory=list)
     reference: dict[str, Any] = field(default_factory=dict)  # source: str, then variant -> {key: number}
@@ -80,12 +81,13 @@ class Trial:
 @dataclass
 class Plan:
     """A spec resolved for one size (full, mini or smoke): what a sweep runs and how it is tabled."""
+
     path: Path
     spec: dict  # the resolved spec (the size's overlay applied), logged with the sweep
     size: str  # one of SIZES: the MLflow tag tipslab.size, which identifies a sweep with the spec's name
     resources: ResourceSpec
     trials: list[Trial]  # fixed trials; for a random or TPE search, the point it samples around
-    search: Optional[SearchSpec] = None
+    search: SearchSpec | None = None
 
     @property
     def sampled(self) -> bool:
@@ -95,11 +97,20 @@ class Plan:
     def sampled_trial(self, variant: str, seed: int, values: dict) -> Trial:
         """A trial of a random/TPE search: a resolved point of the spec plus sampled loss weights."""
         start = next(t for t in self.trials if t.variant == variant and t.seed == seed)
-        config = to_dict(compose([(start.config, f"{self.path}: variants.{variant}"), (values, f"{self.path}: search")],
-                                 f"{self.path}: search"))
+        config = to_dict(
+            compose(
+                [(start.config, f"{self.path}: variants.{variant}"), (values, f"{self.path}: search")],
+                f"{self.path}: search",
+            )
+        )
         label = ",".join(f"{k.split('.')[-1]}={v:.4g}" for k, v in sorted(values.items()))
-        return Trial(f"{variant}[{label}]", seed, config, config_hash(config),
-                     {**start.tags, **{k: f"{v:.6g}" for k, v in values.items()}})
+        return Trial(
+            f"{variant}[{label}]",
+            seed,
+            config,
+            config_hash(config),
+            {**start.tags, **{k: f"{v:.6g}" for k, v in values.items()}},
+        )
 
 
 def deep_overlay(under: dict, over: dict) -> dict:
@@ -145,8 +156,10 @@ def expand_axes(path: Path, axes: dict) -> tuple[dict, dict]:
                     raise ConfigError(f"{path}: axes.{axis}.{label}: expected a mapping of overrides")
             choices.append([(axis, str(label), overrides or {}) for label, overrides in values.items()])
         else:
-            raise ConfigError(f"{path}: axes.{axis}: expected a non-empty list of values of the key {axis!r} "
-                              "or a mapping {value label: overrides}")
+            raise ConfigError(
+                f"{path}: axes.{axis}: expected a non-empty list of values of the key {axis!r} "
+                "or a mapping {value label: overrides}"
+            )
     variants, tags = {}, {}
     for combo in itertools.product(*choices):
         name = "/".join(label for _, label, _ in combo)
@@ -187,8 +200,9 @@ def sized_spec(path: Path, size: str):
         return spec
     if size not in raw:
         has = ", ".join(["full", *(o for o in OVERLAYS if o in raw)])
-        raise ConfigError(f"{path}: {size}: the spec has no `{size}:` overlay, so it cannot run at size "
-                          f"{size} (its sizes: {has})")
+        raise ConfigError(
+            f"{path}: {size}: the spec has no `{size}:` overlay, so it cannot run at size {size} (its sizes: {has})"
+        )
     return sized[size]
 
 
@@ -196,8 +210,9 @@ def spec_rows(where: str, spec) -> tuple[dict, dict, object]:
     """(variants: name -> overrides, axis tags per variant, the search or None), checked."""
     if spec.variants and spec.axes:
         raise ConfigError(f"{where}: axes: give `variants` or `axes`, not both")
-    variants, axis_tags = (expand_axes(where, spec.axes) if spec.axes
-                           else (dict(spec.variants), {v: {} for v in spec.variants}))
+    variants, axis_tags = (
+        expand_axes(where, spec.axes) if spec.axes else (dict(spec.variants), {v: {} for v in spec.variants})
+    )
     for name, value in variants.items():
         if value is not None and not isinstance(value, dict):
             raise ConfigError(f"{where}: variants.{name}: expected a mapping of overrides, got {value!r}")
@@ -238,7 +253,9 @@ def check_columns(where: str, spec, variants: dict, size: str) -> None:
         for variant, numbers in spec.reference.items():
             for key in (numbers or {}) if variant != "source" else ():
                 if key not in keys:
-                    raise ConfigError(f"{where}: reference.{variant}.{key}: not one of the spec's metrics {sorted(keys)}")
+                    raise ConfigError(
+                        f"{where}: reference.{variant}.{key}: not one of the spec's metrics {sorted(keys)}"
+                    )
 
 
 def spec_trials(path: Path, where: str, spec, variants: dict, axis_tags: dict, overrides: list[str]) -> list[Trial]:
@@ -251,14 +268,26 @@ def spec_trials(path: Path, where: str, spec, variants: dict, axis_tags: dict, o
     trials = []
     for variant, variant_overrides in variants.items():
         for seed in spec.seeds:
-            config = to_dict(compose([
-                (base_data, str(base)), (anchored(path.parent, spec.overrides), f"{where}: overrides"),
-                (anchored(path.parent, variant_overrides), f"{where}: variants.{variant}"),
-                ({"train.seed": seed, "train.num_workers": resources.workers_per_trial,
-                  "train.gpus_per_worker": resources.gpus_per_worker,
-                  "train.cpus_per_worker": resources.cpus_per_worker}, f"{where}: seeds/resources"),
-                (cli, "command line"),  # last: what the user types beats the spec, resources included
-            ], f"{where}: variants.{variant}"))
+            config = to_dict(
+                compose(
+                    [
+                        (base_data, str(base)),
+                        (anchored(path.parent, spec.overrides), f"{where}: overrides"),
+                        (anchored(path.parent, variant_overrides), f"{where}: variants.{variant}"),
+                        (
+                            {
+                                "train.seed": seed,
+                                "train.num_workers": resources.workers_per_trial,
+                                "train.gpus_per_worker": resources.gpus_per_worker,
+                                "train.cpus_per_worker": resources.cpus_per_worker,
+                            },
+                            f"{where}: seeds/resources",
+                        ),
+                        (cli, "command line"),  # last: what the user types beats the spec, resources included
+                    ],
+                    f"{where}: variants.{variant}",
+                )
+            )
             trials.append(Trial(variant, seed, config, config_hash(config), dict(axis_tags[variant])))
     for trial in trials:
         try:
@@ -267,8 +296,10 @@ def spec_trials(path: Path, where: str, spec, variants: dict, axis_tags: dict, o
             raise ConfigError(f"{where}: variant {trial.variant!r}: eval: {err}") from None
         for i, m in enumerate(spec.metrics):
             if m.key not in produced:
-                raise ConfigError(f"{where}: metrics[{i}].key: no probe produces {m.key!r} in variant "
-                                  f"{trial.variant!r}; its probes give {sorted(produced)}")
+                raise ConfigError(
+                    f"{where}: metrics[{i}].key: no probe produces {m.key!r} in variant "
+                    f"{trial.variant!r}; its probes give {sorted(produced)}"
+                )
     return trials
 
 

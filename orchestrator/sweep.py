@@ -7,6 +7,7 @@ Resources are explicit: a trial's driver function takes no CPU (the TorchTrainer
 Ray Data's budget hold the trial's CPUs), and the number of concurrent trials follows from what the
 cluster has, so a 2-core machine runs one trial at a time instead of waiting forever.
 """
+
 import math
 import os
 import re
@@ -19,9 +20,9 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from tipslab.jobs.config import experiment
-from tipslab.jobs.storage import to_uri
 from tipslab.jobs.data.pipeline.prepare import ensure_scenes
 from tipslab.jobs.eval.evaluate import evaluate_checkpoint
+from tipslab.jobs.storage import to_uri
 from tipslab.jobs.train.trainer import build_trainer
 
 from .errors import UserError
@@ -29,7 +30,6 @@ from .runtime import ensure_ray, storage_path, tracking_uri
 from .search import scheduler, searcher, tune_space
 from .spec import Plan, Trial
 from .tracking import SweepTracker, TrackingCallback
-
 
 # A trial's driver only waits on its TorchTrainer: no CPU, and a logical memory reservation (Tune
 # refuses an empty request).
@@ -53,8 +53,10 @@ def concurrency(plan: Plan, cluster: dict, count: int | None = None) -> int:
     config = plan.trials[0].config
     need_cpu, have_cpu = trial_cpus(config), cluster.get("CPU", 0)
     if need_cpu > have_cpu:
-        raise UserError(f"a trial needs {need_cpu:g} CPUs (workers_per_trial x cpus_per_worker + data.cpus) "
-                        f"but the Ray cluster has {have_cpu:g}: lower resources or data.cpus")
+        raise UserError(
+            f"a trial needs {need_cpu:g} CPUs (workers_per_trial x cpus_per_worker + data.cpus) "
+            f"but the Ray cluster has {have_cpu:g}: lower resources or data.cpus"
+        )
     limit = math.floor(have_cpu / need_cpu)
     gpus = config["train"]["num_workers"] * config["train"]["gpus_per_worker"]
     if gpus:
@@ -107,10 +109,19 @@ def run_trial(params: dict, plan: Plan, storage: str) -> None:
     out_dir = os.path.join(storage, name, "eval")
     # The trial's placement group only holds the driver; the evaluation takes the CPUs the trainer freed.
     outside = PlacementGroupSchedulingStrategy(placement_group=None)
-    metrics = ray.get(_evaluate.options(num_cpus=eval_cpus(trial.config), scheduling_strategy=outside)
-                      .remote(checkpoint, exp, out_dir))
-    tune.report({**metrics, "step": exp.train.steps, "checkpoint_uri": to_uri(checkpoint.filesystem, checkpoint.path),
-                 "eval_dir": out_dir})
+    metrics = ray.get(
+        _evaluate.options(num_cpus=eval_cpus(trial.config), scheduling_strategy=outside).remote(
+            checkpoint, exp, out_dir
+        )
+    )
+    tune.report(
+        {
+            **metrics,
+            "step": exp.train.steps,
+            "checkpoint_uri": to_uri(checkpoint.filesystem, checkpoint.path),
+            "eval_dir": out_dir,
+        }
+    )
 
 
 @dataclass
@@ -136,8 +147,12 @@ def run_sweep(plan: Plan, address: str | None = None, resume: bool = False) -> S
         done = tracker.finished_samples(search.metric)
         count = search.num_samples - len(tracker.done)
         param_space = tune_space(search)
-        tune_config.update(num_samples=count, search_alg=searcher(search, plan.trials[0].seed, done),
-                           metric=search.metric, mode=search.mode)
+        tune_config.update(
+            num_samples=count,
+            search_alg=searcher(search, plan.trials[0].seed, done),
+            metric=search.metric,
+            mode=search.mode,
+        )
     else:
         todo = [t.name for t in plan.trials if not tracker.is_done(t)]
         count = len(todo)
@@ -158,7 +173,9 @@ def run_sweep(plan: Plan, address: str | None = None, resume: bool = False) -> S
         param_space=param_space,
         tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, **tune_config),
         run_config=tune.RunConfig(
-            name=f"{plan.spec['name']}-{tracker.sweep_id}-{uuid.uuid4().hex[:6]}", storage_path=storage, verbose=0,
+            name=f"{plan.spec['name']}-{tracker.sweep_id}-{uuid.uuid4().hex[:6]}",
+            storage_path=storage,
+            verbose=0,
             callbacks=[TrackingCallback(tracker, trial_resolver(plan))],
             failure_config=tune.FailureConfig(max_failures=0),  # Ray Train retries; Tune does not again
         ),

@@ -1,4 +1,5 @@
 """Commands on ablation specs and their sweeps: demo, plan, sweep, table, report, ui."""
+
 import json
 import os
 import subprocess
@@ -9,8 +10,10 @@ from pathlib import Path
 from .errors import CommandFailed, UserError
 from .runtime import home, tracking_uri
 
-UI_HINT = ("In the UI: open the experiment, then 'Group by' the tag tipslab.variant (or a tipslab.axis.* tag) to "
-           "compare variants over seeds, or filter with  tags.`tipslab.variant` = 'NAME'.")
+UI_HINT = (
+    "In the UI: open the experiment, then 'Group by' the tag tipslab.variant (or a tipslab.axis.* tag) to "
+    "compare variants over seeds, or filter with  tags.`tipslab.variant` = 'NAME'."
+)
 
 
 def cmd_sweep(args) -> None:
@@ -35,8 +38,10 @@ def finish(result, footer: str = "") -> None:
     if footer:
         print(footer)
     if result.failed:
-        raise CommandFailed(f"{len(result.failed)} trial(s) failed: {', '.join(result.failed)} (their errors are "
-                            f"in the trial runs of parent run {result.parent_run_id})")
+        raise CommandFailed(
+            f"{len(result.failed)} trial(s) failed: {', '.join(result.failed)} (their errors are "
+            f"in the trial runs of parent run {result.parent_run_id})"
+        )
 
 
 def cmd_plan(args) -> None:
@@ -59,12 +64,16 @@ def cmd_config(args) -> None:
     trial = next((t for t in plan.trials if t.variant == variant and (args.seed is None or t.seed == args.seed)), None)
     if trial is None:
         seeds = sorted({t.seed for t in plan.trials})
-        raise UserError(f"{args.spec}: no trial with variant {variant!r} and seed {args.seed} at size {plan.size} "
-                        f"(variants: {', '.join(variants)}; seeds: {seeds})")
+        raise UserError(
+            f"{args.spec}: no trial with variant {variant!r} and seed {args.seed} at size {plan.size} "
+            f"(variants: {', '.join(variants)}; seeds: {seeds})"
+        )
     if args.json:
         print(json.dumps(trial.config, indent=2, sort_keys=True))
         return
-    print(f"# {args.spec}, size {plan.size}, variant {trial.variant}, seed {trial.seed}, config hash {trial.config_hash}")
+    print(
+        f"# {args.spec}, size {plan.size}, variant {trial.variant}, seed {trial.seed}, config hash {trial.config_hash}"
+    )
     print(yaml.safe_dump(trial.config, sort_keys=False), end="")
 
 
@@ -99,10 +108,20 @@ def cmd_ui(args) -> None:
     if uri.startswith(("http://", "https://")):
         print(f"the tracking server {uri} serves the UI itself: open it in a browser.\n{UI_HINT}")
         return
-    if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
+    if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///") :]):
         raise UserError(f"no MLflow store at {uri}: run a sweep first, or set MLFLOW_TRACKING_URI")
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
-               "--port", str(args.port)]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+    ]
     print(f"MLflow UI on {uri}: http://{args.host}:{args.port}  (Ctrl-C to stop)\n{UI_HINT}", flush=True)
     try:
         subprocess.run(command, check=False)
@@ -120,10 +139,14 @@ def cmd_demo(args) -> None:
     start = time.perf_counter()
     print(f"tipslab demo: procedural scenes -> smoke sweep ({spec}) -> table; everything under {home()}")
     result = run_sweep(load_spec(spec, smoke=True))
-    finish(result, footer=(
-        f"demo took {time.perf_counter() - start:.0f} s. See every run in the MLflow UI:\n"
-        f"  .venv/bin/tipslab ui\n"
-        f"then open http://127.0.0.1:5000 (experiment '{result.experiment}')."))
+    finish(
+        result,
+        footer=(
+            f"demo took {time.perf_counter() - start:.0f} s. See every run in the MLflow UI:\n"
+            f"  .venv/bin/tipslab ui\n"
+            f"then open http://127.0.0.1:5000 (experiment '{result.experiment}')."
+        ),
+    )
 
 
 def add_demo_parser(sub) -> None:
@@ -131,8 +154,10 @@ def add_demo_parser(sub) -> None:
     demo.set_defaults(func=cmd_demo)
 
 
-SIZE_HELP = ("full: the spec as written (the paper's setting); mini: its `mini` overlay (procedural scenes on CPU, "
-             "several seeds); smoke: its `smoke` overlay (the machinery in minutes)")
+SIZE_HELP = (
+    "full: the spec as written (the paper's setting); mini: its `mini` overlay (procedural scenes on CPU, "
+    "several seeds); smoke: its `smoke` overlay (the machinery in minutes)"
+)
 
 
 def add_size_arguments(p) -> None:
@@ -144,16 +169,19 @@ def add_size_arguments(p) -> None:
 
 
 def add_parsers(sub) -> None:
-    plan = sub.add_parser("plan", help="the trials of a spec, their resources and estimated GPU- or CPU-hours; "
-                                       "runs nothing")
+    plan = sub.add_parser(
+        "plan", help="the trials of a spec, their resources and estimated GPU- or CPU-hours; runs nothing"
+    )
     plan.add_argument("spec", help="an ablation spec, e.g. ablations/tips_losses.yaml")
     plan.add_argument("overrides", nargs="*", metavar="key=value")
     add_size_arguments(plan)
     plan.add_argument("--json", action="store_true", help="stable machine-readable output")
     plan.set_defaults(func=cmd_plan)
 
-    config = sub.add_parser("config", help="the resolved config of one trial of a spec (base <- spec <- variant <- "
-                                           "command line); runs nothing")
+    config = sub.add_parser(
+        "config",
+        help="the resolved config of one trial of a spec (base <- spec <- variant <- command line); runs nothing",
+    )
     config.add_argument("spec", help="an ablation spec, e.g. ablations/tips_losses.yaml")
     config.add_argument("overrides", nargs="*", metavar="key=value")
     add_size_arguments(config)
@@ -166,19 +194,27 @@ def add_parsers(sub) -> None:
     sweep.add_argument("spec", help="an ablation spec, e.g. ablations/smoke.yaml")
     sweep.add_argument("overrides", nargs="*", metavar="key=value")
     add_size_arguments(sweep)
-    sweep.add_argument("--resume", action="store_true",
-                       help="continue the latest sweep of this spec and size: keep finished runs with the same "
-                            "config hash, close runs a dead driver left RUNNING, run only what is missing")
+    sweep.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the latest sweep of this spec and size: keep finished runs with the same "
+        "config hash, close runs a dead driver left RUNNING, run only what is missing",
+    )
     sweep.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local instance)")
     sweep.set_defaults(func=cmd_sweep)
 
-    for name, text in (("table", "the ablation table of a sweep, from MLflow alone"),
-                       ("report", "a static HTML report of a sweep (table, curves, bars, PCA maps), from MLflow alone")):
+    for name, text in (
+        ("table", "the ablation table of a sweep, from MLflow alone"),
+        ("report", "a static HTML report of a sweep (table, curves, bars, PCA maps), from MLflow alone"),
+    ):
         p = sub.add_parser(name, help=text)
         p.add_argument("experiment", help="the spec's name (the MLflow experiment)")
         p.add_argument("--sweep", help="a sweep id (default: the latest sweep)")
-        p.add_argument("--size", metavar="full|mini|smoke",
-                       help="the latest sweep of this size (default: the latest sweep of any size)")
+        p.add_argument(
+            "--size",
+            metavar="full|mini|smoke",
+            help="the latest sweep of this size (default: the latest sweep of any size)",
+        )
         if name == "table":
             p.add_argument("--format", choices=["md", "html", "latex", "csv"], default="md")
             p.set_defaults(func=cmd_table)

@@ -7,6 +7,7 @@ hash as its input dataset, `train/*` and `perf/*` metrics per step, `eval/*` met
 resolved config and eval results as artifacts. A resumed sweep reuses its parent run: MLflow is the
 record of what is done.
 """
+
 import json
 import os
 import re
@@ -68,17 +69,27 @@ class SweepTracker:
         exp = self.client.get_experiment_by_name(name)
         # A tracking server stores artifacts where it was told to; the embedded store under home.
         location = None if tracking_uri.startswith(("http://", "https://")) else f"{artifact_root()}/{name}"
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(name, artifact_location=location)
+        self.experiment_id = (
+            exp.experiment_id if exp else self.client.create_experiment(name, artifact_location=location)
+        )
         self.children: dict[str, str] = {}  # trial name -> run id
         self.done: dict[str, object] = {}  # trial name -> its FINISHED run (kept on resume)
         self.closed: list[str] = []  # run ids left RUNNING by a dead driver, now KILLED
         parent = self._latest_parent() if resume else None
         if parent is None:
             self.sweep_id = uuid.uuid4().hex[:12]
-            run = self.client.create_run(self.experiment_id, run_name=f"{name}-{plan.size}-{self.sweep_id}", tags={
-                ROLE: "sweep", SWEEP_ID: self.sweep_id, SPEC: name, SIZE: plan.size,
-                "tipslab.code_version": code_version(), "mlflow.note.content": plan.spec.get("title", ""),
-            })
+            run = self.client.create_run(
+                self.experiment_id,
+                run_name=f"{name}-{plan.size}-{self.sweep_id}",
+                tags={
+                    ROLE: "sweep",
+                    SWEEP_ID: self.sweep_id,
+                    SPEC: name,
+                    SIZE: plan.size,
+                    "tipslab.code_version": code_version(),
+                    "mlflow.note.content": plan.spec.get("title", ""),
+                },
+            )
             self.parent_id = run.info.run_id
         else:
             self.sweep_id, self.parent_id = parent.data.tags[SWEEP_ID], parent.info.run_id
@@ -90,16 +101,23 @@ class SweepTracker:
         self.started: dict[str, float] = {}
 
     def _latest_parent(self):
-        query = (f"tags.`{ROLE}` = 'sweep' and tags.`{SPEC}` = '{self.plan.spec['name']}' "
-                 f"and tags.`{SIZE}` = '{self.plan.size}'")
-        found = self.client.search_runs([self.experiment_id], query, order_by=["attributes.start_time DESC"],
-                                        max_results=1)
+        query = (
+            f"tags.`{ROLE}` = 'sweep' and tags.`{SPEC}` = '{self.plan.spec['name']}' "
+            f"and tags.`{SIZE}` = '{self.plan.size}'"
+        )
+        found = self.client.search_runs(
+            [self.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1
+        )
         return found[0] if found else None
 
     def _take_over_children(self) -> None:
         """Close what a dead driver left RUNNING; remember the finished runs, newest first."""
-        runs = self.client.search_runs([self.experiment_id], f"tags.`mlflow.parentRunId` = '{self.parent_id}'",
-                                       order_by=["attributes.start_time DESC"], max_results=50000)
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            f"tags.`mlflow.parentRunId` = '{self.parent_id}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=50000,
+        )
         for run in runs:
             if run.info.status in ("RUNNING", "SCHEDULED"):
                 self.client.set_tag(run.info.run_id, "tipslab.closed_by", "resume (its sweep driver had died)")
@@ -116,17 +134,28 @@ class SweepTracker:
     def finished_samples(self, metric: str) -> list[tuple[dict, float]]:
         """(sampled values, objective) of a random/TPE search's finished runs."""
         keys = list(self.plan.search.space)
-        return [({k: float(r.data.tags[AXIS + k]) for k in keys}, r.data.metrics[metric])
-                for r in self.done.values() if metric in r.data.metrics and all(AXIS + k in r.data.tags for k in keys)]
+        return [
+            ({k: float(r.data.tags[AXIS + k]) for k in keys}, r.data.metrics[metric])
+            for r in self.done.values()
+            if metric in r.data.metrics and all(AXIS + k in r.data.tags for k in keys)
+        ]
 
     def start_trial(self, trial) -> str:
-        tags = {"mlflow.parentRunId": self.parent_id, ROLE: "trial", SWEEP_ID: self.sweep_id,
-                SPEC: self.plan.spec["name"], SIZE: self.plan.size, VARIANT: trial.variant, SEED: str(trial.seed),
-                CONFIG_HASH: trial.config_hash, **{AXIS + k: str(v) for k, v in trial.tags.items()}}
+        tags = {
+            "mlflow.parentRunId": self.parent_id,
+            ROLE: "trial",
+            SWEEP_ID: self.sweep_id,
+            SPEC: self.plan.spec["name"],
+            SIZE: self.plan.size,
+            VARIANT: trial.variant,
+            SEED: str(trial.seed),
+            CONFIG_HASH: trial.config_hash,
+            **{AXIS + k: str(v) for k, v in trial.tags.items()},
+        }
         run_id = self.client.create_run(self.experiment_id, run_name=trial.name, tags=tags).info.run_id
         params = [Param(k, redact(v)[:6000]) for k, v in flatten(trial.config).items() if not _SECRET_NAME.search(k)]
         for i in range(0, len(params), 100):
-            self.client.log_batch(run_id, params=params[i:i + 100])
+            self.client.log_batch(run_id, params=params[i : i + 100])
         self.client.log_dict(run_id, scrub(trial.config), "config.json")
         self._log_input(run_id, trial.config)
         self.children[trial.name] = run_id
@@ -140,17 +169,25 @@ class SweepTracker:
         if manifest is None:
             return
         digest = manifest["content_hash"]
-        dataset = Dataset(name=f"{data['source']}/{data['train_split']}", digest=digest[:36],
-                          source_type="tipslab-shards", source=redact(f"{data['root']}/{data['train_split']}"),
-                          profile=json.dumps({"content_hash": digest, "num_rows": manifest["num_rows"],
-                                              "shard_source": redact(manifest["source"])}))
+        dataset = Dataset(
+            name=f"{data['source']}/{data['train_split']}",
+            digest=digest[:36],
+            source_type="tipslab-shards",
+            source=redact(f"{data['root']}/{data['train_split']}"),
+            profile=json.dumps(
+                {"content_hash": digest, "num_rows": manifest["num_rows"], "shard_source": redact(manifest["source"])}
+            ),
+        )
         self.client.log_inputs(run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", "train")])])
         self.client.set_tag(run_id, DATA_HASH, digest)
 
     def log_metrics(self, trial_name: str, metrics: dict, step: int) -> None:
         now = int(time.time() * 1000)
-        rows = [Metric(k, float(v), now, step) for k, v in metrics.items()
-                if k.startswith(LOGGED_PREFIXES) and isinstance(v, (int, float)) and not isinstance(v, bool)]
+        rows = [
+            Metric(k, float(v), now, step)
+            for k, v in metrics.items()
+            if k.startswith(LOGGED_PREFIXES) and isinstance(v, (int, float)) and not isinstance(v, bool)
+        ]
         if trial_name in self.started:  # the fixed cost of a trial: launch to its first report
             rows.append(Metric("perf/launch_to_first_report_s", now / 1000 - self.started.pop(trial_name), now, step))
         if rows:
@@ -170,8 +207,9 @@ class SweepTracker:
 
     def _log_eval_files(self, run_id: str, eval_dir: str) -> None:
         """The evaluation's `features.npz` (patch features for the report's PCA maps), when written."""
-        import pyarrow.fs
         import tempfile
+
+        import pyarrow.fs
 
         uri = f"{eval_dir.rstrip('/')}/features.npz"
         try:
@@ -216,22 +254,33 @@ DEVICE = "tipslab.device"  # beside the bench tags that `tipslab plan` reads (or
 def experiment_id(client: MlflowClient, name: str) -> str:
     """The id of the experiment `name`, created (with its artifacts under the store's root) if new."""
     found = client.get_experiment_by_name(name)
-    return found.experiment_id if found else client.create_experiment(
-        name, artifact_location=f"{artifact_root()}/{name}")
+    return (
+        found.experiment_id if found else client.create_experiment(name, artifact_location=f"{artifact_root()}/{name}")
+    )
 
 
 def log_bench(tracking_uri: str, bench: str, model_size: str, result: dict, metrics: dict, params: dict) -> str:
     """One FINISHED run of `tipslab bench` in `tipslab-bench`, where `tipslab plan` reads it; returns
     its id. Metrics `bench/<bench>/*`; the result itself is its `bench.json`."""
     client = MlflowClient(tracking_uri)
-    run = client.create_run(experiment_id(client, BENCH_EXPERIMENT), run_name=f"{bench}-{model_size}-{result['device_kind']}",
-                            tags={BENCH: bench, MODEL_SIZE: model_size, DEVICE_KIND: result["device_kind"],
-                                  DEVICE: result["device"], "tipslab.code_version": code_version()})
+    run = client.create_run(
+        experiment_id(client, BENCH_EXPERIMENT),
+        run_name=f"{bench}-{model_size}-{result['device_kind']}",
+        tags={
+            BENCH: bench,
+            MODEL_SIZE: model_size,
+            DEVICE_KIND: result["device_kind"],
+            DEVICE: result["device"],
+            "tipslab.code_version": code_version(),
+        },
+    )
     run_id = run.info.run_id
     now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(f"bench/{bench}/{k}", float(v), now, 0) for k, v in metrics.items()
-                                      if v is not None],
-                     params=[Param(k, redact(v)[:6000]) for k, v in params.items()])
+    client.log_batch(
+        run_id,
+        metrics=[Metric(f"bench/{bench}/{k}", float(v), now, 0) for k, v in metrics.items() if v is not None],
+        params=[Param(k, redact(v)[:6000]) for k, v in params.items()],
+    )
     client.log_dict(run_id, scrub(result), "bench.json")
     client.set_terminated(run_id, "FINISHED")
     return run_id

@@ -1,4 +1,5 @@
 """Shared fixtures: one real local Ray instance for the whole test session, a home folder per test."""
+
 import io
 import struct
 import zlib
@@ -37,8 +38,15 @@ def home(tmp_path, monkeypatch):
 
 def tiny_overrides(**extra) -> list[str]:
     """Command-line overrides that shrink the tiny experiment to a few seconds of training."""
-    base = {"train.steps": 6, "train.log_every": 2, "train.warmup_steps": 2, "data.batch_size": 8,
-            "data.scenes_train": 48, "data.scenes_probe": 24, "eval.seg_probe_epochs": 5}
+    base = {
+        "train.steps": 6,
+        "train.log_every": 2,
+        "train.warmup_steps": 2,
+        "data.batch_size": 8,
+        "data.scenes_train": 48,
+        "data.scenes_probe": 24,
+        "eval.seg_probe_epochs": 5,
+    }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
 
@@ -73,13 +81,19 @@ def s3(s3_endpoint, monkeypatch):
     """A fresh bucket `tipslab-test` on the loopback S3 server; returns its URI prefix
     (`s3://tipslab-test`). Credentials and endpoint come from the standard AWS variables only,
     as they would on a cluster; they are fake and exist only in this process's environment."""
-    import boto3
     import urllib.request
 
+    import boto3
+
     urllib.request.urlopen(urllib.request.Request(f"{s3_endpoint}/moto-api/reset", method="POST")).read()
-    for name, value in {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ENDPOINT_URL_S3": s3_endpoint,
-                        "AWS_ACCESS_KEY_ID": "testing-key-id", "AWS_SECRET_ACCESS_KEY": "testing-secret-key",
-                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}.items():
+    for name, value in {
+        "AWS_ENDPOINT_URL": s3_endpoint,
+        "AWS_ENDPOINT_URL_S3": s3_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing-key-id",
+        "AWS_SECRET_ACCESS_KEY": "testing-secret-key",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(name, value)
     boto3.client("s3").create_bucket(Bucket="tipslab-test")
     return "s3://tipslab-test"
@@ -107,8 +121,9 @@ def jpeg(w=64, h=48) -> bytes:
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose IHDR declares width x height and whose pixel data is a few bytes: a decode
     would need width*height*3 bytes of memory, so a check that decodes fails loudly."""
+
     def chunk(tag, data):
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) \
-        + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")

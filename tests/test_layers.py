@@ -1,4 +1,5 @@
 """The layer rules of ARCHITECTURE.md, read from the imports of every module."""
+
 import ast
 
 import pytest
@@ -24,8 +25,12 @@ def imported_modules(path):
 def test_layer_imports_point_down_only(layer):
     files = sorted((REPO / layer).rglob("*.py"))
     assert files, f"no modules in {layer}/"
-    broken = [(f.relative_to(REPO), m) for f in files for m in imported_modules(f)
-              if any(m == bad or m.startswith(bad + ".") for bad in FORBIDDEN[layer])]
+    broken = [
+        (f.relative_to(REPO), m)
+        for f in files
+        for m in imported_modules(f)
+        if any(m == bad or m.startswith(bad + ".") for bad in FORBIDDEN[layer])
+    ]
     assert broken == []
 
 

@@ -12,6 +12,7 @@ would, but the actor pool is made anew for each dataset (as for each epoch of tr
 Data's start-up includes starting the actors; DataLoader workers are forked from the warm driver.
 Over few rows the start-up weighs more: measure with hundreds of rows per CPU.
 """
+
 import time
 from functools import partial
 
@@ -21,25 +22,46 @@ import ray.data
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from tipslab.models.tokenizer import HashTokenizer
-
-from tipslab.jobs.config import DataConfig
 from tipslab.jobs import storage
-from tipslab.jobs.data.pipeline.streaming import BATCHES_PER_BLOCK, PositionedViews, map_views, read_blocks, read_shards, views_actors
-from tipslab.jobs.data.shards.format import read_manifest, shard_files
+from tipslab.jobs.config import DataConfig
+from tipslab.jobs.data.pipeline.streaming import (
+    BATCHES_PER_BLOCK,
+    PositionedViews,
+    map_views,
+    read_blocks,
+    read_shards,
+    views_actors,
+)
 from tipslab.jobs.data.pipeline.views import TIPSViews
+from tipslab.jobs.data.shards.format import read_manifest, shard_files
 from tipslab.models.errors import ConfigError, DataError
+from tipslab.models.tokenizer import HashTokenizer
 
 COLUMNS = ["key", "image", "web_caption", "synthetic_caption"]
 
 
-def bench_views(*, image_size: int = 224, local_crops: int = 2, local_crop_size: int = 96, augment: str = "dinov2",
-                mask_mode: str = "random") -> TIPSViews:
+def bench_views(
+    *,
+    image_size: int = 224,
+    local_crops: int = 2,
+    local_crop_size: int = 96,
+    augment: str = "dinov2",
+    mask_mode: str = "random",
+) -> TIPSViews:
     """The views measured: DINOv2's crop scales (global 0.32-1, local 0.05-0.32), 75% masking,
     captions of up to 64 tokens."""
-    return TIPSViews(image_size=image_size, patch_size=14, local_crops=local_crops, local_crop_size=local_crop_size,
-                     global_crop_scale=[0.32, 1.0], local_crop_scale=[0.05, 0.32], mask_ratio=0.75,
-                     mask_mode=mask_mode, augment=augment, tokenizer=HashTokenizer(32_000, 64))
+    return TIPSViews(
+        image_size=image_size,
+        patch_size=14,
+        local_crops=local_crops,
+        local_crop_size=local_crop_size,
+        global_crop_scale=[0.32, 1.0],
+        local_crop_scale=[0.05, 0.32],
+        mask_ratio=0.75,
+        mask_mode=mask_mode,
+        augment=augment,
+        tokenizer=HashTokenizer(32_000, 64),
+    )
 
 
 def views_cpu_s(out: dict, start: float) -> dict:
@@ -103,16 +125,18 @@ class ShardBatches(IterableDataset):
                     take = min(record_batch.num_rows, self.rows - read) if self.rows else record_batch.num_rows
                     read += take
                     if index % workers == worker:
-                        yield self.views({c: np.array(record_batch.column(c).to_pylist()[:take], dtype=object)
-                                          for c in COLUMNS})
+                        yield self.views(
+                            {c: np.array(record_batch.column(c).to_pylist()[:take], dtype=object) for c in COLUMNS}
+                        )
                     index += 1
 
 
 def timed(batches) -> tuple[float, float, float, float, str]:
     """(seconds to the first batch, images/s from the start to the last batch, images per CPU second
     of the views, seconds until the last views actor was ready: 0 without actors, and where Ray
-    Data's views ran: "actors", "tasks", or "" for the DataLoader) of an iterator of batches. The whole span counts: Ray Data computes ahead, so a clock started at the first batch
-    would miss the work done before it arrives."""
+    Data's views ran: "actors", "tasks", or "" for the DataLoader) of an iterator of batches. The
+    whole span counts: Ray Data computes ahead, so a clock started at the first batch would miss the
+    work done before it arrives."""
     start, wall_start = time.perf_counter(), time.time()
     first, images, cpu, ready, ran = None, 0, 0.0, wall_start, set()
     for batch in batches:
@@ -129,8 +153,9 @@ def timed(batches) -> tuple[float, float, float, float, str]:
     return first - start, rate, images / cpu, max(ready - wall_start, 0.0), ",".join(sorted(ran))
 
 
-def raydata_batches(files: list[str], make_views, *, cpus: float, batch_size: int, rows: int, file_rows: int,
-                    actors: bool = True):
+def raydata_batches(
+    files: list[str], make_views, *, cpus: float, batch_size: int, rows: int, file_rows: int, actors: bool = True
+):
     """The training pipeline (`rank_dataset`'s read into `read_blocks` blocks: about 4 batches per
     block, and `map_views`' actor pool) over the files' `file_rows` rows, of which the first `rows`
     (0: all) go through; `make_views()` builds each actor's views (`actors=False`: Ray tasks, as
@@ -139,8 +164,13 @@ def raydata_batches(files: list[str], make_views, *, cpus: float, batch_size: in
     # count and their CPU sizes keep the pipeline within `cpus`).
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     workers = views_actors(cpus)
-    ds = read_shards(files, COLUMNS, read_blocks(file_rows, len(files), batch_size, workers),
-                     concurrency=min(workers, len(files)), num_cpus=0)
+    ds = read_shards(
+        files,
+        COLUMNS,
+        read_blocks(file_rows, len(files), batch_size, workers),
+        concurrency=min(workers, len(files)),
+        num_cpus=0,
+    )
     if rows:
         ds = ds.limit(rows)
     ds = map_views(ds, make_views, batch_size=batch_size, cpus=cpus, views_class=TimedPositionedViews, actors=actors)
@@ -148,17 +178,36 @@ def raydata_batches(files: list[str], make_views, *, cpus: float, batch_size: in
 
 
 def dataloader_batches(files: list[str], views: TIPSViews, *, cpus: int, batch_size: int, rows: int):
-    return iter(DataLoader(ShardBatches(files, TimedViews(views), batch_size, rows), batch_size=None,
-                           num_workers=cpus, prefetch_factor=2 if cpus else None, persistent_workers=False))
+    return iter(
+        DataLoader(
+            ShardBatches(files, TimedViews(views), batch_size, rows),
+            batch_size=None,
+            num_workers=cpus,
+            prefetch_factor=2 if cpus else None,
+            persistent_workers=False,
+        )
+    )
 
 
-def bench_data(shards_dir: str, *, cpus: int, batch_size: int = 32, rows: int = 0, image_size: int = 224,
-               local_crops: int = 2, local_crop_size: int = 96, augment: str = "dinov2",
-               mask_mode: str = "random", warmup: bool = True, views: str = "auto") -> dict:
+def bench_data(
+    shards_dir: str,
+    *,
+    cpus: int,
+    batch_size: int = 32,
+    rows: int = 0,
+    image_size: int = 224,
+    local_crops: int = 2,
+    local_crop_size: int = 96,
+    augment: str = "dinov2",
+    mask_mode: str = "random",
+    warmup: bool = True,
+    views: str = "auto",
+) -> dict:
     """Measure both pipelines on the shards in `shards_dir` (a folder with a manifest, local or
     s3://), each over the first `rows` rows (0: all). `views`: actors, tasks, or auto (as training
-    picks for an epoch of that many rows: actors from `data.views_actor_rows`). Needs Ray (an initialised instance, or Ray
-    Data starts a local one). `warmup=False` skips the warm-up run (tests: figures with start-up).
+    picks for an epoch of that many rows: actors from `data.views_actor_rows`). Needs Ray (an
+    initialised instance, or Ray Data starts a local one). `warmup=False` skips the warm-up run
+    (tests: figures with start-up).
 
     Returns (stable keys, for `tipslab bench data --json` and MLflow):
       cpus, batch_size, rows (as asked, 0 = all), image_size, local_crops, local_crop_size, augment,
@@ -179,35 +228,56 @@ def bench_data(shards_dir: str, *, cpus: int, batch_size: int = 32, rows: int = 
     available = sum(s["num_rows"] for s in read_manifest(shards_dir)["shards"])
     measured = min(rows, available) if rows else available
     if measured < 2 * batch_size:
-        raise ConfigError(f"bench data: {measured} rows make fewer than 2 batches of {batch_size}; "
-                         f"use more rows or a smaller batch size")
+        raise ConfigError(
+            f"bench data: {measured} rows make fewer than 2 batches of {batch_size}; "
+            f"use more rows or a smaller batch size"
+        )
     if views not in ("auto", "actors", "tasks"):
         raise ConfigError(f"bench data: views must be auto, actors or tasks, not {views!r}")
     actors = measured >= DataConfig().views_actor_rows if views == "auto" else views == "actors"
-    make_views = partial(bench_views, image_size=image_size, local_crops=local_crops, local_crop_size=local_crop_size,
-                         augment=augment, mask_mode=mask_mode)
+    make_views = partial(
+        bench_views,
+        image_size=image_size,
+        local_crops=local_crops,
+        local_crop_size=local_crop_size,
+        augment=augment,
+        mask_mode=mask_mode,
+    )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the driver only receives batches; the workers do the work
     try:
         if warmup:  # Ray's first worker processes and the read's sampling, as in a job's first epoch:
             # a read block per CPU (the measured run starts its own actors, as every epoch does)
             warm_rows = min(available, cpus * BATCHES_PER_BLOCK * batch_size)
-            for _ in raydata_batches(files, make_views, cpus=cpus, batch_size=batch_size, rows=warm_rows,
-                                     file_rows=available, actors=actors):
+            for _ in raydata_batches(
+                files, make_views, cpus=cpus, batch_size=batch_size, rows=warm_rows, file_rows=available, actors=actors
+            ):
                 pass
         measure = dict(cpus=cpus, batch_size=batch_size, rows=rows)
         ray_startup, ray_rate, ray_cpu_rate, actors_ready, ran = timed(
-            raydata_batches(files, make_views, **measure, file_rows=available, actors=actors))
+            raydata_batches(files, make_views, **measure, file_rows=available, actors=actors)
+        )
         dl_startup, dl_rate, dl_cpu_rate, _, _ = timed(dataloader_batches(files, make_views(), **measure))
     finally:
         torch.set_num_threads(threads)
     return {
-        "cpus": cpus, "batch_size": batch_size, "rows": rows, "image_size": image_size, "local_crops": local_crops,
-        "local_crop_size": local_crop_size, "augment": augment, "mask_mode": mask_mode,
-        "views": ran, "raydata_images_per_s": ray_rate, "raydata_images_per_s_per_cpu": ray_rate / cpus,
-        "raydata_startup_s": ray_startup, "raydata_images_per_cpu_s": ray_cpu_rate,
+        "cpus": cpus,
+        "batch_size": batch_size,
+        "rows": rows,
+        "image_size": image_size,
+        "local_crops": local_crops,
+        "local_crop_size": local_crop_size,
+        "augment": augment,
+        "mask_mode": mask_mode,
+        "views": ran,
+        "raydata_images_per_s": ray_rate,
+        "raydata_images_per_s_per_cpu": ray_rate / cpus,
+        "raydata_startup_s": ray_startup,
+        "raydata_images_per_cpu_s": ray_cpu_rate,
         "raydata_actors_ready_s": actors_ready if actors else 0.0,
-        "dataloader_images_per_s": dl_rate, "dataloader_images_per_s_per_cpu": dl_rate / cpus,
-        "dataloader_startup_s": dl_startup, "dataloader_images_per_cpu_s": dl_cpu_rate,
+        "dataloader_images_per_s": dl_rate,
+        "dataloader_images_per_s_per_cpu": dl_rate / cpus,
+        "dataloader_startup_s": dl_startup,
+        "dataloader_images_per_cpu_s": dl_cpu_rate,
         "ratio": ray_rate / dl_rate,
     }

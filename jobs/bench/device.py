@@ -1,4 +1,5 @@
 """The device a benchmark ran on: its name, its peak FLOP/s (a data sheet's, or measured), its memory."""
+
 import math
 import platform
 import resource

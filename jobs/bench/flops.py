@@ -25,6 +25,7 @@ Counted as the model really runs (models/tips.py, models/teacher.py, models/obje
 with (model FLOPs: the recomputation inside a flash-attention backward is not useful work and is
 not counted).
 """
+
 from dataclasses import dataclass
 
 from tipslab.jobs.config import experiment
@@ -40,6 +41,7 @@ EMA_FLOPS_PER_PARAM = 3  # teacher · m + student · (1 − m)
 class Part:
     """One component of the step: FLOPs per step (per device) of its forward and backward.
     `attention` is the share of `forward` spent in attention's score and value matmuls."""
+
     name: str
     forward: float
     backward: float = 0.0
@@ -83,8 +85,13 @@ def head_flops(width: int, hidden: int, bottleneck: int, prototypes: int) -> flo
 
 def head_params(width: int, hidden: int, bottleneck: int, prototypes: int) -> int:
     # Linear weights and biases; the weight-normalised prototypes hold a direction and a norm per row.
-    return (width * hidden + hidden) + (hidden * hidden + hidden) + (hidden * bottleneck + bottleneck) + \
-        prototypes * bottleneck + prototypes
+    return (
+        (width * hidden + hidden)
+        + (hidden * hidden + hidden)
+        + (hidden * bottleneck + bottleneck)
+        + prototypes * bottleneck
+        + prototypes
+    )
 
 
 def tower_params(t: Tower, layerscale: bool) -> int:
@@ -101,6 +108,7 @@ def tower_params(t: Tower, layerscale: bool) -> int:
 @dataclass
 class StepShape:
     """What one step runs, read from the experiment config."""
+
     batch: int  # per device
     global_batch: int  # the contrastive loss's negatives: every device's rows
     tokens_global: int  # CLS_1 + CLS_2 + patches of the global crop
@@ -124,13 +132,20 @@ def step_shape(exp, world_size: int = 1, batch_size: int | None = None) -> StepS
     patches_local = (data.local_crop_size // m.patch_size) ** 2
     mim, distill = loss.mim_weight > 0, loss.distill_weight > 0
     return StepShape(
-        batch=batch, global_batch=batch * world_size, tokens_global=patches + 2, patches_global=patches,
-        local_crops=data.local_crops if distill else 0, tokens_local=patches_local + 2,
+        batch=batch,
+        global_batch=batch * world_size,
+        tokens_global=patches + 2,
+        patches_global=patches,
+        local_crops=data.local_crops if distill else 0,
+        tokens_local=patches_local + 2,
         patches_local=patches_local,
         masked=masked_count(loss.mask_ratio, patches) if mim else 0,  # as the views and synthetic_batch mask
         student_global_passes=2 if (mim and loss.clip_view == "clean") else 1,
-        captions=2 if loss.caption_mode == "dual_cls" else 1, text_len=m.max_text_len,
-        distill=distill, mim=mim)
+        captions=2 if loss.caption_mode == "dual_cls" else 1,
+        text_len=m.max_text_len,
+        distill=distill,
+        mim=mim,
+    )
 
 
 def step_flops(exp, world_size: int = 1, batch_size: int | None = None) -> list[Part]:
@@ -191,8 +206,12 @@ def trainable_params(exp) -> tuple[int, int]:
     m, loss = cfg.model, cfg.loss
     width, depth, _, mlp_dim, text_depth = m.dims()
     grid = (m.image_size // m.patch_size) ** 2
-    vision = (3 * m.patch_size**2 * width + width) + 2 * width + (1 + grid) * width + \
-        tower_params(Tower(width, depth, mlp_dim, mlp_kind(m)), layerscale=True)
+    vision = (
+        (3 * m.patch_size**2 * width + width)
+        + 2 * width
+        + (1 + grid) * width
+        + tower_params(Tower(width, depth, mlp_dim, mlp_kind(m)), layerscale=True)
+    )
     mask_token = width if loss.mim_weight > 0 else 0  # frozen without MIM (models/tips.py)
     text = m.vocab_size * width + tower_params(Tower(width, text_depth, mlp_dim, "gelu"), layerscale=False) + 1
     k_distill, k_mim = m.prototypes()

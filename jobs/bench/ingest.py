@@ -6,6 +6,7 @@ each into local shards in one process and prints the rows per second. Every row 
 the way in. ``--parallel`` adds the tars ingested by one Ray task per tar (jobs/data/ingest/parallel.py);
 its figure includes starting the tasks' workers.
 """
+
 from __future__ import annotations
 
 import csv
@@ -47,8 +48,11 @@ def make_sources(root: Path, n: int, size: int, n_tars: int = 4, seed: int = 0) 
                 caption = f"a photo of a red cube, number {i}"
                 (images / f"{key}.jpg").write_bytes(data)
                 rows.append({"key": key, "image": f"images/{key}.jpg", "caption": caption})
-                for name, payload in ((f"{key}.jpg", data), (f"{key}.txt", caption.encode()),
-                                      (f"{key}.json", json.dumps({"key": key}).encode())):
+                for name, payload in (
+                    (f"{key}.jpg", data),
+                    (f"{key}.txt", caption.encode()),
+                    (f"{key}.json", json.dumps({"key": key}).encode()),
+                ):
                     info = tarfile.TarInfo(name)
                     info.size = len(payload)
                     tar.addfile(info, io.BytesIO(payload))
@@ -59,13 +63,22 @@ def make_sources(root: Path, n: int, size: int, n_tars: int = 4, seed: int = 0) 
             writer.writerows(rows)
     with open(root / "table.jsonl", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
-    coco = {"images": [{"id": i, "file_name": f"{r['key']}.jpg"} for i, r in enumerate(rows)],
-            "annotations": [{"id": 2 * i + j, "image_id": i, "caption": f"{r['caption']} ({j})"}
-                            for i, r in enumerate(rows) for j in range(2)]}
+    coco = {
+        "images": [{"id": i, "file_name": f"{r['key']}.jpg"} for i, r in enumerate(rows)],
+        "annotations": [
+            {"id": 2 * i + j, "image_id": i, "caption": f"{r['caption']} ({j})"}
+            for i, r in enumerate(rows)
+            for j in range(2)
+        ],
+    }
     (images / "captions.json").write_text(json.dumps(coco))
-    return {"webdataset": tars, "csv": root / "table.csv",
-            "tsv": root / "table.tsv", "jsonl": root / "table.jsonl",
-            "coco": images / "captions.json"}
+    return {
+        "webdataset": tars,
+        "csv": root / "table.csv",
+        "tsv": root / "table.tsv",
+        "jsonl": root / "table.jsonl",
+        "coco": images / "captions.json",
+    }
 
 
 def bench_ingest(n: int = 300, size: int = 224, tars: int = 4, parallel: bool = False) -> dict:
@@ -77,13 +90,18 @@ def bench_ingest(n: int = 300, size: int = 224, tars: int = 4, parallel: bool = 
         sources = make_sources(Path(tmp) / "src", n, size, n_tars=tars)
         # One untimed pass first, so that no format pays for the first imports and file caches.
         ingest("csv", str(sources["csv"]), f"{tmp}/warm-up", max_pixels=40_000_000, max_bad_fraction=0.0)
-        runs = {fmt: lambda fmt=fmt: ingest(fmt, str(sources[fmt]), f"{tmp}/out-{fmt}", max_pixels=40_000_000,
-                                            max_bad_fraction=0.0) for fmt in FORMATS}
+        runs = {
+            fmt: lambda fmt=fmt: ingest(
+                fmt, str(sources[fmt]), f"{tmp}/out-{fmt}", max_pixels=40_000_000, max_bad_fraction=0.0
+            )
+            for fmt in FORMATS
+        }
         if parallel:
             from tipslab.jobs.data.ingest.parallel import ingest_webdataset_parallel
 
             runs[f"webdataset, Ray, {tars} tasks"] = lambda: ingest_webdataset_parallel(
-                str(sources["webdataset"]), f"{tmp}/out-parallel", max_pixels=40_000_000, max_bad_fraction=0.0)
+                str(sources["webdataset"]), f"{tmp}/out-parallel", max_pixels=40_000_000, max_bad_fraction=0.0
+            )
         for name, run in runs.items():
             result = run()
             out["formats"][name] = {k: result[k] for k in ("rows", "seconds", "rows_per_s")}

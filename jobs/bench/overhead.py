@@ -5,6 +5,7 @@ Both sides step through the training loop's own parts (`build_step`, `StepParts.
 pre-made batches (so data loading is out of the comparison), and the Ray side reports every
 `train.log_every` steps as the training loop does.
 """
+
 import dataclasses
 import os
 import tempfile
@@ -78,11 +79,20 @@ def bench_overhead(exp, storage_path: str, steps: int = 30, warmup: int = 5) -> 
         torch.set_num_threads(threads)
     out = Path(tempfile.mkdtemp()) / "step_s"
     trainer = TorchTrainer(
-        ray_loop, train_loop_config={"exp": exp, "batches": batches, "steps": steps, "warmup": warmup, "out": str(out)},
+        ray_loop,
+        train_loop_config={"exp": exp, "batches": batches, "steps": steps, "warmup": warmup, "out": str(out)},
         torch_config=TorchConfig(backend="gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
-        run_config=ray.train.RunConfig(name=f"train-overhead-{os.getpid()}", storage_path=storage_path))
+        run_config=ray.train.RunConfig(name=f"train-overhead-{os.getpid()}", storage_path=storage_path),
+    )
     trainer.fit()
     under_ray = float(out.read_text())
-    return {"model_size": exp.model.size, "batch_size": exp.data.batch_size, "steps": steps,
-            "warmup": warmup, "plain_step_s": plain, "ray_step_s": under_ray, "ratio": under_ray / plain}
+    return {
+        "model_size": exp.model.size,
+        "batch_size": exp.data.batch_size,
+        "steps": steps,
+        "warmup": warmup,
+        "plain_step_s": plain,
+        "ray_step_s": under_ray,
+        "ratio": under_ray / plain,
+    }

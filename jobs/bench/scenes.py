@@ -1,9 +1,10 @@
 """`tipslab bench scenes`: procedural scenes per second on one core, rendering alone and whole
 shard rows (PNG encoding of the dense labels too)."""
+
 import time
 
-from tipslab.jobs.data.scenes.render import render_scene
 from tipslab.jobs.data.scenes.generate import scene_row
+from tipslab.jobs.data.scenes.render import render_scene
 
 
 def bench_scenes(size: int = 224, n: int = 100) -> dict:
@@ -11,8 +12,10 @@ def bench_scenes(size: int = 224, n: int = 100) -> dict:
     since a busy machine stretches wall time but not the CPU time one core spends."""
     render_scene(0, size=size)  # warm up
     out = {"size": size, "scenes": n}
-    for name, fn in (("render", lambda s: render_scene(s, size=size)),
-                     ("row", lambda s: scene_row(s, "train", size=size))):
+    for name, fn in (
+        ("render", lambda s: render_scene(s, size=size)),
+        ("row", lambda s: scene_row(s, "train", size=size)),
+    ):
         wall, cpu = time.perf_counter(), time.process_time()
         for s in range(n):
             fn(s)

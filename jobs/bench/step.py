@@ -9,6 +9,7 @@ Two ways to run the same step, interleaved so that a busy machine slows each ali
 
 Run each size in its own process (`tipslab bench step`) so that its peak memory is its own.
 """
+
 import os
 import sys
 import time
@@ -17,12 +18,13 @@ import numpy as np
 import torch
 
 from tipslab.jobs.bench import COMPONENTS
-from tipslab.jobs.config import experiment
 from tipslab.jobs.bench.device import device_name, device_peak, peak_rss_mb, sync
 from tipslab.jobs.bench.flops import flops_per_step
+from tipslab.jobs.config import experiment
 from tipslab.jobs.train.step import StepParts, build_step
-from tipslab.models.mim import masked_count
 from tipslab.models.errors import ConfigError
+from tipslab.models.mim import masked_count
+
 
 def synthetic_batch(exp, batch_size: int, seed: int = 0) -> dict:
     """A batch of the training views' shapes and types (random uint8 pixels and tokens, masks at the ratio)."""
@@ -38,9 +40,12 @@ def synthetic_batch(exp, batch_size: int, seed: int = 0) -> dict:
     tokens = lambda: torch.randint(1, model.vocab_size, (batch_size, model.max_text_len), generator=g)  # noqa: E731
     return {
         "global_crop": torch.randint(0, 256, (batch_size, 3, size, size), generator=g, dtype=torch.uint8),
-        "local_crops": torch.randint(0, 256, (batch_size, data.local_crops, 3, local, local), generator=g,
-                                     dtype=torch.uint8),
-        "masks": masks, "web_tokens": tokens(), "synthetic_tokens": tokens(),
+        "local_crops": torch.randint(
+            0, 256, (batch_size, data.local_crops, 3, local, local), generator=g, dtype=torch.uint8
+        ),
+        "masks": masks,
+        "web_tokens": tokens(),
+        "synthetic_tokens": tokens(),
     }
 
 
@@ -86,8 +91,9 @@ def timed_step(parts: StepParts, cpu_batch: dict, clock: Clock, *, stage_step: i
     clock.laps["text_fwd"] += clock.text
 
 
-def bench_parts(exp, device: str = "cpu", precision: str = "fp32", fused: bool = False,
-                compile: bool = False) -> StepParts:
+def bench_parts(
+    exp, device: str = "cpu", precision: str = "fp32", fused: bool = False, compile: bool = False
+) -> StepParts:
     """The training loop's step parts (`build_step`) at a benchmark's precision and compile setting."""
     if precision not in ("fp32", "bf16"):
         raise ConfigError(f"precision: {precision!r} is not fp32 or bf16")
@@ -131,8 +137,16 @@ class StepTimer:
         return {f"{name}_s": clock.laps[name] for name in COMPONENTS}
 
 
-def step_benchmark(exp, batch_size: int, repeats: int = 3, device: str = "auto", precision: str = "auto",
-                   fused: bool | None = None, compile: bool = False, burst: int | None = None) -> dict:
+def step_benchmark(
+    exp,
+    batch_size: int,
+    repeats: int = 3,
+    device: str = "auto",
+    precision: str = "auto",
+    fused: bool | None = None,
+    compile: bool = False,
+    burst: int | None = None,
+) -> dict:
     """Seconds per step as the training loop runs it (the median over `repeats` bursts of `burst`
     steps, after warm-up steps), seconds per component (medians of `repeats` marked steps), images/s
     and MFU.
@@ -154,23 +168,40 @@ def step_benchmark(exp, batch_size: int, repeats: int = 3, device: str = "auto",
         timer.plain(step * timer.burst)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    rows = [{"step_s": timer.plain(step * timer.burst), **({} if compile else timer.marked(step))}
-            for step in range(repeats)]
+    rows = [
+        {"step_s": timer.plain(step * timer.burst), **({} if compile else timer.marked(step))}
+        for step in range(repeats)
+    ]
     parts.watch.check()  # a benchmark of a diverging step would measure nothing
     median = {k: float(np.median([r[k] for r in rows])) for k in rows[0]}
     flops = flops_per_step(exp, batch_size=batch_size)
     peak, peak_source = device_peak(dev, precision)
     return {
-        "model_size": exp.model.size, "batch_size": batch_size, "device_kind": "gpu" if dev.type == "cuda" else "cpu",
-        "device": device_name(dev), "threads": torch.get_num_threads(), "precision": precision, "fused_adamw": fused,
-        "compile": compile, "repeats": repeats, "burst": timer.burst, **median,
+        "model_size": exp.model.size,
+        "batch_size": batch_size,
+        "device_kind": "gpu" if dev.type == "cuda" else "cpu",
+        "device": device_name(dev),
+        "threads": torch.get_num_threads(),
+        "precision": precision,
+        "fused_adamw": fused,
+        "compile": compile,
+        "repeats": repeats,
+        "burst": timer.burst,
+        **median,
         # Per repeat: the component sum over the step timed right before it.
-        "components_over_step": (float(np.median([sum(r[f"{c}_s"] for c in COMPONENTS) / r["step_s"] for r in rows]))
-                                 if not compile else None),
+        "components_over_step": (
+            float(np.median([sum(r[f"{c}_s"] for c in COMPONENTS) / r["step_s"] for r in rows]))
+            if not compile
+            else None
+        ),
         "images_per_s": batch_size / median["step_s"],
-        "flops_per_step": flops, "flops_per_image": flops / batch_size, "peak_flops": peak, "peak_source": peak_source,
+        "flops_per_step": flops,
+        "flops_per_image": flops / batch_size,
+        "peak_flops": peak,
+        "peak_source": peak_source,
         "mfu": flops / median["step_s"] / peak,
-        "peak_rss_mb": peak_rss_mb(), "student_params_m": sum(p.numel() for p in parts.student.parameters()) / 1e6,
+        "peak_rss_mb": peak_rss_mb(),
+        "student_params_m": sum(p.numel() for p in parts.student.parameters()) / 1e6,
         "peak_gpu_mem_gb": torch.cuda.max_memory_allocated(dev) / 1e9 if dev.type == "cuda" else None,
     }
 

@@ -1,5 +1,6 @@
 """`tipslab embed`: CLS_1, CLS_2 and patch-token embeddings of images, and text embeddings of
 captions, from any tipslab checkpoint (official TIPS weights once imported), into one `.npz`."""
+
 import os
 
 import numpy as np

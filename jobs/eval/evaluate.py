@@ -6,6 +6,7 @@ on probe-train features only and scored on probe-test. Results are `eval/<datase
 (the registry that specs are validated against: `metric_keys`, `metric_goal`), written as JSON
 next to a `features.npz` of a few probe-test images and their patch tokens (the report's PCA maps).
 """
+
 import io
 import json
 import logging
@@ -16,21 +17,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from tipslab.jobs.config import EvalConfig, ExperimentConfig, eval_config, experiment
 from tipslab.jobs import storage
-from tipslab.jobs.eval.evalsets import ALL_PROBES
-from tipslab.jobs.eval.evalsets import EvalSet
-from tipslab.jobs.eval.evalsets import check_disjoint
-from tipslab.jobs.eval.evalsets import dataset_probes
-from tipslab.jobs.eval.evalsets import read_standard
-from tipslab.jobs.eval.evalsets import scenes
-from tipslab.jobs.eval.probes import DENSE
-from tipslab.jobs.eval.probes import PROBES
-from tipslab.jobs.eval.probes import ProbeContext
-from tipslab.jobs.eval.probes import SplitFeatures
-from tipslab.jobs.eval.probes import metric_goal
-from tipslab.jobs.eval.probes.features import features
-from tipslab.jobs.eval.probes.features import load_pixels
+from tipslab.jobs.config import EvalConfig, ExperimentConfig, eval_config, experiment
+from tipslab.jobs.eval.evalsets import ALL_PROBES, EvalSet, check_disjoint, dataset_probes, read_standard, scenes
+from tipslab.jobs.eval.probes import DENSE, PROBES, ProbeContext, SplitFeatures, metric_goal
+from tipslab.jobs.eval.probes.features import features, load_pixels
 from tipslab.jobs.eval.probes.zero_shot import prompts
 from tipslab.models.config import LossConfig
 from tipslab.models.errors import ConfigError
@@ -57,8 +48,12 @@ def planned(ev: EvalConfig) -> list[tuple[str, str | None, tuple[str, ...]]]:
 def metric_keys(eval_cfg) -> set[str]:
     """The registry: every metric key this evaluation configuration (an EvalConfig, or an
     experiment's `eval` mapping) produces."""
-    return {f"eval/{name}/{metric}" for name, _, probes in planned(eval_config(eval_cfg))
-            for probe in probes for metric in PROBES[probe].METRICS}
+    return {
+        f"eval/{name}/{metric}"
+        for name, _, probes in planned(eval_config(eval_cfg))
+        for probe in probes
+        for metric in PROBES[probe].METRICS
+    }
 
 
 def retrieval_token(exp) -> str:
@@ -85,8 +80,7 @@ def cls_tokens(exp: ExperimentConfig, shards: bool) -> dict[str, str]:
 def load_data(name: str, path: str | None, exp: ExperimentConfig) -> EvalSet:
     size, ev = exp.model.image_size, exp.eval
     if path is None:
-        return scenes.read(exp.data.root, size, name, ev.probe_train_split, ev.probe_test_split,
-                           ev.retrieval_caption)
+        return scenes.read(exp.data.root, size, name, ev.probe_train_split, ev.probe_test_split, ev.retrieval_caption)
     return read_standard(name, path, size)
 
 
@@ -121,16 +115,24 @@ def extract(checkpoint: str, es: EvalSet, runnable: list[str], ev: EvalConfig, s
     splits = [es.test] + ([train] if train is not None else [])
     captions = es.test.captions if "retrieval" in runnable else []
     prompt_texts = prompts(es.class_names, ev.zero_shot_templates) if "zero_shot" in runnable else []
-    feats = features(checkpoint, [k for s in splits for k in s.keys], [im for s in splits for im in s.images],
-                     captions + prompt_texts, size, patches, ev.batch_size)
+    feats = features(
+        checkpoint,
+        [k for s in splits for k in s.keys],
+        [im for s in splits for im in s.images],
+        captions + prompt_texts,
+        size,
+        patches,
+        ev.batch_size,
+    )
     texts = torch.from_numpy(feats.pop("text"))
     n = len(es.test)
-    test = SplitFeatures(es.test, {k: torch.from_numpy(v[:n]) for k, v in feats.items()},
-                         texts[:len(captions)] if captions else None)
+    test = SplitFeatures(
+        es.test, {k: torch.from_numpy(v[:n]) for k, v in feats.items()}, texts[: len(captions)] if captions else None
+    )
     train_feats = SplitFeatures(train, {k: torch.from_numpy(v[n:]) for k, v in feats.items()}) if train else None
     prompt_emb = None
     if prompt_texts:
-        prompt_emb = texts[len(captions):].reshape(-1, len(ev.zero_shot_templates), texts.shape[-1])
+        prompt_emb = texts[len(captions) :].reshape(-1, len(ev.zero_shot_templates), texts.shape[-1])
     return train_feats, test, prompt_emb
 
 
@@ -155,8 +157,9 @@ def evaluate(checkpoint: str, exp, out_dir: str | None = None) -> Evaluation:
         if not runnable:
             continue
         first = index == 0 and ev.pca_images > 0  # its probe-test images go to features.npz
-        train, test, prompt_emb = extract(checkpoint, es, runnable, ev, size,
-                                          patches=first or any(p in DENSE for p in runnable))
+        train, test, prompt_emb = extract(
+            checkpoint, es, runnable, ev, size, patches=first or any(p in DENSE for p in runnable)
+        )
         result.seconds[f"{name}/features"] = time.perf_counter() - t0
         ctx = ProbeContext(es, train, test, ev, cls_tokens(exp, shards=path is None), prompt_emb)
         for probe in runnable:
@@ -177,9 +180,12 @@ def pca_arrays(es: EvalSet, test: SplitFeatures, n: int, size: int) -> dict[str,
     """The first n probe-test images (uint8 [n, S, S, 3]) and their patch tokens [n, P, D]."""
     n = min(n, len(es.test))
     images = [load_pixels(im, size, k) for im, k in zip(es.test.images[:n], es.test.keys[:n])]
-    return {"keys": np.array(es.test.keys[:n]), "dataset": np.array(es.name),
-            "images": (torch.stack(images).permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy(),
-            "patch_tokens": test.image["patch_tokens"][:n].numpy()}
+    return {
+        "keys": np.array(es.test.keys[:n]),
+        "dataset": np.array(es.name),
+        "images": (torch.stack(images).permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy(),
+        "patch_tokens": test.image["patch_tokens"][:n].numpy(),
+    }
 
 
 def write_outputs(out_dir: str, result: Evaluation, pca: dict | None) -> None:

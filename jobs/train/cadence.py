@@ -1,4 +1,5 @@
 """When periodic work is due: one rule for logging, probing and checkpointing (big_vision's `itstime`)."""
+
 from dataclasses import dataclass
 
 

@@ -1,4 +1,5 @@
 """The few collectives the training loop needs, each a no-op with one rank."""
+
 import torch
 import torch.distributed as dist
 

@@ -20,6 +20,7 @@ whole student and teacher weights (gathered at each checkpoint, the optimizer ne
 evaluation, `tipslab embed` and `load_student` read it unchanged; a resume reads the shards
 (torch.distributed.checkpoint reshards them if the number of workers changed).
 """
+
 import contextlib
 import os
 import tempfile
@@ -36,7 +37,12 @@ from tipslab.jobs.data.pipeline.views import BAD_ROW_COLUMNS
 from tipslab.jobs.train.cadence import Cadence
 from tipslab.jobs.train.collectives import all_have, all_sum, gather
 from tipslab.jobs.train.parallel import (
-    full_model_state_dict, full_parameter, full_state, load_sharded, param_norm, save_sharded,
+    full_model_state_dict,
+    full_parameter,
+    full_state,
+    load_sharded,
+    param_norm,
+    save_sharded,
 )
 from tipslab.jobs.train.stages import stage_configs
 from tipslab.jobs.train.state import SHARDED_DIR, DataPosition, RunStopped, TrainState, check_strategy
@@ -52,8 +58,16 @@ class Stage:
     stage's state to start from, or with `resume` the checkpoint's state to resume from; an fsdp
     checkpoint's shards are then read from `folder` (the checkpoint's folder)."""
 
-    def __init__(self, index: int, name: str, exp: ExperimentConfig, device, previous: TrainState | None,
-                 resume: bool, folder: str | None = None):
+    def __init__(
+        self,
+        index: int,
+        name: str,
+        exp: ExperimentConfig,
+        device,
+        previous: TrainState | None,
+        resume: bool,
+        folder: str | None = None,
+    ):
         train = exp.train
         self.index, self.name, self.exp, self.device = index, name, exp, device
         self.sharded = train.strategy == "fsdp"
@@ -90,12 +104,18 @@ class Stage:
         empty dicts), never the optimizer (None: its state is in the shards)."""
         teacher = self.teacher
         if not self.sharded:
-            return {"student": self.student.state_dict(), "optimizer": self.parts.optimizer.state_dict(),
-                    "objective": self.parts.objective.state_dict(),
-                    "teacher": teacher.state_dict() if teacher is not None else None}
-        return {"student": full_model_state_dict(self.student, rank0_only), "optimizer": None,
+            return {
+                "student": self.student.state_dict(),
+                "optimizer": self.parts.optimizer.state_dict(),
                 "objective": self.parts.objective.state_dict(),
-                "teacher": full_model_state_dict(teacher, rank0_only) if teacher is not None else None}
+                "teacher": teacher.state_dict() if teacher is not None else None,
+            }
+        return {
+            "student": full_model_state_dict(self.student, rank0_only),
+            "optimizer": None,
+            "objective": self.parts.objective.state_dict(),
+            "teacher": full_model_state_dict(teacher, rank0_only) if teacher is not None else None,
+        }
 
     def digest(self) -> str:
         """`state_digest` of the student and optimizer; fsdp: gathered whole on every rank (a
@@ -206,8 +226,7 @@ class Loop:
 
     def run_stage(self, stage: Stage, stage_step: int, step: int, position: DataPosition):
         train, steps = stage.exp.train, stage.exp.train.steps
-        log, save, probing = Cadence(train.log_every), Cadence(train.checkpoint_every), Cadence(
-            self.train.probe_every)
+        log, save, probing = Cadence(train.log_every), Cadence(train.checkpoint_every), Cadence(self.train.probe_every)
         probe = self.make_probe(stage)
         window = Window(self.device)
         epoch, done = position.epoch, set(position.done)
@@ -240,8 +259,10 @@ class Loop:
                 if last:
                     return step, now
             if epoch_steps == 0 and not done:
-                raise RunStopped(f"data: the {stage.exp.data.train_split} split has too few rows for one "
-                                 f"batch of {stage.exp.data.batch_size} on each of {self.world_size} ranks")
+                raise RunStopped(
+                    f"data: the {stage.exp.data.train_split} split has too few rows for one "
+                    f"batch of {stage.exp.data.batch_size} on each of {self.world_size} ranks"
+                )
             epoch, done = epoch + 1, set()
         return step, DataPosition(epoch, sorted(done))
 
@@ -259,8 +280,16 @@ class Loop:
         exp = stage.exp
         plan = plan_epoch(self.shards, exp.train.seed, epoch, self.world_size, done)
         ds = rank_dataset(exp, plan, self.rank, exp.data.cpus / self.world_size)
-        batches = ds.iter_torch_batches(batch_size=exp.data.batch_size, drop_last=False, device=self.device,
-                                        prefetch_batches=exp.train.prefetch_batches) if ds else ()
+        batches = (
+            ds.iter_torch_batches(
+                batch_size=exp.data.batch_size,
+                drop_last=False,
+                device=self.device,
+                prefetch_batches=exp.train.prefetch_batches,
+            )
+            if ds
+            else ()
+        )
         return plan, iter(batches)
 
     def next_batch(self, batches, window: Window, batch_size: int) -> dict | None:
@@ -281,17 +310,21 @@ class Loop:
         names, elapsed = list(window.values), time.perf_counter() - window.start
         means_here = torch.stack([torch.stack(v).float().mean() for v in window.values.values()]).tolist()
         sums = all_sum(means_here + [window.wait_s / elapsed, elapsed] + window.counters.tolist(), self.device)
-        means = [v / self.world_size for v in sums[:len(names) + 2]]
-        for column, total in zip(BAD_ROW_COLUMNS, sums[len(names) + 2:]):
+        means = [v / self.world_size for v in sums[: len(names) + 2]]
+        for column, total in zip(BAD_ROW_COLUMNS, sums[len(names) + 2 :]):
             self.bad[column] += int(total)
         sched, data = stage.parts.sched, stage.exp.data
         if self.bad["rows_seen"] and self.bad["bad_rows"] / self.bad["rows_seen"] > data.max_bad_fraction:
-            raise RunStopped(f"data: {self.bad['bad_rows']} of {self.bad['rows_seen']} rows seen were bad, more than "
-                             f"data.max_bad_fraction = {data.max_bad_fraction} (the workers' logs name each one)")
+            raise RunStopped(
+                f"data: {self.bad['bad_rows']} of {self.bad['rows_seen']} rows seen were bad, more than "
+                f"data.max_bad_fraction = {data.max_bad_fraction} (the workers' logs name each one)"
+            )
         n_steps = len(window.values["train/loss"])
         return {
             **dict(zip(names, means)),
-            "step": step, "train/stage": stage.index, "train/stage_step": stage_step,
+            "step": step,
+            "train/stage": stage.index,
+            "train/stage_step": stage_step,
             "train/lr": float(sched.lr[stage_step - 1]),
             "train/weight_decay": float(sched.weight_decay[stage_step - 1]),
             "train/temperature": stage.temperature(),
@@ -299,7 +332,8 @@ class Loop:
             "train/param_norm": stage.param_norm(),
             "perf/images_per_s": n_steps * data.batch_size * self.world_size / means[len(names) + 1],
             "perf/data_wait_frac": means[len(names)],
-            "data/rows_seen": self.bad["rows_seen"], "data/bad_rows": self.bad["bad_rows"],
+            "data/rows_seen": self.bad["rows_seen"],
+            "data/bad_rows": self.bad["bad_rows"],
         }
 
     def report(self, metrics: dict, stage: Stage, stage_step: int, step: int, position: DataPosition | None) -> None:
@@ -319,8 +353,16 @@ class Loop:
                 save_sharded(stage.sharded_state(), os.path.join(tmp, SHARDED_DIR))  # a collective
             if self.rank == 0:
                 state = TrainState(
-                    stage=stage.index, stage_step=stage_step, step=step, data=position, rng=rng,
-                    bad_rows=dict(self.bad), config=as_dict(stage.exp), tokenizer=self.tokenizer.state(),
-                    sharded=SHARDED_DIR if stage.sharded else None, **weights)
+                    stage=stage.index,
+                    stage_step=stage_step,
+                    step=step,
+                    data=position,
+                    rng=rng,
+                    bad_rows=dict(self.bad),
+                    config=as_dict(stage.exp),
+                    tokenizer=self.tokenizer.state(),
+                    sharded=SHARDED_DIR if stage.sharded else None,
+                    **weights,
+                )
                 save_checkpoint(tmp, state.to_checkpoint())
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))

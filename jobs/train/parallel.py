@@ -17,6 +17,7 @@ such a checkpoint back whole in one process, without a process group.
 Outside forward and backward a sharded module's parameters are DTensors, each rank holding its rows:
 `param_norm`, `full_parameter` and `full_model_state_dict` read them whole (collectives).
 """
+
 import os
 import tempfile
 
@@ -25,10 +26,14 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from timm.models.vision_transformer import Block
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_model_state_dict, set_optimizer_state_dict,
-)
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 from torch.nn.utils import parametrize

@@ -5,6 +5,7 @@ on rank 0, and reports under the final evaluation's keys (eval/<dataset>/i2t_r1,
 search objective such as eval/scenes/i2t_r1 can be read at every probe step. On a few dozen images
 the numbers are noisier than the final evaluation's, which scores the whole split.
 """
+
 import torch
 
 from tipslab.jobs.config import experiment
@@ -23,8 +24,10 @@ class RetrievalProbe:
         split, _ = read_split(exp.data.root, ev.probe_test_split, size, ev.retrieval_caption)
         n = min(exp.train.probe_images, len(split.keys))
         if split.captions is None:
-            raise ConfigError(f"train.probe_every: the {ev.probe_test_split} split has no {ev.retrieval_caption!r} "
-                             "column to probe retrieval with; set train.probe_every: 0")
+            raise ConfigError(
+                f"train.probe_every: the {ev.probe_test_split} split has no {ev.retrieval_caption!r} "
+                "column to probe retrieval with; set train.probe_every: 0"
+            )
         self.pixels = torch.stack([load_pixels(split.images[i], size, split.keys[i]) for i in range(n)])
         self.tokens = torch.from_numpy(tokenizer.encode(split.captions[:n]))
         self.token = retrieval_token(exp)

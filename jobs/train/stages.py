@@ -5,10 +5,12 @@ and a short high-resolution adaptation (224 -> 448 px) at the end. A stage start
 one's student and teacher; its optimizer is new (AdamW moments belong to a loss landscape the next
 stage changes) and its learning-rate, weight-decay and teacher schedules run over its own steps.
 """
+
 import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from timm.layers import resample_abs_pos_embed
+
 from tipslab.jobs.config import ExperimentConfig, experiment
 from tipslab.models.errors import ConfigError
 
@@ -56,8 +58,10 @@ def carry_weights(module: torch.nn.Module, state: dict) -> list[str]:
             old, new = int((value.shape[1] - 1) ** 0.5), int((own[key].shape[1] - 1) ** 0.5)
             value = resample_abs_pos_embed(value, new_size=[new, new], old_size=[old, old], num_prefix_tokens=1)
         if value.shape != own[key].shape:
-            raise ConfigError(f"train.stages: {key} has shape {tuple(value.shape)} in the last stage but "
-                             f"{tuple(own[key].shape)} in this one; a stage may not change it")
+            raise ConfigError(
+                f"train.stages: {key} has shape {tuple(value.shape)} in the last stage but "
+                f"{tuple(own[key].shape)} in this one; a stage may not change it"
+            )
         loaded[key] = value
     module.load_state_dict(loaded, strict=False)
     return sorted(set(own) - set(loaded))

@@ -6,6 +6,7 @@ the optimizer (ddp), where training stands (stage, step, the data position: the 
 files done, jobs/data/pipeline/streaming.py), every rank's RNG state, the bad-row totals, the
 resolved config and the tokenizer, so that a run resumes, and an evaluation runs, from it alone.
 """
+
 import dataclasses
 from dataclasses import dataclass, field
 
@@ -65,5 +66,7 @@ def check_strategy(state: TrainState, strategy: str) -> None:
     """A stage resumes only with the strategy that wrote its checkpoint: an fsdp checkpoint's
     optimizer state is in its shards, a ddp checkpoint has none."""
     if state.strategy != strategy:
-        raise RunStopped(f"train.strategy: the run's checkpoint was written with {state.strategy}, this run uses "
-                         f"{strategy!r}; resume it with train.strategy={state.strategy}")
+        raise RunStopped(
+            f"train.strategy: the run's checkpoint was written with {state.strategy}, this run uses "
+            f"{strategy!r}; resume it with train.strategy={state.strategy}"
+        )

@@ -1,10 +1,14 @@
 """One TIPS training step and its parts, built one way, in plain PyTorch: it runs without Ray (on
 the GPU machine, in benchmarks) exactly as inside the Ray Train loop."""
+
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from tipslab.jobs.config import TrainConfig, experiment
+from tipslab.jobs.train.parallel import shard_model, unsharded
+from tipslab.jobs.train.stages import carry_weights
 from tipslab.models.checkpoint import tips_config
 from tipslab.models.config import LossConfig
 from tipslab.models.distributed import world
@@ -12,10 +16,6 @@ from tipslab.models.objective import TIPSObjective
 from tipslab.models.schedules import cosine_schedule
 from tipslab.models.teacher import EMATeacher
 from tipslab.models.tips import TIPSStudent
-
-from tipslab.jobs.config import TrainConfig, experiment
-from tipslab.jobs.train.parallel import shard_model, unsharded
-from tipslab.jobs.train.stages import carry_weights
 
 NO_WEIGHT_DECAY = ("cls_token", "register_token", "pos_embed", "mask_token", "log_temperature", "queries")
 
@@ -30,8 +30,10 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
         if not p.requires_grad:
             continue
         (no_decay if p.ndim <= 1 or name.split(".")[-1] in NO_WEIGHT_DECAY else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay, "decay": True},
-            {"params": no_decay, "weight_decay": 0.0, "decay": False}]
+    return [
+        {"params": decay, "weight_decay": weight_decay, "decay": True},
+        {"params": no_decay, "weight_decay": 0.0, "decay": False},
+    ]
 
 
 def apply_schedules(optimizer, sched: "Schedules", step: int) -> None:
@@ -50,10 +52,12 @@ class Schedules:
         self.weight_decay = cosine_schedule(train.weight_decay, train.weight_decay_end, steps)
         self.momentum = cosine_schedule(train.teacher_momentum, train.teacher_momentum_end, steps)
         warm = min(train.teacher_temp_warmup_steps, steps)
-        self.teacher_temp = np.concatenate([
-            np.linspace(loss.teacher_temp, train.teacher_temp_end, warm),
-            np.full(steps - warm, train.teacher_temp_end),
-        ])
+        self.teacher_temp = np.concatenate(
+            [
+                np.linspace(loss.teacher_temp, train.teacher_temp_end, warm),
+                np.full(steps - warm, train.teacher_temp_end),
+            ]
+        )
 
 
 def compile_parts(teacher: EMATeacher | None, objective: TIPSObjective) -> None:
@@ -103,8 +107,9 @@ class LossWatch:
         if world()[1] > 1:
             torch.distributed.all_reduce(value)
         index = first.tolist().index(earliest)  # the first term in order: the specific one, not `loss`
-        raise NonFiniteLossError(f"non-finite loss at step {earliest}: term {self.names[index]!r} = "
-                                 f"{value[index].item()}")
+        raise NonFiniteLossError(
+            f"non-finite loss at step {earliest}: term {self.names[index]!r} = {value[index].item()}"
+        )
 
 
 @dataclass
@@ -131,8 +136,14 @@ class StepParts:
     def step(self, batch: dict, stage_step: int, step: int, marks=None) -> dict[str, torch.Tensor]:
         """The schedules at `stage_step`, then one `tips_step` (`step` counts over all stages)."""
         apply_schedules(self.optimizer, self.sched, stage_step)
-        return tips_step(self, batch, teacher_temp=float(self.sched.teacher_temp[stage_step]),
-                         momentum=float(self.sched.momentum[stage_step]), step=step, marks=marks)
+        return tips_step(
+            self,
+            batch,
+            teacher_temp=float(self.sched.teacher_temp[stage_step]),
+            momentum=float(self.sched.momentum[stage_step]),
+            step=step,
+            marks=marks,
+        )
 
     def compile(self) -> None:
         """torch.compile the student's forward (through its wrapper), the teacher and the objective."""
@@ -140,8 +151,7 @@ class StepParts:
         compile_parts(self.teacher, self.objective)
 
 
-def build_step(exp, device, *, seed: int, carry: dict | None = None, mesh=None,
-               fused: bool | None = None) -> StepParts:
+def build_step(exp, device, *, seed: int, carry: dict | None = None, mesh=None, fused: bool | None = None) -> StepParts:
     """The parts of one step for experiment `exp` on `device`: the student initialised from `seed`
     (the same on every rank), then `carry` (a last stage's whole "student", "objective" and
     "teacher" state dicts) loaded into it; the teacher a copy of the student; with `mesh`, student
@@ -171,8 +181,9 @@ def build_step(exp, device, *, seed: int, carry: dict | None = None, mesh=None,
     return StepParts(student, objective, teacher, optimizer, Schedules(train, exp.loss), train.grad_clip)
 
 
-def tips_step(parts: StepParts, batch: dict, *, teacher_temp: float, momentum: float, step: int,
-              marks=None) -> dict[str, torch.Tensor]:
+def tips_step(
+    parts: StepParts, batch: dict, *, teacher_temp: float, momentum: float, step: int, marks=None
+) -> dict[str, torch.Tensor]:
     """One TIPS step: student (through `parts.model`) and teacher forwards, the objective,
     backward, clipping, the optimizer, the EMA update. Returns the loss terms and `grad_norm` as
     0-dim tensors on the device: nothing here waits for the device (the caller reads the values when

@@ -1,5 +1,6 @@
 """Test hooks of the training loop: which rows each rank trained on, and a digest of the state that
 a resume restored. Off unless `TIPSLAB_ROW_TRACE` names a folder."""
+
 import hashlib
 import json
 import os

@@ -8,6 +8,7 @@ run from its latest checkpoint.
 A non-finite loss (or too many bad rows) is not a failure to retry: the workers write the reason
 to `stopped.json` in the run's folder and return, and `fit()` raises `RunStopped` with it.
 """
+
 import json
 import os
 
@@ -37,8 +38,10 @@ def train_loop(config: dict) -> None:
         # Every rank gets here at the same step (the checks are collective); retrying would only
         # meet the same loss again, so the run ends here and fit() raises it.
         if rank == 0:
-            storage.write_bytes(storage.join(config["run"]["path"], STOPPED_FILE),
-                                json.dumps({"reason": str(err), "kind": type(err).__name__}).encode())
+            storage.write_bytes(
+                storage.join(config["run"]["path"], STOPPED_FILE),
+                json.dumps({"reason": str(err), "kind": type(err).__name__}).encode(),
+            )
 
 
 class TIPSTrainer(TorchTrainer):
@@ -58,8 +61,15 @@ class TIPSTrainer(TorchTrainer):
         return result
 
 
-def build_trainer(exp, *, name: str, storage_path: str, callbacks=(), max_failures: int | None = None,
-                  resources_per_worker: dict | None = None):
+def build_trainer(
+    exp,
+    *,
+    name: str,
+    storage_path: str,
+    callbacks=(),
+    max_failures: int | None = None,
+    resources_per_worker: dict | None = None,
+):
     """A TorchTrainer for one experiment; `fit()` runs it (or resumes the run stored under
     (storage_path, name)) and returns the Ray Train result. `resources_per_worker` adds custom
     resources to each worker's CPU/GPU request (e.g. to pin workers to some nodes)."""
@@ -78,14 +88,18 @@ def build_trainer(exp, *, name: str, storage_path: str, callbacks=(), max_failur
         train_loop_config={"experiment": exp, "run": {"path": run_path}},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=train.num_workers, use_gpu=use_gpu, resources_per_worker=resources),
+            num_workers=train.num_workers, use_gpu=use_gpu, resources_per_worker=resources
+        ),
         run_config=ray.train.RunConfig(
-            name=name, storage_path=storage_path, callbacks=list(callbacks), worker_runtime_env={"env_vars": env},
+            name=name,
+            storage_path=storage_path,
+            callbacks=list(callbacks),
+            worker_runtime_env={"env_vars": env},
             # relax_collectives_on_preemption stays off: with it Ray Train may register a checkpoint
             # without the files of a preempted rank, which for fsdp would be a partial checkpoint.
             failure_config=ray.train.FailureConfig(
-                max_failures=train.max_failures if max_failures is None else max_failures,
-                controller_failure_limit=3),
+                max_failures=train.max_failures if max_failures is None else max_failures, controller_failure_limit=3
+            ),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=train.checkpoints_to_keep),
         ),
     )

@@ -1,4 +1,5 @@
 """The HTML report from a real sqlite MLflow store, served on loopback and opened in headless Chromium."""
+
 import functools
 import http.server
 import re
@@ -15,7 +16,10 @@ from tipslab.dashboards.store import load_sweep
 from tipslab.dashboards.table import build
 
 SPEC = {
-    "name": "rep", "title": "Losses", "size": "smoke", "baseline": "clip",
+    "name": "rep",
+    "title": "Losses",
+    "size": "smoke",
+    "baseline": "clip",
     "variants": {"clip": {}, "clip+mim": {}},
     "metrics": [{"key": "eval/scenes/i2t_r1", "header": "I→T", "goal": "max"}],
     "reference": {"source": "TIPS Table 1", "clip": {"eval/scenes/i2t_r1": 79.1}},
@@ -30,17 +34,28 @@ def make_store(tmp_path):
     client.log_dict(parent, SPEC, "spec.json")
     rng = np.random.default_rng(0)
     for i, (variant, seed) in enumerate([("clip", 0), ("clip", 1), ("clip+mim", 0)]):
-        run = client.create_run(exp, run_name=f"{variant}-seed{seed}", tags={
-            "mlflow.parentRunId": parent, "tipslab.role": "trial", "tipslab.variant": variant,
-            "tipslab.seed": str(seed)}).info.run_id
+        run = client.create_run(
+            exp,
+            run_name=f"{variant}-seed{seed}",
+            tags={
+                "mlflow.parentRunId": parent,
+                "tipslab.role": "trial",
+                "tipslab.variant": variant,
+                "tipslab.seed": str(seed),
+            },
+        ).info.run_id
         for step in range(5, 30, 5):
             client.log_metric(run, "train/loss", 5.0 - step / 10 + i, step=step)
             client.log_metric(run, "train/lr", 1e-3, step=step)
         client.log_metric(run, "eval/scenes/i2t_r1", 10.0 + 5 * i)
         if variant == "clip+mim":  # patch tokens of 2 images on an 8x8 grid, as the evaluation writes them
             path = tmp_path / "features.npz"
-            np.savez(path, patch_tokens=rng.normal(size=(2, 64, 16)).astype(np.float32),
-                     images=rng.integers(0, 255, size=(2, 16, 16, 3), dtype=np.uint8), keys=np.array(["x", "y"]))
+            np.savez(
+                path,
+                patch_tokens=rng.normal(size=(2, 64, 16)).astype(np.float32),
+                images=rng.integers(0, 255, size=(2, 16, 16, 3), dtype=np.uint8),
+                keys=np.array(["x", "y"]),
+            )
             client.log_artifact(run, str(path))
         client.set_terminated(run, "FINISHED")
     client.set_terminated(parent, "FINISHED")
@@ -57,11 +72,15 @@ def test_report_writes_table_curves_bars_and_pca_maps_and_names_runs_without_fea
     out = tmp_path / "report"
     page = open(write_report(load_sweep(make_store(tmp_path), "rep"), str(out))).read()
     images = re.findall(r'<img src="img/([^"]+)"', page)
-    assert sorted(images) == ["curves_clip.png", "curves_clip_mim.png", "metric_eval_scenes_i2t_r1.png",
-                              "pca_clip_mim_seed0.png"]
+    assert sorted(images) == [
+        "curves_clip.png",
+        "curves_clip_mim.png",
+        "metric_eval_scenes_i2t_r1.png",
+        "pca_clip_mim_seed0.png",
+    ]
     assert all((out / "img" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in images)
     assert "<td>clip (baseline)</td><td>12.50 ± 3.54 (n=2)</td>" in page
-    assert "<td>clip+mim</td><td class=\"best\"><strong>20.00 (n=1)</strong></td><td>+7.50 (n=1: no CI)</td>" in page
+    assert '<td>clip+mim</td><td class="best"><strong>20.00 (n=1)</strong></td><td>+7.50 (n=1: no CI)</td>' in page
     assert "clip+mim (I→T): one seed (n=1) on a side, so no interval can be given" in page
     # The metric's plot: spread over seeds, an axis not from 0, and a visible note for the variant with one seed.
     caption = re.search(r'<img src="img/metric_eval_scenes_i2t_r1.png"[^>]*><figcaption>([^<]*)', page).group(1)
@@ -79,8 +98,15 @@ def test_report_marks_a_real_difference_and_its_plot_does_not_start_at_zero(tmp_
     client.log_dict(parent, dict(SPEC, variants={"clip": {}, "clip+mim": {}, "clip+null": {}}), "spec.json")
     for variant, values in (("clip", base), ("clip+mim", real), ("clip+null", null)):
         for seed, value in enumerate(values):
-            run = client.create_run(exp, tags={"mlflow.parentRunId": parent, "tipslab.role": "trial",
-                                               "tipslab.variant": variant, "tipslab.seed": str(seed)}).info.run_id
+            run = client.create_run(
+                exp,
+                tags={
+                    "mlflow.parentRunId": parent,
+                    "tipslab.role": "trial",
+                    "tipslab.variant": variant,
+                    "tipslab.seed": str(seed),
+                },
+            ).info.run_id
             client.log_metric(run, "eval/scenes/i2t_r1", value)
             client.set_terminated(run, "FINISHED")
     client.set_terminated(parent, "FINISHED")
@@ -112,10 +138,21 @@ def test_report_shows_its_table_and_images_in_headless_chromium(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         dom = subprocess.run(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-             f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=10000", "--dump-dom",
-             f"http://127.0.0.1:{server.server_address[1]}/index.html"],
-            capture_output=True, text=True, timeout=300).stdout
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                f"--user-data-dir={tmp_path / 'chromium'}",
+                "--virtual-time-budget=10000",
+                "--dump-dom",
+                f"http://127.0.0.1:{server.server_address[1]}/index.html",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        ).stdout
     finally:
         server.shutdown()
     # The page's own script counts the images that decoded (complete, with a natural width).

@@ -1,4 +1,5 @@
 """Welch's interval against scipy's own Welch t-test on known samples."""
+
 import pytest
 from scipy import stats
 

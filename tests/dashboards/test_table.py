@@ -1,4 +1,5 @@
 """The table is built from a real sqlite MLflow store written with MLflow's own client."""
+
 import csv
 
 import pytest
@@ -9,10 +10,15 @@ from tipslab.dashboards.store import StoreError, load_sweep
 from tipslab.dashboards.table import render
 
 SPEC = {
-    "name": "abl", "title": "Losses", "size": "smoke", "baseline": "clip",
+    "name": "abl",
+    "title": "Losses",
+    "size": "smoke",
+    "baseline": "clip",
     "variants": {"clip": {}, "clip+mim": {}},
-    "metrics": [{"key": "eval/scenes/i2t_r1", "header": "I→T", "goal": "max"},
-                {"key": "eval/scenes/depth_rmse", "header": "RMSE", "goal": "min"}],
+    "metrics": [
+        {"key": "eval/scenes/i2t_r1", "header": "I→T", "goal": "max"},
+        {"key": "eval/scenes/depth_rmse", "header": "RMSE", "goal": "min"},
+    ],
     "reference": {"source": "TIPS Table 1", "clip": {"eval/scenes/i2t_r1": 79.1}},
 }
 
@@ -21,12 +27,23 @@ def make_store(tmp_path, values: dict, spec=SPEC, sweep_id="s1"):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(spec["name"])
-    exp_id = exp.experiment_id if exp else client.create_experiment(spec["name"], artifact_location=(tmp_path / "art").as_uri())
+    exp_id = (
+        exp.experiment_id
+        if exp
+        else client.create_experiment(spec["name"], artifact_location=(tmp_path / "art").as_uri())
+    )
     parent = client.create_run(exp_id, tags={"tipslab.role": "sweep", "tipslab.sweep_id": sweep_id}).info.run_id
     client.log_dict(parent, spec, "spec.json")
     for (variant, seed), metrics in values.items():
-        run = client.create_run(exp_id, tags={"mlflow.parentRunId": parent, "tipslab.role": "trial",
-                                              "tipslab.variant": variant, "tipslab.seed": str(seed)}).info.run_id
+        run = client.create_run(
+            exp_id,
+            tags={
+                "mlflow.parentRunId": parent,
+                "tipslab.role": "trial",
+                "tipslab.variant": variant,
+                "tipslab.seed": str(seed),
+            },
+        ).info.run_id
         for key, value in metrics.items():
             client.log_metric(run, key, value)
         client.set_terminated(run, "FINISHED")
@@ -35,11 +52,14 @@ def make_store(tmp_path, values: dict, spec=SPEC, sweep_id="s1"):
 
 
 def test_mean_sd_n_over_seeds_paper_column_only_for_its_key_deltas_and_best(tmp_path):
-    uri = make_store(tmp_path, {
-        ("clip", 0): {"eval/scenes/i2t_r1": 10.0, "eval/scenes/depth_rmse": 0.5},
-        ("clip", 1): {"eval/scenes/i2t_r1": 20.0, "eval/scenes/depth_rmse": 0.7},
-        ("clip+mim", 0): {"eval/scenes/i2t_r1": 30.0, "eval/scenes/depth_rmse": 0.4},
-    })
+    uri = make_store(
+        tmp_path,
+        {
+            ("clip", 0): {"eval/scenes/i2t_r1": 10.0, "eval/scenes/depth_rmse": 0.5},
+            ("clip", 1): {"eval/scenes/i2t_r1": 20.0, "eval/scenes/depth_rmse": 0.7},
+            ("clip+mim", 0): {"eval/scenes/i2t_r1": 30.0, "eval/scenes/depth_rmse": 0.4},
+        },
+    )
     table = render(load_sweep(uri, "abl"))
     lines = table.splitlines()
     assert "| variant | I→T ↑ | Δ [95% CI] | paper | RMSE ↓ | Δ [95% CI] |" in lines
@@ -56,8 +76,15 @@ def test_a_resumed_variant_counts_its_newest_finished_run_once(tmp_path):
     exp = client.get_experiment_by_name("abl").experiment_id
     parent = client.search_runs([exp], "tags.`tipslab.role` = 'sweep'")[0].info.run_id
     for value, status in ((40.0, "FINISHED"), (99.0, "KILLED")):  # a rerun after a config change, a dead one
-        run = client.create_run(exp, tags={"mlflow.parentRunId": parent, "tipslab.role": "trial",
-                                           "tipslab.variant": "clip", "tipslab.seed": "0"}).info.run_id
+        run = client.create_run(
+            exp,
+            tags={
+                "mlflow.parentRunId": parent,
+                "tipslab.role": "trial",
+                "tipslab.variant": "clip",
+                "tipslab.seed": "0",
+            },
+        ).info.run_id
         client.log_metric(run, "eval/scenes/i2t_r1", value)
         client.set_terminated(run, status)
     assert "| clip (baseline) | 40.00 (n=1) |" in render(load_sweep(uri, "abl"))
@@ -71,15 +98,22 @@ def test_latest_sweep_by_default_and_a_given_one_on_request(tmp_path):
 
 
 def test_csv_html_and_latex(tmp_path):
-    uri = make_store(tmp_path, {("clip", 0): {"eval/scenes/i2t_r1": 12.5}, ("clip+mim", 0): {"eval/scenes/i2t_r1": 20.0},
-                                ("clip+mim", 1): {"eval/scenes/i2t_r1": 22.0}})
+    uri = make_store(
+        tmp_path,
+        {
+            ("clip", 0): {"eval/scenes/i2t_r1": 12.5},
+            ("clip+mim", 0): {"eval/scenes/i2t_r1": 20.0},
+            ("clip+mim", 1): {"eval/scenes/i2t_r1": 22.0},
+        },
+    )
     sweep = load_sweep(uri, "abl")
     rows = render(sweep, "csv").splitlines()
     i2t, rmse = "eval/scenes/i2t_r1", "eval/scenes/depth_rmse"
-    assert rows[0] == ",".join(["variant"] + [f"{i2t} {c}" for c in ("mean", "sd", "n", "best", "delta", "ci_low", "ci_high",
-                                                                      "real", "better", "paper")]
-                               + [f"{rmse} {c}" for c in ("mean", "sd", "n", "best", "delta", "ci_low", "ci_high",
-                                                          "real", "better")])
+    assert rows[0] == ",".join(
+        ["variant"]
+        + [f"{i2t} {c}" for c in ("mean", "sd", "n", "best", "delta", "ci_low", "ci_high", "real", "better", "paper")]
+        + [f"{rmse} {c}" for c in ("mean", "sd", "n", "best", "delta", "ci_low", "ci_high", "real", "better")]
+    )
     assert rows[1] == "clip (baseline),12.5,,1,0,0,,,0,,79.1,,,0,0,,,,0,"
     assert rows[2] == "clip+mim,21,1.41421,2,1,8.5,,,0,,,,,0,0,,,,0,"  # n=1 at the baseline: no interval
     html = render(sweep, "html")
@@ -109,19 +143,29 @@ def planted_store(tmp_path):
 def test_a_planted_real_difference_is_marked_and_a_planted_null_one_is_not(tmp_path):
     sweep = load_sweep(planted_store(tmp_path), "abl")
     lines = render(sweep).splitlines()
-    assert ("| clip+mim | **73.06 ± 0.32 (n=5)** | +3.04 [+2.57, +3.51] * better | – "
-            "| 0.61 ± 0.02 (n=5) | +0.11 [+0.09, +0.13] * worse |") in lines  # RMSE up: real, and worse
-    assert ("| clip+null | 70.04 ± 0.34 (n=5) | +0.02 [-0.46, +0.50] | – "
-            "| **0.50 ± 0.01 (n=5)** | +0.00 [-0.02, +0.02] |") in lines
+    assert (
+        "| clip+mim | **73.06 ± 0.32 (n=5)** | +3.04 [+2.57, +3.51] * better | – "
+        "| 0.61 ± 0.02 (n=5) | +0.11 [+0.09, +0.13] * worse |"
+    ) in lines  # RMSE up: real, and worse
+    assert (
+        "| clip+null | 70.04 ± 0.34 (n=5) | +0.02 [-0.46, +0.50] | – | **0.50 ± 0.01 (n=5)** | +0.00 [-0.02, +0.02] |"
+    ) in lines
     note = next(line for line in lines if line.startswith("Δ [95% CI]:"))
-    assert "Welch's t" in note and "95%" in note and "two-sided" in note and "* marks an interval that excludes zero" in note
+    assert (
+        "Welch's t" in note
+        and "95%" in note
+        and "two-sided" in note
+        and "* marks an interval that excludes zero" in note
+    )
     assert "no interval can be given" not in "\n".join(lines)  # every row has 5 seeds
 
     # The csv's numbers are scipy's Welch test of the same seeds.
     rows = {r["variant"]: r for r in csv.DictReader(render(sweep, "csv").splitlines())}
-    for variant, sample, key, real, better in (("clip+mim", REAL, "eval/scenes/i2t_r1", "1", "1"),
-                                               ("clip+mim", RMSE_WORSE, "eval/scenes/depth_rmse", "1", "0"),
-                                               ("clip+null", NULL, "eval/scenes/i2t_r1", "0", "")):
+    for variant, sample, key, real, better in (
+        ("clip+mim", REAL, "eval/scenes/i2t_r1", "1", "1"),
+        ("clip+mim", RMSE_WORSE, "eval/scenes/depth_rmse", "1", "0"),
+        ("clip+null", NULL, "eval/scenes/i2t_r1", "0", ""),
+    ):
         base = BASE if key.endswith("i2t_r1") else RMSE_BASE
         ci = stats.ttest_ind(sample, base, equal_var=False).confidence_interval(0.95)
         row = rows[variant]
@@ -138,8 +182,11 @@ def test_a_planted_real_difference_is_marked_and_a_planted_null_one_is_not(tmp_p
 
 
 def test_no_spread_on_either_side_gives_no_interval_and_says_why(tmp_path):
-    uri = make_store(tmp_path, {("clip", s): {"eval/scenes/i2t_r1": 50.0} for s in range(3)}
-                     | {("clip+mim", s): {"eval/scenes/i2t_r1": 52.0} for s in range(3)})
+    uri = make_store(
+        tmp_path,
+        {("clip", s): {"eval/scenes/i2t_r1": 50.0} for s in range(3)}
+        | {("clip+mim", s): {"eval/scenes/i2t_r1": 52.0} for s in range(3)},
+    )
     table = render(load_sweep(uri, "abl"))
     assert "| clip+mim | **52.00 ± 0.00 (n=3)** | +2.00 (no spread: no CI) |" in table
     assert "clip+mim (I→T): every seed gave the same value on both sides" in table
@@ -147,10 +194,16 @@ def test_no_spread_on_either_side_gives_no_interval_and_says_why(tmp_path):
 
 
 def test_a_value_that_is_not_a_number_is_left_out_and_named(tmp_path):
-    uri = make_store(tmp_path, {("clip", 0): {"eval/scenes/i2t_r1": 50.0}, ("clip", 1): {"eval/scenes/i2t_r1": 51.0},
-                                ("clip+mim", 0): {"eval/scenes/i2t_r1": 53.0},
-                                ("clip+mim", 1): {"eval/scenes/i2t_r1": float("nan")},  # a diverged run
-                                ("clip+mim", 2): {"eval/scenes/i2t_r1": 54.0}})
+    uri = make_store(
+        tmp_path,
+        {
+            ("clip", 0): {"eval/scenes/i2t_r1": 50.0},
+            ("clip", 1): {"eval/scenes/i2t_r1": 51.0},
+            ("clip+mim", 0): {"eval/scenes/i2t_r1": 53.0},
+            ("clip+mim", 1): {"eval/scenes/i2t_r1": float("nan")},  # a diverged run
+            ("clip+mim", 2): {"eval/scenes/i2t_r1": 54.0},
+        },
+    )
     table = render(load_sweep(uri, "abl"))
     assert "| clip+mim | **53.50 ± 0.71 (n=2)** | +3.00 [" in table
     assert "not counted in n, means or intervals: clip+mim seed 1 (I→T: nan)" in table

@@ -6,6 +6,7 @@ Plain JSON Schema allows unknown fields, so a misspelled key would pass silently
 every object that lists its properties, unless the schema keeps unknown fields
 (`x-kubernetes-preserve-unknown-fields`) or says what they hold (`additionalProperties`).
 """
+
 import copy
 
 import yaml
@@ -24,8 +25,11 @@ def strict(schema):
 
     def close(node):
         if isinstance(node, dict):
-            if ("properties" in node and "additionalProperties" not in node
-                    and not node.get("x-kubernetes-preserve-unknown-fields")):
+            if (
+                "properties" in node
+                and "additionalProperties" not in node
+                and not node.get("x-kubernetes-preserve-unknown-fields")
+            ):
                 node["additionalProperties"] = False
             for value in node.values():
                 close(value)

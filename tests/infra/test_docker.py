@@ -9,6 +9,7 @@ find every requirement already satisfied at the version constraints.txt pins (it
 nothing), `project` really builds tipslab and installs it into the fresh venv, and `check` imports
 and runs it from there.
 """
+
 import os
 import re
 import shutil
@@ -31,8 +32,11 @@ def install_steps() -> list[tuple[str, str]]:
 
 def copy_context(dest):
     """The build context as Docker sends it: the repository less Dockerfile.dockerignore's patterns."""
-    patterns = [p.strip().removeprefix("**/") for p in (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()
-                if p.strip() and not p.startswith("#")]
+    patterns = [
+        p.strip().removeprefix("**/")
+        for p in (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()
+        if p.strip() and not p.startswith("#")
+    ]
     shutil.copytree(REPO, dest, ignore=lambda _, names: [n for n in names if any(fnmatch(n, p) for p in patterns)])
 
 
@@ -50,22 +54,37 @@ def test_install_steps_in_a_fresh_venv(tmp_path):
     assert not (context / ".venv").exists() and (context / "ablations" / "smoke.yaml").is_file()
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    purelib = subprocess.run([venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                             check=True, capture_output=True, text=True).stdout.strip()
+    purelib = subprocess.run(
+        [venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     Path(purelib, "dependency-layer.pth").write_text(site.getsitepackages()[0] + "\n")
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "VIRTUAL_ENV", "PYTHON"))}
     env.update(PATH=f"{venv / 'bin'}:{env['PATH']}", PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1")
     outputs = {}
     for step, source in install_steps():
-        done = subprocess.run(["bash", str(context / "infra/docker/install.sh"), step, source], cwd=context, env=env,
-                              capture_output=True, text=True, timeout=600)
+        done = subprocess.run(
+            ["bash", str(context / "infra/docker/install.sh"), step, source],
+            cwd=context,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert done.returncode == 0, f"install.sh {step}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
         outputs[step] = done.stdout
 
     assert "Successfully installed tipslab-0.1.0" in outputs["project"]
     assert "tipslab image check: ray 2.60.0" in outputs["check"]
-    where = subprocess.run([venv / "bin" / "python", "-c", "import tipslab.orchestrator.cli as m; print(m.__file__)"],
-                           env=env, check=True, capture_output=True, text=True).stdout.strip()
+    where = subprocess.run(
+        [venv / "bin" / "python", "-c", "import tipslab.orchestrator.cli as m; print(m.__file__)"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     assert where.startswith(str(venv)), f"tipslab imported from {where}, not from the fresh venv's install"
     assert (venv / "bin" / "tipslab").is_file()

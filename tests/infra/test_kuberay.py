@@ -3,6 +3,7 @@
 The CRDs live outside the project (`../shared/fixtures/kuberay/`); in a clone without them these
 tests are skipped, saying so.
 """
+
 import copy
 
 import pytest
@@ -13,13 +14,18 @@ from kube_schema import crd_schema, errors
 CRDS = SHARED / "fixtures" / "kuberay"
 KUBERAY = REPO / "infra" / "kuberay"
 
-pytestmark = pytest.mark.skipif(not (CRDS / "ray.io_rayclusters.yaml").is_file(),
-                                reason=f"KubeRay's CRD schemas are not at {CRDS} (they are not part of the project)")
+pytestmark = pytest.mark.skipif(
+    not (CRDS / "ray.io_rayclusters.yaml").is_file(),
+    reason=f"KubeRay's CRD schemas are not at {CRDS} (they are not part of the project)",
+)
 
 
 @pytest.fixture(scope="module")
 def schemas():
-    return {"RayCluster": crd_schema(CRDS / "ray.io_rayclusters.yaml"), "RayJob": crd_schema(CRDS / "ray.io_rayjobs.yaml")}
+    return {
+        "RayCluster": crd_schema(CRDS / "ray.io_rayclusters.yaml"),
+        "RayJob": crd_schema(CRDS / "ray.io_rayjobs.yaml"),
+    }
 
 
 def manifest(name: str) -> dict:
@@ -67,7 +73,10 @@ def test_rayjob_is_valid_and_runs_a_sweep_on_the_cluster(schemas):
     assert "pip" not in runtime_env and not any(k.startswith("AWS_") for k in runtime_env["env_vars"])
     submitter = containers(spec["submitterPodTemplate"])[0]
     token = next(e for e in submitter["env"] if e["name"] == "RAY_AUTH_TOKEN")
-    assert token["valueFrom"]["secretKeyRef"] == {"name": cluster["spec"]["authOptions"]["secretName"], "key": "auth_token"}
+    assert token["valueFrom"]["secretKeyRef"] == {
+        "name": cluster["spec"]["authOptions"]["secretName"],
+        "key": "auth_token",
+    }
 
 
 def test_schema_rejects_misspelled_and_invalid_fields(schemas):
@@ -75,10 +84,13 @@ def test_schema_rejects_misspelled_and_invalid_fields(schemas):
     typo = copy.deepcopy(cluster)
     typo["spec"]["workerGroupSpecs"][0]["maxReplica"] = 8  # meant maxReplicas
     assert errors(typo, schemas["RayCluster"]) == [
-        "spec.workerGroupSpecs.0: Additional properties are not allowed ('maxReplica' was unexpected)"]
+        "spec.workerGroupSpecs.0: Additional properties are not allowed ('maxReplica' was unexpected)"
+    ]
     wrong = copy.deepcopy(cluster)
     wrong["spec"]["authOptions"]["mode"] = "password"
-    assert errors(wrong, schemas["RayCluster"]) == ["spec.authOptions.mode: 'password' is not one of ['disabled', 'token']"]
+    assert errors(wrong, schemas["RayCluster"]) == [
+        "spec.authOptions.mode: 'password' is not one of ['disabled', 'token']"
+    ]
     job = manifest("rayjob.yaml")
     job["spec"]["backoffLimit"] = "none"
     assert errors(job, schemas["RayJob"]) == ["spec.backoffLimit: 'none' is not of type 'integer'"]
@@ -88,7 +100,11 @@ def test_shared_volume_and_service_account_match_the_cluster():
     kinds = {d["kind"]: d for d in yaml.safe_load_all((KUBERAY / "serviceaccount.yaml").read_text())}
     assert kinds["PersistentVolumeClaim"]["spec"]["accessModes"] == ["ReadWriteMany"]
     cluster = manifest("raycluster.yaml")
-    claims = {v["persistentVolumeClaim"]["claimName"] for g in [cluster["spec"]["headGroupSpec"], *cluster["spec"]["workerGroupSpecs"]]
-              for v in g["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v}
+    claims = {
+        v["persistentVolumeClaim"]["claimName"]
+        for g in [cluster["spec"]["headGroupSpec"], *cluster["spec"]["workerGroupSpecs"]]
+        for v in g["template"]["spec"]["volumes"]
+        if "persistentVolumeClaim" in v
+    }
     assert claims == {kinds["PersistentVolumeClaim"]["metadata"]["name"]}
     assert kinds["ServiceAccount"]["metadata"]["name"] == "tipslab-ray"

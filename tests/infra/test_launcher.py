@@ -1,6 +1,7 @@
 """The Ray cluster launcher config, checked by Ray's own validation as `ray up` runs it: the
 provider's defaults filled in (`prepare_config`), then the config schema of the installed Ray
 (`validate_config`, ray/autoscaler/ray-schema.json). Nothing is launched."""
+
 import copy
 
 import pytest

@@ -5,6 +5,7 @@ these tests read the YAML and check what the manifests must get right among them
 has its kind's required fields, selectors find their pods, the names the server's URIs use are the
 Services that exist, and every secret comes from a Secret, never from a literal value.
 """
+
 import yaml
 from conftest import REPO
 
@@ -12,8 +13,12 @@ K8S = REPO / "infra" / "mlflow" / "k8s"
 REQUIRED = {  # what the API server refuses to create without
     "Service": ["spec.selector", "spec.ports"],
     "Deployment": ["spec.selector.matchLabels", "spec.template.metadata.labels", "spec.template.spec.containers"],
-    "StatefulSet": ["spec.selector.matchLabels", "spec.template.metadata.labels", "spec.template.spec.containers",
-                    "spec.serviceName"],
+    "StatefulSet": [
+        "spec.selector.matchLabels",
+        "spec.template.metadata.labels",
+        "spec.template.spec.containers",
+        "spec.serviceName",
+    ],
     "ServiceAccount": [],
 }
 
@@ -34,23 +39,35 @@ def get(doc: dict, dotted: str):
 
 
 def containers() -> list[dict]:
-    return [c for (kind, _), doc in objects().items() if kind in ("Deployment", "StatefulSet")
-            for c in doc["spec"]["template"]["spec"]["containers"]]
+    return [
+        c
+        for (kind, _), doc in objects().items()
+        if kind in ("Deployment", "StatefulSet")
+        for c in doc["spec"]["template"]["spec"]["containers"]
+    ]
 
 
 def test_every_object_has_its_required_fields_and_selectors_match():
     found = objects()
-    assert set(found) == {("Service", "tipslab-mlflow"), ("Deployment", "tipslab-mlflow"),
-                          ("ServiceAccount", "tipslab-mlflow"), ("Service", "tipslab-mlflow-db"),
-                          ("StatefulSet", "tipslab-mlflow-db")}
+    assert set(found) == {
+        ("Service", "tipslab-mlflow"),
+        ("Deployment", "tipslab-mlflow"),
+        ("ServiceAccount", "tipslab-mlflow"),
+        ("Service", "tipslab-mlflow-db"),
+        ("StatefulSet", "tipslab-mlflow-db"),
+    }
     for (kind, name), doc in found.items():
         for field in REQUIRED[kind]:
             assert get(doc, field), f"{kind}/{name}: {field} is empty"
         if kind in ("Deployment", "StatefulSet"):
-            assert doc["spec"]["selector"]["matchLabels"].items() <= doc["spec"]["template"]["metadata"]["labels"].items()
+            assert (
+                doc["spec"]["selector"]["matchLabels"].items() <= doc["spec"]["template"]["metadata"]["labels"].items()
+            )
     for name in ("tipslab-mlflow", "tipslab-mlflow-db"):
         pods = next(d for (k, n), d in found.items() if n == name and k != "Service" and k != "ServiceAccount")
-        assert found["Service", name]["spec"]["selector"].items() <= pods["spec"]["template"]["metadata"]["labels"].items()
+        assert (
+            found["Service", name]["spec"]["selector"].items() <= pods["spec"]["template"]["metadata"]["labels"].items()
+        )
 
 
 def test_server_uses_postgres_and_s3_and_is_the_uri_the_ray_cluster_logs_to():
@@ -65,7 +82,9 @@ def test_server_uses_postgres_and_s3_and_is_the_uri_the_ray_cluster_logs_to():
     assert server["serviceAccountName"] in {n for k, n in found if k == "ServiceAccount"}
     port = found["Service", "tipslab-mlflow"]["spec"]["ports"][0]["port"]
     ray_head = yaml.safe_load((REPO / "infra" / "kuberay" / "raycluster.yaml").read_text())
-    ray_env = {e["name"]: e.get("value") for e in ray_head["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]}
+    ray_env = {
+        e["name"]: e.get("value") for e in ray_head["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]
+    }
     assert ray_env["MLFLOW_TRACKING_URI"] == f"http://tipslab-mlflow:{port}"
     assert f"tipslab-mlflow:{port}" in env["MLFLOW_SERVER_ALLOWED_HOSTS"]["value"].split(",")
 

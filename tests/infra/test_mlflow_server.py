@@ -1,5 +1,6 @@
 """infra/mlflow/serve.sh: a real MLflow server on loopback (sqlite runs, artifacts on the S3-compatible
 server), that a client logs a run to and reads back, needing no AWS credentials of its own."""
+
 import os
 import signal
 import subprocess
@@ -23,9 +24,23 @@ def server(tmp_path, s3, s3_endpoint):
     port = free_port()
     env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint}
     log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen([str(SERVE), "--port", str(port), "--workers", "1", "--dir", str(tmp_path / "store"),
-                             "--artifacts-destination", f"{s3}/mlflow"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            str(SERVE),
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--dir",
+            str(tmp_path / "store"),
+            "--artifacts-destination",
+            f"{s3}/mlflow",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while True:
@@ -35,7 +50,9 @@ def server(tmp_path, s3, s3_endpoint):
         except OSError:
             pass
         assert proc.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-        assert time.monotonic() < deadline, "MLflow server not ready in 180 s:\n" + (tmp_path / "server.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, (
+            "MLflow server not ready in 180 s:\n" + (tmp_path / "server.log").read_text()[-3000:]
+        )
         time.sleep(0.5)
     yield url, tmp_path / "store"
     os.killpg(proc.pid, signal.SIGTERM)

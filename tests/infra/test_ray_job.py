@@ -6,6 +6,7 @@ As on a real cluster, the nodes' environment carries what the job needs (tipslab
 TIPSLAB_HOME and the MLflow store are); the runtime environment ships the checkout. The MLflow store
 is a sqlite file: the sweep driver is its one writer, and every node of this cluster sees the same disk.
 """
+
 import os
 import subprocess
 import sys
@@ -40,11 +41,24 @@ def test_smoke_sweep_as_a_ray_job_lands_in_mlflow(tmp_path, monkeypatch):
     # Two nodes of 2 CPUs: a trial takes 2 (its training worker and Ray Data's budget), and its
     # evaluation asks for those 2 CPUs as one task, which must fit on one node.
     with LocalCluster(nodes=2, cpus_per_node=2, object_store_mb=150) as cluster:
-        command = ["ray", "job", "submit", "--address", cluster.dashboard_url, "--runtime-env", "infra/ray/runtime_env.yaml",
-                   "--", "tipslab", "sweep", str(spec), *tiny_overrides(**{"train.steps": 4})]
+        command = [
+            "ray",
+            "job",
+            "submit",
+            "--address",
+            cluster.dashboard_url,
+            "--runtime-env",
+            "infra/ray/runtime_env.yaml",
+            "--",
+            "tipslab",
+            "sweep",
+            str(spec),
+            *tiny_overrides(**{"train.steps": 4}),
+        ]
         try:
-            submit = subprocess.run(command, cwd=REPO, env={**os.environ, **cluster.env}, capture_output=True,
-                                    text=True, timeout=900)
+            submit = subprocess.run(
+                command, cwd=REPO, env={**os.environ, **cluster.env}, capture_output=True, text=True, timeout=900
+            )
         except subprocess.TimeoutExpired as err:
             raise AssertionError(f"the job did not finish in 900 s:\n{(err.stdout or b'').decode()[-5000:]}") from None
     output = submit.stdout + submit.stderr
@@ -58,7 +72,9 @@ def test_smoke_sweep_as_a_ray_job_lands_in_mlflow(tmp_path, monkeypatch):
     assert len(parent) == 1 and parent[0].info.status == "FINISHED"
     assert len(trials) == 1 and trials[0].info.status == "FINISHED"
     trial = trials[0]
-    assert trial.data.tags["tipslab.variant"] == "clip" and trial.data.tags["mlflow.parentRunId"] == parent[0].info.run_id
+    assert (
+        trial.data.tags["tipslab.variant"] == "clip" and trial.data.tags["mlflow.parentRunId"] == parent[0].info.run_id
+    )
     assert trial.data.params["train.steps"] == "4"
     assert 0 <= trial.data.metrics["eval/scenes/i2t_r1"] <= 100
     assert [m.step for m in client.get_metric_history(trial.info.run_id, "train/loss")][-1] == 4

@@ -1,5 +1,6 @@
 """The typed experiment config: one ExperimentConfig from a dict, a DictConfig or itself, and each
 section's value checks, which name their dotted key."""
+
 import json
 import re
 
@@ -19,10 +20,13 @@ from tipslab.models.checkpoint import tips_config
 from tipslab.models.config import LossConfig, ModelConfig
 from tipslab.models.errors import ConfigError
 
-PLAIN = {"model": {"size": "small-cpu", "image_size": 56}, "loss": {"mim_weight": 0.0, "caption_mode": "web"},
-         "data": {"batch_size": 4, "global_crop_scale": [0.5, 1.0]},
-         "train": {"steps": 3, "stages": [{"name": "a", "steps": 3, "overrides": {"loss.mim_weight": 1}}]},
-         "eval": {"probes": ["knn"], "datasets": {"imagenet": "/x"}}}
+PLAIN = {
+    "model": {"size": "small-cpu", "image_size": 56},
+    "loss": {"mim_weight": 0.0, "caption_mode": "web"},
+    "data": {"batch_size": 4, "global_crop_scale": [0.5, 1.0]},
+    "train": {"steps": 3, "stages": [{"name": "a", "steps": 3, "overrides": {"loss.mim_weight": 1}}]},
+    "eval": {"probes": ["knn"], "datasets": {"imagenet": "/x"}},
+}
 
 
 def test_a_dict_a_dictconfig_and_an_experiment_config_give_equal_typed_configs():
@@ -103,5 +107,12 @@ def test_each_value_check_raises_a_config_error_naming_its_key(key, value):
 def test_good_values_pass_and_the_defaults_are_valid():
     for cls in (*SECTIONS.values(), ExperimentConfig):
         cls()
-    experiment({"model": {"size": "g", "image_size": 224}, "loss": {"distill_weight": 0.0, "mask_ratio": 0.0},
-                "data": {"local_crops": 0}, "train": {"strategy": "fsdp"}, "eval": {"retrieval_token": "cls_web"}})
+    experiment(
+        {
+            "model": {"size": "g", "image_size": 224},
+            "loss": {"distill_weight": 0.0, "mask_ratio": 0.0},
+            "data": {"local_crops": 0},
+            "train": {"strategy": "fsdp"},
+            "eval": {"retrieval_token": "cls_web"},
+        }
+    )

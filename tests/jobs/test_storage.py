@@ -41,8 +41,12 @@ def test_s3_settings_come_from_the_aws_environment(monkeypatch):
     fs = storage.s3_filesystem()
     assert fs.region == "eu-west-3"
     assert "127.0.0.1:7" in repr(fs.__reduce__()) and "127.0.0.1:9" not in repr(fs.__reduce__())
-    assert storage.aws_env() == {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ENDPOINT_URL_S3":
-                                 "http://127.0.0.1:7", "AWS_REGION": "eu-west-3", "AWS_ACCESS_KEY_ID": "id"}
+    assert storage.aws_env() == {
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+        "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:7",
+        "AWS_REGION": "eu-west-3",
+        "AWS_ACCESS_KEY_ID": "id",
+    }
 
 
 def test_a_checkpoints_filesystem_and_path_make_its_uri(s3):

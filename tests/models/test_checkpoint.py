@@ -1,4 +1,5 @@
 """Checkpoints: one self-contained model.pt, written atomically, loadable into an eval-mode student."""
+
 import copy
 
 import numpy as np
@@ -12,7 +13,6 @@ from tipslab.models.teacher import EMATeacher
 from tipslab.models.tips import TIPSStudent
 from tipslab.models.tokenizer import HashTokenizer
 from tipslab.orchestrator.config import schema, to_dict
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -38,9 +38,13 @@ def training_state(config: dict, step=7) -> tuple[dict, TIPSStudent]:
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
     tokenizer = HashTokenizer(config["model"]["vocab_size"], config["model"]["max_text_len"])
     state = {
-        "student": student.state_dict(), "teacher": teacher.state_dict() if teacher else None,
-        "objective": objective.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-        "config": config, "tokenizer": tokenizer.state(),
+        "student": student.state_dict(),
+        "teacher": teacher.state_dict() if teacher else None,
+        "objective": objective.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "config": config,
+        "tokenizer": tokenizer.state(),
     }
     return state, student
 
@@ -84,8 +88,9 @@ def test_load_state_returns_everything_saved(tmp_path):
 
 
 def test_config_drives_the_rebuilt_student(tmp_path):
-    config = experiment(model__head_prototypes=24, model__init_temperature=0.2, loss__mim_weight=0.0,
-                        loss__caption_mode="web")
+    config = experiment(
+        model__head_prototypes=24, model__init_temperature=0.2, loss__mim_weight=0.0, loss__caption_mode="web"
+    )
     state, _ = training_state(config)
     save_checkpoint(tmp_path, state)
     loaded, _, loaded_config = load_student(tmp_path)

@@ -1,4 +1,5 @@
 """L_clip: symmetric softmax InfoNCE, and its equality across ranks with the single-process loss."""
+
 import math
 import os
 import socket
@@ -92,8 +93,10 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         temperature = torch.tensor(0.2, requires_grad=True)
         loss = clip_loss(image, text, temperature)
         loss.backward()
-        torch.save({"loss": loss.detach(), "image": image.grad, "text": text.grad, "temperature": temperature.grad},
-                   os.path.join(out_dir, f"rank{rank}.pt"))
+        torch.save(
+            {"loss": loss.detach(), "image": image.grad, "text": text.grad, "temperature": temperature.grad},
+            os.path.join(out_dir, f"rank{rank}.pt"),
+        )
     finally:
         dist.destroy_process_group()
 
@@ -114,7 +117,7 @@ def test_two_ranks_equal_the_single_process_loss_and_gradients(tmp_path):
     per_row = reference_clip(image.detach().double().numpy(), text.detach().double().numpy(), 0.2)
     half = BATCH // WORLD
     for r, out in enumerate(ranks):
-        assert out["loss"].item() == pytest.approx(per_row[r * half:(r + 1) * half].mean(), rel=1e-5)
+        assert out["loss"].item() == pytest.approx(per_row[r * half : (r + 1) * half].mean(), rel=1e-5)
     assert np.mean([o["loss"].item() for o in ranks]) == pytest.approx(single.item(), rel=1e-6)
     assert not torch.allclose(ranks[0]["loss"], ranks[1]["loss"])  # the halves really differ
 

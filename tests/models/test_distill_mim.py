@@ -1,4 +1,5 @@
 """L_distill and L_mim: DINO centring (EMA buffer), sharpened targets, cross-entropy to the student."""
+
 import os
 import socket
 
@@ -139,6 +140,7 @@ def test_mim_loss_with_no_masked_patches_is_zero_with_a_graph():
 
 # --- known answers --------------------------------------------------------------------------
 
+
 def entropy_np(p):
     return -(p * np.log(p)).sum(-1)
 
@@ -204,8 +206,13 @@ def _centre_worker(rank: int, port: int, out_dir: str) -> None:
 
     torch.set_num_threads(1)
     # A short timeout turns a hang (a rank skipping the collective) into an error.
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
-                            timeout=datetime.timedelta(seconds=30))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=WORLD,
+        timeout=datetime.timedelta(seconds=30),
+    )
     try:
         mim, distill = MIMLoss(K, 0.1, 0.9), DistillLoss(K, 0.1, 0.9)
         losses = []
@@ -218,8 +225,10 @@ def _centre_worker(rank: int, port: int, out_dir: str) -> None:
         for step, counts in enumerate(DISTILL_ROWS):
             b = counts[rank]
             distill(logits(b, 2, K, seed=8), rank_rows(step, rank, b, "distill"), 0.04)
-        torch.save({"mim": mim.targets.center, "distill": distill.targets.center, "losses": losses},
-                   os.path.join(out_dir, f"rank{rank}.pt"))
+        torch.save(
+            {"mim": mim.targets.center, "distill": distill.targets.center, "losses": losses},
+            os.path.join(out_dir, f"rank{rank}.pt"),
+        )
     finally:
         dist.destroy_process_group()
 
@@ -258,7 +267,7 @@ def test_masked_tokens_are_the_boolean_selection_without_a_host_read(ratio, patc
     from tipslab.models.mim import masked_count, masked_tokens
 
     rng = np.random.default_rng(int(ratio * 100) + patches)
-    grid = int(patches ** 0.5)
+    grid = int(patches**0.5)
     masks = torch.from_numpy(np.stack([make_mask(rng, mode, grid, ratio) for mode in ("random", "blockwise") * 3]))
     tokens = torch.randn(6, patches, 5)
     count = masked_count(ratio, patches)

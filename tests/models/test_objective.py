@@ -1,4 +1,5 @@
 """The TIPS objective end to end on the tiny student: weights, caption modes, views, and learning."""
+
 import math
 
 import pytest
@@ -21,8 +22,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def make(seed=0, **loss):
     torch.manual_seed(seed)
-    cfg = TIPSConfig(model=ModelConfig(size="tiny", head_hidden=256, head_bottleneck=64, head_prototypes=K),
-                     loss=LossConfig(**loss))
+    cfg = TIPSConfig(
+        model=ModelConfig(size="tiny", head_hidden=256, head_bottleneck=64, head_prototypes=K), loss=LossConfig(**loss)
+    )
     student = TIPSStudent(cfg)
     objective = TIPSObjective(cfg)
     teacher = EMATeacher(student) if objective.needs_teacher else None
@@ -84,8 +86,9 @@ def test_outputs_feed_the_right_shapes():
     assert teacher_out["masked_patch_logits"].shape == (m, K)
     with torch.no_grad():
         masked_view = student.vision(batch["global_crop"], batch["masks"])
-        torch.testing.assert_close(out["masked_patch_logits"],
-                                   student.mim_head(masked_view["patch_tokens"][batch["masks"]]))
+        torch.testing.assert_close(
+            out["masked_patch_logits"], student.mim_head(masked_view["patch_tokens"][batch["masks"]])
+        )
 
 
 @pytest.mark.parametrize("token", ["cls_web", "cls_synthetic"])
@@ -125,12 +128,15 @@ def test_zero_weight_removes_term_head_and_teacher(alpha, beta):
     assert any(n.startswith("mim_head.") for n in names) == (beta > 0)
 
 
-@pytest.mark.parametrize("alpha,beta", [
-    (1.0, 2.0),
-    (0.0, 2.0),
-    (1.0, 0.0),
-    (0.0, 0.0),
-])
+@pytest.mark.parametrize(
+    "alpha,beta",
+    [
+        (1.0, 2.0),
+        (0.0, 2.0),
+        (1.0, 0.0),
+        (0.0, 0.0),
+    ],
+)
 def test_every_student_parameter_gets_a_gradient(alpha, beta):
     """tips.py promises that switched-off terms leave no unused parameters for DDP to trip over."""
     cfg, student, objective, teacher = make(distill_weight=alpha, mim_weight=beta)
@@ -153,12 +159,15 @@ def _clip_expected(student, batch, mode):
         return 0.5 * (clip_loss(v["cls_web"], web, t) + clip_loss(v["cls_synthetic"], syn, t))
 
 
-@pytest.mark.parametrize("mode,keys,text_keys", [
-    ("web", {"clip", "loss"}, {"text_web"}),
-    ("synthetic", {"clip", "loss"}, {"text_synthetic"}),
-    ("both_single_cls", {"clip", "loss"}, {"text_web"}),
-    ("dual_cls", {"clip_web", "clip_synthetic", "clip", "loss"}, {"text_web", "text_synthetic"}),
-])
+@pytest.mark.parametrize(
+    "mode,keys,text_keys",
+    [
+        ("web", {"clip", "loss"}, {"text_web"}),
+        ("synthetic", {"clip", "loss"}, {"text_synthetic"}),
+        ("both_single_cls", {"clip", "loss"}, {"text_web"}),
+        ("dual_cls", {"clip_web", "clip_synthetic", "clip", "loss"}, {"text_web", "text_synthetic"}),
+    ],
+)
 def test_caption_modes_give_the_expected_terms(mode, keys, text_keys):
     cfg, student, objective, teacher = make(caption_mode=mode, distill_weight=0.0, mim_weight=0.0)
     batch = make_batch(b=4)
@@ -213,9 +222,14 @@ def test_without_mim_the_masks_are_ignored():
     torch.testing.assert_close(out["cls_web"], clean["cls_web"])
 
 
-@pytest.mark.parametrize("field,value", [
-    ("caption_mode", "alt_text"), ("distill_cls", "cls_3"), ("clip_view", "blurred"),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("caption_mode", "alt_text"),
+        ("distill_cls", "cls_3"),
+        ("clip_view", "blurred"),
+    ],
+)
 def test_invalid_loss_config_is_rejected(field, value):
     with pytest.raises(ValueError, match=field):
         TIPSStudent(TIPSConfig(loss=LossConfig(**{field: value})))
@@ -262,8 +276,9 @@ def test_defaults_are_the_papers_and_dinov2s():
 
 def test_distill_and_mim_heads_have_their_own_prototype_counts():
     torch.manual_seed(0)
-    cfg = TIPSConfig(model=ModelConfig(size="tiny", head_hidden=32, head_bottleneck=16,
-                                       distill_prototypes=40, mim_prototypes=24))
+    cfg = TIPSConfig(
+        model=ModelConfig(size="tiny", head_hidden=32, head_bottleneck=16, distill_prototypes=40, mim_prototypes=24)
+    )
     student, objective = TIPSStudent(cfg), TIPSObjective(cfg)
     teacher = EMATeacher(student)
     batch = make_batch(b=2)
@@ -272,7 +287,9 @@ def test_distill_and_mim_heads_have_their_own_prototype_counts():
     assert out["local_logits"].shape == (2, 2, 40) and teacher_out["cls_logits"].shape == (2, 40)
     assert out["masked_patch_logits"].shape == (m, 24) and teacher_out["masked_patch_logits"].shape == (m, 24)
     assert {k: tuple(v.shape) for k, v in objective.state_dict().items()} == {
-        "distill.targets.center": (1, 40), "mim.targets.center": (1, 24)}
+        "distill.targets.center": (1, 40),
+        "mim.targets.center": (1, 24),
+    }
     assert student.distill_head.prototypes.weight.shape == (40, 16)
     assert student.distill_head.mlp[0].weight.shape == (32, 64)
     assert math.isfinite(terms["loss"].item())

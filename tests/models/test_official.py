@@ -3,6 +3,7 @@
 The fixture (../shared/fixtures/official_tips) holds tiny towers in the official layout and what the
 official PyTorch code computed from them; its manifest lists every official name and shape per size.
 """
+
 import json
 import math
 from types import SimpleNamespace
@@ -15,8 +16,13 @@ from conftest import SHARED
 from tipslab.models.checkpoint import load_state, load_student
 from tipslab.models.config import SIZES, ModelConfig
 from tipslab.models.official import (
-    OFFICIAL_SIZES, export_checkpoint, export_official, import_checkpoint, import_official,
-    infer_model_fields, official_state,
+    OFFICIAL_SIZES,
+    export_checkpoint,
+    export_official,
+    import_checkpoint,
+    import_official,
+    infer_model_fields,
+    official_state,
 )
 from tipslab.models.text import TextTower
 from tipslab.models.tokenizer import HashTokenizer
@@ -103,8 +109,17 @@ def test_imported_text_tower_reproduces_the_official_embedding_and_temperature(f
 def test_inferred_fields_for_the_tiny_fixture(fixture_dir, tower, mlp):
     _, _, fields = import_official(fixture_dir / TOWERS[tower], fixture_dir / "tiny_text.npz")
     assert fields == {
-        "size": "tiny", "width": 64, "depth": 2, "heads": 2, "mlp_dim": 256, "mlp": mlp, "text_depth": 2,
-        "patch_size": 14, "image_size": 224, "vocab_size": 1000, "layerscale_init": 1.0,
+        "size": "tiny",
+        "width": 64,
+        "depth": 2,
+        "heads": 2,
+        "mlp_dim": 256,
+        "mlp": mlp,
+        "text_depth": 2,
+        "patch_size": 14,
+        "image_size": 224,
+        "vocab_size": 1000,
+        "layerscale_init": 1.0,
     }
     assert ModelConfig(**fields).dims() == (64, 2, 2, 256, 2)
 
@@ -156,8 +171,12 @@ def test_fields_inferred_from_each_official_size(manifest, size):
 def test_heads_can_be_given_and_an_unknown_width_needs_them(fixture_dir):
     vision, text = npz(fixture_dir / "tiny_vision.npz"), npz(fixture_dir / "tiny_text.npz")
     assert infer_model_fields(vision, text, heads=4)["heads"] == 4
-    narrow_v = {k: SimpleNamespace(shape=(*v.shape[:-1], 80) if k == "cls_token" else v.shape) for k, v in vision.items()}
-    narrow_t = {k: SimpleNamespace(shape=(1000, 80) if k == "token_embedding.weight" else v.shape) for k, v in text.items()}
+    narrow_v = {
+        k: SimpleNamespace(shape=(*v.shape[:-1], 80) if k == "cls_token" else v.shape) for k, v in vision.items()
+    }
+    narrow_t = {
+        k: SimpleNamespace(shape=(1000, 80) if k == "token_embedding.weight" else v.shape) for k, v in text.items()
+    }
     with pytest.raises(ValueError, match="pass the number of heads"):
         infer_model_fields(narrow_v, narrow_t)
     assert infer_model_fields(narrow_v, narrow_t, heads=5)["heads"] == 5
@@ -180,8 +199,13 @@ def test_import_checkpoint_then_load_student_gives_the_official_outputs(fixture_
     base = to_dict(schema())
     base["model"].update(head_hidden=32, head_bottleneck=16, head_prototypes=32)
     tokenizer = HashTokenizer(1000, 64).state()
-    path = import_checkpoint(fixture_dir / TOWERS["vision_swiglu"], fixture_dir / "tiny_text.npz", tmp_path / "ckpt",
-                             base_config=base, tokenizer_state=tokenizer)
+    path = import_checkpoint(
+        fixture_dir / TOWERS["vision_swiglu"],
+        fixture_dir / "tiny_text.npz",
+        tmp_path / "ckpt",
+        base_config=base,
+        tokenizer_state=tokenizer,
+    )
     assert path.is_file()
     student, loaded_tokenizer, config = load_student(tmp_path / "ckpt")
     assert loaded_tokenizer.state() == tokenizer
@@ -212,6 +236,7 @@ def test_import_checkpoint_refuses_names_the_layout_does_not_explain(fixture_dir
     vision["blocks.0.extra.weight"] = np.zeros(3, np.float32)
     np.savez(tmp_path / "odd_vision.npz", **vision)
     with pytest.raises(ValueError, match="(?s)not loadable as TIPS towers.*blocks.0.extra.weight"):
-        import_checkpoint(tmp_path / "odd_vision.npz", fixture_dir / "tiny_text.npz", tmp_path / "ckpt",
-                          base_config=to_dict(schema()))
+        import_checkpoint(
+            tmp_path / "odd_vision.npz", fixture_dir / "tiny_text.npz", tmp_path / "ckpt", base_config=to_dict(schema())
+        )
     assert not (tmp_path / "ckpt").exists()

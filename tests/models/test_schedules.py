@@ -1,4 +1,5 @@
 """cosine_schedule: linear warm-up, then a cosine from start to end; one value per step."""
+
 import numpy as np
 import pytest
 

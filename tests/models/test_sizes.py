@@ -1,4 +1,5 @@
 """The paper's model sizes: dimensions and parameter counts of both towers, built on the meta device."""
+
 import pytest
 import torch
 
@@ -9,12 +10,19 @@ from tipslab.models.vision import VisionTower, mlp_kind, swiglu_hidden
 # Parameters (millions) of the official towers, vision / text with the 32,000-token vocabulary
 # (the counts of the official parameter lists in shared/fixtures/official_tips/manifest.json).
 PARAMS_M = {
-    "S": (21.6, 33.6), "B": (85.7, 109.6), "L": (303.2, 183.9), "So400m": (412.5, 448.3), "g": (1134.8, 389.1),
+    "S": (21.6, 33.6),
+    "B": (85.7, 109.6),
+    "L": (303.2, 183.9),
+    "So400m": (412.5, 448.3),
+    "g": (1134.8, 389.1),
 }
 # width, depth, heads, MLP, text depth (PAPER.md)
 DIMS = {
-    "S": (384, 12, 6, 1536, 12), "B": (768, 12, 12, 3072, 12), "L": (1024, 24, 16, 4096, 12),
-    "So400m": (1152, 27, 16, 4304, 27), "g": (1536, 40, 24, 6144, 12),
+    "S": (384, 12, 6, 1536, 12),
+    "B": (768, 12, 12, 3072, 12),
+    "L": (1024, 24, 16, 4096, 12),
+    "So400m": (1152, 27, 16, 4304, 27),
+    "g": (1536, 40, 24, 6144, 12),
 }
 
 

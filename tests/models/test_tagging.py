@@ -1,4 +1,5 @@
 """L_tag: the Tag2Text tagging head (queries cross-attending to image tokens) and the asymmetric loss."""
+
 import math
 
 import pytest
@@ -83,10 +84,12 @@ def test_asymmetric_loss_by_hand():
 
     def negative(x):  # shifted probability p_m = max(p - 0.05, 0), focused by p_m^7
         pm = max(sigmoid(x) - 0.05, 0.0)
-        return -(pm ** 7) * math.log(1 - pm)
+        return -(pm**7) * math.log(1 - pm)
 
-    rows = [positive(2.0) + negative(-1.0) + negative(0.0) + negative(-5.0),
-            negative(-3.0) + positive(0.5) + negative(1.0) + positive(3.0)]
+    rows = [
+        positive(2.0) + negative(-1.0) + negative(0.0) + negative(-5.0),
+        negative(-3.0) + positive(0.5) + negative(1.0) + positive(3.0),
+    ]
     got = asymmetric_loss(logits, targets)
     assert got.item() == pytest.approx(sum(rows) / 2, rel=1e-6)  # summed over tags, mean over images
     # the numbers behind it: an easy negative (p < clip) costs exactly nothing; a hard one little
@@ -105,9 +108,10 @@ def test_asymmetric_loss_gradient_treats_the_focusing_weight_as_a_constant():
 
 def make(tag_weight, num_tags=5, **loss):
     torch.manual_seed(0)
-    cfg = TIPSConfig(model=ModelConfig(size="tiny", head_hidden=32, head_bottleneck=16, head_prototypes=24,
-                                       num_tags=num_tags),
-                     loss=LossConfig(tag_weight=tag_weight, **loss))
+    cfg = TIPSConfig(
+        model=ModelConfig(size="tiny", head_hidden=32, head_bottleneck=16, head_prototypes=24, num_tags=num_tags),
+        loss=LossConfig(tag_weight=tag_weight, **loss),
+    )
     return cfg, TIPSStudent(cfg), TIPSObjective(cfg)
 
 

@@ -1,4 +1,5 @@
 """The EMA teacher: momentum update, frozen, always in eval mode, only the heads that are in use."""
+
 import pytest
 import torch
 
@@ -14,8 +15,12 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def make_student(**loss) -> TIPSStudent:
     torch.manual_seed(0)
-    return TIPSStudent(TIPSConfig(model=ModelConfig(size="tiny", head_hidden=256, head_bottleneck=64, head_prototypes=32),
-                                  loss=LossConfig(**loss)))
+    return TIPSStudent(
+        TIPSConfig(
+            model=ModelConfig(size="tiny", head_hidden=256, head_bottleneck=64, head_prototypes=32),
+            loss=LossConfig(**loss),
+        )
+    )
 
 
 def perturb(student: TIPSStudent, seed=1):

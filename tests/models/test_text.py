@@ -1,4 +1,5 @@
 """The text tower: padding is invisible, sqrt(width) scaling, sinusoidal positions, masked mean, temperature."""
+
 import math
 
 import numpy as np

@@ -2,6 +2,7 @@
 
 Both: lower-cased input, ids > 0 for text, zero padding, truncation, a state that rebuilds them.
 """
+
 import io
 import pickle
 import zlib
@@ -95,6 +96,7 @@ def test_state_round_trip():
 
 
 # --- SentencePiece ---------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def captions() -> list[str]:
@@ -195,8 +197,9 @@ def test_config_and_file_errors_name_the_key(tmp_path, model):
 def test_a_model_whose_id_0_is_not_padding_is_rejected(tmp_path, captions):
     # SentencePiece's own defaults put unk at 0: its text could then encode to "padding"
     out = io.BytesIO()
-    sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(captions), model_writer=out, vocab_size=100,
-                                             minloglevel=2, num_threads=1)
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(captions), model_writer=out, vocab_size=100, minloglevel=2, num_threads=1
+    )
     path = tmp_path / "tokenizer.model"
     path.write_bytes(out.getvalue())
     with pytest.raises(ValueError, match="pad id"):

@@ -1,4 +1,5 @@
 """The image tower: token layout [CLS_1, CLS_2, patches], the register-style CLS_2, masking, resolution."""
+
 import pytest
 import torch
 import torch.nn.functional as F

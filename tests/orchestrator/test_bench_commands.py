@@ -1,5 +1,6 @@
 """`tipslab bench`: each command runs at tiny size on CPU, prints figures, and logs one MLflow run
 to `tipslab-bench` with the tags and metric names that `tipslab plan` reads."""
+
 import json
 
 import pytest
@@ -30,7 +31,11 @@ def test_bench_step_prints_figures_and_logs_them(home, capsys):
     [run] = bench_runs("step")
     assert run.info.run_id == r["mlflow_run_id"] and run.info.status == "FINISHED"
     tags, metrics = run.data.tags, run.data.metrics
-    assert (tags["tipslab.model_size"], tags["tipslab.device_kind"], tags["tipslab.device"]) == ("tiny", "cpu", r["device"])
+    assert (tags["tipslab.model_size"], tags["tipslab.device_kind"], tags["tipslab.device"]) == (
+        "tiny",
+        "cpu",
+        r["device"],
+    )
     for key in ("images_per_s", "mfu", "step_s", "flops_per_image", *(f"{c}_s" for c in STEP_COMPONENTS)):
         assert metrics[f"bench/step/{key}"] == pytest.approx(r[key])
     assert run.data.params["batch_size"] == "4"
@@ -40,7 +45,13 @@ def test_bench_flops_prints_the_table_of_each_size(home, capsys):
     rows = run_json(capsys, ["bench", "flops", "--sizes", "tiny", "B", "--json"])
     assert [r["model_size"] for r in rows] == ["tiny", "B"]
     b = rows[1]
-    assert (b["image_size"], b["local_crops"], b["local_crop_size"], b["captions"], b["batch_size"]) == (224, 8, 98, 2, 128)
+    assert (b["image_size"], b["local_crops"], b["local_crop_size"], b["captions"], b["batch_size"]) == (
+        224,
+        8,
+        98,
+        2,
+        128,
+    )
     assert b["flops_per_image"] == pytest.approx(sum(c["forward"] + c["backward"] for c in b["components"].values()))
     assert 600e9 < b["flops_per_image"] < 650e9
     assert main(["bench", "flops", "--sizes", "B"]) == 0
@@ -70,8 +81,9 @@ def test_bench_trial_measures_launch_to_first_step(ray_session, home, capsys):
 
 
 def test_bench_data_measures_both_pipelines_on_scenes(ray_session, home, capsys, tmp_path):
-    r = run_json(capsys, ["bench", "data", "--scenes", "24", "--batch-size", "4", "--cpus", "1", "--local-crops", "1",
-                          "--json"])
+    r = run_json(
+        capsys, ["bench", "data", "--scenes", "24", "--batch-size", "4", "--cpus", "1", "--local-crops", "1", "--json"]
+    )
     assert r["raydata_images_per_s"] > 0 and r["dataloader_images_per_s"] > 0 and r["image_size"] == 224
     assert r["shards"] == str(home / "data" / "bench-scenes-224" / "train")
     [run] = bench_runs("data")
@@ -94,24 +106,51 @@ def test_step_jobs_run_elsewhere_and_their_results_are_imported(home, capsys, tm
     from tipslab.orchestrator.plan import bench_estimate
 
     jobs = tmp_path / "jobs"
-    assert main(["bench", "step", "--batch-size", "2", "--repeats", "1", "--threads", "1", "--device", "cpu",
-                 "--write-jobs", str(jobs)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "step",
+                "--batch-size",
+                "2",
+                "--repeats",
+                "1",
+                "--threads",
+                "1",
+                "--device",
+                "cpu",
+                "--write-jobs",
+                str(jobs),
+            ]
+        )
+        == 0
+    )
     [job] = sorted(jobs.iterdir())
     assert json.loads(job.read_text())["exp"]["model"]["size"] == "tiny"
-    env = {**os.environ, "OUT": str(tmp_path / "results"), "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
-    proc = subprocess.run(["bash", str(REPO / "infra" / "bench-step-gpu.sh"), str(job)], env=env, capture_output=True,
-                          text=True, timeout=600)
+    env = {
+        **os.environ,
+        "OUT": str(tmp_path / "results"),
+        "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
+    }
+    proc = subprocess.run(
+        ["bash", str(REPO / "infra" / "bench-step-gpu.sh"), str(job)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "tiny batch 2 eager:" in proc.stdout and "exit 0" in proc.stdout
     capsys.readouterr()
     [r] = run_json(capsys, ["bench", "step", "--import", str(tmp_path / "results" / job.name), "--json"])
     [run] = bench_runs("step")  # writing the jobs logged nothing
-    assert run.info.run_id == r["mlflow_run_id"] and run.data.metrics["bench/step/images_per_s"] == pytest.approx(r["images_per_s"])
+    assert run.info.run_id == r["mlflow_run_id"] and run.data.metrics["bench/step/images_per_s"] == pytest.approx(
+        r["images_per_s"]
+    )
     est = bench_estimate(tracking_uri(), "tiny", "cpu")
     assert est.step_run == r["mlflow_run_id"]
     assert main(["bench", "step", "--import", str(job)]) == 2  # a job file is not a result
     assert "not a step benchmark result" in capsys.readouterr().err
-
 
 
 def test_bench_scenes_and_ingest_print_rates_and_log_them(home, capsys):
@@ -128,8 +167,14 @@ def test_bench_scenes_and_ingest_print_rates_and_log_them(home, capsys):
 
 
 def test_bench_overhead_times_the_loop_step_with_and_without_ray_train(ray_session, home, capsys):
-    r = run_json(capsys, ["bench", "overhead", *tiny_overrides(**{"data.batch_size": 4}), "--steps", "3",
-                          "--warmup", "1", "--json"])
-    assert r["plain_step_s"] > 0 and r["ray_step_s"] > 0 and r["ratio"] == pytest.approx(r["ray_step_s"] / r["plain_step_s"])
+    r = run_json(
+        capsys,
+        ["bench", "overhead", *tiny_overrides(**{"data.batch_size": 4}), "--steps", "3", "--warmup", "1", "--json"],
+    )
+    assert (
+        r["plain_step_s"] > 0
+        and r["ray_step_s"] > 0
+        and r["ratio"] == pytest.approx(r["ray_step_s"] / r["plain_step_s"])
+    )
     [run] = bench_runs("overhead")
     assert run.data.metrics["bench/overhead/ratio"] == pytest.approx(r["ratio"])

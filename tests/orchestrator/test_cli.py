@@ -1,4 +1,5 @@
 """The command line as a user meets it: a subprocess, its exit code and its one message."""
+
 import json
 import subprocess
 import sys
@@ -8,8 +9,14 @@ from conftest import REPO
 
 def tipslab(*args, env_home):
     env = {"TIPSLAB_HOME": str(env_home), "PATH": "/usr/bin:/bin"}
-    return subprocess.run([sys.executable, "-m", "tipslab.orchestrator.cli", *args], capture_output=True,
-                          text=True, env=env, timeout=300, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "tipslab.orchestrator.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=REPO,
+    )
 
 
 HELP = r"""
@@ -31,12 +38,35 @@ print(json.dumps(out))
 
 def test_every_command_has_help(tmp_path):
     """One fresh process for all of them (each would pay the imports again)."""
-    commands = [[], ["data", "scenes"], ["data", "ingest"], ["data", "tags"], ["data", "caption"],
-                ["data", "check"], ["train"], ["eval"], ["sweep"], ["table"], ["demo"], ["plan"], ["report"],
-                ["ui"], ["bench", "step"], ["bench", "data"], ["bench", "trial"], ["checkpoint", "import"]]
+    commands = [
+        [],
+        ["data", "scenes"],
+        ["data", "ingest"],
+        ["data", "tags"],
+        ["data", "caption"],
+        ["data", "check"],
+        ["train"],
+        ["eval"],
+        ["sweep"],
+        ["table"],
+        ["demo"],
+        ["plan"],
+        ["report"],
+        ["ui"],
+        ["bench", "step"],
+        ["bench", "data"],
+        ["bench", "trial"],
+        ["checkpoint", "import"],
+    ]
     env = {"TIPSLAB_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    result = subprocess.run([sys.executable, "-c", HELP, json.dumps(commands)], capture_output=True, text=True,
-                            env=env, timeout=300, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, "-c", HELP, json.dumps(commands)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=REPO,
+    )
     assert result.returncode == 0, result.stderr
     helps = json.loads(result.stdout)
     for command in commands:
@@ -51,7 +81,8 @@ def test_bad_spec_exits_2_with_one_message_before_ray(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"tipslab: error: {spec}: variants.a: loss.mim_wieght: Key 'mim_wieght' not in 'LossConfig'. "
-        "Did you mean one of: 'mim_weight', 'tag_weight'?"]
+        "Did you mean one of: 'mim_weight', 'tag_weight'?"
+    ]
     assert not (tmp_path / "home").exists()  # nothing was started or written
 
 
@@ -84,7 +115,6 @@ def test_plan_json_is_stable_and_report_ui_need_a_store(tmp_path):
     assert not (tmp_path / "home").exists()  # planning and failing to read wrote nothing
 
 
-
 MAIN = r"""
 import contextlib, io, json, sys
 from tipslab.orchestrator.cli import main
@@ -106,19 +136,35 @@ def test_sizes_on_the_command_line(tmp_path):
     spec file and the key, exit 2, before Ray or the store is touched. One process for all."""
     home = tmp_path / "home"
     errors = [
-        (["sweep", "ablations/tips_losses.yaml", "--size", "medium"],
-         "tipslab: error: ablations/tips_losses.yaml: size: 'medium' is not a size; sizes: full, mini, smoke"),
-        (["sweep", "ablations/smoke.yaml", "--size", "mini"],
-         "tipslab: error: ablations/smoke.yaml: mini: the spec has no `mini:` overlay, so it cannot run at size "
-         "mini (its sizes: full, smoke)"),
+        (
+            ["sweep", "ablations/tips_losses.yaml", "--size", "medium"],
+            "tipslab: error: ablations/tips_losses.yaml: size: 'medium' is not a size; sizes: full, mini, smoke",
+        ),
+        (
+            ["sweep", "ablations/smoke.yaml", "--size", "mini"],
+            "tipslab: error: ablations/smoke.yaml: mini: the spec has no `mini:` overlay, so it cannot run at size "
+            "mini (its sizes: full, smoke)",
+        ),
         (["plan", "ablations/smoke.yaml", "--size", "mini"], None),
-        (["table", "smoke", "--size", "medium"], "tipslab: error: --size: 'medium' is not a size; sizes: full, mini, smoke"),
+        (
+            ["table", "smoke", "--size", "medium"],
+            "tipslab: error: --size: 'medium' is not a size; sizes: full, mini, smoke",
+        ),
     ]
-    commands = [["plan", "ablations/tips_losses.yaml", "--size", "mini", "--json"],
-                ["plan", "ablations/tips_losses.yaml", "--size", "mini", "--smoke"], *(c for c, _ in errors)]
+    commands = [
+        ["plan", "ablations/tips_losses.yaml", "--size", "mini", "--json"],
+        ["plan", "ablations/tips_losses.yaml", "--size", "mini", "--smoke"],
+        *(c for c, _ in errors),
+    ]
     env = {"TIPSLAB_HOME": str(home), "PATH": "/usr/bin:/bin"}
-    result = subprocess.run([sys.executable, "-c", MAIN, json.dumps(commands)], capture_output=True, text=True,
-                            env=env, timeout=300, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, "-c", MAIN, json.dumps(commands)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=REPO,
+    )
     assert result.returncode == 0, result.stderr
     (code, out, err), both, *failed = json.loads(result.stdout.strip().splitlines()[-1])
     assert code == 0, err

@@ -1,5 +1,6 @@
 """Overrides anywhere on the command line, the command line beating the spec, `tipslab config`,
 `--version`: in-process through the CLI's own entry point."""
+
 import json
 
 import pytest
@@ -12,9 +13,11 @@ LOSSES = str(REPO / "ablations" / "tips_losses.yaml")
 
 
 def test_overrides_may_stand_before_between_or_after_the_options():
-    for argv in (["sweep", LOSSES, "--smoke", "train.steps=20", "loss.mim_weight=0.5"],
-                 ["sweep", LOSSES, "train.steps=20", "--smoke", "loss.mim_weight=0.5"],
-                 ["sweep", "train.steps=20", LOSSES, "loss.mim_weight=0.5", "--size", "smoke"]):
+    for argv in (
+        ["sweep", LOSSES, "--smoke", "train.steps=20", "loss.mim_weight=0.5"],
+        ["sweep", LOSSES, "train.steps=20", "--smoke", "loss.mim_weight=0.5"],
+        ["sweep", "train.steps=20", LOSSES, "loss.mim_weight=0.5", "--size", "smoke"],
+    ):
         args = parse(argv)
         assert (args.spec, args.size, args.overrides) == (LOSSES, "smoke", ["train.steps=20", "loss.mim_weight=0.5"])
     bench = parse(["bench", "step", "--sizes", "tiny", "S", "data.batch_size=4"])  # --sizes takes many values

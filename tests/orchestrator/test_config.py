@@ -1,11 +1,16 @@
 import pytest
+from conftest import REPO
 from omegaconf import OmegaConf
 
 from tipslab.orchestrator.config import (
-    ConfigError, config_hash, flatten, load_experiment, nest, parse_overrides, to_dict,
+    ConfigError,
+    config_hash,
+    flatten,
+    load_experiment,
+    nest,
+    parse_overrides,
+    to_dict,
 )
-
-from conftest import REPO
 
 BASE = REPO / "ablations" / "base" / "tips_tiny.yaml"
 
@@ -52,17 +57,20 @@ def test_bad_command_line_item_names_command_line(home):
         load_experiment(BASE, ["model.nonsense=1"])
 
 
-@pytest.mark.parametrize("override, key", [
-    ("model.size=XXL", "model.size"),
-    ("loss.caption_mode=both", "loss.caption_mode"),
-    ("loss.mask_ratio=1.5", "loss.mask_ratio"),
-    ("train.strategy=zero3", "train.strategy"),
-    ("loss.mim_weight=-1", "loss.mim_weight"),
-    ("model.image_size=100", "model.image_size"),
-    ("eval.retrieval_token=cls_3", "eval.retrieval_token"),
-    ("train.steps=0", "train.steps"),
-    ("data.local_crops=0", "data.local_crops"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("model.size=XXL", "model.size"),
+        ("loss.caption_mode=both", "loss.caption_mode"),
+        ("loss.mask_ratio=1.5", "loss.mask_ratio"),
+        ("train.strategy=zero3", "train.strategy"),
+        ("loss.mim_weight=-1", "loss.mim_weight"),
+        ("model.image_size=100", "model.image_size"),
+        ("eval.retrieval_token=cls_3", "eval.retrieval_token"),
+        ("train.steps=0", "train.steps"),
+        ("data.local_crops=0", "data.local_crops"),
+    ],
+)
 def test_bad_values_are_rejected_with_their_key(override, key, home):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_experiment(BASE, [override])
@@ -120,13 +128,16 @@ def test_config_hash_follows_content_not_paths(tmp_path, monkeypatch):
     _manifests(tmp_path / "copy_a", "abc")
     _manifests(tmp_path / "copy_b", "abc")
     _manifests(tmp_path / "other", "xyz")
+
     def shards(root):
         return config_hash(to_dict(load_experiment(BASE, ["data.source=shards", f"data.root={root}"])))
+
     assert shards(tmp_path / "copy_a") == shards(tmp_path / "copy_b")
     assert shards(tmp_path / "copy_a") != shards(tmp_path / "other")
 
     vocab_a, vocab_b = tmp_path / "a.txt", tmp_path / "b.txt"
     vocab_a.write_text("red\n")
     vocab_b.write_text("red\n")
-    assert config_hash(to_dict(load_experiment(BASE, [f"data.tag_vocab={vocab_a}"]))) == \
-        config_hash(to_dict(load_experiment(BASE, [f"data.tag_vocab={vocab_b}"])))
+    assert config_hash(to_dict(load_experiment(BASE, [f"data.tag_vocab={vocab_a}"]))) == config_hash(
+        to_dict(load_experiment(BASE, [f"data.tag_vocab={vocab_b}"]))
+    )

@@ -1,4 +1,5 @@
 """`tipslab eval`: mistakes exit with code 2 and one line; `--run` appends to an MLflow run."""
+
 import json
 import os
 
@@ -17,34 +18,55 @@ def tiny_checkpoint(home, size=56):
     from tipslab.models.tokenizer import build_tokenizer
     from tipslab.orchestrator.config import load_experiment, to_dict
 
-    exp = to_dict(load_experiment("ablations/base/tips_tiny.yaml", [
-        f"model.image_size={size}", "eval.batch_size=8", "eval.seg_probe_epochs=5", "eval.depth_probe_epochs=5",
-        "eval.probes=[retrieval,segmentation]"]))
+    exp = to_dict(
+        load_experiment(
+            "ablations/base/tips_tiny.yaml",
+            [
+                f"model.image_size={size}",
+                "eval.batch_size=8",
+                "eval.seg_probe_epochs=5",
+                "eval.depth_probe_epochs=5",
+                "eval.probes=[retrieval,segmentation]",
+            ],
+        )
+    )
     for split, n in (("probe_train", 6), ("probe_test", 4)):
         generate_scenes(os.path.join(exp["data"]["root"], split), n, split=split, size=size)
     torch.manual_seed(0)
     folder = str(home / "checkpoint")
-    save_checkpoint(folder, {"student": TIPSStudent(tips_config(exp)).state_dict(), "config": exp,
-                             "tokenizer": build_tokenizer(exp["model"]).state()})
+    save_checkpoint(
+        folder,
+        {
+            "student": TIPSStudent(tips_config(exp)).state_dict(),
+            "config": exp,
+            "tokenizer": build_tokenizer(exp["model"]).state(),
+        },
+    )
     return folder
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["eval"], "give a CHECKPOINT or --run"),
-    (["eval", "/no/such/checkpoint"], "/no/such/checkpoint: no such checkpoint folder"),
-    (["eval", "--run", "0123456789abcdef"], "--run 0123456789abcdef: no such run"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["eval"], "give a CHECKPOINT or --run"),
+        (["eval", "/no/such/checkpoint"], "/no/such/checkpoint: no such checkpoint folder"),
+        (["eval", "--run", "0123456789abcdef"], "--run 0123456789abcdef: no such run"),
+    ],
+)
 def test_mistakes_exit_2_with_one_line(home, capsys, argv, message):
     assert main(argv) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]  # before it, at most MLflow's own store set-up
     assert last.startswith("tipslab: error: ") and message in last
 
 
-@pytest.mark.parametrize("data,message", [
-    ("pascal_voc", "give the dataset's folder, as pascal_voc=PATH"),
-    ("voc=/x", "unknown dataset 'voc'; known: scenes, imagenet"),
-    ("nyuv2=/no/such/folder", "/no/such/folder: no such file or folder"),
-])
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        ("pascal_voc", "give the dataset's folder, as pascal_voc=PATH"),
+        ("voc=/x", "unknown dataset 'voc'; known: scenes, imagenet"),
+        ("nyuv2=/no/such/folder", "/no/such/folder: no such file or folder"),
+    ],
+)
 def test_bad_data_exits_2(home, capsys, data, message):
     (home / "ckpt").mkdir(parents=True)
     from tipslab.models.checkpoint import save_checkpoint

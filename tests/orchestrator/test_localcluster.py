@@ -1,4 +1,5 @@
 """The local multi-node cluster from the shell: start, connect with its token, stop."""
+
 import json
 import os
 import subprocess
@@ -11,13 +12,20 @@ from conftest import REPO
 
 from tipslab.orchestrator.localcluster import group_alive
 
-DRIVER = ("import json, ray; ray.init(); "
-          "print(json.dumps({'nodes': sum(n['Alive'] for n in ray.nodes()), 'res': ray.cluster_resources()}))")
+DRIVER = (
+    "import json, ray; ray.init(); "
+    "print(json.dumps({'nodes': sum(n['Alive'] for n in ray.nodes()), 'res': ray.cluster_resources()}))"
+)
 
 
 def cli(*args, env=None):
-    return subprocess.run([str(REPO / "infra" / "local-cluster.sh"), *args], capture_output=True, text=True,
-                          env=env or os.environ, timeout=300)
+    return subprocess.run(
+        [str(REPO / "infra" / "local-cluster.sh"), *args],
+        capture_output=True,
+        text=True,
+        env=env or os.environ,
+        timeout=300,
+    )
 
 
 def test_shell_start_connect_with_token_and_stop(tmp_path):
@@ -27,13 +35,19 @@ def test_shell_start_connect_with_token_and_stop(tmp_path):
     try:
         saved = json.loads((state / "cluster.json").read_text())
         assert len(saved["process_groups"]) == 2 and all(group_alive(g) for g in saved["process_groups"])
-        exports = dict(line.removeprefix("export ").split("=", 1) for line in cli("env", "--dir", str(state)).stdout.split("\n") if line)
+        exports = dict(
+            line.removeprefix("export ").split("=", 1)
+            for line in cli("env", "--dir", str(state)).stdout.split("\n")
+            if line
+        )
         assert exports["RAY_AUTH_MODE"] == "token" and exports["RAY_ADDRESS"] == saved["address"]
         token = open(exports["RAY_AUTH_TOKEN_PATH"]).read()
         assert len(token) == 64 and token not in started.stdout + json.dumps(saved)
 
         clean = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
-        seen = subprocess.run([sys.executable, "-c", DRIVER], env={**clean, **exports}, capture_output=True, text=True, timeout=120)
+        seen = subprocess.run(
+            [sys.executable, "-c", DRIVER], env={**clean, **exports}, capture_output=True, text=True, timeout=120
+        )
         assert seen.returncode == 0, seen.stderr[-2000:]
         info = json.loads(seen.stdout.strip().splitlines()[-1])
         assert info["nodes"] == 2 and info["res"]["CPU"] == 2 and info["res"]["trainer"] == 1  # head has no trainer

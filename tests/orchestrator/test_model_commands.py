@@ -21,8 +21,22 @@ def official(tmp_path):
     if not FIXTURE.is_dir():
         pytest.skip(f"official TIPS fixture not found at {FIXTURE}")
     out = tmp_path / "imported"
-    assert main(["checkpoint", "import", "--vision", str(FIXTURE / "tiny_vision.npz"),
-                 "--text", str(FIXTURE / "tiny_text.npz"), "--tokenizer", "hash", str(out)]) == 0
+    assert (
+        main(
+            [
+                "checkpoint",
+                "import",
+                "--vision",
+                str(FIXTURE / "tiny_vision.npz"),
+                "--text",
+                str(FIXTURE / "tiny_text.npz"),
+                "--tokenizer",
+                "hash",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -41,8 +55,22 @@ def test_embed_writes_both_cls_tokens_patches_and_text(official, tmp_path, capsy
         paths.append(tmp_path / f"img{i}.png")
         Image.fromarray(np.random.default_rng(i).integers(0, 256, (60, 80, 3), dtype=np.uint8)).save(paths[-1])
     out = tmp_path / "emb.npz"
-    assert main(["embed", str(official), *map(str, paths), "--text", "a red circle", "--text", "two squares",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                str(official),
+                *map(str, paths),
+                "--text",
+                "a red circle",
+                "--text",
+                "two squares",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     arrays = np.load(out)
     student, tokenizer, config = load_student(official)
     size = config["model"]["image_size"]
@@ -57,8 +85,22 @@ def test_embed_writes_both_cls_tokens_patches_and_text(official, tmp_path, capsy
 
 
 def test_import_of_missing_files_is_a_user_error(tmp_path, capsys):
-    assert main(["checkpoint", "import", "--vision", "nope.npz", "--text", "nope.npz", "--tokenizer", "hash",
-                 str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "checkpoint",
+                "import",
+                "--vision",
+                "nope.npz",
+                "--text",
+                "nope.npz",
+                "--tokenizer",
+                "hash",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert "nope.npz: no such file" in capsys.readouterr().err
 
 

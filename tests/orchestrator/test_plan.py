@@ -1,4 +1,5 @@
 """`tipslab plan` reads bench results from a real sqlite MLflow store, and runs nothing."""
+
 import json
 
 import pytest
@@ -13,15 +14,24 @@ B14 = REPO / "ablations" / "base" / "tips_b14.yaml"
 
 def spec(tmp_path):
     path = tmp_path / "spec.yaml"
-    path.write_text(f"name: p\nbase: {B14}\noverrides: {{train.steps: 100}}\nvariants: {{a: {{}}, b: {{loss.mim_weight: 0}}}}\n"
-                    "metrics: [{key: eval/scenes/i2t_r1}]\n"
-                    "resources: {workers_per_trial: 8, gpus_per_worker: 1, cpus_per_worker: 4}\n")
+    path.write_text(
+        f"name: p\nbase: {B14}\noverrides: {{train.steps: 100}}\nvariants: {{a: {{}}, b: {{loss.mim_weight: 0}}}}\n"
+        "metrics: [{key: eval/scenes/i2t_r1}]\n"
+        "resources: {workers_per_trial: 8, gpus_per_worker: 1, cpus_per_worker: 4}\n"
+    )
     return path
 
 
 def bench_run(client, exp, bench, size, kind, metrics):
-    run = client.create_run(exp, tags={"tipslab.bench": bench, "tipslab.model_size": size,
-                                       "tipslab.device_kind": kind, "tipslab.device": "NVIDIA H100"}).info.run_id
+    run = client.create_run(
+        exp,
+        tags={
+            "tipslab.bench": bench,
+            "tipslab.model_size": size,
+            "tipslab.device_kind": kind,
+            "tipslab.device": "NVIDIA H100",
+        },
+    ).info.run_id
     for key, value in metrics.items():
         client.log_metric(run, key, value)
     client.set_terminated(run, "FINISHED")
@@ -67,7 +77,9 @@ def test_mini_is_estimated_from_cpu_bench_results_in_minutes_and_cpu_hours(tmp_p
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     exp = client.create_experiment("tipslab-bench")
-    bench_run(client, exp, "step", "tiny", "gpu", {"bench/step/images_per_s": 5000.0})  # a GPU figure: not for CPU trials
+    bench_run(
+        client, exp, "step", "tiny", "gpu", {"bench/step/images_per_s": 5000.0}
+    )  # a GPU figure: not for CPU trials
     step = bench_run(client, exp, "step", "tiny", "cpu", {"bench/step/images_per_s": 64.0})
     client.log_param(step, "threads", "1")
     trial = bench_run(client, exp, "trial", "tiny", "cpu", {"bench/trial/launch_to_first_step_s": 30.0})
@@ -79,7 +91,11 @@ def test_mini_is_estimated_from_cpu_bench_results_in_minutes_and_cpu_hours(tmp_p
     est = summary["estimate"]
     assert est["trial_hours"] == pytest.approx(2970 / 3600) and est["cpu_hours"] == pytest.approx(2 * 2970 / 3600)
     assert est["gpu_hours"] == 0 and summary["resources"]["cpus_per_trial"] == 2
-    assert (est["basis"][0]["step_run"], est["basis"][0]["trial_run"], est["basis"][0]["device_kind"]) == (step, trial, "cpu")
+    assert (est["basis"][0]["step_run"], est["basis"][0]["trial_run"], est["basis"][0]["device_kind"]) == (
+        step,
+        trial,
+        "cpu",
+    )
     text = format_plan(summary)
     assert "plan of tips-losses (mini): 9 trial(s)" in text and "minutes" in text.splitlines()[1]
     assert "clip-seed0" in text and " 5.5" in text  # minutes per trial
@@ -94,8 +110,10 @@ def test_mini_without_a_cpu_bench_result_says_so(tmp_path, home):
     exp = client.create_experiment("tipslab-bench")
     bench_run(client, exp, "step", "tiny", "gpu", {"bench/step/images_per_s": 5000.0})
     text = format_plan(plan_summary(load_spec(LOSSES, size="mini"), uri))
-    assert ("no bench result for model size tiny on cpu in MLflow experiment 'tipslab-bench': "
-            "run `tipslab bench step --sizes tiny --device cpu`") in text
+    assert (
+        "no bench result for model size tiny on cpu in MLflow experiment 'tipslab-bench': "
+        "run `tipslab bench step --sizes tiny --device cpu`"
+    ) in text
     assert "estimate: unknown (no matching bench results)" in text
 
 

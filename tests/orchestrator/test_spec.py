@@ -26,7 +26,9 @@ def test_smoke_spec_gives_one_trial_per_variant_and_seed(home):
 
 
 def test_smoke_overlay_replaces_seeds_resources_and_overrides(tmp_path, home):
-    path = spec_file(tmp_path, """
+    path = spec_file(
+        tmp_path,
+        """
 overrides: {train.steps: 1000}
 variants: {a: {}, b: {loss.distill_weight: 0}}
 seeds: [0]
@@ -36,7 +38,8 @@ smoke:
   overrides: {train.steps: 5}
   resources: {workers_per_trial: 1, gpus_per_worker: 0}
   seeds: [0, 1, 2]
-""")
+""",
+    )
     full, smoke = load_spec(path), load_spec(path, smoke=True)
     assert len(full.trials) == 2 and full.trials[0].config["train"]["num_workers"] == 8
     assert full.trials[0].config["train"]["steps"] == 1000
@@ -70,16 +73,24 @@ smoke:
 
 
 def test_axes_make_the_product_of_rows_tagged_by_axis_value(tmp_path, home):
-    path = spec_file(tmp_path, METRIC + """
+    path = spec_file(
+        tmp_path,
+        METRIC
+        + """
 axes:
   captions: {web: {loss.caption_mode: web}, dual: {loss.caption_mode: dual_cls}}
   loss.mask_ratio: [0.5, 0.75]
 baseline: dual/mask_ratio=0.75
 seeds: [0, 1]
-""")
+""",
+    )
     plan = load_spec(path)
-    assert list(plan.spec["variants"]) == ["web/mask_ratio=0.5", "web/mask_ratio=0.75",
-                                           "dual/mask_ratio=0.5", "dual/mask_ratio=0.75"]
+    assert list(plan.spec["variants"]) == [
+        "web/mask_ratio=0.5",
+        "web/mask_ratio=0.75",
+        "dual/mask_ratio=0.5",
+        "dual/mask_ratio=0.75",
+    ]
     assert len(plan.trials) == 8 and len({t.config_hash for t in plan.trials}) == 8
     trial = next(t for t in plan.trials if t.variant == "dual/mask_ratio=0.5" and t.seed == 1)
     assert trial.tags == {"captions": "dual", "loss.mask_ratio": "mask_ratio=0.5"}
@@ -87,19 +98,35 @@ seeds: [0, 1]
 
 
 def test_grid_search_becomes_rows_and_sampled_search_keeps_its_space(tmp_path, home):
-    grid = load_spec(spec_file(tmp_path, METRIC + """
+    grid = load_spec(
+        spec_file(
+            tmp_path,
+            METRIC
+            + """
 variants: {tips: {}}
 search: {algorithm: grid, metric: eval/scenes/i2t_r1, mode: max,
          space: {loss.distill_weight: [0.5, 1.0], loss.mim_weight: [1, 2]}}
-"""))
-    assert [t.variant for t in grid.trials] == ["tips[distill_weight=0.5,mim_weight=1]", "tips[distill_weight=0.5,mim_weight=2]",
-                                                "tips[distill_weight=1,mim_weight=1]", "tips[distill_weight=1,mim_weight=2]"]
+""",
+        )
+    )
+    assert [t.variant for t in grid.trials] == [
+        "tips[distill_weight=0.5,mim_weight=1]",
+        "tips[distill_weight=0.5,mim_weight=2]",
+        "tips[distill_weight=1,mim_weight=1]",
+        "tips[distill_weight=1,mim_weight=2]",
+    ]
     assert grid.trials[1].config["loss"]["mim_weight"] == 2 and not grid.sampled
-    tpe = load_spec(spec_file(tmp_path, METRIC + """
+    tpe = load_spec(
+        spec_file(
+            tmp_path,
+            METRIC
+            + """
 variants: {tips: {}}
 search: {algorithm: tpe, metric: eval/scenes/i2t_r1, mode: max, num_samples: 3,
          space: {loss.distill_weight: {loguniform: [0.1, 2.0]}}}
-"""))
+""",
+        )
+    )
     assert tpe.sampled and len(tpe.trials) == 1
     sample = tpe.sampled_trial("tips", 0, {"loss.distill_weight": 0.37})
     assert sample.config["loss"]["distill_weight"] == 0.37 and sample.name == "tips[distill_weight=0.37]-seed0"
@@ -111,43 +138,75 @@ def test_command_line_overrides_reach_every_trial(home):
     assert {t.config["train"]["steps"] for t in plan.trials} == {3}
 
 
-SEARCH = "variants: {a: {}}\n" + METRIC + "search: {algorithm: tpe, num_samples: 2, space: {loss.mim_weight: {uniform: [0, 1]}}, "
+SEARCH = (
+    "variants: {a: {}}\n"
+    + METRIC
+    + "search: {algorithm: tpe, num_samples: 2, space: {loss.mim_weight: {uniform: [0, 1]}}, "
+)
 
 
-@pytest.mark.parametrize("body, message", [
-    ("variants: {a: {loss.mim_wieght: 0}}\n", r"spec\.yaml: variants\.a: loss\.mim_wieght"),
-    ("variants: {a: {}}\nmetrics: [{key: eval/nyuv2/depth_rmse}]\n", r"metrics\[0\]\.key: no probe produces"),
-    ("variants: {a: {}}\nmetrics: [{key: eval/scenes/normals_angle}]\n",
-     r"spec\.yaml: metrics\[0\]\.key: 'eval/scenes/normals_angle': no probe produces the metric 'normals_angle'"),
-    ("variants: {a: {}}\nbaseline: b\n", r"baseline: 'b' is not one of the variants"),
-    # EvalConfig checks its probes as the variant is composed (jobs/config.py)
-    ("variants: {a: {eval.probes: [retrieval, telepathy]}}\n", r"spec\.yaml: variants\.a: eval\.probes: .*telepathy"),
-    ("variants: {a: {}}\nreference: {source: x, b: {eval/scenes/i2t_r1: 1}}\n", r"reference\.b: no such variant"),
-    ("variants: {a: {}}\n" + METRIC + "reference: {a: {eval/scenes/seg_miou: 1}}\n",
-     r"reference\.a\.eval/scenes/seg_miou: not one of the spec's metrics"),
-    ("variants: {a: {}}\n" + METRIC + "reference: {a: {eval/scenes/i2t_r1: high}}\n", r"reference\.a\.eval/scenes/i2t_r1: 'high' is not a number"),
-    ("variants: {a: {}}\nmetrics: [{key: eval/scenes/i2t_r1, goal: up}]\n", r"metrics\[0\]\.goal"),
-    ("variants: {a: {}}\ncolour: red\n", r"spec\.yaml: colour"),
-    ("variants: {}\n", r"variants: a spec needs at least one variant"),
-    ("variants: {a: {}}\nseeds: []\n", r"seeds: at least one seed"),
-    ("variants: {a: {}}\nseeds: [1, 1]\n", r"seeds: \[1, 1\] repeats a seed"),
-    ("variants: {a: {}}\nresources: {workers_per_trial: two}\n", r"resources\.workers_per_trial"),
-    ("variants: {a: {}}\naxes: {x: [1]}\n", r"axes: give `variants` or `axes`, not both"),
-    ("axes: {loss.mim_weight: []}\n", r"axes\.loss\.mim_weight: expected a non-empty list"),
-    ("variants: {a: {}}\nsmoke: {colour: red}\n", r"spec\.yaml: smoke: colour"),
-    (SEARCH + "metric: train/loss, mode: min}\n", r"search\.metric: 'train/loss' is not an eval key"),
-    (SEARCH + "metric: eval/scenes/i2t_r1}\n", r"search\.mode: '' must be 'max' or 'min'"),
-    (SEARCH + "metric: eval/nyu/x, mode: max}\n", r"search\.metric: no probe produces 'eval/nyu/x'"),
-    (SEARCH + "metric: eval/scenes/i2t_r1, mode: max, scheduler: asha}\n", r"search\.scheduler: asha .* train\.probe_every"),
-    ("variants: {a: {}}\n" + METRIC + "search: {algorithm: tpe, metric: eval/scenes/i2t_r1, mode: max, "
-     "space: {loss.mim_weight: [0, 1]}}\n", r"search\.space\.loss\.mim_weight: TPE samples a domain"),
-    ("variants: {a: {}}\n" + METRIC + "search: {algorithm: bayes, metric: eval/scenes/i2t_r1, mode: max, "
-     "space: {loss.mim_weight: [0, 1]}}\n", r"search\.algorithm: 'bayes' is not one of grid, random, tpe"),
-    ("variants: {a: {}}\n" + METRIC + "search: {algorithm: random, metric: eval/scenes/i2t_r1, mode: max, "
-     "space: {loss.mim_weight: {uniform: [1, 0]}}}\n", r"search\.space\.loss\.mim_weight\.uniform: expected \[low, high\]"),
-    ("variants: {a: {}}\n" + METRIC + "search: {algorithm: grid, metric: eval/scenes/i2t_r1, mode: max, "
-     "space: {loss.mim_wieght: [0, 1]}}\n", r"variants\.a\[mim_wieght=0\]: loss\.mim_wieght"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("variants: {a: {loss.mim_wieght: 0}}\n", r"spec\.yaml: variants\.a: loss\.mim_wieght"),
+        ("variants: {a: {}}\nmetrics: [{key: eval/nyuv2/depth_rmse}]\n", r"metrics\[0\]\.key: no probe produces"),
+        (
+            "variants: {a: {}}\nmetrics: [{key: eval/scenes/normals_angle}]\n",
+            r"spec\.yaml: metrics\[0\]\.key: 'eval/scenes/normals_angle': no probe produces the metric 'normals_angle'",
+        ),
+        ("variants: {a: {}}\nbaseline: b\n", r"baseline: 'b' is not one of the variants"),
+        # EvalConfig checks its probes as the variant is composed (jobs/config.py)
+        (
+            "variants: {a: {eval.probes: [retrieval, telepathy]}}\n",
+            r"spec\.yaml: variants\.a: eval\.probes: .*telepathy",
+        ),
+        ("variants: {a: {}}\nreference: {source: x, b: {eval/scenes/i2t_r1: 1}}\n", r"reference\.b: no such variant"),
+        (
+            "variants: {a: {}}\n" + METRIC + "reference: {a: {eval/scenes/seg_miou: 1}}\n",
+            r"reference\.a\.eval/scenes/seg_miou: not one of the spec's metrics",
+        ),
+        (
+            "variants: {a: {}}\n" + METRIC + "reference: {a: {eval/scenes/i2t_r1: high}}\n",
+            r"reference\.a\.eval/scenes/i2t_r1: 'high' is not a number",
+        ),
+        ("variants: {a: {}}\nmetrics: [{key: eval/scenes/i2t_r1, goal: up}]\n", r"metrics\[0\]\.goal"),
+        ("variants: {a: {}}\ncolour: red\n", r"spec\.yaml: colour"),
+        ("variants: {}\n", r"variants: a spec needs at least one variant"),
+        ("variants: {a: {}}\nseeds: []\n", r"seeds: at least one seed"),
+        ("variants: {a: {}}\nseeds: [1, 1]\n", r"seeds: \[1, 1\] repeats a seed"),
+        ("variants: {a: {}}\nresources: {workers_per_trial: two}\n", r"resources\.workers_per_trial"),
+        ("variants: {a: {}}\naxes: {x: [1]}\n", r"axes: give `variants` or `axes`, not both"),
+        ("axes: {loss.mim_weight: []}\n", r"axes\.loss\.mim_weight: expected a non-empty list"),
+        ("variants: {a: {}}\nsmoke: {colour: red}\n", r"spec\.yaml: smoke: colour"),
+        (SEARCH + "metric: train/loss, mode: min}\n", r"search\.metric: 'train/loss' is not an eval key"),
+        (SEARCH + "metric: eval/scenes/i2t_r1}\n", r"search\.mode: '' must be 'max' or 'min'"),
+        (SEARCH + "metric: eval/nyu/x, mode: max}\n", r"search\.metric: no probe produces 'eval/nyu/x'"),
+        (
+            SEARCH + "metric: eval/scenes/i2t_r1, mode: max, scheduler: asha}\n",
+            r"search\.scheduler: asha .* train\.probe_every",
+        ),
+        (
+            "variants: {a: {}}\n" + METRIC + "search: {algorithm: tpe, metric: eval/scenes/i2t_r1, mode: max, "
+            "space: {loss.mim_weight: [0, 1]}}\n",
+            r"search\.space\.loss\.mim_weight: TPE samples a domain",
+        ),
+        (
+            "variants: {a: {}}\n" + METRIC + "search: {algorithm: bayes, metric: eval/scenes/i2t_r1, mode: max, "
+            "space: {loss.mim_weight: [0, 1]}}\n",
+            r"search\.algorithm: 'bayes' is not one of grid, random, tpe",
+        ),
+        (
+            "variants: {a: {}}\n" + METRIC + "search: {algorithm: random, metric: eval/scenes/i2t_r1, mode: max, "
+            "space: {loss.mim_weight: {uniform: [1, 0]}}}\n",
+            r"search\.space\.loss\.mim_weight\.uniform: expected \[low, high\]",
+        ),
+        (
+            "variants: {a: {}}\n" + METRIC + "search: {algorithm: grid, metric: eval/scenes/i2t_r1, mode: max, "
+            "space: {loss.mim_wieght: [0, 1]}}\n",
+            r"variants\.a\[mim_wieght=0\]: loss\.mim_wieght",
+        ),
+    ],
+)
 def test_spec_mistakes_name_the_file_and_key(tmp_path, home, body, message):
     with pytest.raises(ConfigError, match=message):
         load_spec(spec_file(tmp_path, body))
@@ -190,13 +249,26 @@ def test_every_ablation_spec_validates(spec, smoke, home, cluster_data):
 
 def test_the_paper_ablations_are_all_there(home, cluster_data):
     names = {load_spec(p).spec["name"] for p in SPECS}
-    assert {"tips-caption-source", "tips-losses", "tips-mask-ratio", "tips-sequential", "tips-loss-weights",
-            "tag2text-tags"} <= names
+    assert {
+        "tips-caption-source",
+        "tips-losses",
+        "tips-mask-ratio",
+        "tips-sequential",
+        "tips-loss-weights",
+        "tag2text-tags",
+    } <= names
     masks = load_spec(REPO / "ablations" / "tips_mask_ratio.yaml", smoke=True)
     assert {(t.config["loss"]["mask_ratio"], t.config["loss"]["mask_mode"]) for t in masks.trials} == {
-        (0.25, "random"), (0.5, "random"), (0.75, "random"), (0.75, "blockwise")}
-    seq = next(t for t in load_spec(REPO / "ablations" / "tips_sequential.yaml", smoke=True).trials
-               if t.variant == "clip_then_mim")
+        (0.25, "random"),
+        (0.5, "random"),
+        (0.75, "random"),
+        (0.75, "blockwise"),
+    }
+    seq = next(
+        t
+        for t in load_spec(REPO / "ablations" / "tips_sequential.yaml", smoke=True).trials
+        if t.variant == "clip_then_mim"
+    )
     assert [s["name"] for s in seq.config["train"]["stages"]] == ["clip", "mim"]
     tags = {t.variant: t for t in load_spec(REPO / "ablations" / "tag2text_tags.yaml", smoke=True).trials}
     assert tags["tags_on"].config["model"]["num_tags"] == 18 and tags["tags_off"].config["loss"]["tag_weight"] == 0
@@ -204,17 +276,32 @@ def test_the_paper_ablations_are_all_there(home, cluster_data):
 
 # The mini size: every paper spec's `mini` overlay, procedural scenes on CPU with three seeds.
 ABLATIONS = REPO / "ablations"
-PAPER_SPECS = ["tips_caption_source", "tips_losses", "tips_mask_ratio", "tips_sequential", "tips_loss_weights",
-               "tag2text_tags"]
+PAPER_SPECS = [
+    "tips_caption_source",
+    "tips_losses",
+    "tips_mask_ratio",
+    "tips_sequential",
+    "tips_loss_weights",
+    "tag2text_tags",
+]
 MINI_SPECS = [p for p in SPECS if "mini" in read_yaml(p)]
-SCENE_PROBES = {"eval/scenes/i2t_r1", "eval/scenes/t2i_r1", "eval/scenes/seg_miou", "eval/scenes/depth_rmse",
-                "eval/scenes/normals_mean_angle", "eval/scenes/knn_top1"}
+SCENE_PROBES = {
+    "eval/scenes/i2t_r1",
+    "eval/scenes/t2i_r1",
+    "eval/scenes/seg_miou",
+    "eval/scenes/depth_rmse",
+    "eval/scenes/normals_mean_angle",
+    "eval/scenes/knn_top1",
+}
 
 
-@pytest.mark.parametrize("name, variants", [
-    ("tips_losses", ["clip", "clip+distill", "clip+distill+mim"]),
-    ("tips_caption_source", ["web", "synthetic", "both_single_cls", "dual_cls"]),
-])
+@pytest.mark.parametrize(
+    "name, variants",
+    [
+        ("tips_losses", ["clip", "clip+distill", "clip+distill+mim"]),
+        ("tips_caption_source", ["web", "synthetic", "both_single_cls", "dual_cls"]),
+    ],
+)
 def test_each_size_plans_its_own_trials(name, variants, home, cluster_data):
     path = ABLATIONS / f"{name}.yaml"
     mini = load_spec(path, size="mini")
@@ -234,18 +321,24 @@ def test_each_size_plans_its_own_trials(name, variants, home, cluster_data):
 
     full = load_spec(path, size="full")
     assert full.size == "full" and [t.name for t in full.trials] == [f"{v}-seed0" for v in variants]
-    assert {(t.config["data"]["source"], t.config["model"]["size"], t.config["train"]["steps"])
-            for t in full.trials} == {("shards", "B", 70000)}
+    assert {
+        (t.config["data"]["source"], t.config["model"]["size"], t.config["train"]["steps"]) for t in full.trials
+    } == {("shards", "B", 70000)}
     assert [t.config_hash for t in load_spec(path).trials] == [t.config_hash for t in full.trials]
 
 
 def test_mini_keeps_the_rows_own_settings(home):
     losses = {t.variant: t.config["loss"] for t in load_spec(ABLATIONS / "tips_losses.yaml", size="mini").trials}
-    assert [(losses[v]["distill_weight"], losses[v]["mim_weight"], losses[v]["caption_mode"])
-            for v in ("clip", "clip+distill", "clip+distill+mim")] == [(0, 0, "web"), (0.1, 0, "web"), (0.1, 0.2, "web")]
-    captions = {t.variant: t.config["loss"] for t in load_spec(ABLATIONS / "tips_caption_source.yaml", size="mini").trials}
+    assert [
+        (losses[v]["distill_weight"], losses[v]["mim_weight"], losses[v]["caption_mode"])
+        for v in ("clip", "clip+distill", "clip+distill+mim")
+    ] == [(0, 0, "web"), (0.1, 0, "web"), (0.1, 0.2, "web")]
+    captions = {
+        t.variant: t.config["loss"] for t in load_spec(ABLATIONS / "tips_caption_source.yaml", size="mini").trials
+    }
     assert {v: (c["caption_mode"], c["distill_weight"], c["mim_weight"]) for v, c in captions.items()} == {
-        v: (v, 0, 0) for v in ("web", "synthetic", "both_single_cls", "dual_cls")}
+        v: (v, 0, 0) for v in ("web", "synthetic", "both_single_cls", "dual_cls")
+    }
 
 
 @pytest.mark.parametrize("spec", MINI_SPECS, ids=[p.stem for p in MINI_SPECS])
@@ -268,10 +361,17 @@ def test_every_paper_spec_has_a_mini_size():
     assert sorted(p.stem for p in MINI_SPECS) == sorted(PAPER_SPECS)
 
 
-@pytest.mark.parametrize("size, spec, message", [
-    ("medium", "tips_losses", r"tips_losses\.yaml: size: 'medium' is not a size; sizes: full, mini, smoke$"),
-    ("mini", "smoke", r"ablations/smoke\.yaml: mini: the spec has no `mini:` overlay, so it cannot run at size mini"),
-])
+@pytest.mark.parametrize(
+    "size, spec, message",
+    [
+        ("medium", "tips_losses", r"tips_losses\.yaml: size: 'medium' is not a size; sizes: full, mini, smoke$"),
+        (
+            "mini",
+            "smoke",
+            r"ablations/smoke\.yaml: mini: the spec has no `mini:` overlay, so it cannot run at size mini",
+        ),
+    ],
+)
 def test_an_unknown_size_or_a_missing_overlay_names_the_file_and_key(size, spec, message, home):
     with pytest.raises(ConfigError, match=message):
         load_spec(ABLATIONS / f"{spec}.yaml", size=size)
@@ -279,28 +379,45 @@ def test_an_unknown_size_or_a_missing_overlay_names_the_file_and_key(size, spec,
 
 def test_smoke_needs_a_smoke_overlay_too(tmp_path, home):
     path = spec_file(tmp_path, "variants: {a: {}}\n" + METRIC)
-    with pytest.raises(ConfigError, match=r"spec\.yaml: smoke: the spec has no `smoke:` overlay, so it cannot run at size smoke \(its sizes: full\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"spec\.yaml: smoke: the spec has no `smoke:` overlay, so it cannot run at size smoke "
+        r"\(its sizes: full\)",
+    ):
         load_spec(path, smoke=True)
 
 
 MINI = "variants: {a: {}, b: {loss.mim_weight: 0}}\n" + METRIC + "smoke: {}\n"
 
 
-@pytest.mark.parametrize("body, size, message", [
-    # the overlay's own keys are checked whichever size runs
-    (MINI + "mini: {colour: red}\n", "full", r"spec\.yaml: mini: colour"),
-    (MINI + "mini: {name: other}\n", "smoke", r"spec\.yaml: mini\.name: the mini overlay cannot change `name`"),
-    (MINI + "mini: {smoke: {seeds: [1]}}\n", "full", r"spec\.yaml: mini\.smoke: the mini overlay cannot change"),
-    (MINI + "mini: {seeds: [0, 0]}\n", "mini", r"spec\.yaml: mini overlay: seeds: \[0, 0\] repeats a seed"),
-    # and what it resolves to, when that size runs
-    (MINI + "mini: {variants: {a: {loss.mim_wieght: 0}}}\n", "mini", r"spec\.yaml: mini overlay: variants\.a: loss\.mim_wieght"),
-    (MINI + "mini: {overrides: {train.stepz: 5}}\n", "mini", r"spec\.yaml: mini overlay: overrides: train\.stepz"),
-    (MINI + "mini: {metrics: [{key: eval/nyuv2/depth_rmse}]}\n", "mini",
-     r"spec\.yaml: mini overlay: metrics\[0\]\.key: no probe produces 'eval/nyuv2/depth_rmse'"),
-    (MINI + "mini: {metrics: [{key: eval/scenes/normals_angle}]}\n", "mini",
-     r"spec\.yaml: mini overlay: metrics\[0\]\.key: .*no probe produces the metric 'normals_angle'"),
-    (MINI + "mini: {baseline: c}\n", "mini", r"spec\.yaml: mini overlay: baseline: 'c' is not one of the variants"),
-])
+@pytest.mark.parametrize(
+    "body, size, message",
+    [
+        # the overlay's own keys are checked whichever size runs
+        (MINI + "mini: {colour: red}\n", "full", r"spec\.yaml: mini: colour"),
+        (MINI + "mini: {name: other}\n", "smoke", r"spec\.yaml: mini\.name: the mini overlay cannot change `name`"),
+        (MINI + "mini: {smoke: {seeds: [1]}}\n", "full", r"spec\.yaml: mini\.smoke: the mini overlay cannot change"),
+        (MINI + "mini: {seeds: [0, 0]}\n", "mini", r"spec\.yaml: mini overlay: seeds: \[0, 0\] repeats a seed"),
+        # and what it resolves to, when that size runs
+        (
+            MINI + "mini: {variants: {a: {loss.mim_wieght: 0}}}\n",
+            "mini",
+            r"spec\.yaml: mini overlay: variants\.a: loss\.mim_wieght",
+        ),
+        (MINI + "mini: {overrides: {train.stepz: 5}}\n", "mini", r"spec\.yaml: mini overlay: overrides: train\.stepz"),
+        (
+            MINI + "mini: {metrics: [{key: eval/nyuv2/depth_rmse}]}\n",
+            "mini",
+            r"spec\.yaml: mini overlay: metrics\[0\]\.key: no probe produces 'eval/nyuv2/depth_rmse'",
+        ),
+        (
+            MINI + "mini: {metrics: [{key: eval/scenes/normals_angle}]}\n",
+            "mini",
+            r"spec\.yaml: mini overlay: metrics\[0\]\.key: .*no probe produces the metric 'normals_angle'",
+        ),
+        (MINI + "mini: {baseline: c}\n", "mini", r"spec\.yaml: mini overlay: baseline: 'c' is not one of the variants"),
+    ],
+)
 def test_mini_overlay_mistakes_name_the_file_and_key(tmp_path, home, body, size, message):
     with pytest.raises(ConfigError, match=message):
         load_spec(spec_file(tmp_path, body), size=size)

@@ -2,6 +2,7 @@
 
 procedural scenes -> Ray Data -> Ray Train (CPU, gloo) -> evaluation -> Ray Tune -> MLflow -> table.
 """
+
 import json
 import os
 import signal
@@ -26,8 +27,11 @@ from tipslab.orchestrator.sweep import concurrency, eval_cpus, run_sweep
 SMOKE = REPO / "ablations" / "smoke.yaml"
 TINY = REPO / "ablations" / "base" / "tips_tiny.yaml"
 # Fake credentials planted in the environment of every process of the sweep; none may reach MLflow.
-PLANTED = {"AWS_ACCESS_KEY_ID": "AKIAPLANTEDKEY0000001", "AWS_SECRET_ACCESS_KEY": "plantedSecret/abc+XYZ0123456789",
-           "AWS_SESSION_TOKEN": "planted-session-token-0123456789"}
+PLANTED = {
+    "AWS_ACCESS_KEY_ID": "AKIAPLANTEDKEY0000001",
+    "AWS_SECRET_ACCESS_KEY": "plantedSecret/abc+XYZ0123456789",
+    "AWS_SESSION_TOKEN": "planted-session-token-0123456789",
+}
 STEPS = {"train.steps": 4, "data.scenes_train": 32, "data.scenes_probe": 16, "eval.probes": "[retrieval,segmentation]"}
 
 
@@ -49,9 +53,27 @@ def mlflow_server(tmp_path_factory):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")],
-        stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True, cwd=root)
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+        ],
+        stdout=open(root / "server.log", "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=root,
+    )
     url = f"http://127.0.0.1:{port}"
 
     def healthy():
@@ -75,8 +97,10 @@ def mlflow_server(tmp_path_factory):
 
 def spec_text(variants: dict) -> str:
     rows = "".join(f"  {name}: {json.dumps(overrides)}\n" for name, overrides in variants.items())
-    return (f"name: resume-e2e\nbase: {TINY}\nvariants:\n{rows}baseline: a\nseeds: [0, 1]\n"
-            "metrics:\n  - {key: eval/scenes/i2t_r1, header: I→T}\n  - {key: eval/scenes/seg_miou, header: mIoU}\n")
+    return (
+        f"name: resume-e2e\nbase: {TINY}\nvariants:\n{rows}baseline: a\nseeds: [0, 1]\n"
+        "metrics:\n  - {key: eval/scenes/i2t_r1, header: I→T}\n  - {key: eval/scenes/seg_miou, header: mIoU}\n"
+    )
 
 
 def trial_runs(client, status=None):
@@ -87,8 +111,14 @@ def trial_runs(client, status=None):
 
 def tipslab(*args, env, log, cwd=REPO, **kw):
     """The CLI as a subprocess; its output goes to a file (a full pipe would block it)."""
-    return subprocess.Popen([sys.executable, "-m", "tipslab.orchestrator.cli", *args], env=env, cwd=cwd,
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tipslab.orchestrator.cli", *args],
+        env=env,
+        cwd=cwd,
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+        **kw,
+    )
 
 
 # The longest test of this file: 6 tiny trials plus one killed mid-way, one Ray instance throughout.
@@ -107,6 +137,7 @@ def test_killed_sweep_resumes_then_grows_and_logs_no_secret(ray_session, mlflow_
 
     # 1. The driver dies (SIGKILL to its whole process group) with one run finished and one RUNNING.
     driver = tipslab("sweep", str(spec), *overrides, env=env, log=tmp_path / "driver.log", start_new_session=True)
+
     def mid_sweep():
         assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
         return trial_runs(client, "FINISHED") and trial_runs(client, "RUNNING")
@@ -138,12 +169,15 @@ def test_killed_sweep_resumes_then_grows_and_logs_no_secret(ray_session, mlflow_
         assert run.data.params["loss.mim_weight"] == str(0.2 * (run.data.tags["tipslab.variant"] == "b"))
         assert [d.dataset.digest for d in run.inputs.dataset_inputs] == [manifest["content_hash"][:36]]
         assert run.data.tags["tipslab.data_hash"] == manifest["content_hash"]
-        assert {"config.json", "eval_results.json", "features.npz"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"config.json", "eval_results.json", "features.npz"} <= {
+            a.path for a in client.list_artifacts(run.info.run_id)
+        }
         assert run.data.tags["tipslab.checkpoint"]
 
     # 3. A third variant, resumed through the command line: only its two runs train.
-    spec.write_text(spec_text({"a": {"loss.mim_weight": 0}, "b": {"loss.mim_weight": 0.2},
-                               "c": {"loss.mim_weight": 0.4}}))
+    spec.write_text(
+        spec_text({"a": {"loss.mim_weight": 0}, "b": {"loss.mim_weight": 0.2}, "c": {"loss.mim_weight": 0.4}})
+    )
     grow = tipslab("sweep", str(spec), *overrides, "--resume", env=env, log=tmp_path / "grow.log")
     grow.wait(timeout=1800)
     out = (tmp_path / "grow.log").read_text()
@@ -152,21 +186,29 @@ def test_killed_sweep_resumes_then_grows_and_logs_no_secret(ray_session, mlflow_
     after = trial_runs(client, "FINISHED")
     assert {r.info.run_id for r in done} <= {r.info.run_id for r in after}
     assert sorted(r.info.run_name for r in after if r.info.run_id not in {d.info.run_id for d in done}) == [
-        "c-seed0", "c-seed1"]
+        "c-seed0",
+        "c-seed1",
+    ]
     assert len(trial_runs(client)) == 7 and trial_runs(client, "RUNNING") == []  # 6 finished + 1 killed
 
     # 4. A new process in an empty folder rebuilds the table from the tracking server alone.
     empty = tmp_path / "elsewhere"
     empty.mkdir()
-    table = tipslab("table", "resume-e2e", "--format", "csv", env={
-        "PATH": env["PATH"], "HOME": env.get("HOME", "/"), "MLFLOW_TRACKING_URI": mlflow_server},
-        log=tmp_path / "table.csv", cwd=empty)
+    table = tipslab(
+        "table",
+        "resume-e2e",
+        "--format",
+        "csv",
+        env={"PATH": env["PATH"], "HOME": env.get("HOME", "/"), "MLFLOW_TRACKING_URI": mlflow_server},
+        log=tmp_path / "table.csv",
+        cwd=empty,
+    )
     table.wait(timeout=300)
     csv_text = (tmp_path / "table.csv").read_text()
     assert table.returncode == 0, csv_text
     lines = csv_text.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("variant,"))
-    rows = {line.split(",")[0]: line.split(",") for line in lines[header + 1:] if line}
+    rows = {line.split(",")[0]: line.split(",") for line in lines[header + 1 :] if line}
     assert set(rows) == {"a (baseline)", "b", "c"} and all(r[3] == "2" for r in rows.values())  # n = 2 seeds
     assert os.listdir(empty) == []
 
@@ -192,16 +234,29 @@ def learned(ray_session, tmp_path_factory):
     20-minute `make test`; the resume end-to-end test runs the same code path in `make test`."""
     root = tmp_path_factory.mktemp("learn")
     spec = root / "spec.yaml"
-    spec.write_text(f"name: learn\nbase: {TINY}\nvariants: {{mim_on: {{loss.mim_weight: 0.2}}}}\n"
-                    "overrides: {eval.probes: [retrieval, segmentation]}\n"
-                    "metrics: [{key: eval/scenes/i2t_r1}, {key: eval/scenes/t2i_r1}, {key: eval/scenes/seg_miou}]\n")
+    spec.write_text(
+        f"name: learn\nbase: {TINY}\nvariants: {{mim_on: {{loss.mim_weight: 0.2}}}}\n"
+        "overrides: {eval.probes: [retrieval, segmentation]}\n"
+        "metrics: [{key: eval/scenes/i2t_r1}, {key: eval/scenes/t2i_r1}, {key: eval/scenes/seg_miou}]\n"
+    )
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TIPSLAB_HOME", str(root / "home"))
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         result = run_sweep(load_spec(spec))
         client = MlflowClient(tracking_uri())
-        yield result, client, client.get_run(next(iter(client.search_runs(
-            [client.get_experiment_by_name("learn").experiment_id], "tags.`tipslab.role` = 'trial'"))).info.run_id)
+        yield (
+            result,
+            client,
+            client.get_run(
+                next(
+                    iter(
+                        client.search_runs(
+                            [client.get_experiment_by_name("learn").experiment_id], "tags.`tipslab.role` = 'trial'"
+                        )
+                    )
+                ).info.run_id
+            ),
+        )
 
 
 @pytest.mark.soak

@@ -13,8 +13,13 @@ def test_credentials_of_the_environment_are_masked_wherever_they_appear(monkeypa
     monkeypatch.setenv("TIPSLAB_HOME", "/not/a/secret")
     assert redact("key=wJalrXUtnFEMI/K7MDENG; token ray-token-123456") == "key=***; token ***"
     assert redact("/not/a/secret/x") == "/not/a/secret/x"
-    config = {"data": {"root": "s3://u:pw@host/b"}, "model": {"tokenizer": "hash"},
-              "env_vars": {"A": "b"}, "aws_secret_access_key": "x", "note": "wJalrXUtnFEMI/K7MDENG"}
+    config = {
+        "data": {"root": "s3://u:pw@host/b"},
+        "model": {"tokenizer": "hash"},
+        "env_vars": {"A": "b"},
+        "aws_secret_access_key": "x",
+        "note": "wJalrXUtnFEMI/K7MDENG",
+    }
     assert scrub(config) == {"data": {"root": "s3://u:***@host/b"}, "model": {"tokenizer": "hash"}, "note": "***"}
 
 
@@ -27,8 +32,13 @@ def test_resume_keeps_finished_runs_of_the_same_hash_and_closes_orphans(tmp_path
 
     config = {"data": {"source": "scenes", "root": str(tmp_path), "train_split": "train"}, "x": 1}
     trials = [Trial("a", 0, config, "hash-a0"), Trial("a", 1, config, "hash-a1"), Trial("b", 0, config, "hash-b0")]
-    plan = Plan(tmp_path / "s.yaml", {"name": "exp", "title": "", "variants": {"a": {}, "b": {}}}, "smoke",
-                ResourceSpec(), trials)
+    plan = Plan(
+        tmp_path / "s.yaml",
+        {"name": "exp", "title": "", "variants": {"a": {}, "b": {}}},
+        "smoke",
+        ResourceSpec(),
+        trials,
+    )
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     first = SweepTracker(uri, plan)
     for trial in trials:
@@ -38,8 +48,9 @@ def test_resume_keeps_finished_runs_of_the_same_hash_and_closes_orphans(tmp_path
     # the driver dies here: a-seed1 and the parent stay RUNNING
 
     changed = Trial("b", 0, config, "hash-b0-new")
-    resumed = SweepTracker(uri, Plan(plan.path, plan.spec, "smoke", ResourceSpec(), [trials[0], trials[1], changed]),
-                           resume=True)
+    resumed = SweepTracker(
+        uri, Plan(plan.path, plan.spec, "smoke", ResourceSpec(), [trials[0], trials[1], changed]), resume=True
+    )
     assert (resumed.sweep_id, resumed.parent_id) == (first.sweep_id, first.parent_id)
     assert [resumed.is_done(t) for t in (trials[0], trials[1], changed)] == [True, False, False]
     client = MlflowClient(uri)
@@ -84,8 +95,9 @@ def test_a_sweep_is_its_spec_and_size_in_mlflow_and_table_finds_the_mini_one(tmp
 
     sweep = load_sweep(uri, "tips-losses", size="mini")
     assert sweep.sweep_id == written["mini"] and sweep.spec["size"] == "mini"
-    assert {(t.variant, t.seed) for t in sweep.finished()} == {(v, s) for v in ("clip", "clip+distill", "clip+distill+mim")
-                                                               for s in (0, 1, 2)}
+    assert {(t.variant, t.seed) for t in sweep.finished()} == {
+        (v, s) for v in ("clip", "clip+distill", "clip+distill+mim") for s in (0, 1, 2)
+    }
     table = render(sweep)
     assert f"sweep {written['mini']}, mini;" in table and "Normals °" in table and "11.00 ± 1.00 (n=3)" in table
     assert load_sweep(uri, "tips-losses").sweep_id == written["smoke"]  # without --size: the latest

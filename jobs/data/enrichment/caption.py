@@ -7,6 +7,7 @@ the paper, PAPER.md). Here any Hugging Face transformers image-to-text model sav
 copy of the model, with one GPU when the cluster has GPUs. Rows whose image cannot be decoded keep
 their old caption and are counted as bad; the stage stops past the bad-row fraction.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,9 +15,9 @@ import os
 import pyarrow as pa
 import ray.data
 
+from tipslab.jobs.data.shards.format import read_manifest, shard_files
 from tipslab.jobs.data.shards.rewrite import rewrite_shards
 from tipslab.jobs.data.shards.rows import BadRow, BadRows, decode_image
-from tipslab.jobs.data.shards.format import read_manifest, shard_files
 from tipslab.jobs.storage import aws_env
 from tipslab.models.errors import DataError
 
@@ -56,8 +57,7 @@ class Captioner:
         if images:
             pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
             with self.torch.inference_mode():
-                ids = self.model.generate(pixel_values=pixels.to(self.device),
-                                          max_new_tokens=self.max_new_tokens)
+                ids = self.model.generate(pixel_values=pixels.to(self.device), max_new_tokens=self.max_new_tokens)
             for i, text in zip(index, self.tokenizer.batch_decode(ids, skip_special_tokens=True)):
                 if text.strip():
                     captions[i] = text.strip()
@@ -68,9 +68,17 @@ class Captioner:
         return batch.append_column(_ERROR_COLUMN, pa.array(errors, pa.string()))
 
 
-def caption_shards(shards: str, model_path: str, *, out: str | None = None, actors: int = 1,
-                   batch_size: int = 16, max_new_tokens: int = 40, max_pixels: int,
-                   max_bad_fraction: float) -> dict:
+def caption_shards(
+    shards: str,
+    model_path: str,
+    *,
+    out: str | None = None,
+    actors: int = 1,
+    batch_size: int = 16,
+    max_new_tokens: int = 40,
+    max_pixels: int,
+    max_bad_fraction: float,
+) -> dict:
     """Fill ``synthetic_caption`` of every row; write the new shard set (jobs/data/shards/rewrite.py); summarise.
 
     Ray must be initialised. Uses one GPU per actor when the cluster has GPUs, else one CPU.
@@ -107,18 +115,27 @@ def caption_shards(shards: str, model_path: str, *, out: str | None = None, acto
 
     source = f"{read_manifest(shards)['source']}+caption:{os.path.basename(model_path.rstrip('/'))}"
     manifest = rewrite_shards(shards, rows(), source=source, out=out)
-    return {"shards": out or shards, "rows": manifest["num_rows"], "captioned": captioned,
-            "bad_rows": bad.to_dict(), "gpus_per_actor": 1 if gpus else 0,
-            "content_hash": manifest["content_hash"]}
+    return {
+        "shards": out or shards,
+        "rows": manifest["num_rows"],
+        "captioned": captioned,
+        "bad_rows": bad.to_dict(),
+        "gpus_per_actor": 1 if gpus else 0,
+        "content_hash": manifest["content_hash"],
+    }
 
 
 def _captioned(shards, model_path, actors, batch_size, max_new_tokens, max_pixels, gpus) -> ray.data.Dataset:
     """The shards read and captioned by a pool of `Captioner` actors (AWS variables passed on)."""
     ds = ray.data.read_parquet(shard_files(shards), ray_remote_args={"runtime_env": {"env_vars": aws_env()}})
     ds = ds.map_batches(
-        Captioner, fn_constructor_args=(os.path.abspath(model_path), max_new_tokens, max_pixels),
-        batch_size=batch_size, batch_format="pyarrow",
+        Captioner,
+        fn_constructor_args=(os.path.abspath(model_path), max_new_tokens, max_pixels),
+        batch_size=batch_size,
+        batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(actors, 1)),
-        num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1,
-        runtime_env={"env_vars": {**aws_env(), "HF_HUB_OFFLINE": "1"}})
+        num_gpus=1 if gpus else 0,
+        num_cpus=0 if gpus else 1,
+        runtime_env={"env_vars": {**aws_env(), "HF_HUB_OFFLINE": "1"}},
+    )
     return ds

@@ -8,15 +8,16 @@ object when the lexicon says so, or when a determiner or number opened the phras
 modifiers count only when the lexicon knows them as attributes. Words are folded to their tag form
 (plurals to singular, verbs to their base form), so "two red cubes" and "a red cube" agree.
 """
+
 from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Iterable
+from collections.abc import Iterable
 
 from tipslab.jobs.data.enrichment.lexicon import ACTIONS, ATTRIBUTES, DETERMINERS, IRREGULAR, OBJECTS, STOPWORDS
-from tipslab.jobs.data.shards.rewrite import iter_rows, rewrite_shards
 from tipslab.jobs.data.shards.format import read_manifest
+from tipslab.jobs.data.shards.rewrite import iter_rows, rewrite_shards
 from tipslab.jobs.storage import join, write_bytes
 from tipslab.models.errors import ConfigError
 
@@ -86,8 +87,8 @@ def _tokens(caption: str) -> list[str]:
     out, i = [], 0
     while i < len(words):
         for n in range(min(_MULTI_LEN, len(words) - i), 1, -1):
-            if tuple(words[i:i + n]) in _MULTI:
-                out.append(_MULTI[tuple(words[i:i + n])])
+            if tuple(words[i : i + n]) in _MULTI:
+                out.append(_MULTI[tuple(words[i : i + n])])
                 i += n
                 break
         else:
@@ -158,8 +159,7 @@ def write_vocab(vocab: list[str], path: str) -> None:
     write_bytes(path, "".join(f"{t}\n" for t in vocab).encode())
 
 
-def tag_shards(shards: str, *, min_freq: int = 1, vocab_path: str | None = None,
-               out: str | None = None) -> dict:
+def tag_shards(shards: str, *, min_freq: int = 1, vocab_path: str | None = None, out: str | None = None) -> dict:
     """Rewrite the shards' ``tags`` from their captions, keeping the vocabulary's tags only.
 
     Two passes over the captions: one counts the tags (per row), one writes the rows with their
@@ -168,15 +168,15 @@ def tag_shards(shards: str, *, min_freq: int = 1, vocab_path: str | None = None,
     new shards' manifest.
     """
     captions = ["web_caption", "synthetic_caption"]
-    vocab = build_vocab((caption_tags(r["web_caption"], r["synthetic_caption"])
-                         for r in iter_rows(shards, captions)), min_freq)
+    vocab = build_vocab(
+        (caption_tags(r["web_caption"], r["synthetic_caption"]) for r in iter_rows(shards, captions)), min_freq
+    )
     keep = set(vocab)
     stats = {"rows": 0, "tagged": 0, "tags": 0}
 
     def rows():
         for row in iter_rows(shards):
-            row["tags"] = [t for t in caption_tags(row["web_caption"], row["synthetic_caption"])
-                           if t in keep]
+            row["tags"] = [t for t in caption_tags(row["web_caption"], row["synthetic_caption"]) if t in keep]
             stats["rows"] += 1
             stats["tagged"] += bool(row["tags"])
             stats["tags"] += len(row["tags"])
@@ -187,8 +187,13 @@ def tag_shards(shards: str, *, min_freq: int = 1, vocab_path: str | None = None,
     target = out or shards
     vocab_path = vocab_path or join(target, VOCAB_NAME)
     write_vocab(vocab, vocab_path)
-    return {"shards": target, "rows": manifest["num_rows"], "vocab": vocab_path,
-            "vocab_size": len(vocab), "min_freq": min_freq,
-            "tagged_fraction": round(stats["tagged"] / max(stats["rows"], 1), 4),
-            "mean_tags": round(stats["tags"] / max(stats["rows"], 1), 3),
-            "content_hash": manifest["content_hash"]}
+    return {
+        "shards": target,
+        "rows": manifest["num_rows"],
+        "vocab": vocab_path,
+        "vocab_size": len(vocab),
+        "min_freq": min_freq,
+        "tagged_fraction": round(stats["tagged"] / max(stats["rows"], 1), 4),
+        "mean_tags": round(stats["tags"] / max(stats["rows"], 1), 3),
+        "content_hash": manifest["content_hash"],
+    }

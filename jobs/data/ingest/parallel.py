@@ -7,6 +7,7 @@ task stops on its own past the bad-row fraction (after ``MIN_ROWS_BEFORE_STOP`` 
 summed counts get the final check. Duplicate keys are caught within a tar (img2dataset's keys
 embed the tar's number, so they cannot repeat across tars).
 """
+
 from __future__ import annotations
 
 import os
@@ -15,8 +16,8 @@ import time
 import ray
 
 from tipslab.jobs.data.ingest.sources import checked_rows, read_join, read_webdataset, tar_paths
-from tipslab.jobs.data.shards.rows import KEPT_KEYS, BadRow, BadRows
 from tipslab.jobs.data.shards.format import write_manifest, write_shard
+from tipslab.jobs.data.shards.rows import KEPT_KEYS, BadRow, BadRows
 from tipslab.jobs.storage import aws_env, make_dirs
 from tipslab.models.errors import DataError
 
@@ -24,8 +25,9 @@ from tipslab.models.errors import DataError
 SHARDS_PER_TAR = 10_000
 
 
-def _ingest_tar(index: int, tar: str, out: str, max_pixels: int, max_bad_fraction: float,
-                joined: dict | None, rows_per_shard: int) -> tuple[list[dict], dict, list[BadRow], int]:
+def _ingest_tar(
+    index: int, tar: str, out: str, max_pixels: int, max_bad_fraction: float, joined: dict | None, rows_per_shard: int
+) -> tuple[list[dict], dict, list[BadRow], int]:
     bad, errors, keys, shards, batch, used_join = BadRows(), [], set(), [], [], 0
 
     def flush() -> None:
@@ -48,19 +50,28 @@ def _ingest_tar(index: int, tar: str, out: str, max_pixels: int, max_bad_fractio
     return shards, bad.to_dict(), errors, used_join
 
 
-def ingest_webdataset_parallel(src: str, out: str, *, max_pixels: int, max_bad_fraction: float,
-                               join: str | None = None, join_column: str = "synthetic_caption",
-                               rows_per_shard: int = 256, on_bad=None) -> dict:
+def ingest_webdataset_parallel(
+    src: str,
+    out: str,
+    *,
+    max_pixels: int,
+    max_bad_fraction: float,
+    join: str | None = None,
+    join_column: str = "synthetic_caption",
+    rows_per_shard: int = 256,
+    on_bad=None,
+) -> dict:
     """Like ``ingest("webdataset", ...)``, with one Ray task (1 CPU) per tar. Ray must be initialised."""
     tars = tar_paths(src)
     joined = read_join(join, join_column) if join else None
     make_dirs(out)
-    task = ray.remote(num_cpus=1, max_retries=0)(_ingest_tar).options(
-        runtime_env={"env_vars": aws_env()})
+    task = ray.remote(num_cpus=1, max_retries=0)(_ingest_tar).options(runtime_env={"env_vars": aws_env()})
     joined_ref = ray.put(joined)
     start = time.perf_counter()
-    refs = [task.remote(i, os.path.abspath(t), out, max_pixels, max_bad_fraction, joined_ref,
-                        rows_per_shard) for i, t in enumerate(tars)]
+    refs = [
+        task.remote(i, os.path.abspath(t), out, max_pixels, max_bad_fraction, joined_ref, rows_per_shard)
+        for i, t in enumerate(tars)
+    ]
     try:
         results = ray.get(refs)
     except ray.exceptions.RayTaskError as err:
@@ -77,8 +88,15 @@ def ingest_webdataset_parallel(src: str, out: str, *, max_pixels: int, max_bad_f
     bad.check(max_bad_fraction, final=True)
     manifest = write_manifest(out, shards, source=f"ingest:webdataset:{os.path.basename(src.rstrip('/'))}")
     seconds = time.perf_counter() - start
-    return {"format": "webdataset", "rows": manifest["num_rows"], "shards": len(shards),
-            "content_hash": manifest["content_hash"], "bad_rows": bad.to_dict(),
-            "joined": used_join, "join_unused": len(joined) - used_join if joined else 0,
-            "seconds": round(seconds, 3), "rows_per_s": round(bad.rows_seen / max(seconds, 1e-9), 1),
-            "tasks": len(tars)}
+    return {
+        "format": "webdataset",
+        "rows": manifest["num_rows"],
+        "shards": len(shards),
+        "content_hash": manifest["content_hash"],
+        "bad_rows": bad.to_dict(),
+        "joined": used_join,
+        "join_unused": len(joined) - used_join if joined else 0,
+        "seconds": round(seconds, 3),
+        "rows_per_s": round(bad.rows_seen / max(seconds, 1e-9), 1),
+        "tasks": len(tars),
+    }

@@ -19,6 +19,7 @@ Keys are kept to reject duplicates. This module ingests in one streaming process
 be ingested by one Ray task each (parallel.py). A run stopped by the bad-row fraction
 leaves no manifest (shard files it wrote are unlisted, and the next write there removes them).
 """
+
 from __future__ import annotations
 
 import csv
@@ -27,12 +28,12 @@ import os
 import posixpath
 import tarfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
-from tipslab.jobs.data.shards.rows import BadRow, BadRows, check_caption, check_key, verify_image
-from tipslab.jobs.data.shards.format import write_shards
 from tipslab.jobs.data.enrichment.tags import caption_tags
+from tipslab.jobs.data.shards.format import write_shards
+from tipslab.jobs.data.shards.rows import BadRow, BadRows, check_caption, check_key, verify_image
 from tipslab.models.errors import DataError
 
 FORMATS = ("webdataset", "csv", "tsv", "jsonl", "coco")
@@ -101,8 +102,7 @@ def read_webdataset(src: str) -> Iterator:
 
 def _image_loader(root: Path, value, key: str) -> Callable[[], bytes]:
     if not isinstance(value, str) or not value.strip():
-        raise BadRow(key, "wrong_type" if value is not None else "missing_image",
-                     f"image path is {value!r}")
+        raise BadRow(key, "wrong_type" if value is not None else "missing_image", f"image path is {value!r}")
     path = root / value
 
     def load() -> bytes:
@@ -110,6 +110,7 @@ def _image_loader(root: Path, value, key: str) -> Callable[[], bytes]:
             return path.read_bytes()
         except OSError as err:
             raise BadRow(key, "missing_image", f"{path}: {err.strerror}") from None
+
     return load
 
 
@@ -128,21 +129,25 @@ def _table_rows(src: str, fmt: str) -> Iterator[tuple[str, object]]:
                 except json.JSONDecodeError as err:
                     yield where, BadRow(where, "bad_json", str(err))
                     continue
-                yield where, record if isinstance(record, dict) else \
-                    BadRow(where, "wrong_type", f"line is a JSON {type(record).__name__}, expected an object")
+                yield (
+                    where,
+                    record
+                    if isinstance(record, dict)
+                    else BadRow(where, "wrong_type", f"line is a JSON {type(record).__name__}, expected an object"),
+                )
         else:
             reader = csv.DictReader(f, delimiter=_DELIMITERS[fmt])
             for n, record in enumerate(reader, 2):
                 where = f"{os.path.basename(src)}:{n}"
                 if None in record or None in record.values():  # more or fewer fields than the header
-                    yield where, BadRow(where, "wrong_columns",
-                                        f"{len(reader.fieldnames)} columns in the header")
+                    yield where, BadRow(where, "wrong_columns", f"{len(reader.fieldnames)} columns in the header")
                     continue
                 yield where, record
 
 
-def read_table(src: str, fmt: str, image_column: str = "image", caption_column: str = "caption",
-               key_column: str = "key") -> Iterator:
+def read_table(
+    src: str, fmt: str, image_column: str = "image", caption_column: str = "caption", key_column: str = "key"
+) -> Iterator:
     """Samples of a table of image paths; a row without a key is keyed by its image path."""
     root = Path(src).resolve().parent
     for where, record in _table_rows(src, fmt):
@@ -152,17 +157,21 @@ def read_table(src: str, fmt: str, image_column: str = "image", caption_column: 
         if fmt != "jsonl":
             for column, flag in ((image_column, "--image-column"), (caption_column, "--caption-column")):
                 if column not in record:
-                    raise IngestError(f"{src} has no column {column!r} (columns: {sorted(record)}); "
-                                      f"name it with {flag}")
+                    raise IngestError(
+                        f"{src} has no column {column!r} (columns: {sorted(record)}); name it with {flag}"
+                    )
         try:
             raw_key = record.get(key_column)
             if raw_key in (None, ""):
                 path = record.get(image_column)
                 raw_key = os.path.splitext(path)[0] if isinstance(path, str) else raw_key
             key = check_key(raw_key, where)
-            yield {"key": key, "image": _image_loader(root, record.get(image_column), key),
-                   "web_caption": record.get(caption_column),
-                   "synthetic_caption": record.get("synthetic_caption")}
+            yield {
+                "key": key,
+                "image": _image_loader(root, record.get(image_column), key),
+                "web_caption": record.get(caption_column),
+                "synthetic_caption": record.get("synthetic_caption"),
+            }
         except BadRow as err:
             yield err
 
@@ -174,12 +183,17 @@ def read_coco(src: str, images: str | None = None) -> Iterator:
             doc = json.load(f)
     except (OSError, json.JSONDecodeError) as err:
         raise IngestError(f"cannot read COCO caption file {src}: {err}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("images"), list) \
-            or not isinstance(doc.get("annotations"), list):
+    if (
+        not isinstance(doc, dict)
+        or not isinstance(doc.get("images"), list)
+        or not isinstance(doc.get("annotations"), list)
+    ):
         raise IngestError(f"{src} is not a COCO caption file (needs 'images' and 'annotations' lists)")
     first: dict = {}
-    for ann in sorted((a for a in doc["annotations"] if isinstance(a, dict)),
-                      key=lambda a: a.get("id") if isinstance(a.get("id"), int) else 0):
+    for ann in sorted(
+        (a for a in doc["annotations"] if isinstance(a, dict)),
+        key=lambda a: a.get("id") if isinstance(a.get("id"), int) else 0,
+    ):
         first.setdefault(ann.get("image_id"), ann.get("caption"))
     root = Path(images) if images else Path(src).resolve().parent
     for i, img in enumerate(doc["images"]):
@@ -188,8 +202,11 @@ def read_coco(src: str, images: str | None = None) -> Iterator:
             if not isinstance(img, dict):
                 raise BadRow(where, "wrong_type", "image entry is not an object")
             key = check_key(img.get("id"), where)
-            yield {"key": key, "image": _image_loader(root, img.get("file_name"), key),
-                   "web_caption": first.get(img.get("id"), "")}
+            yield {
+                "key": key,
+                "image": _image_loader(root, img.get("file_name"), key),
+                "web_caption": first.get(img.get("id"), ""),
+            }
         except BadRow as err:
             yield err
 
@@ -216,8 +233,9 @@ def read_source(fmt: str, src: str, **options) -> Iterator:
     if fmt == "webdataset":
         return read_webdataset(src)
     if fmt in ("csv", "tsv", "jsonl"):
-        return read_table(src, fmt, **{k: v for k, v in options.items()
-                                        if k in ("image_column", "caption_column", "key_column")})
+        return read_table(
+            src, fmt, **{k: v for k, v in options.items() if k in ("image_column", "caption_column", "key_column")}
+        )
     if fmt == "coco":
         return read_coco(src, options.get("images"))
     raise IngestError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
@@ -238,12 +256,26 @@ def make_row(sample: dict, max_pixels: int, joined: dict | None = None) -> dict:
         raise BadRow(key, "empty_caption", "no caption in any column")
     image = sample["image"]() if callable(sample["image"]) else sample["image"]
     width, height = verify_image(image, key, max_pixels)
-    return {"key": key, "image": bytes(image), "web_caption": web, "synthetic_caption": synthetic,
-            "tags": caption_tags(web, synthetic), "width": width, "height": height}
+    return {
+        "key": key,
+        "image": bytes(image),
+        "web_caption": web,
+        "synthetic_caption": synthetic,
+        "tags": caption_tags(web, synthetic),
+        "width": width,
+        "height": height,
+    }
 
 
-def checked_rows(samples, bad: BadRows, keys: set[str], max_pixels: int, max_bad_fraction: float,
-                 joined: dict | None, on_bad: Callable[[BadRow], None] | None = None) -> Iterator[dict]:
+def checked_rows(
+    samples,
+    bad: BadRows,
+    keys: set[str],
+    max_pixels: int,
+    max_bad_fraction: float,
+    joined: dict | None,
+    on_bad: Callable[[BadRow], None] | None = None,
+) -> Iterator[dict]:
     """Shard rows made from `samples`; a bad sample (a `BadRow` from the reader, a repeated key, or
     one `make_row` refuses) is counted in `bad`, handed to `on_bad` and skipped. Stops the job past
     `max_bad_fraction` (TooManyBadRows)."""
@@ -265,10 +297,19 @@ def checked_rows(samples, bad: BadRows, keys: set[str], max_pixels: int, max_bad
         yield row
 
 
-def ingest(fmt: str, src: str, out: str, *, max_pixels: int, max_bad_fraction: float,
-           join: str | None = None, join_column: str = "synthetic_caption",
-           rows_per_shard: int = 256, on_bad: Callable[[BadRow], None] | None = None,
-           **options) -> dict:
+def ingest(
+    fmt: str,
+    src: str,
+    out: str,
+    *,
+    max_pixels: int,
+    max_bad_fraction: float,
+    join: str | None = None,
+    join_column: str = "synthetic_caption",
+    rows_per_shard: int = 256,
+    on_bad: Callable[[BadRow], None] | None = None,
+    **options,
+) -> dict:
     """Read ``src`` in format ``fmt`` into shards at ``out``; return a summary.
 
     The summary holds the manifest's row count, shard count and content hash, the bad-row counts
@@ -282,17 +323,26 @@ def ingest(fmt: str, src: str, out: str, *, max_pixels: int, max_bad_fraction: f
 
     def rows() -> Iterator[dict]:
         nonlocal used_join
-        for row in checked_rows(read_source(fmt, src, **options), bad, keys, max_pixels, max_bad_fraction,
-                                joined, on_bad):
+        for row in checked_rows(
+            read_source(fmt, src, **options), bad, keys, max_pixels, max_bad_fraction, joined, on_bad
+        ):
             used_join += joined is not None and row["key"] in joined
             yield row
         bad.check(max_bad_fraction, final=True)
 
     start = time.perf_counter()
-    manifest = write_shards(rows(), out, source=f"ingest:{fmt}:{os.path.basename(src.rstrip('/'))}",
-                            rows_per_shard=rows_per_shard)
+    manifest = write_shards(
+        rows(), out, source=f"ingest:{fmt}:{os.path.basename(src.rstrip('/'))}", rows_per_shard=rows_per_shard
+    )
     seconds = time.perf_counter() - start
-    return {"format": fmt, "rows": manifest["num_rows"], "shards": len(manifest["shards"]),
-            "content_hash": manifest["content_hash"], "bad_rows": bad.to_dict(),
-            "joined": used_join, "join_unused": len(joined) - used_join if joined else 0,
-            "seconds": round(seconds, 3), "rows_per_s": round(bad.rows_seen / max(seconds, 1e-9), 1)}
+    return {
+        "format": fmt,
+        "rows": manifest["num_rows"],
+        "shards": len(manifest["shards"]),
+        "content_hash": manifest["content_hash"],
+        "bad_rows": bad.to_dict(),
+        "joined": used_join,
+        "join_unused": len(joined) - used_join if joined else 0,
+        "seconds": round(seconds, 3),
+        "rows_per_s": round(bad.rows_seen / max(seconds, 1e-9), 1),
+    }

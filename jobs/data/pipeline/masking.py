@@ -4,13 +4,15 @@ TIPS masks 75% of the patches at random; blockwise masking at 75% scored the sam
 modes mask exactly `round(ratio * patches)` patches, so every row of a batch has the same count and
 the masked-token tensors have static sizes (DINOv2 makes its masks in the data pipeline too).
 """
+
 import math
 
 import numpy as np
 
 from tipslab.models.config import MASK_MODES
-from tipslab.models.mim import masked_count
 from tipslab.models.errors import ConfigError
+from tipslab.models.mim import masked_count
+
 # DINOv2's MaskingGenerator: blocks of at least 4 patches, aspect ratio 0.3 to 1/0.3, at most
 # half the grid per block, 10 tries per block.
 MIN_BLOCK = 4
@@ -34,7 +36,7 @@ def _add_block(rng: np.random.Generator, mask: np.ndarray, budget: int) -> int:
         h, w = int(round(math.sqrt(area * aspect))), int(round(math.sqrt(area / aspect)))
         if 0 < h < height and 0 < w < width:
             top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
-            block = mask[top:top + h, left:left + w]
+            block = mask[top : top + h, left : left + w]
             new = h * w - int(block.sum())
             if 0 < new <= budget:
                 block[...] = True

@@ -12,6 +12,7 @@ applied to the batch in one einsum. Unlike torchvision's ColorJitter, values are
 once at the end rather than after each of the four steps. The blur is one grouped, separable
 convolution over every blurred view of the batch, each with its own sigma.
 """
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,7 @@ SOLARIZE_THRESHOLD = 128 / 255
 @dataclass(frozen=True)
 class ViewKind:
     """DINOv2's probabilities for one kind of view."""
+
     blur: float
     solarize: float
     jitter: float = 0.8
@@ -51,6 +53,7 @@ class Photometric:
     The colour steps are kept as drawn and folded into one map only once the view's mean colour is
     known, because contrast blends towards the image's mean grey (`colour_map`).
     """
+
     steps: tuple  # (("brightness"|"contrast"|"saturation"|"hue"|"grayscale", factor), ...)
     blur_sigma: float  # 0: no blur
     solarize: bool

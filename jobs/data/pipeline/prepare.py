@@ -1,4 +1,5 @@
 """Make sure an experiment's data exists before its jobs start."""
+
 from tipslab.jobs import storage
 from tipslab.jobs.config import experiment
 from tipslab.jobs.data.pipeline.streaming import split_dir
@@ -14,8 +15,11 @@ def ensure_scenes(exp) -> list[str]:
     data, ev = exp.data, exp.eval
     if data.source != "scenes":
         return []
-    wanted = {data.train_split: data.scenes_train, ev.probe_train_split: data.scenes_probe,
-              ev.probe_test_split: data.scenes_probe}
+    wanted = {
+        data.train_split: data.scenes_train,
+        ev.probe_train_split: data.scenes_probe,
+        ev.probe_test_split: data.scenes_probe,
+    }
     made = []
     for split, n in wanted.items():
         out = split_dir(data.root, split)
@@ -34,5 +38,4 @@ def _has_scenes(out: str, n: int, source: str) -> bool:
         manifest = read_manifest(out)
     except ShardError:
         return False
-    return (manifest["source"] == source and manifest["num_rows"] == n
-            and manifest["schema_version"] == SCHEMA_VERSION)
+    return manifest["source"] == source and manifest["num_rows"] == n and manifest["schema_version"] == SCHEMA_VERSION

@@ -33,6 +33,7 @@ block when the views run as tasks (logged either way).
 `key_id` (a stable 63-bit id of the row's key) lets a run be checked for replayed rows; it is -1 in a
 views batch that dropped bad rows, where ids can no longer be matched to rows.
 """
+
 import hashlib
 import logging
 import math
@@ -43,11 +44,10 @@ from functools import partial
 import numpy as np
 import ray.data
 
-from tipslab.models.tokenizer import build_tokenizer
-
 from tipslab.jobs.config import experiment
-from tipslab.jobs.data.shards.format import read_manifest, shard_files
 from tipslab.jobs.data.pipeline.views import BAD_ROW_COLUMNS, TIPSViews, bad_row_counts, count_columns, view_options
+from tipslab.jobs.data.shards.format import read_manifest, shard_files
+from tipslab.models.tokenizer import build_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +78,19 @@ def split_dir(root: str, split: str) -> str:
 def views_for(exp, epoch: int = 0) -> TIPSViews:
     exp = experiment(exp)
     tag_vocab = exp.data.tag_vocab
-    return TIPSViews(**view_options(exp), epoch=epoch, tokenizer=build_tokenizer(exp.model),
-                     tag_vocab=read_tag_vocab(tag_vocab) if tag_vocab else ())
+    return TIPSViews(
+        **view_options(exp),
+        epoch=epoch,
+        tokenizer=build_tokenizer(exp.model),
+        tag_vocab=read_tag_vocab(tag_vocab) if tag_vocab else (),
+    )
 
 
 def key_ids(keys) -> np.ndarray:
-    return np.array([int.from_bytes(hashlib.blake2b(str(k).encode(), digest_size=8).digest(), "little") >> 1
-                     for k in keys], dtype=np.int64)
+    return np.array(
+        [int.from_bytes(hashlib.blake2b(str(k).encode(), digest_size=8).digest(), "little") >> 1 for k in keys],
+        dtype=np.int64,
+    )
 
 
 class PositionedViews:
@@ -127,11 +133,11 @@ class PositionedViews:
 
     def __call__(self, block: dict):
         counts = np.zeros(len(COUNT_COLUMNS), dtype=np.int64)  # of rows that no output row carries yet
-        counts[:len(BAD_ROW_COLUMNS)], self.carried = self.carried, np.zeros_like(self.carried)
+        counts[: len(BAD_ROW_COLUMNS)], self.carried = self.carried, np.zeros_like(self.carried)
         held = None  # a batch is held back until the next one has rows, or the block ends
         n = len(block["key"])
         for start in range(0, n, self.batch_size):
-            out, batch_counts = self.batch({k: v[start:start + self.batch_size] for k, v in block.items()})
+            out, batch_counts = self.batch({k: v[start : start + self.batch_size] for k, v in block.items()})
             counts = counts + batch_counts
             if out is None:
                 continue
@@ -141,7 +147,7 @@ class PositionedViews:
             held.update(count_columns(COUNT_COLUMNS, counts, len(out["masks"])))
             counts = np.zeros_like(counts)
         if held is None:  # not one row in the block: its counters go with this actor's next call
-            self.carried = counts[:len(BAD_ROW_COLUMNS)]
+            self.carried = counts[: len(BAD_ROW_COLUMNS)]
             return
         for name, value in zip(COUNT_COLUMNS, counts):  # the block's last batches had no row
             held[name][-1] += value
@@ -150,23 +156,44 @@ class PositionedViews:
     def __del__(self):
         carried = getattr(self, "carried", None)
         if carried is not None and carried.any():
-            log.warning("views: %d rows of blocks without one good row, last of this actor's epoch, were not "
-                        "counted (%s)", carried[0], dict(zip(BAD_ROW_COLUMNS, carried.tolist())))
+            log.warning(
+                "views: %d rows of blocks without one good row, last of this actor's epoch, were not counted (%s)",
+                carried[0],
+                dict(zip(BAD_ROW_COLUMNS, carried.tolist())),
+            )
 
 
-def map_views(ds: ray.data.Dataset, make_views, *, batch_size: int, cpus: float, views_class=PositionedViews,
-              actors: bool = True, **views_args) -> ray.data.Dataset:
+def map_views(
+    ds: ray.data.Dataset,
+    make_views,
+    *,
+    batch_size: int,
+    cpus: float,
+    views_class=PositionedViews,
+    actors: bool = True,
+    **views_args,
+) -> ray.data.Dataset:
     """The views of `ds`'s blocks, one read block per call, rows in order (`preserve_order`): in a
     pool of `views_actors(cpus)` actors of `views_class` (PositionedViews or a subclass), or with
     `actors=False` in as many Ray tasks at a time, each unpickling one instance made here (which
     cannot hand the counters of a block without a good row to a later block: they are logged)."""
     kwargs = dict(make_views=make_views, batch_size=batch_size, **views_args)
     if not actors:
-        return ds.map_batches(views_class(**kwargs), batch_size=None, batch_format="numpy", num_cpus=min(cpus, 1.0),
-                              compute=ray.data.TaskPoolStrategy(size=views_actors(cpus)))
-    return ds.map_batches(views_class, fn_constructor_kwargs=kwargs,
-                          batch_size=None, batch_format="numpy", num_cpus=min(cpus, 1.0),
-                          compute=ray.data.ActorPoolStrategy(size=views_actors(cpus)))
+        return ds.map_batches(
+            views_class(**kwargs),
+            batch_size=None,
+            batch_format="numpy",
+            num_cpus=min(cpus, 1.0),
+            compute=ray.data.TaskPoolStrategy(size=views_actors(cpus)),
+        )
+    return ds.map_batches(
+        views_class,
+        fn_constructor_kwargs=kwargs,
+        batch_size=None,
+        batch_format="numpy",
+        num_cpus=min(cpus, 1.0),
+        compute=ray.data.ActorPoolStrategy(size=views_actors(cpus)),
+    )
 
 
 @dataclass
@@ -179,6 +206,7 @@ class Shard:
 class DataPlan:
     """Which shard files each rank reads in one epoch, in order. `shared`: fewer files than ranks,
     so every rank reads them all and keeps its own rows (PositionedViews)."""
+
     epoch: int
     files: list[list[Shard]] = field(default_factory=list)  # per rank
     shared: bool = False
@@ -252,6 +280,13 @@ def rank_dataset(exp, plan: DataPlan, rank: int, cpus: float) -> ray.data.Datase
     rows = sum(s.num_rows for s in shards)
     blocks = read_blocks(rows, len(shards), data.batch_size, actors)
     ds = read_shards([s.file for s in shards], columns, blocks, concurrency=min(actors, len(shards)), num_cpus=0)
-    return map_views(ds, partial(views_for, exp, plan.epoch), batch_size=data.batch_size, cpus=cpus,
-                     actors=rows >= data.views_actor_rows, rank=rank, world_size=len(plan.files),
-                     share=plan.shared)
+    return map_views(
+        ds,
+        partial(views_for, exp, plan.epoch),
+        batch_size=data.batch_size,
+        cpus=cpus,
+        actors=rows >= data.views_actor_rows,
+        rank=rank,
+        world_size=len(plan.files),
+        share=plan.shared,
+    )

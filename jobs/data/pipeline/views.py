@@ -23,6 +23,7 @@ batches and across ranks. `TIPSViews.views` returns a batch's views and its coun
 caller that places the counts itself (the training pipeline: jobs/data/pipeline/streaming.py, which makes
 sure that a batch without a good row loses none); calling the instance places them on the batch.
 """
+
 import hashlib
 import io
 import logging
@@ -36,7 +37,17 @@ from torchvision.transforms.v2 import functional as TF
 from tipslab.jobs.config import AUGMENTS, experiment
 from tipslab.jobs.data.pipeline import photometric
 from tipslab.jobs.data.pipeline.masking import MASK_MODES, make_mask
-from tipslab.jobs.data.shards.rows import IMAGE_FORMATS, BadRow, BadRows, check_caption, check_key, check_pixels, check_tags, decode_image, image_size
+from tipslab.jobs.data.shards.rows import (
+    IMAGE_FORMATS,
+    BadRow,
+    BadRows,
+    check_caption,
+    check_key,
+    check_pixels,
+    check_tags,
+    decode_image,
+    image_size,
+)
 from tipslab.models.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -132,10 +143,24 @@ class TIPSViews:
     (with a tag vocabulary), and, when the instance is called, the int64 counters of BAD_ROW_COLUMNS.
     """
 
-    def __init__(self, *, image_size: int, patch_size: int, local_crops: int, local_crop_size: int,
-                 global_crop_scale, local_crop_scale, mask_ratio: float, tokenizer, tag_vocab=(),
-                 mask_mode: str = "random", augment: str = "none", seed: int = 0, epoch: int = 0,
-                 max_image_pixels: int = 40_000_000):
+    def __init__(
+        self,
+        *,
+        image_size: int,
+        patch_size: int,
+        local_crops: int,
+        local_crop_size: int,
+        global_crop_scale,
+        local_crop_scale,
+        mask_ratio: float,
+        tokenizer,
+        tag_vocab=(),
+        mask_mode: str = "random",
+        augment: str = "none",
+        seed: int = 0,
+        epoch: int = 0,
+        max_image_pixels: int = 40_000_000,
+    ):
         # Checked here as well as by LossConfig and DataConfig: the arguments also come from callers
         # that make no experiment config (jobs/bench/data.py, tests).
         if mask_mode not in MASK_MODES:
@@ -165,9 +190,12 @@ class TIPSViews:
     def read_row(self, batch: dict, i: int) -> dict:
         """One row checked and decoded, or BadRow."""
         key = check_key(batch["key"][i], f"row {i} of its batch")
-        row = {"key": key, "image": decode(batch["image"][i], key, self.max_image_pixels, self.decode_side),
-               "web_caption": check_caption(batch["web_caption"][i], key, "web_caption"),
-               "synthetic_caption": check_caption(batch["synthetic_caption"][i], key, "synthetic_caption")}
+        row = {
+            "key": key,
+            "image": decode(batch["image"][i], key, self.max_image_pixels, self.decode_side),
+            "web_caption": check_caption(batch["web_caption"][i], key, "web_caption"),
+            "synthetic_caption": check_caption(batch["synthetic_caption"][i], key, "synthetic_caption"),
+        }
         if self.tag_index:
             row["tags"] = check_tags(batch["tags"][i], key)
         return row
@@ -177,8 +205,10 @@ class TIPSViews:
         _, h, w = image.shape
         size, local = [self.image_size] * 2, [self.local_crop_size] * 2
         views = [TF.resized_crop(image, *crop_box(rng, w, h, self.global_crop_scale), size, antialias=True)]
-        views += [TF.resized_crop(image, *crop_box(rng, w, h, self.local_crop_scale), local, antialias=True)
-                  for _ in range(self.local_crops)]
+        views += [
+            TF.resized_crop(image, *crop_box(rng, w, h, self.local_crop_scale), local, antialias=True)
+            for _ in range(self.local_crops)
+        ]
         views = [view.flip(-1) if flip else view for view, flip in zip(views, flips)]
         return views[0], views[1:]
 
@@ -217,8 +247,11 @@ class TIPSViews:
             draws.append([p for _, p in drawn])
         n, v = len(rows), self.local_crops
         global_crop = torch.stack(globals_)
-        local_crops = (torch.stack(locals_) if v else
-                       torch.zeros(0, 3, self.local_crop_size, self.local_crop_size, dtype=torch.uint8))
+        local_crops = (
+            torch.stack(locals_)
+            if v
+            else torch.zeros(0, 3, self.local_crop_size, self.local_crop_size, dtype=torch.uint8)
+        )
         if self.augment != "none":
             global_crop = augmented(global_crop, [d[0] for d in draws])
             local_crops = augmented(local_crops, [p for d in draws for p in d[1:]])
@@ -249,10 +282,13 @@ class TIPSViews:
     def empty(self) -> dict:
         """A batch of no rows with the columns' shapes and types (every row of the batch was bad)."""
         s, ls, v = self.image_size, self.local_crop_size, self.local_crops
-        out = {"global_crop": np.zeros((0, 3, s, s), np.uint8),
-               "local_crops": np.zeros((0, v, 3, ls, ls), np.uint8),
-               "masks": np.zeros((0, self.grid ** 2), bool), "web_tokens": self.tokenizer.encode([]),
-               "synthetic_tokens": self.tokenizer.encode([])}
+        out = {
+            "global_crop": np.zeros((0, 3, s, s), np.uint8),
+            "local_crops": np.zeros((0, v, 3, ls, ls), np.uint8),
+            "masks": np.zeros((0, self.grid**2), bool),
+            "web_tokens": self.tokenizer.encode([]),
+            "synthetic_tokens": self.tokenizer.encode([]),
+        }
         if self.tag_index:
             out["tags"] = np.zeros((0, len(self.tag_index)), np.float32)
         out.update({name: np.zeros(0, np.int64) for name in BAD_ROW_COLUMNS})
@@ -273,8 +309,16 @@ def view_options(exp) -> dict:
     tokenizer, tag_vocab and epoch."""
     exp = experiment(exp)
     model, data, loss = exp.model, exp.data, exp.loss
-    return dict(image_size=model.image_size, patch_size=model.patch_size,
-                local_crops=data.local_crops, local_crop_size=data.local_crop_size,
-                global_crop_scale=list(data.global_crop_scale), local_crop_scale=list(data.local_crop_scale),
-                mask_ratio=loss.mask_ratio, mask_mode=loss.mask_mode, augment=data.augment,
-                seed=exp.train.seed, max_image_pixels=data.max_image_pixels)
+    return dict(
+        image_size=model.image_size,
+        patch_size=model.patch_size,
+        local_crops=data.local_crops,
+        local_crop_size=data.local_crop_size,
+        global_crop_scale=list(data.global_crop_scale),
+        local_crop_scale=list(data.local_crop_scale),
+        mask_ratio=loss.mask_ratio,
+        mask_mode=loss.mask_mode,
+        augment=data.augment,
+        seed=exp.train.seed,
+        max_image_pixels=data.max_image_pixels,
+    )

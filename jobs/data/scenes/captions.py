@@ -21,15 +21,38 @@ PARTLY_HIDDEN = 0.85  # an object showing less of itself than this is "partly hi
 DEPTH_GAP = 0.6  # metres: closer than this in depth, neither is "in front of" the other
 SIDE_GAP = 0.06  # fraction of the image width, likewise for "left of"
 # Off-topic alt-texts: none may contain a word of the scene vocabulary (tests check it).
-GENERIC = ("my new wallpaper", "untitled", "desktop background", "geometry homework",
-           "minimalist poster", "so cool!!", "kids learning toys", "screenshot", "3d render",
-           "design inspiration", "nice picture", "photo", "download free", "blender test scene",
-           "found this on my drive", "wow", "art project", "the weekend")
-_WEB_ONE = ("{a}", "{a}", "a photo of {a}", "{a} on the floor", "{a} 3d render", "stock image: {a}",
-            "{a} illustration", "look at this {a}")
+GENERIC = (
+    "my new wallpaper",
+    "untitled",
+    "desktop background",
+    "geometry homework",
+    "minimalist poster",
+    "so cool!!",
+    "kids learning toys",
+    "screenshot",
+    "3d render",
+    "design inspiration",
+    "nice picture",
+    "photo",
+    "download free",
+    "blender test scene",
+    "found this on my drive",
+    "wow",
+    "art project",
+    "the weekend",
+)
+_WEB_ONE = (
+    "{a}",
+    "{a}",
+    "a photo of {a}",
+    "{a} on the floor",
+    "{a} 3d render",
+    "stock image: {a}",
+    "{a} illustration",
+    "look at this {a}",
+)
 _WEB_TWO = ("{a} and {b}", "{a} with {b}", "{a} next to {b}", "picture of {a} and {b}")
-_PLURAL = {"sphere": "spheres", "cube": "cubes", "cylinder": "cylinders", "cone": "cones",
-           "pyramid": "pyramids"}
+_PLURAL = {"sphere": "spheres", "cube": "cubes", "cylinder": "cylinders", "cone": "cones", "pyramid": "pyramids"}
 
 
 def plural(shape: str) -> str:
@@ -79,8 +102,7 @@ def place(o: dict, size: int, depth_range: tuple[float, float]) -> str:
     return f"at the {v} {h}".rstrip()
 
 
-def synthetic_caption(rng, objs: list[dict], setting: str, size: int,
-                      depth_range: tuple[float, float]) -> str:
+def synthetic_caption(rng, objs: list[dict], setting: str, size: int, depth_range: tuple[float, float]) -> str:
     n = len(objs)
     counts: dict[str, int] = {}
     for o in sorted(objs, key=lambda o: o["shape"]):
@@ -97,8 +119,7 @@ def synthetic_caption(rng, objs: list[dict], setting: str, size: int,
         descs.append(d)
     sentences.append(("there is " if rng.random() < 0.5 else "") + "; ".join(descs) + ".")
     # every pair up to four objects; beyond that, neighbours in the reading order
-    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)] if n <= 4 else \
-        [(i, i + 1) for i in range(n - 1)]
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)] if n <= 4 else [(i, i + 1) for i in range(n - 1)]
     for i, j in pairs:
         a, b = (order[i], order[j]) if rng.random() < 0.5 else (order[j], order[i])
         if b["on"] == a["id"]:

@@ -1,5 +1,6 @@
 """Procedural scenes into Parquet shards: one row per scene with every eval column, the seeds of
 each split (never overlapping), and the manifest's source string."""
+
 from __future__ import annotations
 
 import re
@@ -15,8 +16,12 @@ from tipslab.models.errors import ConfigError
 
 SPLIT_STRIDE = 10_000_000
 SPLIT_OFFSETS = {"train": 0, "probe_train": SPLIT_STRIDE, "probe_test": 2 * SPLIT_STRIDE}
-_TAG_ALIASES = {**{w: w for w in (*SHAPES, *COLOURS, *MATERIALS, "striped", "checkered")},
-                **{captions.plural(s): s for s in SHAPES}, "metallic": "metal", "shiny": "metal"}
+_TAG_ALIASES = {
+    **{w: w for w in (*SHAPES, *COLOURS, *MATERIALS, "striped", "checkered")},
+    **{captions.plural(s): s for s in SHAPES},
+    "metallic": "metal",
+    "shiny": "metal",
+}
 
 
 def caption_tags(*captions_: str | None) -> list[str]:
@@ -59,22 +64,32 @@ def split_seeds(n: int, *, split: str = "train", seed: int = 0) -> range:
     return range(start, start + n)
 
 
-def scenes_source(split: str, seed: int, size: int, web_noise: float = 0.3,
-                  max_objects: int = 4) -> str:
+def scenes_source(split: str, seed: int, size: int, web_noise: float = 0.3, max_objects: int = 4) -> str:
     """The manifest's `source`: everything the rows depend on besides the code."""
     return f"scenes:{split}:seed={seed}:size={size}:web_noise={web_noise}:max_objects={max_objects}"
 
 
 def _write_chunk(out_dir: str, index: int, first_seed: int, count: int, kw: dict) -> dict:
     split = kw["split"]
-    rows = [scene_row(s, split, size=kw["size"], web_noise=kw["web_noise"],
-                      max_objects=kw["max_objects"]) for s in range(first_seed, first_seed + count)]
+    rows = [
+        scene_row(s, split, size=kw["size"], web_noise=kw["web_noise"], max_objects=kw["max_objects"])
+        for s in range(first_seed, first_seed + count)
+    ]
     return write_shard(rows, out_dir, index)
 
 
-def generate_scenes(out_dir: str, n: int, *, split: str = "train", seed: int = 0, size: int = 112,
-                    rows_per_shard: int = 256, web_noise: float = 0.3, max_objects: int = 4,
-                    parallel: bool | None = None) -> dict:
+def generate_scenes(
+    out_dir: str,
+    n: int,
+    *,
+    split: str = "train",
+    seed: int = 0,
+    size: int = 112,
+    rows_per_shard: int = 256,
+    web_noise: float = 0.3,
+    max_objects: int = 4,
+    parallel: bool | None = None,
+) -> dict:
     """Render `n` scenes of `split` into Parquet shards in `out_dir` (local or s3://); return the
     manifest. With Ray initialised (or `parallel=True`), one Ray task renders and writes each
     shard; the bytes are the same as the serial path's, shard for shard."""
@@ -83,7 +98,7 @@ def generate_scenes(out_dir: str, n: int, *, split: str = "train", seed: int = 0
     if not 0.0 <= web_noise <= 1.0:
         raise ConfigError(f"web_noise must be in [0, 1], got {web_noise}")
     seeds = split_seeds(n, split=split, seed=seed)
-    chunks = [seeds[i:i + rows_per_shard] for i in range(0, n, rows_per_shard)]
+    chunks = [seeds[i : i + rows_per_shard] for i in range(0, n, rows_per_shard)]
     kw = {"split": split, "size": size, "web_noise": web_noise, "max_objects": max_objects}
     storage.make_dirs(out_dir)
     if parallel is None:
@@ -100,5 +115,4 @@ def generate_scenes(out_dir: str, n: int, *, split: str = "train", seed: int = 0
         shards = ray.get([task.remote(out_dir, i, c.start, len(c), kw) for i, c in enumerate(chunks)])
     else:
         shards = [_write_chunk(out_dir, i, c.start, len(c), kw) for i, c in enumerate(chunks)]
-    return write_manifest(out_dir, shards,
-                          source=scenes_source(split, seed, size, web_noise, max_objects))
+    return write_manifest(out_dir, shards, source=scenes_source(split, seed, size, web_noise, max_objects))

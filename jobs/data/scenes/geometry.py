@@ -164,8 +164,10 @@ class Camera:
         """(u, v, z-depth) of world points: u is the column, v the row, in pixels."""
         p = np.atleast_2d(points) - self.position
         z = p @ self.forward
-        return np.stack([self.size / 2 + self.focal * (p @ self.right) / z,
-                         self.size / 2 - self.focal * (p @ self.up) / z, z], axis=1)
+        return np.stack(
+            [self.size / 2 + self.focal * (p @ self.right) / z, self.size / 2 - self.focal * (p @ self.up) / z, z],
+            axis=1,
+        )
 
     def to_camera(self, normals: np.ndarray) -> np.ndarray:
         return np.stack([normals @ self.right, normals @ self.up, -(normals @ self.forward)], axis=-1)
@@ -185,8 +187,16 @@ class Camera:
         """Rows and columns that can see `obj`: the image of its bounding box's corners."""
         r = footprint_radius(obj["shape"], obj["extent"])
         h = HEIGHT[obj["shape"]] * obj["extent"]
-        return self.box(np.array([[obj["x"] + sx * r, obj["base_y"] + sy * h, obj["z"] + sz * r]
-                                  for sx in (-1, 1) for sy in (0, 1) for sz in (-1, 1)]))
+        return self.box(
+            np.array(
+                [
+                    [obj["x"] + sx * r, obj["base_y"] + sy * h, obj["z"] + sz * r]
+                    for sx in (-1, 1)
+                    for sy in (0, 1)
+                    for sz in (-1, 1)
+                ]
+            )
+        )
 
     def shadow_box(self, obj: dict, light: np.ndarray) -> tuple[slice, slice] | None:
         """Pixels whose surface can lie in `obj`'s shadow: every surface is at y >= 0, so the

@@ -12,26 +12,39 @@ segmentation (0 background, k for the k-th listed object); depth as float32 metr
 optical axis (z-depth, as NYUv2 stores it; 0 where a ray meets no surface, i.e. sky); normals as
 float32 unit vectors in the camera frame (x right, y up, z towards the viewer; zero for sky); the
 `label` (class of the object with most visible pixels, for zero-shot and KNN probes); object
-metadata; and the two captions of captions.py; generate.py writes them into shards. Everything is a pure function of the seed:
-layout, pixel noise and captions draw from separate random streams, so caption settings never move
-a pixel.
+metadata; and the two captions of captions.py (generate.py writes them into shards). Everything
+is a pure function of the seed: layout, pixel noise and captions draw from separate random streams,
+so caption settings never move a pixel.
 """
 
 from __future__ import annotations
 
 import math
 
-
 import numpy as np
 
 from tipslab.jobs.data.scenes import captions
-from tipslab.jobs.data.scenes.geometry import FLAT_TOP, HEIGHT, SHAPES, Camera, bounding_sphere, footprint_radius, intersect
+from tipslab.jobs.data.scenes.geometry import (
+    FLAT_TOP,
+    HEIGHT,
+    SHAPES,
+    Camera,
+    bounding_sphere,
+    footprint_radius,
+    intersect,
+)
 from tipslab.models.errors import ConfigError
 
 CLASSES = ("background",) + SHAPES
 COLOURS = {  # CLEVR's eight colours, sRGB
-    "gray": (87, 87, 87), "red": (173, 35, 35), "blue": (42, 75, 215), "green": (29, 105, 20),
-    "brown": (129, 74, 25), "purple": (129, 38, 192), "cyan": (41, 208, 208), "yellow": (255, 238, 51),
+    "gray": (87, 87, 87),
+    "red": (173, 35, 35),
+    "blue": (42, 75, 215),
+    "green": (29, 105, 20),
+    "brown": (129, 74, 25),
+    "purple": (129, 38, 192),
+    "cyan": (41, 208, 208),
+    "yellow": (255, 238, 51),
 }
 SIZES = {"small": 0.4, "large": 0.75}  # half-width in metres, jittered by +-10%
 MATERIALS = {  # diffuse weight, specular strength, shininess, mirror reflection
@@ -41,13 +54,25 @@ MATERIALS = {  # diffuse weight, specular strength, shininess, mirror reflection
 }
 PATTERNS = ("plain", "striped", "checkered")
 PATTERN_ODDS = (0.7, 0.15, 0.15)
-SKIES = {"clear sky": ((70, 120, 200), (185, 210, 235)), "overcast sky": ((150, 155, 160), (205, 205, 205)),
-         "evening sky": ((80, 70, 130), (240, 160, 90))}  # zenith, horizon
-WALLS = {"white": (225, 225, 220), "beige": (215, 195, 160), "brick": (150, 75, 55),
-         "concrete": (140, 140, 135), "pastel": (175, 200, 215)}
-GROUNDS = {"stone": ((120, 118, 112), (160, 157, 150)), "sand": ((190, 170, 130), (215, 200, 165)),
-           "grass": ((70, 110, 55), (100, 140, 70)), "slate": ((60, 65, 75), (95, 100, 110)),
-           "wooden": ((140, 95, 60), (170, 125, 80))}
+SKIES = {
+    "clear sky": ((70, 120, 200), (185, 210, 235)),
+    "overcast sky": ((150, 155, 160), (205, 205, 205)),
+    "evening sky": ((80, 70, 130), (240, 160, 90)),
+}  # zenith, horizon
+WALLS = {
+    "white": (225, 225, 220),
+    "beige": (215, 195, 160),
+    "brick": (150, 75, 55),
+    "concrete": (140, 140, 135),
+    "pastel": (175, 200, 215),
+}
+GROUNDS = {
+    "stone": ((120, 118, 112), (160, 157, 150)),
+    "sand": ((190, 170, 130), (215, 200, 165)),
+    "grass": ((70, 110, 55), (100, 140, 70)),
+    "slate": ((60, 65, 75), (95, 100, 110)),
+    "wooden": ((140, 95, 60), (170, 125, 80)),
+}
 GROUND_TEXTURES = ("plain", "checkered", "striped", "speckled")
 DEPTH_RANGE = (4.0, 10.0)  # metres from the camera plane to the footprints of objects on the ground
 HALF_FOV = math.radians(22.0)
@@ -72,14 +97,34 @@ def _pick(rng, options):
     return options[int(rng.integers(len(options)))]
 
 
-def make_object(shape: str, colour: str, size: str, material: str, x: float, z: float, *,
-                pattern: str = "plain", angle: float = 0.0, extent: float | None = None,
-                on: int | None = None, base_y: float = 0.0) -> dict:
+def make_object(
+    shape: str,
+    colour: str,
+    size: str,
+    material: str,
+    x: float,
+    z: float,
+    *,
+    pattern: str = "plain",
+    angle: float = 0.0,
+    extent: float | None = None,
+    on: int | None = None,
+    base_y: float = 0.0,
+) -> dict:
     """An object of a layout: standing on the ground at (x, z), or on layout object `on`."""
-    return {"shape": shape, "colour": colour, "size": size, "material": material,
-            "pattern": pattern, "angle": float(angle), "x": float(x), "z": float(z),
-            "extent": float(SIZES[size] if extent is None else extent), "base_y": float(base_y),
-            "on": on}
+    return {
+        "shape": shape,
+        "colour": colour,
+        "size": size,
+        "material": material,
+        "pattern": pattern,
+        "angle": float(angle),
+        "x": float(x),
+        "z": float(z),
+        "extent": float(SIZES[size] if extent is None else extent),
+        "base_y": float(base_y),
+        "on": on,
+    }
 
 
 def sample_layout(seed: int, size: int = 112, max_objects: int = 4, attempt: int = 0) -> dict:
@@ -90,14 +135,17 @@ def sample_layout(seed: int, size: int = 112, max_objects: int = 4, attempt: int
     height, pitch = rng.uniform(2.5, 3.5), math.radians(rng.uniform(12.0, 28.0))
     az, el = rng.uniform(0, 2 * np.pi), math.radians(rng.uniform(30.0, 70.0))
     layout = {
-        "size": size, "camera": {"height": height, "pitch": pitch},
+        "size": size,
+        "camera": {"height": height, "pitch": pitch},
         "light": [math.cos(el) * math.sin(az), math.sin(el), -math.cos(el) * math.cos(az)],
         "ambient": rng.uniform(0.2, 0.4),
         "sky": _pick(rng, list(SKIES)),
         "wall": _pick(rng, list(WALLS)) if rng.random() < 0.5 else None,
         "wall_z": rng.uniform(13.0, 18.0),
-        "ground": _pick(rng, list(GROUNDS)), "ground_texture": _pick(rng, GROUND_TEXTURES),
-        "ground_scale": rng.uniform(0.5, 1.5), "noise_seed": int(rng.integers(2**31)),
+        "ground": _pick(rng, list(GROUNDS)),
+        "ground_texture": _pick(rng, GROUND_TEXTURES),
+        "ground_scale": rng.uniform(0.5, 1.5),
+        "noise_seed": int(rng.integers(2**31)),
         "objects": [],
     }
     objs, used = layout["objects"], set()
@@ -105,14 +153,28 @@ def sample_layout(seed: int, size: int = 112, max_objects: int = 4, attempt: int
         for _attempt in range(30):
             shape, colour = _pick(rng, SHAPES), _pick(rng, list(COLOURS))
             word = "small" if rng.random() < 0.5 else "large"
-            o = make_object(shape, colour, word, _pick(rng, list(MATERIALS)), 0.0, 0.0,
-                            pattern=PATTERNS[int(rng.choice(3, p=PATTERN_ODDS))],
-                            angle=rng.uniform(0, np.pi / 2), extent=SIZES[word] * rng.uniform(0.9, 1.1))
+            o = make_object(
+                shape,
+                colour,
+                word,
+                _pick(rng, list(MATERIALS)),
+                0.0,
+                0.0,
+                pattern=PATTERNS[int(rng.choice(3, p=PATTERN_ODDS))],
+                angle=rng.uniform(0, np.pi / 2),
+                extent=SIZES[word] * rng.uniform(0.9, 1.1),
+            )
             if (shape, colour) in used:
                 continue
             r = footprint_radius(shape, o["extent"])
-            free = [i for i, s in enumerate(objs) if s["shape"] in FLAT_TOP and s["on"] is None
-                    and all(p["on"] != i for p in objs) and r <= 0.8 * s["extent"]]
+            free = [
+                i
+                for i, s in enumerate(objs)
+                if s["shape"] in FLAT_TOP
+                and s["on"] is None
+                and all(p["on"] != i for p in objs)
+                and r <= 0.8 * s["extent"]
+            ]
             if free and rng.random() < STACK_ODDS:
                 k = _pick(rng, free)
                 s = objs[k]
@@ -122,8 +184,12 @@ def sample_layout(seed: int, size: int = 112, max_objects: int = 4, attempt: int
                 half_width = 0.9 * depth * math.tan(HALF_FOV) - r
                 o["x"] = rng.uniform(-half_width, half_width)
                 o["z"] = (depth - height * math.sin(pitch)) / math.cos(pitch)
-                if any(p["on"] is None and math.hypot(p["x"] - o["x"], p["z"] - o["z"])
-                       < r + footprint_radius(p["shape"], p["extent"]) + 0.1 for p in objs):
+                if any(
+                    p["on"] is None
+                    and math.hypot(p["x"] - o["x"], p["z"] - o["z"])
+                    < r + footprint_radius(p["shape"], p["extent"]) + 0.1
+                    for p in objs
+                ):
                     continue
             used.add((shape, colour))
             objs.append(o)
@@ -243,13 +309,13 @@ def _shade(layout, cam, rays, t_best, inst, kind, hits, active, pix_rng) -> tupl
     amb = layout["ambient"]
     rgb = np.zeros((n_px, 3))
     low, high = (_linear(c) for c in GROUNDS[layout["ground"]])
-    tex = _texture(layout["ground_texture"], points[ground, 0], points[ground, 2],
-                   layout["ground_scale"], layout["noise_seed"])
+    tex = _texture(
+        layout["ground_texture"], points[ground, 0], points[ground, 2], layout["ground_scale"], layout["noise_seed"]
+    )
     rgb[ground] = (low + (high - low) * tex[:, None]) * (amb + (1 - amb) * lit[ground, None])
     if layout["wall"]:
         bricks = _texture("checkered", points[wall, 0], points[wall, 1] * 2, 1.0, 0)
-        rgb[wall] = _linear(WALLS[layout["wall"]]) * (0.9 + 0.1 * bricks[:, None]) * \
-            (amb + (1 - amb) * lit[wall, None])
+        rgb[wall] = _linear(WALLS[layout["wall"]]) * (0.9 + 0.1 * bricks[:, None]) * (amb + (1 - amb) * lit[wall, None])
     zenith, horizon = (_linear(c) for c in SKIES[layout["sky"]])
     sky = np.flatnonzero(kind == 0)
     rgb[sky] = horizon + (zenith - horizon) * np.clip(rays[sky, 1:2] * 2.5, 0, 1)
@@ -259,8 +325,7 @@ def _shade(layout, cam, rays, t_best, inst, kind, hits, active, pix_rng) -> tupl
         colour = _linear(COLOURS[o["colour"]]) * (1 + pix_rng.uniform(-0.05, 0.05, 3))
         if o["pattern"] != "plain":
             local = (points[px] - (o["x"], o["base_y"], o["z"])) / o["extent"]
-            bands = np.floor(local[:, 1] * 2.5) if o["pattern"] == "striped" else \
-                np.floor(local * 2).sum(1)
+            bands = np.floor(local[:, 1] * 2.5) if o["pattern"] == "striped" else np.floor(local * 2).sum(1)
             colour = colour * np.where(bands % 2 == 1, 0.45, 1.0)[:, None]
         diffuse, strength, shininess, mirror = MATERIALS[o["material"]]
         n, lt = normals[px], lit[px]
@@ -292,11 +357,19 @@ def render_layout(layout: dict, *, seed: int = 0, web_noise: float = 0.3) -> dic
         o = layout["objects"][i]
         h = HEIGHT[o["shape"]] * o["extent"]
         u, v, _ = cam.project([o["x"], o["base_y"] + h / 2, o["z"]])[0]
-        objects.append({**o, "class_id": CLASSES.index(o["shape"]), "id": ids[i],
-                        "on": ids[o["on"]] if o["on"] is not None else 0,
-                        "u": float(u), "v": float(v),
-                        "depth": float(cam.project([o["x"], 0.0, o["z"]])[0, 2]),
-                        "area": int(len(hits[i][0])), "visible_pixels": int(visible[i])})
+        objects.append(
+            {
+                **o,
+                "class_id": CLASSES.index(o["shape"]),
+                "id": ids[i],
+                "on": ids[o["on"]] if o["on"] is not None else 0,
+                "u": float(u),
+                "v": float(v),
+                "depth": float(cam.project([o["x"], 0.0, o["z"]])[0, 2]),
+                "area": int(len(hits[i][0])),
+                "visible_pixels": int(visible[i]),
+            }
+        )
     lut = np.zeros(len(layout["objects"]) + 1, np.uint8)
     for i in active:
         lut[i + 1] = ids[i]
@@ -304,8 +377,7 @@ def render_layout(layout: dict, *, seed: int = 0, web_noise: float = 0.3) -> dic
     classes = np.array([0] + [CLASSES.index(o["shape"]) for o in layout["objects"]], np.uint8)
     depth = np.where(kind == 0, 0.0, t_best * (rays @ cam.forward)).astype(np.float32)
     cam_normals = np.where((kind == 0)[:, None], 0.0, cam.to_camera(normals)).astype(np.float32)
-    behind = f"in front of a {layout['wall']} wall" if layout["wall"] else \
-        f"under {captions.article(layout['sky'])}"
+    behind = f"in front of a {layout['wall']} wall" if layout["wall"] else f"under {captions.article(layout['sky'])}"
     setting = f"on a {layout['ground_texture']} {layout['ground']} floor {behind}"
     label = max(objects, key=lambda o: o["visible_pixels"])["class_id"] if objects else 0
     return {
@@ -314,7 +386,10 @@ def render_layout(layout: dict, *, seed: int = 0, web_noise: float = 0.3) -> dic
         "instances": instances.reshape(size, size),
         "depth": depth.reshape(size, size),
         "normals": cam_normals.reshape(size, size, 3),
-        "label": int(label), "objects": objects, "camera": cam, "setting": setting,
+        "label": int(label),
+        "objects": objects,
+        "camera": cam,
+        "setting": setting,
         "web_caption": captions.web_caption(cap_rng, objects, web_noise),
         "synthetic_caption": captions.synthetic_caption(cap_rng, objects, setting, size, DEPTH_RANGE),
     }
@@ -323,8 +398,7 @@ def render_layout(layout: dict, *, seed: int = 0, web_noise: float = 0.3) -> dic
 def render_scene(seed: int, size: int = 112, max_objects: int = 4, web_noise: float = 0.3) -> dict:
     """Render scene `seed`; see the module docstring for what comes back."""
     for attempt in range(100):  # a layout whose objects are all clipped away is drawn again
-        scene = render_layout(sample_layout(seed, size, max_objects, attempt), seed=seed,
-                              web_noise=web_noise)
+        scene = render_layout(sample_layout(seed, size, max_objects, attempt), seed=seed, web_noise=web_noise)
         if scene["objects"]:
             return scene
     raise RuntimeError(f"scene {seed}: no layout with a visible object at size {size}")

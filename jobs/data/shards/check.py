@@ -5,15 +5,16 @@ bound, and its size compared with the row's ``width``/``height``. Caption length
 The report's keys are stable (``tipslab data check --json`` is for scripts); distributions are
 ``{"min", "median", "p95", "max"}``, with nulls when there is nothing to measure.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
+from tipslab.jobs.data.enrichment.tags import VOCAB_NAME
+from tipslab.jobs.data.shards.format import read_manifest, shard_files
 from tipslab.jobs.data.shards.rewrite import iter_rows
 from tipslab.jobs.data.shards.rows import KEPT_KEYS, BadRow, BadRows, verify_image
-from tipslab.jobs.data.shards.format import read_manifest, shard_files
 from tipslab.jobs.storage import exists, join, read_bytes
-from tipslab.jobs.data.enrichment.tags import VOCAB_NAME
 
 CAPTION_COLUMNS = ("web_caption", "synthetic_caption")
 
@@ -22,8 +23,12 @@ def distribution(values: list[float]) -> dict:
     if not values:
         return {"min": None, "median": None, "p95": None, "max": None}
     a = np.asarray(values, dtype=np.float64)
-    return {"min": float(a.min()), "median": float(np.median(a)),
-            "p95": float(np.percentile(a, 95)), "max": float(a.max())}
+    return {
+        "min": float(a.min()),
+        "median": float(np.median(a)),
+        "p95": float(np.percentile(a, 95)),
+        "max": float(a.max()),
+    }
 
 
 class Tally:
@@ -52,8 +57,7 @@ class Tally:
         try:
             width, height = verify_image(row["image"], key, self.max_pixels)
             if (width, height) != (row["width"], row["height"]):
-                raise BadRow(key, "wrong_size", f"image is {width}x{height}, row says "
-                                                f"{row['width']}x{row['height']}")
+                raise BadRow(key, "wrong_size", f"image is {width}x{height}, row says {row['width']}x{row['height']}")
             self.widths.append(width)
             self.heights.append(height)
         except BadRow as err:
@@ -89,23 +93,30 @@ def check_shards(shards: str, *, max_pixels: int) -> dict:
         "rows": rows,
         "shard_files": len(shard_files(shards)),
         "content_hash": manifest["content_hash"],
-        "bad_images": {"count": report["bad"], "by_reason": report["counts"],
-                       "keys": report["keys"], "examples": report["examples"]},
+        "bad_images": {
+            "count": report["bad"],
+            "by_reason": report["counts"],
+            "keys": report["keys"],
+            "examples": report["examples"],
+        },
         "duplicate_keys": {"count": t.n_duplicates, "keys": t.duplicates},
         "missing_captions": {**t.missing, "all": t.missing_all},
         "image_width": distribution(t.widths),
         "image_height": distribution(t.heights),
         "caption_words": {c: distribution(t.words[c]) for c in CAPTION_COLUMNS},
-        "tags": {"rows_with_tags": round(t.tagged / rows, 4) if rows else 0.0,
-                 "mean_per_row": round(t.tag_count / rows, 3) if rows else 0.0,
-                 "distinct": len(t.distinct_tags),
-                 "vocab_file": vocab_path if vocab_size is not None else None,
-                 "vocab_size": vocab_size},
+        "tags": {
+            "rows_with_tags": round(t.tagged / rows, 4) if rows else 0.0,
+            "mean_per_row": round(t.tag_count / rows, 3) if rows else 0.0,
+            "distinct": len(t.distinct_tags),
+            "vocab_file": vocab_path if vocab_size is not None else None,
+            "vocab_size": vocab_size,
+        },
     }
 
 
 def format_report(report: dict) -> str:
     """The report for people: one line per part."""
+
     def dist(d: dict) -> str:
         if d["min"] is None:
             return "none"
@@ -115,8 +126,8 @@ def format_report(report: dict) -> str:
     lines = [
         f"{report['shards']}: {report['rows']} rows in {report['shard_files']} shards "
         f"(content hash {report['content_hash'][:12]})",
-        f"bad images: {bad['count']}" + (f" {bad['by_reason']}: {'; '.join(bad['examples'][:5])}"
-                                        if bad["count"] else ""),
+        f"bad images: {bad['count']}"
+        + (f" {bad['by_reason']}: {'; '.join(bad['examples'][:5])}" if bad["count"] else ""),
         f"duplicate keys: {report['duplicate_keys']['count']}"
         + (f" ({', '.join(report['duplicate_keys']['keys'][:5])})" if report["duplicate_keys"]["count"] else ""),
         "missing captions: " + ", ".join(f"{k} {v}" for k, v in report["missing_captions"].items()),

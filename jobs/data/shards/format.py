@@ -25,7 +25,8 @@ import json
 import os
 import posixpath
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -170,16 +171,16 @@ def shard_name(index: int) -> str:
     return f"shard-{index:05d}.parquet"
 
 
-def write_shard(rows: list[dict], out_dir: str, index: int, schema: pa.Schema | None = None,
-                first_row: int = 0) -> dict:
+def write_shard(
+    rows: list[dict], out_dir: str, index: int, schema: pa.Schema | None = None, first_row: int = 0
+) -> dict:
     """Write one shard file; returns its manifest entry. Independent shards can be written by
     parallel tasks and listed afterwards with `write_manifest`."""
     schema = schema if schema is not None else schema_for(rows[0] if rows else {})
     columns = set(schema.names)
     rows = [_check_row(r, first_row + i, columns) for i, r in enumerate(rows)]
     buf = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), buf,
-                   row_group_size=max(len(rows), 1), compression="zstd")
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), buf, row_group_size=max(len(rows), 1), compression="zstd")
     data = buf.getvalue().to_pybytes()
     storage.write_bytes(storage.join(out_dir, shard_name(index)), data)
     return {"file": shard_name(index), "num_rows": len(rows), "sha256": _sha256(data)}
@@ -202,8 +203,7 @@ def write_manifest(out_dir: str, shards: list[dict], *, source: str) -> dict:
         "shards": shards,
         "content_hash": content_hash(s["sha256"] for s in shards),
     }
-    storage.write_bytes(storage.join(out_dir, MANIFEST_NAME),
-                        (json.dumps(manifest, indent=2) + "\n").encode())
+    storage.write_bytes(storage.join(out_dir, MANIFEST_NAME), (json.dumps(manifest, indent=2) + "\n").encode())
     listed = {s["file"] for s in shards}
     for name in storage.list_names(out_dir):
         if _SHARD_RE.match(name) and name not in listed:
@@ -211,9 +211,7 @@ def write_manifest(out_dir: str, shards: list[dict], *, source: str) -> dict:
     return manifest
 
 
-def write_shards(
-    rows: Iterable[dict], out_dir: str, *, source: str, rows_per_shard: int = 256
-) -> dict:
+def write_shards(rows: Iterable[dict], out_dir: str, *, source: str, rows_per_shard: int = 256) -> dict:
     """Write ``rows`` as Parquet shards plus ``manifest.json`` into ``out_dir`` (a local folder or
     ``s3://bucket/prefix``); return the manifest.
 
@@ -275,8 +273,7 @@ def read_manifest(path: str | os.PathLike) -> dict:
 
     if not isinstance(manifest, dict):
         raise bad("top level is not an object")
-    missing = [k for k in ("schema_version", "source", "num_rows", "shards", "content_hash")
-               if k not in manifest]
+    missing = [k for k in ("schema_version", "source", "num_rows", "shards", "content_hash") if k not in manifest]
     if missing:
         raise bad(f"missing keys {missing}")
     version = manifest["schema_version"]
@@ -286,8 +283,12 @@ def read_manifest(path: str | os.PathLike) -> dict:
     if not isinstance(shards, list):
         raise bad("'shards' is not a list")
     for i, s in enumerate(shards):
-        if not (isinstance(s, dict) and isinstance(s.get("file"), str)
-                and isinstance(s.get("num_rows"), int) and isinstance(s.get("sha256"), str)):
+        if not (
+            isinstance(s, dict)
+            and isinstance(s.get("file"), str)
+            and isinstance(s.get("num_rows"), int)
+            and isinstance(s.get("sha256"), str)
+        ):
             raise bad(f"shard entry {i} needs 'file' (str), 'num_rows' (int) and 'sha256' (str)")
         if s["file"] in ("", ".", "..") or "/" in s["file"] or "\\" in s["file"]:
             raise bad(f"shard entry {i} file {s['file']!r} must be a file name in the manifest's folder")

@@ -6,12 +6,13 @@ new one renamed in, the old one removed. Readers see the old set or the new one,
 manifest, and a rewrite that fails half-way leaves the source untouched. In-place rewriting needs a
 local folder; for ``s3://`` give ``out``.
 """
+
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow.parquet as pq
 
@@ -31,8 +32,9 @@ def iter_rows(shards: str, columns: list[str] | None = None, batch_size: int = 6
                 yield from batch.to_pylist()
 
 
-def rewrite_shards(src: str, rows: Iterator[dict], *, source: str, out: str | None = None,
-                   rows_per_shard: int | None = None) -> dict:
+def rewrite_shards(
+    src: str, rows: Iterator[dict], *, source: str, out: str | None = None, rows_per_shard: int | None = None
+) -> dict:
     """Write ``rows`` (made from ``src``) as a new shard set at ``out``, or in place of ``src``."""
     per_shard = rows_per_shard or max((s["num_rows"] for s in read_manifest(src)["shards"]), default=256)
     if out and out.rstrip("/") != src.rstrip("/"):
@@ -53,4 +55,3 @@ def rewrite_shards(src: str, rows: Iterator[dict], *, source: str, out: str | No
         shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(aside, ignore_errors=True)
     return manifest
-

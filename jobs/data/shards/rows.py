@@ -5,12 +5,14 @@ used is skipped, named by its key and counted by reason; past a bad-row fraction
 A ``BadRow`` is the one exception type for "this row is unusable"; ``BadRows`` is the counter that
 parallel workers fill and the driver sums with ``merge``.
 """
+
 from __future__ import annotations
 
 import io
 import math
 
 from PIL import Image, ImageFile, UnidentifiedImageError
+
 from tipslab.models.errors import DataError
 
 # Pillow's own decompression-bomb guard would warn at ~89 Mpx and raise at twice that, before and
@@ -131,7 +133,6 @@ def check_caption(value, key: str, column: str) -> str | None:
     return text
 
 
-
 def check_tags(value, key: str) -> list[str]:
     """A row's tags: a list of strings (None reads as no tags)."""
     if value is None:
@@ -141,6 +142,7 @@ def check_tags(value, key: str) -> list[str]:
     if not isinstance(value, (list, tuple)) or not all(isinstance(t, str) for t in value):
         raise BadRow(key, "wrong_type", "tags must be a list of strings")
     return list(value)
+
 
 # --------------------------------------------------------------------------- counting
 
@@ -172,7 +174,7 @@ class BadRows:
             self.keys.append(err.key)
             self.examples.append(f"{err.key}: {err.reason}" + (f" ({err.detail})" if err.detail else ""))
 
-    def merge(self, other: "BadRows") -> "BadRows":
+    def merge(self, other: BadRows) -> BadRows:
         self.rows_seen += other.rows_seen
         for reason, n in other.counts.items():
             self.counts[reason] = self.counts.get(reason, 0) + n
@@ -186,12 +188,16 @@ class BadRows:
         return self.bad / seen if seen else 0.0
 
     def to_dict(self) -> dict:
-        return {"rows_seen": self.rows_seen, "bad": self.bad,
-                "counts": dict(sorted(self.counts.items())), "keys": list(self.keys),
-                "examples": list(self.examples)}
+        return {
+            "rows_seen": self.rows_seen,
+            "bad": self.bad,
+            "counts": dict(sorted(self.counts.items())),
+            "keys": list(self.keys),
+            "examples": list(self.examples),
+        }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "BadRows":
+    def from_dict(cls, d: dict) -> BadRows:
         out = cls()
         out.rows_seen = int(d.get("rows_seen", 0))
         out.counts = {str(k): int(v) for k, v in d.get("counts", {}).items()}
@@ -203,8 +209,10 @@ class BadRows:
         if not self.counts:
             return f"no bad rows among {self.rows_seen}"
         reasons = ", ".join(f"{r} {n}" for r, n in sorted(self.counts.items()))
-        return (f"{self.bad} bad of {self.rows_seen} rows ({reasons}); "
-                f"first keys: {', '.join(repr(k) for k in self.keys[:5])}")
+        return (
+            f"{self.bad} bad of {self.rows_seen} rows ({reasons}); "
+            f"first keys: {', '.join(repr(k) for k in self.keys[:5])}"
+        )
 
     def check(self, max_fraction: float, *, final: bool = False) -> None:
         """Raise ``TooManyBadRows`` when bad/seen exceeds ``max_fraction``.
@@ -218,4 +226,6 @@ class BadRows:
             raise TooManyBadRows(
                 f"too many bad rows: {self.summary()}; the limit is a fraction of "
                 f"{max_fraction:g} (data.max_bad_fraction / --max-bad-fraction)",
-                self.counts, self.keys)
+                self.counts,
+                self.keys,
+            )

@@ -3,21 +3,12 @@
 STANDARD maps each dataset name (the `<dataset>` of `eval/<dataset>/<metric>`) to its reader and the
 probes its labels allow.
 """
+
 from functools import partial
 
 from tipslab.jobs.config import ALL_PROBES
-
-from tipslab.jobs.eval.evalsets import ade20k
-from tipslab.jobs.eval.evalsets import captions
-from tipslab.jobs.eval.evalsets import class_folders
-from tipslab.jobs.eval.evalsets import nyuv2
-from tipslab.jobs.eval.evalsets import scenes
-from tipslab.jobs.eval.evalsets import voc
-from tipslab.jobs.eval.evalsets.base import IGNORE
-from tipslab.jobs.eval.evalsets.base import EvalDataError
-from tipslab.jobs.eval.evalsets.base import EvalSet
-from tipslab.jobs.eval.evalsets.base import EvalSplit
-from tipslab.jobs.eval.evalsets.base import check_disjoint
+from tipslab.jobs.eval.evalsets import ade20k, captions, class_folders, nyuv2, scenes, voc
+from tipslab.jobs.eval.evalsets.base import IGNORE, EvalDataError, EvalSet, EvalSplit, check_disjoint
 
 STANDARD = {
     "imagenet": (class_folders.read, ("knn", "zero_shot")),
@@ -45,5 +36,15 @@ def read_standard(name: str, root: str, size: int) -> EvalSet:
     return es
 
 
-__all__ = ["ALL_PROBES", "STANDARD", "IGNORE", "EvalDataError", "EvalSet", "EvalSplit", "check_disjoint",
-           "dataset_probes", "read_standard", "scenes"]
+__all__ = [
+    "ALL_PROBES",
+    "STANDARD",
+    "IGNORE",
+    "EvalDataError",
+    "EvalSet",
+    "EvalSplit",
+    "check_disjoint",
+    "dataset_probes",
+    "read_standard",
+    "scenes",
+]

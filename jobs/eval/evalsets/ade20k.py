@@ -1,23 +1,29 @@
 """ADE20k (SceneParsing, ADEChallengeData2016): ROOT/images/{training,validation}/*.jpg and
 ROOT/annotations/{training,validation}/*.png with ids 1..150 and 0 = "other", which is not scored."""
+
 from pathlib import Path
 
 import numpy as np
 
-from tipslab.jobs.eval.evalsets.base import IGNORE
-from tipslab.jobs.eval.evalsets.base import EvalDataError
-from tipslab.jobs.eval.evalsets.base import EvalSet
-from tipslab.jobs.eval.evalsets.base import EvalSplit
-from tipslab.jobs.eval.evalsets.base import need_dir
-from tipslab.jobs.eval.evalsets.base import paired_pngs
-from tipslab.jobs.eval.evalsets.base import read_label_map
+from tipslab.jobs.eval.evalsets.base import (
+    IGNORE,
+    EvalDataError,
+    EvalSet,
+    EvalSplit,
+    need_dir,
+    paired_pngs,
+    read_label_map,
+)
 
 CLASSES = 150
 
 
 def read_split(root: Path, split: str, size: int) -> EvalSplit:
-    pairs = paired_pngs(need_dir(root / "images" / split, f"ADE20k {split} images"),
-                        need_dir(root / "annotations" / split, f"ADE20k {split} annotations"), "annotation")
+    pairs = paired_pngs(
+        need_dir(root / "images" / split, f"ADE20k {split} images"),
+        need_dir(root / "annotations" / split, f"ADE20k {split} annotations"),
+        "annotation",
+    )
     images = [path for path, _ in pairs]
     seg = []
     for _, label in pairs:
@@ -30,5 +36,4 @@ def read_split(root: Path, split: str, size: int) -> EvalSplit:
 
 def read(root: str, size: int, name: str = "ade20k") -> EvalSet:
     root = Path(root)
-    return EvalSet(name, read_split(root, "training", size), read_split(root, "validation", size),
-                   seg_classes=CLASSES)
+    return EvalSet(name, read_split(root, "training", size), read_split(root, "validation", size), seg_classes=CLASSES)

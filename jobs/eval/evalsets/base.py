@@ -4,6 +4,7 @@ Dense labels are held at one square resolution (the model's input size, nearest-
 where the dense probes are scored. Images stay encoded (bytes) or on disk (paths): the feature
 actors decode them, so a reader holds little more than the labels.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from tipslab.models.errors import DataError
 
 IGNORE = 255  # segmentation pixels that are never scored (VOC's boundaries, ADE20k's "other")
@@ -66,8 +68,10 @@ def check_disjoint(es: EvalSet) -> None:
     train_prints = {image_fingerprint(i): k for i, k in zip(es.train.images, es.train.keys)}
     for image, key in zip(es.test.images, es.test.keys):
         if image_fingerprint(image) in train_prints:
-            raise EvalDataError(f"{es.name}: probe-test image {key!r} is also in probe-train "
-                                f"(as {train_prints[image_fingerprint(image)]!r})")
+            raise EvalDataError(
+                f"{es.name}: probe-test image {key!r} is also in probe-train "
+                f"(as {train_prints[image_fingerprint(image)]!r})"
+            )
 
 
 def open_image(data_or_path):

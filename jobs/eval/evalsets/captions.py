@@ -4,15 +4,13 @@ ROOT holds one `dataset_*.json`; its images are at ROOT/<filepath>/<filename> (C
 or, for Flickr30k, at ROOT/<filename>, ROOT/flickr30k-images/<filename> or ROOT/images/<filename>.
 Retrieval is zero-shot, so only the `test` split is read (COCO 5k, Flickr30k 1k images).
 """
+
 import json
 from pathlib import Path
 
 import numpy as np
 
-from tipslab.jobs.eval.evalsets.base import EvalDataError
-from tipslab.jobs.eval.evalsets.base import EvalSet
-from tipslab.jobs.eval.evalsets.base import EvalSplit
-from tipslab.jobs.eval.evalsets.base import need_dir
+from tipslab.jobs.eval.evalsets.base import EvalDataError, EvalSet, EvalSplit, need_dir
 
 IMAGE_FOLDERS = ("", "flickr30k-images", "images")
 
@@ -27,8 +25,9 @@ def split_file(root: Path) -> Path:
 
 
 def image_path(folder: Path, entry: dict, where: str) -> Path:
-    candidates = [folder / entry.get("filepath", "") / entry["filename"]] + \
-                 [folder / sub / entry["filename"] for sub in IMAGE_FOLDERS]
+    candidates = [folder / entry.get("filepath", "") / entry["filename"]] + [
+        folder / sub / entry["filename"] for sub in IMAGE_FOLDERS
+    ]
     for path in candidates:
         if path.is_file():
             return path

@@ -1,15 +1,12 @@
 """ImageNet-style class folders: ROOT/train/<class>/*.jpg (probe-train) and ROOT/val/<class>/*.jpg
 (probe-test). Class names are the folder names with underscores as spaces; an optional
 ROOT/classnames.txt (one "folder name" per line) gives readable names instead (ImageNet's wnids)."""
+
 from pathlib import Path
 
 import numpy as np
 
-from tipslab.jobs.eval.evalsets.base import EvalDataError
-from tipslab.jobs.eval.evalsets.base import EvalSet
-from tipslab.jobs.eval.evalsets.base import EvalSplit
-from tipslab.jobs.eval.evalsets.base import list_images
-from tipslab.jobs.eval.evalsets.base import need_dir
+from tipslab.jobs.eval.evalsets.base import EvalDataError, EvalSet, EvalSplit, list_images, need_dir
 
 
 def class_names(root: Path, folders: list[str]) -> list[str]:
@@ -46,7 +43,12 @@ def read_split(root: Path, split: str, folders: list[str]) -> EvalSplit:
 
 def read(root: str, size: int, name: str = "imagenet") -> EvalSet:
     root = Path(root)
-    folders = sorted(p.name for p in need_dir(root / "train", "class folders of the train split").iterdir()
-                     if p.is_dir())
-    return EvalSet(name, read_split(root, "train", folders), read_split(root, "val", folders),
-                   class_names=class_names(root, folders))
+    folders = sorted(
+        p.name for p in need_dir(root / "train", "class folders of the train split").iterdir() if p.is_dir()
+    )
+    return EvalSet(
+        name,
+        read_split(root, "train", folders),
+        read_split(root, "val", folders),
+        class_names=class_names(root, folders),
+    )

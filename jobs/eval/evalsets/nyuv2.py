@@ -1,20 +1,20 @@
 """NYUv2 depth as RGB + 16-bit depth PNG pairs: ROOT/{train,test}/rgb/<name>.(jpg|png) and
 ROOT/{train,test}/depth/<name>.png in millimetres, 0 = no measurement. (No Eigen crop: every
 measured pixel is scored.)"""
+
 from pathlib import Path
 
 import numpy as np
 
-from tipslab.jobs.eval.evalsets.base import EvalSet
-from tipslab.jobs.eval.evalsets.base import EvalSplit
-from tipslab.jobs.eval.evalsets.base import need_dir
-from tipslab.jobs.eval.evalsets.base import paired_pngs
-from tipslab.jobs.eval.evalsets.base import read_depth_mm
+from tipslab.jobs.eval.evalsets.base import EvalSet, EvalSplit, need_dir, paired_pngs, read_depth_mm
 
 
 def read_split(root: Path, split: str, size: int) -> EvalSplit:
-    pairs = paired_pngs(need_dir(root / split / "rgb", f"NYUv2 {split} RGB images"),
-                        need_dir(root / split / "depth", f"NYUv2 {split} depth PNGs"), "depth")
+    pairs = paired_pngs(
+        need_dir(root / split / "rgb", f"NYUv2 {split} RGB images"),
+        need_dir(root / split / "depth", f"NYUv2 {split} depth PNGs"),
+        "depth",
+    )
     rgb = [path for path, _ in pairs]
     depth = [read_depth_mm(d, size, str(d)) for _, d in pairs]
     return EvalSplit([f"{split}/{p.stem}" for p in rgb], [str(p) for p in rgb], depth=np.stack(depth))

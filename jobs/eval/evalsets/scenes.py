@@ -4,18 +4,15 @@ Shards carry `label`, `segmentation` (PNG of class ids), `depth` (16-bit PNG, mi
 once the scenes write them, `normals` (RGB PNG of (n + 1) / 2 * 255); a probe whose column is
 missing is reported as unavailable rather than failing the evaluation.
 """
+
 import numpy as np
 import pyarrow.parquet as pq
 
+from tipslab.jobs import storage
 from tipslab.jobs.data.pipeline.streaming import split_dir
 from tipslab.jobs.data.scenes.render import CLASSES
-from tipslab.jobs import storage
 from tipslab.jobs.data.shards.format import shard_files
-from tipslab.jobs.eval.evalsets.base import EvalSet
-from tipslab.jobs.eval.evalsets.base import EvalSplit
-from tipslab.jobs.eval.evalsets.base import read_depth_mm
-from tipslab.jobs.eval.evalsets.base import read_label_map
-from tipslab.jobs.eval.evalsets.base import read_normals_png
+from tipslab.jobs.eval.evalsets.base import EvalSet, EvalSplit, read_depth_mm, read_label_map, read_normals_png
 
 DENSE = {"segmentation": read_label_map, "depth": read_depth_mm, "normals": read_normals_png}
 
@@ -33,21 +30,36 @@ def read_split(root: str, split: str, size: int, caption_column: str) -> tuple[E
         out.labels = np.array([-1 if v is None else v for v in rows["label"]], dtype=np.int64)
     for column, read in DENSE.items():
         if column in rows:
-            setattr(out, column, np.stack([read(v, size, f"{split} row {k!r} column {column!r}")
-                                           for k, v in zip(keys, rows[column])]))
+            setattr(
+                out,
+                column,
+                np.stack([read(v, size, f"{split} row {k!r} column {column!r}") for k, v in zip(keys, rows[column])]),
+            )
     if caption_column in rows:
         out.captions = [c or "" for c in rows[caption_column]]
         out.caption_image = np.arange(len(keys))
     return out, columns
 
 
-def read(root: str, size: int, name: str = "scenes", train_split: str = "probe_train",
-         test_split: str = "probe_test", caption_column: str = "synthetic_caption") -> EvalSet:
+def read(
+    root: str,
+    size: int,
+    name: str = "scenes",
+    train_split: str = "probe_train",
+    test_split: str = "probe_test",
+    caption_column: str = "synthetic_caption",
+) -> EvalSet:
     train, train_cols = read_split(root, train_split, size, caption_column)
     test, test_cols = read_split(root, test_split, size, caption_column)
     unavailable = {}
-    needs = {"segmentation": "segmentation", "depth": "depth", "normals": "normals", "knn": "label",
-             "zero_shot": "label", "retrieval": caption_column}
+    needs = {
+        "segmentation": "segmentation",
+        "depth": "depth",
+        "normals": "normals",
+        "knn": "label",
+        "zero_shot": "label",
+        "retrieval": caption_column,
+    }
     for probe, column in needs.items():
         missing = [s for s, cols in ((train_split, train_cols), (test_split, test_cols)) if column not in cols]
         if probe in ("zero_shot", "retrieval"):  # training-free: only probe-test must have it

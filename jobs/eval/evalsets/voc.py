@@ -1,15 +1,12 @@
 """PASCAL VOC segmentation: ROOT/JPEGImages/<id>.jpg, ROOT/SegmentationClass/<id>.png (palette
 PNG of class ids, 255 = boundary, not scored), ROOT/ImageSets/Segmentation/{train,val}.txt.
 Probe-train is `train`, probe-test is `val` (1,464 and 1,449 images in VOC 2012)."""
+
 from pathlib import Path
 
 import numpy as np
 
-from tipslab.jobs.eval.evalsets.base import EvalDataError
-from tipslab.jobs.eval.evalsets.base import EvalSet
-from tipslab.jobs.eval.evalsets.base import EvalSplit
-from tipslab.jobs.eval.evalsets.base import need_dir
-from tipslab.jobs.eval.evalsets.base import read_label_map
+from tipslab.jobs.eval.evalsets.base import EvalDataError, EvalSet, EvalSplit, need_dir, read_label_map
 
 CLASSES = 21  # background + 20 object classes
 
@@ -32,8 +29,10 @@ def read_split(root: Path, split: str, size: int) -> EvalSplit:
     seg = np.stack(seg)
     bad = (seg >= CLASSES) & (seg != 255)
     if bad.any():
-        raise EvalDataError(f"{labels}: image {ids[int(bad.any(axis=(1, 2)).argmax())]!r} has class ids "
-                            f"outside 0..{CLASSES - 1} and 255")
+        raise EvalDataError(
+            f"{labels}: image {ids[int(bad.any(axis=(1, 2)).argmax())]!r} has class ids "
+            f"outside 0..{CLASSES - 1} and 255"
+        )
     return EvalSplit(ids, paths, segmentation=seg)
 
 

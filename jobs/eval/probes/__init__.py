@@ -5,23 +5,24 @@
 - TRAINED: whether it has `fit(probe_train features, ctx) -> model`; every probe has
   `score(model, probe_test features, ctx) -> {metric name: value}`.
 """
-from tipslab.jobs.eval.probes import depth
-from tipslab.jobs.eval.probes import knn
-from tipslab.jobs.eval.probes import normals
-from tipslab.jobs.eval.probes import retrieval
-from tipslab.jobs.eval.probes import segmentation
-from tipslab.jobs.eval.probes import zero_shot
-from tipslab.jobs.eval.probes.context import ProbeContext
-from tipslab.jobs.eval.probes.context import SplitFeatures
 
-PROBES = {"zero_shot": zero_shot, "retrieval": retrieval, "segmentation": segmentation, "depth": depth,
-          "normals": normals, "knn": knn}
+from tipslab.jobs.eval.probes import depth, knn, normals, retrieval, segmentation, zero_shot
+from tipslab.jobs.eval.probes.context import ProbeContext, SplitFeatures
+
+PROBES = {
+    "zero_shot": zero_shot,
+    "retrieval": retrieval,
+    "segmentation": segmentation,
+    "depth": depth,
+    "normals": normals,
+    "knn": knn,
+}
 GOALS = {metric: goal for module in PROBES.values() for metric, goal in module.METRICS.items()}
 DENSE = ("segmentation", "depth", "normals")  # the probes that read patch tokens
 
 
 def metric_goal(key: str) -> str:
-    """"max" or "min" for a registry key `eval/<dataset>/<metric>` (or a bare metric name)."""
+    """ "max" or "min" for a registry key `eval/<dataset>/<metric>` (or a bare metric name)."""
     metric = key.rsplit("/", 1)[-1]
     if metric not in GOALS:
         raise KeyError(f"{key!r}: no probe produces the metric {metric!r}; known: {', '.join(sorted(GOALS))}")

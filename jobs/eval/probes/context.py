@@ -1,11 +1,11 @@
 """What a probe sees: the frozen features of each split, next to that split's labels."""
+
 from dataclasses import dataclass
 
 import torch
 
 from tipslab.jobs.config import EvalConfig
-from tipslab.jobs.eval.evalsets import EvalSet
-from tipslab.jobs.eval.evalsets import EvalSplit
+from tipslab.jobs.eval.evalsets import EvalSet, EvalSplit
 
 
 @dataclass

@@ -4,6 +4,7 @@ standardised patch token, logits upsampled bilinearly to the label, trained full
 Upsampling is linear, so upsampling the features once and training a per-pixel linear layer is the
 same model as upsampling its logits, at a fraction of the cost per epoch.
 """
+
 import torch
 import torch.nn.functional as F
 
@@ -47,8 +48,9 @@ def pixels(grid: torch.Tensor, size: int) -> torch.Tensor:
     return up.permute(0, 2, 3, 1).reshape(-1, grid.shape[1])
 
 
-def fit_linear(x: torch.Tensor, target: torch.Tensor, classes: int, epochs: int, lr: float,
-               seed: int = 0, batch: int = 65536) -> torch.nn.Linear:
+def fit_linear(
+    x: torch.Tensor, target: torch.Tensor, classes: int, epochs: int, lr: float, seed: int = 0, batch: int = 65536
+) -> torch.nn.Linear:
     """Cross-entropy over `classes` with AdamW, `batch` pixels a step (one step an epoch for the
     scenes' probe splits; bounded memory for NYUv2 or ADE20k); targets of -100 are ignored (dropped
     up front: cross-entropy's own ignore_index path is several times slower)."""
@@ -63,7 +65,7 @@ def fit_linear(x: torch.Tensor, target: torch.Tensor, classes: int, epochs: int,
     for _ in range(epochs):
         order = torch.randperm(len(x), generator=gen) if len(x) > batch else None
         for i in range(0, len(x), batch):
-            xb, tb = (x, target) if order is None else (x[order[i:i + batch]], target[order[i:i + batch]])
+            xb, tb = (x, target) if order is None else (x[order[i : i + batch]], target[order[i : i + batch]])
             loss = F.cross_entropy(probe(xb), tb)
             opt.zero_grad()
             loss.backward()
@@ -75,5 +77,5 @@ def fit_linear(x: torch.Tensor, target: torch.Tensor, classes: int, epochs: int,
 def dense_logits(probe: torch.nn.Module, grid: torch.Tensor, size: int, batch: int = 16):
     """Yield [b, K, size, size] logits of the probe-test images, a batch at a time."""
     for i in range(0, len(grid), batch):
-        logits = probe(grid[i:i + batch].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        logits = probe(grid[i : i + batch].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         yield F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)

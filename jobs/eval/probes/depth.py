@@ -3,16 +3,12 @@
 centres and upsampled bilinearly.
 Scored per image on measured pixels and averaged: RMSE (metres), AbsRel, and δ1 (percent of
 pixels within a factor 1.25)."""
+
 import torch
 import torch.nn.functional as F
 
-from tipslab.jobs.eval.probes.context import ProbeContext
-from tipslab.jobs.eval.probes.context import SplitFeatures
-from tipslab.jobs.eval.probes.dense import Standardise
-from tipslab.jobs.eval.probes.dense import fit_linear
-from tipslab.jobs.eval.probes.dense import nearest
-from tipslab.jobs.eval.probes.dense import pixels
-from tipslab.jobs.eval.probes.dense import train_size
+from tipslab.jobs.eval.probes.context import ProbeContext, SplitFeatures
+from tipslab.jobs.eval.probes.dense import Standardise, fit_linear, nearest, pixels, train_size
 
 METRICS = {"depth_rmse": "min", "depth_absrel": "min", "depth_delta1": "max"}
 NEEDS = ("depth",)
@@ -40,8 +36,11 @@ def depth_metrics(pred: torch.Tensor, gt: torch.Tensor) -> dict:
         rmse.append(((p - g) ** 2).mean().sqrt())
         absrel.append(((p - g).abs() / g).mean())
         delta1.append((torch.maximum(p / g, g / p) < 1.25).float().mean() * 100)
-    return {"depth_rmse": torch.stack(rmse).mean().item(), "depth_absrel": torch.stack(absrel).mean().item(),
-            "depth_delta1": torch.stack(delta1).mean().item()}
+    return {
+        "depth_rmse": torch.stack(rmse).mean().item(),
+        "depth_absrel": torch.stack(absrel).mean().item(),
+        "depth_delta1": torch.stack(delta1).mean().item(),
+    }
 
 
 def fit(train: SplitFeatures, ctx: ProbeContext) -> dict:
@@ -51,8 +50,7 @@ def fit(train: SplitFeatures, ctx: ProbeContext) -> dict:
     depth = torch.from_numpy(train.split.depth)
     depth_max = ev.depth_max or ctx.data.depth_max or float(depth.max())
     target = to_bins(nearest(depth, size), ev.depth_bins, depth_max)
-    probe = fit_linear(pixels(grid, size), target.flatten(), ev.depth_bins,
-                       ev.depth_probe_epochs, ev.depth_probe_lr)
+    probe = fit_linear(pixels(grid, size), target.flatten(), ev.depth_bins, ev.depth_probe_epochs, ev.depth_probe_lr)
     return {"norm": norm, "probe": probe, "depth_max": depth_max}
 
 

@@ -5,6 +5,7 @@ Called from inside a Ray task that already holds CPUs (a sweep trial's evaluatio
 for no CPUs of their own: the caller's reservation pays for them, and asking again would wait
 forever on a machine whose CPUs the caller holds.
 """
+
 import contextlib
 import io
 import tempfile
@@ -14,9 +15,8 @@ import ray
 import torch
 import torch.nn.functional as F
 
-from tipslab.models.checkpoint import load_student
-
 from tipslab.jobs import storage
+from tipslab.models.checkpoint import load_student
 from tipslab.models.errors import DataError
 
 
@@ -106,8 +106,9 @@ def actor_resources() -> tuple[dict, int, int]:
     return {"num_cpus": cpus}, 1, cpus
 
 
-def features(checkpoint: str, keys: list[str], images: list, texts: list[str], image_size: int,
-             patches: bool, batch_size: int) -> dict[str, np.ndarray]:
+def features(
+    checkpoint: str, keys: list[str], images: list, texts: list[str], image_size: int, patches: bool, batch_size: int
+) -> dict[str, np.ndarray]:
     """cls_web, cls_synthetic (and patch_tokens) of the images, `text` of the texts, in input order."""
     resources, pool, threads = actor_resources()
     # Arrow nulls do not come back as None in numpy batches: an explicit flag tells the kinds apart.
@@ -115,10 +116,19 @@ def features(checkpoint: str, keys: list[str], images: list, texts: list[str], i
     rows += [{"key": f"text {i}", "image": None, "text": t, "is_text": True} for i, t in enumerate(texts)]
     ds = ray.data.from_items([{"index": i, **row} for i, row in enumerate(rows)])
     out = ds.map_batches(
-        Towers, fn_constructor_kwargs={"checkpoint": checkpoint, "threads": threads, "image_size": image_size,
-                                       "patches": patches},
-        batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pool),
-        runtime_env={"env_vars": storage.aws_env()}, **resources)
+        Towers,
+        fn_constructor_kwargs={
+            "checkpoint": checkpoint,
+            "threads": threads,
+            "image_size": image_size,
+            "patches": patches,
+        },
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pool),
+        runtime_env={"env_vars": storage.aws_env()},
+        **resources,
+    )
     parts = list(out.iter_batches(batch_size=None, batch_format="numpy"))
     cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     order = np.argsort(cols.pop("index"))

@@ -2,13 +2,13 @@
 standardised patch token to the mean normal of its patch, upsampled bilinearly and normalised;
 scored as the mean angular error in degrees over probe-test pixels that have a normal. (TIPS
 follows Probe3D, whose probe is larger; a linear one keeps the comparison to the features.)"""
+
 import math
 
 import torch
 import torch.nn.functional as F
 
-from tipslab.jobs.eval.probes.context import ProbeContext
-from tipslab.jobs.eval.probes.context import SplitFeatures
+from tipslab.jobs.eval.probes.context import ProbeContext, SplitFeatures
 from tipslab.jobs.eval.probes.dense import Standardise
 
 METRICS = {"normals_mean_angle": "min"}
@@ -52,9 +52,9 @@ def score(model: dict, test: SplitFeatures, ctx: ProbeContext, batch: int = 16) 
     grid, w = model["norm"](test.image["patch_tokens"]), model["weights"]
     errors = []
     for i in range(0, len(grid), batch):
-        g = grid[i:i + batch].permute(0, 2, 3, 1)
+        g = grid[i : i + batch].permute(0, 2, 3, 1)
         pred = (g @ w[:-1] + w[-1]).permute(0, 3, 1, 2)
         pred = F.interpolate(pred, size=gt.shape[1:3], mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
-        errors.append(angular_error_deg(pred, gt[i:i + batch]))
+        errors.append(angular_error_deg(pred, gt[i : i + batch]))
     errors = torch.cat(errors)
     return {"normals_mean_angle": errors.mean().item() if len(errors) else math.nan}

@@ -2,11 +2,11 @@
 embeddings (the paper: CLS_1 against human captions), as R@1, R@5 and R@10 in percent. An image
 may own several captions (COCO, Flickr30k: 5): image->text counts a hit when any of its captions
 ranks within k."""
+
 import torch
 import torch.nn.functional as F
 
-from tipslab.jobs.eval.probes.context import ProbeContext
-from tipslab.jobs.eval.probes.context import SplitFeatures
+from tipslab.jobs.eval.probes.context import ProbeContext, SplitFeatures
 
 KS = (1, 5, 10)
 METRICS = {f"{d}_r{k}": "max" for d in ("i2t", "t2i") for k in KS}
@@ -23,13 +23,13 @@ def recall_at_k(image_emb, text_emb, caption_image, ks=KS, chunk: int = 1024) ->
     own_best = torch.full((len(image),), -2.0).scatter_reduce(0, owner, own, "amax")
     i2t_rank, t2i_rank = [], []
     for i in range(0, len(image), chunk):  # other captions at least as close as the image's best own
-        sim = image[i:i + chunk] @ text.T
+        sim = image[i : i + chunk] @ text.T
         mine = owner[None, :] == torch.arange(i, i + len(sim))[:, None]
-        i2t_rank.append(((sim >= own_best[i:i + chunk, None]) & ~mine).sum(dim=1))
+        i2t_rank.append(((sim >= own_best[i : i + chunk, None]) & ~mine).sum(dim=1))
     for t in range(0, len(text), chunk):  # other images at least as close as the caption's own
-        sim = text[t:t + chunk] @ image.T
-        mine = torch.arange(len(image))[None, :] == owner[t:t + chunk, None]
-        t2i_rank.append(((sim >= own[t:t + chunk, None]) & ~mine).sum(dim=1))
+        sim = text[t : t + chunk] @ image.T
+        mine = torch.arange(len(image))[None, :] == owner[t : t + chunk, None]
+        t2i_rank.append(((sim >= own[t : t + chunk, None]) & ~mine).sum(dim=1))
     i2t_rank, t2i_rank = torch.cat(i2t_rank), torch.cat(t2i_rank)
     out = {}
     for k in ks:

@@ -1,14 +1,9 @@
 """Linear semantic segmentation on patch tokens, scored as mIoU in percent on probe-test."""
+
 import torch
 
-from tipslab.jobs.eval.probes.context import ProbeContext
-from tipslab.jobs.eval.probes.context import SplitFeatures
-from tipslab.jobs.eval.probes.dense import Standardise
-from tipslab.jobs.eval.probes.dense import dense_logits
-from tipslab.jobs.eval.probes.dense import fit_linear
-from tipslab.jobs.eval.probes.dense import nearest
-from tipslab.jobs.eval.probes.dense import pixels
-from tipslab.jobs.eval.probes.dense import train_size
+from tipslab.jobs.eval.probes.context import ProbeContext, SplitFeatures
+from tipslab.jobs.eval.probes.dense import Standardise, dense_logits, fit_linear, nearest, pixels, train_size
 
 METRICS = {"seg_miou": "max"}
 NEEDS = ("segmentation",)
@@ -34,8 +29,7 @@ def fit(train: SplitFeatures, ctx: ProbeContext) -> dict:
     size = train_size(ev, grid)
     target = nearest(torch.from_numpy(train.split.segmentation), size).long().flatten()
     target[target == IGNORE] = -100
-    probe = fit_linear(pixels(grid, size), target, ctx.data.seg_classes,
-                       ev.seg_probe_epochs, ev.seg_probe_lr)
+    probe = fit_linear(pixels(grid, size), target, ctx.data.seg_classes, ev.seg_probe_epochs, ev.seg_probe_lr)
     return {"norm": norm, "probe": probe}
 
 

@@ -1,11 +1,11 @@
 """Zero-shot classification: each class name goes through every prompt template and the text
 tower; the normalised embeddings are averaged per class (CLIP's ensembling), and each probe-test
 image takes the class nearest to its CLS embedding. Top-1 accuracy in percent."""
+
 import torch
 import torch.nn.functional as F
 
-from tipslab.jobs.eval.probes.context import ProbeContext
-from tipslab.jobs.eval.probes.context import SplitFeatures
+from tipslab.jobs.eval.probes.context import ProbeContext, SplitFeatures
 
 METRICS = {"zero_shot_top1": "max"}
 NEEDS = ("labels",)

@@ -9,15 +9,17 @@ from tipslab.jobs.data.scenes.generate import generate_scenes
 @pytest.mark.parametrize("views", ["actors", "auto"])
 def test_bench_data_measures_both_pipelines_on_the_same_shards(ray_session, tmp_path, views):
     generate_scenes(str(tmp_path / "shards"), 24, size=56, rows_per_shard=12, parallel=False)
-    out = bench_data(str(tmp_path / "shards"), cpus=1, batch_size=6, image_size=56, local_crop_size=28, warmup=False,
-                     views=views)
+    out = bench_data(
+        str(tmp_path / "shards"), cpus=1, batch_size=6, image_size=56, local_crop_size=28, warmup=False, views=views
+    )
     assert out["views"] == {"actors": "actors", "auto": "tasks"}[views]  # auto: 24 rows are an epoch for tasks
     for pipeline in ("raydata", "dataloader"):
         assert out[f"{pipeline}_images_per_s"] > 0 and out[f"{pipeline}_startup_s"] >= 0
         assert out[f"{pipeline}_images_per_s_per_cpu"] == out[f"{pipeline}_images_per_s"]  # one CPU
         assert math.isfinite(out[f"{pipeline}_images_per_cpu_s"]) and out[f"{pipeline}_images_per_cpu_s"] > 0
     assert math.isfinite(out["ratio"]) and out["ratio"] == pytest.approx(
-        out["raydata_images_per_s"] / out["dataloader_images_per_s"])
+        out["raydata_images_per_s"] / out["dataloader_images_per_s"]
+    )
     assert out["augment"] == "dinov2" and out["cpus"] == 1
     # the views actor's start-up, within the time to the first batch (tasks: none)
     assert 0 <= out["raydata_actors_ready_s"] <= out["raydata_startup_s"]

@@ -1,11 +1,12 @@
 """The benchmarked step (jobs/bench/step.py): it is the training step, and its figures are sane."""
+
 import pytest
 import torch
 from conftest import REPO
 
 from tipslab.jobs.bench import COMPONENTS
-from tipslab.jobs.bench.step import Clock, bench_parts, step_benchmark, synthetic_batch, timed_step
 from tipslab.jobs.bench.flops import flops_per_image
+from tipslab.jobs.bench.step import Clock, bench_parts, step_benchmark, synthetic_batch, timed_step
 from tipslab.orchestrator.config import load_experiment, to_dict
 
 TINY = REPO / "ablations" / "base" / "tips_tiny.yaml"
@@ -27,7 +28,11 @@ def test_the_marked_step_computes_exactly_what_the_loop_computes(one_torch_threa
         assert torch.equal(a, b), name
     for a, b in zip(plain.teacher.state_dict().values(), timed.teacher.state_dict().values()):
         assert torch.equal(a, b)
-    assert plain.student.state_dict()["vision.pos_embed"].ne(bench_parts(exp).student.state_dict()["vision.pos_embed"]).any()
+    assert (
+        plain.student.state_dict()["vision.pos_embed"]
+        .ne(bench_parts(exp).student.state_dict()["vision.pos_embed"])
+        .any()
+    )
     assert all(clock.laps[c] > 0 for c in COMPONENTS if c != "data_to_device")
     assert clock.text > 0 and clock.laps["text_fwd"] == clock.text
 

@@ -1,11 +1,12 @@
 """The analytic FLOP count (jobs/bench/flops.py) against torch's FlopCounterMode on the real step."""
+
 import pytest
 import torch
 from conftest import REPO
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from tipslab.jobs.bench.step import bench_parts, synthetic_batch
 from tipslab.jobs.bench.flops import flops_per_image, step_flops, trainable_params
+from tipslab.jobs.bench.step import bench_parts, synthetic_batch
 from tipslab.orchestrator.config import load_experiment, to_dict
 
 TINY = REPO / "ablations" / "base" / "tips_tiny.yaml"
@@ -23,8 +24,10 @@ def cpu_sdpa_backward(grad_out, q, k, v, *args, out_shape=None, **kwargs):
     return sdpa_backward_flop_count(grad_out, q, k, v)
 
 
-CPU_SDPA = {aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa,
-            aten._scaled_dot_product_flash_attention_for_cpu_backward: cpu_sdpa_backward}
+CPU_SDPA = {
+    aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa,
+    aten._scaled_dot_product_flash_attention_for_cpu_backward: cpu_sdpa_backward,
+}
 
 VARIANTS = {
     "tiny TIPS": [],

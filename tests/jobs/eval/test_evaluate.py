@@ -1,5 +1,6 @@
 """The evaluation job: the metric registry, and every probe on a tiny checkpoint's features from
 Ray Data, with probe-train and probe-test kept apart."""
+
 import json
 import os
 
@@ -7,28 +8,54 @@ import numpy as np
 import pytest
 import torch
 
-from tipslab.jobs.eval import evaluate as evaluation
 from tipslab.jobs.data.scenes.generate import generate_scenes, scene_row
 from tipslab.jobs.data.shards.format import write_shards
+from tipslab.jobs.eval import evaluate as evaluation
 from tipslab.jobs.eval.evalsets import scenes as scene_reader
 from tipslab.jobs.eval.evaluate import evaluate_checkpoint, metric_goal, metric_keys, retrieval_token
 from tipslab.jobs.eval.probes import PROBES
 
-SCENE_KEYS = {"eval/scenes/" + m for m in (
-    "zero_shot_top1", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "seg_miou",
-    "depth_rmse", "depth_absrel", "depth_delta1", "normals_mean_angle", "knn_top1")}
+SCENE_KEYS = {
+    "eval/scenes/" + m
+    for m in (
+        "zero_shot_top1",
+        "i2t_r1",
+        "i2t_r5",
+        "i2t_r10",
+        "t2i_r1",
+        "t2i_r5",
+        "t2i_r10",
+        "seg_miou",
+        "depth_rmse",
+        "depth_absrel",
+        "depth_delta1",
+        "normals_mean_angle",
+        "knn_top1",
+    )
+}
 
 
 def test_metric_registry():
     assert metric_keys({"dataset": "scenes"}) == SCENE_KEYS
-    keys = metric_keys({"dataset": "scenes", "probes": ["retrieval", "segmentation", "depth"],
-                        "datasets": {"pascal_voc": "/voc", "nyuv2": "/nyu", "flickr30k": "/f", "imagenet": "/in"}})
-    assert {"eval/pascal_voc/seg_miou", "eval/nyuv2/depth_rmse", "eval/flickr30k/i2t_r1", "eval/scenes/t2i_r10",
-            "eval/scenes/depth_delta1"} <= keys
+    keys = metric_keys(
+        {
+            "dataset": "scenes",
+            "probes": ["retrieval", "segmentation", "depth"],
+            "datasets": {"pascal_voc": "/voc", "nyuv2": "/nyu", "flickr30k": "/f", "imagenet": "/in"},
+        }
+    )
+    assert {
+        "eval/pascal_voc/seg_miou",
+        "eval/nyuv2/depth_rmse",
+        "eval/flickr30k/i2t_r1",
+        "eval/scenes/t2i_r10",
+        "eval/scenes/depth_delta1",
+    } <= keys
     assert not any(k.startswith("eval/imagenet/") for k in keys)  # its probes (knn, zero_shot) are off
     assert "eval/scenes/knn_top1" not in keys and "eval/pascal_voc/depth_rmse" not in keys
-    assert metric_keys({"dataset": "", "datasets": {"coco": "/c"}}) == {f"eval/coco/{d}_r{k}" for d in ("i2t", "t2i")
-                                                                      for k in (1, 5, 10)}
+    assert metric_keys({"dataset": "", "datasets": {"coco": "/c"}}) == {
+        f"eval/coco/{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)
+    }
     assert {metric_goal(k) for k in SCENE_KEYS} == {"max", "min"}
     assert metric_goal("eval/scenes/depth_rmse") == "min" and metric_goal("eval/scenes/seg_miou") == "max"
     with pytest.raises(ValueError, match="eval.probes: unknown probes \\['linear'\\]"):
@@ -38,7 +65,10 @@ def test_metric_registry():
 
 
 def test_retrieval_token():
-    exp = {"loss": {"caption_mode": "dual_cls"}, "eval": {"retrieval_token": "auto", "retrieval_caption": "synthetic_caption"}}
+    exp = {
+        "loss": {"caption_mode": "dual_cls"},
+        "eval": {"retrieval_token": "auto", "retrieval_caption": "synthetic_caption"},
+    }
     assert retrieval_token(exp) == "cls_synthetic"
     exp["loss"]["caption_mode"] = "web"
     assert retrieval_token(exp) == "cls_web"
@@ -48,8 +78,9 @@ def test_retrieval_token():
 
 def test_shards_without_normals_skip_that_probe_with_a_reason(tmp_path):
     for split, seeds in (("probe_train", range(3)), ("probe_test", range(3, 5))):
-        rows = [{k: v for k, v in scene_row(s, split, size=28).items() if k not in ("normals", "instances")}
-                for s in seeds]
+        rows = [
+            {k: v for k, v in scene_row(s, split, size=28).items() if k not in ("normals", "instances")} for s in seeds
+        ]
         write_shards(rows, str(tmp_path / split), source="test")
     es = scene_reader.read(str(tmp_path), 28)
     assert es.train.normals is None and es.test.segmentation.shape == (2, 28, 28)
@@ -65,16 +96,21 @@ def tiny_checkpoint(home, size=56, n_train=10, n_test=6):
     from tipslab.models.tokenizer import build_tokenizer
     from tipslab.orchestrator.config import load_experiment, to_dict
 
-    exp = to_dict(load_experiment("ablations/base/tips_tiny.yaml", [f"model.image_size={size}", "eval.batch_size=8",
-                                                                     "eval.seg_probe_epochs=5", "eval.depth_probe_epochs=5"]))
+    exp = to_dict(
+        load_experiment(
+            "ablations/base/tips_tiny.yaml",
+            [f"model.image_size={size}", "eval.batch_size=8", "eval.seg_probe_epochs=5", "eval.depth_probe_epochs=5"],
+        )
+    )
     root = exp["data"]["root"]
     generate_scenes(os.path.join(root, "probe_train"), n_train, split="probe_train", size=size)
     generate_scenes(os.path.join(root, "probe_test"), n_test, split="probe_test", size=size)
     torch.manual_seed(0)
     student = TIPSStudent(tips_config(exp))
     folder = str(home / "checkpoint")
-    save_checkpoint(folder, {"student": student.state_dict(), "config": exp,
-                             "tokenizer": build_tokenizer(exp["model"]).state()})
+    save_checkpoint(
+        folder, {"student": student.state_dict(), "config": exp, "tokenizer": build_tokenizer(exp["model"]).state()}
+    )
     return folder, exp
 
 
@@ -86,8 +122,13 @@ def test_every_probe_runs_on_ray_data_features_and_fits_on_probe_train_only(ray_
     for name, module in PROBES.items():
         if module.TRAINED:
             real = module.fit
-            monkeypatch.setattr(module, "fit", lambda train, ctx, real=real, name=name:
-                                fitted.append((name, list(train.split.keys))) or real(train, ctx))
+            monkeypatch.setattr(
+                module,
+                "fit",
+                lambda train, ctx, real=real, name=name: (
+                    fitted.append((name, list(train.split.keys))) or real(train, ctx)
+                ),
+            )
     out = home / "eval"
     metrics = evaluate_checkpoint(checkpoint, exp, str(out))
 

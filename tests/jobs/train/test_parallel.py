@@ -1,5 +1,6 @@
 """FSDP2 on 2 CPU processes over gloo (torch.multiprocessing, no Ray): the sharded student and
 teacher train exactly like unsharded DDP replicas, and a sharded checkpoint restores them."""
+
 import copy
 
 import pytest
@@ -20,8 +21,15 @@ WORLD = 2
 
 
 def config() -> TIPSConfig:
-    model = ModelConfig(size="tiny", image_size=28, head_hidden=32, head_bottleneck=16, head_prototypes=64,
-                        vocab_size=128, max_text_len=8)
+    model = ModelConfig(
+        size="tiny",
+        image_size=28,
+        head_hidden=32,
+        head_bottleneck=16,
+        head_prototypes=64,
+        vocab_size=128,
+        max_text_len=8,
+    )
     return TIPSConfig(model=model, loss=LossConfig(distill_weight=1.0, mim_weight=2.0))
 
 
@@ -29,10 +37,13 @@ def rank_batch(rank: int, step: int) -> dict:
     g = torch.Generator().manual_seed(100 * rank + step)
     masks = torch.zeros(3, 4, dtype=torch.bool)
     masks[:, :3] = True
-    return {"global_crop": torch.rand(3, 3, 28, 28, generator=g),
-            "local_crops": torch.rand(3, 2, 3, 14, 14, generator=g),
-            "masks": masks, "web_tokens": torch.randint(1, 128, (3, 8), generator=g),
-            "synthetic_tokens": torch.randint(1, 128, (3, 8), generator=g)}
+    return {
+        "global_crop": torch.rand(3, 3, 28, 28, generator=g),
+        "local_crops": torch.rand(3, 2, 3, 14, 14, generator=g),
+        "masks": masks,
+        "web_tokens": torch.randint(1, 128, (3, 8), generator=g),
+        "synthetic_tokens": torch.randint(1, 128, (3, 8), generator=g),
+    }
 
 
 def full(t: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """Node loss: 2 training workers on 2 nodes of a local cluster; one node is SIGKILLed after a
 checkpoint, a replacement joins, and Ray Train resumes from the latest checkpoint by itself."""
+
 import json
 import os
 import subprocess
@@ -46,22 +47,49 @@ def reports(path: Path) -> list[dict]:
 
 
 def test_node_loss_resumes_from_the_last_checkpoint_without_replaying_data(home, tmp_path):
-    exp = to_dict(load_experiment(BASE, tiny_overrides(**{
-        "train.steps": STEPS, "train.checkpoint_every": EVERY, "train.log_every": 2, "train.num_workers": 2,
-        "train.cpus_per_worker": 0.5, "train.checkpoints_to_keep": 20, "data.batch_size": BATCH,
-        "data.scenes_train": 96, "data.cpus": 1, "train.max_failures": 2})))
-    generate_scenes(split_dir(exp["data"]["root"], "train"), 96, split="train", size=exp["model"]["image_size"],
-                    rows_per_shard=FILE_ROWS, parallel=False)  # 12 files, 6 per rank
+    exp = to_dict(
+        load_experiment(
+            BASE,
+            tiny_overrides(
+                **{
+                    "train.steps": STEPS,
+                    "train.checkpoint_every": EVERY,
+                    "train.log_every": 2,
+                    "train.num_workers": 2,
+                    "train.cpus_per_worker": 0.5,
+                    "train.checkpoints_to_keep": 20,
+                    "data.batch_size": BATCH,
+                    "data.scenes_train": 96,
+                    "data.cpus": 1,
+                    "train.max_failures": 2,
+                }
+            ),
+        )
+    )
+    generate_scenes(
+        split_dir(exp["data"]["root"], "train"),
+        96,
+        split="train",
+        size=exp["model"]["image_size"],
+        rows_per_shard=FILE_ROWS,
+        parallel=False,
+    )  # 12 files, 6 per rank
     config, log, trace = tmp_path / "exp.json", tmp_path / "reports.jsonl", tmp_path / "trace"
     config.write_text(json.dumps(exp))
     trace.mkdir()
     # Ray's memory monitor kills processes when the whole machine is short of memory: on a machine
     # shared with other test runs that is not this test's doing, so it is off for these nodes.
-    with LocalCluster(nodes=3, cpus_per_node=1, worker_resources={"trainer": 1},
-                      node_env={"RAY_memory_monitor_refresh_ms": "0"}) as cluster:
+    with LocalCluster(
+        nodes=3, cpus_per_node=1, worker_resources={"trainer": 1}, node_env={"RAY_memory_monitor_refresh_ms": "0"}
+    ) as cluster:
         env = {**os.environ, **cluster.env, ROW_TRACE_ENV: str(trace)}
-        driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(config), str(home / "ray"), str(log)],
-                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        driver = subprocess.Popen(
+            [sys.executable, "-c", DRIVER, str(config), str(home / "ray"), str(log)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         deadline = time.monotonic() + 600
         while not any(r["checkpoint"] for r in reports(log)):
             assert driver.poll() is None and time.monotonic() < deadline, driver.stdout.read()[-3000:]
@@ -89,7 +117,9 @@ def test_node_loss_resumes_from_the_last_checkpoint_without_replaying_data(home,
     # The parameters and optimizer state at resume are those of the checkpoint of that step.
     checkpoint = next(r["checkpoint"] for r in history if r["step"] == start and r["checkpoint"])
     state = load_state(checkpoint)
-    assert state["step"] == start and {e["digest"] for e in events} == {state_digest(state["student"], state["optimizer"])}
+    assert state["step"] == start and {e["digest"] for e in events} == {
+        state_digest(state["student"], state["optimizer"])
+    }
 
     # Replay: rows trained twice in the same epoch, at most one checkpoint interval plus the file
     # each rank was in the middle of.

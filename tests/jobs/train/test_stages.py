@@ -1,4 +1,5 @@
 """Training in stages: CLIP only, then with MIM at a higher resolution, on one worker."""
+
 import pytest
 import torch
 from conftest import REPO, tiny_overrides
@@ -6,8 +7,8 @@ from timm.layers import resample_abs_pos_embed
 
 from tipslab.jobs.config import experiment
 from tipslab.jobs.data.pipeline.prepare import ensure_scenes
-from tipslab.jobs.train.trainer import build_trainer
 from tipslab.jobs.train.stages import stage_configs
+from tipslab.jobs.train.trainer import build_trainer
 from tipslab.models.checkpoint import load_state
 from tipslab.models.errors import ConfigError
 from tipslab.orchestrator.config import load_experiment, to_dict
@@ -17,11 +18,24 @@ BASE = REPO / "ablations" / "base" / "tips_tiny.yaml"
 
 def test_clip_then_mim_starts_from_the_first_stages_weights(ray_session, home):
     # Stage 2 runs at lr 0, so its student can only hold what stage 1 left (resampled to 140 px).
-    stages = ("[{name: clip, steps: 2, overrides: {loss.distill_weight: 0, loss.mim_weight: 0}},"
-              " {name: mim, steps: 2, overrides: {loss.distill_weight: 0.1, loss.mim_weight: 0.2,"
-              " train.lr: 0, train.min_lr: 0, model.image_size: 140}}]")
-    config = to_dict(load_experiment(BASE, tiny_overrides(**{
-        "train.stages": stages, "train.checkpoint_every": 1, "train.log_every": 1, "train.checkpoints_to_keep": 4})))
+    stages = (
+        "[{name: clip, steps: 2, overrides: {loss.distill_weight: 0, loss.mim_weight: 0}},"
+        " {name: mim, steps: 2, overrides: {loss.distill_weight: 0.1, loss.mim_weight: 0.2,"
+        " train.lr: 0, train.min_lr: 0, model.image_size: 140}}]"
+    )
+    config = to_dict(
+        load_experiment(
+            BASE,
+            tiny_overrides(
+                **{
+                    "train.stages": stages,
+                    "train.checkpoint_every": 1,
+                    "train.log_every": 1,
+                    "train.checkpoints_to_keep": 4,
+                }
+            ),
+        )
+    )
     ensure_scenes(config)
     assert config["train"]["steps"] == 4
     result = build_trainer(config, name="stages", storage_path=str(home / "ray")).fit()
@@ -39,15 +53,25 @@ def test_clip_then_mim_starts_from_the_first_stages_weights(ray_session, home):
     assert clip["teacher"] is None and mim["teacher"] is not None and (mim["stage"], mim["stage_step"]) == (1, 2)
     shared = [k for k in clip["student"] if k != "vision.pos_embed"]
     assert all(torch.equal(clip["student"][k], mim["student"][k]) for k in shared)
-    grid = resample_abs_pos_embed(clip["student"]["vision.pos_embed"], new_size=[10, 10], old_size=[8, 8], num_prefix_tokens=1)
+    grid = resample_abs_pos_embed(
+        clip["student"]["vision.pos_embed"], new_size=[10, 10], old_size=[8, 8], num_prefix_tokens=1
+    )
     assert torch.equal(mim["student"]["vision.pos_embed"], grid)
     assert {k for k in mim["student"] if k.startswith("mim_head.")}  # a head new in stage 2
 
 
 def test_stage_configs_apply_each_stages_overrides_to_a_copy():
-    exp = {"train": {"steps": 9, "stages": [{"name": "clip", "steps": 3, "overrides": {"loss.mim_weight": 0}},
-                                             {"name": "hires", "steps": 2, "overrides": {"model.image_size": 448}}]},
-           "loss": {"mim_weight": 2.0}, "model": {"image_size": 224}}
+    exp = {
+        "train": {
+            "steps": 9,
+            "stages": [
+                {"name": "clip", "steps": 3, "overrides": {"loss.mim_weight": 0}},
+                {"name": "hires", "steps": 2, "overrides": {"model.image_size": 448}},
+            ],
+        },
+        "loss": {"mim_weight": 2.0},
+        "model": {"image_size": 224},
+    }
     typed = experiment(exp)
     (n1, clip), (n2, hires) = stage_configs(typed)
     assert (n1, clip.train.steps, clip.loss.mim_weight, clip.model.image_size) == ("clip", 3, 0, 224)

@@ -1,4 +1,5 @@
 """The plain-PyTorch TIPS step and its schedules (no Ray)."""
+
 import numpy as np
 import pytest
 import torch
@@ -7,9 +8,18 @@ from tipslab.jobs.config import TrainConfig
 from tipslab.jobs.train.step import Schedules, apply_schedules, param_groups
 from tipslab.models.config import LossConfig
 
-TRAIN = TrainConfig(steps=10, lr=1e-3, min_lr=1e-5, warmup_steps=2, weight_decay=0.04, weight_decay_end=0.4,
-                    teacher_momentum=0.992, teacher_momentum_end=1.0, teacher_temp_warmup_steps=4,
-                    teacher_temp_end=0.07)
+TRAIN = TrainConfig(
+    steps=10,
+    lr=1e-3,
+    min_lr=1e-5,
+    warmup_steps=2,
+    weight_decay=0.04,
+    weight_decay_end=0.4,
+    teacher_momentum=0.992,
+    teacher_momentum_end=1.0,
+    teacher_temp_warmup_steps=4,
+    teacher_temp_end=0.07,
+)
 
 
 def test_schedules_are_arrays_indexed_by_step():

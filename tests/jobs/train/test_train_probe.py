@@ -1,4 +1,5 @@
 """The periodic probe reports under the final evaluation's keys, so that ASHA can read them."""
+
 import torch
 from conftest import REPO, tiny_overrides
 
@@ -13,9 +14,16 @@ from tipslab.orchestrator.config import load_experiment, to_dict
 
 
 def test_probe_scores_retrieval_on_a_few_probe_images_under_eval_keys(home, one_torch_thread):
-    exp = to_dict(load_experiment(REPO / "ablations" / "base" / "tips_tiny.yaml", tiny_overrides(**{"train.probe_images": 6})))
-    generate_scenes(split_dir(exp["data"]["root"], "probe_test"), 8, split="probe_test", size=exp["model"]["image_size"],
-                    parallel=False)
+    exp = to_dict(
+        load_experiment(REPO / "ablations" / "base" / "tips_tiny.yaml", tiny_overrides(**{"train.probe_images": 6}))
+    )
+    generate_scenes(
+        split_dir(exp["data"]["root"], "probe_test"),
+        8,
+        split="probe_test",
+        size=exp["model"]["image_size"],
+        parallel=False,
+    )
     probe = RetrievalProbe(exp, build_tokenizer(exp["model"]))
     assert probe.pixels.shape == (6, 3, 112, 112)
     student = TIPSStudent(tips_config(exp)).train()

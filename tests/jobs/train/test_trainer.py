@@ -1,4 +1,5 @@
 """The Ray Train job on the shared local Ray instance: two CPU workers (gloo, DDP)."""
+
 import pytest
 import torch
 from conftest import REPO, spoil_rows, tiny_overrides
@@ -23,7 +24,14 @@ def test_two_workers_train_report_and_checkpoint(ray_session, home):
     history = result.metrics_dataframe
     # Ray Train V2 keeps the metrics reported with the retained checkpoints (every 2 steps, last 2 kept)
     assert list(history["step"]) == [4, 6]
-    assert {"train/loss", "train/clip", "train/distill", "train/mim", "perf/images_per_s", "perf/data_wait_frac"} <= set(history)
+    assert {
+        "train/loss",
+        "train/clip",
+        "train/distill",
+        "train/mim",
+        "perf/images_per_s",
+        "perf/data_wait_frac",
+    } <= set(history)
     assert history["train/loss"].notna().all() and (history["perf/images_per_s"] > 0).all()
     assert 0 <= history["perf/data_wait_frac"].max() <= 1
     # checkpoints every 2 steps, the last two kept
@@ -47,8 +55,15 @@ def test_non_finite_loss_stops_the_run_naming_step_and_term(ray_session, home):
 def test_two_workers_without_mim_leave_no_parameter_without_gradient(ray_session, home):
     # DDP fails on its second step if a trainable parameter got no gradient (the mask token
     # when nothing is masked); two steps on two workers show it does not happen.
-    config = experiment(**{"train.num_workers": 2, "train.cpus_per_worker": 0.5, "loss.mim_weight": 0,
-                           "train.steps": 3, "train.log_every": 3})
+    config = experiment(
+        **{
+            "train.num_workers": 2,
+            "train.cpus_per_worker": 0.5,
+            "loss.mim_weight": 0,
+            "train.steps": 3,
+            "train.log_every": 3,
+        }
+    )
     result = build_trainer(config, name="ddp-no-mim", storage_path=str(home / "ray")).fit()
     assert list(result.metrics_dataframe["step"]) == [3]
     assert "train/mim" not in result.metrics_dataframe
@@ -57,7 +72,9 @@ def test_two_workers_without_mim_leave_no_parameter_without_gradient(ray_session
 def test_tag_loss_trains_on_the_shards_tags(ray_session, home, tmp_path):
     vocab = tmp_path / "tags.txt"
     vocab.write_text("\n".join(["circle", "square", "triangle", "red", "green", "blue", "yellow", "purple", "orange"]))
-    config = experiment(**{"loss.tag_weight": 1.0, "data.tag_vocab": str(vocab), "train.steps": 2, "train.log_every": 2})
+    config = experiment(
+        **{"loss.tag_weight": 1.0, "data.tag_vocab": str(vocab), "train.steps": 2, "train.log_every": 2}
+    )
     assert config["model"]["num_tags"] == 9  # derived from the vocabulary
     result = build_trainer(config, name="tags", storage_path=str(home / "ray")).fit()
     tag_loss = result.metrics_dataframe["train/tag"].iloc[-1]
@@ -103,8 +120,15 @@ def test_bad_rows_are_counted_in_the_metrics_and_too_many_stop_the_run(ray_sessi
     from tipslab.jobs.data.scenes.generate import generate_scenes
     from tipslab.jobs.train.state import RunStopped
 
-    config = experiment(**{"data.root": str(tmp_path / "scenes"), "train.steps": 3, "train.log_every": 3,
-                           "train.warmup_steps": 0, "data.max_bad_fraction": 0.2})
+    config = experiment(
+        **{
+            "data.root": str(tmp_path / "scenes"),
+            "train.steps": 3,
+            "train.log_every": 3,
+            "train.warmup_steps": 0,
+            "data.max_bad_fraction": 0.2,
+        }
+    )
     path = split_dir(config["data"]["root"], config["data"]["train_split"])
     generate_scenes(path, 20, size=config["model"]["image_size"], rows_per_shard=20, parallel=False)
     [shard] = sorted(p for p in (tmp_path / "scenes" / "train").iterdir() if p.suffix == ".parquet")

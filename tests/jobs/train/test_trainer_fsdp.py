@@ -1,6 +1,7 @@
 """train.strategy: fsdp in the Ray Train job: two CPU workers (gloo) shard the student, teacher and
 optimizer with FSDP2, checkpoint their shards beside the whole weights, and a rerun resumes from
 the shards."""
+
 import json
 import math
 from pathlib import Path
@@ -11,27 +12,39 @@ from test_trainer import experiment
 
 from tipslab.jobs.config import as_dict
 from tipslab.jobs.train.parallel import read_sharded
+from tipslab.jobs.train.stages import stage_configs
 from tipslab.jobs.train.state import SHARDED_DIR
 from tipslab.jobs.train.trace import ROW_TRACE_ENV, state_digest
 from tipslab.jobs.train.trainer import build_trainer
-from tipslab.jobs.train.stages import stage_configs
 from tipslab.models.checkpoint import load_state, load_student, tips_config
 from tipslab.models.tips import TIPSStudent
 
 # Two stages: "clip" without MIM (a frozen mask token among the sharded parameters), then "all",
 # which starts from the first one's gathered weights (carry_weights) and, at lr 0, keeps them.
-STAGES = ("[{name: clip, steps: 2, overrides: {loss.mim_weight: 0}},"
-          " {name: all, steps: %d, overrides: {train.lr: 0, train.min_lr: 0}}]")
+STAGES = (
+    "[{name: clip, steps: 2, overrides: {loss.mim_weight: 0}},"
+    " {name: all, steps: %d, overrides: {train.lr: 0, train.min_lr: 0}}]"
+)
 
 
 def run_config(all_steps: int) -> dict:
-    return experiment(**{"train.num_workers": 2, "train.cpus_per_worker": 0.5, "train.strategy": "fsdp",
-                         "train.stages": STAGES % all_steps, "train.checkpoint_every": 2, "train.log_every": 2,
-                         "train.probe_every": 4, "train.probe_images": 8})
+    return experiment(
+        **{
+            "train.num_workers": 2,
+            "train.cpus_per_worker": 0.5,
+            "train.strategy": "fsdp",
+            "train.stages": STAGES % all_steps,
+            "train.checkpoint_every": 2,
+            "train.log_every": 2,
+            "train.probe_every": 4,
+            "train.probe_images": 8,
+        }
+    )
 
 
 def test_fsdp_run_trains_checkpoints_whole_weights_and_a_rerun_resumes_from_its_shards(
-        ray_session, home, tmp_path, monkeypatch):
+    ray_session, home, tmp_path, monkeypatch
+):
     trace = tmp_path / "trace"
     trace.mkdir()
     monkeypatch.setenv(ROW_TRACE_ENV, str(trace))  # build_trainer passes it on to the workers

@@ -1,10 +1,11 @@
 """The captioner stage run for real: a tiny random image-to-text model saved here, a Ray actor pool."""
+
 import pytest
 from conftest import jpeg
 
 from tipslab.jobs.data.enrichment.caption import caption_shards
-from tipslab.jobs.data.shards.rewrite import iter_rows
 from tipslab.jobs.data.shards.format import read_manifest, write_shards
+from tipslab.jobs.data.shards.rewrite import iter_rows
 
 WORDS = ["a", "red", "blue", "cube", "sphere", "on", "the", "table", "small", "large", "metal", "shiny"]
 
@@ -14,21 +15,38 @@ def save_tiny_captioner(path) -> None:
     built with `tokenizers`, and a ViT image processor, saved with save_pretrained."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import (GPT2Config, PreTrainedTokenizerFast, VisionEncoderDecoderConfig,
-                              VisionEncoderDecoderModel, ViTConfig, ViTImageProcessor)
+    from transformers import (
+        GPT2Config,
+        PreTrainedTokenizerFast,
+        VisionEncoderDecoderConfig,
+        VisionEncoderDecoderModel,
+        ViTConfig,
+        ViTImageProcessor,
+    )
 
     vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2, "<unk>": 3, **{w: i + 4 for i, w in enumerate(WORDS)}}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.decoder = decoders.WordPiece()  # joins words with spaces
-    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>",
-                            unk_token="<unk>").save_pretrained(path)
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>", unk_token="<unk>"
+    ).save_pretrained(path)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
     torch.manual_seed(0)
-    encoder = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,
-                        num_attention_heads=2, intermediate_size=64)
-    decoder = GPT2Config(vocab_size=len(vocab), n_positions=32, n_embd=32, n_layer=1, n_head=2,
-                         add_cross_attention=True, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    encoder = ViTConfig(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+    )
+    decoder = GPT2Config(
+        vocab_size=len(vocab),
+        n_positions=32,
+        n_embd=32,
+        n_layer=1,
+        n_head=2,
+        add_cross_attention=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
     config.decoder_start_token_id, config.pad_token_id, config.eos_token_id = 1, 0, 2
     model = VisionEncoderDecoderModel(config=config)
@@ -41,17 +59,35 @@ def save_tiny_captioner(path) -> None:
 
 def test_caption_stage_fills_synthetic_captions(ray_session, tmp_path):
     save_tiny_captioner(tmp_path / "model")
-    rows = [{"key": f"k{i}", "image": jpeg(24 + 8 * i, 32), "web_caption": f"web {i}", "synthetic_caption": None,
-             "tags": ["cube"] if i else [], "width": 24 + 8 * i, "height": 32} for i in range(5)]
+    rows = [
+        {
+            "key": f"k{i}",
+            "image": jpeg(24 + 8 * i, 32),
+            "web_caption": f"web {i}",
+            "synthetic_caption": None,
+            "tags": ["cube"] if i else [],
+            "width": 24 + 8 * i,
+            "height": 32,
+        }
+        for i in range(5)
+    ]
     rows[3]["image"], rows[3]["synthetic_caption"] = b"not an image", "kept"
     write_shards(rows, str(tmp_path / "set"), source="made", rows_per_shard=2)
-    result = caption_shards(str(tmp_path / "set"), str(tmp_path / "model"), out=str(tmp_path / "out"),
-                            batch_size=2, max_new_tokens=6, max_pixels=10**6, max_bad_fraction=0.5)
+    result = caption_shards(
+        str(tmp_path / "set"),
+        str(tmp_path / "model"),
+        out=str(tmp_path / "out"),
+        batch_size=2,
+        max_new_tokens=6,
+        max_pixels=10**6,
+        max_bad_fraction=0.5,
+    )
     out = list(iter_rows(str(tmp_path / "out")))
     assert [r["key"] for r in out] == [r["key"] for r in rows]  # order kept
     for before, after in zip(rows, out):
-        assert {k: v for k, v in after.items() if k != "synthetic_caption"} == \
-            {k: v for k, v in before.items() if k != "synthetic_caption"}
+        assert {k: v for k, v in after.items() if k != "synthetic_caption"} == {
+            k: v for k, v in before.items() if k != "synthetic_caption"
+        }
         if before["key"] == "k3":
             assert after["synthetic_caption"] == "kept"
         else:

@@ -1,4 +1,5 @@
 """Ingestion of each format from tiny files made here, with one bad row of each kind."""
+
 import csv
 import io
 import json
@@ -8,11 +9,11 @@ import numpy as np
 import pytest
 from conftest import png_header_only
 
-from tipslab.jobs.data.ingest.sources import FORMATS, IngestError, ingest
 from tipslab.jobs.bench.ingest import photo_jpeg
+from tipslab.jobs.data.ingest.sources import FORMATS, IngestError, ingest
+from tipslab.jobs.data.shards.format import read_manifest
 from tipslab.jobs.data.shards.rewrite import iter_rows
 from tipslab.jobs.data.shards.rows import TooManyBadRows
-from tipslab.jobs.data.shards.format import read_manifest
 
 GOOD = {"g0": "a red cube on a wooden table", "g1": "two small blue spheres", "g2": "green cones"}
 
@@ -20,15 +21,27 @@ GOOD = {"g0": "a red cube on a wooden table", "g1": "two small blue spheres", "g
 def images() -> dict[str, bytes]:
     rng = np.random.default_rng(0)
     cut = photo_jpeg(rng, 64)
-    return {"g0": photo_jpeg(rng, 32), "g1": photo_jpeg(rng, 40), "g2": photo_jpeg(rng, 48),
-            "trunc": cut[: len(cut) * 3 // 5], "text": b"not an image, just text",
-            "empty": photo_jpeg(rng, 16), "wrongtype": photo_jpeg(rng, 16),
-            "huge": png_header_only(8000, 8000)}
+    return {
+        "g0": photo_jpeg(rng, 32),
+        "g1": photo_jpeg(rng, 40),
+        "g2": photo_jpeg(rng, 48),
+        "trunc": cut[: len(cut) * 3 // 5],
+        "text": b"not an image, just text",
+        "empty": photo_jpeg(rng, 16),
+        "wrongtype": photo_jpeg(rng, 16),
+        "huge": png_header_only(8000, 8000),
+    }
 
 
 def captions() -> dict:
-    return {**GOOD, "trunc": "a cut photo", "text": "a text file", "empty": "   ",
-            "wrongtype": 5, "huge": "a huge blank picture"}
+    return {
+        **GOOD,
+        "trunc": "a cut photo",
+        "text": "a text file",
+        "empty": "   ",
+        "wrongtype": 5,
+        "huge": "a huge blank picture",
+    }
 
 
 # Expected bad rows per format: each kind once (CSV cells are all strings, so a ragged line stands
@@ -99,8 +112,15 @@ def make(fmt, root):
 def test_each_format_keeps_good_rows_and_names_each_bad_one(fmt, tmp_path):
     src, options = make(fmt, tmp_path)
     named = []
-    result = ingest(fmt, str(src), str(tmp_path / "out"), max_pixels=40_000_000, max_bad_fraction=0.7,
-                    on_bad=named.append, **options)
+    result = ingest(
+        fmt,
+        str(src),
+        str(tmp_path / "out"),
+        max_pixels=40_000_000,
+        max_bad_fraction=0.7,
+        on_bad=named.append,
+        **options,
+    )
     rows = {r["key"]: r for r in iter_rows(str(tmp_path / "out"))}
     bad = result["bad_rows"]
     assert bad["rows_seen"] == 8 and result["rows"] == 3 == read_manifest(tmp_path / "out")["num_rows"]
@@ -114,8 +134,7 @@ def test_each_format_keeps_good_rows_and_names_each_bad_one(fmt, tmp_path):
         assert [rows[k]["web_caption"] for k in GOOD] == list(GOOD.values())
         assert rows["g0"]["tags"] == ["cube", "red", "table", "wooden"]
         named_keys = {e.key for e in named}
-        assert named_keys == (BAD_KEYS - {"wrongtype"} | {"table.%s:8" % fmt} if fmt in ("csv", "tsv")
-                              else BAD_KEYS)
+        assert named_keys == (BAD_KEYS - {"wrongtype"} | {f"table.{fmt}:8"} if fmt in ("csv", "tsv") else BAD_KEYS)
     expected = dict(BAD)
     if fmt in ("csv", "tsv"):
         expected["wrong_columns"] = expected.pop("wrong_type")
@@ -128,12 +147,21 @@ def test_join_fills_synthetic_captions_by_key_and_duplicates_are_bad(tmp_path):
     rng = np.random.default_rng(1)
     (tmp_path / "a.jpg").write_bytes(photo_jpeg(rng, 24))
     (tmp_path / "b.jpg").write_bytes(photo_jpeg(rng, 24))
-    lines = [{"key": "a", "image": "a.jpg", "caption": "a cat"}, {"key": "b", "image": "b.jpg", "caption": "a dog"},
-             {"key": "a", "image": "b.jpg", "caption": "again"}]
+    lines = [
+        {"key": "a", "image": "a.jpg", "caption": "a cat"},
+        {"key": "b", "image": "b.jpg", "caption": "a dog"},
+        {"key": "a", "image": "b.jpg", "caption": "again"},
+    ]
     (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     (tmp_path / "syn.csv").write_text("key,synthetic_caption\na,a black cat sitting on a red sofa\nzz,unused\nb,\n")
-    result = ingest("jsonl", str(tmp_path / "t.jsonl"), str(tmp_path / "out"), max_pixels=10**6,
-                    max_bad_fraction=0.5, join=str(tmp_path / "syn.csv"))
+    result = ingest(
+        "jsonl",
+        str(tmp_path / "t.jsonl"),
+        str(tmp_path / "out"),
+        max_pixels=10**6,
+        max_bad_fraction=0.5,
+        join=str(tmp_path / "syn.csv"),
+    )
     rows = {r["key"]: r for r in iter_rows(str(tmp_path / "out"))}
     assert rows["a"]["synthetic_caption"] == "a black cat sitting on a red sofa"
     assert rows["b"]["synthetic_caption"] is None
@@ -171,8 +199,7 @@ def test_unreadable_sources_are_one_error(tmp_path):
 
 def test_ingest_to_s3(s3, tmp_path):
     src, _ = make_table(tmp_path, "jsonl")
-    result = ingest("jsonl", str(src), f"{s3}/ingested", max_pixels=40_000_000, max_bad_fraction=0.7,
-                    rows_per_shard=2)
+    result = ingest("jsonl", str(src), f"{s3}/ingested", max_pixels=40_000_000, max_bad_fraction=0.7, rows_per_shard=2)
     manifest = read_manifest(f"{s3}/ingested")
     assert (result["rows"], manifest["num_rows"], len(manifest["shards"])) == (3, 3, 2)
     assert result["content_hash"] == manifest["content_hash"]
@@ -184,17 +211,28 @@ def test_webdataset_tars_in_parallel_ray_tasks_sum_their_counts(ray_session, tmp
 
     src, _ = make_webdataset(tmp_path)
     named = []
-    result = ingest_webdataset_parallel(str(src), str(tmp_path / "out"), max_pixels=40_000_000,
-                                        max_bad_fraction=0.7, rows_per_shard=1, on_bad=named.append)
-    serial = ingest("webdataset", str(src), str(tmp_path / "serial"), max_pixels=40_000_000,
-                    max_bad_fraction=0.7, rows_per_shard=1)
+    result = ingest_webdataset_parallel(
+        str(src),
+        str(tmp_path / "out"),
+        max_pixels=40_000_000,
+        max_bad_fraction=0.7,
+        rows_per_shard=1,
+        on_bad=named.append,
+    )
+    serial = ingest(
+        "webdataset", str(src), str(tmp_path / "serial"), max_pixels=40_000_000, max_bad_fraction=0.7, rows_per_shard=1
+    )
     assert result["tasks"] == 2 and result["bad_rows"]["counts"] == BAD == serial["bad_rows"]["counts"]
     assert result["bad_rows"]["rows_seen"] == 8 and {e.key for e in named} == BAD_KEYS
     assert [r["key"] for r in iter_rows(str(tmp_path / "out"))] == ["g0", "g1", "g2"]
     assert [s["file"] for s in read_manifest(tmp_path / "out")["shards"]] == [
-        "shard-00000.parquet", "shard-00001.parquet", "shard-10000.parquet"]
+        "shard-00000.parquet",
+        "shard-00001.parquet",
+        "shard-10000.parquet",
+    ]
     # Each task writes the same bytes the serial path writes for its rows.
-    assert [s["sha256"] for s in read_manifest(tmp_path / "out")["shards"]] == \
-        [s["sha256"] for s in read_manifest(tmp_path / "serial")["shards"]]
+    assert [s["sha256"] for s in read_manifest(tmp_path / "out")["shards"]] == [
+        s["sha256"] for s in read_manifest(tmp_path / "serial")["shards"]
+    ]
     with pytest.raises(TooManyBadRows, match="5 bad of 8"):
         ingest_webdataset_parallel(str(src), str(tmp_path / "o2"), max_pixels=40_000_000, max_bad_fraction=0.5)

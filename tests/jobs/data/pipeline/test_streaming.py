@@ -1,20 +1,36 @@
 """The training input pipeline (jobs/data/pipeline/streaming.py): how a rank's files become blocks and views,
 and how every input row is counted."""
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from conftest import REPO, spoil_rows, tiny_overrides
 
-from tipslab.jobs.data.pipeline.streaming import BATCHES_PER_BLOCK, COUNT_COLUMNS, TRAIN_COLUMNS, PositionedViews, key_ids, plan_epoch, rank_dataset, read_blocks, split_dir, train_shards, views_actors
-from tipslab.jobs.data.scenes.generate import generate_scenes, scene_row
+from tipslab.jobs.data.pipeline.streaming import (
+    BATCHES_PER_BLOCK,
+    COUNT_COLUMNS,
+    TRAIN_COLUMNS,
+    PositionedViews,
+    key_ids,
+    plan_epoch,
+    rank_dataset,
+    read_blocks,
+    split_dir,
+    train_shards,
+    views_actors,
+)
 from tipslab.jobs.data.pipeline.views import BAD_ROW_COLUMNS, TIPSViews
+from tipslab.jobs.data.scenes.generate import generate_scenes, scene_row
 from tipslab.models.tokenizer import HashTokenizer
 from tipslab.orchestrator.config import load_experiment, to_dict
 
 BASE = REPO / "ablations" / "base" / "tips_tiny.yaml"
 # How a row is spoiled, and the counter it must land in.
-SPOIL = {"not_an_image": ("image", b"not an image"), "truncated": ("image", b"\x89PNG\r\n\x1a\n truncated"),
-         "empty_caption": ("web_caption", "   ")}
+SPOIL = {
+    "not_an_image": ("image", b"not an image"),
+    "truncated": ("image", b"\x89PNG\r\n\x1a\n truncated"),
+    "empty_caption": ("web_caption", "   "),
+}
 
 
 def test_read_blocks_give_every_views_actor_work():
@@ -32,9 +48,20 @@ def test_views_actors_follow_the_ranks_cpus():
 
 def tiny_exp(root, batch: int, actor_rows: int = 0) -> dict:
     """actor_rows: data.views_actor_rows (0: the views in an actor pool, whatever the epoch's size)."""
-    return to_dict(load_experiment(BASE, tiny_overrides(**{
-        "data.root": str(root), "data.batch_size": batch, "model.image_size": 56, "data.local_crop_size": 28,
-        "data.views_actor_rows": actor_rows})))
+    return to_dict(
+        load_experiment(
+            BASE,
+            tiny_overrides(
+                **{
+                    "data.root": str(root),
+                    "data.batch_size": batch,
+                    "model.image_size": 56,
+                    "data.local_crop_size": 28,
+                    "data.views_actor_rows": actor_rows,
+                }
+            ),
+        )
+    )
 
 
 def one_shard(exp: dict, rows: int, spoiled: dict[int, str] | None = None):
@@ -69,8 +96,17 @@ def test_a_ranks_file_is_read_in_blocks_for_parallel_views_in_file_order(ray_ses
 
 def views_of(**kw) -> PositionedViews:
     def make_views():
-        return TIPSViews(image_size=56, patch_size=14, local_crops=1, local_crop_size=28, global_crop_scale=[0.8, 1.0],
-                         local_crop_scale=[0.3, 0.5], mask_ratio=0.5, tokenizer=HashTokenizer(100, 8))
+        return TIPSViews(
+            image_size=56,
+            patch_size=14,
+            local_crops=1,
+            local_crop_size=28,
+            global_crop_scale=[0.8, 1.0],
+            local_crop_scale=[0.3, 0.5],
+            mask_ratio=0.5,
+            tokenizer=HashTokenizer(100, 8),
+        )
+
     return PositionedViews(make_views, **kw)
 
 
@@ -98,8 +134,13 @@ def test_batches_without_rows_pass_their_counts_on_within_the_block_and_to_the_n
     assert list(v(block_of(20, 6, set(range(20, 26))))) == []
     later = list(v(block_of(26, 6, {31})))
     assert [len(b["masks"]) for b in later] == [4, 1]
-    assert totals(later) == {**dict.fromkeys(COUNT_COLUMNS, 0), "rows_seen": 12, "bad_rows": 7,
-                             "bad_not_an_image": 7, "rows_done": 6}
+    assert totals(later) == {
+        **dict.fromkeys(COUNT_COLUMNS, 0),
+        "rows_seen": 12,
+        "bad_rows": 7,
+        "bad_not_an_image": 7,
+        "rows_done": 6,
+    }
     assert [b["rows_seen"].tolist() for b in later] == [[0, 0, 0, 10], [2]]  # 6 carried in, then 4 + 2
     assert [b["rows_done"].tolist() for b in later] == [[0, 0, 0, 4], [2]]
 
@@ -127,11 +168,17 @@ def test_every_bad_row_is_counted_through_the_pipeline_on_ray(ray_session, tmp_p
     shards = one_shard(exp, rows, spoiled)
     ds = rank_dataset(exp, plan_epoch(shards, seed=0, epoch=0, world_size=1), rank=0, cpus=2)
     out = ds.take_batch(rows, batch_format="numpy")
-    written = {f"bad_{r}": sum(1 for v in spoiled.values() if v == r) for r in ("not_an_image", "truncated",
-                                                                                   "empty_caption")}
+    written = {
+        f"bad_{r}": sum(1 for v in spoiled.values() if v == r) for r in ("not_an_image", "truncated", "empty_caption")
+    }
     counted = {c: int(out[c].sum()) for c in COUNT_COLUMNS}
-    assert counted == {**dict.fromkeys(BAD_ROW_COLUMNS, 0), **written, "rows_seen": rows,
-                       "bad_rows": len(spoiled), "rows_done": rows}
+    assert counted == {
+        **dict.fromkeys(BAD_ROW_COLUMNS, 0),
+        **written,
+        "rows_seen": rows,
+        "bad_rows": len(spoiled),
+        "rows_done": rows,
+    }
     assert len(out["masks"]) == rows - len(spoiled)
     good = [i for i in range(rows) if i not in spoiled]  # the good rows, in file order
     keys = pq.read_table(shards[0].file, columns=["key"]).column("key").to_pylist()

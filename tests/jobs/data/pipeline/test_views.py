@@ -8,20 +8,30 @@ from torchvision.transforms.v2 import functional as TF
 
 from tipslab.jobs.data.pipeline import photometric
 from tipslab.jobs.data.pipeline.masking import make_mask
-from tipslab.jobs.data.scenes.generate import scene_row
 from tipslab.jobs.data.pipeline.views import BAD_ROW_COLUMNS, TIPSViews, decode, row_seed
+from tipslab.jobs.data.scenes.generate import scene_row
 from tipslab.models.tokenizer import HashTokenizer
 
 
 def views(**kw):
-    args = dict(image_size=56, patch_size=14, local_crops=3, local_crop_size=28, global_crop_scale=[0.8, 1.0],
-                local_crop_scale=[0.3, 0.5], mask_ratio=0.75, tokenizer=HashTokenizer(100, 8))
+    args = dict(
+        image_size=56,
+        patch_size=14,
+        local_crops=3,
+        local_crop_size=28,
+        global_crop_scale=[0.8, 1.0],
+        local_crop_scale=[0.3, 0.5],
+        mask_ratio=0.75,
+        tokenizer=HashTokenizer(100, 8),
+    )
     args.update(kw)
     return TIPSViews(**args)
 
 
 def batch_of(rows):
-    return {k: np.array([r[k] for r in rows], dtype=object) for k in ("key", "image", "web_caption", "synthetic_caption")}
+    return {
+        k: np.array([r[k] for r in rows], dtype=object) for k in ("key", "image", "web_caption", "synthetic_caption")
+    }
 
 
 def encoded(array: np.ndarray, fmt: str) -> bytes:
@@ -161,8 +171,11 @@ def one_step(name, factor):
 
 def test_colour_steps_equal_torchvisions_on_unclipped_values():
     x = 0.25 + 0.5 * torch.rand(1, 3, 20, 20, generator=torch.Generator().manual_seed(0))
-    for name, factor, reference in [("brightness", 1.3, TF.adjust_brightness), ("contrast", 0.7, TF.adjust_contrast),
-                                    ("saturation", 1.2, TF.adjust_saturation)]:
+    for name, factor, reference in [
+        ("brightness", 1.3, TF.adjust_brightness),
+        ("contrast", 0.7, TF.adjust_contrast),
+        ("saturation", 1.2, TF.adjust_saturation),
+    ]:
         ours = photometric.apply(x.clone(), [one_step(name, factor)])
         torch.testing.assert_close(ours, reference(x, factor), atol=1e-5, rtol=0)
     grey = photometric.apply(x.clone(), [one_step("grayscale", 1.0)])
@@ -187,7 +200,9 @@ def test_blur_and_solarize_equal_torchvisions():
     ours = photometric.apply(x.clone(), [photometric.Photometric((), s, False) for s in sigmas])
     for i, s in enumerate(sigmas):
         torch.testing.assert_close(ours[i], TF.gaussian_blur(x[i], [9, 9], [s, s]), atol=1e-5, rtol=0)
-    solarized = photometric.apply(x.clone(), [photometric.Photometric((), 0.0, True), photometric.Photometric((), 0.0, False)])
+    solarized = photometric.apply(
+        x.clone(), [photometric.Photometric((), 0.0, True), photometric.Photometric((), 0.0, False)]
+    )
     torch.testing.assert_close(solarized[0], TF.solarize(x[0], 128 / 255))
     torch.testing.assert_close(solarized[1], x[1])
 
@@ -224,6 +239,11 @@ def test_large_images_are_decoded_at_a_reduced_scale_no_smaller_than_needed(fmt,
     assert pixels.dtype == torch.uint8 and pixels.shape[0] == 3
     assert need <= min(pixels.shape[1:]) < 2 * need
     out = views(image_size=224, local_crop_size=96, global_crop_scale=[0.8, 1.0], local_crop_scale=[0.25, 0.5])(
-        {"key": np.array(["big"], object), "image": np.array([image], object),
-         "web_caption": np.array(["a"], object), "synthetic_caption": np.array(["b"], object)})
+        {
+            "key": np.array(["big"], object),
+            "image": np.array([image], object),
+            "web_caption": np.array(["a"], object),
+            "synthetic_caption": np.array(["b"], object),
+        }
+    )
     assert out["global_crop"].shape == (1, 3, 224, 224) and out["local_crops"].shape == (1, 3, 3, 96, 96)

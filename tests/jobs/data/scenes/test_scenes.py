@@ -37,7 +37,7 @@ def test_deterministic_by_seed():
 
 
 def test_maps_agree_with_objects(rendered):
-    for seed, s in rendered.items():
+    for s in rendered.values():
         assert s["image"].shape == (112, 112, 3) and s["image"].dtype == np.uint8
         assert s["segmentation"].dtype == s["instances"].dtype == np.uint8
         assert s["depth"].dtype == s["normals"].dtype == np.float32
@@ -60,7 +60,7 @@ def test_maps_agree_with_objects(rendered):
 
 def test_depth_and_normals_are_geometry(rendered):
     ground_seen = 0
-    for seed, s in rendered.items():
+    for s in rendered.values():
         cam, depth, normals = s["camera"], s["depth"].reshape(-1), s["normals"].reshape(-1, 3)
         points, rays = _world_points(s)
         sky = depth == 0
@@ -92,7 +92,7 @@ def test_depth_and_normals_are_geometry(rendered):
 def test_occlusion_follows_depth(rendered):
     """Rebuild the instance map without the renderer's culling: per pixel, the nearest hit wins."""
     occluded = 0
-    for seed, s in rendered.items():
+    for s in rendered.values():
         cam = s["camera"]
         rays = cam.rays()
         hits = np.stack([intersect(o, cam.position, rays)[0] for o in s["objects"]])
@@ -106,7 +106,7 @@ def test_occlusion_follows_depth(rendered):
         # a background pixel is never in front of an object hit on the same ray
         finite = np.isfinite(t_near) & bg & (s["depth"].reshape(-1) > 0)
         assert (s["depth"].reshape(-1)[finite] <= z_near[finite] + 1e-4).all()
-        overlap = (np.isfinite(hits).sum(0) >= 2)
+        overlap = np.isfinite(hits).sum(0) >= 2
         occluded += overlap.sum()
     assert occluded > 0, "no scene exercised occlusion"
 
@@ -129,8 +129,13 @@ def test_intersections_are_exact():
         origin = np.array([0.0, 0.5, 0.0])
         t, n = intersect(o, origin, rays[:1])
         # a horizontal ray at mid-height of the base meets the front face of the shape
-        expected = {"sphere": 5.0 - math.sqrt(1 - 0.25), "cube": 4.0, "cylinder": 4.0,
-                    "cone": 5.0 - (1 - 0.5 / 2.2), "pyramid": 5.0 - (1 - 0.5 / 1.9)}[shape]
+        expected = {
+            "sphere": 5.0 - math.sqrt(1 - 0.25),
+            "cube": 4.0,
+            "cylinder": 4.0,
+            "cone": 5.0 - (1 - 0.5 / 2.2),
+            "pyramid": 5.0 - (1 - 0.5 / 1.9),
+        }[shape]
         assert t[0] == pytest.approx(expected, abs=1e-9), shape
         assert np.linalg.norm(n[0]) == pytest.approx(1.0) and n[0] @ rays[0] < 0
         top, _ = intersect(o, np.array([0.0, 10.0, 5.0]), rays[1:2])
@@ -165,8 +170,9 @@ def _constructed_scene():
     layout["objects"] = [
         scenes.make_object("sphere", "red", "large", "metal", -1.5, z(5.0)),
         cube,
-        scenes.make_object("sphere", "green", "small", "rubber", 1.8, z(8.0), on=1,
-                           base_y=2 * cube["extent"], pattern="striped"),
+        scenes.make_object(
+            "sphere", "green", "small", "rubber", 1.8, z(8.0), on=1, base_y=2 * cube["extent"], pattern="striped"
+        ),
     ]
     layout["wall"] = None
     return scenes.render_layout(layout, seed=1, web_noise=0.0)
@@ -180,11 +186,15 @@ def test_synthetic_caption_of_a_constructed_scene():
     assert ": one cube and two spheres." in cap
     for phrase in ("large red metal sphere", "large yellow matte cube", "small striped green rubber sphere"):
         assert phrase in cap, cap
-    assert ("the red sphere is left of and in front of the yellow cube." in cap
-            or "the yellow cube is right of and behind the red sphere." in cap), cap
+    assert (
+        "the red sphere is left of and in front of the yellow cube." in cap
+        or "the yellow cube is right of and behind the red sphere." in cap
+    ), cap
     assert "the green sphere is above the yellow cube." in cap, cap
-    assert ("the red sphere is left of and in front of the green sphere." in cap
-            or "the green sphere is right of and behind the red sphere." in cap), cap
+    assert (
+        "the red sphere is left of and in front of the green sphere." in cap
+        or "the green sphere is right of and behind the red sphere." in cap
+    ), cap
     a, b = s["objects"][0], s["objects"][1]
     assert scene_captions.relation_words(a, b, 112) == ["left of", "in front of"]
     assert scene_captions.relation_words(b, a, 112) == ["right of", "behind"]
@@ -199,7 +209,7 @@ def test_synthetic_caption_names_every_visible_object(rendered):
         for o in objs:
             assert scene_captions.describe(o) in cap
         for i, a in enumerate(objs):  # every pair is related (scenes have at most four objects)
-            for b in objs[i + 1:]:
+            for b in objs[i + 1 :]:
                 ra, rb = scene_captions.reference(a), scene_captions.reference(b)
                 assert f"{ra} is " in cap and f" {rb}." in cap or f"{rb} is " in cap and f" {ra}." in cap
 
@@ -253,8 +263,9 @@ def test_split_seeds_are_disjoint():
 
 
 def test_generate_scenes(tmp_path):
-    m = generate.generate_scenes(str(tmp_path / "a"), 10, split="probe_train", seed=2,
-                               rows_per_shard=4, size=56, parallel=False)
+    m = generate.generate_scenes(
+        str(tmp_path / "a"), 10, split="probe_train", seed=2, rows_per_shard=4, size=56, parallel=False
+    )
     assert m["source"] == "scenes:probe_train:seed=2:size=56:web_noise=0.3:max_objects=4"
     assert m["num_rows"] == 10 and [s["num_rows"] for s in m["shards"]] == [4, 4, 2]
     assert read_manifest(tmp_path / "a") == m
@@ -262,8 +273,9 @@ def test_generate_scenes(tmp_path):
     start = generate.SPLIT_OFFSETS["probe_train"] + 2
     assert [r["key"] for r in rows] == [f"probe_train-{start + i:08d}" for i in range(10)]
     assert rows[3] == generate.scene_row(start + 3, "probe_train", size=56)
-    other = generate.generate_scenes(str(tmp_path / "c"), 10, split="probe_train", seed=3,
-                                   rows_per_shard=4, size=56, parallel=False)
+    other = generate.generate_scenes(
+        str(tmp_path / "c"), 10, split="probe_train", seed=3, rows_per_shard=4, size=56, parallel=False
+    )
     assert other["content_hash"] != m["content_hash"]
 
 

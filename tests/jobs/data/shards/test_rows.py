@@ -1,15 +1,19 @@
 """Bad rows: header-only size checks, decode failures by reason, and the counter's arithmetic."""
-import io
+
 import pickle
-import struct
-import zlib
 
 import pytest
-from PIL import Image
-
 from conftest import jpeg, png_header_only
 
-from tipslab.jobs.data.shards.rows import BadRow, BadRows, TooManyBadRows, check_caption, check_key, decode_image, image_size
+from tipslab.jobs.data.shards.rows import (
+    BadRow,
+    BadRows,
+    TooManyBadRows,
+    check_caption,
+    check_key,
+    decode_image,
+    image_size,
+)
 
 
 def reason(fn, *args):
@@ -29,11 +33,14 @@ def test_image_size_reads_the_header_and_decode_checks_it_first():
     assert reason(decode_image, png_header_only(100, 100), "small", 10**6) == "truncated"
 
 
-@pytest.mark.parametrize("data,why", [
-    (b"this is not an image", "not_an_image"),
-    (b"", "not_an_image"),
-    ("a string", "wrong_type"),
-])
+@pytest.mark.parametrize(
+    "data,why",
+    [
+        (b"this is not an image", "not_an_image"),
+        (b"", "not_an_image"),
+        ("a string", "wrong_type"),
+    ],
+)
 def test_non_images_are_named(data, why):
     assert reason(image_size, data, "k") == why
 
@@ -62,10 +69,13 @@ def test_counts_merge_and_the_bad_fraction_stop():
         b.add(BadRow(f"k{i + 2}", "not_an_image"))
     a.check(0.05)  # 10 rows: too few to judge
     total = BadRows.from_dict(pickle.loads(pickle.dumps(a.to_dict()))).merge(b)
-    assert total.to_dict() == {"rows_seen": 25, "bad": 4, "counts": {"not_an_image": 3, "truncated": 1},
-                               "keys": ["k1", "k2", "k3", "k4"],
-                               "examples": ["k1: truncated", "k2: not_an_image", "k3: not_an_image",
-                                            "k4: not_an_image"]}
+    assert total.to_dict() == {
+        "rows_seen": 25,
+        "bad": 4,
+        "counts": {"not_an_image": 3, "truncated": 1},
+        "keys": ["k1", "k2", "k3", "k4"],
+        "examples": ["k1: truncated", "k2: not_an_image", "k3: not_an_image", "k4: not_an_image"],
+    }
     total.check(0.2)  # 4/25 = 0.16
     with pytest.raises(TooManyBadRows) as err:
         total.check(0.1)

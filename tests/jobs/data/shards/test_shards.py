@@ -6,7 +6,18 @@ import pyarrow.parquet as pq
 import pytest
 
 from tipslab.jobs.data.shards import format as shards
-from tipslab.jobs.data.shards.format import SHARD_SCHEMA, ShardError, decode_normals, decode_png, encode_normals, encode_png, read_manifest, shard_files, verify_shards, write_shards
+from tipslab.jobs.data.shards.format import (
+    SHARD_SCHEMA,
+    ShardError,
+    decode_normals,
+    decode_png,
+    encode_normals,
+    encode_png,
+    read_manifest,
+    shard_files,
+    verify_shards,
+    write_shards,
+)
 
 
 def _rows(n, *, eval_cols=True, tweak=None):
@@ -15,10 +26,13 @@ def _rows(n, *, eval_cols=True, tweak=None):
     for i in range(n):
         img = rng.integers(0, 256, size=(8, 6, 3), dtype=np.uint8)
         row = {
-            "key": f"k-{i:04d}", "image": encode_png(img),
+            "key": f"k-{i:04d}",
+            "image": encode_png(img),
             "web_caption": None if i % 3 == 0 else f"web {i}",
             "synthetic_caption": f"a red circle number {i}",
-            "tags": ["circle", "red"], "width": 6, "height": 8,
+            "tags": ["circle", "red"],
+            "width": 6,
+            "height": 8,
         }
         if eval_cols:
             row["label"] = i % 4
@@ -33,9 +47,20 @@ def _rows(n, *, eval_cols=True, tweak=None):
 
 
 def test_schema_has_base_and_eval_columns():
-    assert SHARD_SCHEMA.names == ["key", "image", "web_caption", "synthetic_caption", "tags",
-                                  "width", "height", "label", "segmentation", "depth", "instances",
-                                  "normals"]
+    assert SHARD_SCHEMA.names == [
+        "key",
+        "image",
+        "web_caption",
+        "synthetic_caption",
+        "tags",
+        "width",
+        "height",
+        "label",
+        "segmentation",
+        "depth",
+        "instances",
+        "normals",
+    ]
     assert shards.EVAL_COLUMNS == ("label", "segmentation", "depth", "instances", "normals")
     assert shards.SCHEMA_VERSION == 2
     assert str(SHARD_SCHEMA.field("tags").type) == "list<item: string>"
@@ -59,8 +84,7 @@ def test_roundtrip_manifest_and_rows(tmp_path):
     assert back == rows
     assert pq.read_schema(files[0]).names == SHARD_SCHEMA.names
     # no temporary files left behind
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"] + [
-        s["file"] for s in m["shards"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"] + [s["file"] for s in m["shards"]]
     assert shards.verify_shards(tmp_path) == m
 
 
@@ -68,8 +92,7 @@ def test_shards_without_eval_columns_are_valid(tmp_path):
     m = write_shards(_rows(3, eval_cols=False), str(tmp_path), source="web")
     (f,) = shard_files(tmp_path)
     table = pq.read_table(f)
-    assert table.schema.names == ["key", "image", "web_caption", "synthetic_caption", "tags",
-                                  "width", "height"]
+    assert table.schema.names == ["key", "image", "web_caption", "synthetic_caption", "tags", "width", "height"]
     assert m["num_rows"] == 3 and table.num_rows == 3
 
 

@@ -1,17 +1,20 @@
 """Each reader on a tiny fixture in its format, written into tmp_path; and its errors."""
+
 import json
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tipslab.jobs.eval.evalsets import IGNORE
-from tipslab.jobs.eval.evalsets import STANDARD
-from tipslab.jobs.eval.evalsets import EvalDataError
-from tipslab.jobs.eval.evalsets import EvalSet
-from tipslab.jobs.eval.evalsets import EvalSplit
-from tipslab.jobs.eval.evalsets import check_disjoint
-from tipslab.jobs.eval.evalsets import read_standard
+from tipslab.jobs.eval.evalsets import (
+    IGNORE,
+    STANDARD,
+    EvalDataError,
+    EvalSet,
+    EvalSplit,
+    check_disjoint,
+    read_standard,
+)
 
 SIZE = 28
 
@@ -41,8 +44,15 @@ def test_karpathy_captions(tmp_path, name, filepath):
     images = []
     for i, split in enumerate(("test", "train", "test")):
         rgb(tmp_path / (filepath or "flickr30k-images") / f"{i}.jpg")
-        images.append({"filename": f"{i}.jpg", "filepath": filepath, "split": split, "imgid": i,
-                       "sentences": [{"raw": f"image {i} caption {j}"} for j in range(5 if i else 6)]})
+        images.append(
+            {
+                "filename": f"{i}.jpg",
+                "filepath": filepath,
+                "split": split,
+                "imgid": i,
+                "sentences": [{"raw": f"image {i} caption {j}"} for j in range(5 if i else 6)],
+            }
+        )
     if not filepath:
         for im in images:
             del im["filepath"]

@@ -1,12 +1,11 @@
 """Builders of probe inputs for the probe tests: splits whose features encode their labels, or not."""
+
 import numpy as np
 import torch
 
 from tipslab.jobs.config import EvalConfig
-from tipslab.jobs.eval.evalsets import EvalSet
-from tipslab.jobs.eval.evalsets import EvalSplit
-from tipslab.jobs.eval.probes import ProbeContext
-from tipslab.jobs.eval.probes import SplitFeatures
+from tipslab.jobs.eval.evalsets import EvalSet, EvalSplit
+from tipslab.jobs.eval.probes import ProbeContext, SplitFeatures
 
 TOKENS = {"retrieval": "cls_web", "zero_shot": "cls_web", "knn": "cls_web"}
 

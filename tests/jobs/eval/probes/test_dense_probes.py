@@ -1,14 +1,13 @@
 """Segmentation, depth and normals on patch tokens: exact answers on features that encode the
 label (scored at the patch grid, where no upsampling blurs a boundary), chance on noise."""
+
 import numpy as np
 import pytest
 import torch
 from probe_data import context, features, one_hot, split
 
 from tipslab.jobs.eval.evalsets import EvalSet
-from tipslab.jobs.eval.probes import depth
-from tipslab.jobs.eval.probes import normals
-from tipslab.jobs.eval.probes import segmentation
+from tipslab.jobs.eval.probes import depth, normals, segmentation
 from tipslab.jobs.eval.probes.dense import nearest
 
 rng = np.random.default_rng(0)
@@ -24,7 +23,7 @@ def tokens(encode: np.ndarray | None, dim: int = 24, noise: float = 0.05) -> np.
     if encode is not None:
         enc = encode.reshape(n, GRID * GRID, -1)
         x = noise * x
-        x[..., :enc.shape[-1]] += enc
+        x[..., : enc.shape[-1]] += enc
     return x
 
 
@@ -34,8 +33,7 @@ def test_segmentation_is_exact_on_label_features_and_chance_on_noise():
     seg["test"][:, 0, 0] = 255  # not scored
     splits = {s: split(N, s, segmentation=seg[s]) for s in seg}
     data = EvalSet("toy", splits["train"], splits["test"], seg_classes=classes)
-    enc = {s: features(splits[s], patch_tokens=tokens(one_hot(np.minimum(seg[s], classes - 1), classes)))
-           for s in seg}
+    enc = {s: features(splits[s], patch_tokens=tokens(one_hot(np.minimum(seg[s], classes - 1), classes))) for s in seg}
     ctx = context(data, enc["train"], enc["test"], seg_probe_epochs=100, seg_probe_lr=0.1)
     assert segmentation.score(segmentation.fit(enc["train"], ctx), enc["test"], ctx) == {"seg_miou": 100.0}
     noise = {s: features(splits[s], patch_tokens=tokens(None)) for s in seg}
@@ -120,4 +118,7 @@ def test_depth_range_defaults_to_the_dataset_cap_then_the_probe_train_maximum():
     assert depth.fit(enc["train"], context(data, enc["train"], enc["test"], **ev))["depth_max"] == 7.5  # top centre
     data.depth_max = 10.0  # NYUv2's reader sets DINOv2's 10 m
     assert depth.fit(enc["train"], context(data, enc["train"], enc["test"], **ev))["depth_max"] == 10.0
-    assert depth.fit(enc["train"], context(data, enc["train"], enc["test"], **{**ev, "depth_max": 4.0}))["depth_max"] == 4.0
+    assert (
+        depth.fit(enc["train"], context(data, enc["train"], enc["test"], **{**ev, "depth_max": 4.0}))["depth_max"]
+        == 4.0
+    )

@@ -1,14 +1,12 @@
 """KNN, zero-shot and retrieval: exact answers on features that encode the label, chance on noise."""
+
 import numpy as np
 import pytest
 import torch
 from probe_data import context, features, one_hot, split
 
 from tipslab.jobs.eval.evalsets import EvalSet
-from tipslab.jobs.eval.probes import knn
-from tipslab.jobs.eval.probes import metric_goal
-from tipslab.jobs.eval.probes import retrieval
-from tipslab.jobs.eval.probes import zero_shot
+from tipslab.jobs.eval.probes import knn, metric_goal, retrieval, zero_shot
 
 rng = np.random.default_rng(0)
 CLASSES = 5
@@ -18,7 +16,9 @@ def labelled(n_train=1000, n_test=1000, encode=True, dim=32):
     """Image labels 1..CLASSES (0 is the scenes' background, never an image class)."""
     ytr, yte = rng.integers(1, CLASSES + 1, n_train), rng.integers(1, CLASSES + 1, n_test)
     if encode:
-        xtr = np.pad(one_hot(ytr, CLASSES + 1), ((0, 0), (0, dim - CLASSES - 1))) + 0.1 * rng.normal(size=(n_train, dim))
+        xtr = np.pad(one_hot(ytr, CLASSES + 1), ((0, 0), (0, dim - CLASSES - 1))) + 0.1 * rng.normal(
+            size=(n_train, dim)
+        )
         xte = np.pad(one_hot(yte, CLASSES + 1), ((0, 0), (0, dim - CLASSES - 1))) + 0.1 * rng.normal(size=(n_test, dim))
     else:
         xtr, xte = rng.normal(size=(n_train, dim)), rng.normal(size=(n_test, dim))
@@ -61,7 +61,11 @@ def test_zero_shot_is_exact_on_label_features_and_chance_on_noise():
 
 def test_zero_shot_prompts_are_class_major_and_skip_non_classes():
     assert zero_shot.prompts([None, "cube", "cone"], ["a {}.", "a photo of a {}."]) == [
-        "a cube.", "a photo of a cube.", "a cone.", "a photo of a cone."]
+        "a cube.",
+        "a photo of a cube.",
+        "a cone.",
+        "a photo of a cone.",
+    ]
 
 
 def retrieval_split(n, captions_per_image):
