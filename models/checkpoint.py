@@ -2,9 +2,15 @@
 
 The tokenizer's state and the resolved config travel inside, so a checkpoint is self-contained.
 Files are written to a temporary name and moved into place, never left half-written.
+
+A checkpoint is data only: tensors and plain values (dicts, lists, strings, numbers, bytes). It is
+read with `torch.load(weights_only=True)`, whose unpickler builds nothing else, so a checkpoint that
+someone crafted to run code when unpickled (teams share checkpoints through buckets and links) is
+refused without running anything.
 """
 
 import os
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -12,6 +18,7 @@ import torch
 from omegaconf import OmegaConf
 
 from .config import LossConfig, ModelConfig, TIPSConfig
+from .errors import DataError
 from .tips import TIPSStudent
 from .tokenizer import tokenizer_from_state
 
@@ -28,11 +35,25 @@ def save_checkpoint(directory: str | os.PathLike, state: dict) -> Path:
     return path
 
 
+def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict:
+    """The contents of a `model.pt`, as data only (module docstring); a file holding anything else
+    is a DataError naming it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise DataError(
+            f"{path}: refused: a tipslab checkpoint holds only tensors and plain values, and this "
+            f"file holds something else that loading would build or run ({reason[:200]}); "
+            "load only checkpoints from a source you trust, and only with code that builds no objects"
+        ) from None
+
+
 def load_state(directory: str | os.PathLike) -> dict:
     path = Path(directory) / CHECKPOINT_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no tipslab checkpoint at {path}")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return read_checkpoint(path)
 
 
 def tips_config(config) -> TIPSConfig:

@@ -48,7 +48,7 @@ from tipslab.jobs.train.stages import stage_configs
 from tipslab.jobs.train.state import SHARDED_DIR, DataPosition, RunStopped, TrainState, check_strategy
 from tipslab.jobs.train.step import build_step
 from tipslab.jobs.train.trace import RowTrace, state_digest
-from tipslab.models.checkpoint import CHECKPOINT_FILE, save_checkpoint
+from tipslab.models.checkpoint import CHECKPOINT_FILE, read_checkpoint, save_checkpoint
 from tipslab.models.distributed import world
 from tipslab.models.tokenizer import build_tokenizer
 
@@ -177,7 +177,7 @@ def restored_state():
         path = os.path.join(d, CHECKPOINT_FILE)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no tipslab checkpoint at {path}")
-        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        state = read_checkpoint(path, mmap=True)  # data only: a crafted checkpoint runs nothing
         yield TrainState.from_checkpoint(state), d
 
 

@@ -18,15 +18,18 @@ Outside forward and backward a sharded module's parameters are DTensors, each ra
 `param_norm`, `full_parameter` and `full_model_state_dict` read them whole (collectives).
 """
 
-import os
-import tempfile
+import io
+import pickle
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from timm.models.vision_transformer import Block
 from torch import nn
-from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint._traverse import set_element
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, _EmptyStateDictLoadPlanner
+from torch.distributed.checkpoint.metadata import StorageMeta
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -34,9 +37,12 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
+from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 from torch.nn.utils import parametrize
+
+from tipslab.models.errors import DataError
 
 
 class ScalarAsVector(nn.Module):
@@ -106,7 +112,9 @@ def load_sharded(state: dict, path: str) -> None:
     """Read what `save_sharded` wrote into `state`, in place: the modules' parameters and buffers,
     the optimizers' states, and the plain values (replaced in the dict). A collective."""
     loaded = _state_dict(state)
-    dcp.load(loaded, checkpoint_id=path)
+    reader = DataOnlyReader(path)
+    reader.read_metadata()  # a refusal is one DataError here, not one of torch's wrapped per-rank reports
+    dcp.load(loaded, storage_reader=reader, planner=DataOnlyPlanner())
     modules = {k: v for k, v in state.items() if isinstance(v, nn.Module)}
     for name, value in state.items():
         if isinstance(value, nn.Module):
@@ -148,10 +156,11 @@ def read_sharded(path: str) -> dict:
     """Everything a `save_sharded` call wrote to `path`, whole (no DTensors), in this one process
     (no process group needed): {name: model state dict, optimizer state dict or value}. For tests,
     checks and conversions; it holds the whole optimizer state in memory."""
-    with tempfile.TemporaryDirectory() as tmp:
-        single = os.path.join(tmp, "state.pt")
-        dcp_to_torch_save(path, single)
-        return torch.load(single, map_location="cpu", weights_only=False)
+    state: dict = {}
+    reader = DataOnlyReader(path)
+    reader.read_metadata()  # a refusal is one DataError here, not one of torch's wrapped per-rank reports
+    _load_state_dict(state, storage_reader=reader, planner=DataOnlyEmptyPlanner(), no_dist=True)
+    return state
 
 
 def unsharded(t: torch.Tensor) -> torch.Tensor:
@@ -197,3 +206,68 @@ def param_norm(parameters) -> torch.Tensor:
             dist.all_reduce(sharded)
         total = total.to(sharded.device) + sharded
     return total.sqrt()
+
+
+# --------------------------------------------------------------------------- sharded checkpoints as data only
+# torch.distributed.checkpoint unpickles a checkpoint's `.metadata` with plain pickle, and its
+# non-tensor values with torch.load(weights_only=False): a crafted `sharded/` folder could run code
+# on resume. These read the metadata through an allow-list of the classes it is made of (the
+# checkpoint format's own) and every value as data only, like models/checkpoint.py's `model.pt`.
+_METADATA_CLASSES = {
+    "torch.distributed.checkpoint.metadata": None,  # any of the format's own classes
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},
+    "torch": {"Size"},
+    "pathlib": {"PosixPath", "PurePosixPath", "Path"},
+    "collections": {"OrderedDict"},
+    "builtins": {"set", "frozenset", "slice"},
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        allowed = _METADATA_CLASSES.get(module, ())
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        if allowed is None or name in allowed:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of a checkpoint's metadata")
+
+
+class DataOnlyReader(FileSystemReader):
+    """A FileSystemReader whose metadata may build only the checkpoint format's own classes."""
+
+    def read_metadata(self, *args, **kwargs):
+        path = self._get_metadata_path(kwargs.get("rank"))
+        try:
+            with self.fs.create_stream(path, "rb") as f:
+                metadata = _MetadataUnpickler(f).load()
+        except pickle.UnpicklingError as err:
+            raise DataError(f"{path}: refused: not the metadata of a sharded checkpoint ({err})") from None
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+def _data_only(value: io.BytesIO, where):
+    try:
+        return torch.load(value, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise DataError(f"a sharded checkpoint's value {where}: refused: not plain data ({err})") from None
+
+
+class DataOnlyPlanner(DefaultLoadPlanner):
+    """The default load planner, reading every non-tensor value as data only."""
+
+    def load_bytes(self, read_item, value: io.BytesIO) -> None:
+        fqn = read_item.dest_index.fqn
+        loaded = _data_only(value, fqn)
+        if self.flatten_state_dict:
+            set_element(self.original_state_dict, self.mappings[fqn], loaded)
+        else:
+            self.state_dict[fqn] = loaded
+
+
+class DataOnlyEmptyPlanner(_EmptyStateDictLoadPlanner, DataOnlyPlanner):
+    """Rebuilds the whole state dict from the metadata (what `read_sharded` needs), data only."""

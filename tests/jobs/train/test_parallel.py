@@ -127,3 +127,37 @@ def train_and_checkpoint(rank: int, store: str, folder: str) -> None:
 
 def test_fsdp2_matches_ddp_and_its_checkpoint_restores_the_state(tmp_path):
     mp.spawn(train_and_checkpoint, args=(str(tmp_path / "store"), str(tmp_path / "checkpoint")), nprocs=WORLD)
+
+
+def test_a_sharded_checkpoint_is_read_as_data_only(tmp_path):
+    """read_sharded round-trips what save_sharded wrote (one process, no process group), and a
+    `.metadata` crafted to run code when unpickled is refused without running it."""
+    import builtins
+    import pickle
+
+    from tipslab.jobs.train.parallel import read_sharded
+    from tipslab.models.errors import DataError
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.randn(2, 3)).sum().backward()
+    optimizer.step()
+    folder = tmp_path / "sharded"
+    save_sharded({"student": model, "optimizer": optimizer}, str(folder))
+    whole = read_sharded(str(folder))
+    for name, value in model.state_dict().items():
+        assert torch.equal(whole["student"][name], value), name
+
+    marker = tmp_path / "marker"
+
+    class Payload:
+        def __reduce__(self):
+            return builtins.exec, (f"open({str(marker)!r}, 'w').close()",)
+
+    (folder / ".metadata").write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(DataError, match=r"\.metadata: refused: not the metadata of a sharded checkpoint"):
+        read_sharded(str(folder))
+    assert not marker.exists()
+    pickle.loads((folder / ".metadata").read_bytes())  # the payload is live: plain unpickling runs it
+    assert marker.exists()
