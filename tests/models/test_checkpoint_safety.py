@@ -57,8 +57,11 @@ def test_every_command_refuses_it_with_one_line_and_exit_2(tmp_path, home):
     from PIL import Image
 
     Image.new("RGB", (32, 32)).save(image)
-    for argv in (["eval", folder], ["embed", folder, str(image), "--out", str(tmp_path / "e.npz")],
-                 ["checkpoint", "export", folder, str(tmp_path / "out")]):
+    for argv in (
+        ["eval", folder],
+        ["embed", folder, str(image), "--out", str(tmp_path / "e.npz")],
+        ["checkpoint", "export", folder, str(tmp_path / "out")],
+    ):
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
             assert main(argv) == 2, argv
