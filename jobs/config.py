@@ -259,3 +259,9 @@ def eval_config(cfg) -> EvalConfig:
 def as_dict(exp) -> dict:
     """The experiment as a plain dict of built-in types (a checkpoint's `config`, JSON)."""
     return dataclasses.asdict(experiment(exp))
+
+
+def read_tag_vocab(path: str) -> list[str]:
+    """The tags of a `data.tag_vocab` file, one per line (`tipslab data tags` writes it)."""
+    with open(path) as f:
+        return [line.strip() for line in f if line.strip()]

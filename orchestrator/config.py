@@ -13,8 +13,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from tipslab.jobs.config import ExperimentConfig
-from tipslab.jobs.data.pipeline.streaming import read_tag_vocab
+from tipslab.jobs.config import ExperimentConfig, read_tag_vocab
 
 from .errors import ConfigError
 from .runtime import home

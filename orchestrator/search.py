@@ -72,7 +72,7 @@ def grid_points(path, search: SearchSpec, variants: dict, axis_tags: dict) -> tu
 
 
 def check_search(where: str, search: SearchSpec, trials: list, seeds: list) -> None:
-    from tipslab.jobs.eval.evaluate import metric_keys
+    from tipslab.jobs.eval.registry import metric_keys
 
     if search.algorithm not in ALGORITHMS:
         raise ConfigError(f"{where}: search.algorithm: {search.algorithm!r} is not one of {', '.join(ALGORITHMS)}")

@@ -7,15 +7,13 @@ in the driver, per-step metrics included.
 import re
 from pathlib import Path
 
-from tipslab.jobs import storage
 from tipslab.jobs.config import experiment
-from tipslab.jobs.eval.evaluate import metric_goal, metric_keys
+from tipslab.jobs.eval.registry import metric_goal, metric_keys
 
 from .config import config_hash, load_experiment, to_dict
 from .errors import UserError
 from .runtime import storage_path
 from .spec import Plan, ResourceSpec, Trial
-from .sweep import SweepResult, run_sweep
 
 EXPERIMENT = "tipslab-train"
 
@@ -43,15 +41,20 @@ def single_plan(config_path: str, overrides: list[str]) -> Plan:
 
 def run_single(
     config_path: str, overrides: list[str], address: str | None = None, resume: str | None = None
-) -> SweepResult:
+):
     """With `resume` (a Ray Train run name: the run's folder under the run storage, the last part
     of its MLflow `checkpoint_uri` tag), training continues from that run's latest checkpoint, in
     its stage, at its data position; a new MLflow run records it."""
     if resume:
+        from tipslab.jobs import storage
+
         if not re.fullmatch(r"[A-Za-z0-9_.=+-]+", resume) or not storage.is_dir(storage.join(storage_path(), resume)):
             raise UserError(
                 f"--resume {resume}: no training run of that name under {storage_path()} "
                 "(the name is the run's folder there)"
             )
         overrides = [*overrides, f"train.run_name={resume}"]
-    return run_sweep(single_plan(config_path, overrides), address=address)
+    plan = single_plan(config_path, overrides)  # a bad config stops here, before torch, Ray or MLflow load
+    from .sweep import run_sweep
+
+    return run_sweep(plan, address=address)

@@ -21,7 +21,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from tipslab.jobs.eval import evaluate
+from tipslab.jobs.eval import registry
 
 from .config import ConfigError, compose, config_hash, parse_overrides, read_yaml, to_dict
 from .search import SearchSpec, check_search, grid_points
@@ -173,9 +173,8 @@ def _label(value) -> str:
 
 
 def metric_goal(key: str) -> str:
-    """The registry's direction for a metric key where the evaluation layer gives one."""
-    goal = getattr(evaluate, "metric_goal", None)
-    return goal(key) if goal else ("min" if key.rsplit("/", 1)[-1].endswith(("rmse", "error", "_deg")) else "max")
+    """The registry's direction for a metric key."""
+    return registry.metric_goal(key)
 
 
 def sized_spec(path: Path, size: str):
@@ -291,7 +290,7 @@ def spec_trials(path: Path, where: str, spec, variants: dict, axis_tags: dict, o
             trials.append(Trial(variant, seed, config, config_hash(config), dict(axis_tags[variant])))
     for trial in trials:
         try:
-            produced = evaluate.metric_keys(trial.config["eval"])
+            produced = registry.metric_keys(trial.config["eval"])
         except ConfigError as err:  # an unknown probe or dataset name in eval.*
             raise ConfigError(f"{where}: variant {trial.variant!r}: eval: {err}") from None
         for i, m in enumerate(spec.metrics):

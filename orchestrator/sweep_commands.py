@@ -18,9 +18,10 @@ UI_HINT = (
 
 def cmd_sweep(args) -> None:
     from .spec import load_spec
+
+    plan = load_spec(args.spec, size=args.size, overrides=args.overrides)  # before torch, Ray or MLflow load
     from .sweep import run_sweep
 
-    plan = load_spec(args.spec, size=args.size, overrides=args.overrides)
     result = run_sweep(plan, address=args.address, resume=args.resume)
     if args.resume:
         print(f"resume: kept {result.kept} finished run(s), closed {result.closed} left RUNNING, ran {result.ran}")

@@ -18,42 +18,19 @@ import numpy as np
 import torch
 
 from tipslab.jobs import storage
-from tipslab.jobs.config import EvalConfig, ExperimentConfig, eval_config, experiment
-from tipslab.jobs.eval.evalsets import ALL_PROBES, EvalSet, check_disjoint, dataset_probes, read_standard, scenes
-from tipslab.jobs.eval.probes import DENSE, PROBES, ProbeContext, SplitFeatures, metric_goal
+from tipslab.jobs.config import EvalConfig, ExperimentConfig, experiment
+from tipslab.jobs.eval.evalsets import EvalSet, check_disjoint, read_standard, scenes
+from tipslab.jobs.eval.probes import DENSE, PROBES, ProbeContext, SplitFeatures
 from tipslab.jobs.eval.probes.features import features, load_pixels
 from tipslab.jobs.eval.probes.zero_shot import prompts
+from tipslab.jobs.eval.registry import metric_goal, metric_keys, planned
 from tipslab.models.config import LossConfig
-from tipslab.models.errors import ConfigError
 
 RESULTS_FILE = "eval_results.json"
 FEATURES_FILE = "features.npz"
 log = logging.getLogger(__name__)
 
 __all__ = ["metric_keys", "metric_goal", "evaluate_checkpoint", "evaluate", "Evaluation"]
-
-
-def planned(ev: EvalConfig) -> list[tuple[str, str | None, tuple[str, ...]]]:
-    """(dataset name, folder or None for the experiment's probe splits, probes) in run order."""
-    plan = [(ev.dataset, None, tuple(p for p in ALL_PROBES if p in ev.probes))] if ev.dataset else []
-    for name, path in ev.datasets.items():
-        try:
-            allowed = dataset_probes(name, is_shards=False)
-        except ValueError as err:
-            raise ConfigError(f"eval.datasets.{name}: {err}") from None
-        plan.append((name, path, tuple(p for p in allowed if p in ev.probes)))
-    return plan
-
-
-def metric_keys(eval_cfg) -> set[str]:
-    """The registry: every metric key this evaluation configuration (an EvalConfig, or an
-    experiment's `eval` mapping) produces."""
-    return {
-        f"eval/{name}/{metric}"
-        for name, _, probes in planned(eval_config(eval_cfg))
-        for probe in probes
-        for metric in PROBES[probe].METRICS
-    }
 
 
 def retrieval_token(exp) -> str:

@@ -155,7 +155,7 @@ def build_vocab(tag_lists: Iterable[Iterable[str]], min_freq: int = 1) -> list[s
 
 
 def write_vocab(vocab: list[str], path: str) -> None:
-    """One tag per line, the format ``data.tag_vocab`` reads (pipeline.read_tag_vocab)."""
+    """One tag per line, the format ``data.tag_vocab`` reads (jobs/config.py read_tag_vocab)."""
     write_bytes(path, "".join(f"{t}\n" for t in vocab).encode())
 
 

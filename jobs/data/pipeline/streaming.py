@@ -44,7 +44,7 @@ from functools import partial
 import numpy as np
 import ray.data
 
-from tipslab.jobs.config import experiment
+from tipslab.jobs.config import experiment, read_tag_vocab
 from tipslab.jobs.data.pipeline.views import BAD_ROW_COLUMNS, TIPSViews, bad_row_counts, count_columns, view_options
 from tipslab.jobs.data.shards.format import read_manifest, shard_files
 from tipslab.models.tokenizer import build_tokenizer
@@ -64,11 +64,6 @@ def views_actors(cpus: float) -> int:
     """The views actors of a rank with `cpus` CPUs: one per whole CPU, at least one (which then
     reserves the rank's fraction of a CPU)."""
     return max(1, int(cpus))
-
-
-def read_tag_vocab(path: str) -> list[str]:
-    with open(path) as f:
-        return [line.strip() for line in f if line.strip()]
 
 
 def split_dir(root: str, split: str) -> str:

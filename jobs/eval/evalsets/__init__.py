@@ -9,24 +9,18 @@ from functools import partial
 from tipslab.jobs.config import ALL_PROBES
 from tipslab.jobs.eval.evalsets import ade20k, captions, class_folders, nyuv2, scenes, voc
 from tipslab.jobs.eval.evalsets.base import IGNORE, EvalDataError, EvalSet, EvalSplit, check_disjoint
+from tipslab.jobs.eval.registry import DATASET_PROBES, dataset_probes
 
-STANDARD = {
-    "imagenet": (class_folders.read, ("knn", "zero_shot")),
-    "coco": (partial(captions.read, name="coco"), ("retrieval",)),
-    "flickr30k": (partial(captions.read, name="flickr30k"), ("retrieval",)),
-    "pascal_voc": (voc.read, ("segmentation",)),
-    "ade20k": (ade20k.read, ("segmentation",)),
-    "nyuv2": (nyuv2.read, ("depth",)),
+READERS = {
+    "imagenet": class_folders.read,
+    "coco": partial(captions.read, name="coco"),
+    "flickr30k": partial(captions.read, name="flickr30k"),
+    "pascal_voc": voc.read,
+    "ade20k": ade20k.read,
+    "nyuv2": nyuv2.read,
 }
-
-
-def dataset_probes(name: str, is_shards: bool) -> tuple[str, ...]:
-    """The probes a dataset's labels allow; the probe splits of shards have every label."""
-    if is_shards:
-        return ALL_PROBES
-    if name not in STANDARD:
-        raise EvalDataError(f"unknown dataset {name!r}; known: {', '.join(STANDARD)}")
-    return STANDARD[name][1]
+# Each with the probes its labels allow (jobs/eval/registry.py, which checks configs without torch).
+STANDARD = {name: (reader, DATASET_PROBES[name]) for name, reader in READERS.items()}
 
 
 def read_standard(name: str, root: str, size: int) -> EvalSet:

@@ -17,16 +17,7 @@ PROBES = {
     "normals": normals,
     "knn": knn,
 }
-GOALS = {metric: goal for module in PROBES.values() for metric, goal in module.METRICS.items()}
 DENSE = ("segmentation", "depth", "normals")  # the probes that read patch tokens
 
 
-def metric_goal(key: str) -> str:
-    """ "max" or "min" for a registry key `eval/<dataset>/<metric>` (or a bare metric name)."""
-    metric = key.rsplit("/", 1)[-1]
-    if metric not in GOALS:
-        raise KeyError(f"{key!r}: no probe produces the metric {metric!r}; known: {', '.join(sorted(GOALS))}")
-    return GOALS[metric]
-
-
-__all__ = ["PROBES", "GOALS", "DENSE", "ProbeContext", "SplitFeatures", "metric_goal"]
+__all__ = ["PROBES", "DENSE", "ProbeContext", "SplitFeatures"]

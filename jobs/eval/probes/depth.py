@@ -7,10 +7,11 @@ pixels within a factor 1.25)."""
 import torch
 import torch.nn.functional as F
 
+from tipslab.jobs.eval import registry
 from tipslab.jobs.eval.probes.context import ProbeContext, SplitFeatures
 from tipslab.jobs.eval.probes.dense import Standardise, fit_linear, nearest, pixels, train_size
 
-METRICS = {"depth_rmse": "min", "depth_absrel": "min", "depth_delta1": "max"}
+METRICS = registry.METRICS["depth"]
 NEEDS = ("depth",)
 TRAINED = True
 

@@ -4,9 +4,10 @@ probe-train images (cosine similarity), scored as top-1 accuracy in percent on p
 import torch
 import torch.nn.functional as F
 
+from tipslab.jobs.eval import registry
 from tipslab.jobs.eval.probes.context import ProbeContext, SplitFeatures
 
-METRICS = {"knn_top1": "max"}
+METRICS = registry.METRICS["knn"]
 NEEDS = ("labels",)
 TRAINED = True
 

@@ -8,10 +8,11 @@ import math
 import torch
 import torch.nn.functional as F
 
+from tipslab.jobs.eval import registry
 from tipslab.jobs.eval.probes.context import ProbeContext, SplitFeatures
 from tipslab.jobs.eval.probes.dense import Standardise
 
-METRICS = {"normals_mean_angle": "min"}
+METRICS = registry.METRICS["normals"]
 NEEDS = ("normals",)
 TRAINED = True
 RIDGE = 1e-3  # relative to the mean diagonal of X^T X: only keeps the solve well posed

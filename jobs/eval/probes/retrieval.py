@@ -6,10 +6,11 @@ ranks within k."""
 import torch
 import torch.nn.functional as F
 
+from tipslab.jobs.eval import registry
 from tipslab.jobs.eval.probes.context import ProbeContext, SplitFeatures
 
-KS = (1, 5, 10)
-METRICS = {f"{d}_r{k}": "max" for d in ("i2t", "t2i") for k in KS}
+KS = registry.RETRIEVAL_KS
+METRICS = registry.METRICS["retrieval"]
 NEEDS = ("captions",)
 TRAINED = False
 

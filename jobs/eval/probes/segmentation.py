@@ -2,10 +2,11 @@
 
 import torch
 
+from tipslab.jobs.eval import registry
 from tipslab.jobs.eval.probes.context import ProbeContext, SplitFeatures
 from tipslab.jobs.eval.probes.dense import Standardise, dense_logits, fit_linear, nearest, pixels, train_size
 
-METRICS = {"seg_miou": "max"}
+METRICS = registry.METRICS["segmentation"]
 NEEDS = ("segmentation",)
 TRAINED = True
 IGNORE = 255

@@ -5,9 +5,10 @@ image takes the class nearest to its CLS embedding. Top-1 accuracy in percent.""
 import torch
 import torch.nn.functional as F
 
+from tipslab.jobs.eval import registry
 from tipslab.jobs.eval.probes.context import ProbeContext, SplitFeatures
 
-METRICS = {"zero_shot_top1": "max"}
+METRICS = registry.METRICS["zero_shot"]
 NEEDS = ("labels",)
 TRAINED = False
 

@@ -6,7 +6,8 @@ import torch
 from probe_data import context, features, one_hot, split
 
 from tipslab.jobs.eval.evalsets import EvalSet
-from tipslab.jobs.eval.probes import knn, metric_goal, retrieval, zero_shot
+from tipslab.jobs.eval.probes import knn, retrieval, zero_shot
+from tipslab.jobs.eval.registry import metric_goal
 
 rng = np.random.default_rng(0)
 CLASSES = 5
