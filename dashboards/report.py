@@ -92,6 +92,61 @@ def metric_plots(sweep: Sweep, out: str) -> list[tuple[str, str]]:
     return figures
 
 
+def draw_variant(ax, x: int, c, goal: str, first: bool) -> list[float]:
+    """One variant's seeds, mean ± sd, and its marks (n=1; * where Δ's interval excludes zero);
+    returns the values the axis must show."""
+    n, sd = len(c.values), c.sd or 0.0
+    offsets = np.linspace(-0.12, 0.12, n) if n > 1 else np.zeros(1)
+    ax.scatter(x + 0.18 + offsets, c.values, s=12, color="#999", zorder=2, label="seeds" if first else None)
+    ax.errorbar(
+        [x],
+        [c.mean],
+        yerr=[[sd], [sd]] if n > 1 else None,
+        fmt="o",
+        capsize=4,
+        color="#2a7" if c.best else "#36a",
+        zorder=3,
+        label="mean ± sd" if first else None,
+    )
+    small = {"textcoords": "offset points", "va": "center"}
+    if n == 1:
+        ax.annotate("n=1", (x, c.mean), xytext=(-6, 0), ha="right", fontsize=7, color="#a33", **small)
+    if c.diff is not None and c.diff.real:
+        ax.annotate(
+            "*",
+            (x, c.mean + sd),
+            xytext=(0, 2),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize=13,
+            fontweight="bold",
+            color="#2a7" if c.diff.better(goal) else "#c33",
+        )
+    return [*c.values, c.mean - sd, c.mean + sd]
+
+
+def draw_papers(ax, cells, lo: float, hi: float) -> None:
+    """The paper's numbers: a diamond on the axis, or their value at the edge with an arrow."""
+    papers = [(j, c.paper) for j, c in enumerate(cells) if c.paper is not None]
+    inside = [(j, p) for j, p in papers if lo <= p <= hi]
+    if inside:
+        ax.scatter(*zip(*inside), marker="D", color="#c33", label="paper", zorder=4)
+    for j, p in papers:
+        if not lo <= p <= hi:
+            above = p > hi
+            ax.annotate(
+                f"paper {p:g} {'↑' if above else '↓'}",
+                (j, hi if above else lo),
+                xytext=(0, -3 if above else 3),
+                textcoords="offset points",
+                ha="center",
+                va="top" if above else "bottom",
+                fontsize=7,
+                color="#c33",
+            )
+
+
 def draw_metric(ax, metric: dict, rows) -> str:
     """Every seed as a dot and the mean ± sd over seeds per variant, on an axis fitted to our values
     (not from 0, so a 1-2 point difference shows), the baseline's mean as a dashed line, `*` over a
@@ -100,79 +155,21 @@ def draw_metric(ax, metric: dict, rows) -> str:
     diamond (its value at the edge, with an arrow, where it lies off the axis). Returns the caption,
     which says the same and names the variants with n = 1. `rows`: (label, table cell) per variant."""
     labels, cells = [label for label, _ in rows], [c for _, c in rows]
-    ours, first = [], True
+    ours = []
     for x, c in enumerate(cells):
-        if not c.values:
-            continue
-        n, sd = len(c.values), c.sd or 0.0
-        offsets = np.linspace(-0.12, 0.12, n) if n > 1 else np.zeros(1)
-        ax.scatter(x + 0.18 + offsets, c.values, s=12, color="#999", zorder=2, label="seeds" if first else None)
-        ax.errorbar(
-            [x],
-            [c.mean],
-            yerr=[[sd], [sd]] if n > 1 else None,
-            fmt="o",
-            capsize=4,
-            color="#2a7" if c.best else "#36a",
-            zorder=3,
-            label="mean ± sd" if first else None,
-        )
-        first = False
-        ours += [*c.values, c.mean - sd, c.mean + sd]
-        if n == 1:
-            ax.annotate(
-                "n=1",
-                (x, c.mean),
-                xytext=(-6, 0),
-                textcoords="offset points",
-                ha="right",
-                va="center",
-                fontsize=7,
-                color="#a33",
-            )
-        if c.diff is not None and c.diff.real:
-            ax.annotate(
-                "*",
-                (x, c.mean + sd),
-                xytext=(0, 2),
-                textcoords="offset points",
-                ha="center",
-                va="bottom",
-                fontsize=13,
-                fontweight="bold",
-                color="#2a7" if c.diff.better(metric["goal"]) else "#c33",
-            )
+        if c.values:
+            ours += draw_variant(ax, x, c, metric["goal"], first=not ours)
     lo, hi = min(ours), max(ours)
     pad = (hi - lo) * 0.15 or max(abs(hi) * 0.05, 0.5)
     lo, hi = lo - pad, hi + 1.3 * pad  # room above for the marks
     base = next((c for c in cells if c.baseline), None)
     if base is not None:
         ax.axhline(base.mean, ls="--", lw=0.8, color="#666", label="baseline mean", zorder=1)
-    papers = [(j, c.paper) for j, c in enumerate(cells) if c.paper is not None]
-    inside = [(j, p) for j, p in papers if lo <= p <= hi]
-    if inside:
-        ax.scatter(*zip(*inside), marker="D", color="#c33", label="paper", zorder=4)
-    for j, p in papers:
-        if not lo <= p <= hi:
-            ax.annotate(
-                f"paper {p:g} {'↑' if p > hi else '↓'}",
-                (j, hi if p > hi else lo),
-                xytext=(0, -3 if p > hi else 3),
-                textcoords="offset points",
-                ha="center",
-                va="top" if p > hi else "bottom",
-                fontsize=7,
-                color="#c33",
-            )
+    draw_papers(ax, cells, lo, hi)
     ax.set_ylim(lo, hi)
     ax.set_xlim(-0.6, len(labels) - 0.4)
-    ax.set_xticks(
-        np.arange(len(labels)),
-        [f"{label}\n(n={len(c.values)})" for label, c in rows],
-        rotation=20,
-        ha="right",
-        fontsize=7,
-    )
+    ticks = [f"{label}\n(n={len(c.values)})" for label, c in rows]
+    ax.set_xticks(np.arange(len(labels)), ticks, rotation=20, ha="right", fontsize=7)
     ax.legend(fontsize=7)
     name = metric.get("header") or metric["key"]
     ax.set_title(f"{name} ({'higher' if metric['goal'] == 'max' else 'lower'} is better)", fontsize=9)

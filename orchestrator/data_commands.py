@@ -248,29 +248,30 @@ def cmd_data_check(args) -> None:
 INGEST_FORMATS = ("webdataset", "csv", "tsv", "jsonl", "coco")
 
 
-def add_real_data_parsers(data_sub) -> None:
+def bounds(p) -> None:
+    """--max-pixels and --json, shared by the commands that read images."""
     from tipslab.jobs.config import DataConfig
 
-    defaults = DataConfig()
+    most = DataConfig().max_image_pixels
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=most,
+        help=f"an image whose header declares more pixels is a bad row, never decoded (default {most})",
+    )
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
 
-    def bounds(p) -> None:
-        p.add_argument(
-            "--max-pixels",
-            type=int,
-            default=defaults.max_image_pixels,
-            help="an image whose header declares more pixels is a bad row, never decoded "
-            f"(default {defaults.max_image_pixels})",
-        )
-        p.add_argument("--json", action="store_true", help="print the result as JSON")
 
-    def bad_fraction(p) -> None:
-        p.add_argument(
-            "--max-bad-fraction",
-            type=float,
-            default=defaults.max_bad_fraction,
-            help=f"stop past this fraction of bad rows (default {defaults.max_bad_fraction})",
-        )
+def bad_fraction(p) -> None:
+    from tipslab.jobs.config import DataConfig
 
+    most = DataConfig().max_bad_fraction
+    p.add_argument(
+        "--max-bad-fraction", type=float, default=most, help=f"stop past this fraction of bad rows (default {most})"
+    )
+
+
+def add_ingest_parser(data_sub) -> None:
     ingest = data_sub.add_parser(
         "ingest", help="WebDataset tars, CSV/TSV/JSONL tables or COCO captions -> Parquet shards"
     )
@@ -291,6 +292,9 @@ def add_real_data_parsers(data_sub) -> None:
     bad_fraction(ingest)
     ingest.set_defaults(func=cmd_data_ingest)
 
+
+def add_real_data_parsers(data_sub) -> None:
+    add_ingest_parser(data_sub)
     tags = data_sub.add_parser("tags", help="Tag2Text-style tags from the captions, and their vocabulary")
     tags.add_argument("shards", help="a shard folder (rewritten in place unless --shards-out)")
     tags.add_argument(

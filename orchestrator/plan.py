@@ -69,6 +69,47 @@ def bench_estimate(tracking_uri: str, size: str, device_kind: str) -> Estimate:
     return est
 
 
+def trial_row(t, est: "Estimate") -> dict:
+    """One trial of the plan with its estimated hours (None without a matching bench result)."""
+    train, data = t.config["train"], t.config["data"]
+    hours = None
+    if est.images_per_s:
+        hours = (train["steps"] * data["batch_size"] / est.images_per_s + (est.launch_s or 0.0)) / 3600
+    return {
+        "name": t.name,
+        "variant": t.variant,
+        "seed": t.seed,
+        "config_hash": t.config_hash,
+        "model_size": t.config["model"]["size"],
+        "steps": train["steps"],
+        "batch_size_per_worker": data["batch_size"],
+        "hours": hours,
+    }
+
+
+def note_threads(estimates: dict, cpus_per_worker: float) -> None:
+    """On CPU, say where the step bench ran with another thread count than a trial's worker has."""
+    for e in estimates.values():
+        if e.threads and e.threads != cpus_per_worker:
+            why = (
+                f"the step bench ran with {e.threads} torch threads, a trial's worker has "
+                f"{cpus_per_worker:g} CPU(s): the trial may run at a different speed"
+            )
+            e.note = "; ".join(filter(None, [e.note, why]))
+
+
+def basis(e: "Estimate") -> dict:
+    return {
+        "model_size": e.model_size,
+        "device_kind": e.device_kind,
+        "images_per_s": e.images_per_s,
+        "launch_to_first_step_s": e.launch_s,
+        "step_run": e.step_run,
+        "trial_run": e.trial_run,
+        "note": e.note,
+    }
+
+
 def plan_summary(plan, tracking_uri: str) -> dict:
     """The stable `--json` form of a plan."""
     config = plan.trials[0].config
@@ -79,23 +120,7 @@ def plan_summary(plan, tracking_uri: str) -> dict:
     trials = []
     for t in plan.trials:
         size = t.config["model"]["size"]
-        est = estimates.setdefault(size, bench_estimate(tracking_uri, size, device_kind))
-        hours = None
-        if est.images_per_s:
-            seconds = t.config["train"]["steps"] * t.config["data"]["batch_size"] / est.images_per_s
-            hours = (seconds + (est.launch_s or 0.0)) / 3600
-        trials.append(
-            {
-                "name": t.name,
-                "variant": t.variant,
-                "seed": t.seed,
-                "config_hash": t.config_hash,
-                "model_size": size,
-                "steps": t.config["train"]["steps"],
-                "batch_size_per_worker": t.config["data"]["batch_size"],
-                "hours": hours,
-            }
-        )
+        trials.append(trial_row(t, estimates.setdefault(size, bench_estimate(tracking_uri, size, device_kind))))
     count = plan.search.num_samples if plan.sampled else len(trials)
     if plan.sampled:  # every sample costs what the starting point costs
         trials = [
@@ -105,51 +130,28 @@ def plan_summary(plan, tracking_uri: str) -> dict:
     gpus_per_trial = train["num_workers"] * train["gpus_per_worker"]
     trial_hours = sum(known) if len(known) == len(trials) else None
     if device_kind == "cpu":
-        for e in estimates.values():
-            if e.threads and e.threads != train["cpus_per_worker"]:
-                e.note = "; ".join(
-                    filter(
-                        None,
-                        [
-                            e.note,
-                            (
-                                f"the step bench ran with {e.threads} torch threads, a trial's worker has "
-                                f"{train['cpus_per_worker']:g} CPU(s): the trial may run at a different speed"
-                            ),
-                        ],
-                    )
-                )
+        note_threads(estimates, train["cpus_per_worker"])
+    resources = {
+        "workers_per_trial": train["num_workers"],
+        "gpus_per_worker": train["gpus_per_worker"],
+        "cpus_per_worker": train["cpus_per_worker"],
+        "data_cpus": config["data"]["cpus"],
+        "gpus_per_trial": gpus_per_trial,
+        "cpus_per_trial": cpus_per_trial,
+        "device_kind": device_kind,
+        "max_concurrent_trials": plan.resources.max_concurrent_trials,
+    }
     return {
         "spec": plan.spec["name"],
         "size": plan.size,
         "trials": trials,
         "num_trials": count,
-        "resources": {
-            "workers_per_trial": train["num_workers"],
-            "gpus_per_worker": train["gpus_per_worker"],
-            "cpus_per_worker": train["cpus_per_worker"],
-            "data_cpus": config["data"]["cpus"],
-            "gpus_per_trial": gpus_per_trial,
-            "cpus_per_trial": cpus_per_trial,
-            "device_kind": device_kind,
-            "max_concurrent_trials": plan.resources.max_concurrent_trials,
-        },
+        "resources": resources,
         "estimate": {
             "trial_hours": trial_hours,
             "gpu_hours": trial_hours * gpus_per_trial if trial_hours is not None else None,
             "cpu_hours": trial_hours * cpus_per_trial if trial_hours is not None else None,
-            "basis": [
-                {
-                    "model_size": e.model_size,
-                    "device_kind": e.device_kind,
-                    "images_per_s": e.images_per_s,
-                    "launch_to_first_step_s": e.launch_s,
-                    "step_run": e.step_run,
-                    "trial_run": e.trial_run,
-                    "note": e.note,
-                }
-                for e in estimates.values()
-            ],
+            "basis": [basis(e) for e in estimates.values()],
             "excludes": "evaluation time",
         },
     }

@@ -39,9 +39,7 @@ def single_plan(config_path: str, overrides: list[str]) -> Plan:
     return Plan(Path(config_path), spec, "single", resources, [Trial(name, train.seed, config, config_hash(config))])
 
 
-def run_single(
-    config_path: str, overrides: list[str], address: str | None = None, resume: str | None = None
-):
+def run_single(config_path: str, overrides: list[str], address: str | None = None, resume: str | None = None):
     """With `resume` (a Ray Train run name: the run's folder under the run storage, the last part
     of its MLflow `checkpoint_uri` tag), training continues from that run's latest checkpoint, in
     its stage, at its data position; a new MLflow run records it."""

@@ -11,6 +11,19 @@ A warm-up run first starts Ray's worker processes and imports torch in them, as 
 would, but the actor pool is made anew for each dataset (as for each epoch of training), so Ray
 Data's start-up includes starting the actors; DataLoader workers are forked from the warm driver.
 Over few rows the start-up weighs more: measure with hundreds of rows per CPU.
+
+`bench_data` returns (stable keys, for `tipslab bench data --json` and MLflow):
+  cpus, batch_size, rows (as asked, 0 = all), image_size, local_crops, local_crop_size, augment,
+  mask_mode; views (where Ray Data's views ran, as seen in the workers: actors or tasks);
+  raydata_images_per_s, raydata_images_per_s_per_cpu, raydata_startup_s, raydata_images_per_cpu_s,
+  raydata_actors_ready_s (from the start until the last views actor had built its views: the
+  actor pool's start-up, paid for each epoch in training);
+  dataloader_images_per_s, dataloader_images_per_s_per_cpu, dataloader_startup_s,
+  dataloader_images_per_cpu_s;
+  ratio = raydata_images_per_s / dataloader_images_per_s (> 1: Ray Data is faster).
+`*_images_per_s_per_cpu` is the wall-clock rate over the CPU budget; `*_images_per_cpu_s` is
+images over the CPU seconds the views took in the workers (without reading, transfer and
+scheduling): on a machine shared with other work, the first falls and the second holds.
 """
 
 import time
@@ -208,41 +221,10 @@ def bench_data(
     picks for an epoch of that many rows: actors from `data.views_actor_rows`). Needs Ray (an
     initialised instance, or Ray Data starts a local one). `warmup=False` skips the warm-up run
     (tests: figures with start-up).
-
-    Returns (stable keys, for `tipslab bench data --json` and MLflow):
-      cpus, batch_size, rows (as asked, 0 = all), image_size, local_crops, local_crop_size, augment,
-      mask_mode; views (where Ray Data's views ran, as seen in the workers: actors or tasks);
-      raydata_images_per_s, raydata_images_per_s_per_cpu, raydata_startup_s, raydata_images_per_cpu_s,
-      raydata_actors_ready_s (from the start until the last views actor had built its views: the
-      actor pool's start-up, paid for each epoch in training);
-      dataloader_images_per_s, dataloader_images_per_s_per_cpu, dataloader_startup_s,
-      dataloader_images_per_cpu_s;
-      ratio = raydata_images_per_s / dataloader_images_per_s (> 1: Ray Data is faster).
-    `*_images_per_s_per_cpu` is the wall-clock rate over the CPU budget; `*_images_per_cpu_s` is
-    images over the CPU seconds the views took in the workers (without reading, transfer and
-    scheduling): on a machine shared with other work, the first falls and the second holds.
     """
-    if cpus < 1:
-        raise ConfigError(f"bench data: cpus must be at least 1, got {cpus}")
-    files = shard_files(shards_dir)
-    available = sum(s["num_rows"] for s in read_manifest(shards_dir)["shards"])
-    measured = min(rows, available) if rows else available
-    if measured < 2 * batch_size:
-        raise ConfigError(
-            f"bench data: {measured} rows make fewer than 2 batches of {batch_size}; "
-            f"use more rows or a smaller batch size"
-        )
-    if views not in ("auto", "actors", "tasks"):
-        raise ConfigError(f"bench data: views must be auto, actors or tasks, not {views!r}")
-    actors = measured >= DataConfig().views_actor_rows if views == "auto" else views == "actors"
-    make_views = partial(
-        bench_views,
-        image_size=image_size,
-        local_crops=local_crops,
-        local_crop_size=local_crop_size,
-        augment=augment,
-        mask_mode=mask_mode,
-    )
+    files, available, actors = measured_rows(shards_dir, cpus, batch_size, rows, views)
+    views_setting = dict(image_size=image_size, local_crops=local_crops, local_crop_size=local_crop_size)
+    make_views = partial(bench_views, **views_setting, augment=augment, mask_mode=mask_mode)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the driver only receives batches; the workers do the work
     try:
@@ -264,20 +246,38 @@ def bench_data(
         "cpus": cpus,
         "batch_size": batch_size,
         "rows": rows,
-        "image_size": image_size,
-        "local_crops": local_crops,
-        "local_crop_size": local_crop_size,
+        **views_setting,
         "augment": augment,
         "mask_mode": mask_mode,
         "views": ran,
-        "raydata_images_per_s": ray_rate,
-        "raydata_images_per_s_per_cpu": ray_rate / cpus,
-        "raydata_startup_s": ray_startup,
-        "raydata_images_per_cpu_s": ray_cpu_rate,
+        **rates("raydata", ray_startup, ray_rate, ray_cpu_rate, cpus),
         "raydata_actors_ready_s": actors_ready if actors else 0.0,
-        "dataloader_images_per_s": dl_rate,
-        "dataloader_images_per_s_per_cpu": dl_rate / cpus,
-        "dataloader_startup_s": dl_startup,
-        "dataloader_images_per_cpu_s": dl_cpu_rate,
+        **rates("dataloader", dl_startup, dl_rate, dl_cpu_rate, cpus),
         "ratio": ray_rate / dl_rate,
+    }
+
+
+def measured_rows(shards_dir: str, cpus: int, batch_size: int, rows: int, views: str) -> tuple[list, int, bool]:
+    """(the shard files, their rows, whether Ray Data's views run in actors), the settings checked."""
+    if cpus < 1:
+        raise ConfigError(f"bench data: cpus must be at least 1, got {cpus}")
+    files = shard_files(shards_dir)
+    available = sum(s["num_rows"] for s in read_manifest(shards_dir)["shards"])
+    measured = min(rows, available) if rows else available
+    if measured < 2 * batch_size:
+        raise ConfigError(
+            f"bench data: {measured} rows make fewer than 2 batches of {batch_size}; "
+            f"use more rows or a smaller batch size"
+        )
+    if views not in ("auto", "actors", "tasks"):
+        raise ConfigError(f"bench data: views must be auto, actors or tasks, not {views!r}")
+    return files, available, (measured >= DataConfig().views_actor_rows if views == "auto" else views == "actors")
+
+
+def rates(pipeline: str, startup: float, rate: float, cpu_rate: float, cpus: int) -> dict:
+    return {
+        f"{pipeline}_images_per_s": rate,
+        f"{pipeline}_images_per_s_per_cpu": rate / cpus,
+        f"{pipeline}_startup_s": startup,
+        f"{pipeline}_images_per_cpu_s": cpu_rate,
     }

@@ -173,25 +173,31 @@ def step_benchmark(
         for step in range(repeats)
     ]
     parts.watch.check()  # a benchmark of a diverging step would measure nothing
+    setting = {"precision": precision, "fused_adamw": fused, "compile": compile, "repeats": repeats}
+    return step_result(exp, parts, dev, batch_size, rows, timer.burst, setting)
+
+
+def step_result(
+    exp, parts: StepParts, dev: torch.device, batch_size: int, rows: list[dict], burst: int, setting: dict
+) -> dict:
+    """The figures of `step_benchmark` from its timed rows (medians), with the FLOP count and the
+    device's peak: images/s and MFU."""
     median = {k: float(np.median([r[k] for r in rows])) for k in rows[0]}
     flops = flops_per_step(exp, batch_size=batch_size)
-    peak, peak_source = device_peak(dev, precision)
+    peak, peak_source = device_peak(dev, setting["precision"])
     return {
         "model_size": exp.model.size,
         "batch_size": batch_size,
         "device_kind": "gpu" if dev.type == "cuda" else "cpu",
         "device": device_name(dev),
         "threads": torch.get_num_threads(),
-        "precision": precision,
-        "fused_adamw": fused,
-        "compile": compile,
-        "repeats": repeats,
-        "burst": timer.burst,
+        **setting,
+        "burst": burst,
         **median,
         # Per repeat: the component sum over the step timed right before it.
         "components_over_step": (
             float(np.median([sum(r[f"{c}_s"] for c in COMPONENTS) / r["step_s"] for r in rows]))
-            if not compile
+            if not setting["compile"]
             else None
         ),
         "images_per_s": batch_size / median["step_s"],

@@ -10,7 +10,8 @@ import numpy as np
 from tipslab.jobs import storage
 from tipslab.jobs.data.scenes import captions
 from tipslab.jobs.data.scenes.geometry import SHAPES
-from tipslab.jobs.data.scenes.render import COLOURS, MATERIALS, render_scene
+from tipslab.jobs.data.scenes.layout import COLOURS, MATERIALS
+from tipslab.jobs.data.scenes.render import render_scene
 from tipslab.jobs.data.shards.format import encode_normals, encode_png, write_manifest, write_shard
 from tipslab.models.errors import ConfigError
 

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 
 from tipslab.jobs import storage
 from tipslab.jobs.data.pipeline.streaming import split_dir
-from tipslab.jobs.data.scenes.render import CLASSES
+from tipslab.jobs.data.scenes.layout import CLASSES
 from tipslab.jobs.data.shards.format import shard_files
 from tipslab.jobs.eval.evalsets.base import EvalSet, EvalSplit, read_depth_mm, read_label_map, read_normals_png
 

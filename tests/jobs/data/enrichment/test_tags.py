@@ -69,7 +69,7 @@ def _scene_words() -> dict[str, set[str]]:
             "checkered",
         },
     }
-    for module in ("render", "generate", "geometry", "captions"):
+    for module in ("layout", "render", "generate", "geometry", "captions"):
         mod = importlib.import_module(f"tipslab.jobs.data.scenes.{module}")
         for name, kind in (
             ("SHAPES", "objects"),

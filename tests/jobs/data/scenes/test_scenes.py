@@ -6,6 +6,7 @@ import pytest
 
 from tipslab.jobs.data.scenes import captions as scene_captions
 from tipslab.jobs.data.scenes import generate
+from tipslab.jobs.data.scenes import layout as scene_layout
 from tipslab.jobs.data.scenes import render as scenes
 from tipslab.jobs.data.scenes.geometry import HEIGHT, SHAPES, intersect
 from tipslab.jobs.data.shards.format import decode_normals, decode_png, read_manifest, shard_files, verify_shards
@@ -48,9 +49,9 @@ def test_maps_agree_with_objects(rendered):
         counts = np.bincount(s["instances"].ravel(), minlength=len(objs) + 1)
         assert len(counts) == len(objs) + 1  # no id beyond the listed objects
         for o in objs:
-            assert scenes.CLASSES[o["class_id"]] == o["shape"]
+            assert scene_layout.CLASSES[o["class_id"]] == o["shape"]
             assert counts[o["id"]] == o["visible_pixels"] > 0  # every listed object is visible
-            assert o["visible_pixels"] >= scenes.MIN_VISIBLE * o["area"]
+            assert o["visible_pixels"] >= scene_layout.MIN_VISIBLE * o["area"]
             if o["on"]:  # resting on another object: its base is the support's top
                 support = objs[o["on"] - 1]
                 top = support["base_y"] + HEIGHT[support["shape"]] * support["extent"]
@@ -112,9 +113,9 @@ def test_occlusion_follows_depth(rendered):
 
 
 def test_objects_against_the_sky_keep_their_depth():
-    layout = scenes.sample_layout(5)
+    layout = scene_layout.sample_layout(5)
     layout.update(camera={"height": 0.6, "pitch": 0.05}, wall=None)
-    layout["objects"] = [scenes.make_object("cube", "red", "large", "matte", 0.0, 6.0)]
+    layout["objects"] = [scene_layout.make_object("cube", "red", "large", "matte", 0.0, 6.0)]
     s = scenes.render_layout(layout)
     sky_rows = np.flatnonzero((s["depth"] == 0).any(1))
     cube = s["instances"] == 1
@@ -125,7 +126,7 @@ def test_objects_against_the_sky_keep_their_depth():
 def test_intersections_are_exact():
     rays = np.array([[0.0, 0.0, 1.0], [0.0, -1.0, 0.0], [0.0, 0.0, -1.0]])
     for shape in SHAPES:
-        o = scenes.make_object(shape, "red", "large", "matte", 0.0, 5.0, extent=1.0)
+        o = scene_layout.make_object(shape, "red", "large", "matte", 0.0, 5.0, extent=1.0)
         origin = np.array([0.0, 0.5, 0.0])
         t, n = intersect(o, origin, rays[:1])
         # a horizontal ray at mid-height of the base meets the front face of the shape
@@ -144,33 +145,33 @@ def test_intersections_are_exact():
 
 
 def test_attributes_and_settings_vary():
-    layouts = [scenes.sample_layout(seed) for seed in range(80)]
+    layouts = [scene_layout.sample_layout(seed) for seed in range(80)]
     objs = [o for la in layouts for o in la["objects"]]
     assert {len(la["objects"]) for la in layouts} == {1, 2, 3, 4}
     assert {o["shape"] for o in objs} == set(SHAPES)
-    assert {o["colour"] for o in objs} == set(scenes.COLOURS)
-    assert {o["material"] for o in objs} == set(scenes.MATERIALS)
+    assert {o["colour"] for o in objs} == set(scene_layout.COLOURS)
+    assert {o["material"] for o in objs} == set(scene_layout.MATERIALS)
     assert {o["size"] for o in objs} == {"small", "large"}
-    assert {o["pattern"] for o in objs} == set(scenes.PATTERNS)
+    assert {o["pattern"] for o in objs} == set(scene_layout.PATTERNS)
     assert any(o["on"] is not None for o in objs)
-    assert {la["ground_texture"] for la in layouts} == set(scenes.GROUND_TEXTURES)
+    assert {la["ground_texture"] for la in layouts} == set(scene_layout.GROUND_TEXTURES)
     assert {la["wall"] is None for la in layouts} == {True, False}
     for la in layouts:
         pairs = [(o["shape"], o["colour"]) for o in la["objects"]]
         assert len(set(pairs)) == len(pairs)  # "the red cube" always names one object
-    assert all(len(scenes.sample_layout(s, max_objects=1)["objects"]) == 1 for s in range(5))
+    assert all(len(scene_layout.sample_layout(s, max_objects=1)["objects"]) == 1 for s in range(5))
 
 
 def _constructed_scene():
     """A red metal sphere front left, a yellow cube back right with a green sphere on top."""
-    layout = scenes.sample_layout(3)
+    layout = scene_layout.sample_layout(3)
     cam = layout["camera"]
     z = lambda depth: (depth - cam["height"] * math.sin(cam["pitch"])) / math.cos(cam["pitch"])  # noqa: E731
-    cube = scenes.make_object("cube", "yellow", "large", "matte", 1.8, z(8.0))
+    cube = scene_layout.make_object("cube", "yellow", "large", "matte", 1.8, z(8.0))
     layout["objects"] = [
-        scenes.make_object("sphere", "red", "large", "metal", -1.5, z(5.0)),
+        scene_layout.make_object("sphere", "red", "large", "metal", -1.5, z(5.0)),
         cube,
-        scenes.make_object(
+        scene_layout.make_object(
             "sphere", "green", "small", "rubber", 1.8, z(8.0), on=1, base_y=2 * cube["extent"], pattern="striped"
         ),
     ]
@@ -216,7 +217,7 @@ def test_synthetic_caption_names_every_visible_object(rendered):
 
 def test_web_noise_rate_is_honoured():
     objs = _constructed_scene()["objects"]
-    vocab = set(scenes.COLOURS) | set(SHAPES) | set(scenes.MATERIALS)
+    vocab = set(scene_layout.COLOURS) | set(SHAPES) | set(scene_layout.MATERIALS)
     for text in scene_captions.GENERIC:
         assert not set(text.split()) & vocab and generate.caption_tags(text) == []
     for rate in (0.0, 0.3, 1.0):
