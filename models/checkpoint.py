@@ -40,6 +40,8 @@ def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict:
     is a DataError naming it."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except RuntimeError as err:  # torch's reader: not a file torch.save wrote (truncated, another format)
+        raise DataError(f"{path}: not a checkpoint file ({str(err).splitlines()[0][:200]})") from None
     except pickle.UnpicklingError as err:
         reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         raise DataError(

@@ -7,7 +7,7 @@ import os
 import tempfile
 import time
 
-from .errors import UserError
+from .errors import PATH_ERRORS, UserError
 from .runtime import ensure_ray, home, tracking_uri
 
 
@@ -42,7 +42,7 @@ def experiment_for(checkpoint: str, data: list[str] | None):
     try:
         with local_checkpoint(checkpoint) as folder:
             exp = load_state(folder)["config"]
-    except (FileNotFoundError, OSError, ValueError) as err:
+    except PATH_ERRORS as err:  # a bad checkpoint's contents are a DataError already
         raise UserError(f"{checkpoint}: cannot read the checkpoint ({err})") from None
     ev = dict(exp.get("eval") or {})
     parse_data(data, ev)
@@ -70,15 +70,11 @@ def probe_splits_ready(exp) -> None:
 
 
 def run_evaluation(checkpoint: str, exp, out_dir: str, address: str | None):
-    from tipslab.jobs.eval.evalsets import EvalDataError
     from tipslab.jobs.eval.evaluate import evaluate
 
     probe_splits_ready(exp)
     ensure_ray(address)
-    try:
-        return evaluate(checkpoint, exp, out_dir)
-    except (EvalDataError, ValueError) as err:
-        raise UserError(str(err)) from None
+    return evaluate(checkpoint, exp, out_dir)  # bad datasets are DataErrors, bad settings ConfigErrors
 
 
 def append_to_run(client, run_id: str, result, out_dir: str) -> None:
