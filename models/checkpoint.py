@@ -14,6 +14,7 @@ import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 
@@ -35,11 +36,20 @@ def save_checkpoint(directory: str | os.PathLike, state: dict) -> Path:
     return path
 
 
+def numpy_scalars() -> list:
+    """numpy scalars (plain numbers; checkpoints written before 2026-12-05 hold a learning rate as
+    one): rebuilt from a dtype and its bytes, nothing else."""
+    multiarray = getattr(np, "_core", None) or np.core
+    kinds = (np.float64, np.float32, np.float16, np.int64, np.int32, np.bool_)
+    return [multiarray.multiarray.scalar, np.dtype, *{type(np.dtype(k)) for k in kinds}]
+
+
 def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict:
     """The contents of a `model.pt`, as data only (module docstring); a file holding anything else
     is a DataError naming it."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        with torch.serialization.safe_globals(numpy_scalars()):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except RuntimeError as err:  # torch's reader: not a file torch.save wrote (truncated, another format)
         raise DataError(f"{path}: not a checkpoint file ({str(err).splitlines()[0][:200]})") from None
     except pickle.UnpicklingError as err:

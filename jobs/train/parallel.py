@@ -42,6 +42,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 from torch.nn.utils import parametrize
 
+from tipslab.models.checkpoint import numpy_scalars
 from tipslab.models.errors import DataError
 
 
@@ -252,7 +253,8 @@ class DataOnlyReader(FileSystemReader):
 
 def _data_only(value: io.BytesIO, where):
     try:
-        return torch.load(value, weights_only=True)
+        with torch.serialization.safe_globals(numpy_scalars()):
+            return torch.load(value, weights_only=True)
     except pickle.UnpicklingError as err:
         raise DataError(f"a sharded checkpoint's value {where}: refused: not plain data ({err})") from None
 

@@ -37,10 +37,10 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def apply_schedules(optimizer, sched: "Schedules", step: int) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = sched.lr[step]
+    for group in optimizer.param_groups:  # plain floats: a checkpoint holds plain values only
+        group["lr"] = float(sched.lr[step])
         if group.get("decay"):
-            group["weight_decay"] = sched.weight_decay[step]
+            group["weight_decay"] = float(sched.weight_decay[step])
 
 
 class Schedules:

@@ -83,3 +83,22 @@ def test_the_watch_names_the_first_non_finite_step_and_term(home):
         tips_step(parts, batch, step=step, **kw)
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 7: term 'clip_web' = nan"):
         watch.check()
+
+
+def test_the_optimizer_state_the_loop_checkpoints_is_plain_data(home, tmp_path):
+    """Scheduled learning rates are plain floats, so that a checkpoint reads back as data only; one
+    written before (numpy scalars in it) still reads."""
+    import numpy as np
+
+    from tipslab.models.checkpoint import load_state, save_checkpoint
+
+    parts, batch = tiny_setup()
+    parts.step(batch, 3, 3)
+    groups = parts.optimizer.state_dict()["param_groups"]
+    assert all(type(g["lr"]) is float and type(g["weight_decay"]) is float for g in groups)
+    save_checkpoint(tmp_path / "new", {"optimizer": parts.optimizer.state_dict()})
+    assert load_state(tmp_path / "new")["optimizer"]["param_groups"][0]["lr"] == groups[0]["lr"]
+    old = parts.optimizer.state_dict()
+    old["param_groups"][0]["lr"] = np.float64(0.5)
+    save_checkpoint(tmp_path / "old", {"optimizer": old})
+    assert load_state(tmp_path / "old")["optimizer"]["param_groups"][0]["lr"] == 0.5
