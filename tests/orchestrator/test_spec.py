@@ -309,7 +309,7 @@ def test_each_size_plans_its_own_trials(name, variants, home, cluster_data):
     assert [t.name for t in mini.trials] == [f"{v}-seed{s}" for v in variants for s in (0, 1, 2)]
     for t in mini.trials:
         c = t.config
-        assert (c["data"]["source"], c["model"]["size"], c["train"]["steps"]) == ("scenes", "tiny", 600)
+        assert (c["data"]["source"], c["model"]["size"], c["train"]["steps"]) == ("scenes", "tiny", 1500)
         assert c["eval"]["datasets"] == {} and c["train"]["gpus_per_worker"] == 0 and c["train"]["seed"] == t.seed
     assert {m["key"] for m in mini.spec["metrics"]} == SCENE_PROBES
     assert len({t.config_hash for t in mini.trials}) == len(mini.trials)
@@ -353,7 +353,7 @@ def test_every_mini_overlay_validates(spec, home):
         c = t.config
         assert c["model"]["size"] in ("tiny", "small-cpu") and c["train"]["gpus_per_worker"] == 0
         assert c["data"]["source"] == "scenes" and c["eval"]["datasets"] == {}
-        assert smoke_steps < c["train"]["steps"] <= 1000  # longer than smoke, short enough for a 2-core trial
+        assert smoke_steps < c["train"]["steps"] <= 2000  # longer than smoke, short enough for a 2-core trial
         assert c["train"]["num_workers"] * c["train"]["cpus_per_worker"] + c["data"]["cpus"] <= 2
 
 
