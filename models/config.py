@@ -1,6 +1,6 @@
 """Configuration owned by the model layer: the towers and the objective.
 
-Values marked "unverified" in ../shared/PAPER.md are plain defaults here, easy to override.
+Values the papers do not state (marked "unverified") are plain defaults here, easy to override.
 """
 
 from dataclasses import dataclass, field
@@ -18,7 +18,7 @@ SIZES: dict[str, tuple[int, int, int, int]] = {
     "So400m": (1152, 27, 16, 4304),
     "g": (1536, 40, 24, 6144),
 }
-# Text tower depth: 12 layers, 27 for So400m (PAPER.md); tiny sizes follow the image tower.
+# Text tower depth: 12 layers, 27 for So400m (the TIPS paper); tiny sizes follow the image tower.
 TEXT_DEPTH = {"So400m": 27}
 MLP_KINDS = ("auto", "gelu", "swiglu")  # model.mlp
 CAPTION_MODES = ("web", "synthetic", "both_single_cls", "dual_cls")  # loss.caption_mode
@@ -62,18 +62,19 @@ class ModelConfig:
     vocab_size: int = 4096
     max_text_len: int = 64  # as in the paper
     # "hash" (needs no training; the walking skeleton) or the path of a SentencePiece
-    # tokenizer.model: the official one (PAPER.md) or one written by `train_sentencepiece_file`.
+    # tokenizer.model: the official one (released with the TIPS checkpoints) or one written by
+    # `train_sentencepiece_file`.
     tokenizer: str = "hash"
     init_temperature: float = 0.07
     # DINO/iBOT projection heads (MLP -> bottleneck -> L2 norm -> prototypes). Unverified for TIPS:
-    # DINOv2's defaults, 2048 hidden / 256 bottleneck (PAPER.md, "teacher").
+    # DINOv2's defaults, 2048 hidden / 256 bottleneck (unverified for TIPS).
     head_hidden: int = 2048
     head_bottleneck: int = 256
     distill_prototypes: int = 65536  # DINOv2's DINO head (unverified for TIPS)
     mim_prototypes: int = 32768  # TIPS: "32k prototypes" for L_mim (whether 32,768 or 32,000: unverified)
     # > 0 sets both prototype counts at once (what small configs use); 0 keeps the two above.
     head_prototypes: int = 0
-    # Tag2Text tagging head (PAPER.md: 2 layers, 4 heads), built only when loss.tag_weight > 0.
+    # Tag2Text tagging head (the Tag2Text paper: 2 layers, 4 heads), built only when loss.tag_weight > 0.
     num_tags: int = 0  # the tag vocabulary's size, set from the data (Tag2Text: 3,429)
     tag_layers: int = 2
     tag_heads: int = 4
@@ -110,7 +111,7 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    # α and β of the TIPS objective (PAPER.md: α = 1, β = 2). A weight of 0 removes the term,
+    # α and β of the TIPS objective (the TIPS paper: α = 1, β = 2). A weight of 0 removes the term,
     # its head and (when both are 0) the teacher.
     distill_weight: float = 1.0
     mim_weight: float = 2.0
@@ -123,7 +124,7 @@ class LossConfig:
     # tiny CPU runs lost most of their retrieval (measured: I->T R@1 1.2% vs 9.0%, 256 captions).
     clip_view: str = "clean"
     distill_cls: str = "cls_web"
-    # DINOv2 defaults, unverified for TIPS (PAPER.md): student 0.1; teacher 0.04 warmed up to 0.07
+    # DINOv2 defaults, unverified for TIPS: student 0.1; teacher 0.04 warmed up to 0.07
     # (the end and the warm-up length are train.teacher_temp_end and train.teacher_temp_warmup_steps);
     # centre momentum 0.9.
     student_temp: float = 0.1
@@ -135,7 +136,7 @@ class LossConfig:
     # γ of L_tag (Tag2Text tagging). 0 = off: no tagging head, no computation. The tags
     # (batch["tags"], multi-hot [B, model.num_tags]) come from the data pipeline.
     tag_weight: float = 0.0
-    # Tag2Text's asymmetric loss (PAPER.md): γ- = 7, γ+ = 0, probability clip 0.05.
+    # Tag2Text's asymmetric loss (the Tag2Text paper): γ- = 7, γ+ = 0, probability clip 0.05.
     tag_gamma_neg: float = 7.0
     tag_gamma_pos: float = 0.0
     tag_clip: float = 0.05

@@ -1,10 +1,10 @@
 """The TIPS text tower: a pre-LN transformer encoder of the image tower's width.
 
 ReLU MLP, fixed sinusoidal positions, token embeddings scaled by sqrt(width), final LayerNorm,
-mean over non-padding tokens (PAPER.md). It also holds the learned contrastive temperature, as the
-official text checkpoint does. The numerics follow the official PyTorch encoder (LayerNorm eps 1e-5,
-its [sin | cos] position table) so that official weights, mapped by models/official.py, give the
-official embeddings.
+mean over non-padding tokens (the TIPS paper and its official code). It also holds the learned
+contrastive temperature, as the official text checkpoint does. The numerics follow the official
+PyTorch encoder (LayerNorm eps 1e-5, its [sin | cos] position table) so that official weights, mapped
+by models/official.py, give the official embeddings.
 """
 
 import math

@@ -20,7 +20,7 @@ from .config import MLP_KINDS, ModelConfig  # noqa: F401  (MLP_KINDS: ModelConfi
 
 
 def mlp_kind(cfg: ModelConfig) -> str:
-    """gelu or swiglu; "auto" picks SwiGLU for size g only (PAPER.md: "g ... with SwiGLU")."""
+    """gelu or swiglu; "auto" picks SwiGLU for size g only (the TIPS paper: "g ... with SwiGLU")."""
     if cfg.mlp == "auto":
         return "swiglu" if cfg.size == "g" else "gelu"
     return cfg.mlp

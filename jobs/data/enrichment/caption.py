@@ -1,7 +1,7 @@
 """The captioner stage: ``synthetic_caption`` from an image-to-text model, in a Ray Data actor pool.
 
 TIPS replaces noisy web captions with dense synthetic ones made by an image captioner (PaliGemma in
-the paper, PAPER.md). Here any Hugging Face transformers image-to-text model saved in a local folder
+the TIPS paper). Here any Hugging Face transformers image-to-text model saved in a local folder
 (``save_pretrained``: its model, image processor and tokenizer) fills the column: it is loaded with
 ``local_files_only`` and ``HF_HUB_OFFLINE``, so nothing is ever downloaded. Each actor holds one
 copy of the model, with one GPU when the cluster has GPUs. Rows whose image cannot be decoded keep

@@ -1,7 +1,7 @@
 """A small English lexicon for Tag2Text-style caption parsing (see tags.py).
 
 Tag2Text parses captions with a dependency parser and keeps objects/scenes, attributes and actions
-(PAPER.md). spaCy's models cannot be installed here, so the parser relies on these word lists plus
+(the Tag2Text paper). spaCy's models cannot be installed here, so the parser relies on these word lists plus
 rules. Words are stored in their tag form: nouns singular, verbs in the base form. The procedural
 scenes' shape, colour, size, material, pattern, wall, ground and sky words are all listed, and the
 COCO object classes. Material nouns (stone, sand, brick) are also attributes: "a sand floor" gives

@@ -1,6 +1,6 @@
 """Tag2Text-style tags: captions parsed into objects, attributes and actions, and their vocabulary.
 
-Tag2Text (PAPER.md) takes the heads of a caption's noun phrases as objects/scenes, their modifiers
+Tag2Text (ICLR 2024) takes the heads of a caption's noun phrases as objects/scenes, their modifiers
 as attributes and its relations as actions, and keeps the tags parsed often enough as its
 vocabulary. Without a dependency parser, a noun phrase here is a run of words between stopwords,
 punctuation and verbs; its last word is the head and the words before it modify it. A head is an

@@ -1,6 +1,6 @@
 """The MIM masks over the global crop's patch grid: random, or blockwise (BEiT/iBOT/DINOv2 style).
 
-TIPS masks 75% of the patches at random; blockwise masking at 75% scored the same (PAPER.md). Both
+TIPS masks 75% of the patches at random; blockwise masking at 75% scored the same (the TIPS paper's ablation). Both
 modes mask exactly `round(ratio * patches)` patches, so every row of a batch has the same count and
 the masked-token tensors have static sizes (DINOv2 makes its masks in the data pipeline too).
 """
