@@ -241,8 +241,11 @@ def render_layout(layout: dict, *, seed: int = 0, web_noise: float = 0.3) -> dic
         "objects": objects,
         "camera": cam,
         "setting": setting,
-        "web_caption": captions.web_caption(cap_rng, objects, web_noise),
-        "synthetic_caption": captions.synthetic_caption(cap_rng, objects, setting, size, DEPTH_RANGE),
+        # A layout whose objects were all clipped away gets no captions: render_scene draws it again.
+        "web_caption": captions.web_caption(cap_rng, objects, web_noise) if objects else "",
+        "synthetic_caption": (
+            captions.synthetic_caption(cap_rng, objects, setting, size, DEPTH_RANGE) if objects else ""
+        ),
     }
 
 
