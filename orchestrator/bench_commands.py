@@ -15,9 +15,8 @@ from pathlib import Path
 from tipslab.jobs.bench import COMPONENTS
 
 from .bench_runs import (
-    device,
     import_step_results,
-    log_bench,
+    log_cpu_bench,
     log_step_result,
     measure_trial,
     run_step_job,
@@ -26,6 +25,13 @@ from .bench_runs import (
 )
 from .errors import PATH_ERRORS, UserError
 from .plan import BENCH_EXPERIMENT as EXPERIMENT
+
+
+def printed_json(args, result) -> bool:
+    """With --json, the result as JSON (stable keys) on stdout, and nothing else."""
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return args.json
 
 
 def cmd_bench_step(args) -> None:
@@ -50,8 +56,7 @@ def cmd_bench_step(args) -> None:
             result = run_step_job(job)
             result["mlflow_run_id"] = log_step_result(result, job["exp"], " ".join(args.overrides))
             results.append(result)
-    if args.json:
-        print(json.dumps(results, indent=2))
+    if printed_json(args, results):
         return
     for r in results:
         print(
@@ -104,8 +109,7 @@ def cmd_bench_flops(args) -> None:
                 "flops_per_image": sum(p.total for p in parts) / batch,
             }
         )
-    if args.json:
-        print(json.dumps(rows, indent=2))
+    if printed_json(args, rows):
         return
     for r in rows:
         passes = "masked and clean" if r["student_global_passes"] == 2 else "one"
@@ -164,12 +168,10 @@ def cmd_bench_data(args) -> None:
         )
     except PATH_ERRORS as err:  # bad shards or settings are UserErrors already
         raise UserError(str(err)) from None
-    result.update(device_kind="cpu", device=device(), shards=shards)
+    result["shards"] = shards
     metrics = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    params = {k: result[k] for k in ("shards", "augment", "mask_mode", "views")}
-    result["mlflow_run_id"] = log_bench("data", "none", result, metrics, params)
-    if args.json:
-        print(json.dumps(result, indent=2))
+    log_cpu_bench("data", "none", result, metrics, {k: result[k] for k in ("shards", "augment", "mask_mode", "views")})
+    if printed_json(args, result):
         return
     print(
         f"TIPS views ({result['image_size']} px global crop, {result['local_crops']} local crops of "
@@ -187,8 +189,7 @@ def cmd_bench_data(args) -> None:
 
 def cmd_bench_trial(args) -> None:
     result = measure_trial(args)
-    if args.json:
-        print(json.dumps(result, indent=2))
+    if printed_json(args, result):
         return
     print(
         f"one {result['model_size']} trial: {result['launch_to_first_step_s']:.1f} s from launch to its first "
@@ -208,16 +209,14 @@ def cmd_bench_overhead(args) -> None:
     ensure_scenes(exp)
     ensure_ray()
     result = bench_overhead(exp, storage_path(), steps=args.steps, warmup=args.warmup)
-    result.update(device_kind="cpu", device=device())
-    result["mlflow_run_id"] = log_bench(
+    log_cpu_bench(
         "overhead",
         result["model_size"],
         result,
         {k: result[k] for k in ("plain_step_s", "ray_step_s", "ratio")},
         {"steps": args.steps, "warmup": args.warmup, "overrides": " ".join(args.overrides)},
     )
-    if args.json:
-        print(json.dumps(result, indent=2))
+    if printed_json(args, result):
         return
     print(f"plain PyTorch loop: {result['plain_step_s'] * 1000:.1f} ms/step")
     print(f"Ray Train (1 worker): {result['ray_step_s'] * 1000:.1f} ms/step")
@@ -236,14 +235,12 @@ def cmd_bench_ingest(args) -> None:
 
         ensure_ray()
     result = bench_ingest(n=args.n, size=args.size, tars=args.tars, parallel=args.parallel)
-    result.update(device_kind="cpu", device=device())
     metrics = {
         f"{fmt.split(',')[0]}{'_ray' if ',' in fmt else ''}_rows_per_s": r["rows_per_s"]
         for fmt, r in result["formats"].items()
     }
-    result["mlflow_run_id"] = log_bench("ingest", "none", result, metrics, {"n": args.n, "size": args.size})
-    if args.json:
-        print(json.dumps(result, indent=2))
+    log_cpu_bench("ingest", "none", result, metrics, {"n": args.n, "size": args.size})
+    if printed_json(args, result):
         return
     print(f"ingestion of {args.n} JPEGs of {args.size}x{args.size} px:")
     print(f"{'format':<28}{'rows':>6}{'seconds':>9}{'rows/s':>9}")
@@ -256,12 +253,8 @@ def cmd_bench_scenes(args) -> None:
     from tipslab.jobs.bench.scenes import bench_scenes
 
     result = bench_scenes(args.size, args.n)
-    result.update(device_kind="cpu", device=device())
-    result["mlflow_run_id"] = log_bench(
-        "scenes", "none", result, {k: v for k, v in result.items() if k.endswith("_s")}, {"size": args.size}
-    )
-    if args.json:
-        print(json.dumps(result, indent=2))
+    log_cpu_bench("scenes", "none", result, {k: v for k, v in result.items() if k.endswith("_s")}, {"size": args.size})
+    if printed_json(args, result):
         return
     print(
         f"{args.n} scenes of {args.size} px: {result['render_per_cpu_s']:.1f} rendered per CPU-second, "

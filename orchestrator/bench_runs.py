@@ -52,6 +52,13 @@ def log_bench(bench: str, model_size: str, result: dict, metrics: dict, params: 
     return log(tracking_uri(), bench, model_size, result, metrics, params)
 
 
+def log_cpu_bench(bench: str, model_size: str, result: dict, metrics: dict, params: dict) -> None:
+    """A benchmark that ran on this machine's CPUs: its device named in `result`, its run logged
+    (`result["mlflow_run_id"]`)."""
+    result.update(device_kind="cpu", device=device())
+    result["mlflow_run_id"] = log_bench(bench, model_size, result, metrics, params)
+
+
 def device(gpu: bool = False) -> str:
     """The name of this machine's CPU, or of its GPU (jobs/bench/device.py names both)."""
     import torch
