@@ -20,7 +20,9 @@ from tipslab.models.errors import ConfigError
 STRATEGIES = ("ddp", "fsdp")  # train.strategy
 AUGMENTS = ("none", "dinov2")  # data.augment
 # eval.probes: the probes of jobs/eval/probes, in run order.
-ALL_PROBES = ("zero_shot", "retrieval", "segmentation", "depth", "normals", "knn")
+# web_retrieval: retrieval on a sharded probe split against its web captions with CLS_1, beside
+# `retrieval` against eval.retrieval_caption (the paper checks both caption kinds).
+ALL_PROBES = ("zero_shot", "retrieval", "web_retrieval", "segmentation", "depth", "normals", "knn")
 RETRIEVAL_CAPTIONS = ("web_caption", "synthetic_caption")  # eval.retrieval_caption
 
 
@@ -146,11 +148,9 @@ class EvalConfig:
     dataset: str = "scenes"
     probe_train_split: str = "probe_train"
     probe_test_split: str = "probe_test"
-    # Which probes run (jobs/eval/probes): zero_shot, retrieval, segmentation, depth, normals, knn. Each
-    # dataset runs those of them that its labels allow.
-    probes: list[str] = field(
-        default_factory=lambda: ["zero_shot", "retrieval", "segmentation", "depth", "normals", "knn"]
-    )
+    # Which probes run (jobs/eval/probes): zero_shot, retrieval, web_retrieval, segmentation, depth,
+    # normals, knn. Each dataset runs those of them that its labels allow.
+    probes: list[str] = field(default_factory=lambda: list(ALL_PROBES))
     # Standard-format datasets evaluated besides the probe splits: {name: folder}, names from
     # jobs/eval/evalsets (imagenet, coco, flickr30k, pascal_voc, ade20k, nyuv2).
     datasets: dict[str, str] = field(default_factory=dict)

@@ -51,7 +51,7 @@ def cls_tokens(exp: ExperimentConfig, shards: bool) -> dict[str, str]:
     CLS_1, as in the paper, unless eval.retrieval_token names one."""
     ev = exp.eval
     retrieval = token_for_retrieval(exp.loss, ev) if shards or ev.retrieval_token != "auto" else "cls_web"
-    return {"retrieval": retrieval, "zero_shot": ev.zero_shot_token, "knn": ev.knn_token}
+    return {"retrieval": retrieval, "web_retrieval": "cls_web", "zero_shot": ev.zero_shot_token, "knn": ev.knn_token}
 
 
 def load_data(name: str, path: str | None, exp: ExperimentConfig) -> EvalSet:
@@ -91,25 +91,30 @@ def extract(checkpoint: str, es: EvalSet, runnable: list[str], ev: EvalConfig, s
     train = es.train if any(PROBES[p].TRAINED for p in runnable) else None
     splits = [es.test] + ([train] if train is not None else [])
     captions = es.test.captions if "retrieval" in runnable else []
+    web = es.test.web_captions if "web_retrieval" in runnable else []
     prompt_texts = prompts(es.class_names, ev.zero_shot_templates) if "zero_shot" in runnable else []
     feats = features(
         checkpoint,
         [k for s in splits for k in s.keys],
         [im for s in splits for im in s.images],
-        captions + prompt_texts,
+        captions + web + prompt_texts,
         size,
         patches,
         ev.batch_size,
     )
     texts = torch.from_numpy(feats.pop("text"))
     n = len(es.test)
+    caption_emb, web_emb = texts[: len(captions)], texts[len(captions) : len(captions) + len(web)]
     test = SplitFeatures(
-        es.test, {k: torch.from_numpy(v[:n]) for k, v in feats.items()}, texts[: len(captions)] if captions else None
+        es.test,
+        {k: torch.from_numpy(v[:n]) for k, v in feats.items()},
+        caption_emb if captions else None,
+        web_emb if web else None,
     )
     train_feats = SplitFeatures(train, {k: torch.from_numpy(v[n:]) for k, v in feats.items()}) if train else None
     prompt_emb = None
     if prompt_texts:
-        prompt_emb = texts[len(captions) :].reshape(-1, len(ev.zero_shot_templates), texts.shape[-1])
+        prompt_emb = texts[len(captions) + len(web) :].reshape(-1, len(ev.zero_shot_templates), texts.shape[-1])
     return train_feats, test, prompt_emb
 
 

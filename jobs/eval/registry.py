@@ -10,6 +10,7 @@ RETRIEVAL_KS = (1, 5, 10)  # recall@k of image->text and text->image retrieval
 METRICS = {  # probe -> {metric: "max" | "min"}
     "zero_shot": {"zero_shot_top1": "max"},
     "retrieval": {f"{d}_r{k}": "max" for d in ("i2t", "t2i") for k in RETRIEVAL_KS},
+    "web_retrieval": {f"web_{d}_r{k}": "max" for d in ("i2t", "t2i") for k in RETRIEVAL_KS},
     "segmentation": {"seg_miou": "max"},
     "depth": {"depth_rmse": "min", "depth_absrel": "min", "depth_delta1": "max"},
     "normals": {"normals_mean_angle": "min"},

@@ -34,6 +34,7 @@ class EvalSplit:
     normals: np.ndarray | None = None  # [N, S, S, 3] float32 unit vectors (camera frame), 0 = none
     captions: list[str] | None = None  # texts for retrieval
     caption_image: np.ndarray | None = None  # [T] index of each caption's image
+    web_captions: list[str] | None = None  # a shard split's web captions, one per image (web_retrieval)
 
     def __len__(self) -> int:
         return len(self.keys)

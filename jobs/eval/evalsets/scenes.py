@@ -14,6 +14,7 @@ from tipslab.jobs.data.scenes.layout import CLASSES
 from tipslab.jobs.data.shards.format import shard_files
 from tipslab.jobs.eval.evalsets.base import EvalSet, EvalSplit, read_depth_mm, read_label_map, read_normals_png
 
+WEB_CAPTION = "web_caption"
 DENSE = {"segmentation": read_label_map, "depth": read_depth_mm, "normals": read_normals_png}
 
 
@@ -21,7 +22,8 @@ def read_split(root: str, split: str, size: int, caption_column: str) -> tuple[E
     """One split in memory (probe splits are hundreds of images); returns it and its columns."""
     files = [storage.resolve(f) for f in shard_files(split_dir(root, split))]
     columns = set(pq.read_schema(files[0][1], filesystem=files[0][0]).names)
-    wanted = ["key", "image"] + [c for c in ("label", caption_column, *DENSE) if c in columns]
+    extra = ("label", caption_column, WEB_CAPTION, *DENSE)
+    wanted = ["key", "image"] + [c for c in dict.fromkeys(extra) if c in columns]
     parts = [pq.read_table(path, columns=wanted, filesystem=fs).to_pydict() for fs, path in files]
     rows = {c: [v for p in parts for v in p[c]] for c in wanted}
     keys = rows["key"]
@@ -38,6 +40,8 @@ def read_split(root: str, split: str, size: int, caption_column: str) -> tuple[E
     if caption_column in rows:
         out.captions = [c or "" for c in rows[caption_column]]
         out.caption_image = np.arange(len(keys))
+    if WEB_CAPTION in rows:
+        out.web_captions = [c or "" for c in rows[WEB_CAPTION]]
     return out, columns
 
 
@@ -59,10 +63,11 @@ def read(
         "knn": "label",
         "zero_shot": "label",
         "retrieval": caption_column,
+        "web_retrieval": WEB_CAPTION,
     }
     for probe, column in needs.items():
         missing = [s for s, cols in ((train_split, train_cols), (test_split, test_cols)) if column not in cols]
-        if probe in ("zero_shot", "retrieval"):  # training-free: only probe-test must have it
+        if probe in ("zero_shot", "retrieval", "web_retrieval"):  # training-free: only probe-test must have it
             missing = [s for s in missing if s == test_split]
         if missing:
             unavailable[probe] = f"the shards of {', '.join(missing)} have no {column!r} column"

@@ -6,12 +6,13 @@
   `score(model, probe_test features, ctx) -> {metric name: value}`.
 """
 
-from tipslab.jobs.eval.probes import depth, knn, normals, retrieval, segmentation, zero_shot
+from tipslab.jobs.eval.probes import depth, knn, normals, retrieval, segmentation, web_retrieval, zero_shot
 from tipslab.jobs.eval.probes.context import ProbeContext, SplitFeatures
 
 PROBES = {
     "zero_shot": zero_shot,
     "retrieval": retrieval,
+    "web_retrieval": web_retrieval,
     "segmentation": segmentation,
     "depth": depth,
     "normals": normals,

@@ -13,6 +13,7 @@ class SplitFeatures:
     split: EvalSplit
     image: dict[str, torch.Tensor]  # cls_web, cls_synthetic [N, D]; patch_tokens [N, P, D] when extracted
     text: torch.Tensor | None = None  # [T, D] embeddings of split.captions
+    web_text: torch.Tensor | None = None  # [N, D] embeddings of split.web_captions
 
 
 @dataclass

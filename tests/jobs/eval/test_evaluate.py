@@ -25,6 +25,7 @@ SCENE_KEYS = {
         "t2i_r1",
         "t2i_r5",
         "t2i_r10",
+        *(f"web_{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)),
         "seg_miou",
         "depth_rmse",
         "depth_absrel",

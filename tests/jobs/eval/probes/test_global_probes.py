@@ -6,7 +6,7 @@ import torch
 from probe_data import context, features, one_hot, split
 
 from tipslab.jobs.eval.evalsets import EvalSet
-from tipslab.jobs.eval.probes import knn, retrieval, zero_shot
+from tipslab.jobs.eval.probes import knn, retrieval, web_retrieval, zero_shot
 from tipslab.jobs.eval.registry import metric_goal
 
 rng = np.random.default_rng(0)
@@ -83,6 +83,22 @@ def test_retrieval_is_exact_when_captions_encode_their_image(captions_per_image)
     text = image[owner] + 0.05 * torch.randn(len(owner), dim)
     out = retrieval.recall_at_k(image, text, owner)
     assert out == {f"{d}_r{k}": 100.0 for d in ("i2t", "t2i") for k in (1, 5, 10)}
+
+
+def test_web_retrieval_reads_the_web_captions_with_the_web_token():
+    """Under dual CLS the main retrieval probe reads CLS_2; web retrieval must still read CLS_1 and
+    the web captions, and report under keys of its own."""
+    n, dim = 200, 32
+    web_token = torch.randn(n, dim)
+    s = split(n, "test", web_captions=[f"web {i}" for i in range(n)])
+    test = features(s, cls_web=web_token, cls_synthetic=torch.randn(n, dim))
+    test.web_text = web_token + 0.05 * torch.randn(n, dim)
+    ctx = context(EvalSet("toy", None, s), None, test)
+    ctx.tokens = {**ctx.tokens, "retrieval": "cls_synthetic", "web_retrieval": "cls_web"}
+    out = web_retrieval.score(None, test, ctx)
+    assert out == {f"web_{d}_r{k}": 100.0 for d in ("i2t", "t2i") for k in (1, 5, 10)}
+    ctx.tokens["web_retrieval"] = "cls_synthetic"  # the wrong token would be chance
+    assert web_retrieval.score(None, test, ctx)["web_i2t_r1"] < 5
 
 
 def test_retrieval_on_noise_is_chance():
