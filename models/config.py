@@ -74,6 +74,10 @@ class ModelConfig:
     mim_prototypes: int = 32768  # TIPS: "32k prototypes" for L_mim (whether 32,768 or 32,000: unverified)
     # > 0 sets both prototype counts at once (what small configs use); 0 keeps the two above.
     head_prototypes: int = 0
+    # DINO's norm_last_layer: the prototypes' weight-norm gain fixed at 1 and not trained (DINO's
+    # default). Learnt, the gain is the easy way for the student to score every prototype alike,
+    # matching the centred teacher only on average: on the scenes L_distill and L_MIM then sat at ln K.
+    head_norm_last_layer: bool = True
     # Tag2Text tagging head (the Tag2Text paper: 2 layers, 4 heads), built only when loss.tag_weight > 0.
     num_tags: int = 0  # the tag vocabulary's size, set from the data (Tag2Text: 3,429)
     tag_layers: int = 2

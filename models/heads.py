@@ -7,7 +7,7 @@ from torch.nn.utils.parametrizations import weight_norm
 
 
 class PrototypeHead(nn.Module):
-    def __init__(self, in_dim: int, hidden: int, bottleneck: int, prototypes: int):
+    def __init__(self, in_dim: int, hidden: int, bottleneck: int, prototypes: int, norm_last_layer: bool = True):
         super().__init__()
         self.mlp = nn.Sequential(
             nn.Linear(in_dim, hidden),
@@ -17,6 +17,11 @@ class PrototypeHead(nn.Module):
             nn.Linear(hidden, bottleneck),
         )
         self.prototypes = weight_norm(nn.Linear(bottleneck, prototypes, bias=False))
+        if norm_last_layer:  # every prototype scores the cosine itself: the gain is 1, for good
+            gain = self.prototypes.parametrizations.weight.original0
+            with torch.no_grad():
+                gain.fill_(1.0)
+            gain.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.prototypes(F.normalize(self.mlp(x), dim=-1, eps=1e-6))

@@ -18,7 +18,7 @@ from .vision import VisionTower
 
 def make_head(cfg: TIPSConfig, prototypes: int) -> PrototypeHead:
     m = cfg.model
-    return PrototypeHead(m.dims()[0], m.head_hidden, m.head_bottleneck, prototypes)
+    return PrototypeHead(m.dims()[0], m.head_hidden, m.head_bottleneck, prototypes, m.head_norm_last_layer)
 
 
 def make_tag_head(cfg: TIPSConfig) -> TagHead:

@@ -275,3 +275,45 @@ def test_masked_tokens_are_the_boolean_selection_without_a_host_read(ratio, patc
     picked = masked_tokens(tokens, masks, count)
     assert picked.shape == (6 * count, 5)
     assert torch.equal(picked, tokens[masks])
+
+
+def fit_to_unpredictable_targets(head, steps=300):
+    """Train a head on random inputs against random one-hot targets (nothing to learn) with the
+    student temperature; returns the final loss."""
+    g = torch.Generator().manual_seed(0)
+    opt = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=0.01, weight_decay=0.05)
+    for _ in range(steps):
+        x = torch.randn(64, 8, generator=g)
+        targets = torch.eye(K)[torch.randint(0, K, (64,), generator=g)]
+        loss = cross_entropy_to_targets(head(x), targets, student_temp=0.1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return loss.item()
+
+
+def test_the_prototype_gain_is_fixed_at_one_and_keeps_the_scores_apart():
+    """DINO's norm_last_layer. A head facing targets it cannot predict is pushed towards scoring
+    every prototype alike (loss ln K, where L_distill sat on the scenes). A learnt gain gives it the
+    easy way there: it shrinks. Fixed at 1, the gain stays, and the scores keep several times the
+    spread."""
+    from tipslab.models.heads import PrototypeHead
+
+    torch.manual_seed(0)
+    fixed = PrototypeHead(8, 16, 8, K)
+    gain = fixed.prototypes.parametrizations.weight.original0
+    assert not gain.requires_grad and torch.all(gain == 1)
+    assert torch.allclose(fixed.prototypes.weight.norm(dim=1), torch.ones(K))
+    fit_to_unpredictable_targets(fixed)
+    assert torch.all(gain == 1)
+
+    torch.manual_seed(0)
+    learnt = PrototypeHead(8, 16, 8, K, norm_last_layer=False)
+    learnt_gain = learnt.prototypes.parametrizations.weight.original0
+    start = learnt_gain.abs().mean().item()
+    loss = fit_to_unpredictable_targets(learnt)
+    assert learnt_gain.abs().mean().item() < 0.3 * start
+    assert loss == pytest.approx(np.log(K), abs=0.05)
+    x = torch.randn(256, 8)
+    with torch.no_grad():
+        assert fixed(x).std(dim=1).mean() > 3 * learnt(x).std(dim=1).mean()

@@ -96,7 +96,9 @@ def test_teacher_is_frozen_and_stays_in_eval_mode():
     teacher = EMATeacher(student)
     params = list(teacher.parameters())
     assert params and not any(p.requires_grad for p in params)
-    assert all(p.requires_grad for p in student.parameters())  # the student is untouched
+    fixed = {n for n, p in student.named_parameters() if not p.requires_grad}
+    assert fixed == {f"{h}.prototypes.parametrizations.weight.original0" for h in ("distill_head", "mim_head")}
+    assert all(p.requires_grad for n, p in student.named_parameters() if n not in fixed)  # the student is untouched
     for mode_call in (lambda: teacher.train(), lambda: teacher.train(True), lambda: teacher.eval()):
         assert mode_call() is teacher
         assert not any(m.training for m in teacher.modules())
