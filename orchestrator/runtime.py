@@ -4,6 +4,7 @@ Everything a run writes goes under one home folder (`TIPSLAB_HOME`, default ./ti
 shards, Ray's storage (checkpoints, trial folders), and the MLflow sqlite store with its artifacts.
 """
 
+import logging
 import os
 from pathlib import Path
 
@@ -20,6 +21,18 @@ QUIET_ENV = {
     # the poll: at the default 2 s, the smoke runs spent most of their time waiting (measured:
     # about 1.7 s per report on 2 cores).
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+    # Tune's own console output (its box, a TensorBoard hint for a tool we do not install, a results
+    # folder that is not where the results are): off; orchestrator/progress.py says what matters.
+    "RAY_AIR_NEW_OUTPUT": "0",
+}
+
+
+# Lines that tell the user nothing they can act on: Ray warning at every local start that it chose
+# token authentication; MLflow creating its tables; Tune saying it wrote its state files.
+QUIET_LOGGERS = {
+    "ray._private.authentication.authentication_token_setup": logging.ERROR,
+    "mlflow.store.db.utils": logging.WARNING,
+    "ray.tune.tune": logging.WARNING,
 }
 
 
@@ -52,11 +65,18 @@ def ensure_ray(address: str | None = None) -> dict:
     import ray
 
     quiet_environment()
+    for name, level in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
         runtime_env = {"env_vars": {k: os.environ[k] for k in QUIET_ENV}}
         if address:
-            ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+            context = ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
         else:
-            ray.init(num_cpus=os.cpu_count(), runtime_env=runtime_env, log_to_driver=False)
+            context = ray.init(num_cpus=os.cpu_count(), runtime_env=runtime_env, log_to_driver=False)
+        RAY_PLACES["dashboard"] = f"http://{context.dashboard_url}" if context.dashboard_url else ""
+        RAY_PLACES["logs"] = os.path.join(context.address_info.get("session_dir") or "", "logs")
     return ray.cluster_resources()
+
+
+RAY_PLACES = {"dashboard": "", "logs": ""}  # where the user can look: set when this process connects

@@ -11,6 +11,7 @@ cluster has, so a 2-core machine runs one trial at a time instead of waiting for
 import math
 import os
 import re
+import sys
 import uuid
 from dataclasses import dataclass
 
@@ -26,7 +27,8 @@ from tipslab.jobs.storage import to_uri
 from tipslab.jobs.train.trainer import build_trainer
 
 from .errors import UserError
-from .runtime import ensure_ray, storage_path, tracking_uri
+from .progress import ProgressCallback
+from .runtime import RAY_PLACES, ensure_ray, storage_path, tracking_uri
 from .search import scheduler, searcher, tune_space
 from .spec import Plan, Trial
 from .tracking import SweepTracker, TrackingCallback
@@ -166,6 +168,13 @@ def run_sweep(plan: Plan, address: str | None = None, resume: bool = False) -> S
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
         tune_config["scheduler"] = scheduler(search, search.metric, search.mode)
     max_concurrent = concurrency(plan, cluster, count)
+    where = [f"MLflow run {tracker.parent_id} in experiment {plan.spec['name']!r} (`tipslab ui`)"]
+    where += [
+        f"{k} {v}" for k, v in (("Ray dashboard", RAY_PLACES["dashboard"]), ("worker logs", RAY_PLACES["logs"])) if v
+    ]
+    print(
+        f"sweep {plan.spec['name']}: {count} trial(s), {max_concurrent} at a time; " + "; ".join(where), file=sys.stderr
+    )
     storage = storage_path()
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan, storage=storage), DRIVER_RESOURCES)
     tuner = tune.Tuner(
@@ -176,7 +185,7 @@ def run_sweep(plan: Plan, address: str | None = None, resume: bool = False) -> S
             name=f"{plan.spec['name']}-{tracker.sweep_id}-{uuid.uuid4().hex[:6]}",
             storage_path=storage,
             verbose=0,
-            callbacks=[TrackingCallback(tracker, trial_resolver(plan))],
+            callbacks=[TrackingCallback(tracker, trial_resolver(plan)), ProgressCallback(trial_resolver(plan), count)],
             failure_config=tune.FailureConfig(max_failures=0),  # Ray Train retries; Tune does not again
         ),
     )

@@ -1,0 +1,99 @@
+"""What the user watching the terminal sees while a sweep runs: each trial's step out of its total,
+its loss terms, images/s and ETA, from the reports the driver already receives; and the sweep's
+trials done, running and pending. One line per event, at most one training line per trial every
+`every` seconds, on stderr (stdout keeps the table)."""
+
+import sys
+import time
+
+from ray.tune import Callback
+
+# Report keys under train/ that are settings or norms, not loss terms (train/loss is their total).
+NOT_TERMS = {
+    "stage",
+    "stage_step",
+    "lr",
+    "weight_decay",
+    "temperature",
+    "teacher_momentum",
+    "param_norm",
+    "grad_norm",
+    "loss",
+}
+
+
+def duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def train_line(name: str, result: dict, total: int, rate: float | None) -> str:
+    """`web-seed0  step 120/1500 (8%)  loss 3.214 [contrastive 3.21]  145 img/s  ETA 2m10s`."""
+    step = int(result["step"])
+    terms = {k[len("train/") :]: v for k, v in result.items() if k.startswith("train/") and k[6:] not in NOT_TERMS}
+    parts = [f"{name}  step {step}/{total} ({100 * step / max(total, 1):.0f}%)", f"loss {result['train/loss']:.4g}"]
+    if len(terms) > 1:
+        parts[-1] += " [" + " ".join(f"{k} {v:.3g}" for k, v in sorted(terms.items())) + "]"
+    if "perf/images_per_s" in result:
+        parts.append(f"{result['perf/images_per_s']:.0f} img/s")
+    if rate:
+        parts.append(f"ETA {duration((total - step) / rate)}")
+    return "  ".join(parts)
+
+
+class ProgressCallback(Callback):
+    def __init__(self, resolve, count: int, every: float = 10.0, stream=None):
+        self.resolve = resolve  # Tune's trial config -> our Trial
+        self.count, self.every, self.stream = count, every, stream or sys.stderr
+        self.began: dict[str, float] = {}
+        self.started: dict[str, tuple[float, int]] = {}  # trial -> (time, step) of its first report
+        self.printed: dict[str, float] = {}
+        self.done = self.failed = 0
+        self.running: set[str] = set()
+
+    def say(self, line: str) -> None:
+        print(line, file=self.stream, flush=True)
+
+    def tally(self) -> str:
+        pending = self.count - self.done - self.failed - len(self.running)
+        failed = f", {self.failed} failed" if self.failed else ""
+        return f"trials: {self.done} done{failed}, {len(self.running)} running, {pending} pending"
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        name = self.resolve(trial.config).name
+        self.running.add(name)
+        self.began[name] = time.monotonic()
+        self.say(f"{name}  started ({self.tally()})")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        t = self.resolve(trial.config)
+        if "train/loss" not in result or "step" not in result:
+            return
+        now, step = time.monotonic(), int(result["step"])
+        first = self.started.setdefault(t.name, (now, step))
+        total = int(t.config["train"]["steps"])
+        if now - self.printed.get(t.name, -1e9) < self.every and step < total:
+            return
+        self.printed[t.name] = now
+        rate = (step - first[1]) / (now - first[0]) if now > first[0] and step > first[1] else None
+        line = train_line(t.name, result, total, rate)
+        self.say(line + ("; evaluating on frozen features" if step >= total else ""))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.finish(trial, ok=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.finish(trial, ok=False)
+
+    def finish(self, trial, ok: bool) -> None:
+        name = self.resolve(trial.config).name
+        self.running.discard(name)
+        took = f" in {duration(time.monotonic() - self.began[name])}" if name in self.began else ""
+        if ok:
+            self.done += 1
+            self.say(f"{name}  finished{took} ({self.tally()})")
+        else:
+            self.failed += 1
+            self.say(f"{name}  FAILED ({self.tally()}); the error follows the sweep, the worker logs are named above")
