@@ -332,7 +332,7 @@ def test_mini_keeps_the_rows_own_settings(home):
     assert [
         (losses[v]["distill_weight"], losses[v]["mim_weight"], losses[v]["caption_mode"])
         for v in ("clip", "clip+distill", "clip+distill+mim")
-    ] == [(0, 0, "web"), (0.1, 0, "web"), (0.1, 0.2, "web")]
+    ] == [(0, 0, "web"), (1, 0, "web"), (1, 2, "web")]  # the paper's α and β
     captions = {
         t.variant: t.config["loss"] for t in load_spec(ABLATIONS / "tips_caption_source.yaml", size="mini").trials
     }
