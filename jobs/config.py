@@ -119,6 +119,10 @@ class TrainConfig:
     # the final eval's keys (eval/<dataset>/...) so that early-stopping schedulers can act. 0: off.
     probe_every: int = 0
     probe_images: int = 64
+    # The eval keys the periodic probe reports (jobs/train/periodic.py: retrieval on the probe splits
+    # and caption datasets, the dense probes on any dataset with their labels, each on `probe_images`
+    # images of each split). Empty: eval/<eval.dataset>/i2t_r1 and t2i_r1 on the probe-test split.
+    probe_metrics: list[str] = field(default_factory=list)
     prefetch_batches: int = 2  # per worker, ahead of the training step
     # ddp: every worker holds the whole model and optimizer (DistributedDataParallel). fsdp: FSDP2
     # shards the student, its EMA teacher and the optimizer over the workers (what the L and g sizes

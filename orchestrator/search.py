@@ -97,6 +97,15 @@ def check_search(where: str, search: SearchSpec, trials: list, seeds: list) -> N
             f"{where}: search.scheduler: asha stops trials on periodic probe results: "
             "set train.probe_every > 0 in overrides"
         )
+    if search.scheduler == "asha":  # ASHA reads the objective at every probe: the probe must report it
+        from tipslab.jobs.train.periodic import periodic_keys
+
+        reported = periodic_keys(trials[0].config)
+        if search.metric not in reported:
+            raise ConfigError(
+                f"{where}: search.metric: asha reads {search.metric!r} during training, but the periodic probe "
+                f"reports {reported} (jobs/train/periodic.py); add it to train.probe_metrics"
+            )
     if search.algorithm == "grid":
         return
     if search.num_samples < 1:

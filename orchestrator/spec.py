@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from tipslab.jobs.eval import registry
+from tipslab.jobs.train.periodic import check_periodic
 
 from .config import ConfigError, compose, config_hash, parse_overrides, read_yaml, to_dict
 from .search import SearchSpec, check_search, grid_points
@@ -293,6 +294,10 @@ def spec_trials(path: Path, where: str, spec, variants: dict, axis_tags: dict, o
             produced = registry.metric_keys(trial.config["eval"])
         except ConfigError as err:  # an unknown probe or dataset name in eval.*
             raise ConfigError(f"{where}: variant {trial.variant!r}: eval: {err}") from None
+        try:
+            check_periodic(trial.config)
+        except ConfigError as err:
+            raise ConfigError(f"{where}: variant {trial.variant!r}: {err}") from None
         for i, m in enumerate(spec.metrics):
             if m.key not in produced:
                 raise ConfigError(

@@ -47,10 +47,17 @@ def finish(result, footer: str = "") -> None:
 
 def cmd_plan(args) -> None:
     from .plan import format_plan, plan_summary
+    from .recipe import format_recipe, recipe, summary_line
     from .spec import load_spec
 
-    summary = plan_summary(load_spec(args.spec, size=args.size, overrides=args.overrides), tracking_uri())
-    print(json.dumps(summary, indent=2) if args.json else format_plan(summary))
+    plan = load_spec(args.spec, size=args.size, overrides=args.overrides)
+    summary = plan_summary(plan, tracking_uri())
+    card = recipe(plan)
+    if args.json:
+        print(json.dumps({**summary, "recipe": card} if args.recipe else summary, indent=2))
+        return
+    print(format_plan(summary))
+    print(f"\n{format_recipe(card)}" if args.recipe else summary_line(card))
 
 
 def cmd_config(args) -> None:
@@ -177,6 +184,11 @@ def add_parsers(sub) -> None:
     plan.add_argument("overrides", nargs="*", metavar="key=value")
     add_size_arguments(plan)
     plan.add_argument("--json", action="store_true", help="stable machine-readable output")
+    plan.add_argument(
+        "--recipe",
+        action="store_true",
+        help="the recipe card: every setting of each row with its source (the paper, DINOv2, ..., or a guess)",
+    )
     plan.set_defaults(func=cmd_plan)
 
     config = sub.add_parser(

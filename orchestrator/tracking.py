@@ -20,6 +20,7 @@ from ray.tune import Callback
 
 from .config import flatten, manifest_of
 from .plan import BENCH, BENCH_EXPERIMENT, DEVICE_KIND, MODEL_SIZE
+from .recipe import format_recipe, recipe
 from .runtime import artifact_root
 
 ROLE, SWEEP_ID, SPEC, SIZE = "tipslab.role", "tipslab.sweep_id", "tipslab.spec", "tipslab.size"
@@ -98,6 +99,9 @@ class SweepTracker:
             self._take_over_children()
         # The spec as resolved now: a resume that added rows or seeds makes the table grow.
         self.client.log_dict(self.parent_id, scrub({**plan.spec, "size": plan.size}), "spec.json")
+        card = recipe(plan)  # where each setting of each row comes from (orchestrator/recipe.py)
+        self.client.log_dict(self.parent_id, scrub(card), "recipe.json")
+        self.client.log_text(self.parent_id, redact(format_recipe(card)), "recipe.md")
         self.started: dict[str, float] = {}
 
     def _latest_parent(self):

@@ -134,7 +134,7 @@ class Stage:
         return float(full_parameter(self.student, "text.log_temperature").exp())
 
     def probe(self, probe) -> dict:
-        """Run the retrieval probe on the student. fsdp: on every rank, since each block's forward
+        """Run the periodic probe on the student. fsdp: on every rank, since each block's forward
         gathers its weights from all of them; the root's own parameters (embeddings, heads),
         which the probe uses outside the root's forward, are gathered around it."""
         if not self.sharded:
@@ -267,13 +267,13 @@ class Loop:
         return step, DataPosition(epoch, sorted(done))
 
     def make_probe(self, stage: Stage):
-        """The periodic retrieval probe, where it runs: rank 0, or every rank under fsdp (its
+        """The periodic probe (jobs/train/probe.py), where it runs: rank 0, or every rank under fsdp (its
         forwards are collectives); None when train.probe_every is 0."""
         if not self.train.probe_every or not (self.rank == 0 or stage.sharded):
             return None
-        from tipslab.jobs.train.probe import RetrievalProbe
+        from tipslab.jobs.train.probe import PeriodicProbe
 
-        return RetrievalProbe(stage.exp, self.tokenizer)
+        return PeriodicProbe(stage.exp, self.tokenizer)
 
     def epoch_batches(self, stage: Stage, epoch: int, done: set[str]):
         """(this epoch's data plan, an iterator of this rank's batches on the device)."""

@@ -103,7 +103,7 @@ def test_step_jobs_run_elsewhere_and_their_results_are_imported(home, capsys, tm
 
     from conftest import REPO
 
-    from tipslab.orchestrator.plan import bench_estimate
+    from tipslab.orchestrator.plan import Setting, bench_estimate
 
     jobs = tmp_path / "jobs"
     assert (
@@ -147,7 +147,7 @@ def test_step_jobs_run_elsewhere_and_their_results_are_imported(home, capsys, tm
     assert run.info.run_id == r["mlflow_run_id"] and run.data.metrics["bench/step/images_per_s"] == pytest.approx(
         r["images_per_s"]
     )
-    est = bench_estimate(tracking_uri(), "tiny", "cpu")
+    est = bench_estimate(tracking_uri(), Setting("tiny", "cpu", 2, False))  # the imported batch and compile
     assert est.step_run == r["mlflow_run_id"]
     assert main(["bench", "step", "--import", str(job)]) == 2  # a job file is not a result
     assert "not a step benchmark result" in capsys.readouterr().err

@@ -106,9 +106,13 @@ def test_plan_json_is_stable_and_report_ui_need_a_store(tmp_path):
     result = tipslab("plan", "ablations/tips_losses.yaml", "--smoke", "--json", env_home=tmp_path / "home")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
-    assert list(summary) == ["spec", "size", "trials", "num_trials", "resources", "estimate"]
+    assert list(summary) == ["spec", "size", "trials", "num_trials", "resources", "data", "warnings", "estimate"]
     assert (summary["spec"], summary["size"], summary["num_trials"]) == ("tips-losses", "smoke", 3)
     assert summary["estimate"]["gpu_hours"] is None and "no MLflow store" in summary["estimate"]["basis"][0]["note"]
+    short = tipslab("plan", "ablations/tips_losses.yaml", env_home=tmp_path / "home")
+    assert short.returncode == 0 and "\nrecipe: " in short.stdout and "## recipe" not in short.stdout
+    card = tipslab("plan", "ablations/tips_losses.yaml", "--recipe", env_home=tmp_path / "home")
+    assert "## recipe of tips-losses (full): 3 row(s)" in card.stdout and "| loss.mim_weight" in card.stdout
     for command in (["report", "smoke", "--out", str(tmp_path / "r")], ["ui"]):
         result = tipslab(*command, env_home=tmp_path / "home")
         assert result.returncode == 2 and "no MLflow store" in result.stderr

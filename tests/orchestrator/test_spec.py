@@ -185,6 +185,20 @@ SEARCH = (
             SEARCH + "metric: eval/scenes/i2t_r1, mode: max, scheduler: asha}\n",
             r"search\.scheduler: asha .* train\.probe_every",
         ),
+        # the objective is a final-evaluation key, but the periodic probe that ASHA reads never reports it
+        (
+            "overrides: {train.probe_every: 10}\n"
+            + SEARCH
+            + "metric: eval/scenes/seg_miou, mode: max, scheduler: asha}\n",
+            r"search\.metric: asha reads 'eval/scenes/seg_miou' during training, but the periodic probe reports "
+            r"\['eval/scenes/i2t_r1', 'eval/scenes/t2i_r1'\] .* train\.probe_metrics",
+        ),
+        (
+            "overrides: {train.probe_every: 10, train.probe_metrics: [eval/scenes/knn_top1]}\n"
+            + SEARCH
+            + "metric: eval/scenes/knn_top1, mode: max, scheduler: asha}\n",
+            r"variant 'a': train\.probe_metrics\[0\]: the periodic probe cannot report 'eval/scenes/knn_top1'",
+        ),
         (
             "variants: {a: {}}\n" + METRIC + "search: {algorithm: tpe, metric: eval/scenes/i2t_r1, mode: max, "
             "space: {loss.mim_weight: [0, 1]}}\n",
@@ -210,6 +224,18 @@ SEARCH = (
 def test_spec_mistakes_name_the_file_and_key(tmp_path, home, body, message):
     with pytest.raises(ConfigError, match=message):
         load_spec(spec_file(tmp_path, body))
+
+
+def test_asha_on_a_dense_metric_the_periodic_probe_reports_is_accepted(tmp_path, home):
+    body = (
+        "overrides: {train.probe_every: 10, train.probe_metrics: [eval/scenes/seg_miou]}\n"
+        + SEARCH
+        + "metric: eval/scenes/seg_miou, mode: max, scheduler: asha}\n"
+    )
+    plan = load_spec(spec_file(tmp_path, body))
+    assert plan.search.scheduler == "asha" and plan.trials[0].config["train"]["probe_metrics"] == [
+        "eval/scenes/seg_miou"
+    ]
 
 
 def test_spec_needs_name_and_base(tmp_path):
