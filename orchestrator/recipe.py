@@ -120,7 +120,8 @@ SOURCES: dict[str, object] = {
     "eval.retrieval_caption": {"web_caption": "TIPS", "synthetic_caption": "ours"},
     "eval.zero_shot_token": {"cls_web": "TIPS"},
     "eval.knn_token": {"cls_web": "TIPS"},
-    "eval.zero_shot_templates": "ours",  # TIPS does not list its templates
+    "eval.zero_shot_template_set": {"openai": "CLIP", "simple": "CLIP", "*": "ours"},  # TIPS lists none
+    "eval.zero_shot_templates": "ours",
     "eval.knn_k": {20: "DINO"},
     "eval.knn_temperature": {0.07: "DINO"},
     "eval.seg_probe_epochs": "ours",

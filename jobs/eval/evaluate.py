@@ -22,7 +22,7 @@ from tipslab.jobs.config import EvalConfig, ExperimentConfig, experiment
 from tipslab.jobs.eval.evalsets import EvalSet, check_disjoint, read_standard, scenes
 from tipslab.jobs.eval.probes import DENSE, PROBES, ProbeContext, SplitFeatures
 from tipslab.jobs.eval.probes.features import features, load_pixels
-from tipslab.jobs.eval.probes.zero_shot import prompts
+from tipslab.jobs.eval.probes.zero_shot import prompts, templates
 from tipslab.jobs.eval.registry import metric_goal, metric_keys, planned
 from tipslab.models.config import LossConfig
 
@@ -92,7 +92,8 @@ def extract(checkpoint: str, es: EvalSet, runnable: list[str], ev: EvalConfig, s
     splits = [es.test] + ([train] if train is not None else [])
     captions = es.test.captions if "retrieval" in runnable else []
     web = es.test.web_captions if "web_retrieval" in runnable else []
-    prompt_texts = prompts(es.class_names, ev.zero_shot_templates) if "zero_shot" in runnable else []
+    per_class = templates(ev) if "zero_shot" in runnable else []
+    prompt_texts = prompts(es.class_names, per_class) if per_class else []
     feats = features(
         checkpoint,
         [k for s in splits for k in s.keys],
@@ -114,7 +115,7 @@ def extract(checkpoint: str, es: EvalSet, runnable: list[str], ev: EvalConfig, s
     train_feats = SplitFeatures(train, {k: torch.from_numpy(v[n:]) for k, v in feats.items()}) if train else None
     prompt_emb = None
     if prompt_texts:
-        prompt_emb = texts[len(captions) + len(web) :].reshape(-1, len(ev.zero_shot_templates), texts.shape[-1])
+        prompt_emb = texts[len(captions) + len(web) :].reshape(-1, len(per_class), texts.shape[-1])
     return train_feats, test, prompt_emb
 
 

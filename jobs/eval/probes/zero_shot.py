@@ -13,9 +13,22 @@ NEEDS = ("labels",)
 TRAINED = False
 
 
-def prompts(class_names: list[str | None], templates: list[str]) -> list[str]:
-    """Class-major: the prompts of class c are [c * len(templates), (c + 1) * len(templates))."""
-    return [t.format(name) for name in class_names if name is not None for t in templates]
+def templates(ev) -> list:
+    """The prompt templates of eval.zero_shot_template_set: callables name -> prompt."""
+    if ev.zero_shot_template_set == "own":
+        return [t.format for t in ev.zero_shot_templates]
+    from open_clip import zero_shot_metadata  # the published sets, as open_clip keeps them
+
+    if ev.zero_shot_template_set == "simple":
+        return list(zero_shot_metadata.SIMPLE_IMAGENET_TEMPLATES)
+    return list(zero_shot_metadata.OPENAI_IMAGENET_TEMPLATES)
+
+
+def prompts(class_names: list[str | None], templates: list) -> list[str]:
+    """Class-major: the prompts of class c are [c * len(templates), (c + 1) * len(templates)).
+    A template is a format string with {} or a callable of the name."""
+    fill = [t.format if isinstance(t, str) else t for t in templates]
+    return [t(name) for name in class_names if name is not None for t in fill]
 
 
 def classify(image_emb: torch.Tensor, prompt_emb: torch.Tensor) -> torch.Tensor:

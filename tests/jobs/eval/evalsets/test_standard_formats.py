@@ -39,6 +39,15 @@ def test_class_folders(tmp_path):
         read_standard("imagenet", str(tmp_path), SIZE)
 
 
+def test_imagenet_wnid_folders_take_the_published_class_names(tmp_path):
+    from tipslab.jobs.eval.evalsets.class_folders import class_names
+
+    wnids = [f"n{i:08d}" for i in range(1000)]  # sorted, as ImageNet-1k's class indices are
+    names = class_names(tmp_path, wnids)
+    assert names[0] == "tench" and names[1] == "goldfish" and names[999] == "toilet paper"
+    assert class_names(tmp_path, wnids[:3]) == wnids[:3]  # a subset cannot be mapped: the ids
+
+
 @pytest.mark.parametrize("name,filepath", [("coco", "val2014"), ("flickr30k", "")])
 def test_karpathy_captions(tmp_path, name, filepath):
     images = []

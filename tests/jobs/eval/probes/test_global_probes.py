@@ -125,3 +125,18 @@ def test_metric_goals():
     assert metric_goal("eval/scenes/normals_mean_angle") == "min"
     with pytest.raises(KeyError, match="no probe produces"):
         metric_goal("eval/scenes/loss")
+
+
+def test_zero_shot_templates_are_the_published_sets_or_the_users_own():
+    from tipslab.jobs.config import EvalConfig
+
+    openai = zero_shot.templates(EvalConfig())
+    assert len(openai) == 80 and openai[0]("cube") == "a bad photo of a cube."  # CLIP's ImageNet set
+    simple = zero_shot.templates(EvalConfig(zero_shot_template_set="simple"))
+    assert len(simple) == 7 and zero_shot.prompts(["cone"], simple)[0] == "itap of a cone."
+    own = zero_shot.templates(EvalConfig(zero_shot_template_set="own", zero_shot_templates=["a {} here."]))
+    assert zero_shot.prompts([None, "cube"], own) == ["a cube here."]
+    with pytest.raises(ValueError, match="eval.zero_shot_templates"):
+        EvalConfig(zero_shot_template_set="own", zero_shot_templates=["no placeholder"])
+    with pytest.raises(ValueError, match="eval.zero_shot_template_set"):
+        EvalConfig(zero_shot_template_set="clip")
