@@ -26,8 +26,17 @@ for(var k=0;k<i.length;k++){if(i[k].complete&&i[k].naturalWidth>0)ok++;}
 document.body.setAttribute('data-images',i.length);document.body.setAttribute('data-images-loaded',ok);});</script>"""
 
 
-# Logged beside the losses but not losses: they would flatten the curves' scale.
-SCHEDULES = ("train/lr", "train/weight_decay", "train/temperature", "train/teacher_momentum", "train/grad_norm")
+# Logged beside the losses but not losses: on a loss's axis they would flatten its curve.
+NOT_LOSSES = (
+    "train/lr",
+    "train/weight_decay",
+    "train/temperature",
+    "train/teacher_momentum",
+    "train/grad_norm",
+    "train/param_norm",
+    "train/stage",
+    "train/stage_step",
+)
 
 
 def _plt():
@@ -44,28 +53,40 @@ def _slug(text: str) -> str:
 
 
 def training_curves(sweep: Sweep, out: str) -> list[tuple[str, str]]:
-    """One PNG per variant: every train/* loss term over steps, one line per seed."""
+    """One PNG per loss term, on its own log axis: the variants overlaid (one colour each), one
+    line per seed."""
     plt = _plt()
     figures = []
-    runs_by_variant: dict[str, list] = {}
-    for t in sweep.finished():
-        runs_by_variant.setdefault(t.variant, []).append(t)
-    for variant, runs in runs_by_variant.items():
-        keys = sorted(
-            k for k in set().union(*(r.metrics for r in runs)) if k.startswith("train/") and k not in SCHEDULES
-        )
-        if not keys:
-            continue
+    runs = sorted(sweep.finished(), key=lambda r: (r.variant, r.seed))
+    variants = list(dict.fromkeys(r.variant for r in runs))
+    colour = {v: f"C{i % 10}" for i, v in enumerate(variants)}
+    logged = set().union(set(), *(r.metrics for r in runs))
+    terms = sorted(k for k in logged if k.startswith("train/") and k not in NOT_LOSSES)
+    for key in terms:
         fig, ax = plt.subplots(figsize=(5.5, 3.4))
-        for run in sorted(runs, key=lambda r: r.seed):
-            for key in keys:
-                points = metric_history(sweep, run.run_id, key)
-                if points:
-                    ax.plot(*zip(*points), label=f"{key.split('/', 1)[1]} (seed {run.seed})")
+        labelled, positive = set(), True
+        for run in runs:
+            points = metric_history(sweep, run.run_id, key)
+            if not points:
+                continue
+            positive = positive and min(v for _, v in points) > 0
+            seeds = sum(r.variant == run.variant for r in runs)
+            label = None if run.variant in labelled else f"{run.variant} ({seeds} seed{'s' * (seeds > 1)})"
+            labelled.add(run.variant)
+            ax.plot(*zip(*points), color=colour[run.variant], alpha=0.8, linewidth=1.2, label=label)
+        if not labelled:
+            plt.close(fig)
+            continue
+        if positive:
+            ax.set_yscale("log")
+        term = key.split("/", 1)[1]
         ax.set_xlabel("step")
-        ax.set_title(f"{variant}: training losses")
+        ax.set_ylabel(term + (" (log scale)" if positive else ""))
+        ax.set_title(f"training: {term}")
         ax.legend(fontsize=7)
-        figures.append((_save(plt, fig, out, f"curves_{_slug(variant)}.png"), f"training curves of {variant}"))
+        axis = "log axis" if positive else "linear axis: a value at or below 0"
+        caption = f"training curve of {term} ({axis}), every variant, one line per seed"
+        figures.append((_save(plt, fig, out, f"curves_{_slug(term)}.png"), caption))
     return figures
 
 

@@ -47,6 +47,9 @@ def make_store(tmp_path):
         for step in range(5, 30, 5):
             client.log_metric(run, "train/loss", 5.0 - step / 10 + i, step=step)
             client.log_metric(run, "train/lr", 1e-3, step=step)
+            client.log_metric(run, "train/stage_step", step, step=step)
+            if variant == "clip+mim":
+                client.log_metric(run, "train/mim", 6.0 - step / 100, step=step)
         client.log_metric(run, "eval/scenes/i2t_r1", 10.0 + 5 * i)
         if variant == "clip+mim":  # patch tokens of 2 images on an 8x8 grid, as the evaluation writes them
             path = tmp_path / "features.npz"
@@ -73,12 +76,14 @@ def test_report_writes_table_curves_bars_and_pca_maps_and_names_runs_without_fea
     page = open(write_report(load_sweep(make_store(tmp_path), "rep"), str(out))).read()
     images = re.findall(r'<img src="img/([^"]+)"', page)
     assert sorted(images) == [
-        "curves_clip.png",
-        "curves_clip_mim.png",
+        "curves_loss.png",  # one chart per loss term, the variants overlaid; no schedules or counters
+        "curves_mim.png",
         "metric_eval_scenes_i2t_r1.png",
         "pca_clip_mim_seed0.png",
     ]
     assert all((out / "img" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in images)
+    loss = re.search(r'<img src="img/curves_loss.png"[^>]*><figcaption>([^<]*)', page).group(1)
+    assert loss == "training curve of loss (log axis), every variant, one line per seed"
     assert "<td>clip (baseline)</td><td>12.50 ± 3.54 (n=2)</td>" in page
     assert '<td>clip+mim</td><td class="best"><strong>20.00 (n=1)</strong></td><td>+7.50 (n=1: no CI)</td>' in page
     assert "clip+mim (I→T): one seed (n=1) on a side, so no interval can be given" in page
