@@ -227,6 +227,7 @@ def cmd_data_caption(args) -> None:
             max_new_tokens=args.max_new_tokens,
             max_pixels=args.max_pixels,
             max_bad_fraction=args.max_bad_fraction,
+            prompt=args.prompt,
         )
     )
     _emit(
@@ -314,6 +315,10 @@ def add_real_data_parsers(data_sub) -> None:
     caption.add_argument("--actors", type=int, default=1, help="model copies (one GPU each if any)")
     caption.add_argument("--batch-size", type=int, default=16)
     caption.add_argument("--max-new-tokens", type=int, default=40)
+    caption.add_argument(
+        "--prompt",
+        help="a prompt-driven captioner's instruction, e.g. PaliGemma's 'caption en' (BLIP or GIT need none)",
+    )
     bounds(caption)
     bad_fraction(caption)
     caption.set_defaults(func=cmd_data_caption)

@@ -4,7 +4,10 @@ TIPS replaces noisy web captions with dense synthetic ones made by an image capt
 the TIPS paper). Here any Hugging Face transformers image-to-text model saved in a local folder
 (``save_pretrained``: its model, image processor and tokenizer) fills the column: it is loaded with
 ``local_files_only`` and ``HF_HUB_OFFLINE``, so nothing is ever downloaded. Each actor holds one
-copy of the model, with one GPU when the cluster has GPUs. Rows whose image cannot be decoded keep
+copy of the model, with one GPU when the cluster has GPUs. Captioners that caption plain pixels
+(BLIP, GIT, a VisionEncoderDecoder) need no prompt; prompt-driven ones (PaliGemma, the paper's:
+"caption en") take `prompt`, given with the images to the model's own processor, and only the
+generated continuation becomes the caption. Rows whose image cannot be decoded keep
 their old caption and are counted as bad; the stage stops past the bad-row fraction.
 """
 
@@ -28,17 +31,22 @@ class Captioner:
     """A Ray Data callable class: one model per actor, a pyarrow batch in, the same batch out with
     ``synthetic_caption`` replaced and a column naming each row that could not be captioned."""
 
-    def __init__(self, model_path: str, max_new_tokens: int, max_pixels: int):
+    def __init__(self, model_path: str, max_new_tokens: int, max_pixels: int, prompt: str | None = None):
         os.environ["HF_HUB_OFFLINE"] = "1"
         import torch
-        from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+        from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
         from transformers.utils import logging
 
         logging.disable_progress_bar()
         self.torch = torch
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.processor = AutoImageProcessor.from_pretrained(model_path, local_files_only=True)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
+        self.prompt = prompt
+        if prompt:  # the model's processor puts the prompt (and its image tokens) beside the pixels
+            self.processor = AutoProcessor.from_pretrained(model_path, local_files_only=True)
+            self.tokenizer = self.processor.tokenizer
+        else:
+            self.processor = AutoImageProcessor.from_pretrained(model_path, local_files_only=True)
+            self.tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
         self.model = AutoModelForImageTextToText.from_pretrained(model_path, local_files_only=True)
         self.model.to(self.device).eval()
         self.max_new_tokens, self.max_pixels = max_new_tokens, max_pixels
@@ -55,10 +63,7 @@ class Captioner:
             except BadRow as err:
                 errors[i] = f"{err.reason}\t{err.detail}"
         if images:
-            pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
-            with self.torch.inference_mode():
-                ids = self.model.generate(pixel_values=pixels.to(self.device), max_new_tokens=self.max_new_tokens)
-            for i, text in zip(index, self.tokenizer.batch_decode(ids, skip_special_tokens=True)):
+            for i, text in zip(index, self.generate(images)):
                 if text.strip():
                     captions[i] = text.strip()
                 else:
@@ -66,6 +71,20 @@ class Captioner:
         column = batch.schema.get_field_index("synthetic_caption")
         batch = batch.set_column(column, "synthetic_caption", pa.array(captions, pa.string()))
         return batch.append_column(_ERROR_COLUMN, pa.array(errors, pa.string()))
+
+    def generate(self, images: list) -> list[str]:
+        with self.torch.inference_mode():
+            if not self.prompt:
+                pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
+                ids = self.model.generate(pixel_values=pixels.to(self.device), max_new_tokens=self.max_new_tokens)
+                return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+            inputs = self.processor(images=images, text=[self.prompt] * len(images), return_tensors="pt")
+            inputs.pop("labels", None)
+            ids = self.model.generate(**inputs.to(self.device), max_new_tokens=self.max_new_tokens)
+            if not self.model.config.is_encoder_decoder:  # a decoder-only model repeats the prompt first
+                ids = ids[:, inputs["input_ids"].shape[1] :]
+            texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+            return [t.strip().removeprefix(self.prompt) for t in texts]
 
 
 def caption_shards(
@@ -78,6 +97,7 @@ def caption_shards(
     max_new_tokens: int = 40,
     max_pixels: int,
     max_bad_fraction: float,
+    prompt: str | None = None,
 ) -> dict:
     """Fill ``synthetic_caption`` of every row; write the new shard set (jobs/data/shards/rewrite.py); summarise.
 
@@ -92,7 +112,7 @@ def caption_shards(
     preserve = ctx.execution_options.preserve_order
     ctx.execution_options.preserve_order = True
     try:
-        ds = _captioned(shards, model_path, actors, batch_size, max_new_tokens, max_pixels, gpus)
+        ds = _captioned(shards, model_path, actors, batch_size, (max_new_tokens, max_pixels, prompt), gpus)
     finally:
         ctx.execution_options.preserve_order = preserve
     bad = BadRows()
@@ -125,12 +145,12 @@ def caption_shards(
     }
 
 
-def _captioned(shards, model_path, actors, batch_size, max_new_tokens, max_pixels, gpus) -> ray.data.Dataset:
+def _captioned(shards, model_path, actors, batch_size, settings: tuple, gpus) -> ray.data.Dataset:
     """The shards read and captioned by a pool of `Captioner` actors (AWS variables passed on)."""
     ds = ray.data.read_parquet(shard_files(shards), ray_remote_args={"runtime_env": {"env_vars": aws_env()}})
     ds = ds.map_batches(
         Captioner,
-        fn_constructor_args=(os.path.abspath(model_path), max_new_tokens, max_pixels),
+        fn_constructor_args=(os.path.abspath(model_path), *settings),
         batch_size=batch_size,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(actors, 1)),

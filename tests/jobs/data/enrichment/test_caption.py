@@ -99,6 +99,94 @@ def test_caption_stage_fills_synthetic_captions(ray_session, tmp_path):
     assert read_manifest(tmp_path / "set")["num_rows"] == 5  # the source is left as it was
 
 
+def save_tiny_prompted_captioner(path) -> None:
+    """A PaliGemma-kind captioner (the paper's kind: it takes a prompt beside the image): a 1-layer
+    SigLIP tower and a 1-layer Gemma decoder with random weights, its processor with a word-level
+    tokenizer, saved with save_pretrained."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import (
+        GemmaConfig,
+        GemmaTokenizerFast,
+        PaliGemmaConfig,
+        PaliGemmaForConditionalGeneration,
+        PaliGemmaProcessor,
+        SiglipImageProcessor,
+        SiglipVisionConfig,
+    )
+
+    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2, "<unk>": 3, "<image>": 4}
+    vocab.update({w: i + 5 for i, w in enumerate(WORDS + ["caption", "en"])})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece()
+    tokenizer = GemmaTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>", unk_token="<unk>"
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    images = SiglipImageProcessor(size={"height": 32, "width": 32})
+    images.image_seq_length = 16  # (32 / 8) ** 2 patches, one image token each
+    PaliGemmaProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(path)
+    torch.manual_seed(0)
+    vision = SiglipVisionConfig(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+    )
+    vision.projection_dim = 32
+    text = GemmaConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        intermediate_size=64,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    config = PaliGemmaConfig(
+        vision_config=vision, text_config=text, image_token_index=4, projection_dim=32, hidden_size=32
+    )
+    model = PaliGemmaForConditionalGeneration(config)
+    gen = model.generation_config
+    gen.pad_token_id, gen.eos_token_id = 0, 2
+    gen.suppress_tokens, gen.min_new_tokens = [0, 1, 3, 4, vocab["caption"], vocab["en"]], 2  # words only
+    model.save_pretrained(path)
+
+
+def test_a_prompt_driven_captioner_gets_its_prompt_and_only_its_continuation_is_kept(ray_session, tmp_path):
+    save_tiny_prompted_captioner(tmp_path / "model")
+    rows = [
+        {
+            "key": f"k{i}",
+            "image": jpeg(32, 24 + 8 * i),
+            "web_caption": "web",
+            "synthetic_caption": None,
+            "tags": [],
+            "width": 32,
+            "height": 24 + 8 * i,
+        }
+        for i in range(3)
+    ]
+    write_shards(rows, str(tmp_path / "set"), source="made", rows_per_shard=2)
+    result = caption_shards(
+        str(tmp_path / "set"),
+        str(tmp_path / "model"),
+        out=str(tmp_path / "out"),
+        batch_size=2,
+        max_new_tokens=4,
+        max_pixels=10**6,
+        max_bad_fraction=0.0,
+        prompt="caption en",
+    )
+    assert (result["rows"], result["captioned"]) == (3, 3)
+    for row in iter_rows(str(tmp_path / "out")):
+        caption = row["synthetic_caption"]
+        # Generated words only: neither the prompt nor the image tokens that the processor put before it.
+        assert caption and "caption" not in caption and "en" not in caption.split() and "<image>" not in caption
+        assert any(w in caption for w in WORDS)
+
+
 def test_missing_model_folder_is_one_error(tmp_path):
     with pytest.raises(ValueError, match="not a folder"):
         caption_shards(str(tmp_path), str(tmp_path / "nope"), max_pixels=1, max_bad_fraction=0)
