@@ -18,6 +18,8 @@ from tipslab.models.config import CLS_TOKENS, LossConfig, ModelConfig, bad, one_
 from tipslab.models.errors import ConfigError
 
 STRATEGIES = ("ddp", "fsdp")  # train.strategy
+# train.*: each warm-up as a step count or a fraction of its stage's steps (one of the two is 0).
+WARMUPS = (("warmup_steps", "warmup_fraction"), ("teacher_temp_warmup_steps", "teacher_temp_warmup_fraction"))
 AUGMENTS = ("none", "dinov2")  # data.augment
 # eval.probes: the probes of jobs/eval/probes, in run order.
 # web_retrieval: retrieval on a sharded probe split against its web captions with CLS_1, beside
@@ -93,7 +95,11 @@ class TrainConfig:
     steps: int = 150
     lr: float = 1e-3
     min_lr: float = 1e-5
+    # The lr warm-up of each stage: `warmup_steps` steps, or `warmup_fraction` of the stage's steps
+    # (so a 70k-step and a 2k-step run both warm up sensibly; DINOv2: 10 of 100 epochs, 0.1). Give
+    # one: a fraction > 0 needs warmup_steps: 0.
     warmup_steps: int = 15
+    warmup_fraction: float = 0.0
     # Cosine from weight_decay to weight_decay_end (DINOv2: 0.04 -> 0.4; unverified for TIPS).
     weight_decay: float = 0.05
     weight_decay_end: float = 0.05
@@ -108,7 +114,11 @@ class TrainConfig:
     teacher_momentum: float = 0.992
     teacher_momentum_end: float = 1.0
     teacher_temp_end: float = 0.07
+    # The teacher temperature's linear warm-up (loss.teacher_temp -> teacher_temp_end) in each stage:
+    # steps, or a fraction of the stage's steps (DINOv2: 30 of 100 epochs, 0.3). Give one, as above.
+    # The momentum and weight-decay cosines always span the whole stage.
     teacher_temp_warmup_steps: int = 30
+    teacher_temp_warmup_fraction: float = 0.0
     # Phases run in order (TIPS: CLIP first then MIM; 224 -> 448 px adaptation). Empty: one stage
     # of `steps` with the run's config as it is.
     stages: list[StageConfig] = field(default_factory=list)
@@ -144,6 +154,32 @@ class TrainConfig:
         """The stages are checked where they are composed (orchestrator/config.py check_stages)."""
         one_of("train.strategy", self.strategy, STRATEGIES)
         at_least_one("train", self, ("steps", "num_workers", "log_every"))
+        for steps, fraction in WARMUPS:
+            n, f = getattr(self, steps), getattr(self, fraction)
+            if n < 0:
+                bad(f"train.{steps}", f"{n} is negative")
+            if not 0.0 <= f <= 1.0:
+                bad(f"train.{fraction}", f"{f} is not a fraction of the stage's steps in [0, 1]")
+            if n and f:
+                bad(
+                    f"train.{fraction}",
+                    f"{f} and train.{steps}: {n} both set the warm-up; give one "
+                    f"(train.{steps}=0 to use the fraction, or train.{fraction}=0)",
+                )
+
+    def lr_warmup(self) -> int:
+        """Steps of the lr warm-up in a stage of `self.steps` steps."""
+        return self._warmup(self.warmup_steps, self.warmup_fraction)
+
+    def teacher_temp_warmup(self) -> int:
+        """Steps of the teacher-temperature warm-up in a stage of `self.steps` steps."""
+        return self._warmup(self.teacher_temp_warmup_steps, self.teacher_temp_warmup_fraction)
+
+    def _warmup(self, steps: int, fraction: float) -> int:
+        """The step count, or the fraction of the stage (at least one step when above 0); never
+        more than the stage."""
+        n = max(1, round(fraction * self.steps)) if fraction > 0 else steps
+        return min(n, self.steps)
 
 
 @dataclass

@@ -16,11 +16,11 @@ from tipslab.jobs.config import experiment as typed_config
 
 from .config import load_experiment, to_dict
 from .errors import CommandFailed, UserError
+from .launch import CPU_SIZES
 from .runtime import tracking_uri
 
 TRIAL_EXPERIMENT = "tipslab-bench-trial"  # the sweep runs that `bench trial` launches, kept apart
 BASE = Path(__file__).resolve().parent.parent / "ablations" / "base"
-CPU_SIZES = ("tiny", "small-cpu")
 
 
 def default_config(size: str) -> Path:
@@ -189,7 +189,15 @@ def measure_trial(args) -> dict:
     from .tracking import experiment_id
 
     config = args.config or str(default_config(args.size))
-    overrides = [f"model.size={args.size}", f"train.steps={args.steps}", "train.log_every=1", *args.overrides]
+    # The hash tokenizer at every size (a timing does not depend on the vocabulary, and a bench needs no
+    # prepared data), unless the overrides name a tokenizer.model.
+    overrides = [
+        f"model.size={args.size}",
+        f"train.steps={args.steps}",
+        "train.log_every=1",
+        "model.tokenizer=hash",
+        *args.overrides,
+    ]
     plan = single_plan(config, overrides)
     plan = dataclasses.replace(plan, spec={**plan.spec, "name": TRIAL_EXPERIMENT, "title": "tipslab bench trial"})
     exp = typed_config(plan.trials[0].config)

@@ -76,7 +76,9 @@ def schema() -> DictConfig:
 
 def check(cfg: DictConfig, source: str) -> None:
     """Checks of values (not just types) that would otherwise fail late, inside Ray: each section's
-    own (models/config.py, jobs/config.py: made once the config is typed) and those that read files."""
+    own (models/config.py, jobs/config.py: made once the config is typed) and those that read files.
+    The tokenizer is checked when a run starts (orchestrator/launch.py), so that a spec can be planned
+    before its data is prepared."""
 
     def bad(key: str, why: str):
         raise ConfigError(f"{source}: {key}: {why}")
@@ -85,12 +87,6 @@ def check(cfg: DictConfig, source: str) -> None:
         OmegaConf.to_object(cfg)  # ExperimentConfig and its sections check their values as they are made
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
-    if cfg.model.tokenizer != "hash" and not Path(cfg.model.tokenizer).is_file():
-        bad(
-            "model.tokenizer",
-            f"no SentencePiece model at {cfg.model.tokenizer} ('hash', or a tokenizer.model path; "
-            "`tipslab data tokenizer` trains one)",
-        )
     if cfg.data.tag_vocab and not Path(cfg.data.tag_vocab).is_file():
         bad("data.tag_vocab", f"no tag vocabulary at {cfg.data.tag_vocab} (one tag per line)")
     if cfg.data.tag_vocab:
@@ -129,7 +125,7 @@ def compose(sources: list[tuple[dict, str]], label: str) -> DictConfig:
     # Workers run in other folders: every path they get is absolute.
     if not cfg.data.root.startswith("s3://"):  # an s3:// URI is absolute already
         cfg.data.root = str(Path(cfg.data.root).resolve()) if cfg.data.root else str(home() / "data" / "scenes")
-    if cfg.model.tokenizer != "hash":
+    if cfg.model.tokenizer != "hash" and "://" not in cfg.model.tokenizer:
         cfg.model.tokenizer = str(Path(cfg.model.tokenizer).resolve())
     if cfg.data.tag_vocab:
         cfg.data.tag_vocab = str(Path(cfg.data.tag_vocab).resolve())
@@ -163,10 +159,18 @@ def identity(config: dict) -> dict:
     # Procedural scenes are fully determined by the data.* and model.image_size keys already here.
     data["root"] = "scenes" if data["source"] == "scenes" else data_fingerprint(config)
     for section, key in (("model", "tokenizer"), ("data", "tag_vocab")):
-        value = out[section][key]
-        if value and value != "hash" and Path(value).is_file():
-            out[section][key] = "sha256:" + hashlib.sha256(Path(value).read_bytes()).hexdigest()
+        digest = file_sha256(out[section][key])
+        if digest:
+            out[section][key] = "sha256:" + digest
     return out
+
+
+def file_sha256(path: str) -> str | None:
+    """The sha256 of the file a config key names (model.tokenizer, data.tag_vocab); None for 'hash',
+    an empty value or a file that is not there."""
+    if not path or path == "hash" or not Path(path).is_file():
+        return None
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def data_fingerprint(config: dict) -> dict:
@@ -181,9 +185,11 @@ def data_fingerprint(config: dict) -> dict:
 
 def manifest_of(root: str, split: str) -> dict | None:
     """The shard manifest of one split under a local or s3:// root, or None when there is none."""
+    uri = f"{root.rstrip('/')}/{split}/manifest.json"
+    if "://" not in uri and not Path(uri).is_file():  # data not prepared yet: no need to load pyarrow
+        return None
     import pyarrow.fs
 
-    uri = f"{root.rstrip('/')}/{split}/manifest.json"
     try:
         fs, path = pyarrow.fs.FileSystem.from_uri(uri if "://" in uri else Path(uri).absolute().as_uri())
         with fs.open_input_stream(path) as f:

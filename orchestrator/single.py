@@ -12,6 +12,7 @@ from tipslab.jobs.eval.registry import metric_goal, metric_keys
 
 from .config import config_hash, load_experiment, to_dict
 from .errors import UserError
+from .launch import check_launch
 from .runtime import storage_path
 from .spec import Plan, ResourceSpec, Trial
 
@@ -53,6 +54,7 @@ def run_single(config_path: str, overrides: list[str], address: str | None = Non
             )
         overrides = [*overrides, f"train.run_name={resume}"]
     plan = single_plan(config_path, overrides)  # a bad config stops here, before torch, Ray or MLflow load
+    check_launch(plan)
     from .sweep import run_sweep
 
     return run_sweep(plan, address=address)

@@ -17,9 +17,11 @@ UI_HINT = (
 
 
 def cmd_sweep(args) -> None:
+    from .launch import check_launch
     from .spec import load_spec
 
     plan = load_spec(args.spec, size=args.size, overrides=args.overrides)  # before torch, Ray or MLflow load
+    check_launch(plan)  # the tokenizer a run needs, which a plan may still lack
     from .sweep import run_sweep
 
     result = run_sweep(plan, address=args.address, resume=args.resume)

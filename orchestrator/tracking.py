@@ -3,9 +3,9 @@
 Layout: experiment = the spec's name; one parent run per sweep (tags: sweep identity, code version;
 artifact: the resolved spec); one nested run per (variant, seed) with the flattened resolved config
 as params, identity tags (variant, seed, each axis value, config hash), the shard manifest's content
-hash as its input dataset, `train/*` and `perf/*` metrics per step, `eval/*` metrics, and the
-resolved config and eval results as artifacts. A resumed sweep reuses its parent run: MLflow is the
-record of what is done.
+hash and the tokenizer file's sha256 as its input datasets, `train/*` and `perf/*` metrics per step,
+`eval/*` metrics, and the resolved config and eval results as artifacts. A resumed sweep reuses its
+parent run: MLflow is the record of what is done.
 """
 
 import json
@@ -18,14 +18,14 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from .config import flatten, manifest_of
+from .config import file_sha256, flatten, manifest_of
 from .plan import BENCH, BENCH_EXPERIMENT, DEVICE_KIND, MODEL_SIZE
 from .recipe import format_recipe, recipe
 from .runtime import artifact_root
 
 ROLE, SWEEP_ID, SPEC, SIZE = "tipslab.role", "tipslab.sweep_id", "tipslab.spec", "tipslab.size"
 VARIANT, SEED, CONFIG_HASH, CHECKPOINT = "tipslab.variant", "tipslab.seed", "tipslab.config_hash", "tipslab.checkpoint"
-AXIS, DATA_HASH = "tipslab.axis.", "tipslab.data_hash"
+AXIS, DATA_HASH, TOKENIZER_HASH = "tipslab.axis.", "tipslab.data_hash", "tipslab.tokenizer_sha256"
 LOGGED_PREFIXES = ("train/", "perf/", "eval/")
 _SECRET_IN_URI = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
 # Names of settings that hold credentials: never logged, and their values are masked wherever they appear.
@@ -167,7 +167,10 @@ class SweepTracker:
         return run_id
 
     def _log_input(self, run_id: str, config: dict) -> None:
-        """The training shards as the run's input dataset: digest = the manifest's content hash."""
+        """The training shards as the run's input dataset (digest: the manifest's content hash), and
+        the SentencePiece tokenizer as another (digest: the file's sha256, also the tag
+        tipslab.tokenizer_sha256); both are part of the trial's config hash."""
+        self._log_tokenizer(run_id, config)
         data = config["data"]
         manifest = manifest_of(data["root"], data["train_split"])
         if manifest is None:
@@ -184,6 +187,22 @@ class SweepTracker:
         )
         self.client.log_inputs(run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", "train")])])
         self.client.set_tag(run_id, DATA_HASH, digest)
+
+    def _log_tokenizer(self, run_id: str, config: dict) -> None:
+        model = config.get("model", {})
+        path = model.get("tokenizer", "hash")
+        digest = file_sha256(path)
+        if digest is None:  # the hash tokenizer: nothing prepared, nothing to record
+            return
+        dataset = Dataset(
+            name="tokenizer",
+            digest=digest[:36],
+            source_type="tipslab-tokenizer",
+            source=redact(path),
+            profile=json.dumps({"sha256": digest, "vocab_size": model.get("vocab_size")}),
+        )
+        self.client.log_inputs(run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", "tokenizer")])])
+        self.client.set_tag(run_id, TOKENIZER_HASH, digest)
 
     def log_metrics(self, trial_name: str, metrics: dict, step: int) -> None:
         now = int(time.time() * 1000)

@@ -48,10 +48,10 @@ class Schedules:
 
     def __init__(self, train: TrainConfig, loss: LossConfig):
         steps = train.steps
-        self.lr = cosine_schedule(train.lr, train.min_lr, steps, train.warmup_steps)
+        self.lr = cosine_schedule(train.lr, train.min_lr, steps, train.lr_warmup())
         self.weight_decay = cosine_schedule(train.weight_decay, train.weight_decay_end, steps)
         self.momentum = cosine_schedule(train.teacher_momentum, train.teacher_momentum_end, steps)
-        warm = min(train.teacher_temp_warmup_steps, steps)
+        warm = train.teacher_temp_warmup()
         self.teacher_temp = np.concatenate(
             [
                 np.linspace(loss.teacher_temp, train.teacher_temp_end, warm),

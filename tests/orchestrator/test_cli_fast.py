@@ -28,6 +28,10 @@ MISTAKES = {
     "plan, negative loss weight": ["plan", "ablations/tips_losses.yaml", "loss.mim_weight=-1"],
     "config, zero steps": ["config", "ablations/tips_losses.yaml", "--size", "mini", "train.steps=0"],
     "sweep, unknown metric in a spec": ["sweep", "ablations/smoke.yaml", "--smoke", "eval.probes=[knn]"],
+    # A paper-size run needs its SentencePiece tokenizer (orchestrator/launch.py), which a plan may lack.
+    "sweep, paper size without its tokenizer": ["sweep", "ablations/tips_losses.yaml"],
+    "sweep, paper size with the hash tokenizer": ["sweep", "ablations/tips_losses.yaml", "model.tokenizer=hash"],
+    "train, B/14 without its tokenizer": ["train", "ablations/base/tips_b14.yaml"],
 }
 
 
@@ -59,3 +63,35 @@ def test_help_imports_nothing_heavy_and_the_times_beside_import_torch(tmp_path):
         f"\nwhole processes: `python -c 'import torch'` {torch_s:.2f} s; `tipslab --help` {result['wall']:.2f} s "
         f"({result['wall'] / torch_s:.2f}x); a rejected config {rejection:.2f} s ({rejection / torch_s:.2f}x)"
     )
+
+
+@pytest.mark.parametrize(
+    "name, says",
+    [
+        (
+            "sweep, paper size without its tokenizer",
+            "tipslab: error: ablations/tips_losses.yaml: variant 'clip': model.tokenizer: no SentencePiece model at "
+            "{repo}/data/webli/tokenizer.model: make it once from the training shards' captions with "
+            "`tipslab data tokenizer {repo}/data/webli/train {repo}/data/webli/tokenizer.model` "
+            "(or copy the official tokenizer.model there)",
+        ),
+        (
+            "sweep, paper size with the hash tokenizer",
+            "tipslab: error: ablations/tips_losses.yaml: variant 'clip': model.tokenizer: 'hash' is for the CPU sizes "
+            "(tiny, small-cpu), not model.size B, which trains with the paper's 32k SentencePiece vocabulary: make "
+            "one with `tipslab data tokenizer {repo}/data/webli/train {repo}/data/webli/tokenizer.model` and set "
+            "model.tokenizer to it (or to the official tokenizer.model)",
+        ),
+        (
+            "train, B/14 without its tokenizer",
+            "tipslab: error: ablations/base/tips_b14.yaml: variant 'tips_b14': model.tokenizer: no SentencePiece "
+            "model at {home}/data/scenes/tokenizer.model: make it once from the training shards' captions with "
+            "`tipslab data tokenizer {home}/data/scenes/train {home}/data/scenes/tokenizer.model` "
+            "(or copy the official tokenizer.model there)",
+        ),
+    ],
+)
+def test_a_paper_size_run_without_its_tokenizer_stops_before_ray_naming_the_key_and_the_command(name, says, tmp_path):
+    result = run(MISTAKES[name], tmp_path)
+    assert result["code"] == 2 and result["heavy"] == []
+    assert result["stderr"].strip() == says.format(repo=REPO, home=tmp_path)

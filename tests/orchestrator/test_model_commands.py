@@ -11,7 +11,8 @@ from tipslab.jobs.eval.embed import read_image
 from tipslab.models.checkpoint import load_student
 from tipslab.models.tokenizer import load_sentencepiece
 from tipslab.orchestrator.cli import main
-from tipslab.orchestrator.config import ConfigError, load_experiment
+from tipslab.orchestrator.config import ConfigError, load_experiment, to_dict
+from tipslab.orchestrator.launch import check_tokenizer
 
 FIXTURE = SHARED / "fixtures" / "official_tips"
 
@@ -113,7 +114,14 @@ def test_data_tokenizer_trains_on_the_shards_and_configs_accept_it(tmp_path, hom
     ids = tokenizer.encode(["A Large RED circle on the left"])
     assert ids.shape == (1, 16) and (ids[0, :3] > 0).all() and ids[0, -1] == 0
     base = REPO / "ablations" / "base" / "tips_tiny.yaml"
-    cfg = load_experiment(base, [f"model.tokenizer={model}", "model.vocab_size=120"])
-    assert cfg.model.tokenizer == str(model)
-    with pytest.raises(ConfigError, match="model.tokenizer: no SentencePiece model"):
-        load_experiment(base, [f"model.tokenizer={tmp_path / 'absent.model'}"])
+    cfg = to_dict(load_experiment(base, [f"model.tokenizer={model}", "model.vocab_size=120"]))
+    assert cfg["model"]["tokenizer"] == str(model)
+    check_tokenizer(cfg, "run")  # a run may start with it, at any size
+    check_tokenizer({**cfg, "model": {**cfg["model"], "size": "B"}}, "run")
+    # A config may name a tokenizer not made yet (a plan comes before the data); a run may not start.
+    absent = to_dict(load_experiment(base, [f"model.tokenizer={tmp_path / 'absent.model'}"]))
+    with pytest.raises(ConfigError, match=r"^run: model.tokenizer: no SentencePiece model at .*absent\.model: make"):
+        check_tokenizer(absent, "run")
+    small = to_dict(load_experiment(base, [f"model.tokenizer={model}", "model.vocab_size=50"]))
+    with pytest.raises(ConfigError, match=r"pieces but model.vocab_size is 50"):
+        check_tokenizer(small, "run")

@@ -23,6 +23,34 @@ def test_credentials_of_the_environment_are_masked_wherever_they_appear(monkeypa
     assert scrub(config) == {"data": {"root": "s3://u:***@host/b"}, "model": {"tokenizer": "hash"}, "note": "***"}
 
 
+def test_the_tokenizer_file_is_an_input_of_the_trial_run(tmp_path, home):
+    """A SentencePiece tokenizer is recorded by its sha256 (tag and input dataset); the hash tokenizer is not."""
+    import hashlib
+
+    from mlflow.tracking import MlflowClient
+
+    from tipslab.orchestrator.spec import Plan, ResourceSpec, Trial
+    from tipslab.orchestrator.tracking import SweepTracker
+
+    tokenizer = tmp_path / "tokenizer.model"
+    tokenizer.write_bytes(b"a serialized SentencePiece model")
+    data = {"source": "scenes", "root": str(tmp_path), "train_split": "train"}
+    with_file = {"data": data, "model": {"tokenizer": str(tokenizer), "vocab_size": 32000}}
+    hashed = {"data": data, "model": {"tokenizer": "hash", "vocab_size": 4096}}
+    trials = [Trial("sp", 0, with_file, "h-sp"), Trial("hash", 0, hashed, "h-hash")]
+    plan = Plan(tmp_path / "s.yaml", {"name": "tok", "title": "", "variants": {}}, "full", ResourceSpec(), trials)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = SweepTracker(uri, plan)
+    sp, plain = (MlflowClient(uri).get_run(tracker.start_trial(t)) for t in trials)
+    digest = hashlib.sha256(b"a serialized SentencePiece model").hexdigest()
+    assert sp.data.tags["tipslab.tokenizer_sha256"] == digest
+    (given,) = sp.inputs.dataset_inputs
+    assert (given.dataset.name, given.dataset.digest) == ("tokenizer", digest[:36])
+    assert given.dataset.source == str(tokenizer)
+    assert [(t.key, t.value) for t in given.tags] == [("mlflow.data.context", "tokenizer")]
+    assert "tipslab.tokenizer_sha256" not in plain.data.tags and not plain.inputs.dataset_inputs
+
+
 def test_resume_keeps_finished_runs_of_the_same_hash_and_closes_orphans(tmp_path, home):
     """The resume bookkeeping on a real sqlite store, as a dead driver leaves it."""
     from mlflow.tracking import MlflowClient

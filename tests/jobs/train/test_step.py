@@ -7,6 +7,8 @@ import torch
 from tipslab.jobs.config import TrainConfig
 from tipslab.jobs.train.step import Schedules, apply_schedules, param_groups
 from tipslab.models.config import LossConfig
+from tipslab.models.errors import ConfigError
+from tipslab.models.schedules import cosine_schedule
 
 TRAIN = TrainConfig(
     steps=10,
@@ -29,6 +31,55 @@ def test_schedules_are_arrays_indexed_by_step():
     assert s.lr[0] == 0 and s.lr[2] == pytest.approx(1e-3) and s.lr[-1] < 1e-4
     assert s.weight_decay[0] == pytest.approx(0.04) and np.all(np.diff(s.weight_decay) > 0)
     assert s.teacher_temp[0] == pytest.approx(0.04) and s.teacher_temp[4:].tolist() == [0.07] * 6
+
+
+@pytest.mark.parametrize("steps, lr_warm, temp_warm", [(70_000, 7_000, 21_000), (2_000, 200, 600), (7, 1, 2)])
+def test_warmups_given_as_fractions_scale_with_the_stage(steps, lr_warm, temp_warm):
+    """DINOv2's shape (lr over 10%, teacher temperature over 30% of training) at any length."""
+    train = TrainConfig(
+        steps=steps,
+        lr=1e-3,
+        warmup_steps=0,
+        warmup_fraction=0.1,
+        teacher_temp_warmup_steps=0,
+        teacher_temp_warmup_fraction=0.3,
+        teacher_temp_end=0.07,
+    )
+    assert (train.lr_warmup(), train.teacher_temp_warmup()) == (lr_warm, temp_warm)
+    s = Schedules(train, LossConfig(teacher_temp=0.04))
+    assert s.lr[0] == 0 and s.lr[lr_warm] == pytest.approx(1e-3) and s.lr.max() == pytest.approx(1e-3)
+    assert np.all(np.diff(s.lr[: lr_warm + 1]) > 0) and np.all(np.diff(s.lr[lr_warm:]) <= 0)
+    assert s.teacher_temp[0] == pytest.approx(0.04)
+    assert s.teacher_temp[temp_warm - 2] < 0.07 and np.allclose(s.teacher_temp[temp_warm - 1 :], 0.07)
+
+
+def test_warmups_given_as_steps_are_as_before():
+    """The tiny, smoke and mini configs give steps: the same schedules as before fractions existed."""
+    train = TrainConfig(steps=1500, lr=0.002, min_lr=1e-5, warmup_steps=15, teacher_temp_warmup_steps=30)
+    assert (train.lr_warmup(), train.teacher_temp_warmup()) == (15, 30)
+    s = Schedules(train, LossConfig(teacher_temp=0.04))
+    assert s.lr.tolist() == cosine_schedule(0.002, 1e-5, 1500, 15).tolist()
+    assert s.teacher_temp[:30].tolist() == np.linspace(0.04, 0.07, 30).tolist()
+    assert (TrainConfig(steps=10, warmup_steps=15).lr_warmup(), TrainConfig(steps=10).teacher_temp_warmup()) == (10, 10)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (
+            {"warmup_fraction": 0.1},
+            r"^train\.warmup_fraction: 0\.1 and train\.warmup_steps: 15 both set the warm-up; give one "
+            r"\(train\.warmup_steps=0 to use the fraction, or train\.warmup_fraction=0\)$",
+        ),
+        ({"teacher_temp_warmup_fraction": 0.3}, r"^train\.teacher_temp_warmup_fraction: 0\.3 and train\.teacher_temp_"),
+        ({"warmup_steps": 0, "warmup_fraction": 1.5}, r"^train\.warmup_fraction: 1\.5 is not a fraction"),
+        ({"teacher_temp_warmup_steps": 0, "teacher_temp_warmup_fraction": -0.1}, r"fraction: -0\.1 is not a"),
+        ({"warmup_steps": -3}, r"^train\.warmup_steps: -3 is negative$"),
+    ],
+)
+def test_a_bad_warmup_is_one_error_naming_its_key(fields, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**fields)
 
 
 def test_schedules_reach_the_optimizer_and_spare_norms_and_tokens():
