@@ -75,14 +75,16 @@ def sinkhorn_knopp(teacher_logits: torch.Tensor, temperature: float, iterations:
     top = torch.cat([x.reshape(-1), x.new_full((1,), float("-inf"))]).max()
     if distributed:
         dist.all_reduce(top, op=dist.ReduceOp.MAX)
-    q = torch.exp(x - top)
+    # In place from here (x is a new tensor): at the MIM targets' size ([masked patches, 32k]) each
+    # copy would cost as much as the targets themselves.
+    q = x.sub_(top).exp_()
     tiny = torch.finfo(q.dtype).tiny  # a prototype (or row) with no mass stays 0, not 0/0
     for _ in range(iterations):
         mass = q.sum(0)  # each prototype's mass over this rank's rows, then over every rank's
         if distributed:
             dist.all_reduce(mass)
-        q = q / mass.clamp(min=tiny)
-        q = q / q.sum(1, keepdim=True).clamp(min=tiny)
+        q.div_(mass.clamp(min=tiny))
+        q.div_(q.sum(1, keepdim=True).clamp(min=tiny))
     return q
 
 

@@ -42,6 +42,7 @@ def test_targets_follow_dinov2s_steps():
     for iterations in (1, 3):
         got = sinkhorn_knopp(scores, 0.1, iterations)
         np.testing.assert_allclose(got.numpy(), numpy_sinkhorn(scores.numpy(), 0.1, iterations), rtol=1e-4, atol=1e-8)
+    assert torch.equal(scores, logits(20, K, seed=1))  # the teacher's scores are left as they were
 
 
 def test_rows_sum_to_one_and_the_prototypes_come_out_uniform_over_the_batch():
