@@ -25,6 +25,7 @@ CAPTION_MODES = ("web", "synthetic", "both_single_cls", "dual_cls")  # loss.capt
 CLS_TOKENS = ("cls_web", "cls_synthetic")  # loss.distill_cls, eval.*_token
 CLIP_VIEWS = ("masked", "clean")  # loss.clip_view
 MASK_MODES = ("random", "blockwise")  # loss.mask_mode
+CENTERINGS = ("mean", "sinkhorn_knopp")  # loss.centering
 
 
 def bad(key: str, why: str):
@@ -78,6 +79,13 @@ class ModelConfig:
     # default). Learnt, the gain is the easy way for the student to score every prototype alike,
     # matching the centred teacher only on average: on the scenes L_distill and L_MIM then sat at ln K.
     head_norm_last_layer: bool = True
+    # One prototype head for L_distill and L_MIM (iBOT's shared-head option) or one each. The TIPS
+    # paper does not say. False, separate heads, is DINOv2's published recipe (the DINOv2 paper
+    # unties the heads; its ViT-L/g train configs set `ibot.separate_head: true`, over `false` in its
+    # ssl_default_config). Shared, the two prototype counts must be equal. It takes effect only when both terms are on
+    # (loss.distill_weight and loss.mim_weight > 0): the one head is then `head`, in the student and
+    # in the teacher (the other choice is the row ours:shared_heads of ablations/tips_losses.yaml).
+    shared_heads: bool = False
     # Tag2Text tagging head (the Tag2Text paper: 2 layers, 4 heads), built only when loss.tag_weight > 0.
     num_tags: int = 0  # the tag vocabulary's size, set from the data (Tag2Text: 3,429)
     tag_layers: int = 2
@@ -96,6 +104,13 @@ class ModelConfig:
         if self.image_size % self.patch_size:
             bad("model.image_size", f"{self.image_size} is not a multiple of patch_size {self.patch_size}")
         one_of("model.mlp", self.mlp, MLP_KINDS)
+        distill, mim = self.prototypes()
+        if self.shared_heads and distill != mim:
+            bad(
+                "model.shared_heads",
+                f"one head serves L_distill and L_MIM, so their prototype counts must be equal "
+                f"(model.distill_prototypes {distill}, model.mim_prototypes {mim}; or set model.head_prototypes)",
+            )
 
     def prototypes(self) -> tuple[int, int]:
         """(distillation, MIM) prototype counts, after `head_prototypes`."""
@@ -115,6 +130,10 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
+    # Weight of the contrastive term. 1 in the TIPS objective; 0 drops it (and freezes the text tower),
+    # which only a stage of a staged run should want: the paper does not say whether the second stage
+    # of its sequential row ("CLIP first, then MIM") keeps L_clip (ablations/tips_sequential.yaml).
+    clip_weight: float = 1.0
     # α and β of the TIPS objective (the TIPS paper: α = 1, β = 2). A weight of 0 removes the term,
     # its head and (when both are 0) the teacher.
     distill_weight: float = 1.0
@@ -123,9 +142,11 @@ class LossConfig:
     caption_mode: str = "dual_cls"
     # Unverified in the paper: which student view the contrastive loss sees (masked | clean),
     # and which CLS token the distillation uses (cls_web | cls_synthetic; the figure suggests CLS_1).
-    # "clean" costs a second student forward when MIM is on; we chose it because adding MIM does not
-    # lower the paper's retrieval numbers, and because with "masked" (75% of patches hidden) the
-    # tiny CPU runs lost most of their retrieval (measured: I->T R@1 1.2% vs 9.0%, 256 captions).
+    # clip_view's default "clean" is a tipslab choice (the other is the row ours:clip_view=masked of
+    # ablations/tips_losses.yaml). "clean" costs a second student forward when MIM is on; we chose it
+    # because adding MIM does not lower the paper's retrieval numbers, and because with "masked"
+    # (75% of patches hidden) the tiny CPU runs lost most of their retrieval (measured: I->T R@1
+    # 1.2% vs 9.0%, 256 captions).
     clip_view: str = "clean"
     distill_cls: str = "cls_web"
     # DINOv2 defaults, unverified for TIPS: student 0.1; teacher 0.04 warmed up to 0.07
@@ -134,6 +155,15 @@ class LossConfig:
     student_temp: float = 0.1
     teacher_temp: float = 0.04
     center_momentum: float = 0.9
+    # How the teacher's scores become targets, for L_distill and L_MIM alike. "mean": DINO's and
+    # iBOT's centring (subtract an EMA of the batch mean, then a softmax at the teacher temperature),
+    # also the `train.centering` of DINOv2's ssl_default_config; "sinkhorn_knopp": DINOv2's published
+    # recipe (its paper, and `centering: sinkhorn_knopp` in its ViT-L/g train configs; 3 iterations),
+    # which balances the prototypes over the whole batch instead. The TIPS paper says "centred" only;
+    # the default keeps tipslab's earlier runs (the other choice is the row ours:sinkhorn of
+    # ablations/tips_losses.yaml).
+    centering: str = "mean"
+    sinkhorn_iterations: int = 3  # DINOv2's n_iterations; used with centering: sinkhorn_knopp only
     mask_ratio: float = 0.75  # TIPS default: 75% random masking
     # random | blockwise (BEiT/iBOT rectangles); TIPS: blockwise at 75% scored the same as random.
     mask_mode: str = "random"
@@ -153,11 +183,16 @@ class LossConfig:
         one_of("loss.distill_cls", self.distill_cls, CLS_TOKENS)
         one_of("loss.clip_view", self.clip_view, CLIP_VIEWS)
         one_of("loss.mask_mode", self.mask_mode, MASK_MODES)
+        one_of("loss.centering", self.centering, CENTERINGS)
+        if self.sinkhorn_iterations < 1:
+            bad("loss.sinkhorn_iterations", "must be at least 1")
         if not 0.0 <= self.mask_ratio < 1.0:
             bad("loss.mask_ratio", "must be in [0, 1)")
-        for key in ("distill_weight", "mim_weight"):
+        for key in ("clip_weight", "distill_weight", "mim_weight"):
             if getattr(self, key) < 0:
                 bad(f"loss.{key}", "a loss weight cannot be negative (0 switches the term off)")
+        if self.clip_weight == 0 and self.distill_weight == 0 and self.mim_weight == 0 and self.tag_weight == 0:
+            bad("loss.clip_weight", "0 with every other loss weight at 0 too: nothing would be trained")
 
 
 @dataclass

@@ -1,7 +1,9 @@
 """L_distill: DINO-style self-distillation of local-crop CLS tokens to the teacher's CLS.
 
-The teacher's prototype scores are centred (EMA of the batch mean, across ranks) and sharpened by a
-low temperature; the student's are softened by a higher one; the loss is their cross-entropy.
+The teacher's prototype scores are centred and sharpened by a low temperature; the student's are
+softened by a higher one; the loss is their cross-entropy. Centring (loss.centering) is DINO's mean
+centring (an EMA of the batch mean, across ranks) or DINOv2's Sinkhorn-Knopp balancing of the
+prototypes over the whole batch of every rank; L_MIM (models/mim.py) uses the same targets.
 """
 
 import torch
@@ -42,16 +44,74 @@ class CenteredTeacherTargets(nn.Module):
         self.center.copy_(torch.where(count > 0, moved, self.center))
 
 
+class SinkhornKnoppTargets(nn.Module):
+    """Teacher probabilities balanced over the prototypes by Sinkhorn-Knopp (DINOv2's centring).
+
+    exp(scores / T) is scaled alternately so that every prototype carries the same mass over the
+    batch of every rank, then so that every row sums to 1, `iterations` times; the rows come out
+    summing to 1 and the prototypes' columns near uniform. Stateless: nothing to carry or resume.
+    """
+
+    def __init__(self, iterations: int):
+        super().__init__()
+        self.iterations = iterations
+
+    @torch.no_grad()
+    def forward(self, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+        return sinkhorn_knopp(teacher_logits, temperature, self.iterations)
+
+
+@torch.no_grad()
+def sinkhorn_knopp(teacher_logits: torch.Tensor, temperature: float, iterations: int) -> torch.Tensor:
+    """Targets [N, K] for this rank's rows [N, K], computed as if on the rows of every rank
+    concatenated (N may differ by rank, or be 0). Every rank must call this, rows or not: it takes
+    1 + `iterations` all_reduces. The scores are shifted by their largest value over every rank (a
+    constant factor, which the first balancing removes) so that exp cannot overflow; with prototype
+    weights of norm 1 (model.head_norm_last_layer) the scores are cosines and nothing underflows at
+    the usual temperatures either."""
+    x = teacher_logits.float() / temperature
+    distributed = world()[1] > 1
+    # The largest score, -inf for no rows (a max over an empty tensor raises), without a host read.
+    top = torch.cat([x.reshape(-1), x.new_full((1,), float("-inf"))]).max()
+    if distributed:
+        dist.all_reduce(top, op=dist.ReduceOp.MAX)
+    # In place from here (x is a new tensor): at the MIM targets' size ([masked patches, 32k]) each
+    # copy would cost as much as the targets themselves.
+    q = x.sub_(top).exp_()
+    tiny = torch.finfo(q.dtype).tiny  # a prototype (or row) with no mass stays 0, not 0/0
+    for _ in range(iterations):
+        mass = q.sum(0)  # each prototype's mass over this rank's rows, then over every rank's
+        if distributed:
+            dist.all_reduce(mass)
+        q.div_(mass.clamp(min=tiny))
+        q.div_(q.sum(1, keepdim=True).clamp(min=tiny))
+    return q
+
+
+def teacher_targets(centering: str, prototypes: int, momentum: float, iterations: int) -> nn.Module:
+    """The targets module of loss.centering: "mean" (DINO) or "sinkhorn_knopp" (DINOv2)."""
+    if centering == "sinkhorn_knopp":
+        return SinkhornKnoppTargets(iterations)
+    return CenteredTeacherTargets(prototypes, momentum)
+
+
 def cross_entropy_to_targets(student_logits: torch.Tensor, targets: torch.Tensor, student_temp: float) -> torch.Tensor:
     """Mean over rows of H(targets, softmax(student / T_s))."""
     return -(targets * F.log_softmax(student_logits.float() / student_temp, dim=-1)).sum(-1).mean()
 
 
 class DistillLoss(nn.Module):
-    def __init__(self, prototypes: int, student_temp: float, center_momentum: float):
+    def __init__(
+        self,
+        prototypes: int,
+        student_temp: float,
+        center_momentum: float,
+        centering: str = "mean",
+        sinkhorn_iterations: int = 3,
+    ):
         super().__init__()
         self.student_temp = student_temp
-        self.targets = CenteredTeacherTargets(prototypes, center_momentum)
+        self.targets = teacher_targets(centering, prototypes, center_momentum, sinkhorn_iterations)
 
     def forward(self, local_logits: torch.Tensor, teacher_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
         """local_logits: [B, V, K] for V local crops; teacher_logits: [B, K] of the global crop."""

@@ -3,27 +3,35 @@
 The student sees the masked image; for every masked patch its prototype scores are matched to the
 teacher's (centred, sharpened) scores of the same patch in the clean image. The centre moves to the
 mean over every rank's masked patches: the sums and the counts are both all-reduced, so a patch
-weighs the same whichever rank masked it and however many that rank masked.
+weighs the same whichever rank masked it and however many that rank masked. With Sinkhorn-Knopp
+centring (loss.centering) the prototypes are balanced over every rank's masked patches alike.
 """
 
 import torch
 from torch import nn
 
-from .distill import CenteredTeacherTargets, cross_entropy_to_targets
+from .distill import cross_entropy_to_targets, teacher_targets
 
 
 class MIMLoss(nn.Module):
-    def __init__(self, prototypes: int, student_temp: float, center_momentum: float):
+    def __init__(
+        self,
+        prototypes: int,
+        student_temp: float,
+        center_momentum: float,
+        centering: str = "mean",
+        sinkhorn_iterations: int = 3,
+    ):
         super().__init__()
         self.student_temp = student_temp
-        self.targets = CenteredTeacherTargets(prototypes, center_momentum)
+        self.targets = teacher_targets(centering, prototypes, center_momentum, sinkhorn_iterations)
 
     def forward(
         self, student_patch_logits: torch.Tensor, teacher_patch_logits: torch.Tensor, teacher_temp: float
     ) -> torch.Tensor:
         """Both [M, K]: the masked patches of the whole batch, in the same order."""
-        # The centre update is a collective: a rank with no masked patch still takes part (or the
-        # others would wait for it forever), contributing nothing.
+        # The centre update (or Sinkhorn-Knopp) is a collective: a rank with no masked patch still
+        # takes part (or the others would wait for it forever), contributing nothing.
         targets = self.targets(teacher_patch_logits, teacher_temp)
         if student_patch_logits.shape[0] == 0:
             return student_patch_logits.sum() * 0.0  # zero, with a graph for backward()

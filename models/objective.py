@@ -1,8 +1,9 @@
 """The TIPS objective, with its whole weighting in one place.
 
 total = ½ (L_clip(CLS_1, web) + L_clip(CLS_2, synthetic)) + α L_distill + β L_mim + γ L_tag
-(the caption modes of the ablations replace the first term; L_tag is Tag2Text's tagging loss, off by
-default). A term whose weight is 0 is skipped, and with both α and β at 0 there is no teacher at all.
+(the caption modes of the ablations replace the first term, which loss.clip_weight scales, 1 in the
+paper; L_tag is Tag2Text's tagging loss, off by default). A term whose weight is 0 is skipped, and
+with both α and β at 0 there is no teacher at all.
 """
 
 import torch
@@ -21,10 +22,9 @@ class TIPSObjective(nn.Module):
         loss = cfg.loss
         k_distill, k_mim = cfg.model.prototypes()
         self.cfg = cfg
-        self.distill = (
-            DistillLoss(k_distill, loss.student_temp, loss.center_momentum) if loss.distill_weight > 0 else None
-        )
-        self.mim = MIMLoss(k_mim, loss.student_temp, loss.center_momentum) if loss.mim_weight > 0 else None
+        centring = (loss.center_momentum, loss.centering, loss.sinkhorn_iterations)
+        self.distill = DistillLoss(k_distill, loss.student_temp, *centring) if loss.distill_weight > 0 else None
+        self.mim = MIMLoss(k_mim, loss.student_temp, *centring) if loss.mim_weight > 0 else None
 
     @property
     def needs_teacher(self) -> bool:
@@ -34,16 +34,19 @@ class TIPSObjective(nn.Module):
         loss = self.cfg.loss
         t = student_out["temperature"]
         terms: dict[str, torch.Tensor] = {}
-        if loss.caption_mode == "dual_cls":
-            terms["clip_web"] = clip_loss(student_out["cls_web"], student_out["text_web"], t)
-            terms["clip_synthetic"] = clip_loss(student_out["cls_synthetic"], student_out["text_synthetic"], t)
-            clip = 0.5 * (terms["clip_web"] + terms["clip_synthetic"])
-        elif loss.caption_mode == "synthetic":
-            clip = clip_loss(student_out["cls_web"], student_out["text_synthetic"], t)
-        else:  # web, or both captions sampled onto the one CLS token
-            clip = clip_loss(student_out["cls_web"], student_out["text_web"], t)
-        terms["clip"] = clip
-        total = clip
+        if loss.clip_weight > 0:  # 0 only for a stage that drops the contrastive term (loss.clip_weight)
+            if loss.caption_mode == "dual_cls":
+                terms["clip_web"] = clip_loss(student_out["cls_web"], student_out["text_web"], t)
+                terms["clip_synthetic"] = clip_loss(student_out["cls_synthetic"], student_out["text_synthetic"], t)
+                clip = 0.5 * (terms["clip_web"] + terms["clip_synthetic"])
+            elif loss.caption_mode == "synthetic":
+                clip = clip_loss(student_out["cls_web"], student_out["text_synthetic"], t)
+            else:  # web, or both captions sampled onto the one CLS token
+                clip = clip_loss(student_out["cls_web"], student_out["text_web"], t)
+            terms["clip"] = clip
+            total = loss.clip_weight * clip
+        else:
+            total = t.new_zeros(())
         if self.distill is not None:
             terms["distill"] = self.distill(student_out["local_logits"], teacher_out["cls_logits"], teacher_temp)
             total = total + loss.distill_weight * terms["distill"]

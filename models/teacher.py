@@ -13,15 +13,22 @@ from torch import nn
 from .mim import masked_count, masked_tokens
 from .tips import TIPSStudent
 
-TEACHER_PARTS = ("vision", "distill_head", "mim_head")
+# "head": the one head of both terms with model.shared_heads, where distill_head and mim_head are
+# references to it (in the student, and so in the copy: one deepcopy memo keeps the sharing).
+TEACHER_PARTS = ("vision", "distill_head", "mim_head", "head")
 
 
 class EMATeacher(nn.Module):
     def __init__(self, student: TIPSStudent):
         super().__init__()
+        memo: dict = {}
         for name in TEACHER_PARTS:
             part = getattr(student, name)
-            setattr(self, name, copy.deepcopy(part) if part is not None else None)
+            copied = copy.deepcopy(part, memo) if part is not None else None
+            if part is None or name in student._modules:
+                setattr(self, name, copied)
+            else:  # a reference to a part registered under another name: registered once here too
+                object.__setattr__(self, name, copied)
         self.mask_ratio = student.cfg.loss.mask_ratio
         self.requires_grad_(False)
         self.train(False)
@@ -32,7 +39,7 @@ class EMATeacher(nn.Module):
     def _pairs(self, student: TIPSStudent) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         mine, theirs = [], []
         for name in TEACHER_PARTS:
-            if getattr(self, name) is not None:
+            if self._modules.get(name) is not None:  # registered parts only: a shared head moves once
                 mine += list(getattr(self, name).parameters())
                 theirs += list(getattr(student, name).parameters())
         return mine, theirs

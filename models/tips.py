@@ -35,12 +35,22 @@ class TIPSStudent(nn.Module):
         self.vision = VisionTower(cfg.model)
         self.text = TextTower(cfg.model)
         distill_prototypes, mim_prototypes = cfg.model.prototypes()
-        self.distill_head = make_head(cfg, distill_prototypes) if loss.distill_weight > 0 else None
-        self.mim_head = make_head(cfg, mim_prototypes) if loss.mim_weight > 0 else None
+        self.head = None  # the one head of both terms, with model.shared_heads
+        if cfg.model.shared_heads and loss.distill_weight > 0 and loss.mim_weight > 0:
+            # Registered once, as `head` (one parameter set, one state_dict entry, one teacher copy);
+            # distill_head and mim_head are plain references to it.
+            self.head = make_head(cfg, distill_prototypes)  # the counts are equal (ModelConfig.check)
+            object.__setattr__(self, "distill_head", self.head)
+            object.__setattr__(self, "mim_head", self.head)
+        else:
+            self.distill_head = make_head(cfg, distill_prototypes) if loss.distill_weight > 0 else None
+            self.mim_head = make_head(cfg, mim_prototypes) if loss.mim_weight > 0 else None
         self.tag_head = make_tag_head(cfg) if loss.tag_weight > 0 else None
         if self.mim_head is None:
             # Without MIM nothing is masked: a frozen mask token keeps DDP from waiting for its gradient.
             self.vision.mask_token.requires_grad_(False)
+        if loss.clip_weight == 0:  # likewise the text tower, with no contrastive term to train it
+            self.text.requires_grad_(False)
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.text(tokens)
@@ -55,13 +65,11 @@ class TIPSStudent(nn.Module):
         loss = self.cfg.loss
         masks = batch["masks"] if self.mim_head is not None else None
         view = self.vision(batch["global_crop"], masks)
-        clip_view = view if (loss.clip_view == "masked" or masks is None) else self.vision(batch["global_crop"])
-        out = {
-            "cls_web": clip_view["cls_web"],
-            "cls_synthetic": clip_view["cls_synthetic"],
-            "temperature": self.text.temperature,
-        }
-        mode = loss.caption_mode
+        out = {"temperature": self.text.temperature}
+        if loss.clip_weight > 0 or self.tag_head is not None:
+            clip_view = view if (loss.clip_view == "masked" or masks is None) else self.vision(batch["global_crop"])
+            out.update(cls_web=clip_view["cls_web"], cls_synthetic=clip_view["cls_synthetic"])
+        mode = loss.caption_mode if loss.clip_weight > 0 else None  # no contrastive term: no captions to encode
         if mode == "both_single_cls":
             pick = torch.rand(batch["web_tokens"].shape[0], device=batch["web_tokens"].device) < 0.5
             out["text_web"] = self.text(torch.where(pick[:, None], batch["synthetic_tokens"], batch["web_tokens"]))

@@ -58,6 +58,9 @@ class AblationSpec:
     reference: dict[str, Any] = field(default_factory=dict)  # source: str, then variant -> {key: number}
     search: SearchSpec = field(default_factory=SearchSpec)
     resources: ResourceSpec = field(default_factory=ResourceSpec)
+    # In a size overlay: rows of the full spec this size leaves out (say, rows of ours that would
+    # double a CPU table's cost).
+    drop: list[str] = field(default_factory=list)
     mini: dict[str, Any] = field(default_factory=dict)  # any of the keys above, laid over them
     smoke: dict[str, Any] = field(default_factory=dict)  # likewise
 
@@ -196,6 +199,14 @@ def sized_spec(path: Path, size: str):
             if key in block:
                 raise ConfigError(f"{path}: {overlay}.{key}: the {overlay} overlay cannot change `{key}`")
         sized[overlay] = typed_spec(deep_overlay(unsized, block), f"{path}: {overlay}")
+        dropped = sized[overlay]
+        for name in dropped.drop:
+            if name not in dropped.variants or name == dropped.baseline:
+                why = "is the baseline" if name == dropped.baseline else "is not a row of the spec"
+                raise ConfigError(f"{path}: {overlay}.drop: {name!r} {why}")
+            del dropped.variants[name]
+    if spec.drop:
+        raise ConfigError(f"{path}: drop: only a size overlay (mini, smoke) can leave rows out")
     if size == "full":
         return spec
     if size not in raw:

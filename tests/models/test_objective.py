@@ -1,6 +1,7 @@
 """The TIPS objective end to end on the tiny student: weights, caption modes, views, and learning."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ import torch
 from tipslab.models.config import LossConfig, ModelConfig, TIPSConfig
 from tipslab.models.contrastive import clip_loss
 from tipslab.models.distill import DistillLoss
+from tipslab.models.errors import ConfigError
 from tipslab.models.mim import MIMLoss
 from tipslab.models.objective import TIPSObjective
 from tipslab.models.teacher import EMATeacher
@@ -293,3 +295,49 @@ def test_distill_and_mim_heads_have_their_own_prototype_counts():
     assert student.distill_head.prototypes.weight.shape == (40, 16)
     assert student.distill_head.mlp[0].weight.shape == (32, 64)
     assert math.isfinite(terms["loss"].item())
+
+
+# --- loss.clip_weight: the contrastive term scaled, or dropped (a stage of the sequential row) ---
+
+
+def test_clip_weight_scales_the_contrastive_term():
+    cfg, student, objective, teacher = make(clip_weight=0.5)
+    _, _, total, terms = run(cfg, student, objective, teacher, make_batch())
+    want = 0.5 * terms["clip"] + terms["distill"] + 2.0 * terms["mim"]
+    torch.testing.assert_close(total, want)
+
+
+def test_without_the_contrastive_term_the_text_tower_is_frozen_and_unused():
+    cfg, student, objective, teacher = make(clip_weight=0.0)
+    assert not any(p.requires_grad for p in student.text.parameters())
+    batch = make_batch()
+    out, _, total, terms = run(cfg, student, objective, teacher, batch)
+    assert not {"text_web", "text_synthetic", "cls_web", "cls_synthetic"} & set(out)  # no captions encoded
+    assert set(terms) == {"distill", "mim", "loss"}
+    torch.testing.assert_close(total, terms["distill"] + 2.0 * terms["mim"])
+    total.backward()
+    assert student.vision.pos_embed.grad.abs().sum() > 0
+    assert all(p.grad is None for p in student.text.parameters())
+
+
+@pytest.mark.parametrize(
+    "loss, key",
+    [
+        ({"clip_weight": 0.0, "distill_weight": 0.0, "mim_weight": 0.0}, "loss.clip_weight"),
+        ({"clip_weight": -1.0}, "loss.clip_weight"),
+        ({"centering": "median"}, "loss.centering"),
+        ({"centering": "sinkhorn_knopp", "sinkhorn_iterations": 0}, "loss.sinkhorn_iterations"),
+    ],
+)
+def test_bad_open_choices_are_refused_naming_the_key(loss, key):
+    with pytest.raises(ConfigError, match="^" + re.escape(key) + ": "):
+        LossConfig(**loss)
+
+
+def test_sinkhorn_centring_reaches_both_terms():
+    from tipslab.models.distill import SinkhornKnoppTargets
+
+    _, _, objective, _ = make(centering="sinkhorn_knopp", sinkhorn_iterations=5)
+    for term in (objective.distill, objective.mim):
+        assert isinstance(term.targets, SinkhornKnoppTargets) and term.targets.iterations == 5
+    assert objective.state_dict() == {}  # no centres to keep

@@ -107,12 +107,12 @@ def test_plan_json_is_stable_and_report_ui_need_a_store(tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert list(summary) == ["spec", "size", "trials", "num_trials", "resources", "data", "warnings", "estimate"]
-    assert (summary["spec"], summary["size"], summary["num_trials"]) == ("tips-losses", "smoke", 3)
+    assert (summary["spec"], summary["size"], summary["num_trials"]) == ("tips-losses", "smoke", 6)
     assert summary["estimate"]["gpu_hours"] is None and "no MLflow store" in summary["estimate"]["basis"][0]["note"]
     short = tipslab("plan", "ablations/tips_losses.yaml", env_home=tmp_path / "home")
     assert short.returncode == 0 and "\nrecipe: " in short.stdout and "## recipe" not in short.stdout
     card = tipslab("plan", "ablations/tips_losses.yaml", "--recipe", env_home=tmp_path / "home")
-    assert "## recipe of tips-losses (full): 3 row(s)" in card.stdout and "| loss.mim_weight" in card.stdout
+    assert "## recipe of tips-losses (full): 6 row(s)" in card.stdout and "| loss.mim_weight" in card.stdout
     for command in (["report", "smoke", "--out", str(tmp_path / "r")], ["ui"]):
         result = tipslab(*command, env_home=tmp_path / "home")
         assert result.returncode == 2 and "no MLflow store" in result.stderr
@@ -173,7 +173,7 @@ def test_sizes_on_the_command_line(tmp_path):
     (code, out, err), both, *failed = json.loads(result.stdout.strip().splitlines()[-1])
     assert code == 0, err
     summary = json.loads(out)
-    assert (summary["spec"], summary["size"], summary["num_trials"]) == ("tips-losses", "mini", 9)
+    assert (summary["spec"], summary["size"], summary["num_trials"]) == ("tips-losses", "mini", 18)
     assert summary["resources"]["device_kind"] == "cpu" and summary["estimate"]["cpu_hours"] is None
     assert both[0] == 2 and "argument --smoke: not allowed with argument --size" in both[2]
     for (args, line), (code, _, err) in zip(errors, failed):

@@ -324,7 +324,17 @@ SCENE_PROBES = {
 @pytest.mark.parametrize(
     "name, variants",
     [
-        ("tips_losses", ["clip", "clip+distill", "clip+distill+mim"]),
+        (
+            "tips_losses",
+            [
+                "clip",
+                "clip+distill",
+                "clip+distill+mim",
+                "ours:clip_view=masked",
+                "ours:sinkhorn",
+                "ours:shared_heads",
+            ],
+        ),
         ("tips_caption_source", ["web", "synthetic", "both_single_cls", "dual_cls"]),
     ],
 )
@@ -365,6 +375,48 @@ def test_mini_keeps_the_rows_own_settings(home):
     assert {v: (c["caption_mode"], c["distill_weight"], c["mim_weight"]) for v, c in captions.items()} == {
         v: (v, 0, 0) for v in ("web", "synthetic", "both_single_cls", "dual_cls")
     }
+
+
+# The open choices (ours: rows, no paper numbers): each row is its spec's full row with one choice
+# set the other way, at every size (the mini and smoke overlays scale α and β alike).
+OURS = {
+    "tips_losses": (
+        "clip+distill+mim",
+        {
+            "ours:clip_view=masked": {("loss", "clip_view"): ("clean", "masked")},
+            "ours:sinkhorn": {("loss", "centering"): ("mean", "sinkhorn_knopp")},
+            "ours:shared_heads": {
+                ("model", "shared_heads"): (False, True),
+                ("model", "distill_prototypes"): (65536, 32768),
+            },
+        },
+    ),
+    "tips_sequential": ("clip_then_mim", {"ours:clip_then_ssl": {("stage2", "clip_weight"): (1, 0)}}),
+}
+
+
+def differences(a: dict, b: dict) -> dict:
+    def flat(c):
+        out = {(s, k): v for s in ("loss", "model") for k, v in c[s].items()}
+        stages = c["train"]["stages"]
+        if stages:
+            out.update({("stage2", k.split(".")[-1]): v for k, v in stages[1]["overrides"].items()})
+        return out
+
+    fa, fb = flat(a), flat(b)
+    return {k: (fa.get(k), fb.get(k)) for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k)}
+
+
+@pytest.mark.parametrize("name", sorted(OURS))
+@pytest.mark.parametrize("size", ["full", "mini", "smoke"])
+def test_our_rows_change_one_open_choice_of_the_full_row_and_have_no_paper_numbers(name, size, home):
+    row, ours = OURS[name]
+    plan = load_spec(ABLATIONS / f"{name}.yaml", size=size)
+    configs = {t.variant: t.config for t in plan.trials if t.seed == plan.trials[0].seed}
+    for variant, changed in ours.items():
+        assert differences(configs[row], configs[variant]) == changed, variant
+        assert variant not in plan.spec.get("reference", {})
+    assert {v for v in configs if not v.startswith("ours:")} <= set(plan.spec["reference"])  # the paper's rows
 
 
 @pytest.mark.parametrize("spec", MINI_SPECS, ids=[p.stem for p in MINI_SPECS])

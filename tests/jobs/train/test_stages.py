@@ -94,3 +94,40 @@ def test_stage_overrides_are_checked_against_the_typed_config():
         stage_configs(stages({"loss.mim_weight": "lots"}))
     with pytest.raises(ConfigError, match="loss.mask_ratio"):
         stage_configs(stages({"loss.mask_ratio": 1.5}))
+
+
+def test_a_stage_without_the_contrastive_term_keeps_the_text_tower_and_trains_the_rest(home):
+    """ours:clip_then_ssl (ablations/tips_sequential.yaml): stage 2 at loss.clip_weight 0 starts from
+    stage 1's weights, leaves the text tower as stage 1 left it, and trains the image tower and the
+    one head both terms share (model.shared_heads) with L_distill and L_MIM only."""
+    from tipslab.jobs.bench.step import synthetic_batch
+    from tipslab.jobs.train.step import build_step, tips_step
+
+    stages = (
+        "[{name: clip, steps: 1, overrides: {loss.distill_weight: 0, loss.mim_weight: 0}},"
+        " {name: ssl, steps: 1, overrides: {loss.clip_weight: 0}}]"
+    )
+    config = to_dict(load_experiment(BASE, ["model.shared_heads=true", "data.local_crops=2", f"train.stages={stages}"]))
+    (_, clip), (_, ssl) = stage_configs(experiment(config))
+    first = build_step(clip, "cpu", seed=0)
+    batch = synthetic_batch(clip, 2)
+    assert set(tips_step(first, batch, teacher_temp=0.04, momentum=0.9, step=0)) == {
+        "clip_web",
+        "clip_synthetic",
+        "clip",
+        "loss",
+        "grad_norm",
+    }
+    carry = {"student": first.student.state_dict(), "objective": first.objective.state_dict(), "teacher": None}
+    second = build_step(ssl, "cpu", seed=1, carry=carry)
+    student = second.student
+    assert student.head is student.distill_head is student.mim_head
+    text = {k: v.clone() for k, v in student.text.state_dict().items()}
+    vision = student.vision.pos_embed.clone()
+    assert torch.equal(vision, carry["student"]["vision.pos_embed"])
+    values = tips_step(second, synthetic_batch(ssl, 2), teacher_temp=0.04, momentum=0.9, step=0)
+    assert set(values) == {"distill", "mim", "loss", "grad_norm"}
+    torch.testing.assert_close(values["loss"], 0.1 * values["distill"] + 0.2 * values["mim"])
+    assert all(torch.equal(v, text[k]) for k, v in student.text.state_dict().items())
+    assert not torch.equal(student.vision.pos_embed, vision)
+    assert not torch.equal(second.teacher.head.mlp[0].weight, student.head.mlp[0].weight)  # its own copy, moved
