@@ -50,6 +50,7 @@ SOURCES: dict[str, object] = {
     "model.mim_prototypes": {32768: "TIPS"},
     "model.head_prototypes": {0: "derived", "*": "ours"},
     "model.head_norm_last_layer": {True: "DINO"},
+    "model.shared_heads": {False: "DINOv2", True: "ours"},  # DINOv2's ViT-L/g configs: separate heads
     "model.num_tags": "derived",  # the tag vocabulary's size
     "model.tag_layers": {2: "Tag2Text"},
     "model.tag_heads": {4: "Tag2Text"},
@@ -57,6 +58,9 @@ SOURCES: dict[str, object] = {
     "loss.mim_weight": {2.0: "TIPS", 0.2: "ours"},
     "loss.caption_mode": {"dual_cls": "TIPS"},
     "loss.clip_view": "ours",
+    "loss.clip_weight": {1.0: "TIPS", "*": "ours"},  # 0 only in a stage of ours (no L_clip)
+    "loss.centering": {"mean": "DINO", "sinkhorn_knopp": "DINOv2"},
+    "loss.sinkhorn_iterations": {3: "DINOv2"},
     "loss.distill_cls": "ours",  # the paper's figure suggests CLS_1 (unverified)
     "loss.student_temp": {0.1: "DINOv2"},
     "loss.teacher_temp": {0.04: "DINOv2"},
@@ -87,7 +91,8 @@ SOURCES: dict[str, object] = {
     "train.steps": "ours",
     "train.lr": "ours",
     "train.min_lr": "ours",
-    "train.warmup_steps": "ours",
+    "train.warmup_steps": {0: "derived", "*": "ours"},  # 0: train.warmup_fraction gives it
+    "train.warmup_fraction": {0.1: "DINOv2", 0.0: "derived", "*": "ours"},  # 10 of 100 epochs
     "train.weight_decay": {0.04: "DINOv2", "*": "ours"},
     "train.weight_decay_end": {0.4: "DINOv2", "*": "ours"},
     "train.grad_clip": {3.0: "DINOv2", "*": "ours"},
@@ -100,7 +105,8 @@ SOURCES: dict[str, object] = {
     "train.teacher_momentum": {0.992: "DINOv2"},
     "train.teacher_momentum_end": {1.0: "DINOv2"},
     "train.teacher_temp_end": {0.07: "DINOv2"},
-    "train.teacher_temp_warmup_steps": "ours",  # DINOv2 warms up over 30 epochs, not steps
+    "train.teacher_temp_warmup_steps": {0: "derived", "*": "ours"},  # 0: the fraction below gives it
+    "train.teacher_temp_warmup_fraction": {0.3: "DINOv2", 0.0: "derived", "*": "ours"},  # 30 of 100 epochs
     "train.stages": {(): "TIPS"},  # one joint stage; the rows' stages are the spec's
     "train.checkpoints_to_keep": RUN,
     "train.max_failures": RUN,

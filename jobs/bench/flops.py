@@ -83,14 +83,15 @@ def head_flops(width: int, hidden: int, bottleneck: int, prototypes: int) -> flo
     return 2 * (width * hidden + hidden * hidden + hidden * bottleneck + bottleneck * prototypes)
 
 
-def head_params(width: int, hidden: int, bottleneck: int, prototypes: int) -> int:
-    # Linear weights and biases; the weight-normalised prototypes hold a direction and a norm per row.
+def head_params(width: int, hidden: int, bottleneck: int, prototypes: int, gain: bool = True) -> int:
+    """Linear weights and biases; the weight-normalised prototypes hold a direction and a norm per
+    row (the norm fixed, not trained, under model.head_norm_last_layer: gain=False)."""
     return (
         (width * hidden + hidden)
         + (hidden * hidden + hidden)
         + (hidden * bottleneck + bottleneck)
         + prototypes * bottleneck
-        + prototypes
+        + (prototypes if gain else 0)
     )
 
 
@@ -215,13 +216,15 @@ def trainable_params(exp) -> tuple[int, int]:
     mask_token = width if loss.mim_weight > 0 else 0  # frozen without MIM (models/tips.py)
     text = m.vocab_size * width + tower_params(Tower(width, text_depth, mlp_dim, "gelu"), layerscale=False) + 1
     k_distill, k_mim = m.prototypes()
-    heads = 0
-    if loss.distill_weight > 0:
-        heads += head_params(width, m.head_hidden, m.head_bottleneck, k_distill)
-    if loss.mim_weight > 0:
-        heads += head_params(width, m.head_hidden, m.head_bottleneck, k_mim)
-    teacher = vision + width + heads if (loss.distill_weight > 0 or loss.mim_weight > 0) else 0
-    return vision + mask_token + text + heads, teacher
+    counts = [k for k, weight in ((k_distill, loss.distill_weight), (k_mim, loss.mim_weight)) if weight > 0]
+    if m.shared_heads and len(counts) == 2:
+        counts = counts[:1]  # one head serves both terms (models/tips.py)
+    heads = sum(head_params(width, m.head_hidden, m.head_bottleneck, k) for k in counts)
+    trained_heads = sum(
+        head_params(width, m.head_hidden, m.head_bottleneck, k, gain=not m.head_norm_last_layer) for k in counts
+    )
+    teacher = vision + width + heads if counts else 0
+    return vision + mask_token + text + trained_heads, teacher
 
 
 def flops_per_step(exp, world_size: int = 1, batch_size: int | None = None) -> float:

@@ -50,13 +50,15 @@ def test_the_losses_card_says_which_values_are_the_papers_and_which_are_guesses(
         "clip": "spec",  # the row's own setting, written in the spec
         "clip+distill": "TIPS",  # α = 1
         "clip+distill+mim": "TIPS",
+        **{row: "TIPS" for row in ("ours:clip_view=masked", "ours:sinkhorn", "ours:shared_heads")},
     }
+    assert keys["loss.centering"]["ours:sinkhorn"] == {"value": "sinkhorn_knopp", "source": "DINOv2"}
     assert keys["loss.mim_weight"]["clip+distill+mim"] == {"value": 2.0, "source": "TIPS"}
     assert keys["data.local_crops"]["clip"] == {"value": 8, "source": "DINOv2"}
     assert keys["train.weight_decay"]["clip"]["source"] == "DINOv2" and keys["train.lr"]["clip"]["source"] == "ours"
     assert "data.cpus" not in keys and "train.log_every" not in keys  # "run" keys the rows share
     text = format_recipe(card)
-    assert "| loss.mim_weight" in text and "0.0 [spec] | 0.0 [spec] | 2.0 [TIPS]" in text
+    assert "| loss.mim_weight" in text and "0.0 [spec] | 0.0 [spec] | 2.0 [TIPS] | 2.0 [TIPS]" in text
     assert "  DINOv2    DINOv2's published defaults" in text
 
 

@@ -35,6 +35,7 @@ VARIANTS = {
     "web captions only, no teacher": ["loss.caption_mode=web", "loss.distill_weight=0", "loss.mim_weight=0"],
     "contrastive loss on the masked view": ["loss.clip_view=masked"],
     "SwiGLU, wider, more crops": ["model.size=small-cpu", "model.mlp=swiglu", "data.local_crops=3"],
+    "one shared head, its gain learnt": ["model.shared_heads=true", "model.head_norm_last_layer=false"],
 }
 
 
