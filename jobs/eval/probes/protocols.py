@@ -32,9 +32,3 @@ def label_size(ev: EvalConfig, probes, standard: bool, image_size: int) -> int:
     if standard and ev.dense_label_size and any(resolve(p, ev, standard) in STANDARD.values() for p in probes):
         return ev.dense_label_size
     return image_size
-
-
-def text(protocol: dict) -> str:
-    """One line: `name: key=value, ...` (an MLflow tag, a table's footnote)."""
-    settings = ", ".join(f"{k}={v}" for k, v in protocol.items() if k != "name")
-    return f"{protocol['name']}: {settings}" if settings else protocol["name"]
