@@ -8,6 +8,7 @@ from mlflow.tracking import MlflowClient
 
 ROLE, SWEEP_ID, VARIANT, SEED = "tipslab.role", "tipslab.sweep_id", "tipslab.variant", "tipslab.seed"
 SIZE, CONFIG_HASH, AXIS = "tipslab.size", "tipslab.config_hash", "tipslab.axis."
+PROTOCOL = "tipslab.protocol."  # + a metric key: the protocol that made the number (a trial's tag)
 
 
 class StoreError(LookupError):

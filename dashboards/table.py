@@ -6,7 +6,9 @@ from the baseline's mean with the 95% confidence interval of Welch's t over the 
 and a difference whose interval excludes zero is marked `*`, better or worse by the metric's goal.
 With one seed on either side no interval can be given, and the table says so. The paper's number
 for the same metric key, where the spec gives one, sits beside ours; for another key there is none,
-so a paper number never sits beside one measured on other data.
+so a paper number never sits beside one measured on other data. A footnote names the protocol that
+produced each column (the runs' `tipslab.protocol.<key>` tags: e.g. DINOv2's linear segmentation at
+the full label resolution, or the scenes' cheap patch-grid probe), and says so where runs differ.
 """
 
 import csv
@@ -17,7 +19,7 @@ import statistics
 from dataclasses import dataclass
 
 from .stats import NO_SPREAD, ONE_SEED, Diff, welch
-from .store import Sweep
+from .store import PROTOCOL, Sweep
 
 ARROWS = {"max": "↑", "min": "↓"}
 REAL = "*"  # follows a difference whose 95% interval excludes zero
@@ -150,10 +152,27 @@ def build(sweep: Sweep) -> Table:
         notes += _delta_notes(rows, metrics)
     if not_finite:
         notes.append(f"not counted in n, means or intervals: {', '.join(not_finite)}")
+    notes += _protocol_notes(finished, metrics)
     source = spec.get("reference", {}).get("source")
     if source and any(with_paper):
         notes.append(f"paper: {source}")
     return Table(title, notes, metrics, with_paper, base_cells is not None, rows)
+
+
+def _protocol_notes(finished, metrics) -> list[str]:
+    """One line per protocol: the columns it produced and its settings; a column whose runs used
+    different protocols says so, with how many runs used each."""
+    by_text: dict[str, list[str]] = {}
+    mixed = []
+    for m in metrics:
+        header = m.get("header") or m["key"]
+        texts = [t.tags[PROTOCOL + m["key"]] for t in finished if PROTOCOL + m["key"] in t.tags]
+        if len(set(texts)) == 1:
+            by_text.setdefault(texts[0], []).append(header)
+        elif texts:
+            counts = ", ".join(f"{text} (n={texts.count(text)})" for text in sorted(set(texts)))
+            mixed.append(f"protocol of {header}: mixed, {counts}")
+    return [f"protocol of {', '.join(headers)}: {text}" for text, headers in by_text.items()] + mixed
 
 
 def _delta_notes(rows, metrics) -> list[str]:

@@ -27,6 +27,10 @@ AUGMENTS = ("none", "dinov2")  # data.augment
 ALL_PROBES = ("zero_shot", "retrieval", "web_retrieval", "segmentation", "depth", "normals", "knn")
 ZERO_SHOT_TEMPLATE_SETS = ("openai", "simple", "own")  # eval.zero_shot_template_set
 RETRIEVAL_CAPTIONS = ("web_caption", "synthetic_caption")  # eval.retrieval_caption
+# eval.seg_protocol, eval.depth_protocol (docs/probes.md): auto = the standard protocol on the
+# standard datasets (pascal_voc, ade20k, nyuv2), the cheap one on the probe splits of shards.
+SEG_PROTOCOLS = ("auto", "patch_grid", "linear_upsampled")
+DEPTH_PROTOCOLS = ("auto", "scenes_bins", "dinov2_linear")
 
 
 def at_least_one(name: str, section, keys) -> None:
@@ -227,6 +231,20 @@ class EvalConfig:
     # upsampled to it (DINOv2 trains at the label size); 0: the patch grid, which keeps CPU probes
     # to seconds. They are always scored at the model's image size.
     dense_train_size: int = 0
+    # Which protocol each dense probe follows (docs/probes.md). patch_grid / scenes_bins: the cheap
+    # variants above (labels sampled at the patch grid for training; the scenes' numbers).
+    # linear_upsampled: DINOv2's linear segmentation, the logits upsampled bilinearly to the whole
+    # label map in training and scoring. dinov2_linear: DINOv2's "lin. 1" depth (CLS token
+    # concatenated to every patch token, 256 bins read out as a depth, SILog loss, the dataset's
+    # evaluation crop: NYUv2's Eigen crop). auto: the standard one on pascal_voc, ade20k and nyuv2,
+    # the cheap one on the probe splits.
+    seg_protocol: str = "auto"
+    depth_protocol: str = "auto"
+    # Side of the label maps of a standard dataset scored under a standard protocol: DINOv2 scores
+    # segmentation at 512 x 512 (its ADE20k and VOC crops). 0: the model's image size.
+    dense_label_size: int = 512
+    # dinov2_linear's bins on [1 mm, depth max]: linear (DINOv2's "UD", its default) | log.
+    depth_bin_spacing: str = "linear"
     # features.npz keeps the patch tokens of this many fixed probe-test images (the report's PCA maps).
     pca_images: int = 4
     batch_size: int = 64
@@ -247,6 +265,11 @@ class EvalConfig:
             not self.zero_shot_templates or any("{}" not in t for t in self.zero_shot_templates)
         ):
             bad("eval.zero_shot_templates", "with zero_shot_template_set: own, give templates that each hold {}")
+        one_of("eval.seg_protocol", self.seg_protocol, SEG_PROTOCOLS)
+        one_of("eval.depth_protocol", self.depth_protocol, DEPTH_PROTOCOLS)
+        one_of("eval.depth_bin_spacing", self.depth_bin_spacing, ("linear", "log"))
+        if self.dense_label_size < 0:
+            bad("eval.dense_label_size", "must be 0 (the model's image size) or a side in pixels")
         for key in ("zero_shot_token", "knn_token"):
             if getattr(self, key) not in CLS_TOKENS:
                 bad(f"eval.{key}", f"{getattr(self, key)!r} is not cls_web or cls_synthetic")

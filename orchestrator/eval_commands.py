@@ -90,6 +90,7 @@ def append_to_run(client, run_id: str, result, out_dir: str) -> None:
         {**result.metrics, "perf/eval_seconds": result.seconds["total"]},
         RESULTS_FILE,
         features if os.path.isfile(features) else None,
+        result.protocols,
     )
 
 

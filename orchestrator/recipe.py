@@ -137,6 +137,11 @@ SOURCES: dict[str, object] = {
     "eval.depth_bins": {256: "DINOv2"},
     "eval.depth_max": {0.0: "DINOv2"},  # 0: the dataset's cap (NYUv2: 10 m, DINOv2's)
     "eval.dense_train_size": "ours",
+    # auto: the standard protocol on standard datasets, the cheap one on the scenes (docs/probes.md)
+    "eval.seg_protocol": {"linear_upsampled": "DINOv2", "*": "ours"},
+    "eval.depth_protocol": {"dinov2_linear": "DINOv2", "*": "ours"},
+    "eval.dense_label_size": "ours",
+    "eval.depth_bin_spacing": {"linear": "DINOv2", "*": "ours"},
     "eval.pca_images": RUN,
     "eval.batch_size": RUN,
 }

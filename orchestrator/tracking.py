@@ -26,6 +26,9 @@ from .runtime import artifact_root
 ROLE, SWEEP_ID, SPEC, SIZE = "tipslab.role", "tipslab.sweep_id", "tipslab.spec", "tipslab.size"
 VARIANT, SEED, CONFIG_HASH, CHECKPOINT = "tipslab.variant", "tipslab.seed", "tipslab.config_hash", "tipslab.checkpoint"
 AXIS, DATA_HASH, TOKENIZER_HASH = "tipslab.axis.", "tipslab.data_hash", "tipslab.tokenizer_sha256"
+# + a metric key (eval/<dataset>/<metric>): the protocol that made the number and its settings
+PROTOCOL = "tipslab.protocol."
+PROTOCOLS = "protocols"  # the entry of eval_results.json naming each probe's protocol (jobs/eval/evaluate.py)
 LOGGED_PREFIXES = ("train/", "perf/", "eval/")
 _SECRET_IN_URI = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
 # Names of settings that hold credentials: never logged, and their values are masked wherever they appear.
@@ -220,8 +223,12 @@ class SweepTracker:
         run_id = self.children[trial_name]
         if result:
             evals = {k: v for k, v in result.items() if k.startswith("eval/")}
+            protocols = read_protocols(result["eval_dir"]) if result.get("eval_dir") else {}
             if evals:
-                self.client.log_dict(run_id, evals, "eval_results.json")
+                self.client.log_dict(
+                    run_id, {**evals, **({PROTOCOLS: protocols} if protocols else {})}, "eval_results.json"
+                )
+            tag_protocols(self.client, run_id, protocols)
             if result.get("checkpoint_uri"):
                 self.client.set_tag(run_id, CHECKPOINT, redact(result["checkpoint_uri"]))
             if result.get("eval_dir"):
@@ -247,6 +254,28 @@ class SweepTracker:
 
     def finish(self, status: str) -> None:
         self.client.set_terminated(self.parent_id, status)
+
+
+def read_protocols(eval_dir: str) -> dict:
+    """The `protocols` entry of the evaluation's eval_results.json ({} when there is none)."""
+    import pyarrow.fs
+
+    uri = f"{eval_dir.rstrip('/')}/eval_results.json"
+    try:
+        fs, path = pyarrow.fs.FileSystem.from_uri(uri if "://" in uri else f"file://{uri}")
+        with fs.open_input_stream(path) as f:
+            return json.loads(f.read()).get(PROTOCOLS) or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def tag_protocols(client: MlflowClient, run_id: str, protocols: dict) -> None:
+    """One tag per metric key, `tipslab.protocol.<key>`: the protocol that made it, with its settings
+    (what `tipslab table` footnotes under each column)."""
+    from tipslab.jobs.eval.registry import protocol_by_metric
+
+    for key, text in protocol_by_metric(protocols).items():
+        client.set_tag(run_id, PROTOCOL + key, redact(text)[:5000])
 
 
 class TrackingCallback(Callback):
@@ -309,9 +338,17 @@ def log_bench(tracking_uri: str, bench: str, model_size: str, result: dict, metr
     return run_id
 
 
-def append_eval(client: MlflowClient, run_id: str, metrics: dict, results_file: str, features: str | None) -> None:
+def append_eval(
+    client: MlflowClient,
+    run_id: str,
+    metrics: dict,
+    results_file: str,
+    features: str | None,
+    protocols: dict | None = None,
+) -> None:
     """`tipslab eval --run`: eval/* metrics at the run's last training step, its eval results file
-    merged with them, and the features file (if any) beside them."""
+    merged with them and with the probes' protocols (also as tags), and the features file (if any)
+    beside them."""
     import tempfile
 
     run = client.get_run(run_id)
@@ -322,6 +359,11 @@ def append_eval(client: MlflowClient, run_id: str, metrics: dict, results_file: 
         if any(a.path == results_file for a in client.list_artifacts(run_id)):
             with open(client.download_artifacts(run_id, results_file, tmp)) as f:
                 merged = json.load(f)
-    client.log_dict(run_id, {**merged, **metrics}, results_file)
+    protocols = protocols or {}
+    merged_protocols = {**merged.pop(PROTOCOLS, {}), **protocols}
+    client.log_dict(
+        run_id, {**merged, **metrics, **({PROTOCOLS: merged_protocols} if merged_protocols else {})}, results_file
+    )
+    tag_protocols(client, run_id, protocols)
     if features:
         client.log_artifact(run_id, features)

@@ -5,6 +5,8 @@ Features come from Ray Data batch inference (jobs/eval/probes/features.py); ever
 on probe-train features only and scored on probe-test. Results are `eval/<dataset>/<metric>`
 (the registry that specs are validated against: `metric_keys`, `metric_goal`), written as JSON
 next to a `features.npz` of a few probe-test images and their patch tokens (the report's PCA maps).
+The JSON's `protocols` entry names the protocol of every probe on every dataset with its settings
+(`<dataset>/<probe>`: {"name": ..., ...}); the dense probes' protocols are in docs/probes.md.
 """
 
 import io
@@ -20,13 +22,14 @@ import torch
 from tipslab.jobs import storage
 from tipslab.jobs.config import EvalConfig, ExperimentConfig, experiment
 from tipslab.jobs.eval.evalsets import EvalSet, check_disjoint, read_standard, scenes
-from tipslab.jobs.eval.probes import DENSE, PROBES, ProbeContext, SplitFeatures
+from tipslab.jobs.eval.probes import DENSE, PROBES, ProbeContext, SplitFeatures, protocols
 from tipslab.jobs.eval.probes.features import features, load_pixels
 from tipslab.jobs.eval.probes.zero_shot import prompts, templates
 from tipslab.jobs.eval.registry import metric_goal, metric_keys, planned
 from tipslab.models.config import LossConfig
 
 RESULTS_FILE = "eval_results.json"
+PROTOCOLS = "protocols"  # the entry of RESULTS_FILE that says how each probe made its numbers
 FEATURES_FILE = "features.npz"
 log = logging.getLogger(__name__)
 
@@ -54,11 +57,11 @@ def cls_tokens(exp: ExperimentConfig, shards: bool) -> dict[str, str]:
     return {"retrieval": retrieval, "web_retrieval": "cls_web", "zero_shot": ev.zero_shot_token, "knn": ev.knn_token}
 
 
-def load_data(name: str, path: str | None, exp: ExperimentConfig) -> EvalSet:
+def load_data(name: str, path: str | None, exp: ExperimentConfig, probes=()) -> EvalSet:
     size, ev = exp.model.image_size, exp.eval
     if path is None:
         return scenes.read(exp.data.root, size, name, ev.probe_train_split, ev.probe_test_split, ev.retrieval_caption)
-    return read_standard(name, path, size)
+    return read_standard(name, path, protocols.label_size(ev, probes, standard=True, image_size=size))
 
 
 def why_not(probe: str, es: EvalSet) -> str | None:
@@ -83,6 +86,8 @@ class Evaluation:
     metrics: dict[str, float] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)  # "<dataset>/<probe>" -> why
     seconds: dict[str, float] = field(default_factory=dict)  # "<dataset>/features", "<dataset>/<probe>"
+    # "<dataset>/<probe>" -> {"name": the probe's protocol, its settings} (probes/protocols.py)
+    protocols: dict[str, dict] = field(default_factory=dict)
 
 
 def extract(checkpoint: str, es: EvalSet, runnable: list[str], ev: EvalConfig, size: int, patches: bool):
@@ -127,7 +132,7 @@ def evaluate(checkpoint: str, exp, out_dir: str | None = None) -> Evaluation:
     ev, size, result, pca = exp.eval, exp.model.image_size, Evaluation(), None
     for index, (name, path, probes) in enumerate(planned(ev)):
         t0 = time.perf_counter()
-        es = load_data(name, path, exp)
+        es = load_data(name, path, exp, probes)
         check_disjoint(es)
         runnable = []
         for probe in probes:
@@ -144,12 +149,13 @@ def evaluate(checkpoint: str, exp, out_dir: str | None = None) -> Evaluation:
             checkpoint, es, runnable, ev, size, patches=first or any(p in DENSE for p in runnable)
         )
         result.seconds[f"{name}/features"] = time.perf_counter() - t0
-        ctx = ProbeContext(es, train, test, ev, cls_tokens(exp, shards=path is None), prompt_emb)
+        ctx = ProbeContext(es, train, test, ev, cls_tokens(exp, shards=path is None), prompt_emb, path is not None)
         for probe in runnable:
             t0, module = time.perf_counter(), PROBES[probe]
             model = module.fit(ctx.train, ctx) if module.TRAINED else None  # probe-train rows only
             for metric, value in module.score(model, ctx.test, ctx).items():
                 result.metrics[f"eval/{name}/{metric}"] = float(value)
+            result.protocols[f"{name}/{probe}"] = module.protocol(ctx, model)
             result.seconds[f"{name}/{probe}"] = time.perf_counter() - t0
         if first:
             pca = pca_arrays(es, test, ev.pca_images, size)
@@ -173,7 +179,7 @@ def pca_arrays(es: EvalSet, test: SplitFeatures, n: int, size: int) -> dict[str,
 
 def write_outputs(out_dir: str, result: Evaluation, pca: dict | None) -> None:
     storage.make_dirs(out_dir)
-    body = {**result.metrics, "perf/eval_seconds": result.seconds["total"]}
+    body = {**result.metrics, "perf/eval_seconds": result.seconds["total"], PROTOCOLS: result.protocols}
     storage.write_bytes(storage.join(out_dir, RESULTS_FILE), json.dumps(body, indent=2, sort_keys=True).encode())
     if pca is not None:
         buf = io.BytesIO()

@@ -67,3 +67,19 @@ def metric_keys(eval_cfg) -> set[str]:
         for probe in probes
         for metric in METRICS[probe]
     }
+
+
+def protocol_text(protocol: dict) -> str:
+    """One line: `name: key=value, ...` (an MLflow tag, a table's footnote)."""
+    settings = ", ".join(f"{k}={v}" for k, v in protocol.items() if k != "name")
+    return f"{protocol['name']}: {settings}" if settings else protocol["name"]
+
+
+def protocol_by_metric(protocols: dict) -> dict[str, str]:
+    """{metric key: protocol_text} from an evaluation's protocols ({"<dataset>/<probe>": {...}})."""
+    out = {}
+    for where, protocol in protocols.items():
+        dataset, _, probe = where.rpartition("/")
+        for metric in METRICS.get(probe, ()):
+            out[f"eval/{dataset}/{metric}"] = protocol_text(protocol)
+    return out

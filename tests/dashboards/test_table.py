@@ -219,3 +219,19 @@ def test_unknown_experiment_or_sweep_or_store(tmp_path):
     with pytest.raises(StoreError, match="no MLflow store"):
         load_sweep(missing, "abl")
     assert not (tmp_path / "absent.db").exists()  # reading never creates a store
+
+
+def test_a_column_names_its_protocol_and_runs_that_differ_are_called_mixed(tmp_path):
+    uri = make_store(
+        tmp_path,
+        {("clip", 0): {"eval/scenes/i2t_r1": 1.0, "eval/scenes/depth_rmse": 0.5}, ("clip", 1): {}},
+    )
+    client = MlflowClient(uri)
+    runs = {r.data.tags["tipslab.seed"]: r.info.run_id for r in client.search_runs(["1"], "tags.`tipslab.seed` != ''")}
+    for seed, protocol in (("0", "dinov2_linear: bins=256"), ("1", "scenes_bins: bins=256")):
+        client.set_tag(runs[seed], "tipslab.protocol.eval/scenes/depth_rmse", protocol)
+        client.set_tag(runs[seed], "tipslab.protocol.eval/scenes/i2t_r1", "cosine_recall: token=cls_web")
+    table = render(load_sweep(uri, "abl"))
+    assert "protocol of I→T: cosine_recall: token=cls_web" in table.splitlines()
+    assert "protocol of RMSE: mixed, dinov2_linear: bins=256 (n=1), scenes_bins: bins=256 (n=1)" in table.splitlines()
+    assert "protocol of" not in render(load_sweep(make_store(tmp_path / "old", {("clip", 0): {}}), "abl"))

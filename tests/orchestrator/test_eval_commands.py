@@ -102,4 +102,7 @@ def test_run_gets_the_eval_metrics_and_artifacts_appended(ray_session, home, cap
     assert {"eval_results.json", "features.npz"} <= artifacts
     merged = json.loads(open(client.download_artifacts(run_id, "eval_results.json", str(home))).read())
     assert merged["eval/older/metric"] == 2.0  # what was there stays
+    assert merged["protocols"]["scenes/segmentation"]["name"] == "patch_grid"
+    tag = client.get_run(run_id).data.tags["tipslab.protocol.eval/scenes/seg_miou"]
+    assert tag.startswith("patch_grid: label_size=")
     assert merged["eval/scenes/i2t_r1"] == pytest.approx(report["metrics"]["eval/scenes/i2t_r1"])

@@ -146,3 +146,53 @@ def test_a_sweep_is_its_spec_and_size_in_mlflow_and_table_finds_the_mini_one(tmp
     assert f"sweep {written['mini']}, mini;" in capsys.readouterr().out
     assert main(["table", "tips-losses", "--size", "full"]) == 2
     assert capsys.readouterr().err.strip() == "tipslab: error: no full sweep in experiment 'tips-losses'"
+
+
+def test_the_probes_protocols_reach_the_trials_results_its_tags_and_the_tables_footnote(tmp_path, home):
+    """finish_trial reads the evaluation's eval_results.json: its `protocols` go into the logged
+    results and become one tag per metric key, which `tipslab table` footnotes under the columns."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from tipslab.dashboards.store import load_sweep
+    from tipslab.dashboards.table import render
+    from tipslab.orchestrator.spec import Plan, ResourceSpec, Trial
+    from tipslab.orchestrator.tracking import SweepTracker
+
+    seg = {"name": "linear_upsampled", "label_size": 512, "source": "DINOv2"}
+    depth = {"name": "scenes_bins", "bins": 256}
+    eval_dir = tmp_path / "eval"
+    eval_dir.mkdir()
+    metrics = {"eval/pascal_voc/seg_miou": 61.0, "eval/scenes/depth_rmse": 1.5}
+    (eval_dir / "eval_results.json").write_text(
+        json.dumps({**metrics, "protocols": {"pascal_voc/segmentation": seg, "scenes/depth": depth}})
+    )
+    config = {"data": {"source": "scenes", "root": str(tmp_path), "train_split": "train"}}
+    spec = {
+        "name": "exp",
+        "title": "",
+        "variants": {"a": {}},
+        "metrics": [
+            {"key": "eval/pascal_voc/seg_miou", "header": "mIoU", "goal": "max"},
+            {"key": "eval/scenes/depth_rmse", "header": "RMSE", "goal": "min"},
+            {"key": "eval/scenes/depth_delta1", "header": "δ1", "goal": "max"},
+        ],
+    }
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = SweepTracker(uri, Plan(tmp_path / "s.yaml", spec, "full", ResourceSpec(), [Trial("a", 0, config, "h")]))
+    tracker.start_trial(tracker.plan.trials[0])
+    tracker.log_metrics("a-seed0", metrics, 10)
+    tracker.finish_trial("a-seed0", "FINISHED", {**metrics, "eval_dir": str(eval_dir)})
+    tracker.finish("FINISHED")
+
+    client = MlflowClient(uri)
+    run_id = tracker.children["a-seed0"]
+    tags = client.get_run(run_id).data.tags
+    assert tags["tipslab.protocol.eval/pascal_voc/seg_miou"] == "linear_upsampled: label_size=512, source=DINOv2"
+    assert tags["tipslab.protocol.eval/scenes/depth_delta1"] == "scenes_bins: bins=256"  # every metric of the probe
+    logged = json.loads(open(client.download_artifacts(run_id, "eval_results.json", str(tmp_path))).read())
+    assert logged["protocols"]["pascal_voc/segmentation"] == seg and logged["eval/scenes/depth_rmse"] == 1.5
+    table = render(load_sweep(uri, "exp"))
+    assert "protocol of mIoU: linear_upsampled: label_size=512, source=DINOv2" in table
+    assert "protocol of RMSE, δ1: scenes_bins: bins=256" in table

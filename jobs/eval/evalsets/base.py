@@ -18,6 +18,10 @@ from tipslab.models.errors import DataError
 
 IGNORE = 255  # segmentation pixels that are never scored (VOC's boundaries, ADE20k's "other")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+# Depth evaluation crops (top, bottom, left, right) as fractions of the frame, so that they scale to
+# any label map: Eigen et al.'s NYUv2 crop, rows 45:471 and columns 41:601 of the 480 x 640 frame
+# (the crop of DINOv2's and AdaBins' NYUv2 evaluations).
+DEPTH_CROPS = {"eigen": (45 / 480, 471 / 480, 41 / 640, 601 / 640)}
 
 
 class EvalDataError(DataError):
@@ -48,6 +52,7 @@ class EvalSet:
     class_names: list[str | None] = field(default_factory=list)  # by label id; None: not an image class
     seg_classes: int = 0
     depth_max: float = 0.0  # metres: the depth probe's range; 0 = the largest probe-train depth
+    depth_eval_crop: str = ""  # a DEPTH_CROPS name: where dinov2_linear scores depth; "": everywhere
     # probe -> why it cannot run on this data (e.g. shards without normals)
     unavailable: dict[str, str] = field(default_factory=dict)
 

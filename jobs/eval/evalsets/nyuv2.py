@@ -1,6 +1,7 @@
 """NYUv2 depth as RGB + 16-bit depth PNG pairs: ROOT/{train,test}/rgb/<name>.(jpg|png) and
-ROOT/{train,test}/depth/<name>.png in millimetres, 0 = no measurement. (No Eigen crop: every
-measured pixel is scored.)"""
+ROOT/{train,test}/depth/<name>.png in millimetres, 0 = no measurement, full 480 x 640 frames
+(squashed to square label maps). The standard depth protocol (dinov2_linear) scores inside Eigen's
+crop of the frame; the cheap one (scenes_bins) every measured pixel."""
 
 from pathlib import Path
 
@@ -23,4 +24,6 @@ def read_split(root: Path, split: str, size: int) -> EvalSplit:
 def read(root: str, size: int, name: str = "nyuv2") -> EvalSet:
     root = Path(root)
     # DINOv2 caps NYUv2 at 10 m, about the range of its Kinect sensor
-    return EvalSet(name, read_split(root, "train", size), read_split(root, "test", size), depth_max=10.0)
+    return EvalSet(
+        name, read_split(root, "train", size), read_split(root, "test", size), depth_max=10.0, depth_eval_crop="eigen"
+    )

@@ -3,7 +3,9 @@
 - METRICS: {metric name: "max" | "min"} (the goal: which direction is better)
 - NEEDS: the EvalSplit fields it needs (labels, segmentation, depth, normals, captions)
 - TRAINED: whether it has `fit(probe_train features, ctx) -> model`; every probe has
-  `score(model, probe_test features, ctx) -> {metric name: value}`.
+  `score(model, probe_test features, ctx) -> {metric name: value}` and
+  `protocol(ctx, model) -> {"name": ..., setting: value}`, what eval_results.json and MLflow record
+  of how its numbers were made (docs/probes.md).
 """
 
 from tipslab.jobs.eval.probes import depth, knn, normals, retrieval, segmentation, web_retrieval, zero_shot

@@ -6,6 +6,7 @@ import torch
 
 from tipslab.jobs.config import EvalConfig
 from tipslab.jobs.eval.evalsets import EvalSet, EvalSplit
+from tipslab.jobs.eval.probes import protocols
 
 
 @dataclass
@@ -24,3 +25,8 @@ class ProbeContext:
     ev: EvalConfig
     tokens: dict[str, str]  # probe -> which CLS token serves it
     prompts: torch.Tensor | None = None  # [C, K, D] zero-shot prompt embeddings (class x template)
+    standard: bool = False  # a standard dataset (jobs/eval/evalsets), not the probe splits of shards
+
+    def protocol(self, probe: str) -> str | None:
+        """The protocol `probe` follows here (protocols.py): eval.seg_protocol / eval.depth_protocol."""
+        return protocols.resolve(probe, self.ev, self.standard)

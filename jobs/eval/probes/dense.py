@@ -79,3 +79,53 @@ def dense_logits(probe: torch.nn.Module, grid: torch.Tensor, size: int, batch: i
     for i in range(0, len(grid), batch):
         logits = probe(grid[i : i + batch].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         yield F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
+
+
+# ---------------------------------------------------------------- the standard protocols' trainer
+IMAGES_PER_STEP = 16  # DINOv2's dense linear probes: 8 GPUs x 2 images
+
+
+def device() -> torch.device:
+    """Where the standard protocols train and score: the GPU when this process has one (a probe on
+    whole label maps is ~1000x the patch-grid work)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def fit_images(head: torch.nn.Module, n: int, loss, epochs: int, lr: float, seed: int = 0) -> torch.nn.Module:
+    """AdamW over minibatches of IMAGES_PER_STEP of the n probe-train images, `loss(head, index)`
+    on each, the learning rate decaying linearly to 0 (mmsegmentation's poly schedule, as in
+    DINOv2's dense evaluations). The head is seeded, trained on device() and returned on the CPU."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # a seeded initialisation, independent of the global RNG
+        for p in head.parameters():
+            if p.dim() > 1:
+                p.copy_(torch.randn(p.shape, generator=gen) * p.shape[-1] ** -0.5 * 0.1)
+            else:
+                p.zero_()
+    head = head.to(device())
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
+    steps = max(1, epochs * -(-n // IMAGES_PER_STEP))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / steps)
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=gen)
+        for i in range(0, n, IMAGES_PER_STEP):
+            value = loss(head, order[i : i + IMAGES_PER_STEP])
+            opt.zero_grad()
+            value.backward()
+            opt.step()
+            sched.step()
+    return head.cpu().eval()
+
+
+def per_pixel(head: torch.nn.Module, grid: torch.Tensor) -> torch.Tensor:
+    """A linear head on every cell of [B, C, g, g] -> [B, K, g, g]."""
+    return head(grid.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def upsample(x: torch.Tensor, size: int) -> torch.Tensor:
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def score_batch(channels: int, size: int, budget: int = 1 << 26) -> int:
+    """Images per scoring batch whose [b, channels, size, size] logits stay within `budget` floats."""
+    return max(1, min(16, budget // (channels * size * size)))

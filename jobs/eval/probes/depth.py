@@ -1,13 +1,19 @@
-"""Linear monocular depth on patch tokens: depth as classification over uniform bins (DINOv2's
-"lin. 1", inferred for TIPS), read out per patch as the probability-weighted mean of the bin
-centres and upsampled bilinearly.
-Scored per image on measured pixels and averaged: RMSE (metres), AbsRel, and δ1 (percent of
-pixels within a factor 1.25)."""
+"""Linear monocular depth on patch tokens, depth as classification over bins, in one of two
+protocols (eval.depth_protocol, docs/probes.md):
+
+- scenes_bins (the cheap variant, the scenes' numbers): uniform bins on (0, depth max] trained with
+  cross-entropy on the bin of each patch-cell centre, read out per patch as the softmax-weighted mean
+  of the bin centres and upsampled bilinearly; every measured pixel scored;
+- dinov2_linear: DINOv2's "lin. 1" (dinov2_depth.py), the protocol of TIPS's depth numbers.
+
+Scored per image and averaged: RMSE (metres), AbsRel, and δ1 (percent of pixels within a factor 1.25).
+"""
 
 import torch
 import torch.nn.functional as F
 
 from tipslab.jobs.eval import registry
+from tipslab.jobs.eval.probes import dinov2_depth
 from tipslab.jobs.eval.probes.context import ProbeContext, SplitFeatures
 from tipslab.jobs.eval.probes.dense import Standardise, fit_linear, nearest, pixels, train_size
 
@@ -26,11 +32,12 @@ def to_bins(depth: torch.Tensor, bins: int, depth_max: float) -> torch.Tensor:
     return torch.where(depth > 0, idx, torch.full_like(idx, -100))
 
 
-def depth_metrics(pred: torch.Tensor, gt: torch.Tensor) -> dict:
-    """Per-image metrics over measured pixels (gt > 0), averaged over images that have any."""
+def depth_metrics(pred: torch.Tensor, gt: torch.Tensor, scored: torch.Tensor | None = None) -> dict:
+    """Per-image metrics over the `scored` pixels (default: measured ones, gt > 0), averaged over
+    images that have any."""
     rmse, absrel, delta1 = [], [], []
-    for p, g in zip(pred, gt):
-        valid = g > 0
+    for i, (p, g) in enumerate(zip(pred, gt)):
+        valid = g > 0 if scored is None else scored[i]
         if not valid.any():
             continue
         p, g = p[valid].clamp(min=1e-3), g[valid]
@@ -45,11 +52,14 @@ def depth_metrics(pred: torch.Tensor, gt: torch.Tensor) -> dict:
 
 
 def fit(train: SplitFeatures, ctx: ProbeContext) -> dict:
-    ev, norm = ctx.ev, Standardise(train.image["patch_tokens"])
-    grid = norm(train.image["patch_tokens"])
-    size = train_size(ev, grid)
+    ev = ctx.ev
     depth = torch.from_numpy(train.split.depth)
     depth_max = ev.depth_max or ctx.data.depth_max or float(depth.max())
+    if ctx.protocol("depth") == "dinov2_linear":
+        return dinov2_depth.fit(train.image, depth, depth_max, ev)
+    norm = Standardise(train.image["patch_tokens"])
+    grid = norm(train.image["patch_tokens"])
+    size = train_size(ev, grid)
     target = to_bins(nearest(depth, size), ev.depth_bins, depth_max)
     probe = fit_linear(pixels(grid, size), target.flatten(), ev.depth_bins, ev.depth_probe_epochs, ev.depth_probe_lr)
     return {"norm": norm, "probe": probe, "depth_max": depth_max}
@@ -58,6 +68,9 @@ def fit(train: SplitFeatures, ctx: ProbeContext) -> dict:
 @torch.no_grad()
 def score(model: dict, test: SplitFeatures, ctx: ProbeContext) -> dict:
     gt = torch.from_numpy(test.split.depth)
+    if ctx.protocol("depth") == "dinov2_linear":
+        pred = dinov2_depth.predict_all(model, test.image, gt.shape[-1])
+        return depth_metrics(pred, gt, dinov2_depth.evaluated(gt, model["depth_max"], ctx.data.depth_eval_crop))
     centres = bin_centres(ctx.ev.depth_bins, model["depth_max"])
     grid = model["norm"](test.image["patch_tokens"])
     # Depth is read out on the patch grid and the depth map upsampled: upsampling 256-bin logits to
@@ -65,3 +78,23 @@ def score(model: dict, test: SplitFeatures, ctx: ProbeContext) -> dict:
     patch_depth = model["probe"](grid.permute(0, 2, 3, 1)).softmax(-1) @ centres
     pred = F.interpolate(patch_depth[:, None], size=gt.shape[1:], mode="bilinear", align_corners=False)[:, 0]
     return depth_metrics(pred, gt)
+
+
+def protocol(ctx: ProbeContext, model: dict) -> dict:
+    """The protocol's name and settings, as eval_results.json and MLflow record them."""
+    ev, name = ctx.ev, ctx.protocol("depth")
+    common = {"bins": ev.depth_bins, "depth_max": model["depth_max"], "label_size": ctx.data.test.depth.shape[-1]}
+    common.update(epochs=ev.depth_probe_epochs, lr=ev.depth_probe_lr)
+    if name == "dinov2_linear":
+        return {
+            "name": name,
+            **common,
+            "bin_spacing": ev.depth_bin_spacing,
+            "min_depth": dinov2_depth.MIN_DEPTH,
+            "cls_token": dinov2_depth.CLS_TOKEN,
+            "upsample": dinov2_depth.UPSAMPLE,
+            "loss": f"silog(variance_focus={dinov2_depth.VARIANCE_FOCUS})",
+            "eval_crop": ctx.data.depth_eval_crop or "none",
+            "source": "DINOv2 lin. 1",
+        }
+    return {"name": name, **common, "train_labels": ev.dense_train_size or "patch grid", "loss": "bin cross-entropy"}

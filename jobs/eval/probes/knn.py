@@ -37,3 +37,14 @@ def score(model: dict, test: SplitFeatures, ctx: ProbeContext) -> dict:
         model["emb"], model["labels"], test.image[ctx.tokens["knn"]], ctx.ev.knn_k, ctx.ev.knn_temperature, num_classes
     )
     return {"knn_top1": (pred == labels).float().mean().item() * 100}
+
+
+def protocol(ctx: ProbeContext, model) -> dict:
+    ev = ctx.ev
+    return {
+        "name": "knn",
+        "k": ev.knn_k,
+        "temperature": ev.knn_temperature,
+        "token": ctx.tokens["knn"],
+        "source": "DINO",
+    }

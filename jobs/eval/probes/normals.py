@@ -59,3 +59,7 @@ def score(model: dict, test: SplitFeatures, ctx: ProbeContext, batch: int = 16) 
         errors.append(angular_error_deg(pred, gt[i : i + batch]))
     errors = torch.cat(errors)
     return {"normals_mean_angle": errors.mean().item() if len(errors) else math.nan}
+
+
+def protocol(ctx: ProbeContext, model: dict) -> dict:
+    return {"name": "ridge_patch_means", "ridge": RIDGE, "label_size": ctx.data.test.normals.shape[1]}

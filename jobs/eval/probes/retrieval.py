@@ -41,3 +41,8 @@ def recall_at_k(image_emb, text_emb, caption_image, ks=KS, chunk: int = 1024) ->
 
 def score(model, test: SplitFeatures, ctx: ProbeContext) -> dict:
     return recall_at_k(test.image[ctx.tokens["retrieval"]], test.text, test.split.caption_image)
+
+
+def protocol(ctx: ProbeContext, model) -> dict:
+    caption = "human captions" if ctx.standard else ctx.ev.retrieval_caption
+    return {"name": "cosine_recall", "token": ctx.tokens["retrieval"], "captions": caption}

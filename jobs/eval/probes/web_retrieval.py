@@ -15,3 +15,7 @@ def score(model, test: SplitFeatures, ctx: ProbeContext) -> dict:
     own = range(len(test.split.web_captions))
     found = recall_at_k(test.image[ctx.tokens["web_retrieval"]], test.web_text, own)
     return {f"web_{name}": value for name, value in found.items()}
+
+
+def protocol(ctx: ProbeContext, model) -> dict:
+    return {"name": "cosine_recall", "token": ctx.tokens["web_retrieval"], "captions": "web_caption"}

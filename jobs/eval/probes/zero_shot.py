@@ -41,3 +41,8 @@ def score(model, test: SplitFeatures, ctx: ProbeContext) -> dict:
     candidates = torch.tensor([i for i, n in enumerate(ctx.data.class_names) if n is not None])
     pred = candidates[classify(test.image[ctx.tokens["zero_shot"]], ctx.prompts)]
     return {"zero_shot_top1": (pred == torch.from_numpy(test.split.labels)).float().mean().item() * 100}
+
+
+def protocol(ctx: ProbeContext, model) -> dict:
+    templates = len(ctx.ev.zero_shot_templates)
+    return {"name": "prompt_ensemble", "templates": templates, "token": ctx.tokens["zero_shot"], "source": "CLIP"}

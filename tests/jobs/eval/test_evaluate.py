@@ -140,7 +140,15 @@ def test_every_probe_runs_on_ray_data_features_and_fits_on_probe_train_only(ray_
     assert sorted(name for name, _ in fitted) == ["depth", "knn", "normals", "segmentation"]
     for name, keys in fitted:
         assert keys == train_keys, name  # all of probe-train, in order, and nothing else
-    assert json.loads((out / "eval_results.json").read_text()) == pytest.approx(metrics)
+    written = json.loads((out / "eval_results.json").read_text())
+    protocols = written.pop("protocols")
+    assert written == pytest.approx(metrics)
+    # the scenes keep the cheap dense protocols by default; every probe says how it scored
+    assert (
+        protocols["scenes/segmentation"]["name"] == "patch_grid" and protocols["scenes/depth"]["name"] == "scenes_bins"
+    )
+    assert protocols["scenes/segmentation"]["label_size"] == 56 and protocols["scenes/knn"]["k"] == 20
+    assert set(protocols) == {f"scenes/{p}" for p in PROBES}
     npz = np.load(out / "features.npz")
     assert npz["images"].shape == (4, 56, 56, 3) and npz["images"].dtype == np.uint8
     assert npz["patch_tokens"].shape == (4, 16, 64) and npz["keys"][0] == "probe_test-20000000"

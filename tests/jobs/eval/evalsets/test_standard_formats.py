@@ -129,6 +129,7 @@ def test_nyuv2_depth_pairs_in_metres(tmp_path):
         img.save(tmp_path / split / "depth" / "0001.png")
     es = read_standard("nyuv2", str(tmp_path), SIZE)
     assert es.test.keys == ["test/0001"] and set(np.unique(es.test.depth)) == {0.0, 2.5}
+    assert (es.depth_max, es.depth_eval_crop) == (10.0, "eigen")  # DINOv2's 10 m cap; Eigen's crop
     with pytest.raises(EvalDataError, match="no such folder"):
         read_standard("nyuv2", str(tmp_path / "missing"), SIZE)
 
