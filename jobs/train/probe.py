@@ -60,8 +60,10 @@ class PeriodicProbe:
         exp = experiment(exp)
         check_periodic(exp)
         self.exp, self.tokenizer = exp, tokenizer
-        # the cheap dense variant: trained on the patch grid, whatever the final evaluation does
-        self.ev = dataclasses.replace(exp.eval, dense_train_size=0)
+        # The cheap protocols, whatever the final evaluation uses: a probe every few hundred steps.
+        self.ev = dataclasses.replace(
+            exp.eval, dense_train_size=0, seg_protocol="patch_grid", depth_protocol="scenes_bins"
+        )
         size, n = exp.model.image_size, exp.train.probe_images
         wanted = periodic_keys(exp)
         where = producible(exp)
