@@ -24,6 +24,9 @@ QUIET_ENV = {
     # Tune's own console output (its box, a TensorBoard hint for a tool we do not install, a results
     # folder that is not where the results are): off; orchestrator/progress.py says what matters.
     "RAY_AIR_NEW_OUTPUT": "0",
+    # Tune warns when a callback takes over 0.5 s; ours writes each report to MLflow, which on a
+    # sqlite store shared by a busy machine took up to 0.9 s: warnings the user cannot act on.
+    "TUNE_WARN_THRESHOLD_S": "5",
 }
 
 
