@@ -67,7 +67,8 @@ class TrackingStore:
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         self.uri = uri
         self.retry_s = RETRY_S if retry_s is None else retry_s
-        self.client = client if client is not None else MlflowClient(uri)
+        # A sqlite store is opened (and its tables made) here: it may be locked or corrupt already.
+        self.client = client if client is not None else self._retried(lambda: MlflowClient(uri))
         self.buffering = False
         self.pending: list[tuple[str, tuple, dict, str | None]] = []  # (method, args, kwargs, stand-in id)
         self.ids: dict[str, str] = {}  # stand-in run id -> the run's id once created
@@ -88,11 +89,14 @@ class TrackingStore:
     def call(self, name: str, *args, **kwargs):
         """`client.name(*args, **kwargs)`, retried over passing faults for `retry_s`; then a
         StoreUnavailable (a UserError naming the store). A corrupt store fails at once."""
+        return self._retried(lambda: self._once(name, args, kwargs))
+
+    def _retried(self, attempt):
         start = time.monotonic()
         pause = PAUSES[0]
         while True:
             try:
-                return self._once(name, args, kwargs)
+                return attempt()
             except Exception as err:
                 kind = fault(err)
                 if kind == "corrupt":
