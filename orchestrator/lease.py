@@ -85,6 +85,13 @@ class Lease:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def __getstate__(self) -> dict:
+        # Tune pickles its callbacks (and so the tracker) into its state file: not the thread.
+        return {**self.__dict__, "_stop": None, "_thread": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _stop=threading.Event())
+
     def take(self, what: str, settle: bool = False) -> None:
         """Write the lease and start renewing it. With `settle` (another driver may be taking it
         at this moment), read it back after a while: the last writer wins, the other refuses."""

@@ -80,6 +80,8 @@ class TrackingStore:
         self._spool: str | None = None  # copies of artifact files that wait
 
     def __getattr__(self, name):
+        if name.startswith("_") or name == "client":  # not yet set (unpickling): not the client's
+            raise AttributeError(name)
         attr = getattr(self.client, name)
         if not callable(attr):
             return attr

@@ -258,3 +258,13 @@ def test_a_live_driver_renews_its_lease(tmp_path, home, store, monkeypatch):
     after = lease.holder(client.get_run(tracker.parent_id))
     assert after.heartbeat > before and after.since == tracker.lease.me.since
     tracker.finish("FINISHED")
+
+
+def test_the_tracker_pickles_as_tune_pickles_its_callbacks(tmp_path, home, store):
+    import pickle
+
+    uri, _ = store
+    tracker = SweepTracker(uri, small_plan(tmp_path, "pickled"))
+    copy = pickle.loads(pickle.dumps(tracker))
+    assert copy.parent_id == tracker.parent_id and copy.lease.me == tracker.lease.me
+    tracker.finish("FINISHED")
