@@ -59,11 +59,12 @@ def wrapped_by(err: BaseException, modules: tuple[str, ...]) -> bool:
     return any(type(e).__module__.startswith(modules) for e in _chain(err))
 
 
-def store_path(uri: str) -> str:
-    """The file of a sqlite store, else the (credential-masked) URI."""
-    from .tracking import redact
+_PASSWORD_IN_URI = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
 
-    return uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else redact(uri)
+
+def store_path(uri: str) -> str:
+    """The file of a sqlite store, else the URI with any password in it masked."""
+    return uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else _PASSWORD_IN_URI.sub(r"\1***@", uri)
 
 
 def store_message(kind: str, uri: str, waited_s: float = 0.0) -> str:
