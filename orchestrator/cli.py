@@ -11,7 +11,7 @@ from importlib.metadata import version
 
 from . import bench_commands, data_commands, eval_commands, model_commands, sweep_commands, train_commands
 from .errors import CommandFailed, UserError
-from .runtime import quiet_environment
+from .runtime import quiet_environment, tracking_uri
 
 
 def parser() -> argparse.ArgumentParser:
@@ -57,7 +57,23 @@ def main(argv: list[str] | None = None) -> int:
     except CommandFailed as err:
         print(f"tipslab: failed: {err}", file=sys.stderr)
         return 1
+    except Exception as err:
+        message = store_fault(err)
+        if message is None:
+            raise
+        print(f"tipslab: error: {message}", file=sys.stderr)
+        return 2
     return 0
+
+
+def store_fault(err: Exception) -> str | None:
+    """One line for an MLflow store that is locked, corrupt or unreachable (every command reads or
+    writes it), else None: the error is not the store's."""
+    from .faults import fault, store_message, wrapped_by
+
+    if fault(err) in ("locked", "corrupt", "unreachable") and wrapped_by(err, ("mlflow.", "sqlalchemy.")):
+        return store_message(fault(err), tracking_uri())
+    return None
 
 
 if __name__ == "__main__":

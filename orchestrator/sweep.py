@@ -8,6 +8,7 @@ Ray Data's budget hold the trial's CPUs), and the number of concurrent trials fo
 cluster has, so a 2-core machine runs one trial at a time instead of waiting forever.
 """
 
+import json
 import math
 import os
 import re
@@ -26,7 +27,8 @@ from tipslab.jobs.eval.evaluate import evaluate_checkpoint
 from tipslab.jobs.storage import to_uri
 from tipslab.jobs.train.trainer import build_trainer
 
-from .errors import UserError
+from .errors import CommandFailed, UserError
+from .faults import check_storage, disk_fault, size, storage_guard
 from .progress import ProgressCallback
 from .runtime import RAY_PLACES, ensure_ray, storage_path, tracking_uri
 from .search import scheduler, searcher, tune_space
@@ -36,6 +38,18 @@ from .tracking import SweepTracker, TrackingCallback
 # A trial's driver only waits on its TorchTrainer: no CPU, and a logical memory reservation (Tune
 # refuses an empty request).
 DRIVER_RESOURCES = {"cpu": 0, "memory": 256 * 1024**2}
+
+
+def _finish(tracker: SweepTracker, status: str, raising: bool = True) -> None:
+    """End the sweep's parent run; what tracking could not write fails the command in one line (the
+    trials' checkpoints and results are in the run storage whatever happened to MLflow), or, while
+    another error is on its way out (`raising` False), is told beside it."""
+    unwritten = tracker.finish(status)
+    if unwritten:
+        message = f"tracking: {unwritten}; the trials' checkpoints are under {storage_path()}"
+        if raising:
+            raise CommandFailed(message)
+        print(message, file=sys.stderr, flush=True)
 
 
 def trial_cpus(config: dict) -> float:
@@ -68,6 +82,32 @@ def concurrency(plan: Plan, cluster: dict, count: int | None = None) -> int:
     if plan.resources.max_concurrent_trials > 0:
         limit = min(limit, plan.resources.max_concurrent_trials)
     return max(1, min(limit, count or len(plan.trials)))
+
+
+def checkpoint_bytes(config: dict, cache: dict | None = None) -> int:
+    """About what one checkpoint of a trial holds: student and teacher weights and AdamW's two
+    moments, 4 bytes a parameter each (counted on a model built on the meta device: no memory)."""
+    import torch
+
+    from tipslab.models.checkpoint import tips_config
+    from tipslab.models.tips import TIPSStudent
+
+    key = json.dumps([config["model"], config["loss"]], sort_keys=True, default=str)
+    if cache is None or key not in cache:
+        with torch.device("meta"):
+            count = sum(p.numel() for p in TIPSStudent(tips_config(config)).parameters())
+        if cache is None:
+            return 16 * count
+        cache[key] = 16 * count
+    return cache[key]
+
+
+def storage_need(trials: list[Trial]) -> tuple[int, str]:
+    """What the trials' checkpoints take at most (each keeps `train.checkpoints_to_keep`, and
+    writes one more before the oldest goes), and those words for a message."""
+    cache: dict = {}
+    need = sum(checkpoint_bytes(t.config, cache) * (t.config["train"]["checkpoints_to_keep"] + 1) for t in trials)
+    return need, f"the checkpoints of {len(trials)} trial(s) (about {size(need / max(1, len(trials)))} each)"
 
 
 @ray.remote
@@ -138,11 +178,23 @@ class SweepResult:
 
 
 def run_sweep(plan: Plan, address: str | None = None, resume: bool = False) -> SweepResult:
-    """Run what the spec asks for; with `resume`, only what the store does not hold finished."""
-    cluster = ensure_ray(address)  # first, so that missing scenes render in parallel Ray tasks
+    """Run what the spec asks for; with `resume`, only what the store does not hold finished.
+
+    The tracker comes first: a store that is away, or a second driver on a sweep whose first is
+    alive, stops here before Ray starts. A launch that fails after it ends its parent run FAILED."""
+    tracker = SweepTracker(tracking_uri(), plan, resume=resume)
+    try:
+        return _run(plan, tracker, address)
+    except BaseException as err:
+        if not tracker.ended:
+            _finish(tracker, "FAILED" if isinstance(err, Exception) else "KILLED", raising=False)
+        raise
+
+
+def _run(plan: Plan, tracker: SweepTracker, address: str | None) -> SweepResult:
+    cluster = ensure_ray(address)  # before the scenes, so that missing ones render in parallel Ray tasks
     for trial in plan.trials:
         ensure_scenes(experiment(trial.config))
-    tracker = SweepTracker(tracking_uri(), plan, resume=resume)
     search = plan.search
     tune_config = {"reuse_actors": False, "trial_dirname_creator": lambda t: f"trial_{t.trial_id}"}
     if plan.sampled:
@@ -161,7 +213,7 @@ def run_sweep(plan: Plan, address: str | None = None, resume: bool = False) -> S
         param_space = {"trial": tune.grid_search(todo)}
     kept, closed = len(tracker.done), len(tracker.closed)
     if count <= 0:
-        tracker.finish("FINISHED")
+        _finish(tracker, "FINISHED")
         return SweepResult(plan.spec["name"], tracker.sweep_id, tracker.parent_id, [], 0, kept, closed)
     if search is not None:
         # Train's reports carry the objective only at probe steps and at the end.
@@ -176,6 +228,8 @@ def run_sweep(plan: Plan, address: str | None = None, resume: bool = False) -> S
         f"sweep {plan.spec['name']}: {count} trial(s), {max_concurrent} at a time; " + "; ".join(where), file=sys.stderr
     )
     storage = storage_path()
+    todo_trials = [plan.trials[0]] * count if plan.sampled else [t for t in plan.trials if not tracker.is_done(t)]
+    check_storage(storage, *storage_need(todo_trials))
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan, storage=storage), DRIVER_RESOURCES)
     tuner = tune.Tuner(
         trainable,
@@ -190,11 +244,19 @@ def run_sweep(plan: Plan, address: str | None = None, resume: bool = False) -> S
         ),
     )
     try:
-        results = tuner.fit()
+        with storage_guard(storage):
+            results = tuner.fit()
+    except UserError:
+        _finish(tracker, "FAILED", raising=False)
+        raise
     except BaseException:
-        tracker.finish("KILLED")
+        _finish(tracker, "KILLED", raising=False)
         raise
     resolve = trial_resolver(plan)
     failed = [resolve(r.config).name for r in results if r.error]
-    tracker.finish("FAILED" if failed else "FINISHED")
+    disk = next((d for d in (disk_fault(r.error, storage) for r in results if r.error) if d), None)
+    if disk is not None:  # a trial that failed for want of disk: the disk is the message
+        _finish(tracker, "FAILED", raising=False)
+        raise disk
+    _finish(tracker, "FAILED" if failed else "FINISHED")
     return SweepResult(plan.spec["name"], tracker.sweep_id, tracker.parent_id, failed, count, kept, closed)

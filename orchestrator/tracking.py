@@ -5,12 +5,16 @@ artifact: the resolved spec); one nested run per (variant, seed) with the flatte
 as params, identity tags (variant, seed, each axis value, config hash), the shard manifest's content
 hash and the tokenizer file's sha256 as its input datasets, `train/*` and `perf/*` metrics per step,
 `eval/*` metrics, and the resolved config and eval results as artifacts. A resumed sweep reuses its
-parent run: MLflow is the record of what is done.
+parent run: MLflow is the record of what is done. The parent run holds a lease its live driver renews
+(orchestrator/lease.py), so that a second driver on the same sweep refuses instead of closing the
+first one's runs. Writes go through a store that retries and, during training, holds them in memory
+while the store is away (orchestrator/tracking_store.py): tracking trouble never stops a training run.
 """
 
 import json
 import os
 import re
+import sys
 import time
 import uuid
 
@@ -18,10 +22,12 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
+from . import lease
 from .config import file_sha256, flatten, manifest_of
 from .plan import BENCH, BENCH_EXPERIMENT, DEVICE_KIND, MODEL_SIZE
 from .recipe import format_recipe, recipe
 from .runtime import artifact_root
+from .tracking_store import TrackingStore
 
 ROLE, SWEEP_ID, SPEC, SIZE = "tipslab.role", "tipslab.sweep_id", "tipslab.spec", "tipslab.size"
 VARIANT, SEED, CONFIG_HASH, CHECKPOINT = "tipslab.variant", "tipslab.seed", "tipslab.config_hash", "tipslab.checkpoint"
@@ -67,7 +73,7 @@ class SweepTracker:
     """The parent run of one sweep and the nested runs of its trials."""
 
     def __init__(self, tracking_uri: str, plan, resume: bool = False):
-        self.client = MlflowClient(tracking_uri)
+        self.client = TrackingStore(tracking_uri)  # before training: a store that stays away is a UserError
         self.plan = plan
         name = plan.spec["name"]
         exp = self.client.get_experiment_by_name(name)
@@ -95,8 +101,15 @@ class SweepTracker:
                 },
             )
             self.parent_id = run.info.run_id
+            self.lease = lease.Lease(self.client, tracking_uri, self.parent_id)
+            self.lease.take(self.describe())
         else:
             self.sweep_id, self.parent_id = parent.data.tags[SWEEP_ID], parent.info.run_id
+            held = lease.holder(parent)
+            if held is not None and not held.expired():
+                raise lease.refuse(self.describe(), held)  # before anything of the live driver's is touched
+            self.lease = lease.Lease(self.client, tracking_uri, self.parent_id)
+            self.lease.take(self.describe(), settle=True)
             self.client.update_run(self.parent_id, status="RUNNING")
             self.client.set_tag(self.parent_id, "tipslab.code_version", code_version())
             self._take_over_children()
@@ -106,6 +119,11 @@ class SweepTracker:
         self.client.log_dict(self.parent_id, scrub(card), "recipe.json")
         self.client.log_text(self.parent_id, redact(format_recipe(card)), "recipe.md")
         self.started: dict[str, float] = {}
+        self.ended = False
+        self.client.buffering = True  # from here on, training runs: writes wait rather than fail
+
+    def describe(self) -> str:
+        return f"sweep {self.sweep_id} of {self.plan.spec['name']} (size {self.plan.size})"
 
     def _latest_parent(self):
         query = (
@@ -208,6 +226,8 @@ class SweepTracker:
         self.client.set_tag(run_id, TOKENIZER_HASH, digest)
 
     def log_metrics(self, trial_name: str, metrics: dict, step: int) -> None:
+        if trial_name not in self.children:  # its start was not written (told then)
+            return
         now = int(time.time() * 1000)
         rows = [
             Metric(k, float(v), now, step)
@@ -220,6 +240,8 @@ class SweepTracker:
             self.client.log_batch(self.children[trial_name], metrics=rows)
 
     def finish_trial(self, trial_name: str, status: str, result: dict | None = None) -> None:
+        if trial_name not in self.children:
+            return
         run_id = self.children[trial_name]
         if result:
             evals = {k: v for k, v in result.items() if k.startswith("eval/")}
@@ -252,8 +274,14 @@ class SweepTracker:
         except (OSError, ValueError):
             pass  # an evaluation that writes no features: the report says so
 
-    def finish(self, status: str) -> None:
+    def finish(self, status: str) -> str | None:
+        """End the parent run, free the sweep, make the writes that waited; returns a line on what
+        could not be written (None when everything was)."""
+        self.ended = True
         self.client.set_terminated(self.parent_id, status)
+        self.lease.release()
+        self.client.flush()
+        return self.client.unwritten()
 
 
 def read_protocols(eval_dir: str) -> dict:
@@ -279,24 +307,38 @@ def tag_protocols(client: MlflowClient, run_id: str, protocols: dict) -> None:
 
 
 class TrackingCallback(Callback):
-    """A Tune callback in the sweep driver: every trial's reports go to its nested MLflow run."""
+    """A Tune callback in the sweep driver: every trial's reports go to its nested MLflow run.
+
+    A write the store refuses for good is told and counted (`SweepTracker.finish` names it at the
+    end), never raised: in a Tune callback it would stop every trial."""
 
     def __init__(self, tracker: SweepTracker, resolve):
         self.tracker = tracker
         self.resolve = resolve  # Tune's trial config -> our Trial
 
+    def _guarded(self, what: str, write, *args) -> None:
+        try:
+            write(*args)
+        except Exception as err:
+            line = f"{what}: {type(err).__name__}: {redact(str(err).splitlines()[0] if str(err) else '')[:200]}"
+            self.tracker.client.dropped.append(line)
+            print(f"tracking: not written, training goes on: {line}", file=sys.stderr, flush=True)
+
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.tracker.start_trial(self.resolve(trial.config))
+        self._guarded("start of a trial run", self.tracker.start_trial, self.resolve(trial.config))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         step = int(result.get("step", result.get("training_iteration", 0)))
-        self.tracker.log_metrics(self.resolve(trial.config).name, result, step)
+        name = self.resolve(trial.config).name
+        self._guarded(f"metrics of {name} at step {step}", self.tracker.log_metrics, name, result, step)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.tracker.finish_trial(self.resolve(trial.config).name, "FINISHED", trial.last_result)
+        name = self.resolve(trial.config).name
+        self._guarded(f"end of {name}", self.tracker.finish_trial, name, "FINISHED", trial.last_result)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.tracker.finish_trial(self.resolve(trial.config).name, "FAILED", trial.last_result)
+        name = self.resolve(trial.config).name
+        self._guarded(f"end of {name}", self.tracker.finish_trial, name, "FAILED", trial.last_result)
 
 
 # --------------------------------------------------------------------------- outside sweeps

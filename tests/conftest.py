@@ -127,3 +127,19 @@ def png_header_only(width: int, height: int) -> bytes:
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
+def driver_dies(tracker) -> None:
+    """What a sweep driver killed on this host leaves in MLflow: its lease, no longer renewed, naming
+    a process that is gone (a child that has exited); its RUNNING runs stay as they are."""
+    import json
+    import subprocess
+    import sys
+
+    from tipslab.orchestrator.lease import LEASE
+
+    tracker.lease.stop()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    held = json.loads(tracker.client.get_run(tracker.parent_id).data.tags[LEASE])
+    tracker.client.set_tag(tracker.parent_id, LEASE, json.dumps({**held, "pid": gone.pid}))

@@ -1,3 +1,5 @@
+from conftest import driver_dies
+
 from tipslab.orchestrator.tracking import redact, scrub
 
 
@@ -73,7 +75,7 @@ def test_resume_keeps_finished_runs_of_the_same_hash_and_closes_orphans(tmp_path
         first.start_trial(trial)
     first.finish_trial("a-seed0", "FINISHED")
     first.finish_trial("b-seed0", "FINISHED")  # finished, but the spec has changed b since
-    # the driver dies here: a-seed1 and the parent stay RUNNING
+    driver_dies(first)  # a-seed1 and the parent stay RUNNING
 
     changed = Trial("b", 0, config, "hash-b0-new")
     resumed = SweepTracker(

@@ -1,0 +1,102 @@
+"""A full or read-only disk under the run's storage: one message naming the path and the sizes.
+
+Real small file systems (tmpfs mounts, which need root: skipped otherwise), no Ray."""
+
+import errno
+import os
+import subprocess
+
+import pytest
+from conftest import REPO
+
+from tipslab.orchestrator.errors import UserError
+from tipslab.orchestrator.faults import check_storage, disk_fault, fault, size, storage_guard
+
+MiB = 1024**2
+
+
+def mounted(path, *options):
+    path.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(options), "tmpfs", str(path)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    return path
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB file system."""
+    path = mounted(tmp_path / "small", "size=1m")
+    yield path
+    subprocess.run(["umount", str(path)], check=True)
+
+
+@pytest.fixture
+def read_only_disk(tmp_path):
+    path = mounted(tmp_path / "ro", "size=1m", "ro")
+    yield path
+    subprocess.run(["umount", str(path)], check=True)
+
+
+def test_too_little_space_before_the_run_names_the_path_and_the_sizes(small_disk):
+    storage = str(small_disk / "ray")
+    with pytest.raises(UserError) as err:
+        check_storage(storage, 10 * MiB, "the checkpoints of 2 trial(s) (about 5.0 MiB each)")
+    assert str(err.value) == (
+        f"the run storage {storage} is full (1.0 MiB free, about 10.0 MiB needed for the checkpoints of 2 "
+        "trial(s) (about 5.0 MiB each)): free space there, or set TIPSLAB_HOME to a larger disk"
+    )
+    check_storage(storage, 512 * 1024)  # what fits passes, and leaves nothing behind
+    assert os.listdir(storage) == []
+
+
+def test_read_only_storage_is_named_before_the_run(read_only_disk):
+    with pytest.raises(UserError) as err:
+        check_storage(str(read_only_disk), 0)
+    assert str(err.value) == (
+        f"the run storage {read_only_disk} is read-only (Read-only file system): set TIPSLAB_HOME to a writable folder"
+    )
+
+
+def test_a_disk_that_fills_during_the_run_is_named_not_a_traceback(small_disk):
+    storage = str(small_disk)
+    with pytest.raises(UserError) as err, storage_guard(storage):
+        with open(small_disk / "checkpoint.pt", "wb") as f:
+            f.write(b"\0" * 2 * MiB)
+    assert str(err.value) == (
+        f"the run storage {storage} is full (0 B free): free space there, or set TIPSLAB_HOME to a larger disk"
+    )
+    # Tune's symptom when its state file was cut short: an EOFError that names nothing; the disk tells.
+    with pytest.raises(UserError, match=f"the run storage {storage} is full"), storage_guard(storage):
+        raise EOFError("Ran out of input")
+    os.remove(small_disk / "checkpoint.pt")
+    with pytest.raises(EOFError), storage_guard(storage, low_bytes=512 * 1024):  # room left: not the disk's
+        raise EOFError("Ran out of input")
+
+
+def test_a_trial_that_failed_for_want_of_disk_is_recognised_through_rays_wrapping():
+    wrapped = RuntimeError("TrainingFailedError: worker 0: OSError: [Errno 28] No space left on device: '/x/ckpt'")
+    assert fault(wrapped) == "full" and fault(OSError(errno.EROFS, "Read-only file system")) == "readonly"
+    assert str(disk_fault(wrapped, "s3://bucket/runs")) == (
+        "the run storage s3://bucket/runs is full: free space there, or set TIPSLAB_HOME to a larger disk"
+    )
+    assert disk_fault(RuntimeError("loss is nan"), "/tmp") is None
+    assert [size(0), size(1536), size(3 * 1024**3)] == ["0 B", "1.5 KiB", "3.0 GiB"]
+
+
+def test_the_checkpoint_estimate_is_what_a_checkpoint_holds(one_torch_thread):
+    """16 bytes a parameter (student, teacher, AdamW's two moments, float32), the parameters
+    counted on the meta device equal to the real model's."""
+    from tipslab.models.checkpoint import tips_config
+    from tipslab.models.tips import TIPSStudent
+    from tipslab.orchestrator.config import load_experiment, to_dict
+    from tipslab.orchestrator.spec import Trial
+    from tipslab.orchestrator.sweep import checkpoint_bytes, storage_need
+
+    config = to_dict(load_experiment(REPO / "ablations" / "base" / "tips_tiny.yaml", []))
+    count = sum(p.numel() for p in TIPSStudent(tips_config(config)).parameters())
+    assert checkpoint_bytes(config) == 16 * count
+    keep = config["train"]["checkpoints_to_keep"]
+    need, what = storage_need([Trial("a", 0, config, "h"), Trial("a", 1, config, "h")])
+    assert need == 2 * (keep + 1) * 16 * count
+    assert what == f"the checkpoints of 2 trial(s) (about {size(need / 2)} each)"
