@@ -121,7 +121,7 @@ def test_a_sweep_is_its_spec_and_size_in_mlflow_and_table_finds_the_mini_one(tmp
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("tips-losses").experiment_id
     mini_runs = client.search_runs([exp], f"tags.`tipslab.sweep_id` = '{written['mini']}'")
-    assert len(mini_runs) == 1 + 18 and {r.data.tags["tipslab.size"] for r in mini_runs} == {"mini"}
+    assert len(mini_runs) == 1 + 9 and {r.data.tags["tipslab.size"] for r in mini_runs} == {"mini"}
 
     sweep = load_sweep(uri, "tips-losses", size="mini")
     assert sweep.sweep_id == written["mini"] and sweep.spec["size"] == "mini"
