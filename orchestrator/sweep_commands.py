@@ -111,6 +111,39 @@ def cmd_report(args) -> None:
     print(f"report: {path}")
 
 
+# The embedded store's UI: one worker (a laptop's browser is its one client); no job runner (MLflow
+# starts it for GenAI features tipslab does not use: its processes only slow the start); artifacts
+# served from the store's own folder, so that `mlflow-artifacts:/` URIs resolve wherever the store
+# lies; Python's deprecation warnings and uvicorn's access log off.
+UI_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "PYTHONWARNINGS": "ignore"}
+
+
+def ui_command(uri: str, host: str, port: int) -> list[str]:
+    from tipslab.dashboards.store import store_artifact_root
+
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host]
+    command += ["--port", str(port), "--workers", "1", "--uvicorn-opts", "--log-level warning"]
+    artifacts = store_artifact_root(uri)
+    if artifacts is not None:
+        command += ["--serve-artifacts", "--artifacts-destination", str(artifacts)]
+    return command
+
+
+def wait_until_up(proc, url: str, timeout_s: float = 300) -> bool:
+    """Poll the server's /health until it answers (True) or the process ends or time runs out."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return True
+        except OSError:
+            time.sleep(0.5)
+    return False
+
+
 def cmd_ui(args) -> None:
     uri = tracking_uri()
     if uri.startswith(("http://", "https://")):
@@ -118,23 +151,18 @@ def cmd_ui(args) -> None:
         return
     if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///") :]):
         raise UserError(f"no MLflow store at {uri}: run a sweep first, or set MLFLOW_TRACKING_URI")
-    command = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "ui",
-        "--backend-store-uri",
-        uri,
-        "--host",
-        args.host,
-        "--port",
-        str(args.port),
-    ]
-    print(f"MLflow UI on {uri}: http://{args.host}:{args.port}  (Ctrl-C to stop)\n{UI_HINT}", flush=True)
+    url = f"http://{args.host}:{args.port}"
+    print(f"MLflow UI on {uri}: starting ...", flush=True)
+    proc = subprocess.Popen(ui_command(uri, args.host, args.port), env={**os.environ, **UI_ENV})
     try:
-        subprocess.run(command, check=False)
+        if wait_until_up(proc, url):
+            print(f"MLflow UI up: {url}  (Ctrl-C to stop)\n{UI_HINT}", flush=True)
+        proc.wait()
     except KeyboardInterrupt:
-        pass
+        proc.terminate()
+        proc.wait()
+    if proc.returncode not in (0, -15, None):
+        raise CommandFailed(f"the MLflow server stopped with exit status {proc.returncode} (its lines above say why)")
 
 
 def cmd_demo(args) -> None:

@@ -6,27 +6,48 @@ as params, identity tags (variant, seed, each axis value, config hash), the shar
 hash as its input dataset, `train/*` and `perf/*` metrics per step, `eval/*` metrics, and the
 resolved config and eval results as artifacts. A resumed sweep reuses its parent run: MLflow is the
 record of what is done.
+
+Made for comparing ablations in MLflow's UI: experiments are of the kind "custom model development"
+(not GenAI); every run carries its git commit and a dirty flag; a schedule value that never changes
+in a run (`train/stage` of a one-stage run, a fixed temperature) becomes a param instead of a flat
+chart; the bad-row counters are metrics and a final tag; the parent run holds the driver machine's
+system metrics, and, when the sweep ends, its table (md, html) and report.
 """
 
 import json
 import os
 import re
+import subprocess
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
+from tipslab.dashboards.store import STORE_ARTIFACTS, use_store_artifacts
+
 from .config import flatten, manifest_of
 from .plan import BENCH, BENCH_EXPERIMENT, DEVICE_KIND, MODEL_SIZE
 from .recipe import format_recipe, recipe
-from .runtime import artifact_root
+
+use_store_artifacts()  # this process reads and writes `mlflow-artifacts:/` URIs in the store's folder
 
 ROLE, SWEEP_ID, SPEC, SIZE = "tipslab.role", "tipslab.sweep_id", "tipslab.spec", "tipslab.size"
 VARIANT, SEED, CONFIG_HASH, CHECKPOINT = "tipslab.variant", "tipslab.seed", "tipslab.config_hash", "tipslab.checkpoint"
 AXIS, DATA_HASH = "tipslab.axis.", "tipslab.data_hash"
-LOGGED_PREFIXES = ("train/", "perf/", "eval/")
+LOGGED_PREFIXES = ("train/", "perf/", "eval/", "data/")
+# MLflow 3's UI opens an experiment without this tag in GenAI mode (traces, "Evaluations"); ours are
+# training runs. The values are MLflow's (its UI's ExperimentKind).
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+GIT_COMMIT, GIT_DIRTY = "mlflow.source.git.commit", "tipslab.git_dirty"
+# Values that are constant over a stage: held back until they change, so that a run in which they
+# never change shows them as params (its value), not as flat one-line charts.
+HELD = ("train/stage", "train/lr", "train/weight_decay", "train/temperature", "train/teacher_momentum")
+BAD_ROWS = "tipslab.bad_rows"
+SYSTEM_METRICS_EVERY_S = 10
 _SECRET_IN_URI = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
 # Names of settings that hold credentials: never logged, and their values are masked wherever they appear.
 _SECRET_NAME = re.compile(r"secret|password|passwd|access_key|key_id|credential|token(?!izer)", re.I)
@@ -60,19 +81,44 @@ def code_version() -> str:
     return version("tipslab")
 
 
+def git_tags(where: Path | None = None) -> dict:
+    """The commit of the checkout tipslab runs from, and whether its tracked files differ from it;
+    {} when tipslab is not in a git checkout (an installed wheel) or git is absent."""
+    where = where or Path(__file__).resolve().parent
+    try:
+        run = lambda *a: subprocess.run(  # noqa: E731
+            ["git", "-C", str(where), *a], capture_output=True, text=True, timeout=20, check=True
+        ).stdout.strip()
+        commit = run("rev-parse", "HEAD")
+        dirty = bool(run("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {GIT_COMMIT: commit, GIT_DIRTY: str(dirty).lower()}
+
+
+def system_metrics(run_id: str, tracking_uri: str, resume: bool):
+    """MLflow's monitor of this machine (CPU, memory, disk, network; NVIDIA GPUs when nvidia-ml-py
+    finds one), logging `system/*` on `run_id` every SYSTEM_METRICS_EVERY_S; None without psutil."""
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    except ImportError:
+        return None
+    monitor = SystemMetricsMonitor(
+        run_id, sampling_interval=SYSTEM_METRICS_EVERY_S, resume_logging=resume, tracking_uri=tracking_uri
+    )
+    monitor.start()
+    return monitor
+
+
 class SweepTracker:
     """The parent run of one sweep and the nested runs of its trials."""
 
-    def __init__(self, tracking_uri: str, plan, resume: bool = False):
+    def __init__(self, tracking_uri: str, plan, resume: bool = False, monitor: bool = True):
         self.client = MlflowClient(tracking_uri)
         self.plan = plan
         name = plan.spec["name"]
-        exp = self.client.get_experiment_by_name(name)
-        # A tracking server stores artifacts where it was told to; the embedded store under home.
-        location = None if tracking_uri.startswith(("http://", "https://")) else f"{artifact_root()}/{name}"
-        self.experiment_id = (
-            exp.experiment_id if exp else self.client.create_experiment(name, artifact_location=location)
-        )
+        self.experiment_id = experiment_id(self.client, name)
+        self.git = git_tags()
         self.children: dict[str, str] = {}  # trial name -> run id
         self.done: dict[str, object] = {}  # trial name -> its FINISHED run (kept on resume)
         self.closed: list[str] = []  # run ids left RUNNING by a dead driver, now KILLED
@@ -89,6 +135,7 @@ class SweepTracker:
                     SIZE: plan.size,
                     "tipslab.code_version": code_version(),
                     "mlflow.note.content": plan.spec.get("title", ""),
+                    **self.git,
                 },
             )
             self.parent_id = run.info.run_id
@@ -96,6 +143,8 @@ class SweepTracker:
             self.sweep_id, self.parent_id = parent.data.tags[SWEEP_ID], parent.info.run_id
             self.client.update_run(self.parent_id, status="RUNNING")
             self.client.set_tag(self.parent_id, "tipslab.code_version", code_version())
+            for key, value in self.git.items():  # the code of this (resumed) invocation
+                self.client.set_tag(self.parent_id, key, value)
             self._take_over_children()
         # The spec as resolved now: a resume that added rows or seeds makes the table grow.
         self.client.log_dict(self.parent_id, scrub({**plan.spec, "size": plan.size}), "spec.json")
@@ -103,6 +152,12 @@ class SweepTracker:
         self.client.log_dict(self.parent_id, scrub(card), "recipe.json")
         self.client.log_text(self.parent_id, redact(format_recipe(card)), "recipe.md")
         self.started: dict[str, float] = {}
+        self.held: dict[str, dict[str, Metric]] = {}  # trial -> HELD key -> its first, unchanged value
+        self.bad: dict[str, tuple[int, int]] = {}  # trial -> (bad rows, rows seen), the latest report
+        # System metrics on the parent run: they measure a machine, not a trial (concurrent trials
+        # share it). They come from the driver's machine alone: on a cluster, the head node, not
+        # the workers that train (those are in Ray's dashboard).
+        self.monitor = system_metrics(self.parent_id, tracking_uri, resume=parent is not None) if monitor else None
 
     def _latest_parent(self):
         query = (
@@ -155,6 +210,7 @@ class SweepTracker:
             SEED: str(trial.seed),
             CONFIG_HASH: trial.config_hash,
             **{AXIS + k: str(v) for k, v in trial.tags.items()},
+            **self.git,
         }
         run_id = self.client.create_run(self.experiment_id, run_name=trial.name, tags=tags).info.run_id
         params = [Param(k, redact(v)[:6000]) for k, v in flatten(trial.config).items() if not _SECRET_NAME.search(k)]
@@ -194,11 +250,37 @@ class SweepTracker:
         ]
         if trial_name in self.started:  # the fixed cost of a trial: launch to its first report
             rows.append(Metric("perf/launch_to_first_report_s", now / 1000 - self.started.pop(trial_name), now, step))
+        if "data/bad_rows" in metrics and "data/rows_seen" in metrics:
+            self.bad[trial_name] = (int(metrics["data/bad_rows"]), int(metrics["data/rows_seen"]))
+        rows = self._unless_constant(trial_name, rows)
         if rows:
             self.client.log_batch(self.children[trial_name], metrics=rows)
 
+    def _unless_constant(self, trial_name: str, rows: list[Metric]) -> list[Metric]:
+        """HELD keys: the first value waits; the first different one releases it and every later
+        value is logged. What is still held when the trial ends becomes a param (finish_trial)."""
+        held = self.held.setdefault(trial_name, {})
+        out = []
+        for m in rows:
+            if m.key not in HELD:
+                out.append(m)
+            elif m.key not in held:
+                held[m.key] = m
+            elif held[m.key] is None:
+                out.append(m)  # released: it changes in this run
+            elif held[m.key].value != m.value:
+                out += [held[m.key], m]
+                held[m.key] = None
+        return out
+
     def finish_trial(self, trial_name: str, status: str, result: dict | None = None) -> None:
         run_id = self.children[trial_name]
+        constants = [Param(k, repr(m.value)) for k, m in self.held.pop(trial_name, {}).items() if m is not None]
+        if constants:
+            self.client.log_batch(run_id, params=constants)
+        if trial_name in self.bad:
+            bad, seen = self.bad.pop(trial_name)
+            self.client.set_tag(run_id, BAD_ROWS, f"{bad} of {seen}")
         if result:
             evals = {k: v for k, v in result.items() if k.startswith("eval/")}
             if evals:
@@ -211,8 +293,6 @@ class SweepTracker:
 
     def _log_eval_files(self, run_id: str, eval_dir: str) -> None:
         """The evaluation's `features.npz` (patch features for the report's PCA maps), when written."""
-        import tempfile
-
         import pyarrow.fs
 
         uri = f"{eval_dir.rstrip('/')}/features.npz"
@@ -227,7 +307,17 @@ class SweepTracker:
             pass  # an evaluation that writes no features: the report says so
 
     def finish(self, status: str) -> None:
+        if self.monitor is not None:
+            self.monitor.finish()
+            self.monitor = None
         self.client.set_terminated(self.parent_id, status)
+
+    def log_results(self, table: str, html: str, report_dir: str | None) -> None:
+        """The sweep's table (markdown, html) and its report folder, on the parent run."""
+        self.client.log_text(self.parent_id, table, "table.md")
+        self.client.log_text(self.parent_id, html, "table.html")
+        if report_dir:
+            self.client.log_artifacts(self.parent_id, report_dir, "report")
 
 
 class TrackingCallback(Callback):
@@ -256,11 +346,17 @@ DEVICE = "tipslab.device"  # beside the bench tags that `tipslab plan` reads (or
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
-    """The id of the experiment `name`, created (with its artifacts under the store's root) if new."""
+    """The id of the experiment `name`, of the ML kind, created if new: on an embedded store with
+    its artifacts under `mlflow-artifacts:/<name>` (the store's own `mlartifacts` folder, wherever
+    the store lies); a tracking server puts them where it was told to."""
     found = client.get_experiment_by_name(name)
-    return (
-        found.experiment_id if found else client.create_experiment(name, artifact_location=f"{artifact_root()}/{name}")
-    )
+    if found is None:
+        server = client.tracking_uri.startswith(("http://", "https://"))
+        location = None if server else f"{STORE_ARTIFACTS}{name}"
+        return client.create_experiment(name, artifact_location=location, tags=dict([EXPERIMENT_KIND]))
+    if EXPERIMENT_KIND[0] not in found.tags:  # made before tipslab set the kind
+        client.set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
+    return found.experiment_id
 
 
 def log_bench(tracking_uri: str, bench: str, model_size: str, result: dict, metrics: dict, params: dict) -> str:
@@ -276,6 +372,7 @@ def log_bench(tracking_uri: str, bench: str, model_size: str, result: dict, metr
             DEVICE_KIND: result["device_kind"],
             DEVICE: result["device"],
             "tipslab.code_version": code_version(),
+            **git_tags(),
         },
     )
     run_id = run.info.run_id
@@ -293,8 +390,6 @@ def log_bench(tracking_uri: str, bench: str, model_size: str, result: dict, metr
 def append_eval(client: MlflowClient, run_id: str, metrics: dict, results_file: str, features: str | None) -> None:
     """`tipslab eval --run`: eval/* metrics at the run's last training step, its eval results file
     merged with them, and the features file (if any) beside them."""
-    import tempfile
-
     run = client.get_run(run_id)
     step, now = int(run.data.params.get("train.steps", 0)), int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
