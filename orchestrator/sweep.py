@@ -126,24 +126,6 @@ def run_trial(params: dict, plan: Plan, storage: str) -> None:
     )
 
 
-def log_results(tracker: SweepTracker, plan: Plan) -> None:
-    """The finished sweep's table (md, html) and report on its parent run, read back from MLflow as
-    `tipslab table` and `tipslab report` would; a failure here costs the artifacts, not the sweep."""
-    import tempfile
-
-    from tipslab.dashboards.report import write_report
-    from tipslab.dashboards.store import load_sweep
-    from tipslab.dashboards.table import render
-
-    try:
-        sweep = load_sweep(tracker.client.tracking_uri, plan.spec["name"], tracker.sweep_id)
-        with tempfile.TemporaryDirectory(prefix="tipslab-report-") as out:
-            write_report(sweep, out)
-            tracker.log_results(render(sweep, "md"), render(sweep, "html"), out)
-    except Exception as err:  # noqa: BLE001 - the sweep's runs are already safe in MLflow
-        print(f"sweep {plan.spec['name']}: table/report not logged on the parent run: {err}", file=sys.stderr)
-
-
 @dataclass
 class SweepResult:
     experiment: str
@@ -180,7 +162,7 @@ def run_sweep(plan: Plan, address: str | None = None, resume: bool = False) -> S
     kept, closed = len(tracker.done), len(tracker.closed)
     if count <= 0:
         tracker.finish("FINISHED")
-        log_results(tracker, plan)
+        tracker.log_results()
         return SweepResult(plan.spec["name"], tracker.sweep_id, tracker.parent_id, [], 0, kept, closed)
     if search is not None:
         # Train's reports carry the objective only at probe steps and at the end.
@@ -216,5 +198,5 @@ def run_sweep(plan: Plan, address: str | None = None, resume: bool = False) -> S
     resolve = trial_resolver(plan)
     failed = [resolve(r.config).name for r in results if r.error]
     tracker.finish("FAILED" if failed else "FINISHED")
-    log_results(tracker, plan)
+    tracker.log_results()
     return SweepResult(plan.spec["name"], tracker.sweep_id, tracker.parent_id, failed, count, kept, closed)

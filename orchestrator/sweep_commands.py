@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -11,8 +12,8 @@ from .errors import CommandFailed, UserError
 from .runtime import home, tracking_uri
 
 UI_HINT = (
-    "In the UI: open the experiment, then 'Group by' the tag tipslab.variant (or a tipslab.axis.* tag) to "
-    "compare variants over seeds, or filter with  tags.`tipslab.variant` = 'NAME'."
+    "In the UI: each link above opens a sweep's runs grouped by variant (means over seeds); 'Group by' a "
+    "tipslab.axis.* tag instead, or filter with  tags.`tipslab.variant` = 'NAME'."
 )
 
 
@@ -129,6 +130,17 @@ def ui_command(uri: str, host: str, port: int) -> list[str]:
     return command
 
 
+def comparison_links(uri: str, url: str) -> list[tuple[str, str]]:
+    """Each sweep experiment's comparison view (runs grouped by variant, metric columns)."""
+    from tipslab.dashboards.store import client_for
+
+    from .tracking import VIEW_KEY, VIEW_TAG
+
+    experiments = client_for(uri).search_experiments(filter_string=f"tags.`{VIEW_TAG}` LIKE '%'")
+    query = f"workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
+    return [(e.name, f"{url}/#/experiments/{e.experiment_id}/runs?{query}") for e in experiments]
+
+
 def wait_until_up(proc, url: str, timeout_s: float = 300) -> bool:
     """Poll the server's /health until it answers (True) or the process ends or time runs out."""
     import urllib.request
@@ -144,6 +156,10 @@ def wait_until_up(proc, url: str, timeout_s: float = 300) -> bool:
     return False
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def cmd_ui(args) -> None:
     uri = tracking_uri()
     if uri.startswith(("http://", "https://")):
@@ -154,14 +170,19 @@ def cmd_ui(args) -> None:
     url = f"http://{args.host}:{args.port}"
     print(f"MLflow UI on {uri}: starting ...", flush=True)
     proc = subprocess.Popen(ui_command(uri, args.host, args.port), env={**os.environ, **UI_ENV})
+    signal.signal(signal.SIGTERM, _interrupt)  # a terminated `tipslab ui` stops its server too
     try:
         if wait_until_up(proc, url):
-            print(f"MLflow UI up: {url}  (Ctrl-C to stop)\n{UI_HINT}", flush=True)
+            print(f"MLflow UI up: {url}/#/experiments?workflowType=machine_learning  (Ctrl-C to stop)", flush=True)
+            for name, link in comparison_links(uri, url):
+                print(f"  {name}: {link}", flush=True)
+            print(UI_HINT, flush=True)
         proc.wait()
     except KeyboardInterrupt:
         proc.terminate()
         proc.wait()
-    if proc.returncode not in (0, -15, None):
+        return
+    if proc.returncode != 0:
         raise CommandFailed(f"the MLflow server stopped with exit status {proc.returncode} (its lines above say why)")
 
 
@@ -180,7 +201,7 @@ def cmd_demo(args) -> None:
         footer=(
             f"demo took {time.perf_counter() - start:.0f} s. See every run in the MLflow UI:\n"
             f"  .venv/bin/tipslab ui\n"
-            f"then open http://127.0.0.1:5000 (experiment '{result.experiment}')."
+            f"then open the link it prints for experiment '{result.experiment}' (runs grouped by variant)."
         ),
     )
 

@@ -15,6 +15,7 @@ system metrics, and, when the sweep ends, its table (md, html) and report.
 """
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -47,6 +48,11 @@ GIT_COMMIT, GIT_DIRTY = "mlflow.source.git.commit", "tipslab.git_dirty"
 # never change shows them as params (its value), not as flat one-line charts.
 HELD = ("train/stage", "train/lr", "train/weight_decay", "train/temperature", "train/teacher_momentum")
 BAD_ROWS = "tipslab.bad_rows"
+# The comparison view of an experiment, as MLflow's UI shares views (an experiment tag holding the
+# runs table's state, opened by `?viewStateShareKey=`): runs grouped by variant (metric columns as
+# means over seeds), the spec's metrics and the keys its variants change as columns.
+VIEW_KEY = "tipslab"
+VIEW_TAG = "mlflow.sharedViewState." + VIEW_KEY
 SYSTEM_METRICS_EVERY_S = 10
 _SECRET_IN_URI = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
 # Names of settings that hold credentials: never logged, and their values are masked wherever they appear.
@@ -103,11 +109,29 @@ def system_metrics(run_id: str, tracking_uri: str, resume: bool):
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
     except ImportError:
         return None
+    logging.getLogger(SystemMetricsMonitor.__module__).setLevel(logging.WARNING)  # its start/stop lines
     monitor = SystemMetricsMonitor(
         run_id, sampling_interval=SYSTEM_METRICS_EVERY_S, resume_logging=resume, tracking_uri=tracking_uri
     )
     monitor.start()
     return monitor
+
+
+def comparison_view(spec: dict) -> dict:
+    """The runs table's state for MLflow's UI (the fields of its shared views)."""
+    changed = dict.fromkeys(k for v in (spec.get("variants") or {}).values() for k in (v or {}))
+    columns = [f"metrics.`{m['key']}`" for m in spec.get("metrics", [])] + [f"params.`{k}`" for k in changed]
+    return {
+        "selectedColumns": columns + [f"tags.`{SEED}`"],
+        "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": VARIANT}]},
+        "searchFilter": f"tags.`{ROLE}` = 'trial'",
+        "orderByKey": "attributes.start_time",
+        "orderByAsc": False,
+    }
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if value.is_integer() else repr(value)
 
 
 class SweepTracker:
@@ -151,6 +175,7 @@ class SweepTracker:
         card = recipe(plan)  # where each setting of each row comes from (orchestrator/recipe.py)
         self.client.log_dict(self.parent_id, scrub(card), "recipe.json")
         self.client.log_text(self.parent_id, redact(format_recipe(card)), "recipe.md")
+        self.client.set_experiment_tag(self.experiment_id, VIEW_TAG, json.dumps(comparison_view(plan.spec)))
         self.started: dict[str, float] = {}
         self.held: dict[str, dict[str, Metric]] = {}  # trial -> HELD key -> its first, unchanged value
         self.bad: dict[str, tuple[int, int]] = {}  # trial -> (bad rows, rows seen), the latest report
@@ -275,7 +300,8 @@ class SweepTracker:
 
     def finish_trial(self, trial_name: str, status: str, result: dict | None = None) -> None:
         run_id = self.children[trial_name]
-        constants = [Param(k, repr(m.value)) for k, m in self.held.pop(trial_name, {}).items() if m is not None]
+        held = self.held.pop(trial_name, {}).items()
+        constants = [Param(k, _number(m.value)) for k, m in held if m is not None]
         if constants:
             self.client.log_batch(run_id, params=constants)
         if trial_name in self.bad:
@@ -312,12 +338,26 @@ class SweepTracker:
             self.monitor = None
         self.client.set_terminated(self.parent_id, status)
 
-    def log_results(self, table: str, html: str, report_dir: str | None) -> None:
-        """The sweep's table (markdown, html) and its report folder, on the parent run."""
-        self.client.log_text(self.parent_id, table, "table.md")
-        self.client.log_text(self.parent_id, html, "table.html")
-        if report_dir:
-            self.client.log_artifacts(self.parent_id, report_dir, "report")
+    def log_results(self) -> None:
+        """The sweep's table (table.md, table.html) and report (report/index.html and its images) on
+        the parent run, read back from MLflow as `tipslab table` and `tipslab report` would; a failure
+        here costs these artifacts, not the sweep (its runs are already in MLflow)."""
+        import sys
+
+        from tipslab.dashboards.report import write_report
+        from tipslab.dashboards.store import load_sweep
+        from tipslab.dashboards.table import render
+
+        name = self.plan.spec["name"]
+        try:
+            sweep = load_sweep(self.client.tracking_uri, name, self.sweep_id)
+            self.client.log_text(self.parent_id, render(sweep, "md"), "table.md")
+            self.client.log_text(self.parent_id, render(sweep, "html"), "table.html")
+            with tempfile.TemporaryDirectory(prefix="tipslab-report-") as out:
+                write_report(sweep, out)
+                self.client.log_artifacts(self.parent_id, out, "report")
+        except Exception as err:  # noqa: BLE001
+            print(f"sweep {name}: table/report not logged on the parent run: {err}", file=sys.stderr)
 
 
 class TrackingCallback(Callback):
