@@ -3,6 +3,8 @@
 import json
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
 
 from mlflow.tracking import MlflowClient
 
@@ -46,7 +48,45 @@ class Sweep:
         return out
 
 
+# Artifacts relative to the store: experiments of an embedded store get the artifact location
+# `mlflow-artifacts:/<name>`, a URI that names no folder. `tipslab ui` serves it from the store's
+# `mlartifacts` folder (`mlflow server --serve-artifacts`), and tipslab's own clients resolve it there
+# (below), so the store stays readable when its folder moves or is mounted elsewhere.
+STORE_ARTIFACTS = "mlflow-artifacts:/"
+ARTIFACTS_DIR = "mlartifacts"
+
+
+def store_artifact_root(tracking_uri: str) -> Path | None:
+    """The artifacts folder of a sqlite store: `mlartifacts` beside its database file."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return Path(tracking_uri[len("sqlite:///") :]).resolve().parent / ARTIFACTS_DIR
+
+
+def _store_artifacts_repository(artifact_uri: str, tracking_uri: str | None = None, registry_uri: str | None = None):
+    """`mlflow-artifacts:/x` on a sqlite store: the folder `<store>/mlartifacts/x`; against a tracking
+    server: MLflow's own proxy client, as without tipslab."""
+    import mlflow
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+    from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
+
+    tracking_uri = tracking_uri or mlflow.get_tracking_uri()
+    root = store_artifact_root(tracking_uri)
+    if root is None:
+        return MlflowArtifactsRepository(artifact_uri, tracking_uri=tracking_uri, registry_uri=registry_uri)
+    folder = root / urlparse(artifact_uri).path.lstrip("/")
+    return LocalArtifactRepository(folder.as_uri(), tracking_uri=tracking_uri, registry_uri=registry_uri)
+
+
+def use_store_artifacts() -> None:
+    """Resolve `mlflow-artifacts:` URIs against the store's folder in this process (idempotent)."""
+    from mlflow.store.artifact.artifact_repository_registry import _artifact_repository_registry
+
+    _artifact_repository_registry.register("mlflow-artifacts", _store_artifacts_repository)
+
+
 def client_for(tracking_uri: str) -> MlflowClient:
+    use_store_artifacts()
     if tracking_uri.startswith("sqlite:///") and not os.path.exists(tracking_uri[len("sqlite:///") :]):
         raise StoreError(f"no MLflow store at {tracking_uri}: run a sweep first, or set MLFLOW_TRACKING_URI")
     return MlflowClient(tracking_uri)
@@ -96,13 +136,13 @@ def load_sweep(tracking_uri: str, experiment: str, sweep_id: str | None = None, 
 
 def metric_history(sweep: Sweep, run_id: str, key: str) -> list[tuple[int, float]]:
     """(step, value) of one metric of one run, in step order."""
-    history = MlflowClient(sweep.tracking_uri).get_metric_history(run_id, key)
+    history = client_for(sweep.tracking_uri).get_metric_history(run_id, key)
     return sorted((m.step, m.value) for m in history)
 
 
 def run_artifact(sweep: Sweep, run_id: str, path: str) -> str | None:
     """A local copy of one artifact of a run, or None when the run has none by that name."""
-    client = MlflowClient(sweep.tracking_uri)
+    client = client_for(sweep.tracking_uri)
     folder, _, name = path.rpartition("/")
     if name not in {a.path.rpartition("/")[2] for a in client.list_artifacts(run_id, folder or None)}:
         return None

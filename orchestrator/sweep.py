@@ -213,6 +213,7 @@ def _run(plan: Plan, tracker: SweepTracker, address: str | None) -> SweepResult:
         param_space = {"trial": tune.grid_search(todo)}
     kept, closed = len(tracker.done), len(tracker.closed)
     if count <= 0:
+        tracker.log_results()
         _finish(tracker, "FINISHED")
         return SweepResult(plan.spec["name"], tracker.sweep_id, tracker.parent_id, [], 0, kept, closed)
     if search is not None:
@@ -258,5 +259,6 @@ def _run(plan: Plan, tracker: SweepTracker, address: str | None) -> SweepResult:
     if disk is not None:  # a trial that failed for want of disk: the disk is the message
         _finish(tracker, "FAILED", raising=False)
         raise disk
+    tracker.log_results()
     _finish(tracker, "FAILED" if failed else "FINISHED")
     return SweepResult(plan.spec["name"], tracker.sweep_id, tracker.parent_id, failed, count, kept, closed)

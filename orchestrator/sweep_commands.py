@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -11,8 +12,8 @@ from .errors import CommandFailed, UserError
 from .runtime import home, tracking_uri
 
 UI_HINT = (
-    "In the UI: open the experiment, then 'Group by' the tag tipslab.variant (or a tipslab.axis.* tag) to "
-    "compare variants over seeds, or filter with  tags.`tipslab.variant` = 'NAME'."
+    "In the UI: each link above opens a sweep's runs grouped by variant (means over seeds); 'Group by' a "
+    "tipslab.axis.* tag instead, or filter with  tags.`tipslab.variant` = 'NAME'."
 )
 
 
@@ -113,6 +114,54 @@ def cmd_report(args) -> None:
     print(f"report: {path}")
 
 
+# The embedded store's UI: one worker (a laptop's browser is its one client); no job runner (MLflow
+# starts it for GenAI features tipslab does not use: its processes only slow the start); artifacts
+# served from the store's own folder, so that `mlflow-artifacts:/` URIs resolve wherever the store
+# lies; Python's deprecation warnings and uvicorn's access log off.
+UI_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "PYTHONWARNINGS": "ignore"}
+
+
+def ui_command(uri: str, host: str, port: int) -> list[str]:
+    from tipslab.dashboards.store import store_artifact_root
+
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host]
+    command += ["--port", str(port), "--workers", "1", "--uvicorn-opts", "--log-level warning"]
+    artifacts = store_artifact_root(uri)
+    if artifacts is not None:
+        command += ["--serve-artifacts", "--artifacts-destination", str(artifacts)]
+    return command
+
+
+def comparison_links(uri: str, url: str) -> list[tuple[str, str]]:
+    """Each sweep experiment's comparison view (runs grouped by variant, metric columns)."""
+    from tipslab.dashboards.store import client_for
+
+    from .tracking import VIEW_KEY, VIEW_TAG
+
+    experiments = client_for(uri).search_experiments(filter_string=f"tags.`{VIEW_TAG}` LIKE '%'")
+    query = f"workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
+    return [(e.name, f"{url}/#/experiments/{e.experiment_id}/runs?{query}") for e in experiments]
+
+
+def wait_until_up(proc, url: str, timeout_s: float = 300) -> bool:
+    """Poll the server's /health until it answers (True) or the process ends or time runs out."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return True
+        except OSError:
+            time.sleep(0.5)
+    return False
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def cmd_ui(args) -> None:
     uri = tracking_uri()
     if uri.startswith(("http://", "https://")):
@@ -120,23 +169,23 @@ def cmd_ui(args) -> None:
         return
     if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///") :]):
         raise UserError(f"no MLflow store at {uri}: run a sweep first, or set MLFLOW_TRACKING_URI")
-    command = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "ui",
-        "--backend-store-uri",
-        uri,
-        "--host",
-        args.host,
-        "--port",
-        str(args.port),
-    ]
-    print(f"MLflow UI on {uri}: http://{args.host}:{args.port}  (Ctrl-C to stop)\n{UI_HINT}", flush=True)
+    url = f"http://{args.host}:{args.port}"
+    print(f"MLflow UI on {uri}: starting ...", flush=True)
+    proc = subprocess.Popen(ui_command(uri, args.host, args.port), env={**os.environ, **UI_ENV})
+    signal.signal(signal.SIGTERM, _interrupt)  # a terminated `tipslab ui` stops its server too
     try:
-        subprocess.run(command, check=False)
+        if wait_until_up(proc, url):
+            print(f"MLflow UI up: {url}/#/experiments?workflowType=machine_learning  (Ctrl-C to stop)", flush=True)
+            for name, link in comparison_links(uri, url):
+                print(f"  {name}: {link}", flush=True)
+            print(UI_HINT, flush=True)
+        proc.wait()
     except KeyboardInterrupt:
-        pass
+        proc.terminate()
+        proc.wait()
+        return
+    if proc.returncode != 0:
+        raise CommandFailed(f"the MLflow server stopped with exit status {proc.returncode} (its lines above say why)")
 
 
 def cmd_demo(args) -> None:
@@ -154,7 +203,7 @@ def cmd_demo(args) -> None:
         footer=(
             f"demo took {time.perf_counter() - start:.0f} s. See every run in the MLflow UI:\n"
             f"  .venv/bin/tipslab ui\n"
-            f"then open http://127.0.0.1:5000 (experiment '{result.experiment}')."
+            f"then open the link it prints for experiment '{result.experiment}' (runs grouped by variant)."
         ),
     )
 

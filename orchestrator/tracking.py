@@ -9,25 +9,38 @@ parent run: MLflow is the record of what is done. The parent run holds a lease i
 (orchestrator/lease.py), so that a second driver on the same sweep refuses instead of closing the
 first one's runs. Writes go through a store that retries and, during training, holds them in memory
 while the store is away (orchestrator/tracking_store.py): tracking trouble never stops a training run.
+
+Made for comparing ablations in MLflow's UI: experiments are of the kind "custom model development"
+(not GenAI); every run carries its git commit and a dirty flag; a schedule value that never changes
+in a run (`train/stage` of a one-stage run, a fixed temperature) becomes a param instead of a flat
+chart; the bad-row counters are metrics and a final tag; the parent run holds the driver machine's
+system metrics, and, when the sweep ends, its table (md, html) and report.
 """
 
 import json
+import logging
 import os
 import re
+import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
+from tipslab.dashboards.store import STORE_ARTIFACTS, use_store_artifacts
+
 from . import lease
 from .config import file_sha256, flatten, manifest_of
 from .plan import BENCH, BENCH_EXPERIMENT, DEVICE_KIND, MODEL_SIZE
 from .recipe import format_recipe, recipe
-from .runtime import artifact_root
 from .tracking_store import TrackingStore
+
+use_store_artifacts()  # this process reads and writes `mlflow-artifacts:/` URIs in the store's folder
 
 ROLE, SWEEP_ID, SPEC, SIZE = "tipslab.role", "tipslab.sweep_id", "tipslab.spec", "tipslab.size"
 VARIANT, SEED, CONFIG_HASH, CHECKPOINT = "tipslab.variant", "tipslab.seed", "tipslab.config_hash", "tipslab.checkpoint"
@@ -35,7 +48,21 @@ AXIS, DATA_HASH, TOKENIZER_HASH = "tipslab.axis.", "tipslab.data_hash", "tipslab
 # + a metric key (eval/<dataset>/<metric>): the protocol that made the number and its settings
 PROTOCOL = "tipslab.protocol."
 PROTOCOLS = "protocols"  # the entry of eval_results.json naming each probe's protocol (jobs/eval/evaluate.py)
-LOGGED_PREFIXES = ("train/", "perf/", "eval/")
+LOGGED_PREFIXES = ("train/", "perf/", "eval/", "data/")
+# MLflow 3's UI opens an experiment without this tag in GenAI mode (traces, "Evaluations"); ours are
+# training runs. The values are MLflow's (its UI's ExperimentKind).
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+GIT_COMMIT, GIT_DIRTY = "mlflow.source.git.commit", "tipslab.git_dirty"
+# Values that are constant over a stage: held back until they change, so that a run in which they
+# never change shows them as params (its value), not as flat one-line charts.
+HELD = ("train/stage", "train/lr", "train/weight_decay", "train/temperature", "train/teacher_momentum")
+BAD_ROWS = "tipslab.bad_rows"
+# The comparison view of an experiment, as MLflow's UI shares views (an experiment tag holding the
+# runs table's state, opened by `?viewStateShareKey=`): runs grouped by variant (metric columns as
+# means over seeds), the spec's metrics and the keys its variants change as columns.
+VIEW_KEY = "tipslab"
+VIEW_TAG = "mlflow.sharedViewState." + VIEW_KEY
+SYSTEM_METRICS_EVERY_S = 10
 _SECRET_IN_URI = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
 # Names of settings that hold credentials: never logged, and their values are masked wherever they appear.
 _SECRET_NAME = re.compile(r"secret|password|passwd|access_key|key_id|credential|token(?!izer)", re.I)
@@ -69,19 +96,62 @@ def code_version() -> str:
     return version("tipslab")
 
 
+def git_tags(where: Path | None = None) -> dict:
+    """The commit of the checkout tipslab runs from, and whether its tracked files differ from it;
+    {} when tipslab is not in a git checkout (an installed wheel) or git is absent."""
+    where = where or Path(__file__).resolve().parent
+    try:
+        run = lambda *a: subprocess.run(  # noqa: E731
+            ["git", "-C", str(where), *a], capture_output=True, text=True, timeout=20, check=True
+        ).stdout.strip()
+        commit = run("rev-parse", "HEAD")
+        dirty = bool(run("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {GIT_COMMIT: commit, GIT_DIRTY: str(dirty).lower()}
+
+
+def system_metrics(run_id: str, tracking_uri: str, resume: bool):
+    """MLflow's monitor of this machine (CPU, memory, disk, network; NVIDIA GPUs when nvidia-ml-py
+    finds one), logging `system/*` on `run_id` every SYSTEM_METRICS_EVERY_S; None without psutil."""
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    except ImportError:
+        return None
+    logging.getLogger(SystemMetricsMonitor.__module__).setLevel(logging.WARNING)  # its start/stop lines
+    monitor = SystemMetricsMonitor(
+        run_id, sampling_interval=SYSTEM_METRICS_EVERY_S, resume_logging=resume, tracking_uri=tracking_uri
+    )
+    monitor.start()
+    return monitor
+
+
+def comparison_view(spec: dict) -> dict:
+    """The runs table's state for MLflow's UI (the fields of its shared views)."""
+    changed = dict.fromkeys(k for v in (spec.get("variants") or {}).values() for k in (v or {}))
+    columns = [f"metrics.`{m['key']}`" for m in spec.get("metrics", [])] + [f"params.`{k}`" for k in changed]
+    return {
+        "selectedColumns": columns + [f"tags.`{SEED}`"],
+        "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": VARIANT}]},
+        "searchFilter": f"tags.`{ROLE}` = 'trial'",
+        "orderByKey": "attributes.start_time",
+        "orderByAsc": False,
+    }
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
 class SweepTracker:
     """The parent run of one sweep and the nested runs of its trials."""
 
-    def __init__(self, tracking_uri: str, plan, resume: bool = False):
+    def __init__(self, tracking_uri: str, plan, resume: bool = False, monitor: bool = True):
         self.client = TrackingStore(tracking_uri)  # before training: a store that stays away is a UserError
         self.plan = plan
         name = plan.spec["name"]
-        exp = self.client.get_experiment_by_name(name)
-        # A tracking server stores artifacts where it was told to; the embedded store under home.
-        location = None if tracking_uri.startswith(("http://", "https://")) else f"{artifact_root()}/{name}"
-        self.experiment_id = (
-            exp.experiment_id if exp else self.client.create_experiment(name, artifact_location=location)
-        )
+        self.experiment_id = experiment_id(self.client, name)
+        self.git = git_tags()
         self.children: dict[str, str] = {}  # trial name -> run id
         self.done: dict[str, object] = {}  # trial name -> its FINISHED run (kept on resume)
         self.closed: list[str] = []  # run ids left RUNNING by a dead driver, now KILLED
@@ -98,6 +168,7 @@ class SweepTracker:
                     SIZE: plan.size,
                     "tipslab.code_version": code_version(),
                     "mlflow.note.content": plan.spec.get("title", ""),
+                    **self.git,
                 },
             )
             self.parent_id = run.info.run_id
@@ -112,13 +183,22 @@ class SweepTracker:
             self.lease.take(self.describe(), settle=True)
             self.client.update_run(self.parent_id, status="RUNNING")
             self.client.set_tag(self.parent_id, "tipslab.code_version", code_version())
+            for key, value in self.git.items():  # the code of this (resumed) invocation
+                self.client.set_tag(self.parent_id, key, value)
             self._take_over_children()
         # The spec as resolved now: a resume that added rows or seeds makes the table grow.
         self.client.log_dict(self.parent_id, scrub({**plan.spec, "size": plan.size}), "spec.json")
         card = recipe(plan)  # where each setting of each row comes from (orchestrator/recipe.py)
         self.client.log_dict(self.parent_id, scrub(card), "recipe.json")
         self.client.log_text(self.parent_id, redact(format_recipe(card)), "recipe.md")
+        self.client.set_experiment_tag(self.experiment_id, VIEW_TAG, json.dumps(comparison_view(plan.spec)))
         self.started: dict[str, float] = {}
+        self.held: dict[str, dict[str, Metric]] = {}  # trial -> HELD key -> its first, unchanged value
+        self.bad: dict[str, tuple[int, int]] = {}  # trial -> (bad rows, rows seen), the latest report
+        # System metrics on the parent run: they measure a machine, not a trial (concurrent trials
+        # share it). They come from the driver's machine alone: on a cluster, the head node, not
+        # the workers that train (those are in Ray's dashboard).
+        self.monitor = system_metrics(self.parent_id, tracking_uri, resume=parent is not None) if monitor else None
         self.ended = False
         self.client.buffering = True  # from here on, training runs: writes wait rather than fail
 
@@ -176,6 +256,7 @@ class SweepTracker:
             SEED: str(trial.seed),
             CONFIG_HASH: trial.config_hash,
             **{AXIS + k: str(v) for k, v in trial.tags.items()},
+            **self.git,
         }
         run_id = self.client.create_run(self.experiment_id, run_name=trial.name, tags=tags).info.run_id
         params = [Param(k, redact(v)[:6000]) for k, v in flatten(trial.config).items() if not _SECRET_NAME.search(k)]
@@ -236,13 +317,40 @@ class SweepTracker:
         ]
         if trial_name in self.started:  # the fixed cost of a trial: launch to its first report
             rows.append(Metric("perf/launch_to_first_report_s", now / 1000 - self.started.pop(trial_name), now, step))
+        if "data/bad_rows" in metrics and "data/rows_seen" in metrics:
+            self.bad[trial_name] = (int(metrics["data/bad_rows"]), int(metrics["data/rows_seen"]))
+        rows = self._unless_constant(trial_name, rows)
         if rows:
             self.client.log_batch(self.children[trial_name], metrics=rows)
+
+    def _unless_constant(self, trial_name: str, rows: list[Metric]) -> list[Metric]:
+        """HELD keys: the first value waits; the first different one releases it and every later
+        value is logged. What is still held when the trial ends becomes a param (finish_trial)."""
+        held = self.held.setdefault(trial_name, {})
+        out = []
+        for m in rows:
+            if m.key not in HELD:
+                out.append(m)
+            elif m.key not in held:
+                held[m.key] = m
+            elif held[m.key] is None:
+                out.append(m)  # released: it changes in this run
+            elif held[m.key].value != m.value:
+                out += [held[m.key], m]
+                held[m.key] = None
+        return out
 
     def finish_trial(self, trial_name: str, status: str, result: dict | None = None) -> None:
         if trial_name not in self.children:
             return
         run_id = self.children[trial_name]
+        held = self.held.pop(trial_name, {}).items()
+        constants = [Param(k, _number(m.value)) for k, m in held if m is not None]
+        if constants:
+            self.client.log_batch(run_id, params=constants)
+        if trial_name in self.bad:
+            bad, seen = self.bad.pop(trial_name)
+            self.client.set_tag(run_id, BAD_ROWS, f"{bad} of {seen}")
         if result:
             evals = {k: v for k, v in result.items() if k.startswith("eval/")}
             protocols = read_protocols(result["eval_dir"]) if result.get("eval_dir") else {}
@@ -259,8 +367,6 @@ class SweepTracker:
 
     def _log_eval_files(self, run_id: str, eval_dir: str) -> None:
         """The evaluation's `features.npz` (patch features for the report's PCA maps), when written."""
-        import tempfile
-
         import pyarrow.fs
 
         uri = f"{eval_dir.rstrip('/')}/features.npz"
@@ -278,10 +384,32 @@ class SweepTracker:
         """End the parent run, free the sweep, make the writes that waited; returns a line on what
         could not be written (None when everything was)."""
         self.ended = True
+        if self.monitor is not None:
+            self.monitor.finish()
+            self.monitor = None
         self.client.set_terminated(self.parent_id, status)
         self.lease.release()
         self.client.flush()
         return self.client.unwritten()
+
+    def log_results(self) -> None:
+        """The sweep's table (table.md, table.html) and report (report/index.html and its images) on
+        the parent run, read back from MLflow as `tipslab table` and `tipslab report` would; a failure
+        here costs these artifacts, not the sweep (its runs are already in MLflow)."""
+        from tipslab.dashboards.report import write_report
+        from tipslab.dashboards.store import load_sweep
+        from tipslab.dashboards.table import render
+
+        name = self.plan.spec["name"]
+        try:
+            sweep = load_sweep(self.client.tracking_uri, name, self.sweep_id)
+            self.client.log_text(self.parent_id, render(sweep, "md"), "table.md")
+            self.client.log_text(self.parent_id, render(sweep, "html"), "table.html")
+            with tempfile.TemporaryDirectory(prefix="tipslab-report-") as out:
+                write_report(sweep, out)
+                self.client.log_artifacts(self.parent_id, out, "report")
+        except Exception as err:  # noqa: BLE001
+            print(f"sweep {name}: table/report not logged on the parent run: {err}", file=sys.stderr)
 
 
 def read_protocols(eval_dir: str) -> dict:
@@ -346,11 +474,17 @@ DEVICE = "tipslab.device"  # beside the bench tags that `tipslab plan` reads (or
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
-    """The id of the experiment `name`, created (with its artifacts under the store's root) if new."""
+    """The id of the experiment `name`, of the ML kind, created if new: on an embedded store with
+    its artifacts under `mlflow-artifacts:/<name>` (the store's own `mlartifacts` folder, wherever
+    the store lies); a tracking server puts them where it was told to."""
     found = client.get_experiment_by_name(name)
-    return (
-        found.experiment_id if found else client.create_experiment(name, artifact_location=f"{artifact_root()}/{name}")
-    )
+    if found is None:
+        server = client.tracking_uri.startswith(("http://", "https://"))
+        location = None if server else f"{STORE_ARTIFACTS}{name}"
+        return client.create_experiment(name, artifact_location=location, tags=dict([EXPERIMENT_KIND]))
+    if EXPERIMENT_KIND[0] not in found.tags:  # made before tipslab set the kind
+        client.set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
+    return found.experiment_id
 
 
 def log_bench(tracking_uri: str, bench: str, model_size: str, result: dict, metrics: dict, params: dict) -> str:
@@ -366,6 +500,7 @@ def log_bench(tracking_uri: str, bench: str, model_size: str, result: dict, metr
             DEVICE_KIND: result["device_kind"],
             DEVICE: result["device"],
             "tipslab.code_version": code_version(),
+            **git_tags(),
         },
     )
     run_id = run.info.run_id
