@@ -10,13 +10,14 @@ record of what is done.
 
 import json
 import os
-import re
 import time
 import uuid
 
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
+
+from tipslab.jobs.redact import SECRET_KEY, redact, scrub
 
 from .config import flatten, manifest_of
 from .plan import BENCH, BENCH_EXPERIMENT, DEVICE_KIND, MODEL_SIZE
@@ -27,31 +28,6 @@ ROLE, SWEEP_ID, SPEC, SIZE = "tipslab.role", "tipslab.sweep_id", "tipslab.spec",
 VARIANT, SEED, CONFIG_HASH, CHECKPOINT = "tipslab.variant", "tipslab.seed", "tipslab.config_hash", "tipslab.checkpoint"
 AXIS, DATA_HASH = "tipslab.axis.", "tipslab.data_hash"
 LOGGED_PREFIXES = ("train/", "perf/", "eval/")
-_SECRET_IN_URI = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
-# Names of settings that hold credentials: never logged, and their values are masked wherever they appear.
-_SECRET_NAME = re.compile(r"secret|password|passwd|access_key|key_id|credential|token(?!izer)", re.I)
-
-
-def secret_values() -> list[str]:
-    """Values of this process's credential-like environment variables (AWS keys, tokens, Ray's)."""
-    return sorted({v for k, v in os.environ.items() if _SECRET_NAME.search(k) and len(v) >= 4}, key=len, reverse=True)
-
-
-def redact(value) -> str:
-    """Never log a password inside a URI, nor the value of any credential in the environment."""
-    text = _SECRET_IN_URI.sub(r"\1***@", str(value))
-    for secret in secret_values():
-        text = text.replace(secret, "***")
-    return text
-
-
-def scrub(obj):
-    """A JSON-able copy with credential-named keys dropped and every string redacted."""
-    if isinstance(obj, dict):
-        return {k: scrub(v) for k, v in obj.items() if not _SECRET_NAME.search(str(k)) and "env_vars" not in str(k)}
-    if isinstance(obj, list):
-        return [scrub(v) for v in obj]
-    return redact(obj) if isinstance(obj, str) else obj
 
 
 def code_version() -> str:
@@ -81,14 +57,14 @@ class SweepTracker:
             self.sweep_id = uuid.uuid4().hex[:12]
             run = self.client.create_run(
                 self.experiment_id,
-                run_name=f"{name}-{plan.size}-{self.sweep_id}",
+                run_name=redact(f"{name}-{plan.size}-{self.sweep_id}"),
                 tags={
                     ROLE: "sweep",
                     SWEEP_ID: self.sweep_id,
                     SPEC: name,
                     SIZE: plan.size,
                     "tipslab.code_version": code_version(),
-                    "mlflow.note.content": plan.spec.get("title", ""),
+                    "mlflow.note.content": redact(plan.spec.get("title", "")),
                 },
             )
             self.parent_id = run.info.run_id
@@ -156,8 +132,9 @@ class SweepTracker:
             CONFIG_HASH: trial.config_hash,
             **{AXIS + k: str(v) for k, v in trial.tags.items()},
         }
-        run_id = self.client.create_run(self.experiment_id, run_name=trial.name, tags=tags).info.run_id
-        params = [Param(k, redact(v)[:6000]) for k, v in flatten(trial.config).items() if not _SECRET_NAME.search(k)]
+        tags = {redact(k): redact(v) for k, v in tags.items()}
+        run_id = self.client.create_run(self.experiment_id, run_name=redact(trial.name), tags=tags).info.run_id
+        params = [Param(k, redact(v)[:6000]) for k, v in flatten(trial.config).items() if not SECRET_KEY.search(k)]
         for i in range(0, len(params), 100):
             self.client.log_batch(run_id, params=params[i : i + 100])
         self.client.log_dict(run_id, scrub(trial.config), "config.json")
@@ -174,7 +151,7 @@ class SweepTracker:
             return
         digest = manifest["content_hash"]
         dataset = Dataset(
-            name=f"{data['source']}/{data['train_split']}",
+            name=redact(f"{data['source']}/{data['train_split']}"),
             digest=digest[:36],
             source_type="tipslab-shards",
             source=redact(f"{data['root']}/{data['train_split']}"),
@@ -188,7 +165,7 @@ class SweepTracker:
     def log_metrics(self, trial_name: str, metrics: dict, step: int) -> None:
         now = int(time.time() * 1000)
         rows = [
-            Metric(k, float(v), now, step)
+            Metric(redact(k), float(v), now, step)
             for k, v in metrics.items()
             if k.startswith(LOGGED_PREFIXES) and isinstance(v, (int, float)) and not isinstance(v, bool)
         ]
@@ -202,7 +179,7 @@ class SweepTracker:
         if result:
             evals = {k: v for k, v in result.items() if k.startswith("eval/")}
             if evals:
-                self.client.log_dict(run_id, evals, "eval_results.json")
+                self.client.log_dict(run_id, scrub(evals), "eval_results.json")
             if result.get("checkpoint_uri"):
                 self.client.set_tag(run_id, CHECKPOINT, redact(result["checkpoint_uri"]))
             if result.get("eval_dir"):
@@ -236,6 +213,11 @@ class TrackingCallback(Callback):
     def __init__(self, tracker: SweepTracker, resolve):
         self.tracker = tracker
         self.resolve = resolve  # Tune's trial config -> our Trial
+
+    def __getstate__(self):
+        """Tune pickles its callbacks into `tuner.pkl` beside the runs; this one holds the tracking
+        URI (with its password) and the spec: none of it goes there (a resume reads MLflow)."""
+        return {}
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.tracker.start_trial(self.resolve(trial.config))
@@ -282,7 +264,7 @@ def log_bench(tracking_uri: str, bench: str, model_size: str, result: dict, metr
     now = int(time.time() * 1000)
     client.log_batch(
         run_id,
-        metrics=[Metric(f"bench/{bench}/{k}", float(v), now, 0) for k, v in metrics.items() if v is not None],
+        metrics=[Metric(redact(f"bench/{bench}/{k}"), float(v), now, 0) for k, v in metrics.items() if v is not None],
         params=[Param(k, redact(v)[:6000]) for k, v in params.items()],
     )
     client.log_dict(run_id, scrub(result), "bench.json")
@@ -297,12 +279,12 @@ def append_eval(client: MlflowClient, run_id: str, metrics: dict, results_file: 
 
     run = client.get_run(run_id)
     step, now = int(run.data.params.get("train.steps", 0)), int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
+    client.log_batch(run_id, metrics=[Metric(redact(k), v, now, step) for k, v in metrics.items()])
     merged = {}
     with tempfile.TemporaryDirectory() as tmp:
         if any(a.path == results_file for a in client.list_artifacts(run_id)):
             with open(client.download_artifacts(run_id, results_file, tmp)) as f:
                 merged = json.load(f)
-    client.log_dict(run_id, {**merged, **metrics}, results_file)
+    client.log_dict(run_id, scrub({**merged, **metrics}), results_file)
     if features:
         client.log_artifact(run_id, features)
