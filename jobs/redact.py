@@ -69,6 +69,12 @@ def redact(value) -> str:
     return text
 
 
+def redact_name(value) -> str:
+    """A name redacted for a store that allows letters, digits and `_-. :/` only (MLflow's metric
+    and param names): `eval/***/i2t_r1` -> `eval/masked/i2t_r1`."""
+    return redact(value).replace(MASK, "masked")
+
+
 # Keys of settings that hold credentials: dropped from what is logged. Narrower than the
 # variables' rule: a config's `key` or `tokenizer` is no credential.
 SECRET_KEY = re.compile(r"secret|password|passwd|access_key|key_id|credential|api_?key|token(?!izer)", re.I)

@@ -144,6 +144,18 @@ class SweepResult:
     closed: int = 0  # runs left RUNNING by a dead driver, marked KILLED
 
 
+# Tune hands these variables of the driver to every trial through its runtime_env
+# (ray.tune.execution.class_cache), which Ray writes to runtime_env_agent.log and shows on its
+# dashboard. A trial finds its credentials where the AWS SDK looks on its node (jobs/storage.py).
+TUNE_PROPAGATED_CREDENTIALS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"}
+
+
+def keep_credentials_off_runtime_env() -> None:
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE.difference_update(TUNE_PROPAGATED_CREDENTIALS)
+
+
 def run_sweep(plan: Plan, address: str | None = None, resume: bool = False) -> SweepResult:
     """Run what the spec asks for; with `resume`, only what the store does not hold finished."""
     cluster = ensure_ray(address)  # first, so that missing scenes render in parallel Ray tasks
@@ -184,6 +196,7 @@ def run_sweep(plan: Plan, address: str | None = None, resume: bool = False) -> S
         file=sys.stderr,
     )
     storage = storage_path()
+    keep_credentials_off_runtime_env()
     secret = tuple(sorted({k for t in plan.trials for k in secret_keys(t.config)}))
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, plan=plan, storage=storage, secret=secret), DRIVER_RESOURCES

@@ -17,7 +17,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from tipslab.jobs.redact import SECRET_KEY, redact, scrub
+from tipslab.jobs.redact import SECRET_KEY, redact, redact_name, scrub
 
 from .config import flatten, manifest_of
 from .plan import BENCH, BENCH_EXPERIMENT, DEVICE_KIND, MODEL_SIZE
@@ -132,7 +132,7 @@ class SweepTracker:
             CONFIG_HASH: trial.config_hash,
             **{AXIS + k: str(v) for k, v in trial.tags.items()},
         }
-        tags = {redact(k): redact(v) for k, v in tags.items()}
+        tags = {redact_name(k): redact(v) for k, v in tags.items()}
         run_id = self.client.create_run(self.experiment_id, run_name=redact(trial.name), tags=tags).info.run_id
         params = [Param(k, redact(v)[:6000]) for k, v in flatten(trial.config).items() if not SECRET_KEY.search(k)]
         for i in range(0, len(params), 100):
@@ -165,7 +165,7 @@ class SweepTracker:
     def log_metrics(self, trial_name: str, metrics: dict, step: int) -> None:
         now = int(time.time() * 1000)
         rows = [
-            Metric(redact(k), float(v), now, step)
+            Metric(redact_name(k), float(v), now, step)
             for k, v in metrics.items()
             if k.startswith(LOGGED_PREFIXES) and isinstance(v, (int, float)) and not isinstance(v, bool)
         ]
@@ -264,7 +264,9 @@ def log_bench(tracking_uri: str, bench: str, model_size: str, result: dict, metr
     now = int(time.time() * 1000)
     client.log_batch(
         run_id,
-        metrics=[Metric(redact(f"bench/{bench}/{k}"), float(v), now, 0) for k, v in metrics.items() if v is not None],
+        metrics=[
+            Metric(redact_name(f"bench/{bench}/{k}"), float(v), now, 0) for k, v in metrics.items() if v is not None
+        ],
         params=[Param(k, redact(v)[:6000]) for k, v in params.items()],
     )
     client.log_dict(run_id, scrub(result), "bench.json")
@@ -279,7 +281,7 @@ def append_eval(client: MlflowClient, run_id: str, metrics: dict, results_file: 
 
     run = client.get_run(run_id)
     step, now = int(run.data.params.get("train.steps", 0)), int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(redact(k), v, now, step) for k, v in metrics.items()])
+    client.log_batch(run_id, metrics=[Metric(redact_name(k), v, now, step) for k, v in metrics.items()])
     merged = {}
     with tempfile.TemporaryDirectory() as tmp:
         if any(a.path == results_file for a in client.list_artifacts(run_id)):

@@ -35,6 +35,7 @@ def test_values_of_the_environment_are_masked_wherever_they_appear(monkeypatch):
     text = "eval/wandb-0123456789abcdef/i2t key=wJalrXUtnFEMI/K7MDENG pw hunter2x; tokenizer false"
     assert r.redact(text) == "eval/***/i2t key=*** pw ***; tokenizer false"
     assert r.redact(0.25) == "0.25"
+    assert r.redact_name("eval/wandb-0123456789abcdef/i2t_r1") == "eval/masked/i2t_r1"  # an MLflow metric name
 
 
 def test_remembered_values_and_the_keys_that_carry_them(monkeypatch):
