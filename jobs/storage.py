@@ -8,7 +8,12 @@ config file, a log or MLflow. pyarrow alone reads the endpoint variable only for
 for a bare `S3FileSystem()`; this module passes it explicitly.
 
 Ray tasks do not inherit variables set in the driver after `ray.init`: code that sends storage work
-to Ray passes `aws_env()` through `runtime_env={"env_vars": ...}`.
+to Ray passes `aws_env()` through `runtime_env={"env_vars": ...}`. Those are the plain settings only
+(endpoint, region, profile, the paths of the config and credentials files), never the credentials:
+Ray writes a runtime_env to its logs (`runtime_env_agent.log`) and shows it on its dashboard. A
+worker finds its credentials where the AWS SDK looks on its node: the node's environment (a local
+instance that `tipslab` starts inherits the shell's), the credentials file, or the node's role
+(an EC2 instance profile, an EKS service account).
 """
 
 from __future__ import annotations
@@ -20,12 +25,10 @@ import pyarrow.fs as pafs
 
 from tipslab.models.errors import DataError
 
+# The settings a Ray task may be handed (runtime_env): none of them a credential.
 AWS_VARIABLES = (
     "AWS_ENDPOINT_URL",
     "AWS_ENDPOINT_URL_S3",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
     "AWS_REGION",
     "AWS_DEFAULT_REGION",
     "AWS_PROFILE",
@@ -39,8 +42,9 @@ def is_s3(uri: str | os.PathLike) -> bool:
 
 
 def aws_env() -> dict[str, str]:
-    """The standard AWS variables set in this process, to hand to Ray tasks' runtime_env."""
-    return {k: os.environ[k] for k in AWS_VARIABLES if os.environ.get(k)}
+    """The AWS settings of this process to hand to Ray tasks' runtime_env: no credentials (module
+    docstring), and no endpoint that carries a password in its URL."""
+    return {k: os.environ[k] for k in AWS_VARIABLES if os.environ.get(k) and "@" not in os.environ[k]}
 
 
 def s3_filesystem() -> pafs.S3FileSystem:

@@ -9,6 +9,8 @@ import re
 import sys
 from importlib.metadata import version
 
+from tipslab.jobs.redact import redact
+
 from . import bench_commands, data_commands, eval_commands, model_commands, sweep_commands, train_commands
 from .errors import CommandFailed, UserError
 from .runtime import quiet_environment, tracking_uri
@@ -52,10 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except UserError as err:
-        print(f"tipslab: error: {err}", file=sys.stderr)
+        print(redact(f"tipslab: error: {err}"), file=sys.stderr)
         return 2
     except CommandFailed as err:
-        print(f"tipslab: failed: {err}", file=sys.stderr)
+        print(redact(f"tipslab: failed: {err}"), file=sys.stderr)
         return 1
     except Exception as err:
         message = store_fault(err)

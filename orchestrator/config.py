@@ -7,16 +7,33 @@ dotted path and the source (file, or "command line") it came from, before Ray st
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
+from omegaconf._utils import _DEFAULT_MARKER_
 from omegaconf.errors import OmegaConfBaseException
+from omegaconf.resolvers import oc
 
 from tipslab.jobs.config import ExperimentConfig, read_tag_vocab
+from tipslab.jobs.redact import remember
 
 from .errors import ConfigError
 from .runtime import home
+
+
+def _env(key, default=_DEFAULT_MARKER_):
+    """`${oc.env:NAME}` / `${oc.env:NAME,default}` as OmegaConf resolves it, and what it read from the
+    environment is remembered as a secret (jobs/redact.py): whatever the variable's name, its value
+    is masked in everything logged, printed or written."""
+    value = oc.env(key, default)
+    if key in os.environ:
+        remember(value)
+    return value
+
+
+OmegaConf.register_resolver("oc.env", _env, replace=True, annotation_validation="off")
 
 
 def read_yaml(path: str | Path) -> dict:

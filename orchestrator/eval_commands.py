@@ -7,6 +7,8 @@ import os
 import tempfile
 import time
 
+from tipslab.jobs.redact import redact
+
 from .errors import PATH_ERRORS, UserError
 from .runtime import ensure_ray, home, tracking_uri
 
@@ -103,7 +105,7 @@ def cmd_eval(args) -> None:
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
-        from .tracking import CHECKPOINT, redact
+        from .tracking import CHECKPOINT
 
         client = MlflowClient(tracking_uri())
         try:
@@ -130,15 +132,17 @@ def cmd_eval(args) -> None:
         "seconds": result.seconds,
     }
     if args.json:
-        print(json.dumps(report, indent=2, sort_keys=True))
+        print(redact(json.dumps(report, indent=2, sort_keys=True)))
         return
     for key, value in sorted(result.metrics.items()):
-        print(f"{key:40s} {value:10.4f}")
+        print(f"{redact(key):40s} {value:10.4f}")
     for probe, why in sorted(result.skipped.items()):
-        print(f"skipped {probe}: {why}")
+        print(redact(f"skipped {probe}: {why}"))
     print(
-        f"evaluated in {result.seconds['total']:.1f} s"
-        + (f"; appended to run {args.run}" if args.run else f"; results in {out_dir}")
+        redact(
+            f"evaluated in {result.seconds['total']:.1f} s"
+            + (f"; appended to run {args.run}" if args.run else f"; results in {out_dir}")
+        )
     )
 
 

@@ -8,6 +8,8 @@ import time
 
 from ray.tune import Callback
 
+from tipslab.jobs.redact import redact
+
 # Report keys under train/ that are settings or norms, not loss terms (train/loss is their total).
 NOT_TERMS = {
     "stage",
@@ -53,8 +55,12 @@ class ProgressCallback(Callback):
         self.done = self.failed = 0
         self.running: set[str] = set()
 
+    def __getstate__(self):
+        """Nothing of the spec goes into Tune's `tuner.pkl` (see TrackingCallback)."""
+        return {}
+
     def say(self, line: str) -> None:
-        print(line, file=self.stream, flush=True)
+        print(redact(line), file=self.stream, flush=True)
 
     def tally(self) -> str:
         pending = self.count - self.done - self.failed - len(self.running)

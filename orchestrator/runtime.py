@@ -17,6 +17,9 @@ QUIET_ENV = {
     "RAY_TRAIN_V2_ENABLED": "1",
     "RAY_DEDUP_LOGS": "0",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    # MLflow's "View run ... at: URL" on every run it ends: the URL is the tracking URI, password
+    # included; the sweep says once, masked, where its run is.
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
     # Ray Train's controller polls its workers at this interval, and a worker's `report` waits for
     # the poll: at the default 2 s, the smoke runs spent most of their time waiting (measured:
     # about 1.7 s per report on 2 cores).

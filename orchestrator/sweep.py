@@ -21,9 +21,10 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from tipslab.jobs.config import experiment
+from tipslab.jobs.config import as_dict, experiment
 from tipslab.jobs.data.pipeline.prepare import ensure_scenes
 from tipslab.jobs.eval.evaluate import evaluate_checkpoint
+from tipslab.jobs.redact import redact, remember_keys, secret_keys
 from tipslab.jobs.storage import to_uri
 from tipslab.jobs.train.trainer import build_trainer
 
@@ -111,7 +112,8 @@ def storage_need(trials: list[Trial]) -> tuple[int, str]:
 
 
 @ray.remote
-def _evaluate(checkpoint, config, out_dir: str) -> dict:
+def _evaluate(checkpoint, config, out_dir: str, secret: list[str]) -> dict:
+    remember_keys(as_dict(config), secret)
     with checkpoint.as_directory() as d:
         return evaluate_checkpoint(d, config, out_dir)
 
@@ -141,24 +143,29 @@ def run_name(plan: Plan, trial: Trial) -> str:
     return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", f"{plan.spec['name']}-{trial.name}-{tune.get_context().get_trial_id()}")
 
 
-def run_trial(params: dict, plan: Plan, storage: str) -> None:
-    """The Tune trainable: pretrain with a TorchTrainer, then evaluate its last checkpoint."""
+def run_trial(params: dict, plan: Plan, storage: str, secret: tuple = ()) -> None:
+    """The Tune trainable: pretrain with a TorchTrainer, then evaluate its last checkpoint.
+
+    `secret`: the config keys whose values came from the environment (names only; the driver found
+    them): this process, the workers and the evaluation mask those values in what they write."""
     trial = trial_resolver(plan)(params)
+    remember_keys(trial.config, secret)
     name = run_name(plan, trial)
     exp = experiment(trial.config)  # the jobs get the typed config; the trial keeps its dict (config_hash, MLflow)
-    result = build_trainer(exp, name=name, storage_path=storage, callbacks=[TuneReportCallback()]).fit()
+    trainer = build_trainer(exp, name=name, storage_path=storage, callbacks=[TuneReportCallback()], secret_keys=secret)
+    result = trainer.fit()
     checkpoint = result.checkpoint
     out_dir = os.path.join(storage, name, "eval")
     # The trial's placement group only holds the driver; the evaluation takes the CPUs the trainer freed.
     outside = PlacementGroupSchedulingStrategy(placement_group=None)
     metrics = ray.get(
         _evaluate.options(num_cpus=eval_cpus(trial.config), scheduling_strategy=outside).remote(
-            checkpoint, exp, out_dir
+            checkpoint, exp, out_dir, list(secret)
         )
     )
     tune.report(
         {
-            **metrics,
+            **{redact(k): v for k, v in metrics.items()},
             "step": exp.train.steps,
             "checkpoint_uri": to_uri(checkpoint.filesystem, checkpoint.path),
             "eval_dir": out_dir,
@@ -175,6 +182,18 @@ class SweepResult:
     ran: int = 0  # trials this invocation ran
     kept: int = 0  # finished runs a resume kept
     closed: int = 0  # runs left RUNNING by a dead driver, marked KILLED
+
+
+# Tune hands these variables of the driver to every trial through its runtime_env
+# (ray.tune.execution.class_cache), which Ray writes to runtime_env_agent.log and shows on its
+# dashboard. A trial finds its credentials where the AWS SDK looks on its node (jobs/storage.py).
+TUNE_PROPAGATED_CREDENTIALS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"}
+
+
+def keep_credentials_off_runtime_env() -> None:
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE.difference_update(TUNE_PROPAGATED_CREDENTIALS)
 
 
 def run_sweep(plan: Plan, address: str | None = None, resume: bool = False) -> SweepResult:
@@ -226,12 +245,17 @@ def _run(plan: Plan, tracker: SweepTracker, address: str | None) -> SweepResult:
         f"{k} {v}" for k, v in (("Ray dashboard", RAY_PLACES["dashboard"]), ("worker logs", RAY_PLACES["logs"])) if v
     ]
     print(
-        f"sweep {plan.spec['name']}: {count} trial(s), {max_concurrent} at a time; " + "; ".join(where), file=sys.stderr
+        redact(f"sweep {plan.spec['name']}: {count} trial(s), {max_concurrent} at a time; " + "; ".join(where)),
+        file=sys.stderr,
     )
     storage = storage_path()
     todo_trials = [plan.trials[0]] * count if plan.sampled else [t for t in plan.trials if not tracker.is_done(t)]
     check_storage(storage, *storage_need(todo_trials))
-    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan, storage=storage), DRIVER_RESOURCES)
+    keep_credentials_off_runtime_env()
+    secret = tuple(sorted({k for t in plan.trials for k in secret_keys(t.config)}))
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, plan=plan, storage=storage, secret=secret), DRIVER_RESOURCES
+    )
     tuner = tune.Tuner(
         trainable,
         param_space=param_space,

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from tipslab.jobs.redact import redact
+
 from .errors import CommandFailed, UserError
 from .runtime import home, tracking_uri
 
@@ -38,7 +40,7 @@ def finish(result, footer: str = "") -> None:
 
     print()
     print(render(load_sweep(tracking_uri(), result.experiment, result.sweep_id)))
-    print(f"\nMLflow: experiment {result.experiment!r}, parent run {result.parent_run_id} in {tracking_uri()}")
+    print(redact(f"\nMLflow: experiment {result.experiment!r}, parent run {result.parent_run_id} in {tracking_uri()}"))
     if footer:
         print(footer)
     if result.failed:
@@ -57,10 +59,10 @@ def cmd_plan(args) -> None:
     summary = plan_summary(plan, tracking_uri())
     card = recipe(plan)
     if args.json:
-        print(json.dumps({**summary, "recipe": card} if args.recipe else summary, indent=2))
+        print(redact(json.dumps({**summary, "recipe": card} if args.recipe else summary, indent=2)))
         return
-    print(format_plan(summary))
-    print(f"\n{format_recipe(card)}" if args.recipe else summary_line(card))
+    print(redact(format_plan(summary)))
+    print(redact(f"\n{format_recipe(card)}" if args.recipe else summary_line(card)))
 
 
 def cmd_config(args) -> None:
@@ -80,12 +82,12 @@ def cmd_config(args) -> None:
             f"(variants: {', '.join(variants)}; seeds: {seeds})"
         )
     if args.json:
-        print(json.dumps(trial.config, indent=2, sort_keys=True))
+        print(redact(json.dumps(trial.config, indent=2, sort_keys=True)))
         return
     print(
         f"# {args.spec}, size {plan.size}, variant {trial.variant}, seed {trial.seed}, config hash {trial.config_hash}"
     )
-    print(yaml.safe_dump(trial.config, sort_keys=False), end="")
+    print(redact(yaml.safe_dump(trial.config, sort_keys=False)), end="")
 
 
 def _sweep(args):
@@ -165,12 +167,12 @@ def _interrupt(signum, frame):
 def cmd_ui(args) -> None:
     uri = tracking_uri()
     if uri.startswith(("http://", "https://")):
-        print(f"the tracking server {uri} serves the UI itself: open it in a browser.\n{UI_HINT}")
+        print(f"the tracking server {redact(uri)} serves the UI itself: open it in a browser.\n{UI_HINT}")
         return
     if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///") :]):
         raise UserError(f"no MLflow store at {uri}: run a sweep first, or set MLFLOW_TRACKING_URI")
     url = f"http://{args.host}:{args.port}"
-    print(f"MLflow UI on {uri}: starting ...", flush=True)
+    print(f"MLflow UI on {redact(uri)}: starting ...", flush=True)
     proc = subprocess.Popen(ui_command(uri, args.host, args.port), env={**os.environ, **UI_ENV})
     signal.signal(signal.SIGTERM, _interrupt)  # a terminated `tipslab ui` stops its server too
     try:

@@ -20,7 +20,6 @@ system metrics, and, when the sweep ends, its table (md, html) and report.
 import json
 import logging
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from tipslab.dashboards.store import STORE_ARTIFACTS, use_store_artifacts
+from tipslab.jobs.redact import SECRET_KEY, redact, redact_name, scrub
 
 from . import lease
 from .config import file_sha256, flatten, manifest_of
@@ -63,31 +63,6 @@ BAD_ROWS = "tipslab.bad_rows"
 VIEW_KEY = "tipslab"
 VIEW_TAG = "mlflow.sharedViewState." + VIEW_KEY
 SYSTEM_METRICS_EVERY_S = 10
-_SECRET_IN_URI = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
-# Names of settings that hold credentials: never logged, and their values are masked wherever they appear.
-_SECRET_NAME = re.compile(r"secret|password|passwd|access_key|key_id|credential|token(?!izer)", re.I)
-
-
-def secret_values() -> list[str]:
-    """Values of this process's credential-like environment variables (AWS keys, tokens, Ray's)."""
-    return sorted({v for k, v in os.environ.items() if _SECRET_NAME.search(k) and len(v) >= 4}, key=len, reverse=True)
-
-
-def redact(value) -> str:
-    """Never log a password inside a URI, nor the value of any credential in the environment."""
-    text = _SECRET_IN_URI.sub(r"\1***@", str(value))
-    for secret in secret_values():
-        text = text.replace(secret, "***")
-    return text
-
-
-def scrub(obj):
-    """A JSON-able copy with credential-named keys dropped and every string redacted."""
-    if isinstance(obj, dict):
-        return {k: scrub(v) for k, v in obj.items() if not _SECRET_NAME.search(str(k)) and "env_vars" not in str(k)}
-    if isinstance(obj, list):
-        return [scrub(v) for v in obj]
-    return redact(obj) if isinstance(obj, str) else obj
 
 
 def code_version() -> str:
@@ -160,14 +135,14 @@ class SweepTracker:
             self.sweep_id = uuid.uuid4().hex[:12]
             run = self.client.create_run(
                 self.experiment_id,
-                run_name=f"{name}-{plan.size}-{self.sweep_id}",
+                run_name=redact(f"{name}-{plan.size}-{self.sweep_id}"),
                 tags={
                     ROLE: "sweep",
                     SWEEP_ID: self.sweep_id,
                     SPEC: name,
                     SIZE: plan.size,
                     "tipslab.code_version": code_version(),
-                    "mlflow.note.content": plan.spec.get("title", ""),
+                    "mlflow.note.content": redact(plan.spec.get("title", "")),
                     **self.git,
                 },
             )
@@ -258,8 +233,9 @@ class SweepTracker:
             **{AXIS + k: str(v) for k, v in trial.tags.items()},
             **self.git,
         }
-        run_id = self.client.create_run(self.experiment_id, run_name=trial.name, tags=tags).info.run_id
-        params = [Param(k, redact(v)[:6000]) for k, v in flatten(trial.config).items() if not _SECRET_NAME.search(k)]
+        tags = {redact_name(k): redact(v) for k, v in tags.items()}
+        run_id = self.client.create_run(self.experiment_id, run_name=redact(trial.name), tags=tags).info.run_id
+        params = [Param(k, redact(v)[:6000]) for k, v in flatten(trial.config).items() if not SECRET_KEY.search(k)]
         for i in range(0, len(params), 100):
             self.client.log_batch(run_id, params=params[i : i + 100])
         self.client.log_dict(run_id, scrub(trial.config), "config.json")
@@ -279,7 +255,7 @@ class SweepTracker:
             return
         digest = manifest["content_hash"]
         dataset = Dataset(
-            name=f"{data['source']}/{data['train_split']}",
+            name=redact(f"{data['source']}/{data['train_split']}"),
             digest=digest[:36],
             source_type="tipslab-shards",
             source=redact(f"{data['root']}/{data['train_split']}"),
@@ -311,7 +287,7 @@ class SweepTracker:
             return
         now = int(time.time() * 1000)
         rows = [
-            Metric(k, float(v), now, step)
+            Metric(redact_name(k), float(v), now, step)
             for k, v in metrics.items()
             if k.startswith(LOGGED_PREFIXES) and isinstance(v, (int, float)) and not isinstance(v, bool)
         ]
@@ -356,7 +332,7 @@ class SweepTracker:
             protocols = read_protocols(result["eval_dir"]) if result.get("eval_dir") else {}
             if evals:
                 self.client.log_dict(
-                    run_id, {**evals, **({PROTOCOLS: protocols} if protocols else {})}, "eval_results.json"
+                    run_id, scrub({**evals, **({PROTOCOLS: protocols} if protocols else {})}), "eval_results.json"
                 )
             tag_protocols(self.client, run_id, protocols)
             if result.get("checkpoint_uri"):
@@ -452,6 +428,11 @@ class TrackingCallback(Callback):
             self.tracker.client.dropped.append(line)
             print(f"tracking: not written, training goes on: {line}", file=sys.stderr, flush=True)
 
+    def __getstate__(self):
+        """Tune pickles its callbacks into `tuner.pkl` beside the runs; this one holds the tracking
+        URI (with its password) and the spec: none of it goes there (a resume reads MLflow)."""
+        return {}
+
     def on_trial_start(self, iteration, trials, trial, **info):
         self._guarded("start of a trial run", self.tracker.start_trial, self.resolve(trial.config))
 
@@ -507,7 +488,9 @@ def log_bench(tracking_uri: str, bench: str, model_size: str, result: dict, metr
     now = int(time.time() * 1000)
     client.log_batch(
         run_id,
-        metrics=[Metric(f"bench/{bench}/{k}", float(v), now, 0) for k, v in metrics.items() if v is not None],
+        metrics=[
+            Metric(redact_name(f"bench/{bench}/{k}"), float(v), now, 0) for k, v in metrics.items() if v is not None
+        ],
         params=[Param(k, redact(v)[:6000]) for k, v in params.items()],
     )
     client.log_dict(run_id, scrub(result), "bench.json")
@@ -530,7 +513,7 @@ def append_eval(
 
     run = client.get_run(run_id)
     step, now = int(run.data.params.get("train.steps", 0)), int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
+    client.log_batch(run_id, metrics=[Metric(redact_name(k), v, now, step) for k, v in metrics.items()])
     merged = {}
     with tempfile.TemporaryDirectory() as tmp:
         if any(a.path == results_file for a in client.list_artifacts(run_id)):
@@ -539,7 +522,9 @@ def append_eval(
     protocols = protocols or {}
     merged_protocols = {**merged.pop(PROTOCOLS, {}), **protocols}
     client.log_dict(
-        run_id, {**merged, **metrics, **({PROTOCOLS: merged_protocols} if merged_protocols else {})}, results_file
+        run_id,
+        scrub({**merged, **metrics, **({PROTOCOLS: merged_protocols} if merged_protocols else {})}),
+        results_file,
     )
     tag_protocols(client, run_id, protocols)
     if features:

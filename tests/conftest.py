@@ -77,16 +77,23 @@ def s3_endpoint():
 
 
 @pytest.fixture
-def s3(s3_endpoint, monkeypatch):
+def s3(s3_endpoint, monkeypatch, tmp_path):
     """A fresh bucket `tipslab-test` on the loopback S3 server; returns its URI prefix
-    (`s3://tipslab-test`). Credentials and endpoint come from the standard AWS variables only,
-    as they would on a cluster; they are fake and exist only in this process's environment."""
+    (`s3://tipslab-test`). Endpoint and credentials come from the standard AWS variables and the
+    AWS credentials file only, as they would on a cluster; they are fake. Ray tasks get the
+    endpoint and the file's path, never the keys (jobs/storage.py): the session's Ray instance
+    started before these variables were set, as a cluster's nodes do."""
     import urllib.request
 
     import boto3
 
     urllib.request.urlopen(urllib.request.Request(f"{s3_endpoint}/moto-api/reset", method="POST")).read()
+    credentials = tmp_path / "aws-credentials"
+    credentials.write_text(
+        "[default]\naws_access_key_id = testing-key-id\naws_secret_access_key = testing-secret-key\n"
+    )
     for name, value in {
+        "AWS_SHARED_CREDENTIALS_FILE": str(credentials),
         "AWS_ENDPOINT_URL": s3_endpoint,
         "AWS_ENDPOINT_URL_S3": s3_endpoint,
         "AWS_ACCESS_KEY_ID": "testing-key-id",

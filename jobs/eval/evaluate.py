@@ -26,6 +26,7 @@ from tipslab.jobs.eval.probes import DENSE, PROBES, ProbeContext, SplitFeatures,
 from tipslab.jobs.eval.probes.features import features, load_pixels
 from tipslab.jobs.eval.probes.zero_shot import prompts, templates
 from tipslab.jobs.eval.registry import metric_goal, metric_keys, planned
+from tipslab.jobs.redact import redact, scrub
 from tipslab.models.config import LossConfig
 
 RESULTS_FILE = "eval_results.json"
@@ -171,7 +172,7 @@ def pca_arrays(es: EvalSet, test: SplitFeatures, n: int, size: int) -> dict[str,
     images = [load_pixels(im, size, k) for im, k in zip(es.test.images[:n], es.test.keys[:n])]
     return {
         "keys": np.array(es.test.keys[:n]),
-        "dataset": np.array(es.name),
+        "dataset": np.array(redact(es.name)),
         "images": (torch.stack(images).permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy(),
         "patch_tokens": test.image["patch_tokens"][:n].numpy(),
     }
@@ -179,7 +180,7 @@ def pca_arrays(es: EvalSet, test: SplitFeatures, n: int, size: int) -> dict[str,
 
 def write_outputs(out_dir: str, result: Evaluation, pca: dict | None) -> None:
     storage.make_dirs(out_dir)
-    body = {**result.metrics, "perf/eval_seconds": result.seconds["total"], PROTOCOLS: result.protocols}
+    body = scrub({**result.metrics, "perf/eval_seconds": result.seconds["total"], PROTOCOLS: result.protocols})
     storage.write_bytes(storage.join(out_dir, RESULTS_FILE), json.dumps(body, indent=2, sort_keys=True).encode())
     if pca is not None:
         buf = io.BytesIO()

@@ -34,6 +34,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from tipslab.jobs.config import ExperimentConfig, as_dict, experiment
 from tipslab.jobs.data.pipeline.streaming import plan_epoch, rank_dataset, train_shards
 from tipslab.jobs.data.pipeline.views import BAD_ROW_COLUMNS
+from tipslab.jobs.redact import redact, scrub
 from tipslab.jobs.train.cadence import Cadence
 from tipslab.jobs.train.collectives import all_have, all_sum, gather
 from tipslab.jobs.train.parallel import (
@@ -340,6 +341,7 @@ class Loop:
         """Report; with a data position, a checkpoint too (report is a barrier). ddp: rank 0 writes
         it. fsdp: every rank writes its shards into its own folder and reports it, Ray Train
         merging them into the one checkpoint folder; rank 0 adds model.pt with the whole weights."""
+        metrics = {redact(k): v for k, v in metrics.items()}  # eval/<dataset>/... names a config value
         if position is None:
             ray.train.report(metrics)
             return
@@ -359,7 +361,7 @@ class Loop:
                     data=position,
                     rng=rng,
                     bad_rows=dict(self.bad),
-                    config=as_dict(stage.exp),
+                    config=scrub(as_dict(stage.exp)),  # values from the environment masked (jobs/redact.py)
                     tokenizer=self.tokenizer.state(),
                     sharded=SHARDED_DIR if stage.sharded else None,
                     **weights,

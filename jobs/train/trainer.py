@@ -17,7 +17,8 @@ import ray.train.torch
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from tipslab.jobs import storage
-from tipslab.jobs.config import experiment
+from tipslab.jobs.config import as_dict, experiment
+from tipslab.jobs.redact import remember_keys
 from tipslab.jobs.train.loop import Loop
 from tipslab.jobs.train.state import RunStopped
 from tipslab.jobs.train.step import NonFiniteLossError
@@ -27,8 +28,10 @@ STOPPED_FILE = "stopped.json"
 
 
 def train_loop(config: dict) -> None:
-    """Runs on every Ray Train worker. config: {"experiment": the ExperimentConfig, "run": {"path": ...}}."""
+    """Runs on every Ray Train worker. config: {"experiment": the ExperimentConfig, "run": {"path": ...,
+    "secret_keys": the experiment's keys whose values are masked in what the worker writes}}."""
     exp = config["experiment"]
+    remember_keys(as_dict(exp), config["run"].get("secret_keys", ()))
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -69,10 +72,12 @@ def build_trainer(
     callbacks=(),
     max_failures: int | None = None,
     resources_per_worker: dict | None = None,
+    secret_keys=(),
 ):
     """A TorchTrainer for one experiment; `fit()` runs it (or resumes the run stored under
     (storage_path, name)) and returns the Ray Train result. `resources_per_worker` adds custom
-    resources to each worker's CPU/GPU request (e.g. to pin workers to some nodes)."""
+    resources to each worker's CPU/GPU request (e.g. to pin workers to some nodes). `secret_keys`: the
+    experiment's keys whose values came from the environment (jobs/redact.py; names only travel)."""
     exp = experiment(exp)  # its values checked (train.strategy among them) before Ray starts
     train = exp.train
     use_gpu = train.gpus_per_worker > 0
@@ -80,12 +85,13 @@ def build_trainer(
     if use_gpu:
         resources["GPU"] = train.gpus_per_worker
     run_path = storage.join(storage_path, name) if storage.is_s3(storage_path) else os.path.join(storage_path, name)
-    # Ray workers see no variables set in the driver after ray.init: S3 settings go along.
+    # Ray workers see no variables set in the driver after ray.init: the S3 settings go along, the
+    # credentials never (the node's environment, a credentials file or the node's role gives them).
     env = {**storage.aws_env(), **{k: os.environ[k] for k in (ROW_TRACE_ENV,) if k in os.environ}}
     return TIPSTrainer(
         train_loop,
         run_path=run_path,
-        train_loop_config={"experiment": exp, "run": {"path": run_path}},
+        train_loop_config={"experiment": exp, "run": {"path": run_path, "secret_keys": list(secret_keys)}},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=train.num_workers, use_gpu=use_gpu, resources_per_worker=resources

@@ -33,11 +33,14 @@ def test_unsupported_uris_are_named():
 def test_s3_settings_come_from_the_aws_environment(monkeypatch):
     for name in storage.AWS_VARIABLES:
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "never-in-a-runtime-env")
     assert storage.aws_env() == {}
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:7")  # the S3-specific one wins
     monkeypatch.setenv("AWS_REGION", "eu-west-3")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "id")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/etc/aws/credentials")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "https://user:pw@config.example/x")  # a URL with a password: kept back
     fs = storage.s3_filesystem()
     assert fs.region == "eu-west-3"
     assert "127.0.0.1:7" in repr(fs.__reduce__()) and "127.0.0.1:9" not in repr(fs.__reduce__())
@@ -45,8 +48,8 @@ def test_s3_settings_come_from_the_aws_environment(monkeypatch):
         "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
         "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:7",
         "AWS_REGION": "eu-west-3",
-        "AWS_ACCESS_KEY_ID": "id",
-    }
+        "AWS_SHARED_CREDENTIALS_FILE": "/etc/aws/credentials",
+    }  # the credentials stay on the nodes: Ray logs a runtime_env and shows it on its dashboard
 
 
 def test_a_checkpoints_filesystem_and_path_make_its_uri(s3):
