@@ -180,6 +180,11 @@ class SweepTracker:
     def describe(self) -> str:
         return f"sweep {self.sweep_id} of {self.plan.spec['name']} (size {self.plan.size})"
 
+    def __getstate__(self) -> dict:
+        """Tune pickles its callbacks, and so this tracker: the system-metrics monitor (a thread of
+        this process) stays behind."""
+        return {**self.__dict__, "monitor": None}
+
     def _latest_parent(self):
         query = (
             f"tags.`{ROLE}` = 'sweep' and tags.`{SPEC}` = '{self.plan.spec['name']}' "

@@ -130,10 +130,7 @@ def test_a_sweep_is_its_spec_and_size_in_mlflow_and_table_finds_the_mini_one(tmp
         for v in (
             "clip",
             "clip+distill",
-            "clip+distill+mim",
-            "ours:clip_view=masked",
-            "ours:sinkhorn",
-            "ours:shared_heads",
+            "clip+distill+mim",  # the mini size drops the rows of ours
         )
         for s in (0, 1, 2)
     }
