@@ -114,6 +114,8 @@ def train_and_checkpoint(rank: int, store: str, folder: str) -> None:
         assert_same_params(fresh, student, atol=0, rtol=0)
         assert_same_params(fresh_teacher, teacher, atol=0, rtol=0)
         for p, q in zip(student.parameters(), fresh.parameters()):
+            if not p.requires_grad:  # the prototypes' fixed gains (model.head_norm_last_layer): no state
+                continue
             for key in ("exp_avg", "exp_avg_sq", "step"):
                 torch.testing.assert_close(full(opt.state[p][key]), full(fresh_opt.state[q][key]), atol=0, rtol=0)
         # The objective's teacher centres are not in this state, so continue both with the same objective.
