@@ -78,14 +78,20 @@ def redact_name(value) -> str:
 # Keys of settings that hold credentials: dropped from what is logged. Narrower than the
 # variables' rule: a config's `key` or `tokenizer` is no credential.
 SECRET_KEY = re.compile(r"secret|password|passwd|access_key|key_id|credential|api_?key|token(?!izer)", re.I)
+# Config keys whose name says "token" but which choose a CLS token (jobs/config.py EvalConfig).
+CLS_TOKEN_KEYS = {"retrieval_token", "zero_shot_token", "knn_token"}
+
+
+def secret_key(name) -> bool:
+    """Whether a setting's name says it holds a credential."""
+    name = str(name)
+    return name.rsplit(".", 1)[-1] not in CLS_TOKEN_KEYS and bool(SECRET_KEY.search(name))
 
 
 def scrub(obj):
     """A JSON-able copy: credential-named keys dropped, every other key and string redacted."""
     if isinstance(obj, dict):
-        return {
-            redact(k): scrub(v) for k, v in obj.items() if not SECRET_KEY.search(str(k)) and "env_vars" not in str(k)
-        }
+        return {redact(k): scrub(v) for k, v in obj.items() if not secret_key(k) and "env_vars" not in str(k)}
     if isinstance(obj, (list, tuple)):
         return [scrub(v) for v in obj]
     return redact(obj) if isinstance(obj, str) else obj

@@ -32,7 +32,7 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from tipslab.dashboards.store import STORE_ARTIFACTS, use_store_artifacts
-from tipslab.jobs.redact import SECRET_KEY, redact, redact_name, scrub
+from tipslab.jobs.redact import redact, redact_name, scrub, secret_key
 
 from . import lease
 from .config import file_sha256, flatten, manifest_of
@@ -240,7 +240,7 @@ class SweepTracker:
         }
         tags = {redact_name(k): redact(v) for k, v in tags.items()}
         run_id = self.client.create_run(self.experiment_id, run_name=redact(trial.name), tags=tags).info.run_id
-        params = [Param(k, redact(v)[:6000]) for k, v in flatten(trial.config).items() if not SECRET_KEY.search(k)]
+        params = [Param(k, redact(v)[:6000]) for k, v in flatten(trial.config).items() if not secret_key(k)]
         for i in range(0, len(params), 100):
             self.client.log_batch(run_id, params=params[i : i + 100])
         self.client.log_dict(run_id, scrub(trial.config), "config.json")

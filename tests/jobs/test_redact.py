@@ -74,3 +74,12 @@ def test_oc_env_interpolation_is_remembered_whatever_the_name(monkeypatch):
     assert r.redact("title: run s3cr3tvalue123, plain-default") == "title: run ***, plain-default"
     with pytest.raises(Exception, match="TIPSLAB_UNSET"):
         OmegaConf.to_container(OmegaConf.create({"x": "${oc.env:TIPSLAB_UNSET}"}), resolve=True)
+
+
+def test_the_cls_token_choices_are_settings_not_credentials():
+    from tipslab.jobs.redact import scrub, secret_key
+
+    config = {"eval": {"retrieval_token": "auto", "knn_token": "cls_web", "zero_shot_token": "cls_web"}}
+    assert scrub(config) == config  # a checkpoint's config keeps them
+    assert secret_key("eval.knn_token") is False
+    assert secret_key("auth_token") and secret_key("RAY_AUTH_TOKEN") and not secret_key("model.tokenizer")
