@@ -92,7 +92,8 @@ def test_every_paper_size_trial_runs_the_papers_recipe(planned):
 
 
 def test_the_b14_warmups_are_dinov2s_fractions_of_each_stage(home, prepared):
-    joint, sequential = load_spec(REPO / "ablations" / "tips_sequential.yaml").trials
+    rows = {t.variant: t for t in load_spec(REPO / "ablations" / "tips_sequential.yaml").trials}
+    joint, sequential = rows["joint"], rows["clip_then_mim"]
     one = stage_configs(joint.config)
     assert [(n, e.train.lr_warmup(), e.train.teacher_temp_warmup()) for n, e in one] == [("main", 7000, 21000)]
     two = stage_configs(sequential.config)
@@ -144,7 +145,7 @@ def test_the_tokenizer_file_is_part_of_the_config_hash(home, prepared):
 )
 def test_a_paper_size_run_without_its_tokenizer_may_be_planned_but_not_started(overrides, message, home, prepared):
     plan = load_spec(REPO / "ablations" / "tips_losses.yaml", overrides=overrides)
-    assert len(plan.trials) == 3  # planned
+    assert len(plan.trials) == 6  # planned: the paper's 3 rows and 3 of ours
     with pytest.raises(ConfigError, match=message) as err:
         check_launch(plan)
     assert "\n" not in str(err.value)
