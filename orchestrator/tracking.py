@@ -384,10 +384,13 @@ class SweepTracker:
         name = self.plan.spec["name"]
         try:
             sweep = load_sweep(self.client.tracking_uri, name, self.sweep_id)
-            self.client.log_text(self.parent_id, render(sweep, "md"), "table.md")
-            self.client.log_text(self.parent_id, render(sweep, "html"), "table.html")
+            # The spec's title may hold a value from the environment: masked like every other write.
+            self.client.log_text(self.parent_id, redact(render(sweep, "md")), "table.md")
+            self.client.log_text(self.parent_id, redact(render(sweep, "html")), "table.html")
             with tempfile.TemporaryDirectory(prefix="tipslab-report-") as out:
                 write_report(sweep, out)
+                for page in Path(out).rglob("*.html"):
+                    page.write_text(redact(page.read_text()))
                 self.client.log_artifacts(self.parent_id, out, "report")
         except Exception as err:  # noqa: BLE001
             print(f"sweep {name}: table/report not logged on the parent run: {err}", file=sys.stderr)
