@@ -415,7 +415,7 @@ def tag_protocols(client: MlflowClient, run_id: str, protocols: dict) -> None:
     from tipslab.jobs.eval.registry import protocol_by_metric
 
     for key, text in protocol_by_metric(protocols).items():
-        client.set_tag(run_id, PROTOCOL + key, redact(text)[:5000])
+        client.set_tag(run_id, PROTOCOL + redact_name(key), redact(text)[:5000])
 
 
 class TrackingCallback(Callback):
