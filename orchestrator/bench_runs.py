@@ -47,7 +47,7 @@ def load_bench_experiment(config: str | None, size: str | None, overrides: list[
 
 
 def log_bench(bench: str, model_size: str, result: dict, metrics: dict, params: dict) -> str:
-    from .tracking import log_bench as log
+    from .tracking_outside import log_bench as log
 
     return log(tracking_uri(), bench, model_size, result, metrics, params)
 

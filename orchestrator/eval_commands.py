@@ -83,7 +83,7 @@ def append_to_run(client, run_id: str, result, out_dir: str) -> None:
     """eval/* metrics at the run's last training step; eval_results.json merged; features.npz."""
     from tipslab.jobs.eval.evaluate import FEATURES_FILE, RESULTS_FILE
 
-    from .tracking import append_eval
+    from .tracking_outside import append_eval
 
     features = os.path.join(out_dir, FEATURES_FILE)
     append_eval(

@@ -18,9 +18,7 @@ system metrics, and, when the sweep ends, its table (md, html) and report.
 """
 
 import json
-import logging
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,8 +34,15 @@ from tipslab.jobs.redact import redact, redact_name, scrub, secret_key
 
 from . import lease
 from .config import file_sha256, flatten, manifest_of
-from .plan import BENCH, BENCH_EXPERIMENT, DEVICE_KIND, MODEL_SIZE
 from .recipe import format_recipe, recipe
+from .run_context import (
+    PROTOCOLS,
+    code_version,
+    git_tags,
+    read_protocols,
+    system_metrics,
+    tag_protocols,
+)
 from .tracking_store import TrackingStore
 
 use_store_artifacts()  # this process reads and writes `mlflow-artifacts:/` URIs in the store's folder
@@ -45,14 +50,10 @@ use_store_artifacts()  # this process reads and writes `mlflow-artifacts:/` URIs
 ROLE, SWEEP_ID, SPEC, SIZE = "tipslab.role", "tipslab.sweep_id", "tipslab.spec", "tipslab.size"
 VARIANT, SEED, CONFIG_HASH, CHECKPOINT = "tipslab.variant", "tipslab.seed", "tipslab.config_hash", "tipslab.checkpoint"
 AXIS, DATA_HASH, TOKENIZER_HASH = "tipslab.axis.", "tipslab.data_hash", "tipslab.tokenizer_sha256"
-# + a metric key (eval/<dataset>/<metric>): the protocol that made the number and its settings
-PROTOCOL = "tipslab.protocol."
-PROTOCOLS = "protocols"  # the entry of eval_results.json naming each probe's protocol (jobs/eval/evaluate.py)
 LOGGED_PREFIXES = ("train/", "perf/", "eval/", "data/")
 # MLflow 3's UI opens an experiment without this tag in GenAI mode (traces, "Evaluations"); ours are
 # training runs. The values are MLflow's (its UI's ExperimentKind).
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
-GIT_COMMIT, GIT_DIRTY = "mlflow.source.git.commit", "tipslab.git_dirty"
 # Values that are constant over a stage: held back until they change, so that a run in which they
 # never change shows them as params (its value), not as flat one-line charts.
 HELD = ("train/stage", "train/lr", "train/weight_decay", "train/temperature", "train/teacher_momentum")
@@ -62,43 +63,6 @@ BAD_ROWS = "tipslab.bad_rows"
 # means over seeds), the spec's metrics and the keys its variants change as columns.
 VIEW_KEY = "tipslab"
 VIEW_TAG = "mlflow.sharedViewState." + VIEW_KEY
-SYSTEM_METRICS_EVERY_S = 10
-
-
-def code_version() -> str:
-    from importlib.metadata import version
-
-    return version("tipslab")
-
-
-def git_tags(where: Path | None = None) -> dict:
-    """The commit of the checkout tipslab runs from, and whether its tracked files differ from it;
-    {} when tipslab is not in a git checkout (an installed wheel) or git is absent."""
-    where = where or Path(__file__).resolve().parent
-    try:
-        run = lambda *a: subprocess.run(  # noqa: E731
-            ["git", "-C", str(where), *a], capture_output=True, text=True, timeout=20, check=True
-        ).stdout.strip()
-        commit = run("rev-parse", "HEAD")
-        dirty = bool(run("status", "--porcelain", "--untracked-files=no"))
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    return {GIT_COMMIT: commit, GIT_DIRTY: str(dirty).lower()}
-
-
-def system_metrics(run_id: str, tracking_uri: str, resume: bool):
-    """MLflow's monitor of this machine (CPU, memory, disk, network; NVIDIA GPUs when nvidia-ml-py
-    finds one), logging `system/*` on `run_id` every SYSTEM_METRICS_EVERY_S; None without psutil."""
-    try:
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-    except ImportError:
-        return None
-    logging.getLogger(SystemMetricsMonitor.__module__).setLevel(logging.WARNING)  # its start/stop lines
-    monitor = SystemMetricsMonitor(
-        run_id, sampling_interval=SYSTEM_METRICS_EVERY_S, resume_logging=resume, tracking_uri=tracking_uri
-    )
-    monitor.start()
-    return monitor
 
 
 def comparison_view(spec: dict) -> dict:
@@ -396,28 +360,6 @@ class SweepTracker:
             print(f"sweep {name}: table/report not logged on the parent run: {err}", file=sys.stderr)
 
 
-def read_protocols(eval_dir: str) -> dict:
-    """The `protocols` entry of the evaluation's eval_results.json ({} when there is none)."""
-    import pyarrow.fs
-
-    uri = f"{eval_dir.rstrip('/')}/eval_results.json"
-    try:
-        fs, path = pyarrow.fs.FileSystem.from_uri(uri if "://" in uri else f"file://{uri}")
-        with fs.open_input_stream(path) as f:
-            return json.loads(f.read()).get(PROTOCOLS) or {}
-    except (OSError, ValueError, AttributeError):
-        return {}
-
-
-def tag_protocols(client: MlflowClient, run_id: str, protocols: dict) -> None:
-    """One tag per metric key, `tipslab.protocol.<key>`: the protocol that made it, with its settings
-    (what `tipslab table` footnotes under each column)."""
-    from tipslab.jobs.eval.registry import protocol_by_metric
-
-    for key, text in protocol_by_metric(protocols).items():
-        client.set_tag(run_id, PROTOCOL + redact_name(key), redact(text)[:5000])
-
-
 class TrackingCallback(Callback):
     """A Tune callback in the sweep driver: every trial's reports go to its nested MLflow run.
 
@@ -458,10 +400,6 @@ class TrackingCallback(Callback):
         self._guarded(f"end of {name}", self.tracker.finish_trial, name, "FAILED", trial.last_result)
 
 
-# --------------------------------------------------------------------------- outside sweeps
-DEVICE = "tipslab.device"  # beside the bench tags that `tipslab plan` reads (orchestrator/plan.py)
-
-
 def experiment_id(client: MlflowClient, name: str) -> str:
     """The id of the experiment `name`, of the ML kind, created if new: on an embedded store with
     its artifacts under `mlflow-artifacts:/<name>` (the store's own `mlartifacts` folder, wherever
@@ -474,66 +412,3 @@ def experiment_id(client: MlflowClient, name: str) -> str:
     if EXPERIMENT_KIND[0] not in found.tags:  # made before tipslab set the kind
         client.set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
     return found.experiment_id
-
-
-def log_bench(tracking_uri: str, bench: str, model_size: str, result: dict, metrics: dict, params: dict) -> str:
-    """One FINISHED run of `tipslab bench` in `tipslab-bench`, where `tipslab plan` reads it; returns
-    its id. Metrics `bench/<bench>/*`; the result itself is its `bench.json`."""
-    client = MlflowClient(tracking_uri)
-    run = client.create_run(
-        experiment_id(client, BENCH_EXPERIMENT),
-        run_name=f"{bench}-{model_size}-{result['device_kind']}",
-        tags={
-            BENCH: bench,
-            MODEL_SIZE: model_size,
-            DEVICE_KIND: result["device_kind"],
-            DEVICE: result["device"],
-            "tipslab.code_version": code_version(),
-            **git_tags(),
-        },
-    )
-    run_id = run.info.run_id
-    now = int(time.time() * 1000)
-    client.log_batch(
-        run_id,
-        metrics=[
-            Metric(redact_name(f"bench/{bench}/{k}"), float(v), now, 0) for k, v in metrics.items() if v is not None
-        ],
-        params=[Param(k, redact(v)[:6000]) for k, v in params.items()],
-    )
-    client.log_dict(run_id, scrub(result), "bench.json")
-    client.set_terminated(run_id, "FINISHED")
-    return run_id
-
-
-def append_eval(
-    client: MlflowClient,
-    run_id: str,
-    metrics: dict,
-    results_file: str,
-    features: str | None,
-    protocols: dict | None = None,
-) -> None:
-    """`tipslab eval --run`: eval/* metrics at the run's last training step, its eval results file
-    merged with them and with the probes' protocols (also as tags), and the features file (if any)
-    beside them."""
-    import tempfile
-
-    run = client.get_run(run_id)
-    step, now = int(run.data.params.get("train.steps", 0)), int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(redact_name(k), v, now, step) for k, v in metrics.items()])
-    merged = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        if any(a.path == results_file for a in client.list_artifacts(run_id)):
-            with open(client.download_artifacts(run_id, results_file, tmp)) as f:
-                merged = json.load(f)
-    protocols = protocols or {}
-    merged_protocols = {**merged.pop(PROTOCOLS, {}), **protocols}
-    client.log_dict(
-        run_id,
-        scrub({**merged, **metrics, **({PROTOCOLS: merged_protocols} if merged_protocols else {})}),
-        results_file,
-    )
-    tag_protocols(client, run_id, protocols)
-    if features:
-        client.log_artifact(run_id, features)
