@@ -5,6 +5,7 @@ checked against the schema on its own, so an unknown key or a wrong type is repo
 dotted path and the source (file, or "command line") it came from, before Ray starts.
 """
 
+import copy
 import hashlib
 import json
 from pathlib import Path
@@ -13,10 +14,59 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from tipslab.jobs.config import ExperimentConfig, read_tag_vocab
+from tipslab.jobs.config import MAX_STEPS, ExperimentConfig, read_tag_vocab
 
 from .errors import ConfigError
 from .runtime import home
+
+# Bounds on a YAML document, checked on its node graph before anything is built from it: aliases
+# let 1 KB expand to billions of nodes (the "billion laughs"), or refer to themselves, and every
+# consumer of the loaded document (OmegaConf, nest, the config hash) walks it expanded.
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_NODES = 100_000  # expanded: an alias counts its target's nodes again
+MAX_YAML_DEPTH = 64
+
+
+def expanded_nodes(node, where: str, depth: int = 0, memo: dict | None = None) -> int:
+    """How many nodes `node` stands for with its aliases expanded; ConfigError past the bounds."""
+    memo = {} if memo is None else memo
+    if id(node) in memo:
+        return memo[id(node)]
+    if depth > MAX_YAML_DEPTH:
+        raise ConfigError(f"{where}: nested deeper than {MAX_YAML_DEPTH} levels (or an alias that contains itself)")
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    else:
+        children = []
+    total = 1 + sum(expanded_nodes(child, where, depth + 1, memo) for child in children)
+    if total > MAX_YAML_NODES:
+        raise ConfigError(f"{where}: more than {MAX_YAML_NODES} values once its aliases are expanded")
+    memo[id(node)] = total
+    return total
+
+
+def load_yaml(text: str, where: str):
+    """One YAML document as plain Python values, within the bounds above; errors in one line."""
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"{where}: {len(text)} characters, more than the {MAX_YAML_BYTES} a config or spec may have")
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        expanded_nodes(node, where)
+        return loader.construct_document(node)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML{at}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply") from None
+    finally:
+        loader.dispose()
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -24,9 +74,9 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        data = load_yaml(path.read_text(), str(path))
+    except (UnicodeDecodeError, OSError) as err:
+        raise ConfigError(f"{path}: cannot read it as text ({err})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -49,9 +99,13 @@ def nest(dotted: dict) -> dict:
     return out
 
 
-def merge(cfg: DictConfig, data: dict, source: str, prefix: str = "") -> DictConfig:
-    """Merge `data` into the typed `cfg`; errors name `source` and the key's full dotted path."""
+def merge(cfg: DictConfig, data: dict, source: str, prefix: str = "", in_place: bool = False) -> DictConfig:
+    """Merge `data` into the typed `cfg` (a copy of it, unless `in_place`: a copy of the whole
+    config is most of a merge's time); errors name `source` and the key's full dotted path."""
     try:
+        if in_place:
+            cfg.merge_with(nest(data))
+            return cfg
         return OmegaConf.merge(cfg, nest(data))
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
@@ -66,7 +120,7 @@ def parse_overrides(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"command line: {item!r} is not key=value")
-        out[key.strip()] = yaml.safe_load(value) if value else ""
+        out[key.strip()] = load_yaml(value, f"command line: {key.strip()}") if value else ""
     return out
 
 
@@ -85,6 +139,9 @@ def check(cfg: DictConfig, source: str) -> None:
         OmegaConf.to_object(cfg)  # ExperimentConfig and its sections check their values as they are made
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
+    except OmegaConfBaseException as err:  # an interpolation that does not resolve (${nope}, ${oc.env:UNSET})
+        key = getattr(err, "full_key", None) or "?"
+        raise ConfigError(f"{source}: {key}: {str(getattr(err, 'msg', err)).splitlines()[0]}") from None
     if cfg.model.tokenizer != "hash" and not Path(cfg.model.tokenizer).is_file():
         bad(
             "model.tokenizer",
@@ -117,13 +174,16 @@ def check_stages(cfg: DictConfig, label: str) -> None:
         check(merge(cfg, OmegaConf.to_container(stage.overrides), where, "overrides: "), f"{where} ({stage.name})")
     if names:
         cfg.train.steps = sum(stage.steps for stage in cfg.train.stages)
+        if cfg.train.steps > MAX_STEPS:
+            raise ConfigError(f"{label}: train.stages: {cfg.train.steps} steps in all, more than {MAX_STEPS}")
 
 
-def compose(sources: list[tuple[dict, str]], label: str) -> DictConfig:
-    """Merge (data, source name) pairs, in order, onto the schema; check the result as `label`."""
-    cfg = schema()
+def compose(sources: list[tuple[dict, str]], label: str, start: DictConfig | None = None) -> DictConfig:
+    """Merge (data, source name) pairs, in order, onto the schema (or `start`, sources merged onto
+    it already, left unchanged); check the result as `label`."""
+    cfg = schema() if start is None else copy.deepcopy(start)
     for data, source in sources:
-        cfg = merge(cfg, data, source)
+        cfg = merge(cfg, data, source, in_place=True)
     check(cfg, label)
     check_stages(cfg, label)
     # Workers run in other folders: every path they get is absolute.
@@ -134,6 +194,29 @@ def compose(sources: list[tuple[dict, str]], label: str) -> DictConfig:
     if cfg.data.tag_vocab:
         cfg.data.tag_vocab = str(Path(cfg.data.tag_vocab).resolve())
     return cfg
+
+
+def missing_data(configs: list[dict], where: str) -> list[str]:
+    """What is missing for trials that read shards from a local `data.root` (one line each, naming
+    the key): the folder, or a split's manifest. Checked before Ray starts; s3:// roots are read
+    by the workers, with the workers' credentials, and are not checked here."""
+    out = {}
+    for config in configs:
+        data, ev = config["data"], config["eval"]
+        root = data["root"]
+        if data["source"] != "shards" or root.startswith("s3://"):
+            continue
+        if not Path(root).is_dir():
+            out[root] = (
+                f"{where}: data.root: {root}: no such folder (data.source is shards; `tipslab data ingest` makes them)"
+            )
+            continue
+        splits = [data["train_split"], *((ev["probe_train_split"], ev["probe_test_split"]) if ev["dataset"] else ())]
+        for split in splits:
+            manifest = Path(root) / split / "manifest.json"
+            if not manifest.is_file():
+                out[str(manifest)] = f"{where}: data.root: no shards of split {split!r} ({manifest} is missing)"
+    return list(out.values())
 
 
 def load_experiment(path: str | Path, overrides: list[str] = ()) -> DictConfig:

@@ -17,9 +17,13 @@ UI_HINT = (
 
 
 def cmd_sweep(args) -> None:
+    from .config import missing_data
     from .spec import load_spec
 
     plan = load_spec(args.spec, size=args.size, overrides=args.overrides)  # before torch, Ray or MLflow load
+    missing = missing_data([t.config for t in plan.trials], str(args.spec))
+    if missing:
+        raise UserError(missing[0])
     from .sweep import run_sweep
 
     result = run_sweep(plan, address=args.address, resume=args.resume)
@@ -46,12 +50,15 @@ def finish(result, footer: str = "") -> None:
 
 
 def cmd_plan(args) -> None:
+    from .config import missing_data
     from .plan import format_plan, plan_summary
     from .recipe import format_recipe, recipe, summary_line
     from .spec import load_spec
 
     plan = load_spec(args.spec, size=args.size, overrides=args.overrides)
     summary = plan_summary(plan, tracking_uri())
+    # A plan may be made before the data exist (to size the cluster): missing shards are a warning.
+    summary["warnings"] += missing_data([t.config for t in plan.trials], str(args.spec))
     card = recipe(plan)
     if args.json:
         print(json.dumps({**summary, "recipe": card} if args.recipe else summary, indent=2))
