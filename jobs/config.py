@@ -207,6 +207,9 @@ class EvalConfig:
 
     def check(self) -> None:
         check_ranges("eval", self, EVAL_RANGES)
+        for name, folder in self.datasets.items():
+            if not isinstance(folder, str) or not folder:
+                bad(f"eval.datasets.{name}", f"{folder!r} is not the dataset's folder")
         unknown = sorted(set(self.probes) - set(ALL_PROBES))
         if unknown:
             bad("eval.probes", f"unknown probes {unknown}; known: {', '.join(ALL_PROBES)}")

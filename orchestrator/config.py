@@ -197,12 +197,16 @@ def compose(sources: list[tuple[dict, str]], label: str, start: DictConfig | Non
 
 
 def missing_data(configs: list[dict], where: str) -> list[str]:
-    """What is missing for trials that read shards from a local `data.root` (one line each, naming
-    the key): the folder, or a split's manifest. Checked before Ray starts; s3:// roots are read
-    by the workers, with the workers' credentials, and are not checked here."""
+    """What is missing for trials that read shards from a local `data.root` or evaluate local
+    `eval.datasets` (one line each, naming the key): a folder, or a split's manifest. Checked
+    before Ray starts; s3:// locations are read by the workers, with the workers' credentials,
+    and are not checked here."""
     out = {}
     for config in configs:
         data, ev = config["data"], config["eval"]
+        for name, folder in ev["datasets"].items():
+            if not folder.startswith("s3://") and not Path(folder).exists():
+                out[folder] = f"{where}: eval.datasets.{name}: {folder}: no such file or folder"
         root = data["root"]
         if data["source"] != "shards" or root.startswith("s3://"):
             continue

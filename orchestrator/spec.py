@@ -244,9 +244,25 @@ def spec_rows(where: str, spec) -> tuple[dict, dict, object]:
             raise ConfigError(f"{where}: seeds: {seed} is out of range: must be in [0, {SEED_MAX}]")
     if len(set(spec.seeds)) != len(spec.seeds):
         raise ConfigError(f"{where}: seeds: {spec.seeds} repeats a seed")
+    check_resources(where, spec.resources)
     if spec.baseline is not None and spec.baseline not in variants:
         raise ConfigError(f"{where}: baseline: {spec.baseline!r} is not one of the variants {list(variants)}")
     return variants, axis_tags, search
+
+
+RESOURCE_RANGES = {  # as train.num_workers, gpus_per_worker and cpus_per_worker (jobs/config.py)
+    "workers_per_trial": TRAIN_RANGES["num_workers"],
+    "gpus_per_worker": TRAIN_RANGES["gpus_per_worker"],
+    "cpus_per_worker": TRAIN_RANGES["cpus_per_worker"],
+    "max_concurrent_trials": (0, MAX_TRIALS),  # 0: as many as the cluster allows
+}
+
+
+def check_resources(where: str, resources: ResourceSpec) -> None:
+    for key, (low, high) in RESOURCE_RANGES.items():
+        value = getattr(resources, key)
+        if not (math.isfinite(value) and low <= value <= high):
+            raise ConfigError(f"{where}: resources.{key}: {value} is out of range: must be in [{low}, {high}]")
 
 
 def check_columns(where: str, spec, variants: dict, size: str) -> None:
@@ -282,6 +298,8 @@ def spec_trials(path: Path, where: str, spec, variants: dict, axis_tags: dict, o
     each producing every metric of the spec. The base and the spec's overrides are merged once, and
     each variant is composed once: its seeds differ only in train.seed (checked in spec_rows)."""
     base = path.parent / spec.base
+    if not base.is_file():
+        raise ConfigError(f"{where}: base: {base}: no such file (the base experiment, relative to the spec's folder)")
     shared = merge(schema(), read_yaml(base), str(base))
     shared = merge(shared, anchored(path.parent, spec.overrides), f"{where}: overrides")
     cli = parse_overrides(list(overrides))

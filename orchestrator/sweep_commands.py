@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -99,6 +100,9 @@ def _sweep(args):
 
     if args.size is not None and args.size not in SIZES:
         raise UserError(f"--size: {args.size!r} is not a size; sizes: {', '.join(SIZES)}")
+    if args.sweep is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", args.sweep):
+        # it goes into an MLflow search filter: a quote would end the string (sweep ids are 12 hex digits)
+        raise UserError(f"--sweep: {args.sweep!r} is not a sweep id (letters, digits, '.', '_', '-')")
     try:
         return load_sweep(tracking_uri(), args.experiment, args.sweep, size=args.size)
     except StoreError as err:

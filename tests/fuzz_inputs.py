@@ -34,7 +34,8 @@ POSITIVE = {
     "loss": "student_temp teacher_temp",
     "data": "scenes_train scenes_probe batch_size local_crop_size cpus max_image_pixels",
     "train": "steps log_every num_workers teacher_temp_end checkpoints_to_keep probe_images",
-    "eval": "knn_k knn_temperature seg_probe_epochs seg_probe_lr depth_probe_epochs depth_probe_lr depth_bins batch_size",
+    "eval": "knn_k knn_temperature seg_probe_epochs seg_probe_lr depth_probe_epochs depth_probe_lr depth_bins "
+    "batch_size",
 }
 FRACTIONS = {"loss.mask_ratio", "loss.center_momentum", "loss.tag_clip", "data.max_bad_fraction"}
 FRACTIONS |= {"train.teacher_momentum", "train.teacher_momentum_end"}
@@ -239,6 +240,7 @@ def spec_cases(inp: Path) -> list[Case]:
     cases.append(Case("spec", ["sweep", "shards_spec.yaml"], ("data.root",)))
     write(inp / "shards_config.yaml", "data: {source: shards, root: no/such/shards}\n")
     cases.append(Case("spec", ["train", "shards_config.yaml"], ("data.root",)))
+    cases.append(Case("spec", ["sweep", "spec.yaml", "eval.datasets={imagenet: no/such/folder}"], ("eval.datasets",)))
     return cases
 
 
@@ -264,14 +266,13 @@ def shard_cases(inp: Path) -> list[Case]:
     good = {"key": "k0", "image": png(), "web_caption": "a red square", "synthetic_caption": None}
     good |= {"tags": [], "width": 16, "height": 16}
     root = inp / "shards"
+    # A row's bad value (a NULL key, text for an image) is a bad row that `data check` counts; a
+    # column missing from the whole set, or a file that is not Parquet, is an error.
     made = {
-        "null_key": parquet([{**good, "key": None}]),
-        "int_key": parquet([{**good, "key": 7}]),
         "no_image": parquet([{k: v for k, v in good.items() if k != "image"}]),
         "no_key": parquet([{k: v for k, v in good.items() if k != "key"}]),
         "garbage": b"PAR1 this is not parquet PAR1",
-        "image_text": parquet([{**good, "image": "not bytes"}]),
-        "width_text": parquet([{**good, "width": "wide"}]),
+        "no_width": parquet([{k: v for k, v in good.items() if k != "width"}]),
     }
     cases = []
     for name, data in made.items():
@@ -305,7 +306,6 @@ def ingest_cases(inp: Path, out: str) -> list[Case]:
         "up.jsonl": json.dumps({"key": "x", "image": "../outside/private.png", "caption": "a red square"}) + "\n",
         "abs.jsonl": json.dumps({"key": "x", "image": absolute, "caption": "a red square"}) + "\n",
         "deep.jsonl": "[" * 100000 + "]" * 100000 + "\n",
-        "nul.csv": "key,image,caption\nx,ok.png,a red\x00 square\n",
         "wide.csv": "key,image,caption\nx,ok.png," + "w" * 200000 + "\n",
         "latin1.csv": "key,image,caption\nx,ok.png,caf\xe9\n".encode("latin-1"),
         "no_image.csv": "key,caption\nx,a red square\n",
@@ -336,7 +336,8 @@ def ingest_cases(inp: Path, out: str) -> list[Case]:
         write(src / name, json.dumps(doc))
     write(src / "coco_deep.json", "[" * 100000 + "]" * 100000)
     for name in [*cocos, "coco_deep.json"]:
-        cases.append(Case("ingest", ["data", "ingest", "--format", "coco", str(src / name), f"{out}/{name}"], (name,)))
+        argv = ["data", "ingest", "--format", "coco", str(src / name), f"{out}/{name}"]
+        cases.append(Case("ingest", argv, (name, "'1'")))
     write(src / "garbage.tar", b"not a tar at all" * 64)
     cases.append(
         Case("ingest", ["data", "ingest", "--format", "webdataset", str(src / "garbage.tar"), f"{out}/w"], ("garbage",))
@@ -359,7 +360,8 @@ def checkpoint_cases(inp: Path) -> list[Case]:
         "no_config": {"student": {"w": torch.zeros(2)}},
         "config_text": {"config": "model: tiny"},
         "bad_value": {"config": {"model": {"patch_size": 0}, "data": {}, "eval": {}}},
-        "no_data": {"config": {"model": {}, "eval": {}}},
+        "no_weights": {"config": {"model": {}, "eval": {}}},
+        "bad_section": {"config": {"model": [], "eval": {}}, "student": {"w": torch.zeros(2)}},
     }
     cases = []
     for name, content in made.items():
@@ -381,7 +383,7 @@ def checkpoint_cases(inp: Path) -> list[Case]:
 def table_cases() -> list[Case]:
     return [
         Case("table", ["table", "tipslab-train", "--sweep", "x' OR '1'='1"], ("--sweep",)),
-        Case("table", ["report", "tipslab-train", "--sweep", 'a"b'], ("--sweep",)),
+        Case("table", ["report", "tipslab-train", "--sweep", 'a"b', "--out", "../out/report"], ("--sweep",)),
     ]
 
 

@@ -87,8 +87,10 @@ def classify(case, code: int | None, stderr: str) -> str:
     if code == 0:
         return "accepted"
     lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith(SKIPPED)]
-    named = lines and any(n in lines[-1] for n in case.names) or any(
-        n in line for line in stderr.splitlines() if line.startswith(SKIPPED) for n in case.names
+    named = (
+        lines
+        and any(n in lines[-1] for n in case.names)
+        or any(n in line for line in stderr.splitlines() if line.startswith(SKIPPED) for n in case.names)
     )
     if code == 2 and len(lines) == 1 and lines[0].startswith("tipslab: error: ") and named:
         return "clear"
