@@ -166,8 +166,10 @@ def check_stages(cfg: DictConfig, label: str) -> None:
         where = f"{label}: train.stages[{i}]"
         if not stage.name or names.count(stage.name) > 1:
             raise ConfigError(f"{where}: name: every stage needs a name of its own (got {stage.name!r})")
-        if stage.steps < 1:
-            raise ConfigError(f"{where} ({stage.name}): steps: must be at least 1")
+        if not 1 <= stage.steps <= MAX_STEPS:
+            raise ConfigError(
+                f"{where} ({stage.name}): steps: {stage.steps} is out of range: must be in [1, {MAX_STEPS}]"
+            )
         for key in stage.overrides:
             if key.startswith(STAGE_FIXED):
                 raise ConfigError(f"{where} ({stage.name}): overrides: {key} cannot change between stages")

@@ -94,8 +94,6 @@ def cmd_config(args) -> None:
 
 
 def _sweep(args):
-    from tipslab.dashboards.store import StoreError, load_sweep
-
     from .spec import SIZES
 
     if args.size is not None and args.size not in SIZES:
@@ -103,6 +101,8 @@ def _sweep(args):
     if args.sweep is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", args.sweep):
         # it goes into an MLflow search filter: a quote would end the string (sweep ids are 12 hex digits)
         raise UserError(f"--sweep: {args.sweep!r} is not a sweep id (letters, digits, '.', '_', '-')")
+    from tipslab.dashboards.store import StoreError, load_sweep
+
     try:
         return load_sweep(tracking_uri(), args.experiment, args.sweep, size=args.size)
     except StoreError as err:
@@ -110,15 +110,17 @@ def _sweep(args):
 
 
 def cmd_table(args) -> None:
+    sweep = _sweep(args)
     from tipslab.dashboards.table import render
 
-    print(render(_sweep(args), args.format))
+    print(render(sweep, args.format))
 
 
 def cmd_report(args) -> None:
+    sweep = _sweep(args)
     from tipslab.dashboards.report import write_report
 
-    path = write_report(_sweep(args), args.out)
+    path = write_report(sweep, args.out)
     print(f"report: {path}")
 
 

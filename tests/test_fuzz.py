@@ -22,7 +22,9 @@ import types
 from collections import Counter
 from pathlib import Path
 
-TIMEOUT_S = 20  # a case still running after this is a hang
+# A case that has used this much CPU is a hang (killed by SIGXCPU: on a loaded machine wall time
+# says little); one still running after WALL_S (waiting on something) is a hang too.
+CPU_S, WALL_S = 10, 120
 MEMORY_B = 3 << 30  # more address space than the runner has at the start is a blow-up
 SKIPPED = "skipped "  # ingest names each bad row it skips on a line of its own, before the error
 
@@ -54,6 +56,8 @@ def child(argv: list[str], cwd: Path, home: Path, err_path: Path) -> None:
         used = int(open("/proc/self/statm").read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
         if limit == resource.RLIM_INFINITY:
             resource.setrlimit(resource.RLIMIT_AS, (used + MEMORY_B, resource.RLIM_INFINITY))
+        spent = resource.getrusage(resource.RUSAGE_SELF)
+        resource.setrlimit(resource.RLIMIT_CPU, (int(spent.ru_utime + spent.ru_stime) + CPU_S, resource.RLIM_INFINITY))
         err = os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         os.dup2(err, 2)
         os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
@@ -97,24 +101,34 @@ def classify(case, code: int | None, stderr: str) -> str:
     return "unclear"
 
 
-def run_case(case, cwd: Path, home: Path, err_path: Path) -> tuple[str, str, float]:
-    start = time.perf_counter()
-    pid = os.fork()
-    if pid == 0:
-        child(case.argv, cwd, home, err_path)
-    code = None
-    while time.perf_counter() - start < TIMEOUT_S:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            code = os.waitstatus_to_exitcode(status)
-            code = 4 if code < 0 else code  # killed by a signal
-            break
-        time.sleep(0.005)
-    else:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    stderr = err_path.read_text(errors="replace") if err_path.exists() else ""
-    return classify(case, code, stderr), stderr, time.perf_counter() - start
+def run_cases(cases: list, cwd: Path, home: Path, logs: Path, width: int) -> list[tuple[str, str, float]]:
+    """Each case in a forked child, `width` at a time: (outcome, stderr, CPU seconds of the child)."""
+    results: list = [None] * len(cases)
+    pending, running = list(range(len(cases))), {}  # pid -> (case index, start time)
+    while pending or running:
+        while pending and len(running) < width:
+            i = pending.pop(0)
+            pid = os.fork()
+            if pid == 0:
+                child(cases[i].argv, cwd, home, logs / f"stderr-{i}.txt")
+            running[pid] = (i, time.perf_counter())
+        for pid, (i, start) in list(running.items()):
+            done, status, usage = os.wait4(pid, os.WNOHANG)
+            if done:
+                code, cpu = os.waitstatus_to_exitcode(status), usage.ru_utime + usage.ru_stime
+                code = None if code == -signal.SIGXCPU else 4 if code < 0 else code  # < 0: killed by a signal
+            elif time.perf_counter() - start > WALL_S:
+                os.kill(pid, signal.SIGKILL)
+                _, _, usage = os.wait4(pid, 0)
+                code, cpu = None, usage.ru_utime + usage.ru_stime
+            else:
+                continue
+            del running[pid]
+            err = logs / f"stderr-{i}.txt"
+            stderr = err.read_text(errors="replace") if err.exists() else ""
+            results[i] = (classify(cases[i], code, stderr), stderr, cpu)
+        time.sleep(0.002)
+    return results
 
 
 def run_all(root: Path, checkpoints: bool = True) -> dict:
@@ -127,17 +141,15 @@ def run_all(root: Path, checkpoints: bool = True) -> dict:
     inp, out = root / "in", root / "out"
     cases = all_cases(inp, str(out), checkpoints)
     if checkpoints:
+        import tipslab.jobs.eval.probes.features  # noqa: F401
         import tipslab.models.checkpoint  # noqa: F401
+        import tipslab.orchestrator.eval_commands  # noqa: F401
     stub_work()
     before = tree(root)
     results = []
-    for i, case in enumerate(cases):
-        inputs = tree(inp)
-        outcome, stderr, seconds = run_case(case, inp, out / "home", root / f"stderr-{i}.txt")
-        wrote = sorted(set(tree(inp).items()) - set(inputs.items()))
-        if wrote and outcome == "clear":
-            outcome = "wrote outside"
-        results.append({"family": case.family, "argv": case.argv, "outcome": outcome, "seconds": round(seconds, 3)})
+    width = max(2, min(4, os.cpu_count() or 1))
+    for case, (outcome, stderr, cpu) in zip(cases, run_cases(cases, inp, out / "home", root, width)):
+        results.append({"family": case.family, "argv": case.argv, "outcome": outcome, "cpu_s": round(cpu, 3)})
         results[-1]["stderr"] = stderr.strip()[-600:]
     after = {k: v for k, v in tree(root).items() if not k.startswith(str(out)) and "/stderr-" not in k}
     strays = sorted(set(after.items()) - set(before.items()))
@@ -150,7 +162,8 @@ def run_all(root: Path, checkpoints: bool = True) -> dict:
         "counts": dict(counts),
         "by_family": {k: dict(v) for k, v in by_family.items()},
         "strays": [k for k, _ in strays],
-        "seconds": round(sum(r["seconds"] for r in results), 1),
+        "cpu_s": round(sum(r["cpu_s"] for r in results), 1),
+        "cpu_s_by_family": {f: round(sum(r["cpu_s"] for r in results if r["family"] == f), 1) for f in by_family},
         "results": results,
     }
 
@@ -158,10 +171,10 @@ def run_all(root: Path, checkpoints: bool = True) -> dict:
 def summary(report: dict) -> str:
     c = report["counts"]
     return (
-        f"fuzz: {report['inputs']} inputs tried in {report['seconds']:.1f} s: {c.get('clear', 0)} clear errors "
+        f"fuzz: {report['inputs']} inputs tried in {report['cpu_s']:.1f} CPU-s: {c.get('clear', 0)} clear errors "
         f"(exit 2, one line naming the file, key or row), {c.get('traceback', 0)} tracebacks, "
-        f"{c.get('hang', 0)} hangs, {c.get('accepted', 0)} accepted silently, {c.get('unclear', 0)} unclear, "
-        f"{c.get('wrote outside', 0)} wrote outside; files written outside the output folder: "
+        f"{c.get('hang', 0)} hangs, {c.get('accepted', 0)} accepted silently, {c.get('unclear', 0)} unclear; "
+        "files written outside the output folder: "
         f"{len(report['strays'])}"
     )
 
@@ -193,6 +206,7 @@ def main(args: list[str]) -> int:
         if r["outcome"] != "clear":
             print(f"[{r['outcome']}] tipslab {' '.join(r['argv'])[:200]}\n    {r['stderr'][-400:]}\n")
     print(json.dumps(report["by_family"]))
+    print(json.dumps(report["cpu_s_by_family"]))
     print(summary(report))
     return 0
 
