@@ -171,7 +171,14 @@ def spec_cases(inp: Path) -> list[Case]:
         "nested.yaml": ("name: n\nbase: base.yaml\ntitle: " + "[" * 20000 + "]" * 20000 + "\n", ("nested.yaml",)),
         "axes.yaml": (spec_text(variants={}, axes={f"train.seed{i}": list(range(10)) for i in range(4)}), ("axes",)),
         "axes_huge.yaml": (
-            spec_text(variants={}, axes={k: list(range(100)) for k in ("train.lr", "train.steps", "loss.mim_weight")}),
+            spec_text(  # 10**6 rows, each valid on its own
+                variants={},
+                axes={
+                    "train.lr": [0.001 * (i + 1) for i in range(100)],
+                    "train.warmup_steps": list(range(100)),
+                    "loss.mim_weight": [i / 10 for i in range(100)],
+                },
+            ),
             ("axes",),
         ),
         "seeds.yaml": (spec_text(seeds=list(range(2000))), ("seeds",)),
@@ -227,7 +234,7 @@ def spec_cases(inp: Path) -> list[Case]:
         "workers.yaml": (spec_text(resources={"workers_per_trial": -1}), ("workers_per_trial", "num_workers")),
         "concurrent.yaml": (spec_text(resources={"max_concurrent_trials": -3}), ("max_concurrent_trials",)),
         "gpus.yaml": (spec_text(resources={"gpus_per_worker": -1}), ("gpus_per_worker",)),
-        "big.yaml": ("name: big\nbase: base.yaml\n" + "#" * (2 << 20) + "\n", ("big.yaml",)),
+        "big.yaml": (spec_text() + "\n" + "#" * (2 << 20) + "\n", ("big.yaml",)),  # valid but for its size
     }
     write(inp / "bomb_config.yaml", alias_bomb().replace("title:", "model: {size: tiny}\nextra:"))
     cases = []
