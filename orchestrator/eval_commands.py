@@ -48,8 +48,6 @@ def experiment_for(checkpoint: str, data: list[str] | None):
     sections = ("model", "loss", "data", "train", "eval")
     if not isinstance(exp, dict) or not all(isinstance(exp.get(s, {}), dict) for s in sections):
         raise UserError(f"{checkpoint}: not a tipslab checkpoint (its model.pt holds no config of sections {sections})")
-    if not isinstance(state.get("student"), dict) or not state["student"]:
-        raise UserError(f"{checkpoint}: not a tipslab checkpoint (its model.pt holds no student weights)")
     ev = dict(exp.get("eval") or {})
     parse_data(data, ev)
     root = ev.pop("_root", None)
@@ -59,9 +57,12 @@ def experiment_for(checkpoint: str, data: list[str] | None):
     elif not exp["data"].get("root"):
         exp["data"]["root"] = str(home() / "data" / "scenes")
     try:
-        return experiment(exp)
+        exp = experiment(exp)
     except UserError as err:
         raise UserError(f"{checkpoint}: the checkpoint's config: {err}") from None
+    if not isinstance(state.get("student"), dict) or not state["student"]:
+        raise UserError(f"{checkpoint}: not a tipslab checkpoint (its model.pt holds no student weights)")
+    return exp
 
 
 def probe_splits_ready(exp) -> None:

@@ -356,6 +356,30 @@ def ingest_cases(inp: Path, out: str) -> list[Case]:
     return cases
 
 
+def npz_bomb(path: Path, shape=(102_400_000_000,)) -> Path:
+    """An .npz of a few hundred bytes whose array header declares `shape` of float32 (381 GiB)."""
+    import zipfile
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("cls_token.npy", buf.getvalue() + b"\0" * 64)  # the header writer adds the magic
+    return path
+
+
+def import_cases(inp: Path, out: str) -> list[Case]:
+    bomb = npz_bomb(inp / "npz" / "bomb_vision.npz")
+    garbage = write(inp / "npz" / "garbage_text.npz", b"PK\x03\x04 not a zip at all")
+    argv = ["checkpoint", "import", "--tokenizer", "hash", "--vision"]
+    return [
+        Case("checkpoint", [*argv, str(bomb), "--text", str(bomb), f"{out}/imported"], ("bomb_vision.npz",)),
+        Case("checkpoint", [*argv, str(garbage), "--text", str(garbage), f"{out}/imp2"], ("garbage_text.npz",)),
+    ]
+
+
 def checkpoint_cases(inp: Path) -> list[Case]:
     import torch
 
@@ -400,4 +424,4 @@ def all_cases(inp: Path, out: str, checkpoints: bool = True) -> list[Case]:
     inp.mkdir(parents=True, exist_ok=True)
     cases = config_cases(rng, inp) + override_cases(inp) + spec_cases(inp)
     cases += shard_cases(inp) + ingest_cases(inp, out) + table_cases()
-    return cases + (checkpoint_cases(inp) if checkpoints else [])
+    return cases + (checkpoint_cases(inp) + import_cases(inp, out) if checkpoints else [])
