@@ -27,7 +27,7 @@ _SECRET_ENV = re.compile(r"key|secret|token|passw|pwd|credential|auth|private|co
 # Plain settings whose names look like credentials' (AWS_REGION, RAY_AUTH_MODE, AWS_CONFIG_FILE, ...).
 _PLAIN_ENV = re.compile(
     r"(_MODE|_TYPE|_FILE|_PATH|_DIR|_SOCK|_ENABLED|_REGION|_PROFILE|_URL|_URI|_HOST|_PORT|_OUTPUT|_PAGER|_BUNDLE)$"
-    r"|ENDPOINT"
+    r"|ENDPOINT|^(OLD)?PWD$"  # the shell's working folders, not a password
 )
 _PLAIN_VALUE = re.compile(r"[+-]?\d+(\.\d*)?([eE][+-]?\d+)?|true|false|none|null|yes|no|on|off", re.I)
 _remembered: set[str] = set()

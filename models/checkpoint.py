@@ -11,6 +11,7 @@ refused without running anything.
 
 import os
 import pickle
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -48,7 +49,9 @@ def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict:
     """The contents of a `model.pt`, as data only (module docstring); a file holding anything else
     is a DataError naming it."""
     try:
-        with torch.serialization.safe_globals(numpy_scalars()):
+        # torch warns about a file's pickle protocol on its way to refusing it: the refusal says it all
+        with torch.serialization.safe_globals(numpy_scalars()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except RuntimeError as err:  # torch's reader: not a file torch.save wrote (truncated, another format)
         raise DataError(f"{path}: not a checkpoint file ({str(err).splitlines()[0][:200]})") from None

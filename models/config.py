@@ -3,6 +3,7 @@
 Values the papers do not state (marked "unverified") are plain defaults here, easy to override.
 """
 
+import math
 from dataclasses import dataclass, field
 
 from .errors import ConfigError
@@ -36,6 +37,32 @@ def bad(key: str, why: str):
 def one_of(key: str, value, allowed) -> None:
     if value not in allowed:
         bad(key, f"{value!r} is not one of {', '.join(allowed)}")
+
+
+# The range of every numeric key: (low, high), both allowed; a low of POSITIVE means "above 0".
+# Bounds are generous (far past any paper's setting) but finite: a value past them is a typo or an
+# attack (steps=10**12, a 10**9-pixel image), never an experiment, and it would fail late or never.
+POSITIVE = "above 0"  # a low bound: above 0, exclusive (temperatures, rates that divide or scale)
+SIZE, COUNT = 1 << 20, 10**9  # a tensor dimension; a count of rows, steps or files
+
+
+def check_ranges(section: str, obj, ranges: dict) -> None:
+    """Each key of `ranges` (key -> (low, high)) of `obj` (the section named `section` in dotted
+    keys) is a finite number within its range; raises ConfigError naming the first that is not."""
+    for key, (low, high) in ranges.items():
+        value = getattr(obj, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            bad(f"{section}.{key}", f"{value!r} is not a number")
+        if not math.isfinite(value):
+            bad(f"{section}.{key}", f"{value} is not a finite number")
+        above = value > 0 if low == POSITIVE else value >= low
+        if not (above and value <= high):
+            span = f"(0, {_num(high)}]" if low == POSITIVE else f"[{_num(low)}, {_num(high)}]"
+            bad(f"{section}.{key}", f"{_num(value)} is out of range: must be in {span}")
+
+
+def _num(x) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
 
 
 @dataclass
@@ -96,6 +123,7 @@ class ModelConfig:
 
     def check(self) -> None:
         """The values of this section (the types are OmegaConf's to check); raises ConfigError."""
+        check_ranges("model", self, MODEL_RANGES)
         if self.size not in SIZES:
             bad("model.size", f"unknown size {self.size!r}; known: {', '.join(SIZES)}")
         width, _, heads, _, _ = self.dims()
@@ -179,20 +207,42 @@ class LossConfig:
         self.check()
 
     def check(self) -> None:
+        check_ranges("loss", self, LOSS_RANGES)
         one_of("loss.caption_mode", self.caption_mode, CAPTION_MODES)
         one_of("loss.distill_cls", self.distill_cls, CLS_TOKENS)
         one_of("loss.clip_view", self.clip_view, CLIP_VIEWS)
         one_of("loss.mask_mode", self.mask_mode, MASK_MODES)
         one_of("loss.centering", self.centering, CENTERINGS)
-        if self.sinkhorn_iterations < 1:
-            bad("loss.sinkhorn_iterations", "must be at least 1")
         if not 0.0 <= self.mask_ratio < 1.0:
             bad("loss.mask_ratio", "must be in [0, 1)")
-        for key in ("clip_weight", "distill_weight", "mim_weight"):
-            if getattr(self, key) < 0:
-                bad(f"loss.{key}", "a loss weight cannot be negative (0 switches the term off)")
         if self.clip_weight == 0 and self.distill_weight == 0 and self.mim_weight == 0 and self.tag_weight == 0:
             bad("loss.clip_weight", "0 with every other loss weight at 0 too: nothing would be trained")
+
+
+# 0 for width .. text_depth, head_prototypes and num_tags: "from the size", "off", "no tags".
+MODEL_RANGES = {
+    **dict.fromkeys(("width", "mlp_dim"), (0, SIZE)),
+    **dict.fromkeys(("depth", "heads", "text_depth"), (0, 1024)),
+    "patch_size": (1, 256),
+    "image_size": (1, 16384),
+    "layerscale_init": (0, 100),
+    "vocab_size": (1, 1 << 24),
+    "max_text_len": (1, 1 << 16),
+    "init_temperature": (POSITIVE, 100),
+    **dict.fromkeys(("head_hidden", "head_bottleneck", "distill_prototypes", "mim_prototypes"), (1, 1 << 24)),
+    **dict.fromkeys(("head_prototypes", "num_tags"), (0, 1 << 24)),
+    "tag_layers": (1, 1024),
+    "tag_heads": (1, 1024),
+}
+LOSS_RANGES = {
+    **dict.fromkeys(("clip_weight", "distill_weight", "mim_weight", "tag_weight"), (0, 1e6)),  # 0 switches the term off
+    **dict.fromkeys(("student_temp", "teacher_temp"), (POSITIVE, 100)),
+    "center_momentum": (0, 1),
+    "mask_ratio": (0, 1),  # and below 1: checked in LossConfig.check
+    **dict.fromkeys(("tag_gamma_neg", "tag_gamma_pos"), (0, 100)),
+    "tag_clip": (0, 1),
+    "sinkhorn_iterations": (1, 1000),
+}
 
 
 @dataclass

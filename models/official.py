@@ -13,6 +13,7 @@ import copy
 import math
 import os
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -103,9 +104,37 @@ def _arrays(source) -> dict:
         path = Path(source)
         if not path.is_file():
             raise FileNotFoundError(f"no official TIPS checkpoint at {path}")
+        return read_npz(path)
+    return dict(source)
+
+
+def read_npz(path: Path) -> dict:
+    """The arrays of an `.npz`, each member's header checked against the bytes it holds before it is
+    read: numpy allocates what a header declares, so 200 bytes declaring 381 GiB would otherwise end
+    in a MemoryError. Anything unreadable is a DataError naming the file (and the array)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    read_header = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
+                    shape, _, dtype = read_header(f)
+                declared = math.prod(shape) * dtype.itemsize
+                if dtype.hasobject or declared > info.file_size:
+                    raise DataError(
+                        f"{path}: array {info.filename!r} declares {shape} of {dtype} ({declared} bytes) "
+                        f"but holds {info.file_size} bytes: not an official TIPS checkpoint"
+                    )
         with np.load(path, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
-    return dict(source)
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
+        if isinstance(err, DataError):
+            raise
+        raise DataError(f"{path}: not a readable .npz ({str(err).splitlines()[0][:200]})") from None
 
 
 def infer_model_fields(vision_arrays: dict, text_arrays: dict, heads: int | None = None) -> dict:

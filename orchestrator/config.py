@@ -5,6 +5,7 @@ checked against the schema on its own, so an unknown key or a wrong type is repo
 dotted path and the source (file, or "command line") it came from, before Ray starts.
 """
 
+import copy
 import hashlib
 import json
 import os
@@ -16,11 +17,60 @@ from omegaconf._utils import _DEFAULT_MARKER_
 from omegaconf.errors import OmegaConfBaseException
 from omegaconf.resolvers import oc
 
-from tipslab.jobs.config import ExperimentConfig, read_tag_vocab
+from tipslab.jobs.config import MAX_STEPS, ExperimentConfig, read_tag_vocab
 from tipslab.jobs.redact import remember
 
 from .errors import ConfigError
 from .runtime import home
+
+# Bounds on a YAML document, checked on its node graph before anything is built from it: aliases
+# let 1 KB expand to billions of nodes (the "billion laughs"), or refer to themselves, and every
+# consumer of the loaded document (OmegaConf, nest, the config hash) walks it expanded.
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_NODES = 100_000  # expanded: an alias counts its target's nodes again
+MAX_YAML_DEPTH = 64
+
+
+def expanded_nodes(node, where: str, depth: int = 0, memo: dict | None = None) -> int:
+    """How many nodes `node` stands for with its aliases expanded; ConfigError past the bounds."""
+    memo = {} if memo is None else memo
+    if id(node) in memo:
+        return memo[id(node)]
+    if depth > MAX_YAML_DEPTH:
+        raise ConfigError(f"{where}: nested deeper than {MAX_YAML_DEPTH} levels (or an alias that contains itself)")
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    else:
+        children = []
+    total = 1 + sum(expanded_nodes(child, where, depth + 1, memo) for child in children)
+    if total > MAX_YAML_NODES:
+        raise ConfigError(f"{where}: more than {MAX_YAML_NODES} values once its aliases are expanded")
+    memo[id(node)] = total
+    return total
+
+
+def load_yaml(text: str, where: str):
+    """One YAML document as plain Python values, within the bounds above; errors in one line."""
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"{where}: {len(text)} characters, more than the {MAX_YAML_BYTES} a config or spec may have")
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        expanded_nodes(node, where)
+        return loader.construct_document(node)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML{at}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply") from None
+    finally:
+        loader.dispose()
 
 
 def _env(key, default=_DEFAULT_MARKER_):
@@ -41,9 +91,9 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        data = load_yaml(path.read_text(), str(path))
+    except (UnicodeDecodeError, OSError) as err:
+        raise ConfigError(f"{path}: cannot read it as text ({err})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -66,9 +116,13 @@ def nest(dotted: dict) -> dict:
     return out
 
 
-def merge(cfg: DictConfig, data: dict, source: str, prefix: str = "") -> DictConfig:
-    """Merge `data` into the typed `cfg`; errors name `source` and the key's full dotted path."""
+def merge(cfg: DictConfig, data: dict, source: str, prefix: str = "", in_place: bool = False) -> DictConfig:
+    """Merge `data` into the typed `cfg` (a copy of it, unless `in_place`: a copy of the whole
+    config is most of a merge's time); errors name `source` and the key's full dotted path."""
     try:
+        if in_place:
+            cfg.merge_with(nest(data))
+            return cfg
         return OmegaConf.merge(cfg, nest(data))
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
@@ -83,7 +137,7 @@ def parse_overrides(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"command line: {item!r} is not key=value")
-        out[key.strip()] = yaml.safe_load(value) if value else ""
+        out[key.strip()] = load_yaml(value, f"command line: {key.strip()}") if value else ""
     return out
 
 
@@ -104,6 +158,9 @@ def check(cfg: DictConfig, source: str) -> None:
         OmegaConf.to_object(cfg)  # ExperimentConfig and its sections check their values as they are made
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
+    except OmegaConfBaseException as err:  # an interpolation that does not resolve (${nope}, ${oc.env:UNSET})
+        key = getattr(err, "full_key", None) or "?"
+        raise ConfigError(f"{source}: {key}: {str(getattr(err, 'msg', err)).splitlines()[0]}") from None
     if cfg.data.tag_vocab and not Path(cfg.data.tag_vocab).is_file():
         bad("data.tag_vocab", f"no tag vocabulary at {cfg.data.tag_vocab} (one tag per line)")
     if cfg.data.tag_vocab:
@@ -122,21 +179,26 @@ def check_stages(cfg: DictConfig, label: str) -> None:
         where = f"{label}: train.stages[{i}]"
         if not stage.name or names.count(stage.name) > 1:
             raise ConfigError(f"{where}: name: every stage needs a name of its own (got {stage.name!r})")
-        if stage.steps < 1:
-            raise ConfigError(f"{where} ({stage.name}): steps: must be at least 1")
+        if not 1 <= stage.steps <= MAX_STEPS:
+            raise ConfigError(
+                f"{where} ({stage.name}): steps: {stage.steps} is out of range: must be in [1, {MAX_STEPS}]"
+            )
         for key in stage.overrides:
             if key.startswith(STAGE_FIXED):
                 raise ConfigError(f"{where} ({stage.name}): overrides: {key} cannot change between stages")
         check(merge(cfg, OmegaConf.to_container(stage.overrides), where, "overrides: "), f"{where} ({stage.name})")
     if names:
         cfg.train.steps = sum(stage.steps for stage in cfg.train.stages)
+        if cfg.train.steps > MAX_STEPS:
+            raise ConfigError(f"{label}: train.stages: {cfg.train.steps} steps in all, more than {MAX_STEPS}")
 
 
-def compose(sources: list[tuple[dict, str]], label: str) -> DictConfig:
-    """Merge (data, source name) pairs, in order, onto the schema; check the result as `label`."""
-    cfg = schema()
+def compose(sources: list[tuple[dict, str]], label: str, start: DictConfig | None = None) -> DictConfig:
+    """Merge (data, source name) pairs, in order, onto the schema (or `start`, sources merged onto
+    it already, left unchanged); check the result as `label`."""
+    cfg = schema() if start is None else copy.deepcopy(start)
     for data, source in sources:
-        cfg = merge(cfg, data, source)
+        cfg = merge(cfg, data, source, in_place=True)
     check(cfg, label)
     check_stages(cfg, label)
     # Workers run in other folders: every path they get is absolute.
@@ -147,6 +209,33 @@ def compose(sources: list[tuple[dict, str]], label: str) -> DictConfig:
     if cfg.data.tag_vocab:
         cfg.data.tag_vocab = str(Path(cfg.data.tag_vocab).resolve())
     return cfg
+
+
+def missing_data(configs: list[dict], where: str) -> list[str]:
+    """What is missing for trials that read shards from a local `data.root` or evaluate local
+    `eval.datasets` (one line each, naming the key): a folder, or a split's manifest. Checked
+    before Ray starts; s3:// locations are read by the workers, with the workers' credentials,
+    and are not checked here."""
+    out = {}
+    for config in configs:
+        data, ev = config["data"], config["eval"]
+        for name, folder in ev["datasets"].items():
+            if not folder.startswith("s3://") and not Path(folder).exists():
+                out[folder] = f"{where}: eval.datasets.{name}: {folder}: no such file or folder"
+        root = data["root"]
+        if data["source"] != "shards" or root.startswith("s3://"):
+            continue
+        if not Path(root).is_dir():
+            out[root] = (
+                f"{where}: data.root: {root}: no such folder (data.source is shards; `tipslab data ingest` makes them)"
+            )
+            continue
+        splits = [data["train_split"], *((ev["probe_train_split"], ev["probe_test_split"]) if ev["dataset"] else ())]
+        for split in splits:
+            manifest = Path(root) / split / "manifest.json"
+            if not manifest.is_file():
+                out[str(manifest)] = f"{where}: data.root: no shards of split {split!r} ({manifest} is missing)"
+    return list(out.values())
 
 
 def load_experiment(path: str | Path, overrides: list[str] = ()) -> DictConfig:
@@ -203,12 +292,15 @@ def data_fingerprint(config: dict) -> dict:
 def manifest_of(root: str, split: str) -> dict | None:
     """The shard manifest of one split under a local or s3:// root, or None when there is none."""
     uri = f"{root.rstrip('/')}/{split}/manifest.json"
-    if "://" not in uri and not Path(uri).is_file():  # data not prepared yet: no need to load pyarrow
-        return None
+    if "://" not in uri:  # a local file: read without pyarrow (a config check must stay light)
+        try:
+            return json.loads(Path(uri).read_text())
+        except (OSError, ValueError):
+            return None
     import pyarrow.fs
 
     try:
-        fs, path = pyarrow.fs.FileSystem.from_uri(uri if "://" in uri else Path(uri).absolute().as_uri())
+        fs, path = pyarrow.fs.FileSystem.from_uri(uri)
         with fs.open_input_stream(path) as f:
             return json.loads(f.read())
     except (OSError, ValueError):

@@ -181,6 +181,7 @@ def cmd_data_ingest(args) -> None:
                 caption_column=args.caption_column,
                 key_column=args.key_column,
                 images=args.images,
+                allow_outside=args.allow_outside,
                 **common,
             )
         )
@@ -285,6 +286,12 @@ def add_ingest_parser(data_sub) -> None:
     ingest.add_argument("--caption-column", default="caption", help="tables: web caption column")
     ingest.add_argument("--key-column", default="key", help="tables: key column (else the image path)")
     ingest.add_argument("--images", help="coco: the image folder (default: the JSON file's folder)")
+    ingest.add_argument(
+        "--allow-outside",
+        action="store_true",
+        help="tables, coco: read image paths that lead outside the source folder (../, absolute paths, "
+        "links out of it); without it such rows are bad rows (outside_source)",
+    )
     ingest.add_argument("--rows-per-shard", type=int, default=256)
     ingest.add_argument(
         "--parallel", action="store_true", help="webdataset: one Ray task per tar (else one streaming process)"

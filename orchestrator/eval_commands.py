@@ -43,18 +43,28 @@ def experiment_for(checkpoint: str, data: list[str] | None):
 
     try:
         with local_checkpoint(checkpoint) as folder:
-            exp = load_state(folder)["config"]
+            state = load_state(folder)
     except PATH_ERRORS as err:  # a bad checkpoint's contents are a DataError already
         raise UserError(f"{checkpoint}: cannot read the checkpoint ({err})") from None
+    exp = state.get("config") if isinstance(state, dict) else None
+    sections = ("model", "loss", "data", "train", "eval")
+    if not isinstance(exp, dict) or not all(isinstance(exp.get(s, {}), dict) for s in sections):
+        raise UserError(f"{checkpoint}: not a tipslab checkpoint (its model.pt holds no config of sections {sections})")
     ev = dict(exp.get("eval") or {})
     parse_data(data, ev)
     root = ev.pop("_root", None)
-    exp = {**exp, "eval": ev, "data": dict(exp["data"])}
+    exp = {**exp, "eval": ev, "data": dict(exp.get("data") or {})}
     if root:
         exp["data"]["root"] = root
     elif not exp["data"].get("root"):
         exp["data"]["root"] = str(home() / "data" / "scenes")
-    return experiment(exp)
+    try:
+        exp = experiment(exp)
+    except UserError as err:
+        raise UserError(f"{checkpoint}: the checkpoint's config: {err}") from None
+    if not isinstance(state.get("student"), dict) or not state["student"]:
+        raise UserError(f"{checkpoint}: not a tipslab checkpoint (its model.pt holds no student weights)")
+    return exp
 
 
 def probe_splits_ready(exp) -> None:

@@ -7,12 +7,17 @@ The objective is always an eval key: a training loss is what the weights change,
 on it would reward switching terms off.
 """
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from .config import ConfigError
 
 ALGORITHMS = ("grid", "random", "tpe")
+# A spec's rows x seeds, a grid's points, a random or TPE search's samples: at most this many trials
+# (the paper's largest table has tens). Counted before anything is expanded, so that 10 axes of 10
+# values fail at once instead of building 10**10 rows.
+MAX_TRIALS = 1000
 DOMAINS = ("grid", "choice", "uniform", "loguniform", "randint")
 
 
@@ -59,6 +64,12 @@ def grid_points(path, search: SearchSpec, variants: dict, axis_tags: dict) -> tu
         dims.append([(key, v) for v in args])
     if not dims:
         raise ConfigError(f"{path}: search.space: empty (name the loss weights to search)")
+    count = max(len(variants), 1) * math.prod(len(d) for d in dims)
+    if count > MAX_TRIALS:
+        raise ConfigError(
+            f"{path}: search.space: {len(variants)} variant(s) x {' x '.join(str(len(d)) for d in dims)} grid "
+            f"points = {count} rows, more than the {MAX_TRIALS} a spec may have"
+        )
     out, tags = {}, {}
     for variant, overrides in variants.items():
         for point in itertools.product(*dims):
@@ -108,8 +119,12 @@ def check_search(where: str, search: SearchSpec, trials: list, seeds: list) -> N
             )
     if search.algorithm == "grid":
         return
-    if search.num_samples < 1:
-        raise ConfigError(f"{where}: search.num_samples: must be at least 1")
+    if not 1 <= search.num_samples <= MAX_TRIALS:
+        raise ConfigError(
+            f"{where}: search.num_samples: {search.num_samples} is out of range: must be in [1, {MAX_TRIALS}]"
+        )
+    if search.scheduler == "asha" and not (1 <= search.grace_period and 2 <= search.reduction_factor <= 100):
+        raise ConfigError(f"{where}: search: asha needs grace_period >= 1 and reduction_factor in [2, 100]")
     if not search.space:
         raise ConfigError(f"{where}: search.space: empty (name the loss weights to search)")
     for key, value in search.space.items():

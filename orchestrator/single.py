@@ -10,8 +10,8 @@ from pathlib import Path
 from tipslab.jobs.config import experiment
 from tipslab.jobs.eval.registry import metric_goal, metric_keys
 
-from .config import config_hash, load_experiment, to_dict
-from .errors import UserError
+from .config import config_hash, load_experiment, missing_data, to_dict
+from .errors import ConfigError, UserError
 from .launch import check_launch
 from .runtime import storage_path
 from .spec import Plan, ResourceSpec, Trial
@@ -21,6 +21,9 @@ EXPERIMENT = "tipslab-train"
 
 def single_plan(config_path: str, overrides: list[str]) -> Plan:
     config = to_dict(load_experiment(config_path, overrides))  # rejected here, before Ray starts
+    missing = missing_data([config], config_path)
+    if missing:
+        raise ConfigError(missing[0])
     exp = experiment(config)
     train = exp.train
     name = Path(config_path).stem

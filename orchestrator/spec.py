@@ -13,7 +13,9 @@ the whole spec for the smaller sizes. A spec runs at one of three sizes:
 Every problem is reported with the spec file and the key before any cluster resource is taken.
 """
 
+import copy
 import itertools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,11 +23,12 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from tipslab.jobs.config import TRAIN_RANGES
 from tipslab.jobs.eval import registry
 from tipslab.jobs.train.periodic import check_periodic
 
-from .config import ConfigError, compose, config_hash, parse_overrides, read_yaml, to_dict
-from .search import SearchSpec, check_search, grid_points
+from .config import ConfigError, compose, config_hash, merge, parse_overrides, read_yaml, schema, to_dict
+from .search import MAX_TRIALS, SearchSpec, check_search, grid_points
 
 
 @dataclass
@@ -65,6 +68,7 @@ class AblationSpec:
     smoke: dict[str, Any] = field(default_factory=dict)  # likewise
 
 
+SEED_MAX = TRAIN_RANGES["seed"][1]
 SIZES = ("full", "mini", "smoke")  # full: the spec as written; the others: its overlay of that name
 OVERLAYS = SIZES[1:]
 
@@ -164,6 +168,10 @@ def expand_axes(path: Path, axes: dict) -> tuple[dict, dict]:
                 f"{path}: axes.{axis}: expected a non-empty list of values of the key {axis!r} "
                 "or a mapping {value label: overrides}"
             )
+    count = math.prod(len(c) for c in choices)
+    if count > MAX_TRIALS:
+        sizes = " x ".join(str(len(c)) for c in choices)
+        raise ConfigError(f"{path}: axes: {sizes} = {count} variants, more than the {MAX_TRIALS} a spec may have")
     variants, tags = {}, {}
     for combo in itertools.product(*choices):
         name = "/".join(label for _, label, _ in combo)
@@ -221,6 +229,9 @@ def spec_rows(where: str, spec) -> tuple[dict, dict, object]:
     """(variants: name -> overrides, axis tags per variant, the search or None), checked."""
     if spec.variants and spec.axes:
         raise ConfigError(f"{where}: axes: give `variants` or `axes`, not both")
+    for key, count in (("variants", len(spec.variants)), ("seeds", len(spec.seeds))):
+        if count > MAX_TRIALS:
+            raise ConfigError(f"{where}: {key}: {count} {key}, more than the {MAX_TRIALS} a spec may have")
     variants, axis_tags = (
         expand_axes(where, spec.axes) if spec.axes else (dict(spec.variants), {v: {} for v in spec.variants})
     )
@@ -234,11 +245,35 @@ def spec_rows(where: str, spec) -> tuple[dict, dict, object]:
         raise ConfigError(f"{where}: variants: a spec needs at least one variant (or `axes`)")
     if not spec.seeds:
         raise ConfigError(f"{where}: seeds: at least one seed is needed")
+    if len(variants) * len(spec.seeds) > MAX_TRIALS:
+        raise ConfigError(
+            f"{where}: seeds: {len(variants)} variants x {len(spec.seeds)} seeds = "
+            f"{len(variants) * len(spec.seeds)} trials, more than the {MAX_TRIALS} a spec may have"
+        )
+    for seed in spec.seeds:
+        if not 0 <= seed <= SEED_MAX:
+            raise ConfigError(f"{where}: seeds: {seed} is out of range: must be in [0, {SEED_MAX}]")
     if len(set(spec.seeds)) != len(spec.seeds):
         raise ConfigError(f"{where}: seeds: {spec.seeds} repeats a seed")
+    check_resources(where, spec.resources)
     if spec.baseline is not None and spec.baseline not in variants:
         raise ConfigError(f"{where}: baseline: {spec.baseline!r} is not one of the variants {list(variants)}")
     return variants, axis_tags, search
+
+
+RESOURCE_RANGES = {  # as train.num_workers, gpus_per_worker and cpus_per_worker (jobs/config.py)
+    "workers_per_trial": TRAIN_RANGES["num_workers"],
+    "gpus_per_worker": TRAIN_RANGES["gpus_per_worker"],
+    "cpus_per_worker": TRAIN_RANGES["cpus_per_worker"],
+    "max_concurrent_trials": (0, MAX_TRIALS),  # 0: as many as the cluster allows
+}
+
+
+def check_resources(where: str, resources: ResourceSpec) -> None:
+    for key, (low, high) in RESOURCE_RANGES.items():
+        value = getattr(resources, key)
+        if not (math.isfinite(value) and low <= value <= high):
+            raise ConfigError(f"{where}: resources.{key}: {value} is out of range: must be in [{low}, {high}]")
 
 
 def check_columns(where: str, spec, variants: dict, size: str) -> None:
@@ -271,51 +306,61 @@ def check_columns(where: str, spec, variants: dict, size: str) -> None:
 
 def spec_trials(path: Path, where: str, spec, variants: dict, axis_tags: dict, overrides: list[str]) -> list[Trial]:
     """One trial per (variant, seed): base <- spec overrides <- variant <- command line, checked,
-    each producing every metric of the spec."""
+    each producing every metric of the spec. The base and the spec's overrides are merged once, and
+    each variant is composed once: its seeds differ only in train.seed (checked in spec_rows)."""
     base = path.parent / spec.base
-    base_data = read_yaml(base)
+    if not base.is_file():
+        raise ConfigError(f"{where}: base: {base}: no such file (the base experiment, relative to the spec's folder)")
+    shared = merge(schema(), read_yaml(base), str(base))
+    shared = merge(shared, anchored(path.parent, spec.overrides), f"{where}: overrides")
     cli = parse_overrides(list(overrides))
     resources = spec.resources
     trials = []
     for variant, variant_overrides in variants.items():
-        for seed in spec.seeds:
-            config = to_dict(
-                compose(
-                    [
-                        (base_data, str(base)),
-                        (anchored(path.parent, spec.overrides), f"{where}: overrides"),
-                        (anchored(path.parent, variant_overrides), f"{where}: variants.{variant}"),
-                        (
-                            {
-                                "train.seed": seed,
-                                "train.num_workers": resources.workers_per_trial,
-                                "train.gpus_per_worker": resources.gpus_per_worker,
-                                "train.cpus_per_worker": resources.cpus_per_worker,
-                            },
-                            f"{where}: seeds/resources",
-                        ),
-                        (cli, "command line"),  # last: what the user types beats the spec, resources included
-                    ],
-                    f"{where}: variants.{variant}",
-                )
+        first = to_dict(
+            compose(
+                [
+                    (anchored(path.parent, variant_overrides), f"{where}: variants.{variant}"),
+                    (
+                        {
+                            "train.seed": spec.seeds[0],
+                            "train.num_workers": resources.workers_per_trial,
+                            "train.gpus_per_worker": resources.gpus_per_worker,
+                            "train.cpus_per_worker": resources.cpus_per_worker,
+                        },
+                        f"{where}: seeds/resources",
+                    ),
+                    (cli, "command line"),  # last: what the user types beats the spec, resources included
+                ],
+                f"{where}: variants.{variant}",
+                start=shared,
             )
+        )
+        check_variant(where, spec, variant, first)
+        for seed in spec.seeds:
+            config = copy.deepcopy(first)
+            if "train.seed" not in cli:
+                config["train"]["seed"] = seed
             trials.append(Trial(variant, seed, config, config_hash(config), dict(axis_tags[variant])))
-    for trial in trials:
-        try:
-            produced = registry.metric_keys(trial.config["eval"])
-        except ConfigError as err:  # an unknown probe or dataset name in eval.*
-            raise ConfigError(f"{where}: variant {trial.variant!r}: eval: {err}") from None
-        try:
-            check_periodic(trial.config)
-        except ConfigError as err:
-            raise ConfigError(f"{where}: variant {trial.variant!r}: {err}") from None
-        for i, m in enumerate(spec.metrics):
-            if m.key not in produced:
-                raise ConfigError(
-                    f"{where}: metrics[{i}].key: no probe produces {m.key!r} in variant "
-                    f"{trial.variant!r}; its probes give {sorted(produced)}"
-                )
     return trials
+
+
+def check_variant(where: str, spec, variant: str, config: dict) -> None:
+    """The variant's eval config produces every metric of the spec; its periodic probe's keys exist."""
+    try:
+        produced = registry.metric_keys(config["eval"])
+    except ConfigError as err:  # an unknown probe or dataset name in eval.*
+        raise ConfigError(f"{where}: variant {variant!r}: eval: {err}") from None
+    try:
+        check_periodic(config)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: variant {variant!r}: {err}") from None
+    for i, m in enumerate(spec.metrics):
+        if m.key not in produced:
+            raise ConfigError(
+                f"{where}: metrics[{i}].key: no probe produces {m.key!r} in variant "
+                f"{variant!r}; its probes give {sorted(produced)}"
+            )
 
 
 def load_spec(path: str | Path, smoke: bool = False, overrides: list[str] = (), size: str | None = None) -> Plan:

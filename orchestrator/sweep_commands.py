@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,10 +21,14 @@ UI_HINT = (
 
 
 def cmd_sweep(args) -> None:
+    from .config import missing_data
     from .launch import check_launch
     from .spec import load_spec
 
     plan = load_spec(args.spec, size=args.size, overrides=args.overrides)  # before torch, Ray or MLflow load
+    missing = missing_data([t.config for t in plan.trials], str(args.spec))
+    if missing:
+        raise UserError(missing[0])
     check_launch(plan)  # the tokenizer a run needs, which a plan may still lack
     from .sweep import run_sweep
 
@@ -51,12 +56,15 @@ def finish(result, footer: str = "") -> None:
 
 
 def cmd_plan(args) -> None:
+    from .config import missing_data
     from .plan import format_plan, plan_summary
     from .recipe import format_recipe, recipe, summary_line
     from .spec import load_spec
 
     plan = load_spec(args.spec, size=args.size, overrides=args.overrides)
     summary = plan_summary(plan, tracking_uri())
+    # A plan may be made before the data exist (to size the cluster): missing shards are a warning.
+    summary["warnings"] += missing_data([t.config for t in plan.trials], str(args.spec))
     card = recipe(plan)
     if args.json:
         print(redact(json.dumps({**summary, "recipe": card} if args.recipe else summary, indent=2)))
@@ -91,12 +99,15 @@ def cmd_config(args) -> None:
 
 
 def _sweep(args):
-    from tipslab.dashboards.store import StoreError, load_sweep
-
     from .spec import SIZES
 
     if args.size is not None and args.size not in SIZES:
         raise UserError(f"--size: {args.size!r} is not a size; sizes: {', '.join(SIZES)}")
+    if args.sweep is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", args.sweep):
+        # it goes into an MLflow search filter: a quote would end the string (sweep ids are 12 hex digits)
+        raise UserError(f"--sweep: {args.sweep!r} is not a sweep id (letters, digits, '.', '_', '-')")
+    from tipslab.dashboards.store import StoreError, load_sweep
+
     try:
         return load_sweep(tracking_uri(), args.experiment, args.sweep, size=args.size)
     except StoreError as err:
@@ -104,15 +115,17 @@ def _sweep(args):
 
 
 def cmd_table(args) -> None:
+    sweep = _sweep(args)
     from tipslab.dashboards.table import render
 
-    print(render(_sweep(args), args.format))
+    print(render(sweep, args.format))
 
 
 def cmd_report(args) -> None:
+    sweep = _sweep(args)
     from tipslab.dashboards.report import write_report
 
-    path = write_report(_sweep(args), args.out)
+    path = write_report(sweep, args.out)
     print(f"report: {path}")
 
 

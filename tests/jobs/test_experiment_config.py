@@ -90,6 +90,29 @@ BAD = [
     ("eval.zero_shot_token", "auto"),
     ("eval.knn_token", "cls_3"),
     ("eval.probes", ["knn", "telepathy"]),
+    # ranges (models/config.py check_ranges): positive sizes, finite rates, bounded counts and retries
+    ("model.patch_size", 0),
+    ("model.image_size", 0),
+    ("model.heads", 10**13),
+    ("model.init_temperature", 0.0),
+    ("loss.student_temp", float("nan")),
+    ("loss.center_momentum", 1.5),
+    ("data.cpus", -1.0),
+    ("data.cpus", 0.0),
+    ("data.max_bad_fraction", float("inf")),
+    ("data.global_crop_scale", [0.9, 0.1]),
+    ("data.local_crop_scale", [0.5]),
+    ("data.source", "shardz"),
+    ("train.lr", float("nan")),
+    ("train.lr", float("-inf")),
+    ("train.steps", 10**12),
+    ("train.max_failures", -1),  # Ray Train's "retry forever"
+    ("train.max_failures", 10**6),
+    ("train.checkpoints_to_keep", 0),
+    ("train.seed", -1),
+    ("eval.knn_temperature", 0.0),
+    ("eval.batch_size", -4),
+    ("eval.datasets", {"imagenet": ""}),
 ]
 SECTIONS = {"model": ModelConfig, "loss": LossConfig, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
 
@@ -97,11 +120,41 @@ SECTIONS = {"model": ModelConfig, "loss": LossConfig, "data": DataConfig, "train
 @pytest.mark.parametrize("key, value", BAD)
 def test_each_value_check_raises_a_config_error_naming_its_key(key, value):
     section, field = key.split(".")
-    with pytest.raises(ConfigError, match="^" + re.escape(key) + ": "):
+    with pytest.raises(ConfigError, match="^" + re.escape(key) + r"(\.\w+)?: "):  # a mapping's entry: its key
         experiment({section: {field: value}})
     if key not in ("data.local_crop_size", "data.local_crops"):  # checked across sections
-        with pytest.raises(ConfigError, match="^" + re.escape(key) + ": "):
+        with pytest.raises(ConfigError, match="^" + re.escape(key) + r"(\.\w+)?: "):
             SECTIONS[section](**{field: value})  # made directly, the section checks itself
+
+
+def test_every_numeric_key_has_a_range_and_a_value_past_it_is_refused_naming_the_key():
+    import types
+    import typing
+
+    from tipslab.jobs.config import DATA_RANGES, EVAL_RANGES, TRAIN_RANGES
+    from tipslab.models.config import LOSS_RANGES, MODEL_RANGES, POSITIVE, check_ranges
+
+    ranges = {"model": MODEL_RANGES, "loss": LOSS_RANGES, "data": DATA_RANGES, "train": TRAIN_RANGES}
+    ranges["eval"] = EVAL_RANGES
+    for section, cls in SECTIONS.items():
+        numeric = {k for k, t in typing.get_type_hints(cls).items() if t in (int, float)}
+        assert set(ranges[section]) == numeric, section
+        for key, (_, high) in ranges[section].items():
+            if key != "mask_ratio":  # [0, 1): its own message
+                with pytest.raises(ConfigError, match=f"^{section}.{key}: .* is out of range: must be in "):
+                    cls(**{key: high * 2 + 1})  # the section checks itself as it is made
+    # both bounds allowed, except POSITIVE's 0; not finite is never in range
+    for value, ok in ((0, True), (10, True), (-1, False), (11, False), (float("nan"), False), (float("inf"), False)):
+        try:
+            check_ranges("s", types.SimpleNamespace(k=value), {"k": (0, 10)})
+        except ConfigError:
+            assert not ok, value
+        else:
+            assert ok, value
+    with pytest.raises(ConfigError, match=r"^s\.k: 0 is out of range: must be in \(0, 1\]"):
+        check_ranges("s", types.SimpleNamespace(k=0), {"k": (POSITIVE, 1)})
+    with pytest.raises(ConfigError, match=r"^s\.k: nan is not a finite number"):
+        check_ranges("s", types.SimpleNamespace(k=float("nan")), {"k": (0, 1)})
 
 
 def test_good_values_pass_and_the_defaults_are_valid():

@@ -240,3 +240,28 @@ def test_import_checkpoint_refuses_names_the_layout_does_not_explain(fixture_dir
             tmp_path / "odd_vision.npz", fixture_dir / "tiny_text.npz", tmp_path / "ckpt", base_config=to_dict(schema())
         )
     assert not (tmp_path / "ckpt").exists()
+
+
+def test_an_npz_whose_header_declares_more_than_it_holds_is_refused_unread(tmp_path):
+    import sys
+    import time
+
+    from conftest import REPO
+
+    from tipslab.models.errors import DataError
+    from tipslab.models.official import read_npz
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from fuzz_inputs import npz_bomb
+
+    bomb = npz_bomb(tmp_path / "bomb.npz")  # 381 GiB declared in a few hundred bytes
+    assert bomb.stat().st_size < 1000
+    start = time.process_time()
+    with pytest.raises(DataError, match=r"bomb.npz: array 'cls_token.npy' declares \(102400000000,\) of float32 "):
+        read_npz(bomb)
+    assert time.process_time() - start < 1
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(DataError, match=r"bad.npz: not a readable .npz"):
+        read_npz(tmp_path / "bad.npz")
+    np.savez(tmp_path / "ok.npz", a=np.arange(6, dtype=np.float32).reshape(2, 3))
+    assert read_npz(tmp_path / "ok.npz")["a"].tolist() == [[0, 1, 2], [3, 4, 5]]

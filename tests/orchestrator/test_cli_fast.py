@@ -35,11 +35,11 @@ MISTAKES = {
 }
 
 
-def run(argv: list[str], home) -> dict:
+def run(argv: list[str], home, cwd=REPO) -> dict:
     env = {"TIPSLAB_HOME": str(home), "PATH": "/usr/bin:/bin"}
     start = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-c", PROBE, json.dumps(argv)], capture_output=True, text=True, env=env, cwd=REPO, timeout=300
+        [sys.executable, "-c", PROBE, json.dumps(argv)], capture_output=True, text=True, env=env, cwd=cwd, timeout=300
     )
     wall = time.perf_counter() - start
     return {**json.loads(out.stdout.strip().splitlines()[-1]), "stderr": out.stderr, "wall": wall}
@@ -70,21 +70,21 @@ def test_help_imports_nothing_heavy_and_the_times_beside_import_torch(tmp_path):
     [
         (
             "sweep, paper size without its tokenizer",
-            "tipslab: error: ablations/tips_losses.yaml: variant 'clip': model.tokenizer: no SentencePiece model at "
-            "{repo}/data/webli/tokenizer.model: make it once from the training shards' captions with "
-            "`tipslab data tokenizer {repo}/data/webli/train {repo}/data/webli/tokenizer.model` "
+            "tipslab: error: {repo}/ablations/tips_losses.yaml: variant 'clip': model.tokenizer: no SentencePiece "
+            "model at {cwd}/data/webli/tokenizer.model: make it once from the training shards' captions with "
+            "`tipslab data tokenizer {cwd}/data/webli/train {cwd}/data/webli/tokenizer.model` "
             "(or copy the official tokenizer.model there)",
         ),
         (
             "sweep, paper size with the hash tokenizer",
-            "tipslab: error: ablations/tips_losses.yaml: variant 'clip': model.tokenizer: 'hash' is for the CPU sizes "
-            "(tiny, small-cpu), not model.size B, which trains with the paper's 32k SentencePiece vocabulary: make "
-            "one with `tipslab data tokenizer {repo}/data/webli/train {repo}/data/webli/tokenizer.model` and set "
+            "tipslab: error: {repo}/ablations/tips_losses.yaml: variant 'clip': model.tokenizer: 'hash' is for the CPU "
+            "sizes (tiny, small-cpu), not model.size B, which trains with the paper's 32k SentencePiece vocabulary: "
+            "make one with `tipslab data tokenizer {cwd}/data/webli/train {cwd}/data/webli/tokenizer.model` and set "
             "model.tokenizer to it (or to the official tokenizer.model)",
         ),
         (
             "train, B/14 without its tokenizer",
-            "tipslab: error: ablations/base/tips_b14.yaml: variant 'tips_b14': model.tokenizer: no SentencePiece "
+            "tipslab: error: {repo}/ablations/base/tips_b14.yaml: variant 'tips_b14': model.tokenizer: no SentencePiece "
             "model at {home}/data/scenes/tokenizer.model: make it once from the training shards' captions with "
             "`tipslab data tokenizer {home}/data/scenes/train {home}/data/scenes/tokenizer.model` "
             "(or copy the official tokenizer.model there)",
@@ -92,6 +92,15 @@ def test_help_imports_nothing_heavy_and_the_times_beside_import_torch(tmp_path):
     ],
 )
 def test_a_paper_size_run_without_its_tokenizer_stops_before_ray_naming_the_key_and_the_command(name, says, tmp_path):
-    result = run(MISTAKES[name], tmp_path)
+    """The spec's shards and evaluation datasets are there (relative to the working folder, as the
+    spec names them), only the tokenizer is not."""
+    cwd = tmp_path / "work"
+    for split in ("train", "probe_train", "probe_test"):
+        (cwd / "data/webli" / split).mkdir(parents=True)
+        (cwd / "data/webli" / split / "manifest.json").write_text("{}")
+    for dataset in ("flickr30k", "pascal_voc", "nyuv2", "imagenet"):
+        (cwd / "data/eval" / dataset).mkdir(parents=True)
+    argv = [MISTAKES[name][0], str(REPO / MISTAKES[name][1]), *MISTAKES[name][2:]]
+    result = run(argv, tmp_path, cwd=cwd)
     assert result["code"] == 2 and result["heavy"] == []
-    assert result["stderr"].strip() == says.format(repo=REPO, home=tmp_path)
+    assert result["stderr"].strip() == says.format(repo=REPO, home=tmp_path, cwd=cwd)

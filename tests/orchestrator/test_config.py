@@ -141,3 +141,83 @@ def test_config_hash_follows_content_not_paths(tmp_path, monkeypatch):
     assert config_hash(to_dict(load_experiment(BASE, [f"data.tag_vocab={vocab_a}"]))) == config_hash(
         to_dict(load_experiment(BASE, [f"data.tag_vocab={vocab_b}"]))
     )
+
+
+def alias_bomb(levels: int) -> str:
+    """A "billion laughs": 9**levels strings from a few hundred bytes."""
+    lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"a{i}: &a{i} [{','.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(lines) + f"\nmodel: {{size: tiny}}\nextra: *a{levels - 1}\n"
+
+
+def test_yaml_documents_are_bounded_before_anything_walks_them(tmp_path):
+    import time
+
+    from tipslab.orchestrator.config import MAX_YAML_DEPTH, MAX_YAML_NODES, load_yaml, read_yaml
+
+    bomb = write(tmp_path, alias_bomb(9), "bomb.yaml")  # 9**9 = 387M strings once expanded
+    assert len(bomb.read_text()) < 1000
+    start = time.process_time()
+    with pytest.raises(ConfigError, match=rf"^{bomb}: more than {MAX_YAML_NODES} values once its aliases are expanded"):
+        read_yaml(bomb)
+    assert time.process_time() - start < 2  # refused from the node graph, never expanded
+    assert read_yaml(write(tmp_path, alias_bomb(4), "small.yaml"))["extra"][0][0][0] == ["lol"] * 9  # 9**4: fine
+    with pytest.raises(ConfigError, match=r"self.yaml: nested deeper than 64 levels \(or an alias that contains"):
+        read_yaml(write(tmp_path, "model: &m {size: *m}\n", "self.yaml"))
+    deep = "[" * (MAX_YAML_DEPTH + 2) + "]" * (MAX_YAML_DEPTH + 2)
+    with pytest.raises(ConfigError, match="nested deeper than 64 levels"):
+        load_yaml(deep, "x")
+    with pytest.raises(ConfigError, match="^x: nested too deeply$"):  # past Python's own recursion limit
+        load_yaml("[" * 20000 + "]" * 20000, "x")
+    with pytest.raises(ConfigError, match=r"big.yaml: \d+ characters, more than the 1048576"):
+        read_yaml(write(tmp_path, "#" * (1 << 21), "big.yaml"))
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("eval.probes=[a,", r"^command line: eval\.probes: not valid YAML at line 1, column 4: .*"),
+        ("model.size={", r"^command line: model\.size: not valid YAML"),
+        ("train.lr=&a [*a]", r"^command line: train\.lr: nested deeper than 64 levels"),
+        ("train.lr=!!python/object/apply:os.system [echo]", r"^command line: train\.lr: not valid YAML"),
+        ("train.run_name=${nope}", r"exp\.yaml: train\.run_name: Interpolation key 'nope' not found"),
+        ("train.stages=[{name: a, steps: 1000000000000}]", r"train\.stages\[0\] \(a\): steps: .* out of range"),
+    ],
+)
+def test_malformed_overrides_are_one_line_naming_the_key(override, message, tmp_path, home):
+    path = write(tmp_path, BASE.read_text())
+    with pytest.raises(ConfigError, match=message) as err:
+        load_experiment(path, [override])
+    assert "\n" not in str(err.value)
+
+
+def test_missing_local_data_is_found_before_ray_starts(tmp_path):
+    from tipslab.orchestrator.config import missing_data
+
+    def config(source, root, datasets=None, dataset="scenes"):
+        return {
+            "data": {"source": source, "root": str(root), "train_split": "train"},
+            "eval": {
+                "dataset": dataset,
+                "probe_train_split": "pt",
+                "probe_test_split": "pe",
+                "datasets": datasets or {},
+            },
+        }
+
+    (tmp_path / "shards" / "train").mkdir(parents=True)
+    (tmp_path / "shards" / "train" / "manifest.json").write_text("{}")
+    assert missing_data([config("scenes", tmp_path / "absent")], "s") == []  # scenes are made on demand
+    assert missing_data([config("shards", "s3://bucket/x")], "s") == []  # read by the workers
+    assert missing_data([config("shards", tmp_path / "shards", dataset="")], "s") == []
+    assert missing_data([config("shards", tmp_path / "absent")] * 2, "s") == [
+        f"s: data.root: {tmp_path / 'absent'}: no such folder (data.source is shards; `tipslab data ingest` makes them)"
+    ]
+    assert [m.split(" (")[0] for m in missing_data([config("shards", tmp_path / "shards")], "s")] == [
+        "s: data.root: no shards of split 'pt'",
+        "s: data.root: no shards of split 'pe'",
+    ]
+    datasets = {"nyuv2": str(tmp_path / "nyu"), "coco": "s3://b/coco"}
+    assert missing_data([config("scenes", "", datasets)], "s") == [
+        f"s: eval.datasets.nyuv2: {tmp_path / 'nyu'}: no such file or folder"
+    ]

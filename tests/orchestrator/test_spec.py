@@ -504,3 +504,83 @@ MINI = "variants: {a: {}, b: {loss.mim_weight: 0}}\n" + METRIC + "smoke: {}\n"
 def test_mini_overlay_mistakes_name_the_file_and_key(tmp_path, home, body, size, message):
     with pytest.raises(ConfigError, match=message):
         load_spec(spec_file(tmp_path, body), size=size)
+
+
+RANDOM = (
+    "search: {algorithm: random, metric: eval/scenes/i2t_r1, mode: max, space: {loss.mim_weight: {uniform: [0, 1]}}, "
+)
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        # counted before anything is expanded: 10**12 rows fail as fast as 10**4
+        (
+            "axes: {"
+            + ", ".join(f"train.warmup_steps{i}: [{', '.join(map(str, range(100)))}]" for i in range(6))
+            + "}\n",
+            r"spec\.yaml: axes: 100 x 100 x 100 x 100 x 100 x 100 = 1000000000000 variants, more than the 1000",
+        ),
+        ("variants: {a: {}}\nseeds: [" + ", ".join(map(str, range(1001))) + "]\n", r"seeds: 1001 seeds, more than"),
+        (
+            "variants: {"
+            + ", ".join(f"v{i}: {{}}" for i in range(100))
+            + "}\nseeds: ["
+            + ", ".join(map(str, range(11)))
+            + "]\n",
+            r"seeds: 100 variants x 11 seeds = 1100 trials, more than the 1000",
+        ),
+        ("variants: {a: {}}\nseeds: [-1]\n", r"seeds: -1 is out of range: must be in \[0, 4294967295\]"),
+        (
+            "variants: {a: {}}\n" + METRIC + RANDOM + "num_samples: 2000000000}\n",
+            r"search\.num_samples: 2000000000 is out",
+        ),
+        ("variants: {a: {}}\n" + METRIC + RANDOM + "num_samples: 0}\n", r"search\.num_samples: 0 is out of range"),
+        (
+            "variants: {a: {}, b: {}}\n" + METRIC + "search: {algorithm: grid, metric: eval/scenes/i2t_r1, mode: max, "
+            "space: {loss.mim_weight: ["
+            + ", ".join(map(str, range(30)))
+            + "], loss.distill_weight: ["
+            + ", ".join(map(str, range(20)))
+            + "]}}\n",
+            r"search\.space: 2 variant\(s\) x 30 x 20 grid points = 1200 rows, more than the 1000",
+        ),
+        ("variants: {a: {}}\nresources: {max_concurrent_trials: -1}\n", r"resources\.max_concurrent_trials: -1 is out"),
+        ("variants: {a: {}}\nresources: {gpus_per_worker: .nan}\n", r"resources\.gpus_per_worker: nan is out"),
+        ("variants: {a: {}}\nbase: .\n", r"spec\.yaml: base: .*: no such file"),
+    ],
+)
+def test_spec_sizes_are_bounded_with_the_count_and_the_key(tmp_path, home, body, message):
+    import time
+
+    start = time.process_time()
+    with pytest.raises(ConfigError, match=message):
+        load_spec(
+            spec_file(tmp_path, body.replace("base: .\n", "")) if "base: ." not in body else _rebased(tmp_path, body)
+        )
+    assert time.process_time() - start < 5
+
+
+def _rebased(tmp_path, body):
+    path = tmp_path / "spec.yaml"
+    path.write_text("name: t\n" + body)
+    return path
+
+
+def test_a_spec_of_a_thousand_trials_is_composed_once_per_row(tmp_path, home):
+    """100 rows x 10 seeds: each row is composed and checked once, its seeds copied (the seeds differ
+    in train.seed only), so the plan takes CPU seconds, not the minutes of one composition a trial."""
+    import time
+
+    rows = ", ".join(f"r{i}: {{train.lr: {0.001 * (i + 1):.4f}}}" for i in range(100))
+    path = spec_file(tmp_path, f"variants: {{{rows}}}\nseeds: [{', '.join(map(str, range(10)))}]\n")
+    start = time.process_time()
+    plan = load_spec(path)
+    seconds = time.process_time() - start
+    print(f"\n1000 trials (100 rows x 10 seeds) planned in {seconds:.1f} CPU-s")
+    assert len(plan.trials) == 1000 and len({t.config_hash for t in plan.trials}) == 1000
+    r7 = [t for t in plan.trials if t.variant == "r7"]
+    assert [t.config["train"]["seed"] for t in r7] == list(range(10))
+    assert {t.config["train"]["lr"] for t in r7} == {0.008}
+    assert plan.trials[0].config["train"] is not plan.trials[1].config["train"]  # copies, not shared
+    assert seconds < 60

@@ -14,7 +14,9 @@ Sources (``FORMATS``):
 ``--join FILE`` (CSV/TSV/JSONL with ``key`` and a caption column) brings a second caption made
 elsewhere into ``synthetic_caption``; that file's captions are held in memory (keys and text only).
 Every row is checked (rows.py): key, captions, the image header against ``max_pixels`` and a full
-decode. A bad row is skipped, named and counted; past ``max_bad_fraction`` the ingestion stops.
+decode. An image path of a table or COCO file that leads outside the source folder (``../``, an
+absolute path, a link out of it) is a bad row (``outside_source``) unless ``allow_outside``.
+A bad row is skipped, named and counted; past ``max_bad_fraction`` the ingestion stops.
 Keys are kept to reject duplicates. This module ingests in one streaming process; tars can also
 be ingested by one Ray task each (parallel.py). A run stopped by the bad-row fraction
 leaves no manifest (shard files it wrote are unlisted, and the next write there removes them).
@@ -100,10 +102,15 @@ def read_webdataset(src: str) -> Iterator:
             raise IngestError(f"{path} is not a readable tar: {err}") from None
 
 
-def _image_loader(root: Path, value, key: str) -> Callable[[], bytes]:
+def _image_loader(root: Path, value, key: str, allow_outside: bool = False) -> Callable[[], bytes]:
+    """The image a row names, read when called. A path that leads outside `root` (`../`, an
+    absolute path, a link out) is a bad row unless `allow_outside`: a table or caption file from
+    elsewhere must not make the ingest copy, say, a private file into shards that others read."""
     if not isinstance(value, str) or not value.strip():
         raise BadRow(key, "wrong_type" if value is not None else "missing_image", f"image path is {value!r}")
     path = root / value
+    if not allow_outside and not path.resolve().is_relative_to(root.resolve()):
+        raise BadRow(key, "outside_source", f"{value} is outside the source folder {root} (--allow-outside reads it)")
 
     def load() -> bytes:
         try:
@@ -118,35 +125,54 @@ def _table_rows(src: str, fmt: str) -> Iterator[tuple[str, object]]:
     """(where, record) for each line of a CSV/TSV/JSONL table; record is a dict or a BadRow."""
     if not os.path.isfile(src):
         raise IngestError(f"{fmt} table not found: {src}")
-    with open(src, newline="", encoding="utf-8") as f:
-        if fmt == "jsonl":
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{os.path.basename(src)}:{n}"
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    yield where, BadRow(where, "bad_json", str(err))
-                    continue
-                yield (
-                    where,
-                    record
-                    if isinstance(record, dict)
-                    else BadRow(where, "wrong_type", f"line is a JSON {type(record).__name__}, expected an object"),
-                )
-        else:
-            reader = csv.DictReader(f, delimiter=_DELIMITERS[fmt])
-            for n, record in enumerate(reader, 2):
-                where = f"{os.path.basename(src)}:{n}"
-                if None in record or None in record.values():  # more or fewer fields than the header
-                    yield where, BadRow(where, "wrong_columns", f"{len(reader.fieldnames)} columns in the header")
-                    continue
-                yield where, record
+    try:
+        with open(src, newline="", encoding="utf-8") as f:
+            yield from _jsonl_rows(f, src) if fmt == "jsonl" else _csv_rows(f, src, fmt)
+    except UnicodeDecodeError:  # decoded a block at a time: no line to name
+        raise IngestError(f"{src}: not UTF-8 text (save the table as UTF-8)") from None
+
+
+def _jsonl_rows(f, src: str) -> Iterator[tuple[str, object]]:
+    for n, line in enumerate(f, 1):
+        if not line.strip():
+            continue
+        where = f"{os.path.basename(src)}:{n}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            yield where, BadRow(where, "bad_json", str(err))
+            continue
+        except RecursionError:
+            yield where, BadRow(where, "bad_json", "nested too deeply")
+            continue
+        yield (
+            where,
+            record
+            if isinstance(record, dict)
+            else BadRow(where, "wrong_type", f"line is a JSON {type(record).__name__}, expected an object"),
+        )
+
+
+def _csv_rows(f, src: str, fmt: str) -> Iterator[tuple[str, object]]:
+    reader = csv.DictReader(f, delimiter=_DELIMITERS[fmt])
+    try:
+        for n, record in enumerate(reader, 2):
+            where = f"{os.path.basename(src)}:{n}"
+            if None in record or None in record.values():  # more or fewer fields than the header
+                yield where, BadRow(where, "wrong_columns", f"{len(reader.fieldnames)} columns in the header")
+                continue
+            yield where, record
+    except csv.Error as err:  # the file, not a row: a cell past csv's size limit, a stray quote
+        raise IngestError(f"{src}: line {reader.line_num}: not a readable {fmt} table ({err})") from None
 
 
 def read_table(
-    src: str, fmt: str, image_column: str = "image", caption_column: str = "caption", key_column: str = "key"
+    src: str,
+    fmt: str,
+    image_column: str = "image",
+    caption_column: str = "caption",
+    key_column: str = "key",
+    allow_outside: bool = False,
 ) -> Iterator:
     """Samples of a table of image paths; a row without a key is keyed by its image path."""
     root = Path(src).resolve().parent
@@ -168,7 +194,7 @@ def read_table(
             key = check_key(raw_key, where)
             yield {
                 "key": key,
-                "image": _image_loader(root, record.get(image_column), key),
+                "image": _image_loader(root, record.get(image_column), key, allow_outside),
                 "web_caption": record.get(caption_column),
                 "synthetic_caption": record.get("synthetic_caption"),
             }
@@ -176,13 +202,15 @@ def read_table(
             yield err
 
 
-def read_coco(src: str, images: str | None = None) -> Iterator:
+def read_coco(src: str, images: str | None = None, allow_outside: bool = False) -> Iterator:
     """One sample per image of a COCO caption file, captioned by its first caption."""
     try:
         with open(src, encoding="utf-8") as f:
             doc = json.load(f)
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise IngestError(f"cannot read COCO caption file {src}: {err}") from None
+    except RecursionError:
+        raise IngestError(f"cannot read COCO caption file {src}: nested too deeply") from None
     if (
         not isinstance(doc, dict)
         or not isinstance(doc.get("images"), list)
@@ -190,11 +218,15 @@ def read_coco(src: str, images: str | None = None) -> Iterator:
     ):
         raise IngestError(f"{src} is not a COCO caption file (needs 'images' and 'annotations' lists)")
     first: dict = {}
+    for i, ann in enumerate(doc["annotations"]):
+        image_id = ann.get("image_id") if isinstance(ann, dict) else None
+        if not isinstance(image_id, (int, str)) or isinstance(image_id, bool):
+            raise IngestError(f"{src}: annotations[{i}]: image_id {image_id!r:.80} is not an integer or text")
     for ann in sorted(
         (a for a in doc["annotations"] if isinstance(a, dict)),
         key=lambda a: a.get("id") if isinstance(a.get("id"), int) else 0,
     ):
-        first.setdefault(ann.get("image_id"), ann.get("caption"))
+        first.setdefault(ann["image_id"], ann.get("caption"))
     root = Path(images) if images else Path(src).resolve().parent
     for i, img in enumerate(doc["images"]):
         where = f"{os.path.basename(src)} images[{i}]"
@@ -204,8 +236,8 @@ def read_coco(src: str, images: str | None = None) -> Iterator:
             key = check_key(img.get("id"), where)
             yield {
                 "key": key,
-                "image": _image_loader(root, img.get("file_name"), key),
-                "web_caption": first.get(img.get("id"), ""),
+                "image": _image_loader(root, img.get("file_name"), key, allow_outside),
+                "web_caption": first.get(img["id"], ""),
             }
         except BadRow as err:
             yield err
@@ -233,11 +265,10 @@ def read_source(fmt: str, src: str, **options) -> Iterator:
     if fmt == "webdataset":
         return read_webdataset(src)
     if fmt in ("csv", "tsv", "jsonl"):
-        return read_table(
-            src, fmt, **{k: v for k, v in options.items() if k in ("image_column", "caption_column", "key_column")}
-        )
+        table_options = ("image_column", "caption_column", "key_column", "allow_outside")
+        return read_table(src, fmt, **{k: v for k, v in options.items() if k in table_options})
     if fmt == "coco":
-        return read_coco(src, options.get("images"))
+        return read_coco(src, options.get("images"), options.get("allow_outside", False))
     raise IngestError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
 
 

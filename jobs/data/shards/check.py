@@ -17,6 +17,7 @@ from tipslab.jobs.data.shards.rows import KEPT_KEYS, BadRow, BadRows, verify_ima
 from tipslab.jobs.storage import exists, join, read_bytes
 
 CAPTION_COLUMNS = ("web_caption", "synthetic_caption")
+REQUIRED_COLUMNS = ("key", "image", "width", "height")  # what every row of a shard set has (format.py)
 
 
 def distribution(values: list[float]) -> dict:
@@ -48,7 +49,12 @@ class Tally:
     def add(self, row: dict) -> None:
         self.rows += 1
         key = row["key"]
-        if key in self.seen:
+        if not isinstance(key, str) or not key.strip():  # a NULL, empty or non-text key: named by position
+            key = f"row {self.rows - 1}"
+            self.bad.add(
+                BadRow(key, "missing_key" if row["key"] in (None, "") else "wrong_type", f"key {row['key']!r}")
+            )
+        elif key in self.seen:
             self.n_duplicates += 1
             if len(self.duplicates) < KEPT_KEYS:
                 self.duplicates.append(key)
@@ -65,13 +71,13 @@ class Tally:
         present = 0
         for column in CAPTION_COLUMNS:
             text = row.get(column)
-            if text is None or not text.strip():
+            if not isinstance(text, str) or not text.strip():
                 self.missing[column] += 1
             else:
                 present += 1
                 self.words[column].append(len(text.split()))
         self.missing_all += present == 0
-        tags = row.get("tags") or []
+        tags = row.get("tags") if isinstance(row.get("tags"), list) else []
         self.tagged += bool(tags)
         self.tag_count += len(tags)
         self.distinct_tags.update(tags)
@@ -81,7 +87,7 @@ def check_shards(shards: str, *, max_pixels: int) -> dict:
     """The report of ``tipslab data check`` for the shard set at ``shards``."""
     manifest = read_manifest(shards)
     t = Tally(max_pixels)
-    for row in iter_rows(shards):
+    for row in iter_rows(shards, required=REQUIRED_COLUMNS):
         t.add(row)
     vocab_path = join(shards, VOCAB_NAME)
     vocab_size = None

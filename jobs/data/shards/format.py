@@ -267,6 +267,8 @@ def read_manifest(path: str | os.PathLike) -> dict:
         manifest = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ShardError(f"shard manifest {mpath} is not valid JSON: {e}") from e
+    except RecursionError:
+        raise ShardError(f"shard manifest {mpath} is not a manifest: nested too deeply") from None
 
     def bad(why: str) -> ShardError:
         return ShardError(f"shard manifest {mpath} is malformed: {why}")

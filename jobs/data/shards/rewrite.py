@@ -14,22 +14,36 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tipslab.jobs.data.shards.format import MANIFEST_NAME, read_manifest, shard_files, write_shards
+from tipslab.jobs.data.shards.format import MANIFEST_NAME, ShardError, read_manifest, shard_files, write_shards
 from tipslab.jobs.storage import is_s3, resolve
 from tipslab.models.errors import DataError
 
 _SHARD_PREFIX = "shard-"
 
 
-def iter_rows(shards: str, columns: list[str] | None = None, batch_size: int = 64) -> Iterator[dict]:
-    """The rows of a shard set as dicts, one record batch in memory at a time."""
+def iter_rows(
+    shards: str, columns: list[str] | None = None, batch_size: int = 64, required: tuple[str, ...] = ()
+) -> Iterator[dict]:
+    """The rows of a shard set as dicts, one record batch in memory at a time. A file that is not
+    Parquet, or a shard without one of the `required` columns, is a ShardError naming the file."""
     for uri in shard_files(shards):
         fs, path = resolve(uri)
-        with fs.open_input_file(path) as f:
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns):
-                yield from batch.to_pylist()
+        try:
+            with fs.open_input_file(path) as f:
+                parquet = pq.ParquetFile(f)
+                missing = [c for c in required if c not in parquet.schema_arrow.names]
+                if missing:
+                    raise ShardError(
+                        f"shard {uri} has no column {', '.join(map(repr, missing))} "
+                        f"(its columns: {', '.join(parquet.schema_arrow.names)})"
+                    )
+                for batch in parquet.iter_batches(batch_size=batch_size, columns=columns):
+                    yield from batch.to_pylist()
+        except pa.ArrowException as err:  # not Parquet, or a part of it unreadable
+            raise ShardError(f"shard {uri} is not a readable Parquet file ({str(err).splitlines()[0][:200]})") from None
 
 
 def rewrite_shards(

@@ -197,6 +197,68 @@ def test_unreadable_sources_are_one_error(tmp_path):
         ingest("csv", str(tmp_path / "t.csv"), str(tmp_path / "o"), max_pixels=1, max_bad_fraction=0)
 
 
+def outside_sources(tmp_path):
+    """A private image beside the source folder, and tables and a COCO file whose rows name it
+    with ../, with its absolute path and through a link in the source folder; one good row each."""
+    rng = np.random.default_rng(3)
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "private.jpg").write_bytes(photo_jpeg(rng, 16))
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "ok.jpg").write_bytes(photo_jpeg(rng, 16))
+    (src / "link.jpg").symlink_to(tmp_path / "outside" / "private.jpg")
+    paths = {"ok": "ok.jpg", "up": "../outside/private.jpg", "abs": str(tmp_path / "outside" / "private.jpg")}
+    paths["link"] = "link.jpg"
+    (src / "t.csv").write_text("key,image,caption\n" + "".join(f"{k},{p},a photo\n" for k, p in paths.items()))
+    (src / "t.jsonl").write_text(
+        "".join(json.dumps({"key": k, "image": p, "caption": "a photo"}) + "\n" for k, p in paths.items())
+    )
+    ids = {k: i + 1 for i, k in enumerate(paths)}
+    doc = {
+        "images": [{"id": ids[k], "file_name": p} for k, p in paths.items()],
+        "annotations": [{"id": i, "image_id": i, "caption": "a photo"} for i in ids.values()],
+    }
+    (src / "coco.json").write_text(json.dumps(doc))
+    return src, ids
+
+
+@pytest.mark.parametrize("fmt, name", [("csv", "t.csv"), ("jsonl", "t.jsonl"), ("coco", "coco.json")])
+def test_paths_outside_the_source_folder_are_bad_rows_unless_allowed(fmt, name, tmp_path):
+    src, ids = outside_sources(tmp_path)
+    named = []
+    result = ingest(
+        fmt, str(src / name), str(tmp_path / "o"), max_pixels=10**6, max_bad_fraction=1.0, on_bad=named.append
+    )
+    refused = ["up", "abs", "link"] if fmt != "coco" else [str(ids[k]) for k in ("up", "abs", "link")]
+    assert result["rows"] == 1 and result["bad_rows"]["counts"] == {"outside_source": 3}
+    assert [e.key for e in named] == refused and "outside the source folder" in str(named[0])
+    assert "--allow-outside" in str(named[0])
+    allowed = ingest(
+        fmt, str(src / name), str(tmp_path / "a"), max_pixels=10**6, max_bad_fraction=0.0, allow_outside=True
+    )
+    assert allowed["rows"] == 4 and allowed["bad_rows"]["bad"] == 0
+
+
+def test_malformed_sources_are_one_error_naming_the_file_or_a_bad_row(tmp_path):
+    def run(fmt, name, text, **kw):
+        (tmp_path / name).write_bytes(text if isinstance(text, bytes) else text.encode())
+        return ingest(fmt, str(tmp_path / name), str(tmp_path / "o"), max_pixels=10**6, max_bad_fraction=1.0, **kw)
+
+    deep = "[" * 100_000 + "]" * 100_000
+    named = []
+    result = run("jsonl", "deep.jsonl", deep + "\n", on_bad=named.append)
+    assert result["bad_rows"]["counts"] == {"bad_json": 1} and named[0].key == "deep.jsonl:1"
+    with pytest.raises(IngestError, match=r"coco.json: nested too deeply"):
+        run("coco", "coco.json", deep)
+    doc = {"images": [{"id": 1, "file_name": "x.jpg"}], "annotations": [{"id": 1, "image_id": [1], "caption": "c"}]}
+    with pytest.raises(IngestError, match=r"ids.json: annotations\[0\]: image_id \[1\] is not an integer or text"):
+        run("coco", "ids.json", json.dumps(doc))
+    with pytest.raises(IngestError, match=r"latin.csv: not UTF-8 text"):
+        run("csv", "latin.csv", "key,image,caption\nx,x.jpg,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(IngestError, match=r"wide.csv: line \d+: not a readable csv table \(field larger"):
+        run("csv", "wide.csv", "key,image,caption\nx,x.jpg," + "w" * 200_000 + "\n")
+
+
 def test_ingest_to_s3(s3, tmp_path):
     src, _ = make_table(tmp_path, "jsonl")
     result = ingest("jsonl", str(src), f"{s3}/ingested", max_pixels=40_000_000, max_bad_fraction=0.7, rows_per_shard=2)

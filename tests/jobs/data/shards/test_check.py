@@ -76,3 +76,41 @@ def test_check_reads_s3(s3):
     write_shards(made_rows(), f"{s3}/set", source="test")
     report = check_shards(f"{s3}/set", max_pixels=40_000_000)
     assert (report["rows"], report["bad_images"]["count"], report["duplicate_keys"]["count"]) == (6, 3, 1)
+
+
+def test_bad_keys_are_bad_rows_and_a_missing_column_or_a_file_not_parquet_is_one_error(tmp_path):
+    import hashlib
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tipslab.jobs.data.shards.format import ShardError
+
+    def shard_set(name, table_bytes, rows=1):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "shard-00000.parquet").write_bytes(table_bytes)
+        digest = hashlib.sha256(table_bytes).hexdigest()
+        manifest = {"schema_version": 1, "source": "t", "num_rows": rows, "content_hash": ""}
+        manifest["shards"] = [{"file": "shard-00000.parquet", "num_rows": rows, "sha256": digest}]
+        manifest["content_hash"] = hashlib.sha256(digest.encode()).hexdigest()
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        return str(folder)
+
+    def parquet(rows):
+        buf = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pylist(rows), buf)
+        return buf.getvalue().to_pybytes()
+
+    good = {"key": "a", "image": jpeg(16, 16), "width": 16, "height": 16, "web_caption": "x", "tags": []}
+    rows = [{**good, "key": None}, {**good, "key": None}, {**good, "key": ""}, good]
+    report = check_shards(shard_set("keys", parquet(rows), 4), max_pixels=10**6)
+    assert report["bad_images"]["by_reason"] == {"missing_key": 3} and report["duplicate_keys"]["count"] == 0
+    assert report["bad_images"]["keys"] == ["row 0", "row 1", "row 2"]
+    assert "missing_key" in format_report(report)
+    no_image = shard_set("no_image", parquet([{k: v for k, v in good.items() if k != "image"}]))
+    with pytest.raises(ShardError, match=r"shard-00000.parquet has no column 'image' \(its columns: key, width"):
+        check_shards(no_image, max_pixels=10**6)
+    with pytest.raises(ShardError, match=r"shard-00000.parquet is not a readable Parquet file"):
+        check_shards(shard_set("garbage", b"PAR1 not parquet PAR1"), max_pixels=10**6)
