@@ -113,6 +113,17 @@ def cmd_report(args) -> None:
     print(f"report: {path}")
 
 
+def ui_installed() -> bool:
+    """The full `mlflow` distribution (its server, UI and their stack) is installed, not only the client."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        version("mlflow")
+    except PackageNotFoundError:
+        return False
+    return True
+
+
 def cmd_ui(args) -> None:
     uri = tracking_uri()
     if uri.startswith(("http://", "https://")):
@@ -120,6 +131,11 @@ def cmd_ui(args) -> None:
         return
     if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///") :]):
         raise UserError(f"no MLflow store at {uri}: run a sweep first, or set MLFLOW_TRACKING_URI")
+    if not ui_installed():
+        raise UserError(
+            "the MLflow UI is not installed here (tipslab needs only MLflow's client, mlflow-skinny): "
+            "pip install 'tipslab[ui]'"
+        )
     command = [
         sys.executable,
         "-m",
