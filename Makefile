@@ -11,7 +11,7 @@ STAMP := $(VENV)/.tipslab-installed
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[ui,test]'
 	touch $(STAMP)
 
 install: $(STAMP)

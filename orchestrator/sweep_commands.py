@@ -177,6 +177,17 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def ui_installed() -> bool:
+    """The full `mlflow` distribution (its server, UI and their stack) is installed, not only the client."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        version("mlflow")
+    except PackageNotFoundError:
+        return False
+    return True
+
+
 def cmd_ui(args) -> None:
     uri = tracking_uri()
     if uri.startswith(("http://", "https://")):
@@ -184,6 +195,11 @@ def cmd_ui(args) -> None:
         return
     if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///") :]):
         raise UserError(f"no MLflow store at {uri}: run a sweep first, or set MLFLOW_TRACKING_URI")
+    if not ui_installed():
+        raise UserError(
+            "the MLflow UI is not installed here (tipslab needs only MLflow's client, mlflow-skinny): "
+            "pip install 'tipslab[ui]'"
+        )
     url = f"http://{args.host}:{args.port}"
     print(f"MLflow UI on {redact(uri)}: starting ...", flush=True)
     proc = subprocess.Popen(ui_command(uri, args.host, args.port), env={**os.environ, **UI_ENV})

@@ -3,26 +3,38 @@
 # not reinstall several GB of dependencies. They install into the Python that `python` names, and
 # tests/infra/test_docker.py runs them in a fresh virtual environment (no container engine there).
 #
+#   install.sh requirements SRC   print what `deps` installs (tests/test_dependencies.py reads it)
 #   install.sh deps SRC      the pinned dependencies (pyproject.toml's, at constraints.txt's versions)
 #   install.sh project SRC   tipslab itself, as a regular (not editable) install
 #   install.sh check SRC     the installed environment is consistent and runs
 set -euo pipefail
 
-step=${1:?usage: install.sh deps|project|check SRC}
-src=$(cd "${2:?usage: install.sh deps|project|check SRC}" && pwd)
+step=${1:?usage: install.sh requirements|deps|project|check SRC}
+src=$(cd "${2:?usage: install.sh requirements|deps|project|check SRC}" && pwd)
 
-case "$step" in
-  deps)
-    requirements=$(mktemp)
-    # The build requirements too: `project` builds the wheel without build isolation, from what is
-    # installed here, so that the image's build uses the pinned environment.
-    python - "$src/pyproject.toml" > "$requirements" <<'PY'
+# What every node imports: the core dependencies (MLflow's client, mlflow-skinny, not its server and
+# UI stack: the team's tracking server has an image of its own, infra/mlflow/Dockerfile) and the
+# `caption` extra, for `tipslab data caption` on the GPU nodes. The build requirements too: `project`
+# builds the wheel without build isolation, from what is installed here, so that the image's build
+# uses the pinned environment.
+requirements() {
+  python - "$src/pyproject.toml" <<'PY'
 import sys, tomllib
 project = tomllib.load(open(sys.argv[1], "rb"))
-print("\n".join(project["build-system"]["requires"] + project["project"]["dependencies"]))
+extras = project["project"]["optional-dependencies"]
+print("\n".join(project["build-system"]["requires"] + project["project"]["dependencies"] + extras["caption"]))
 PY
-    python -m pip install --no-cache-dir -c "$src/constraints.txt" -r "$requirements"
-    rm -f "$requirements"
+}
+
+case "$step" in
+  requirements)
+    requirements
+    ;;
+  deps)
+    list=$(mktemp)
+    requirements > "$list"
+    python -m pip install --no-cache-dir -c "$src/constraints.txt" -r "$list"
+    rm -f "$list"
     ;;
   project)
     python -m pip install --no-cache-dir --no-deps --no-build-isolation "$src"
@@ -46,7 +58,7 @@ print(f"tipslab image check: ray {ray.__version__}, torch {torch.__version__} (C
 PY
     ;;
   *)
-    echo "install.sh: unknown step '$step' (deps, project or check)" >&2
+    echo "install.sh: unknown step '$step' (requirements, deps, project or check)" >&2
     exit 2
     ;;
 esac

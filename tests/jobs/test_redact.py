@@ -20,9 +20,26 @@ def test_uri_passwords_are_masked_in_any_scheme():
 
 
 def test_credential_variables_are_told_by_name_and_by_family():
-    for name in ("WANDB_API_KEY", "GITHUB_TOKEN", "DB_PASSWORD", "DB_PWD", "AWS_SESSION_TOKEN", "AWS_NEW_THING", "HF_AUTH"):
+    for name in (
+        "WANDB_API_KEY",
+        "GITHUB_TOKEN",
+        "DB_PASSWORD",
+        "DB_PWD",
+        "AWS_SESSION_TOKEN",
+        "AWS_NEW_THING",
+        "HF_AUTH",
+    ):
         assert r.is_credential_variable(name), name
-    for name in ("AWS_REGION", "AWS_ENDPOINT_URL_S3", "AWS_SHARED_CREDENTIALS_FILE", "RAY_AUTH_MODE", "HOME", "PATH", "PWD", "OLDPWD"):
+    for name in (
+        "AWS_REGION",
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "RAY_AUTH_MODE",
+        "HOME",
+        "PATH",
+        "PWD",
+        "OLDPWD",
+    ):
         assert not r.is_credential_variable(name), name
 
 

@@ -84,8 +84,9 @@ def test_help_imports_nothing_heavy_and_the_times_beside_import_torch(tmp_path):
         ),
         (
             "train, B/14 without its tokenizer",
-            "tipslab: error: {repo}/ablations/base/tips_b14.yaml: variant 'tips_b14': model.tokenizer: no SentencePiece "
-            "model at {home}/data/scenes/tokenizer.model: make it once from the training shards' captions with "
+            "tipslab: error: {repo}/ablations/base/tips_b14.yaml: variant 'tips_b14': model.tokenizer: no "
+            "SentencePiece model at {home}/data/scenes/tokenizer.model: make it once from the training shards' "
+            "captions with "
             "`tipslab data tokenizer {home}/data/scenes/train {home}/data/scenes/tokenizer.model` "
             "(or copy the official tokenizer.model there)",
         ),

@@ -10,9 +10,10 @@ from tipslab.jobs.data.shards.rewrite import iter_rows
 WORDS = ["a", "red", "blue", "cube", "sphere", "on", "the", "table", "small", "large", "metal", "shiny"]
 
 
-def save_tiny_captioner(path) -> None:
-    """A VisionEncoderDecoder (1-layer ViT + 1-layer GPT-2, random weights), a word-level tokenizer
-    built with `tokenizers`, and a ViT image processor, saved with save_pretrained."""
+def save_tiny_captioner(path, positions: int = 32) -> None:
+    """A VisionEncoderDecoder (1-layer ViT + 1-layer GPT-2 of `positions` text positions, random
+    weights), a word-level tokenizer built with `tokenizers`, and a ViT image processor, saved with
+    save_pretrained."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import (
@@ -38,7 +39,7 @@ def save_tiny_captioner(path) -> None:
     )
     decoder = GPT2Config(
         vocab_size=len(vocab),
-        n_positions=32,
+        n_positions=positions,
         n_embd=32,
         n_layer=1,
         n_head=2,
