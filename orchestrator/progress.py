@@ -39,7 +39,8 @@ def train_line(name: str, result: dict, total: int, rate: float | None) -> str:
     if len(terms) > 1:
         parts[-1] += " [" + " ".join(f"{k} {v:.3g}" for k, v in sorted(terms.items())) + "]"
     if "perf/images_per_s" in result:
-        parts.append(f"{result['perf/images_per_s']:.0f} img/s")
+        images = result["perf/images_per_s"]
+        parts.append(f"{images:.0f} img/s" if images >= 10 else f"{images:.2g} img/s")  # a slow machine's 0.4 is not 0
     if rate:
         parts.append(f"ETA {duration((total - step) / rate)}")
     return "  ".join(parts)

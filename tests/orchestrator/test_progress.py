@@ -20,6 +20,8 @@ def test_a_train_line_has_step_terms_rate_and_eta():
     line = train_line("web-seed0", result, 1500, rate=10.0)
     assert line == "web-seed0  step 120/1500 (8%)  loss 3.215 [clip 3.2 distill 6.23]  145 img/s  ETA 2m18s"
     assert train_line("r", {"step": 1, "train/loss": 1.0}, 10, None) == "r  step 1/10 (10%)  loss 1"
+    slow = train_line("r", {"step": 1, "train/loss": 1.0, "perf/images_per_s": 0.43}, 10, None)
+    assert slow == "r  step 1/10 (10%)  loss 1  0.43 img/s"  # a slow machine's rate is not 0
     assert [duration(s) for s in (0, 59.6, 61, 3725)] == ["0s", "1m00s", "1m01s", "1h02m"]
 
 
