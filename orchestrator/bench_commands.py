@@ -195,6 +195,11 @@ def cmd_bench_trial(args) -> None:
         f"one {result['model_size']} trial: {result['launch_to_first_step_s']:.1f} s from launch to its first "
         f"train/* report; {result['trial_total_s']:.1f} s in all ({result['steps']} steps, then evaluation)"
     )
+    print(
+        f"Ray's floor (a bare TorchTrainer in a one-trial Tuner, no tipslab code): "
+        f"{result['bare_launch_to_first_report_s']:.1f} s to its first report (runs before and after: "
+        f"{', '.join(f'{s:.1f}' for s in result['bare_runs_s'])} s); tipslab / floor: {result['ratio_to_bare']:.2f}x"
+    )
     print(f"MLflow run {result['mlflow_run_id']} ({EXPERIMENT}); the trial's own runs are in tipslab-bench-trial")
 
 

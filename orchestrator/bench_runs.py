@@ -181,11 +181,12 @@ def measure_trial(args) -> dict:
     trial's first `train/*` report as the sweep's MLflow writer received it."""
     from mlflow.tracking import MlflowClient
 
+    from tipslab.jobs.bench.floor import bare_trial_floor
     from tipslab.jobs.data.pipeline.prepare import ensure_scenes
 
-    from .runtime import ensure_ray
+    from .runtime import ensure_ray, storage_path
     from .single import single_plan
-    from .sweep import run_sweep
+    from .sweep import DRIVER_RESOURCES, run_sweep
     from .tracking import experiment_id
 
     config = args.config or str(default_config(args.size))
@@ -205,10 +206,13 @@ def measure_trial(args) -> dict:
     ensure_ray(args.address)
     client = MlflowClient(tracking_uri())
     experiment_id(client, TRIAL_EXPERIMENT)  # the store set up before the clock starts
-    start = time.time()
+    floors = []
     with contextlib.redirect_stdout(sys.stderr):  # Tune prints its tables: stdout is for the figures
+        floors.append(bare_trial_floor(storage_path(), DRIVER_RESOURCES, exp.train.cpus_per_worker))
+        start = time.time()
         sweep = run_sweep(plan, address=args.address)
-    total = time.time() - start
+        total = time.time() - start
+        floors.append(bare_trial_floor(storage_path(), DRIVER_RESOURCES, exp.train.cpus_per_worker))
     if sweep.failed:
         raise CommandFailed(
             f"bench trial: the trial failed (MLflow parent run {sweep.parent_run_id} in {TRIAL_EXPERIMENT})"
@@ -225,15 +229,22 @@ def measure_trial(args) -> dict:
         "device": device(gpu),
         "launch_to_first_step_s": first - start,
         "trial_total_s": total,
+        # Ray's floor: a bare TorchTrainer in a one-trial Tuner (jobs/bench/floor.py), before and after.
+        "bare_launch_to_first_report_s": sum(f["launch_to_first_report_s"] for f in floors) / len(floors),
+        "bare_runs_s": [round(f["launch_to_first_report_s"], 2) for f in floors],
         "sweep_parent_run_id": sweep.parent_run_id,
         # From Tune's start of the trial (the sweep's tracker measures it, where it does).
         "trial_start_to_first_step_s": run.data.metrics.get("perf/launch_to_first_report_s"),
     }
+    result["ratio_to_bare"] = result["launch_to_first_step_s"] / result["bare_launch_to_first_report_s"]
     result["mlflow_run_id"] = log_bench(
         "trial",
         args.size,
         result,
-        {k: result[k] for k in ("launch_to_first_step_s", "trial_start_to_first_step_s", "trial_total_s")},
+        {
+            k: result[k]
+            for k in ("launch_to_first_step_s", "trial_start_to_first_step_s", "trial_total_s", "ratio_to_bare")
+        },
         {"steps": exp.train.steps, "num_workers": exp.train.num_workers, "overrides": " ".join(args.overrides)},
     )
     return result

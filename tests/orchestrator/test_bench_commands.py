@@ -71,7 +71,11 @@ def test_bench_step_user_mistakes_exit_2(home, capsys):
 def test_bench_trial_measures_launch_to_first_step(ray_session, home, capsys):
     r = run_json(capsys, ["bench", "trial", *tiny_overrides(**{"train.steps": 2, "train.log_every": 1}), "--json"])
     assert 0 < r["launch_to_first_step_s"] < r["trial_total_s"]
+    # Ray's floor, a bare TorchTrainer in a one-trial Tuner, measured before and after in the same run.
+    assert len(r["bare_runs_s"]) == 2 and 0 < r["bare_launch_to_first_report_s"]
+    assert r["ratio_to_bare"] == pytest.approx(r["launch_to_first_step_s"] / r["bare_launch_to_first_report_s"])
     [run] = bench_runs("trial")
+    assert run.data.metrics["bench/trial/ratio_to_bare"] == pytest.approx(r["ratio_to_bare"])
     assert run.data.metrics["bench/trial/launch_to_first_step_s"] == pytest.approx(r["launch_to_first_step_s"])
     assert (run.data.tags["tipslab.model_size"], run.data.tags["tipslab.device_kind"]) == ("tiny", "cpu")
     # The trial went through the sweep's own path: a parent and a trial run in their own experiment.
