@@ -13,8 +13,9 @@ import math
 import os
 import re
 import sys
+import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import ray
 from ray import tune
@@ -182,6 +183,7 @@ class SweepResult:
     ran: int = 0  # trials this invocation ran
     kept: int = 0  # finished runs a resume kept
     closed: int = 0  # runs left RUNNING by a dead driver, marked KILLED
+    timings: dict = field(default_factory=dict)  # seconds of the driver's own steps: ray_start_s, scenes_s
 
 
 # Tune hands these variables of the driver to every trial through its runtime_env
@@ -211,9 +213,12 @@ def run_sweep(plan: Plan, address: str | None = None, resume: bool = False) -> S
 
 
 def _run(plan: Plan, tracker: SweepTracker, address: str | None) -> SweepResult:
+    start = time.perf_counter()
     cluster = ensure_ray(address)  # before the scenes, so that missing ones render in parallel Ray tasks
+    timings = {"ray_start_s": time.perf_counter() - start}
     for trial in plan.trials:
         ensure_scenes(experiment(trial.config))
+    timings["scenes_s"] = time.perf_counter() - start - timings["ray_start_s"]
     search = plan.search
     tune_config = {"reuse_actors": False, "trial_dirname_creator": lambda t: f"trial_{t.trial_id}"}
     if plan.sampled:
@@ -234,7 +239,7 @@ def _run(plan: Plan, tracker: SweepTracker, address: str | None) -> SweepResult:
     if count <= 0:
         tracker.log_results()
         _finish(tracker, "FINISHED")
-        return SweepResult(plan.spec["name"], tracker.sweep_id, tracker.parent_id, [], 0, kept, closed)
+        return SweepResult(plan.spec["name"], tracker.sweep_id, tracker.parent_id, [], 0, kept, closed, timings)
     if search is not None:
         # Train's reports carry the objective only at probe steps and at the end.
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
@@ -285,4 +290,4 @@ def _run(plan: Plan, tracker: SweepTracker, address: str | None) -> SweepResult:
         raise disk
     tracker.log_results()
     _finish(tracker, "FAILED" if failed else "FINISHED")
-    return SweepResult(plan.spec["name"], tracker.sweep_id, tracker.parent_id, failed, count, kept, closed)
+    return SweepResult(plan.spec["name"], tracker.sweep_id, tracker.parent_id, failed, count, kept, closed, timings)

@@ -228,15 +228,39 @@ def cmd_demo(args) -> None:
         spec = Path(__file__).resolve().parent.parent / "ablations" / "smoke.yaml"
     start = time.perf_counter()
     print(f"tipslab demo: procedural scenes -> smoke sweep ({spec}) -> table; everything under {home()}")
-    result = run_sweep(load_spec(spec, smoke=True))
-    finish(
-        result,
-        footer=(
-            f"demo took {time.perf_counter() - start:.0f} s. See every run in the MLflow UI:\n"
-            f"  .venv/bin/tipslab ui\n"
-            f"then open the link it prints for experiment '{result.experiment}' (runs grouped by variant)."
-        ),
+    plan = load_spec(spec, smoke=True)
+    result = run_sweep(plan)
+    table_start = time.perf_counter()
+    try:
+        finish(result)
+    finally:
+        wall, table_s = time.perf_counter() - start, time.perf_counter() - table_start
+        print_breakdown(plan, result, wall, table_s)
+    print(
+        f"demo took {wall:.0f} s. See every run in the MLflow UI:\n  .venv/bin/tipslab ui\n"
+        f"then open the link it prints for experiment '{result.experiment}' (runs grouped by variant)."
     )
+
+
+def print_breakdown(plan, result, wall_s: float, table_s: float) -> None:
+    """Where the demo's time went (orchestrator/demo.py), with `bench step` at the trainer's setting."""
+    from mlflow.tracking import MlflowClient
+
+    from .bench_runs import run_step_job
+    from .demo import breakdown, trial_times
+
+    client = MlflowClient(tracking_uri())
+    experiment = client.get_experiment_by_name(result.experiment)
+    trials = trial_times(client, result.parent_run_id, experiment.experiment_id) if experiment else []
+    bench = None
+    if trials:
+        job = {"exp": plan.trials[0].config, "batch_size": trials[0].batch_size, "repeats": 5}
+        try:
+            bench = run_step_job({**job, "threads": trials[0].threads})
+        except CommandFailed as err:
+            print(f"(bench step beside the trainer failed: {str(err).splitlines()[0]})")
+    print()
+    print(breakdown(result.timings, trials, table_s, wall_s, bench))
 
 
 def add_demo_parser(sub) -> None:
