@@ -64,8 +64,10 @@ class LocalCluster:
 
     `worker_resources` are custom resources given to every worker node (not the head), so that a
     test can pin training workers to worker nodes, e.g. {"trainer": 1} and
-    `resources_per_worker={"trainer": 1}`. `node_env`: extra environment variables for the nodes
-    (e.g. Ray settings such as RAY_memory_monitor_refresh_ms).
+    `resources_per_worker={"trainer": 1}`. `head_cpus`: the head's CPUs (default `cpus_per_node`);
+    0 keeps every task that needs a CPU on the worker nodes, as a cluster's head is often set up.
+    `node_env`: extra environment variables for the nodes (e.g. Ray settings such as
+    RAY_memory_monitor_refresh_ms).
     """
 
     def __init__(
@@ -78,12 +80,14 @@ class LocalCluster:
         worker_resources: dict | None = None,
         start_timeout_s: float = 120,
         node_env: dict | None = None,
+        head_cpus: int | None = None,
     ):
         if nodes < 1:
             raise ValueError("a cluster needs at least its head node (nodes >= 1)")
         self.nodes, self.cpus_per_node, self.object_store_mb = nodes, cpus_per_node, object_store_mb
         self.dashboard, self.worker_resources, self.start_timeout_s = dashboard, worker_resources or {}, start_timeout_s
         self.node_env = node_env or {}  # extra variables for every node's processes
+        self.head_cpus = cpus_per_node if head_cpus is None else head_cpus
         self._own_temp = temp_dir is None
         self.temp_dir = Path(temp_dir or tempfile.mkdtemp(prefix="tipslab-ray-"))
         self.port = self.dashboard_port = None
@@ -126,7 +130,7 @@ class LocalCluster:
             ]
             if self.dashboard:
                 head += ["--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}"]
-            self.procs.append(self._launch(0, head, {}))
+            self.procs.append(self._launch(0, head, {}, cpus=self.head_cpus))
             for _ in range(self.nodes - 1):
                 self.add_node()
         except BaseException:
@@ -142,17 +146,19 @@ class LocalCluster:
         self.procs.append(self._launch(index, [f"--address={self.address}"], resources))
         return index
 
-    def _launch(self, index: int, role: list[str], resources: dict, attempts: int = 3) -> subprocess.Popen:
+    def _launch(
+        self, index: int, role: list[str], resources: dict, attempts: int = 3, cpus: int | None = None
+    ) -> subprocess.Popen:
         """Start node `index`; Ray gives a raylet 30 s to register with the GCS, which a busy
         machine can miss, so a node that fails to start is tried again."""
         for attempt in range(attempts):
             try:
-                return self._launch_once(index, role, resources)
+                return self._launch_once(index, role, resources, self.cpus_per_node if cpus is None else cpus)
             except RuntimeError:
                 if attempt == attempts - 1:
                     raise
 
-    def _launch_once(self, index: int, role: list[str], resources: dict) -> subprocess.Popen:
+    def _launch_once(self, index: int, role: list[str], resources: dict, cpus: int) -> subprocess.Popen:
         node_dir = self.temp_dir / f"node{index}"
         node_dir.mkdir(parents=True, exist_ok=True)
         log = node_dir / "ray-start.log"
@@ -161,7 +167,7 @@ class LocalCluster:
             "start",
             "--block",
             *role,
-            f"--num-cpus={self.cpus_per_node}",
+            f"--num-cpus={cpus}",
             "--num-gpus=0",
             f"--object-store-memory={self.object_store_mb * 1024 * 1024}",
             f"--temp-dir={node_dir}",

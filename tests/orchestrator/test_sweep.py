@@ -6,16 +6,15 @@ procedural scenes -> Ray Data -> Ray Train (CPU, gloo) -> evaluation -> Ray Tune
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 import ray
 from conftest import REPO, tiny_overrides
 from mlflow.tracking import MlflowClient
+from mlflow_server import MlflowServer
 
 from tipslab.dashboards.store import load_sweep
 from tipslab.dashboards.table import render
@@ -48,51 +47,11 @@ def wait_for(condition, what: str, deadline_s: float = 1800, every_s: float = 1.
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """A real `mlflow server` on loopback (sqlite backend, artifacts proxied to a local folder)."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{root / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(root / "artifacts"),
-        ],
-        stdout=open(root / "server.log", "w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        cwd=root,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy():
-        try:
-            return urllib.request.urlopen(f"{url}/health", timeout=2).status == 200
-        except OSError:
-            assert proc.poll() is None, (root / "server.log").read_text()[-2000:]
-            return False
-
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
     try:
-        wait_for(healthy, "the MLflow server", 240, 0.5)
-        yield url
+        yield server.url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        server.stop()
 
 
 def spec_text(variants: dict) -> str:
