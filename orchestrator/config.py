@@ -257,9 +257,9 @@ def unfit_split(data: dict, split: str) -> str | None:
     from tipslab.jobs.data.pipeline.columns import PROBE_COLUMNS, train_columns, unfit
 
     if split == data["train_split"]:
-        needed, reads = train_columns(data.get("tag_vocab")), "training"
+        needed, reads = train_columns(data.get("tag_vocab")), "training reads"
     else:
-        needed, reads = PROBE_COLUMNS, "the probes"
+        needed, reads = PROBE_COLUMNS, "the probes read"
     try:
         return unfit([str(path)], needed, reads)
     except UserError as err:  # not a Parquet file

@@ -304,6 +304,16 @@ def shard_cases(inp: Path) -> list[Case]:
         write(root / name / "manifest.json", data)
         cases.append(Case("shards", ["data", "check", f"{root / name}"], (name,)))
     cases.append(Case("shards", ["data", "check", f"{root / 'absent'}"], ("absent",)))
+    # Shards that `data check` passes but a run cannot read: refused by train and sweep before Ray.
+    for split in ("train", "probe_train", "probe_test"):
+        drop = {"train": "web_caption", "probe_test": "image"}.get(split)
+        shard_set(root / "lacking" / split, parquet([{k: v for k, v in good.items() if k != drop}]))
+    write(inp / "lacking.yaml", f"data: {{source: shards, root: {root / 'lacking'}}}\n")
+    cases.append(Case("shards", ["train", "lacking.yaml"], ("'web_caption'",)))
+    write(inp / "lacking_spec.yaml", spec_text(overrides={"data.source": "shards", "data.root": str(root / "lacking")}))
+    cases.append(Case("shards", ["sweep", "lacking_spec.yaml"], ("'web_caption'",)))
+    argv = ["sweep", "lacking_spec.yaml", "data.train_split=probe_train"]  # only probe_test lacks a column
+    cases.append(Case("shards", argv, ("'image'",)))
     return cases
 
 

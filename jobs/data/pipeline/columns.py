@@ -49,7 +49,8 @@ def lacking(files, needed) -> tuple[str, list[str], list[str]] | None:
 
 
 def unfit(files, needed, reads: str) -> str | None:
-    """Why shard `files` cannot serve a reader of the `needed` columns (`reads`: who reads them),
+    """Why shard `files` cannot serve a reader of the `needed` columns (`reads`: who reads them, as
+    "training reads"),
     naming the first file that lacks any; None when they can. A file that is not Parquet is a
     ShardError."""
     found = lacking(files, needed)
@@ -59,5 +60,5 @@ def unfit(files, needed, reads: str) -> str | None:
     hint = "; a caption the loss does not use may be a column of NULLs" if set(missing) & set(CAPTION_COLUMNS) else ""
     return (
         f"{uri} has no column {', '.join(map(repr, missing))} (its columns: {', '.join(names)}); "
-        f"{reads} reads {', '.join(needed)}{hint}"
+        f"{reads} {', '.join(needed)}{hint}"
     )

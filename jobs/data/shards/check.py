@@ -99,7 +99,7 @@ def check_shards(shards: str, *, max_pixels: int) -> dict:
     files = shard_files(shards)
     schemas = [set(schema_names(f)) for f in files]
     captions = [c for c in CAPTION_COLUMNS if schemas and all(c in names for names in schemas)]
-    problem = unfit(files, TRAIN_COLUMNS, "training")
+    problem = unfit(files, TRAIN_COLUMNS, "training reads")
     return {
         "shards": shards,
         "rows": rows,
