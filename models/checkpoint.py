@@ -71,6 +71,19 @@ def load_state(directory: str | os.PathLike) -> dict:
     return read_checkpoint(path)
 
 
+def student_weights(state, where) -> dict:
+    """The student's state dict of a checkpoint's contents, refused (a DataError naming `where`, the
+    file, and the weight) where a weight holds NaN or Inf: every output would be NaN. Training stops
+    on a non-finite loss before it saves, so such a file was damaged or made elsewhere."""
+    weights = state.get("student") if isinstance(state, Mapping) else None
+    if not isinstance(weights, Mapping) or not weights:
+        raise DataError(f"{where}: not a tipslab checkpoint (it holds no student weights)")
+    for name, tensor in weights.items():
+        if torch.is_tensor(tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise DataError(f"{where}: the student's weight {name!r} holds non-finite values (NaN or Inf)")
+    return dict(weights)
+
+
 def tips_config(config) -> TIPSConfig:
     """The model part of a resolved experiment config, typed: `config` is a typed config with
     `model` and `loss` sections (the jobs layer's ExperimentConfig, a TIPSConfig) or a mapping (a
@@ -86,6 +99,7 @@ def tips_config(config) -> TIPSConfig:
 def load_student(directory: str | os.PathLike):
     """(student in eval mode, tokenizer, resolved experiment config) from a checkpoint folder."""
     state = load_state(directory)
+    weights = student_weights(state, Path(directory) / CHECKPOINT_FILE)
     student = TIPSStudent(tips_config(state["config"]))
-    student.load_state_dict(state["student"])
+    student.load_state_dict(weights)
     return student.eval(), tokenizer_from_state(state["tokenizer"]), state["config"]

@@ -19,12 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import load_state, save_checkpoint, tips_config
-from .config import SIZES
+from .checkpoint import CHECKPOINT_FILE, load_state, save_checkpoint, student_weights, tips_config
+from .config import SIZES, ModelConfig
 from .errors import DataError
+from .official_checks import check_blocks, check_layout, check_values
+from .text import TextTower
 from .tips import TIPSStudent
 from .tokenizer import build_tokenizer
-from .vision import swiglu_hidden
+from .vision import VisionTower, swiglu_hidden
 
 OFFICIAL_SIZES = ("S", "B", "L", "So400m", "g")
 
@@ -98,14 +100,14 @@ def _tensor(array) -> torch.Tensor:
     return torch.from_numpy(np.array(array, dtype=np.float32))
 
 
-def _arrays(source) -> dict:
-    """An `.npz` path, or an already loaded mapping of name -> array."""
+def _arrays(source, tower: str) -> tuple[str, dict]:
+    """(what to call it in a message, name -> array) of an `.npz` path or an already loaded mapping."""
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.is_file():
             raise FileNotFoundError(f"no official TIPS checkpoint at {path}")
-        return read_npz(path)
-    return dict(source)
+        return str(path), read_npz(path)
+    return f"the {tower} tower", dict(source)
 
 
 def read_npz(path: Path) -> dict:
@@ -137,17 +139,25 @@ def read_npz(path: Path) -> dict:
         raise DataError(f"{path}: not a readable .npz ({str(err).splitlines()[0][:200]})") from None
 
 
-def infer_model_fields(vision_arrays: dict, text_arrays: dict, heads: int | None = None) -> dict:
+def infer_model_fields(
+    vision_arrays: dict, text_arrays: dict, heads: int | None = None, labels=("the vision tower", "the text tower")
+) -> dict:
     """ModelConfig fields for official arrays: size, width, depth, heads, mlp_dim, mlp, text_depth,
     patch_size, image_size (the position-embedding grid x patch: 224 for TIPSv1, 448 for TIPSv2),
-    vocab_size, layerscale_init (1.0, as the official loader)."""
+    vocab_size, layerscale_init (1.0, as the official loader). labels: the towers' names in messages."""
 
     def count(arrays, pattern):
         return len({m.group(1) for k in arrays if (m := re.match(pattern, k))})
 
-    for name, arrays, key in (("vision", vision_arrays, "cls_token"), ("text", text_arrays, "token_embedding.weight")):
-        if key not in arrays:
-            raise DataError(f"the {name} checkpoint has no {key!r}: not an official TIPS {name} tower")
+    vision_mlp = "blocks.0.mlp.w3.weight" if "blocks.0.mlp.w12.weight" in vision_arrays else "blocks.0.mlp.fc1.weight"
+    read = {  # the arrays whose shapes say the fields
+        "vision": (vision_arrays, labels[0], ("cls_token", "pos_embed", "patch_embed.proj.weight", vision_mlp)),
+        "text": (text_arrays, labels[1], ("token_embedding.weight", "transformer.resblocks.0.mlp.c_fc.weight")),
+    }
+    for name, (arrays, label, keys) in read.items():
+        missing = [k for k in keys if k not in arrays]
+        if missing:
+            raise DataError(f"{label}: no {', '.join(map(repr, missing))}: not an official TIPS {name} tower")
     width = vision_arrays["cls_token"].shape[-1]
     vocab_size, text_width = text_arrays["token_embedding.weight"].shape
     if text_width != width:
@@ -189,11 +199,27 @@ def infer_model_fields(vision_arrays: dict, text_arrays: dict, heads: int | None
     }
 
 
+def expected_arrays(fields: dict) -> tuple[dict, dict]:
+    """name -> shape of the official vision and text arrays for ModelConfig fields (built on the meta
+    device: no memory, no time)."""
+    cfg = ModelConfig(**fields)
+    with torch.device("meta"):
+        vision, text = official_state(VisionTower(cfg).state_dict(), TextTower(cfg).state_dict())
+    return {k: tuple(v.shape) for k, v in vision.items()}, {k: tuple(v.shape) for k, v in text.items()}
+
+
 def import_official(vision_npz, text_npz, heads: int | None = None) -> tuple[dict, dict, dict]:
     """(vision state, text state, ModelConfig fields) from the official `{name}_vision.npz` and
-    `{name}_text.npz` (paths, or loaded name -> array mappings)."""
-    vision_arrays, text_arrays = _arrays(vision_npz), _arrays(text_npz)
-    fields = infer_model_fields(vision_arrays, text_arrays, heads)
+    `{name}_text.npz` (paths, or loaded name -> array mappings). Towers that are not complete, finite
+    official towers are refused (models/official_checks.py)."""
+    towers = {"vision": _arrays(vision_npz, "vision"), "text": _arrays(text_npz, "text")}
+    for tower, (label, arrays) in towers.items():
+        check_values(label, arrays)
+        check_blocks(label, arrays, tower)
+    (vision_label, vision_arrays), (text_label, text_arrays) = towers.values()
+    fields = infer_model_fields(vision_arrays, text_arrays, heads, (vision_label, text_label))
+    for (tower, (label, arrays)), expected in zip(towers.items(), expected_arrays(fields)):
+        check_layout(label, arrays, expected, tower, fields)
     vision, text = tower_states(vision_arrays, text_arrays)
     return vision, text, fields
 
@@ -269,4 +295,5 @@ def import_checkpoint(
 
 def export_checkpoint(checkpoint_dir: str | os.PathLike, prefix: str | os.PathLike) -> tuple[Path, Path]:
     """The student of a tipslab checkpoint as official `{prefix}_vision.npz` / `{prefix}_text.npz`."""
-    return export_official(load_state(checkpoint_dir)["student"], prefix)
+    weights = student_weights(load_state(checkpoint_dir), Path(checkpoint_dir) / CHECKPOINT_FILE)
+    return export_official(weights, prefix)

@@ -20,7 +20,7 @@ from omegaconf.resolvers import oc
 from tipslab.jobs.config import MAX_STEPS, ExperimentConfig, read_tag_vocab
 from tipslab.jobs.redact import remember
 
-from .errors import ConfigError
+from .errors import ConfigError, UserError
 from .runtime import home
 
 # Bounds on a YAML document, checked on its node graph before anything is built from it: aliases
@@ -213,10 +213,10 @@ def compose(sources: list[tuple[dict, str]], label: str, start: DictConfig | Non
 
 def missing_data(configs: list[dict], where: str) -> list[str]:
     """What is missing for trials that read shards from a local `data.root` or evaluate local
-    `eval.datasets` (one line each, naming the key): a folder, or a split's manifest. Checked
-    before Ray starts; s3:// locations are read by the workers, with the workers' credentials,
-    and are not checked here."""
-    out = {}
+    `eval.datasets` (one line each, naming the key): a folder, a split's manifest, or a column that
+    a split's reader needs (jobs/data/pipeline/columns.py). Checked before Ray starts; s3://
+    locations are read by the workers, with the workers' credentials, and are not checked here."""
+    out, checked = {}, {}
     for config in configs:
         data, ev = config["data"], config["eval"]
         for name, folder in ev["datasets"].items():
@@ -235,7 +235,35 @@ def missing_data(configs: list[dict], where: str) -> list[str]:
             manifest = Path(root) / split / "manifest.json"
             if not manifest.is_file():
                 out[str(manifest)] = f"{where}: data.root: no shards of split {split!r} ({manifest} is missing)"
+                continue
+            key = (root, split, split == data["train_split"] and bool(data.get("tag_vocab")))
+            if key not in checked:  # trials share their splits: each is read once
+                checked[key] = unfit_split(data, split)
+            if checked[key]:
+                out[f"{manifest}:{checked[key]}"] = f"{where}: data.root: split {split!r}: {checked[key]}"
     return list(out.values())
+
+
+def unfit_split(data: dict, split: str) -> str | None:
+    """Why a local split lacks a column that its reader (training, or the probes) needs, from the
+    schema of the first shard its manifest lists (this loads pyarrow, which only shards that exist
+    need). A manifest that lists no shard file that exists is left to the run, which names it."""
+    manifest = manifest_of(data["root"], split)
+    shards = manifest.get("shards") if isinstance(manifest, dict) else None
+    first = shards[0].get("file") if isinstance(shards, list) and shards and isinstance(shards[0], dict) else None
+    path = Path(data["root"]) / split / first if isinstance(first, str) else None
+    if path is None or not path.is_file():
+        return None
+    from tipslab.jobs.data.pipeline.columns import PROBE_COLUMNS, train_columns, unfit
+
+    if split == data["train_split"]:
+        needed, reads = train_columns(data.get("tag_vocab")), "training reads"
+    else:
+        needed, reads = PROBE_COLUMNS, "the probes read"
+    try:
+        return unfit([str(path)], needed, reads)
+    except UserError as err:  # not a Parquet file
+        return str(err)
 
 
 def load_experiment(path: str | Path, overrides: list[str] = ()) -> DictConfig:

@@ -39,7 +39,7 @@ def experiment_for(checkpoint: str, data: list[str] | None):
     (an ExperimentConfig: keys the checkpoint lacks take their defaults)."""
     from tipslab.jobs.config import experiment
     from tipslab.jobs.eval.probes.features import local_checkpoint
-    from tipslab.models.checkpoint import load_state
+    from tipslab.models.checkpoint import load_state, student_weights
 
     try:
         with local_checkpoint(checkpoint) as folder:
@@ -64,6 +64,7 @@ def experiment_for(checkpoint: str, data: list[str] | None):
         raise UserError(f"{checkpoint}: the checkpoint's config: {err}") from None
     if not isinstance(state.get("student"), dict) or not state["student"]:
         raise UserError(f"{checkpoint}: not a tipslab checkpoint (its model.pt holds no student weights)")
+    student_weights(state, checkpoint)  # NaN or Inf weights: refused here, before Ray
     return exp
 
 

@@ -136,6 +136,23 @@ def png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
 
 
+def shards_without(folder, *columns: str) -> None:
+    """Rewrite the shard set at `folder` (made by write_shards) without `columns`, its manifest's
+    hashes updated: a set made elsewhere that lacks them."""
+    import hashlib
+    import json
+
+    import pyarrow.parquet as pq
+
+    manifest = json.loads((Path(folder) / "manifest.json").read_text())
+    for entry in manifest["shards"]:
+        path = Path(folder) / entry["file"]
+        pq.write_table(pq.read_table(path).drop_columns(list(columns)), path)
+        entry["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    manifest["content_hash"] = hashlib.sha256("".join(e["sha256"] for e in manifest["shards"]).encode()).hexdigest()
+    (Path(folder) / "manifest.json").write_text(json.dumps(manifest))
+
+
 def driver_dies(tracker) -> None:
     """What a sweep driver killed on this host leaves in MLflow: its lease, no longer renewed, naming
     a process that is gone (a child that has exited); its RUNNING runs stay as they are."""

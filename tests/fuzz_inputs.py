@@ -304,6 +304,16 @@ def shard_cases(inp: Path) -> list[Case]:
         write(root / name / "manifest.json", data)
         cases.append(Case("shards", ["data", "check", f"{root / name}"], (name,)))
     cases.append(Case("shards", ["data", "check", f"{root / 'absent'}"], ("absent",)))
+    # Shards that `data check` passes but a run cannot read: refused by train and sweep before Ray.
+    for split in ("train", "probe_train", "probe_test"):
+        drop = {"train": "web_caption", "probe_test": "image"}.get(split)
+        shard_set(root / "lacking" / split, parquet([{k: v for k, v in good.items() if k != drop}]))
+    write(inp / "lacking.yaml", f"data: {{source: shards, root: {root / 'lacking'}}}\n")
+    cases.append(Case("shards", ["train", "lacking.yaml"], ("'web_caption'",)))
+    write(inp / "lacking_spec.yaml", spec_text(overrides={"data.source": "shards", "data.root": str(root / "lacking")}))
+    cases.append(Case("shards", ["sweep", "lacking_spec.yaml"], ("'web_caption'",)))
+    argv = ["sweep", "lacking_spec.yaml", "data.train_split=probe_train"]  # only probe_test lacks a column
+    cases.append(Case("shards", argv, ("'image'",)))
     return cases
 
 
@@ -376,14 +386,74 @@ def npz_bomb(path: Path, shape=(102_400_000_000,)) -> Path:
     return path
 
 
+def official_towers(depth=3, width=64, mlp=128, vocab=100, grid=2, patch=14) -> tuple[dict, dict]:
+    """Tiny towers in the official TIPS layout (google-deepmind/tips: DINOv2 names for the image
+    tower, OpenCLIP-like ones for the text tower): name -> float32 array, small random values."""
+    import numpy as np
+
+    rng = np.random.default_rng(SEED)
+    w = width
+    vision = {
+        "cls_token": (1, 1, w),
+        "register_tokens": (1, 1, w),
+        "pos_embed": (1, 1 + grid * grid, w),
+        "mask_token": (1, w),
+        "patch_embed.proj.weight": (w, 3, patch, patch),
+        "patch_embed.proj.bias": (w,),
+        "norm.weight": (w,),
+        "norm.bias": (w,),
+    }
+    text = {"temperature": (), "token_embedding.weight": (vocab, w), "ln_final.weight": (w,), "ln_final.bias": (w,)}
+    vision_block = {"norm1.weight": (w,), "norm1.bias": (w,), "attn.qkv.weight": (3 * w, w), "attn.qkv.bias": (3 * w,)}
+    vision_block |= {"attn.proj.weight": (w, w), "attn.proj.bias": (w,), "ls1.gamma": (w,), "ls2.gamma": (w,)}
+    vision_block |= {"norm2.weight": (w,), "norm2.bias": (w,), "mlp.fc1.weight": (mlp, w), "mlp.fc1.bias": (mlp,)}
+    vision_block |= {"mlp.fc2.weight": (w, mlp), "mlp.fc2.bias": (w,)}
+    text_block = {"ln_1.weight": (w,), "ln_1.bias": (w,), "ln_2.weight": (w,), "ln_2.bias": (w,)}
+    text_block |= {"attn.in_proj_weight": (3 * w, w), "attn.in_proj_bias": (3 * w,), "attn.out_proj.weight": (w, w)}
+    text_block |= {"attn.out_proj.bias": (w,), "mlp.c_fc.weight": (mlp, w), "mlp.c_fc.bias": (mlp,)}
+    text_block |= {"mlp.c_proj.weight": (w, mlp), "mlp.c_proj.bias": (w,)}
+    for i in range(depth):
+        vision |= {f"blocks.{i}.{k}": v for k, v in vision_block.items()}
+        text |= {f"transformer.resblocks.{i}.{k}": v for k, v in text_block.items()}
+
+    def arrays(shapes):
+        return {k: (0.02 * rng.standard_normal(v)).astype(np.float32) for k, v in shapes.items()}
+
+    vision, text = arrays(vision), arrays(text)
+    text["temperature"] = np.float32(0.01)
+    return vision, text
+
+
 def import_cases(inp: Path, out: str) -> list[Case]:
+    import numpy as np
+
     bomb = npz_bomb(inp / "npz" / "bomb_vision.npz")
     garbage = write(inp / "npz" / "garbage_text.npz", b"PK\x03\x04 not a zip at all")
     argv = ["checkpoint", "import", "--tokenizer", "hash", "--vision"]
-    return [
+    cases = [
         Case("checkpoint", [*argv, str(bomb), "--text", str(bomb), f"{out}/imported"], ("bomb_vision.npz",)),
         Case("checkpoint", [*argv, str(garbage), "--text", str(garbage), f"{out}/imp2"], ("garbage_text.npz",)),
     ]
+    vision, text = official_towers()
+    good = {"vision": inp / "npz" / "good_vision.npz", "text": inp / "npz" / "good_text.npz"}
+    np.savez(good["vision"], **vision)
+    np.savez(good["text"], **text)
+    # Towers that load into a model but not the one they claim to be: all-NaN weights, a block missing
+    # in the middle (the depth is read from the block numbers), a block without its MLP, no final norm.
+    edited = {
+        "nan_vision.npz": {k: np.full_like(v, np.nan) for k, v in vision.items()},
+        "gap_vision.npz": {k: v for k, v in vision.items() if not k.startswith("blocks.1.")},
+        "nomlp_vision.npz": {k: v for k, v in vision.items() if not k.startswith("blocks.2.mlp.")},
+        "nonorm_text.npz": {k: v for k, v in text.items() if not k.startswith("ln_final.")},
+        "inf_text.npz": {**text, "token_embedding.weight": np.full_like(text["token_embedding.weight"], np.inf)},
+    }
+    for name, arrays in edited.items():
+        path = inp / "npz" / name
+        np.savez(path, **arrays)
+        towers = {**good, name.split("_")[1].removesuffix(".npz"): path}
+        paths = [str(towers["vision"]), "--text", str(towers["text"])]
+        cases.append(Case("checkpoint", [*argv, *paths, f"{out}/{name}"], (name,)))
+    return cases
 
 
 def checkpoint_cases(inp: Path) -> list[Case]:
@@ -399,6 +469,7 @@ def checkpoint_cases(inp: Path) -> list[Case]:
         "bad_value": {"config": {"model": {"patch_size": 0}, "data": {}, "eval": {}}},
         "no_weights": {"config": {"model": {}, "eval": {}}},
         "bad_section": {"config": {"model": [], "eval": {}}, "student": {"w": torch.zeros(2)}},
+        "nan_weight": {"config": {"model": {}, "eval": {}}, "student": {"w": torch.tensor([0.0, float("nan")])}},
     }
     cases = []
     for name, content in made.items():

@@ -144,3 +144,40 @@ def test_unknown_config_key_is_rejected(tmp_path):
     config["model"]["no_such_key"] = 1
     with pytest.raises(Exception, match="no_such_key"):
         tips_config(config)
+
+
+def test_a_student_weight_that_is_not_finite_is_refused_by_every_load_path(tmp_path, home, capsys):
+    from PIL import Image
+
+    from tipslab.models.errors import DataError
+    from tipslab.models.official import export_checkpoint
+    from tipslab.orchestrator.cli import main
+
+    state, _ = training_state(experiment())
+    name = "vision.blocks.1.mlp.fc2.weight"
+    state["student"][name] = state["student"][name].clone()
+    state["student"][name][0, 5] = float("nan")
+    save_checkpoint(tmp_path / "ckpt", state)
+    expected = rf"ckpt/model.pt: the student's weight '{name}' holds non-finite values \(NaN or Inf\)"
+    with pytest.raises(DataError, match=expected):
+        load_student(tmp_path / "ckpt")
+    with pytest.raises(DataError, match=expected):
+        export_checkpoint(tmp_path / "ckpt", tmp_path / "out")
+    assert not (tmp_path / "out_vision.npz").exists()
+    Image.new("RGB", (32, 32)).save(tmp_path / "x.png")
+    for argv in (
+        ["eval", str(tmp_path / "ckpt")],  # refused by the driver, before Ray starts
+        ["embed", str(tmp_path / "ckpt"), str(tmp_path / "x.png"), "--out", str(tmp_path / "e.npz")],
+        ["checkpoint", "export", str(tmp_path / "ckpt"), str(tmp_path / "out")],
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("tipslab: error: ") and len(err.splitlines()) == 1, err
+        assert f"weight '{name}' holds non-finite values" in err and "ckpt" in err
+    state["student"][name][0, 5] = float("inf")  # Inf too; and a finite checkpoint loads
+    save_checkpoint(tmp_path / "ckpt", state)
+    with pytest.raises(DataError, match=expected):
+        load_student(tmp_path / "ckpt")
+    state["student"][name][0, 5] = 0.0
+    save_checkpoint(tmp_path / "ckpt", state)
+    assert not load_student(tmp_path / "ckpt")[0].training

@@ -15,6 +15,7 @@ from conftest import SHARED
 
 from tipslab.models.checkpoint import load_state, load_student
 from tipslab.models.config import SIZES, ModelConfig
+from tipslab.models.errors import DataError
 from tipslab.models.official import (
     OFFICIAL_SIZES,
     export_checkpoint,
@@ -235,7 +236,8 @@ def test_import_checkpoint_refuses_names_the_layout_does_not_explain(fixture_dir
     vision = npz(fixture_dir / "tiny_vision.npz")
     vision["blocks.0.extra.weight"] = np.zeros(3, np.float32)
     np.savez(tmp_path / "odd_vision.npz", **vision)
-    with pytest.raises(ValueError, match="(?s)not loadable as TIPS towers.*blocks.0.extra.weight"):
+    odd = r"odd_vision.npz: array\(s\) 'blocks.0.extra.weight' not in the official layout"
+    with pytest.raises(DataError, match=odd):
         import_checkpoint(
             tmp_path / "odd_vision.npz", fixture_dir / "tiny_text.npz", tmp_path / "ckpt", base_config=to_dict(schema())
         )
@@ -265,3 +267,103 @@ def test_an_npz_whose_header_declares_more_than_it_holds_is_refused_unread(tmp_p
         read_npz(tmp_path / "bad.npz")
     np.savez(tmp_path / "ok.npz", a=np.arange(6, dtype=np.float32).reshape(2, 3))
     assert read_npz(tmp_path / "ok.npz")["a"].tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
+@pytest.fixture
+def towers(tmp_path):
+    """A tiny student's towers in the official layout (3 blocks each): (vision arrays, text arrays)."""
+    cfg = ModelConfig(size="tiny", depth=3, vocab_size=100, image_size=28)
+    torch.manual_seed(0)
+    vision, text = export_official(
+        torch.nn.ModuleDict({"vision": VisionTower(cfg), "text": TextTower(cfg)}), tmp_path / "good"
+    )
+    return npz(vision), npz(text)
+
+
+def import_edited(tmp_path, vision: dict, text: dict):
+    np.savez(tmp_path / "t_vision.npz", **vision)
+    np.savez(tmp_path / "t_text.npz", **text)
+    return import_official(tmp_path / "t_vision.npz", tmp_path / "t_text.npz")
+
+
+def without(arrays: dict, prefix: str) -> dict:
+    return {k: v for k, v in arrays.items() if not k.startswith(prefix)}
+
+
+def test_the_untouched_tiny_towers_import_with_their_depth(tmp_path, towers):
+    _, _, fields = import_edited(tmp_path, *towers)
+    assert (fields["depth"], fields["text_depth"], fields["width"]) == (3, 3, 64)
+
+
+def test_non_finite_weights_are_refused_naming_the_file_and_array(tmp_path, towers):
+    vision, text = towers
+    qkv = np.full_like(vision["blocks.1.attn.qkv.weight"], np.nan)  # all NaN: 192 x 64
+    with pytest.raises(DataError, match=r"t_vision.npz: array 'blocks.1.attn.qkv.weight' holds 12288 non-finite "):
+        import_edited(tmp_path, {**vision, "blocks.1.attn.qkv.weight": qkv}, text)
+    emb = text["token_embedding.weight"].copy()
+    emb[7, 3] = np.inf
+    with pytest.raises(DataError, match=r"t_text.npz: array 'token_embedding.weight' holds 1 non-finite .* of 6400:"):
+        import_edited(tmp_path, vision, {**text, "token_embedding.weight": emb})
+    with pytest.raises(DataError, match=r"t_text.npz: array 'temperature' holds 1 non-finite"):
+        import_edited(tmp_path, vision, {**text, "temperature": np.float32(np.nan)})
+    with pytest.raises(DataError, match=r"t_text.npz: array 'temperature' holds <U4, not numbers"):
+        import_edited(tmp_path, vision, {**text, "temperature": np.array("warm")})
+
+
+def test_a_block_missing_in_the_middle_is_refused_not_imported_shallower(tmp_path, towers):
+    vision, text = towers
+    gap = r"t_vision.npz: block\(s\) blocks.1 missing from blocks 0..2 \(the file holds 2\)"
+    with pytest.raises(DataError, match=gap):
+        import_edited(tmp_path, without(vision, "blocks.1."), text)
+    short = without(text, "transformer.resblocks.0.")
+    with pytest.raises(DataError, match=r"t_text.npz: block\(s\) transformer.resblocks.0 missing from blocks 0..2"):
+        import_edited(tmp_path, vision, short)
+    with pytest.raises(DataError, match=r"t_vision.npz: no blocks.0. arrays"):
+        import_edited(tmp_path, without(vision, "blocks."), text)
+
+
+def test_a_block_short_of_its_mlp_or_attention_is_refused_naming_the_arrays(tmp_path, towers):
+    vision, text = towers
+    with pytest.raises(
+        DataError,
+        match=r"t_vision.npz: missing array\(s\) 'blocks.2.mlp.fc1.bias', 'blocks.2.mlp.fc1.weight', "
+        r"'blocks.2.mlp.fc2.bias', 'blocks.2.mlp.fc2.weight' \(a gelu vision tower of width 64 with 3 blocks holds",
+    ):
+        import_edited(tmp_path, without(vision, "blocks.2.mlp."), text)
+    attn = r"t_text.npz: missing array\(s\) 'transformer.resblocks.1.attn.in_proj_bias', "
+    with pytest.raises(DataError, match=attn):
+        import_edited(tmp_path, vision, without(text, "transformer.resblocks.1.attn."))
+
+
+def test_a_tower_missing_a_top_level_array_is_refused_naming_it(tmp_path, towers):
+    vision, text = towers
+    with pytest.raises(DataError, match=r"t_vision.npz: missing array\(s\) 'norm.bias', 'norm.weight' \("):
+        import_edited(tmp_path, without(vision, "norm."), text)
+    with pytest.raises(DataError, match=r"t_vision.npz: no 'pos_embed', 'patch_embed.proj.weight': not an official"):
+        import_edited(tmp_path, without(without(vision, "pos_embed"), "patch_embed.proj.weight"), text)
+    with pytest.raises(DataError, match=r"t_vision.npz: missing array\(s\) 'register_tokens' "):
+        import_edited(tmp_path, without(vision, "register_tokens"), text)
+    with pytest.raises(DataError, match=r"t_text.npz: missing array\(s\) 'temperature' \(a text tower of width 64"):
+        import_edited(tmp_path, vision, without(text, "temperature"))
+    with pytest.raises(DataError, match=r"t_text.npz: missing array\(s\) 'ln_final.bias', 'ln_final.weight' "):
+        import_edited(tmp_path, vision, without(text, "ln_final"))
+
+
+def test_a_shape_the_inferred_model_does_not_have_is_refused(tmp_path, towers):
+    vision, text = towers
+    bias = np.zeros(65, np.float32)
+    with pytest.raises(DataError, match=r"t_vision.npz: array 'norm.bias' has shape \(65,\); .* needs \(64,\)"):
+        import_edited(tmp_path, {**vision, "norm.bias": bias}, text)
+
+
+def test_the_import_command_refuses_in_one_line_and_writes_nothing(tmp_path, towers, capsys):
+    from tipslab.orchestrator.cli import main
+
+    vision, text = towers
+    np.savez(tmp_path / "t_vision.npz", **without(vision, "blocks.1."))
+    np.savez(tmp_path / "t_text.npz", **text)
+    argv = ["checkpoint", "import", "--vision", str(tmp_path / "t_vision.npz"), "--text", str(tmp_path / "t_text.npz")]
+    assert main([*argv, "--tokenizer", "hash", str(tmp_path / "ckpt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tipslab: error: ") and "t_vision.npz: block(s) blocks.1 missing" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "ckpt").exists()

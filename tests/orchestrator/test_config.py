@@ -1,5 +1,5 @@
 import pytest
-from conftest import REPO
+from conftest import REPO, jpeg, shards_without
 from omegaconf import OmegaConf
 
 from tipslab.orchestrator.config import (
@@ -221,3 +221,74 @@ def test_missing_local_data_is_found_before_ray_starts(tmp_path):
     assert missing_data([config("scenes", "", datasets)], "s") == [
         f"s: eval.datasets.nyuv2: {tmp_path / 'nyu'}: no such file or folder"
     ]
+
+
+def shard_splits(root, lacking: dict | None = None) -> None:
+    """Train and probe splits of a few rows under `root`; lacking: split -> columns to leave out."""
+    from tipslab.jobs.data.shards.format import write_shards
+
+    row = {"image": jpeg(32, 32), "width": 32, "height": 32, "web_caption": "a red cube", "synthetic_caption": None}
+    for split in ("train", "probe_train", "probe_test"):
+        write_shards([{**row, "key": f"k{i}"} for i in range(4)], str(root / split), source="test", rows_per_shard=2)
+        if (lacking or {}).get(split):
+            shards_without(root / split, *lacking[split])
+
+
+def test_a_split_without_a_column_its_reader_needs_is_found_before_ray_starts(tmp_path):
+    from tipslab.orchestrator.config import missing_data
+
+    def config(tag_vocab="", dataset="scenes"):
+        data = {"source": "shards", "root": str(tmp_path), "train_split": "train", "tag_vocab": tag_vocab}
+        ev = {"dataset": dataset, "probe_train_split": "probe_train", "probe_test_split": "probe_test"}
+        return {"data": data, "eval": {**ev, "datasets": {}}}
+
+    shard_splits(tmp_path)
+    assert missing_data([config(), config("vocab.txt")], "s") == []  # NULL synthetic captions are fine
+    first = tmp_path / "train" / "shard-00000.parquet"
+    shards_without(tmp_path / "train", "tags")  # read only with a tag vocabulary
+    assert missing_data([config()], "s") == []
+    assert missing_data([config("vocab.txt")], "s") == [
+        f"s: data.root: split 'train': {first} has no column 'tags' (its columns: key, image, web_caption, "
+        "synthetic_caption, width, height); training reads key, image, web_caption, synthetic_caption, tags"
+    ]
+    shards_without(tmp_path / "train", "web_caption")
+    assert missing_data([config()] * 3, "s") == [  # one line for the trials that share the split
+        f"s: data.root: split 'train': {first} has no column 'web_caption' (its columns: key, image, "
+        "synthetic_caption, width, height); training reads key, image, web_caption, synthetic_caption; "
+        "a caption the loss does not use may be a column of NULLs"
+    ]
+    shards_without(tmp_path / "probe_test", "web_caption", "synthetic_caption")  # the probes need neither
+    shards_without(tmp_path / "probe_train", "image")
+    assert [m.split(" (")[0] for m in missing_data([config()], "s")] == [
+        f"s: data.root: split 'train': {first} has no column 'web_caption'",
+        f"s: data.root: split 'probe_train': {tmp_path / 'probe_train' / 'shard-00000.parquet'} has no column 'image'",
+    ]
+    assert len(missing_data([config(dataset="")], "s")) == 1  # no probe splits read
+    (tmp_path / "train" / "shard-00000.parquet").write_bytes(b"PAR1 not parquet PAR1")
+    assert missing_data([config(dataset="")], "s")[0].startswith(f"s: data.root: split 'train': shard {first} is not")
+
+
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_train_and_sweep_refuse_shards_without_web_caption_before_ray(command, tmp_path, home, monkeypatch, capsys):
+    import sys
+    import types
+
+    from tipslab.orchestrator.cli import main
+
+    def ray_would_start(*args, **kwargs):
+        raise RuntimeError("reached run_sweep: Ray would start")
+
+    monkeypatch.setitem(sys.modules, "tipslab.orchestrator.sweep", types.SimpleNamespace(run_sweep=ray_would_start))
+    root = tmp_path / "shards"
+    shard_splits(root, {"train": ["web_caption"]})
+    smoke = ["sweep", str(REPO / "ablations" / "smoke.yaml"), "--smoke"]
+    target = ["train", str(BASE)] if command == "train" else smoke
+    argv = [*target, "data.source=shards", f"data.root={root}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("tipslab: error: ") and "data.root: split 'train': " in err
+    assert f"{root / 'train' / 'shard-00000.parquet'} has no column 'web_caption'" in err
+    shard_splits(root)  # the same command with the column there gets as far as starting Ray
+    with pytest.raises(RuntimeError, match="Ray would start"):
+        main(argv)

@@ -45,13 +45,13 @@ import numpy as np
 import ray.data
 
 from tipslab.jobs.config import experiment, read_tag_vocab
+from tipslab.jobs.data.pipeline.columns import train_columns
 from tipslab.jobs.data.pipeline.views import BAD_ROW_COLUMNS, TIPSViews, bad_row_counts, count_columns, view_options
 from tipslab.jobs.data.shards.format import read_manifest, shard_files
 from tipslab.models.tokenizer import build_tokenizer
 
 log = logging.getLogger(__name__)
 
-TRAIN_COLUMNS = ["key", "image", "web_caption", "synthetic_caption"]
 POSITION_COLUMNS = ("rows_done", "key_id")
 # The columns a views batch counts its input in, on its last row: the bad-row counters, then rows_done.
 COUNT_COLUMNS = BAD_ROW_COLUMNS + ("rows_done",)
@@ -269,7 +269,7 @@ def rank_dataset(exp, plan: DataPlan, rank: int, cpus: float) -> ray.data.Datase
         return None
     exp = experiment(exp)
     data = exp.data
-    columns = TRAIN_COLUMNS + (["tags"] if data.tag_vocab else [])
+    columns = train_columns(data.tag_vocab)  # checked for before Ray starts (orchestrator/config.py)
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # the position is a row count
     actors = views_actors(cpus)
     rows = sum(s.num_rows for s in shards)

@@ -2,7 +2,9 @@
 
 Every image is decoded (a truncated file shows only then), its header checked against the pixel
 bound, and its size compared with the row's ``width``/``height``. Caption lengths are in words.
-The report's keys are stable (``tipslab data check --json`` is for scripts); distributions are
+A shard set without a column that training reads is reported (``training``, and a warning line in
+the text) rather than refused: probe and evaluation splits need fewer columns. The report's keys
+are stable (``tipslab data check --json`` is for scripts); distributions are
 ``{"min", "median", "p95", "max"}``, with nulls when there is nothing to measure.
 """
 
@@ -11,12 +13,12 @@ from __future__ import annotations
 import numpy as np
 
 from tipslab.jobs.data.enrichment.tags import VOCAB_NAME
+from tipslab.jobs.data.pipeline.columns import CAPTION_COLUMNS, TRAIN_COLUMNS, schema_names, unfit
 from tipslab.jobs.data.shards.format import read_manifest, shard_files
 from tipslab.jobs.data.shards.rewrite import iter_rows
 from tipslab.jobs.data.shards.rows import KEPT_KEYS, BadRow, BadRows, verify_image
 from tipslab.jobs.storage import exists, join, read_bytes
 
-CAPTION_COLUMNS = ("web_caption", "synthetic_caption")
 REQUIRED_COLUMNS = ("key", "image", "width", "height")  # what every row of a shard set has (format.py)
 
 
@@ -94,10 +96,14 @@ def check_shards(shards: str, *, max_pixels: int) -> dict:
     if exists(vocab_path):
         vocab_size = sum(1 for line in read_bytes(vocab_path).decode().splitlines() if line.strip())
     report, rows = t.bad.to_dict(), t.rows
+    files = shard_files(shards)
+    schemas = [set(schema_names(f)) for f in files]
+    captions = [c for c in CAPTION_COLUMNS if schemas and all(c in names for names in schemas)]
+    problem = unfit(files, TRAIN_COLUMNS, "training reads")
     return {
         "shards": shards,
         "rows": rows,
-        "shard_files": len(shard_files(shards)),
+        "shard_files": len(files),
         "content_hash": manifest["content_hash"],
         "bad_images": {
             "count": report["bad"],
@@ -117,6 +123,8 @@ def check_shards(shards: str, *, max_pixels: int) -> dict:
             "vocab_file": vocab_path if vocab_size is not None else None,
             "vocab_size": vocab_size,
         },
+        # A column absent from a shard stops a training run (jobs/data/pipeline/columns.py); NULLs do not.
+        "training": {"fit": problem is None, "caption_columns": captions, "problem": problem},
     }
 
 
@@ -143,5 +151,8 @@ def format_report(report: dict) -> str:
         f"tags: {tags['rows_with_tags']:.1%} of rows tagged, {tags['mean_per_row']} per row, "
         f"{tags['distinct']} distinct; vocabulary "
         + (f"{tags['vocab_size']} tags in {tags['vocab_file']}" if tags["vocab_file"] else "file: none"),
+        "caption columns: " + (", ".join(report["training"]["caption_columns"]) or "none"),
     ]
+    if not report["training"]["fit"]:
+        lines.append(f"warning: not fit for training: {report['training']['problem']}")
     return "\n".join(lines)

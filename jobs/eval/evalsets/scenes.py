@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from tipslab.jobs import storage
+from tipslab.jobs.data.pipeline.columns import PROBE_COLUMNS
 from tipslab.jobs.data.pipeline.streaming import split_dir
 from tipslab.jobs.data.scenes.layout import CLASSES
 from tipslab.jobs.data.shards.format import shard_files
@@ -23,7 +24,7 @@ def read_split(root: str, split: str, size: int, caption_column: str) -> tuple[E
     files = [storage.resolve(f) for f in shard_files(split_dir(root, split))]
     columns = set(pq.read_schema(files[0][1], filesystem=files[0][0]).names)
     extra = ("label", caption_column, WEB_CAPTION, *DENSE)
-    wanted = ["key", "image"] + [c for c in dict.fromkeys(extra) if c in columns]
+    wanted = [*PROBE_COLUMNS] + [c for c in dict.fromkeys(extra) if c in columns]
     parts = [pq.read_table(path, columns=wanted, filesystem=fs).to_pydict() for fs, path in files]
     rows = {c: [v for p in parts for v in p[c]] for c in wanted}
     keys = rows["key"]

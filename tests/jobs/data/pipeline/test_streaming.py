@@ -6,10 +6,10 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import REPO, spoil_rows, tiny_overrides
 
+from tipslab.jobs.data.pipeline.columns import TRAIN_COLUMNS
 from tipslab.jobs.data.pipeline.streaming import (
     BATCHES_PER_BLOCK,
     COUNT_COLUMNS,
-    TRAIN_COLUMNS,
     PositionedViews,
     key_ids,
     plan_epoch,

@@ -1,7 +1,7 @@
 """`data check`: the numbers of a shard set made here with known faults."""
 
 import pytest
-from conftest import jpeg, png_header_only
+from conftest import jpeg, png_header_only, shards_without
 
 from tipslab.jobs.data.shards.check import check_shards, format_report
 from tipslab.jobs.data.shards.format import write_shards
@@ -38,6 +38,7 @@ def test_check_reports_faults_and_distributions(tmp_path):
         "image_height",
         "caption_words",
         "tags",
+        "training",
     ]
     assert (report["rows"], report["shard_files"]) == (6, 2)
     assert report["bad_images"]["by_reason"] == {"too_many_pixels": 1, "truncated": 1, "wrong_size": 1}
@@ -62,6 +63,9 @@ def test_check_reports_faults_and_distributions(tmp_path):
     assert report["tags"]["vocab_size"] == 3
     text = format_report(report)
     assert "6 rows in 2 shards" in text and "k2: truncated" in text and "duplicate keys: 1 (k1)" in text
+    # NULL captions (k1's web caption, most synthetic ones) are rows without that caption, fit for training
+    assert report["training"] == {"fit": True, "caption_columns": ["web_caption", "synthetic_caption"], "problem": None}
+    assert "caption columns: web_caption, synthetic_caption" in text and "warning" not in text
 
 
 def test_empty_distributions_are_null(tmp_path):
@@ -114,3 +118,28 @@ def test_bad_keys_are_bad_rows_and_a_missing_column_or_a_file_not_parquet_is_one
         check_shards(no_image, max_pixels=10**6)
     with pytest.raises(ShardError, match=r"shard-00000.parquet is not a readable Parquet file"):
         check_shards(shard_set("garbage", b"PAR1 not parquet PAR1"), max_pixels=10**6)
+
+
+def test_a_set_without_a_caption_column_is_reported_unfit_for_training(tmp_path, capsys):
+    from tipslab.orchestrator.cli import main
+
+    write_shards(made_rows(), str(tmp_path / "set"), source="test", rows_per_shard=4)
+    shards_without(tmp_path / "set", "web_caption")
+    report = check_shards(str(tmp_path / "set"), max_pixels=40_000_000)
+    first = tmp_path / "set" / "shard-00000.parquet"
+    assert report["training"] == {
+        "fit": False,
+        "caption_columns": ["synthetic_caption"],
+        "problem": f"{first} has no column 'web_caption' (its columns: key, image, synthetic_caption, tags, "
+        "width, height); training reads key, image, web_caption, synthetic_caption; a caption the loss "
+        "does not use may be a column of NULLs",
+    }
+    assert report["missing_captions"]["web_caption"] == 6 and report["rows"] == 6  # the rest is still checked
+    assert main(["data", "check", str(tmp_path / "set")]) == 0  # a report: probe splits need no caption
+    out = capsys.readouterr().out.splitlines()
+    warning = f"warning: not fit for training: {report['training']['problem']}"
+    assert out[-2:] == ["caption columns: synthetic_caption", warning]
+    shards_without(tmp_path / "set", "synthetic_caption")
+    report = check_shards(str(tmp_path / "set"), max_pixels=40_000_000)
+    assert report["training"]["caption_columns"] == [] and "caption columns: none" in format_report(report)
+    assert "no column 'web_caption', 'synthetic_caption'" in report["training"]["problem"]
