@@ -55,8 +55,10 @@ class CenteredTargets:
             x = self.features[lo:hi]
         else:
             x = self.features[torch.arange(lo, hi, device=self.features.device) // self.repeat]
-        s = scores(x, self.weight, self.dtype)
-        return F.softmax((s.to(math_dtype(self.dtype)) - self.center) / self.temperature, dim=-1)
+        # softmax((s - center) / T), in place on the chunk's one fresh [rows, K] tensor
+        t = scaled_scores(x, self.weight, self.dtype, self.temperature, self.center)
+        t.sub_(t.amax(-1, keepdim=True)).exp_()
+        return t.div_(t.sum(-1, keepdim=True))
 
 
 def scores_dtype(features: torch.Tensor, weight: torch.Tensor | None) -> torch.dtype:
@@ -81,6 +83,17 @@ def scores(x: torch.Tensor, weight: torch.Tensor | None, dtype: torch.dtype) -> 
         return F.linear(x.to(dtype), weight.to(dtype))
 
 
+def scaled_scores(
+    x: torch.Tensor, weight: torch.Tensor | None, dtype: torch.dtype, temp: float, center: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(x W^T - center) / temp in the loss's precision, as a fresh tensor made in place: the chunk's
+    scores are its largest tensor, so no step makes a second one."""
+    s = scores(x, weight, dtype).to(math_dtype(dtype), copy=weight is None)  # never x itself
+    if center is not None:
+        s.sub_(center)
+    return s.div_(temp)
+
+
 class _ChunkedPrototypeCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, features, weight, targets, student_temp: float, chunk_rows: int):
@@ -92,9 +105,9 @@ class _ChunkedPrototypeCrossEntropy(torch.autograd.Function):
         w = None if weight is None else weight.to(dtype)
         for lo in range(0, n, chunk_rows):
             hi = min(lo + chunk_rows, n)
-            s = scores(features[lo:hi], w, dtype).to(md) / student_temp
+            s = scaled_scores(features[lo:hi], w, dtype, student_temp)
             lse[lo:hi] = torch.logsumexp(s, dim=-1)
-            total += (targets.rows(lo, hi) * (lse[lo:hi, None] - s)).sum()
+            total += s.neg_().add_(lse[lo:hi, None]).mul_(targets.rows(lo, hi)).sum()  # sum p (lse - s)
         ctx.save_for_backward(features, weight, lse)
         ctx.targets, ctx.student_temp, ctx.chunk_rows, ctx.dtype = targets, student_temp, chunk_rows, dtype
         return total / max(n, 1)
@@ -113,10 +126,10 @@ class _ChunkedPrototypeCrossEntropy(torch.autograd.Function):
         for lo in range(0, n, ctx.chunk_rows):
             hi = min(lo + ctx.chunk_rows, n)
             x = features[lo:hi]
-            s = scores(x, w, dtype).to(md) / temp
+            s = scaled_scores(x, w, dtype, temp)
             p = ctx.targets.rows(lo, hi)
             # d/ds of sum_k p_k (lse - s_k) = softmax(s) sum_k p_k - p; d/d(scores) divides by T.
-            g = ((s - lse[lo:hi, None]).exp_().mul_(p.sum(-1, keepdim=True)).sub_(p) * scale).to(dtype)
+            g = s.sub_(lse[lo:hi, None]).exp_().mul_(p.sum(-1, keepdim=True)).sub_(p).mul_(scale).to(dtype)
             if weight is None:
                 if want_x:
                     grad_x[lo:hi] = g
