@@ -202,6 +202,11 @@ class LossConfig:
     tag_gamma_neg: float = 7.0
     tag_gamma_pos: float = 0.0
     tag_clip: float = 0.05
+    # Rows of L_distill's and L_MIM's cross-entropy over the prototypes computed at once: > 0 fuses
+    # the heads' prototype layer into a loss walked in chunks of this many rows, which never holds
+    # the [rows, K] scores (models/prototype_loss.py), for large K on a GPU; 0 (the default) is the
+    # plain loss. The two agree to rounding (the tests: 1e-6 in fp64); a tipslab setting, not the papers'.
+    chunk_rows: int = 0
 
     def __post_init__(self):
         self.check()
@@ -242,6 +247,7 @@ LOSS_RANGES = {
     **dict.fromkeys(("tag_gamma_neg", "tag_gamma_pos"), (0, 100)),
     "tag_clip": (0, 1),
     "sinkhorn_iterations": (1, 1000),
+    "chunk_rows": (0, COUNT),  # 0: the plain loss
 }
 
 

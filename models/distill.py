@@ -13,6 +13,7 @@ from torch import nn
 
 from .distributed import world
 from .errors import ConfigError
+from .prototype_loss import CenteredTargets, GivenTargets, prototype_cross_entropy
 
 
 class CenteredTeacherTargets(nn.Module):
@@ -35,7 +36,24 @@ class CenteredTeacherTargets(nn.Module):
         together (one all_reduce), so ranks with unequal or zero rows weigh each row equally. Every
         rank must call this once per step, rows or not: it is a collective."""
         rows = teacher_logits.float().reshape(-1, self.center.shape[1])
-        stats = torch.cat([rows.sum(0), rows.new_tensor([rows.shape[0]])])
+        self._move(torch.cat([rows.sum(0), rows.new_tensor([rows.shape[0]])]))
+
+    @torch.no_grad()
+    def chunked(
+        self, features: torch.Tensor, weight: torch.Tensor, temperature: float, repeat: int = 1
+    ) -> CenteredTargets:
+        """The targets of the teacher's features [M, D] and prototype weight [K, D], made a chunk at
+        a time by the loss (models/prototype_loss.py), with the centre as it is now; then the centre
+        moves as `update` moves it. The rows' sum of scores is (sum of features) W^T, in fp32: no
+        [M, K] tensor is made. A collective, like `update`."""
+        targets = CenteredTargets(features, weight, self.center.clone(), temperature, repeat)
+        with torch.autocast(features.device.type, enabled=False):
+            total = F.linear(features.float().sum(0), weight.float())
+        self._move(torch.cat([total, total.new_tensor([features.shape[0]])]))
+        return targets
+
+    def _move(self, stats: torch.Tensor) -> None:
+        """stats: this rank's sum of scores [K] and its row count, one vector (reduced in one call)."""
         if world()[1] > 1:
             dist.all_reduce(stats)
         count = stats[-1]
@@ -59,6 +77,14 @@ class SinkhornKnoppTargets(nn.Module):
     @torch.no_grad()
     def forward(self, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
         return sinkhorn_knopp(teacher_logits, temperature, self.iterations)
+
+    @torch.no_grad()
+    def chunked(
+        self, features: torch.Tensor, weight: torch.Tensor, temperature: float, repeat: int = 1
+    ) -> GivenTargets:
+        """The balancing spans every row, so the targets [M, K] are made whole (once, without a
+        gradient); only the student's side of the loss is then chunked."""
+        return GivenTargets(self(F.linear(features, weight), temperature), repeat)
 
 
 @torch.no_grad()
@@ -116,11 +142,34 @@ class DistillLoss(nn.Module):
     def forward(self, local_logits: torch.Tensor, teacher_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
         """local_logits: [B, V, K] for V local crops; teacher_logits: [B, K] of the global crop."""
         b, v, k = local_logits.shape
-        if v == 0:  # a mean over no crops would be NaN
-            raise ConfigError(
-                "L_distill needs local crops, but the batch has none (data.local_crops: 0); "
-                "set data.local_crops > 0, or loss.distill_weight: 0 to switch it off"
-            )
+        no_local_crops(v)
         targets = self.targets(teacher_logits, teacher_temp)
         targets = targets.unsqueeze(1).expand(b, v, k).reshape(b * v, k)
         return cross_entropy_to_targets(local_logits.reshape(b * v, k), targets, self.student_temp)
+
+    def chunked(
+        self,
+        local_features: torch.Tensor,
+        prototypes: torch.Tensor,
+        teacher_features: torch.Tensor,
+        teacher_prototypes: torch.Tensor,
+        teacher_temp: float,
+        chunk_rows: int,
+    ) -> torch.Tensor:
+        """The same loss from the heads' features before their prototype layer (local [B, V, D],
+        teacher [B, D]) and that layer's weights [K, D], `chunk_rows` rows at a time
+        (models/prototype_loss.py): no [B * V, K] tensor is held."""
+        b, v, d = local_features.shape
+        no_local_crops(v)
+        targets = self.targets.chunked(teacher_features, teacher_prototypes, teacher_temp, repeat=v)
+        return prototype_cross_entropy(
+            local_features.reshape(b * v, d), prototypes, targets, self.student_temp, chunk_rows
+        )
+
+
+def no_local_crops(views: int) -> None:
+    if views == 0:  # a mean over no crops would be NaN
+        raise ConfigError(
+            "L_distill needs local crops, but the batch has none (data.local_crops: 0); "
+            "set data.local_crops > 0, or loss.distill_weight: 0 to switch it off"
+        )

@@ -23,5 +23,10 @@ class PrototypeHead(nn.Module):
                 gain.fill_(1.0)
             gain.requires_grad_(False)
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The L2-normalised bottleneck, what the prototype layer scores: the chunked loss
+        (loss.chunk_rows) takes these and `self.prototypes.weight` instead of the scores."""
+        return F.normalize(self.mlp(x), dim=-1, eps=1e-6)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.prototypes(F.normalize(self.mlp(x), dim=-1, eps=1e-6))
+        return self.prototypes(self.features(x))

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .distill import cross_entropy_to_targets, teacher_targets
+from .prototype_loss import prototype_cross_entropy
 
 
 class MIMLoss(nn.Module):
@@ -36,6 +37,22 @@ class MIMLoss(nn.Module):
         if student_patch_logits.shape[0] == 0:
             return student_patch_logits.sum() * 0.0  # zero, with a graph for backward()
         return cross_entropy_to_targets(student_patch_logits, targets, self.student_temp)
+
+    def chunked(
+        self,
+        student_features: torch.Tensor,
+        prototypes: torch.Tensor,
+        teacher_features: torch.Tensor,
+        teacher_prototypes: torch.Tensor,
+        teacher_temp: float,
+        chunk_rows: int,
+    ) -> torch.Tensor:
+        """The same loss from the heads' features of the masked patches before their prototype layer
+        (both [M, D], in the same order) and that layer's weights [K, D], `chunk_rows` rows at a
+        time (models/prototype_loss.py): no [M, K] tensor is held, save Sinkhorn-Knopp's targets.
+        With M = 0 it is 0, with zero gradients for the features and the weight."""
+        targets = self.targets.chunked(teacher_features, teacher_prototypes, teacher_temp)  # a collective
+        return prototype_cross_entropy(student_features, prototypes, targets, self.student_temp, chunk_rows)
 
 
 def masked_count(ratio: float, patches: int) -> int:

@@ -3,7 +3,8 @@
 total = ½ (L_clip(CLS_1, web) + L_clip(CLS_2, synthetic)) + α L_distill + β L_mim + γ L_tag
 (the caption modes of the ablations replace the first term, which loss.clip_weight scales, 1 in the
 paper; L_tag is Tag2Text's tagging loss, off by default). A term whose weight is 0 is skipped, and
-with both α and β at 0 there is no teacher at all.
+with both α and β at 0 there is no teacher at all. With loss.chunk_rows > 0, L_distill and L_MIM
+are computed in chunks of rows from the heads' features (models/prototype_loss.py).
 """
 
 import torch
@@ -47,13 +48,25 @@ class TIPSObjective(nn.Module):
             total = loss.clip_weight * clip
         else:
             total = t.new_zeros(())
+        s, te, chunk = student_out, teacher_out, loss.chunk_rows
         if self.distill is not None:
-            terms["distill"] = self.distill(student_out["local_logits"], teacher_out["cls_logits"], teacher_temp)
+            if chunk:  # the heads gave features and prototype weights (models/tips.py, head_outputs)
+                args = (s["local_features"], s["distill_prototypes"], te["cls_features"], te["distill_prototypes"])
+                terms["distill"] = self.distill.chunked(*args, teacher_temp, chunk)
+            else:
+                terms["distill"] = self.distill(s["local_logits"], te["cls_logits"], teacher_temp)
             total = total + loss.distill_weight * terms["distill"]
         if self.mim is not None:
-            terms["mim"] = self.mim(
-                student_out["masked_patch_logits"], teacher_out["masked_patch_logits"], teacher_temp
-            )
+            if chunk:
+                args = (
+                    s["masked_patch_features"],
+                    s["mim_prototypes"],
+                    te["masked_patch_features"],
+                    te["mim_prototypes"],
+                )
+                terms["mim"] = self.mim.chunked(*args, teacher_temp, chunk)
+            else:
+                terms["mim"] = self.mim(s["masked_patch_logits"], te["masked_patch_logits"], teacher_temp)
             total = total + loss.mim_weight * terms["mim"]
         if loss.tag_weight > 0:
             terms["tag"] = asymmetric_loss(

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .mim import masked_count, masked_tokens
-from .tips import TIPSStudent
+from .tips import TIPSStudent, head_outputs
 
 # "head": the one head of both terms with model.shared_heads, where distill_head and mim_head are
 # references to it (in the student, and so in the copy: one deepcopy memo keeps the sharing).
@@ -29,7 +29,7 @@ class EMATeacher(nn.Module):
                 setattr(self, name, copied)
             else:  # a reference to a part registered under another name: registered once here too
                 object.__setattr__(self, name, copied)
-        self.mask_ratio = student.cfg.loss.mask_ratio
+        self.loss_cfg = student.cfg.loss  # mask_ratio, and chunk_rows: scores, or features for the chunked loss
         self.requires_grad_(False)
         self.train(False)
 
@@ -56,8 +56,9 @@ class EMATeacher(nn.Module):
         view = self.vision(global_crop)
         out = {}
         if self.distill_head is not None:
-            out["cls_logits"] = self.distill_head(view[distill_cls])
+            out.update(head_outputs(self.distill_head, view[distill_cls], "teacher_distill", self.loss_cfg))
         if self.mim_head is not None and masks is not None:
-            count = masked_count(self.mask_ratio, masks.shape[1])
-            out["masked_patch_logits"] = self.mim_head(masked_tokens(view["patch_tokens"], masks, count))
+            count = masked_count(self.loss_cfg.mask_ratio, masks.shape[1])
+            tokens = masked_tokens(view["patch_tokens"], masks, count)
+            out.update(head_outputs(self.mim_head, tokens, "teacher_mim", self.loss_cfg))
         return out

@@ -92,10 +92,29 @@ class TIPSStudent(nn.Module):
             out["tag_targets"] = batch["tags"]
         if self.mim_head is not None:
             count = masked_count(loss.mask_ratio, masks.shape[1])
-            out["masked_patch_logits"] = self.mim_head(masked_tokens(view["patch_tokens"], masks, count))
+            out.update(head_outputs(self.mim_head, masked_tokens(view["patch_tokens"], masks, count), "mim", loss))
         if self.distill_head is not None:
             local = batch["local_crops"]
             b, v = local.shape[:2]
             local_view = self.vision(local.flatten(0, 1))
-            out["local_logits"] = self.distill_head(local_view[loss.distill_cls]).unflatten(0, (b, v))
+            local_out = head_outputs(self.distill_head, local_view[loss.distill_cls], "distill", loss)
+            out.update({k: x.unflatten(0, (b, v)) if k.startswith("local") else x for k, x in local_out.items()})
         return out
+
+
+# The outputs of each head, by loss term: its scores over the prototypes, or (with loss.chunk_rows)
+# the features before its prototype layer and that layer's weight, for the chunked loss.
+HEAD_OUTPUTS = {
+    "mim": ("masked_patch_logits", "masked_patch_features", "mim_prototypes"),
+    "distill": ("local_logits", "local_features", "distill_prototypes"),
+    "teacher_distill": ("cls_logits", "cls_features", "distill_prototypes"),
+    "teacher_mim": ("masked_patch_logits", "masked_patch_features", "mim_prototypes"),
+}
+
+
+def head_outputs(head: PrototypeHead, tokens: torch.Tensor, term: str, loss) -> dict[str, torch.Tensor]:
+    """{scores} of `head` on `tokens`, or {features, prototype weight} when loss.chunk_rows > 0."""
+    logits, features, weight = HEAD_OUTPUTS[term]
+    if loss.chunk_rows > 0:
+        return {features: head.features(tokens), weight: head.prototypes.weight}
+    return {logits: head(tokens)}

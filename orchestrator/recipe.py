@@ -71,6 +71,7 @@ SOURCES: dict[str, object] = {
     "loss.tag_gamma_neg": {7.0: "Tag2Text"},
     "loss.tag_gamma_pos": {0.0: "Tag2Text"},
     "loss.tag_clip": {0.05: "Tag2Text"},
+    "loss.chunk_rows": RUN,  # how the loss is computed (memory), the same loss to rounding
     "data.source": "spec",
     "data.root": RUN,
     "data.train_split": RUN,

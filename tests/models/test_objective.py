@@ -327,6 +327,7 @@ def test_without_the_contrastive_term_the_text_tower_is_frozen_and_unused():
         ({"clip_weight": -1.0}, "loss.clip_weight"),
         ({"centering": "median"}, "loss.centering"),
         ({"centering": "sinkhorn_knopp", "sinkhorn_iterations": 0}, "loss.sinkhorn_iterations"),
+        ({"chunk_rows": -1}, "loss.chunk_rows"),
     ],
 )
 def test_bad_open_choices_are_refused_naming_the_key(loss, key):
@@ -341,3 +342,37 @@ def test_sinkhorn_centring_reaches_both_terms():
     for term in (objective.distill, objective.mim):
         assert isinstance(term.targets, SinkhornKnoppTargets) and term.targets.iterations == 5
     assert objective.state_dict() == {}  # no centres to keep
+
+
+@pytest.mark.parametrize("centering,shared", [("mean", False), ("sinkhorn_knopp", False), ("mean", True)])
+def test_chunked_prototype_loss_gives_the_same_objective_and_gradients(centering, shared):
+    """loss.chunk_rows on (7: chunks that divide neither the 8 local crops nor the 96 masked
+    patches) against off, on the tiny model in fp64: every term within 1e-6, every student gradient
+    and the centres after the step to fp32 rounding (the plain loss casts its scores to fp32, fp64
+    or not; tests/models/test_prototype_loss.py holds the two to 1e-6 in fp64); the heads hand
+    over features, not scores."""
+    results = []
+    for chunk in (0, 7):
+        torch.manual_seed(0)
+        model = ModelConfig(size="tiny", head_hidden=64, head_bottleneck=16, head_prototypes=K, shared_heads=shared)
+        cfg = TIPSConfig(model=model, loss=LossConfig(chunk_rows=chunk, centering=centering))
+        student = TIPSStudent(cfg).double()
+        objective, teacher = TIPSObjective(cfg), EMATeacher(student)
+        batch = {k: v.double() if v.is_floating_point() else v for k, v in make_batch(b=2, views=4).items()}
+        out, teacher_out, total, terms = run(cfg, student, objective, teacher, batch)
+        total.backward()
+        grads = {n: p.grad for n, p in student.named_parameters() if p.grad is not None}
+        results.append((out, teacher_out, terms, grads, objective.state_dict()))
+    (out0, tout0, terms0, grads0, state0), (out1, tout1, terms1, grads1, state1) = results
+    assert {"local_logits", "masked_patch_logits"} <= set(out0) and "cls_logits" in tout0
+    assert not {"local_logits", "masked_patch_logits"} & set(out1) and "cls_logits" not in tout1
+    assert out1["masked_patch_features"].shape == (2 * 48, 16) and out1["mim_prototypes"].shape == (K, 16)
+    assert set(terms1) == set(terms0) and terms0["mim"] > 0 and terms0["distill"] > 0
+    for name, value in terms0.items():
+        torch.testing.assert_close(terms1[name].double(), value.double(), atol=1e-6, rtol=0)
+    assert set(grads1) == set(grads0) and any(n.startswith(("mim_head.", "head.")) for n in grads0)
+    for name, grad in grads0.items():
+        torch.testing.assert_close(grads1[name], grad, atol=1e-5, rtol=1e-4)
+    assert set(state1) == set(state0)
+    for key, value in state0.items():
+        torch.testing.assert_close(state1[key], value, atol=1e-6, rtol=1e-5)

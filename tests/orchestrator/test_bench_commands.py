@@ -58,6 +58,25 @@ def test_bench_flops_prints_the_table_of_each_size(home, capsys):
     assert "student local crops" in capsys.readouterr().out
 
 
+def test_bench_loss_prints_the_plain_and_the_chunked_row(home, capsys):
+    """`bench loss` on tiny sizes: a row for each side with its peak memory, time and loss, and the
+    ratios; --json gives the same figures; a size below 1 is refused naming its flag. Logs nothing."""
+    argv = ["bench", "loss", "--rows", "50", "--prototypes", "96", "--dim", "8", "--chunk-rows", "16"]
+    argv += ["--repeats", "1", "--threads", "1", "--device", "cpu"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "96 prototypes, 50 rows of 8 features" in out and "fp32" in out
+    plain = next(line for line in out.splitlines() if line.strip().startswith("plain "))
+    chunked = next(line for line in out.splitlines() if line.strip().startswith("chunked (16 rows)"))
+    assert len(plain.split()) == 4 and len(chunked.split()) == 6  # label, peak MB, seconds, loss
+    assert "plain / chunked peak memory:" in out and "chunked / plain time:" in out
+    r = run_json(capsys, [*argv, "--json"])
+    assert (r["rows"], r["prototypes"], r["dim"], r["chunk_rows"]) == (50, 96, 8, 16)
+    assert r["chunked_peak_mb"] < r["plain_peak_mb"] and r["chunked_loss"] == pytest.approx(r["plain_loss"], rel=1e-6)
+    assert main(["bench", "loss", "--rows", "0"]) == 2
+    assert "--rows: must be at least 1" in capsys.readouterr().err
+
+
 def test_bench_step_user_mistakes_exit_2(home, capsys):
     assert main(["bench", "step", "model.size=huge", "--json"]) == 2
     assert "model.size" in capsys.readouterr().err
