@@ -271,8 +271,6 @@ class EvalConfig:
         one_of("eval.seg_protocol", self.seg_protocol, SEG_PROTOCOLS)
         one_of("eval.depth_protocol", self.depth_protocol, DEPTH_PROTOCOLS)
         one_of("eval.depth_bin_spacing", self.depth_bin_spacing, ("linear", "log"))
-        if self.dense_label_size < 0:
-            bad("eval.dense_label_size", "must be 0 (the model's image size) or a side in pixels")
         for key in ("zero_shot_token", "knn_token"):
             if getattr(self, key) not in CLS_TOKENS:
                 bad(f"eval.{key}", f"{getattr(self, key)!r} is not cls_web or cls_synthetic")
@@ -317,6 +315,7 @@ EVAL_RANGES = {
     "depth_bins": (1, 1 << 16),
     "depth_max": (0, 1e6),  # 0: the dataset's own cap
     "dense_train_size": (0, 16384),
+    "dense_label_size": (0, 16384),  # 0: the model's image size
     "pca_images": (0, 1 << 16),
     "batch_size": (1, SIZE),
 }
