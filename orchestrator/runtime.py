@@ -77,12 +77,40 @@ def ensure_ray(address: str | None = None) -> dict:
         address = address or os.environ.get("RAY_ADDRESS")
         runtime_env = {"env_vars": {k: os.environ[k] for k in QUIET_ENV}}
         if address:
+            check_reachable(address)
             context = ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
         else:
             context = ray.init(num_cpus=os.cpu_count(), runtime_env=runtime_env, log_to_driver=False)
         RAY_PLACES["dashboard"] = f"http://{context.dashboard_url}" if context.dashboard_url else ""
         RAY_PLACES["logs"] = os.path.join(context.address_info.get("session_dir") or "", "logs")
     return ray.cluster_resources()
+
+
+def check_reachable(address: str, within_s: float = 20.0) -> None:
+    """A `host:port` Ray address must answer a TCP connection within `within_s` (tried every
+    second): Ray's own connect retries a cluster that is gone for minutes, printing warnings. "auto"
+    and `ray://` addresses are left to Ray."""
+    import socket
+    import time
+
+    from .errors import UserError
+
+    host, _, port = address.rpartition(":")
+    if address == "auto" or "://" in address or not host or not port.isdigit():
+        return
+    deadline, why = time.monotonic() + within_s, ""
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=2):
+                return
+        except OSError as err:
+            why = err.strerror or type(err).__name__
+        if time.monotonic() > deadline:
+            raise UserError(
+                f"no Ray cluster answers at {address} ({why}, tried for {within_s:.0f} s): start it, or check "
+                "--address / RAY_ADDRESS (without one, tipslab starts a local Ray instance)"
+            )
+        time.sleep(1.0)
 
 
 RAY_PLACES = {"dashboard": "", "logs": ""}  # where the user can look: set when this process connects

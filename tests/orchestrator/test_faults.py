@@ -5,6 +5,7 @@ Real small file systems (tmpfs mounts, which need root: skipped otherwise), no R
 import errno
 import os
 import subprocess
+import time
 
 import pytest
 from conftest import REPO
@@ -100,3 +101,23 @@ def test_the_checkpoint_estimate_is_what_a_checkpoint_holds(one_torch_thread):
     need, what = storage_need([Trial("a", 0, config, "h"), Trial("a", 1, config, "h")])
     assert need == 2 * (keep + 1) * 16 * count
     assert what == f"the checkpoints of 2 trial(s) (about {size(need / 2)} each)"
+
+
+def test_a_ray_cluster_that_is_gone_is_named_not_retried_for_minutes():
+    import socket
+
+    from tipslab.orchestrator.runtime import check_reachable
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens on it
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.monotonic()
+    with pytest.raises(UserError, match=rf"no Ray cluster answers at 127.0.0.1:{port} \(Connection refused, tried"):
+        check_reachable(f"127.0.0.1:{port}", within_s=1)
+    assert time.monotonic() - start < 10
+    with socket.socket() as s:  # one that listens passes at once
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        check_reachable(f"127.0.0.1:{s.getsockname()[1]}")
+    check_reachable("auto")
+    check_reachable("ray://head:10001")  # Ray Client addresses are Ray's to reach
