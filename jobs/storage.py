@@ -37,6 +37,22 @@ AWS_VARIABLES = (
 )
 
 
+# What S3 (and pyarrow's and boto's wording of it) says when it refuses the credentials.
+REFUSED = ("ACCESS_DENIED", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "403")
+
+
+def refused_hint(err: BaseException | str, uri: str | os.PathLike) -> str:
+    """For an error reading or writing an s3:// `uri` whose text says the credentials were refused:
+    where they come from and what to check (appended to the error's line); else ""."""
+    if not is_s3(uri) or not any(word in str(err) for word in REFUSED):
+        return ""
+    bucket = str(uri)[len("s3://") :].split("/", 1)[0]
+    return (
+        f"; S3 refused the credentials: check the AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY variables, the "
+        f"credentials file or the node's role, and that they may read bucket {bucket!r}"
+    )
+
+
 def is_s3(uri: str | os.PathLike) -> bool:
     return str(uri).startswith("s3://")
 

@@ -121,3 +121,47 @@ def test_a_ray_cluster_that_is_gone_is_named_not_retried_for_minutes():
         check_reachable(f"127.0.0.1:{s.getsockname()[1]}")
     check_reachable("auto")
     check_reachable("ray://head:10001")  # Ray Client addresses are Ray's to reach
+
+
+def test_s3_credentials_refused_are_one_line_naming_the_file_and_where_credentials_come_from(tmp_path):
+    """moto's S3 server with its authentication on (a separate process: the session's moto server
+    accepts any key): fake keys are refused as by AWS."""
+    import socket
+    import sys
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        endpoint, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "moto did not start"
+                time.sleep(0.3)
+        aws = {"AWS_ENDPOINT_URL": endpoint, "AWS_ENDPOINT_URL_S3": endpoint, "AWS_REGION": "us-east-1"}
+        aws.update(AWS_ACCESS_KEY_ID="AKIANOTAKEY000000000", AWS_SECRET_ACCESS_KEY="not-a-secret-at-all")
+        env = {**os.environ, **aws, "TIPSLAB_HOME": str(tmp_path)}
+        done = subprocess.run(
+            [sys.executable, "-m", "tipslab.orchestrator.cli", "data", "check", "s3://team-bucket/train"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        server.terminate()
+        server.wait()
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "cannot read shard manifest s3://team-bucket/train/manifest.json" in done.stderr
+    assert "S3 refused the credentials" in done.stderr and "'team-bucket'" in done.stderr
+    assert "not-a-secret-at-all" not in done.stderr + done.stdout

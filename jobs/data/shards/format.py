@@ -262,7 +262,7 @@ def read_manifest(path: str | os.PathLike) -> dict:
     except FileNotFoundError:
         raise ShardError(f"shard manifest not found: {mpath}") from None
     except OSError as e:
-        raise ShardError(f"cannot read shard manifest {mpath}: {e}") from None
+        raise ShardError(f"cannot read shard manifest {mpath}: {e}{storage.refused_hint(e, mpath)}") from None
     try:
         manifest = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
