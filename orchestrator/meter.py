@@ -11,6 +11,8 @@ import contextlib
 import sys
 import time
 
+from tipslab.jobs.redact import redact
+
 
 def duration(seconds: float) -> str:
     seconds = max(0, int(round(seconds)))
@@ -50,7 +52,7 @@ class Meter:
     A meter whose `done` reaches a known `total` closes itself."""
 
     def __init__(self, what: str, unit: str = "rows", stream=None, every: float = 0.25, clock=time.monotonic):
-        self.what, self.unit, self.every, self.clock = what, unit, every, clock
+        self.what, self.unit, self.every, self.clock = redact(what), unit, every, clock  # a split's name is the user's
         self.stream = stream or sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.start = clock()
