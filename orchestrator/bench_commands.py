@@ -133,8 +133,8 @@ def cmd_bench_data(args) -> None:
     """B2's measurement (jobs/bench/data.py) on the given shards, or on procedural scenes made at the
     views' image size in a folder of their own (the training scenes are left as they are)."""
     from tipslab.jobs.bench.data import bench_data
-    from tipslab.jobs.data.pipeline.prepare import ensure_scenes
 
+    from .meter import ensure_scenes_shown
     from .runtime import ensure_ray, home
 
     shards = args.shards
@@ -150,7 +150,7 @@ def cmd_bench_data(args) -> None:
                 "data.scenes_probe=1",
             ],
         )
-        ensure_scenes(exp)
+        ensure_scenes_shown(exp)
         shards = os.path.join(exp.data.root, exp.data.train_split)
     cluster = ensure_ray(args.address)
     cpus = args.cpus or int(cluster.get("CPU", 1))
@@ -207,12 +207,12 @@ def cmd_bench_trial(args) -> None:
 def cmd_bench_overhead(args) -> None:
     """What Ray Train costs per step: a 1-worker TorchTrainer against a plain loop (jobs/bench/overhead.py)."""
     from tipslab.jobs.bench.overhead import bench_overhead
-    from tipslab.jobs.data.pipeline.prepare import ensure_scenes
 
+    from .meter import ensure_scenes_shown
     from .runtime import ensure_ray, storage_path
 
     exp = typed_experiment(args.config, None, args.overrides)
-    ensure_scenes(exp)
+    ensure_scenes_shown(exp)
     ensure_ray()
     result = bench_overhead(exp, storage_path(), steps=args.steps, warmup=args.warmup)
     log_cpu_bench(

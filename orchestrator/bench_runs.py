@@ -182,8 +182,8 @@ def measure_trial(args) -> dict:
     from mlflow.tracking import MlflowClient
 
     from tipslab.jobs.bench.floor import bare_trial_floor
-    from tipslab.jobs.data.pipeline.prepare import ensure_scenes
 
+    from .meter import ensure_scenes_shown
     from .runtime import ensure_ray, storage_path
     from .single import single_plan
     from .sweep import DRIVER_RESOURCES, run_sweep
@@ -202,7 +202,7 @@ def measure_trial(args) -> dict:
     plan = single_plan(config, overrides)
     plan = dataclasses.replace(plan, spec={**plan.spec, "name": TRIAL_EXPERIMENT, "title": "tipslab bench trial"})
     exp = typed_config(plan.trials[0].config)
-    ensure_scenes(exp)
+    ensure_scenes_shown(exp)
     ensure_ray(args.address)
     client = MlflowClient(tracking_uri())
     experiment_id(client, TRIAL_EXPERIMENT)  # the store set up before the clock starts

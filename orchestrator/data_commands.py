@@ -21,22 +21,26 @@ def cmd_data_scenes(args) -> None:
     ):
         if not ok:
             raise UserError(f"{flag}: {value} is out of range (see tipslab data scenes --help)")
+    from .meter import Meter
+
     if args.parallel:
         from .runtime import ensure_ray
 
         ensure_ray()
     try:
-        manifest = generate_scenes(
-            args.out,
-            args.n,
-            split=args.split,
-            seed=args.seed,
-            size=args.size,
-            web_noise=args.web_noise,
-            max_objects=args.max_objects,
-            rows_per_shard=args.rows_per_shard,
-            parallel=args.parallel,
-        )
+        with Meter(f"rendering scenes {args.split}", "scenes") as meter:
+            manifest = generate_scenes(
+                args.out,
+                args.n,
+                split=args.split,
+                seed=args.seed,
+                size=args.size,
+                web_noise=args.web_noise,
+                max_objects=args.max_objects,
+                rows_per_shard=args.rows_per_shard,
+                parallel=args.parallel,
+                on_progress=meter,
+            )
     except PATH_ERRORS as err:
         raise UserError(f"{args.out}: {err}") from None
     if args.json:
@@ -123,8 +127,9 @@ def _user_errors(fn):
         raise UserError(str(err)) from None
 
 
-def _print_bad(limit: int = 20):
-    """A callback naming the first ``limit`` bad rows on stderr; the summary counts the rest."""
+def _print_bad(limit: int = 20, say=None):
+    """A callback naming the first ``limit`` bad rows on stderr (through ``say``, a progress
+    meter's, where one is shown); the summary counts the rest."""
     import sys
 
     shown = 0
@@ -132,7 +137,7 @@ def _print_bad(limit: int = 20):
     def on_bad(err) -> None:
         nonlocal shown
         if shown < limit:
-            print(f"skipped {err}", file=sys.stderr)
+            (say or (lambda line: print(line, file=sys.stderr)))(f"skipped {err}")
         shown += 1
 
     return on_bad
@@ -152,6 +157,21 @@ def _bad_summary(bad: dict) -> str:
 
 
 def cmd_data_ingest(args) -> None:
+    from .meter import Meter
+
+    with Meter(f"ingesting {args.format}", "rows") as meter:
+        result = _ingest(args, meter)
+    _emit(
+        result,
+        args.json,
+        f"wrote {result['rows']} rows in {result['shards']} shards to {args.out} "
+        f"(content hash {result['content_hash'][:12]}); {_bad_summary(result['bad_rows'])}; "
+        + (f"{result['joined']} rows took a joined caption; " if args.join else "")
+        + f"{result['rows_per_s']:.0f} rows/s",
+    )
+
+
+def _ingest(args, meter) -> dict:
     from tipslab.jobs.data.ingest.sources import ingest
 
     common = dict(
@@ -160,7 +180,8 @@ def cmd_data_ingest(args) -> None:
         join=args.join,
         join_column=args.join_column,
         rows_per_shard=args.rows_per_shard,
-        on_bad=_print_bad(),
+        on_bad=_print_bad(say=meter.say),
+        on_progress=meter,
     )
     if args.parallel:
         from tipslab.jobs.data.ingest.parallel import ingest_webdataset_parallel
@@ -170,28 +191,19 @@ def cmd_data_ingest(args) -> None:
         if args.format != "webdataset":
             raise UserError("--parallel: only --format webdataset runs in parallel (one Ray task per tar)")
         ensure_ray()
-        result = _user_errors(lambda: ingest_webdataset_parallel(args.src, args.out, **common))
-    else:
-        result = _user_errors(
-            lambda: ingest(
-                args.format,
-                args.src,
-                args.out,
-                image_column=args.image_column,
-                caption_column=args.caption_column,
-                key_column=args.key_column,
-                images=args.images,
-                allow_outside=args.allow_outside,
-                **common,
-            )
+        return _user_errors(lambda: ingest_webdataset_parallel(args.src, args.out, **common))
+    return _user_errors(
+        lambda: ingest(
+            args.format,
+            args.src,
+            args.out,
+            image_column=args.image_column,
+            caption_column=args.caption_column,
+            key_column=args.key_column,
+            images=args.images,
+            allow_outside=args.allow_outside,
+            **common,
         )
-    _emit(
-        result,
-        args.json,
-        f"wrote {result['rows']} rows in {result['shards']} shards to {args.out} "
-        f"(content hash {result['content_hash'][:12]}); {_bad_summary(result['bad_rows'])}; "
-        + (f"{result['joined']} rows took a joined caption; " if args.join else "")
-        + f"{result['rows_per_s']:.0f} rows/s",
     )
 
 

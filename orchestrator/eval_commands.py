@@ -70,12 +70,12 @@ def experiment_for(checkpoint: str, data: list[str] | None):
 
 def probe_splits_ready(exp) -> None:
     """Render the scenes' probe splits when the checkpoint's data are scenes and they are missing."""
-    from tipslab.jobs.data.pipeline.prepare import ensure_scenes
+    from .meter import ensure_scenes_shown
 
     data, ev = exp.data, exp.eval
     if ev.dataset and data.source == "scenes":
         # ensure_scenes renders data.train_split too: point it at probe-train, sized like a probe split.
-        ensure_scenes(
+        ensure_scenes_shown(
             dataclasses.replace(
                 exp, data=dataclasses.replace(data, train_split=ev.probe_train_split, scenes_train=data.scenes_probe)
             )

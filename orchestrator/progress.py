@@ -10,6 +10,8 @@ from ray.tune import Callback
 
 from tipslab.jobs.redact import redact
 
+from .meter import duration
+
 # Report keys under train/ that are settings or norms, not loss terms (train/loss is their total).
 NOT_TERMS = {
     "stage",
@@ -22,13 +24,6 @@ NOT_TERMS = {
     "grad_norm",
     "loss",
 }
-
-
-def duration(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
 def train_line(name: str, result: dict, total: int, rate: float | None) -> str:

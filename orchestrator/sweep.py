@@ -23,7 +23,6 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from tipslab.jobs.config import as_dict, experiment
-from tipslab.jobs.data.pipeline.prepare import ensure_scenes
 from tipslab.jobs.eval.evaluate import evaluate_checkpoint
 from tipslab.jobs.redact import redact, remember_keys, secret_keys
 from tipslab.jobs.storage import to_uri
@@ -31,6 +30,7 @@ from tipslab.jobs.train.trainer import build_trainer
 
 from .errors import CommandFailed, UserError
 from .faults import check_storage, disk_fault, size, storage_guard
+from .meter import ensure_scenes_shown
 from .progress import ProgressCallback
 from .runtime import RAY_PLACES, ensure_ray, storage_path, tracking_uri
 from .search import scheduler, searcher, tune_space
@@ -217,7 +217,7 @@ def _run(plan: Plan, tracker: SweepTracker, address: str | None) -> SweepResult:
     cluster = ensure_ray(address)  # before the scenes, so that missing ones render in parallel Ray tasks
     timings = {"ray_start_s": time.perf_counter() - start}
     for trial in plan.trials:
-        ensure_scenes(experiment(trial.config))
+        ensure_scenes_shown(experiment(trial.config))
     timings["scenes_s"] = time.perf_counter() - start - timings["ray_start_s"]
     search = plan.search
     tune_config = {"reuse_actors": False, "trial_dirname_creator": lambda t: f"trial_{t.trial_id}"}

@@ -156,7 +156,15 @@ def save_tiny_checkpoint(folder: Path) -> None:
     exp = to_dict(
         load_experiment(
             str(REPO / "ablations" / "base" / "tips_tiny.yaml"),
-            ["model.image_size=28", "eval.batch_size=8", "eval.seg_probe_epochs=2", "eval.depth_probe_epochs=2"],
+            # The dense probes score label maps at the model's image size (dense_label_size=0), not the
+            # standard 512 px: ADE20k's 150 classes at 512 x 512 took most of the evaluation step's probe time.
+            [
+                "model.image_size=28",
+                "eval.batch_size=8",
+                "eval.seg_probe_epochs=2",
+                "eval.depth_probe_epochs=2",
+                "eval.dense_label_size=0",
+            ],
         )
     )
     torch.manual_seed(0)

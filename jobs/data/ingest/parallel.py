@@ -50,6 +50,18 @@ def _ingest_tar(
     return shards, bad.to_dict(), errors, used_join
 
 
+def _gather(refs: list, on_progress) -> list:
+    """The tasks' results in the order of `refs`, each counted as it comes."""
+    results, pending, seen = {}, list(refs), 0
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        results[ready[0]] = ray.get(ready[0])
+        seen += results[ready[0]][1]["rows_seen"]
+        if on_progress:
+            on_progress(seen, None)
+    return [results[ref] for ref in refs]
+
+
 def ingest_webdataset_parallel(
     src: str,
     out: str,
@@ -60,8 +72,10 @@ def ingest_webdataset_parallel(
     join_column: str = "synthetic_caption",
     rows_per_shard: int = 256,
     on_bad=None,
+    on_progress=None,
 ) -> dict:
-    """Like ``ingest("webdataset", ...)``, with one Ray task (1 CPU) per tar. Ray must be initialised."""
+    """Like ``ingest("webdataset", ...)``, with one Ray task (1 CPU) per tar. Ray must be initialised.
+    ``on_progress(rows, None)`` hears of the rows read (bad ones too) as each tar is done."""
     tars = tar_paths(src)
     joined = read_join(join, join_column) if join else None
     make_dirs(out)
@@ -73,7 +87,7 @@ def ingest_webdataset_parallel(
         for i, t in enumerate(tars)
     ]
     try:
-        results = ray.get(refs)
+        results = _gather(refs, on_progress)
     except ray.exceptions.RayTaskError as err:
         for ref in refs:
             ray.cancel(ref)

@@ -202,8 +202,11 @@ def read_table(
             yield err
 
 
-def read_coco(src: str, images: str | None = None, allow_outside: bool = False) -> Iterator:
-    """One sample per image of a COCO caption file, captioned by its first caption."""
+def read_coco(
+    src: str, images: str | None = None, allow_outside: bool = False, on_total: Callable[[int], None] | None = None
+) -> Iterator:
+    """One sample per image of a COCO caption file, captioned by its first caption; `on_total`
+    hears how many images the file lists once it is read."""
     try:
         with open(src, encoding="utf-8") as f:
             doc = json.load(f)
@@ -228,6 +231,8 @@ def read_coco(src: str, images: str | None = None, allow_outside: bool = False) 
     ):
         first.setdefault(ann["image_id"], ann.get("caption"))
     root = Path(images) if images else Path(src).resolve().parent
+    if on_total:
+        on_total(len(doc["images"]))
     for i, img in enumerate(doc["images"]):
         where = f"{os.path.basename(src)} images[{i}]"
         try:
@@ -268,7 +273,7 @@ def read_source(fmt: str, src: str, **options) -> Iterator:
         table_options = ("image_column", "caption_column", "key_column", "allow_outside")
         return read_table(src, fmt, **{k: v for k, v in options.items() if k in table_options})
     if fmt == "coco":
-        return read_coco(src, options.get("images"), options.get("allow_outside", False))
+        return read_coco(src, options.get("images"), options.get("allow_outside", False), options.get("on_total"))
     raise IngestError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
 
 
@@ -339,9 +344,13 @@ def ingest(
     join_column: str = "synthetic_caption",
     rows_per_shard: int = 256,
     on_bad: Callable[[BadRow], None] | None = None,
+    on_progress: Callable[[int, int | None], None] | None = None,
     **options,
 ) -> dict:
     """Read ``src`` in format ``fmt`` into shards at ``out``; return a summary.
+
+    ``on_progress(done, total)`` hears of every source row read (bad ones too); ``total`` is the
+    source's row count where it is known before the end (COCO's image list), else None.
 
     The summary holds the manifest's row count, shard count and content hash, the bad-row counts
     (``BadRows.to_dict``), how many rows took a joined caption, and the rows per second.
@@ -350,12 +359,22 @@ def ingest(
     joined = read_join(join, join_column) if join else None
     bad = BadRows()
     keys: set[str] = set()
-    used_join = 0
+    used_join, total = 0, None
+
+    def counted(samples: Iterator) -> Iterator:
+        for done, sample in enumerate(samples, 1):
+            yield sample
+            on_progress(done, total)  # once the sample is checked, as the next is asked for
+
+    def set_total(n: int) -> None:
+        nonlocal total
+        total = n
 
     def rows() -> Iterator[dict]:
         nonlocal used_join
+        samples = read_source(fmt, src, **options, **({"on_total": set_total} if fmt == "coco" else {}))
         for row in checked_rows(
-            read_source(fmt, src, **options), bad, keys, max_pixels, max_bad_fraction, joined, on_bad
+            counted(samples) if on_progress else samples, bad, keys, max_pixels, max_bad_fraction, joined, on_bad
         ):
             used_join += joined is not None and row["key"] in joined
             yield row

@@ -4,6 +4,7 @@ each split (never overlapping), and the manifest's source string."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import numpy as np
 
@@ -70,12 +71,12 @@ def scenes_source(split: str, seed: int, size: int, web_noise: float = 0.3, max_
     return f"scenes:{split}:seed={seed}:size={size}:web_noise={web_noise}:max_objects={max_objects}"
 
 
-def _write_chunk(out_dir: str, index: int, first_seed: int, count: int, kw: dict) -> dict:
-    split = kw["split"]
-    rows = [
-        scene_row(s, split, size=kw["size"], web_noise=kw["web_noise"], max_objects=kw["max_objects"])
-        for s in range(first_seed, first_seed + count)
-    ]
+def _write_chunk(out_dir: str, index: int, first_seed: int, count: int, kw: dict, on_row=None) -> dict:
+    split, rows = kw["split"], []
+    for s in range(first_seed, first_seed + count):
+        rows.append(scene_row(s, split, size=kw["size"], web_noise=kw["web_noise"], max_objects=kw["max_objects"]))
+        if on_row:
+            on_row()
     return write_shard(rows, out_dir, index)
 
 
@@ -90,10 +91,14 @@ def generate_scenes(
     web_noise: float = 0.3,
     max_objects: int = 4,
     parallel: bool | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Render `n` scenes of `split` into Parquet shards in `out_dir` (local or s3://); return the
     manifest. With Ray initialised (or `parallel=True`), one Ray task renders and writes each
-    shard; the bytes are the same as the serial path's, shard for shard."""
+    shard; the bytes are the same as the serial path's, shard for shard.
+
+    `on_progress(done, n)` hears of the scenes rendered: at the start, then after each scene (one
+    process) or each shard (Ray tasks)."""
     if rows_per_shard < 1:
         raise ConfigError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
     if not 0.0 <= web_noise <= 1.0:
@@ -102,6 +107,8 @@ def generate_scenes(
     chunks = [seeds[i : i + rows_per_shard] for i in range(0, n, rows_per_shard)]
     kw = {"split": split, "size": size, "web_noise": web_noise, "max_objects": max_objects}
     storage.make_dirs(out_dir)
+    report = on_progress or (lambda done, total: None)
+    report(0, n)
     if parallel is None:
         import ray
 
@@ -113,7 +120,22 @@ def generate_scenes(
         task = ray.remote(num_cpus=1)(_write_chunk)
         if env:
             task = task.options(runtime_env={"env_vars": env})
-        shards = ray.get([task.remote(out_dir, i, c.start, len(c), kw) for i, c in enumerate(chunks)])
+        refs = [task.remote(out_dir, i, c.start, len(c), kw) for i, c in enumerate(chunks)]
+        index = {ref: i for i, ref in enumerate(refs)}
+        shards, pending, done = [None] * len(refs), list(refs), 0
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            i = index[ready[0]]
+            shards[i] = ray.get(ready[0])
+            done += len(chunks[i])
+            report(done, n)
     else:
-        shards = [_write_chunk(out_dir, i, c.start, len(c), kw) for i, c in enumerate(chunks)]
+        rendered = 0
+
+        def on_row() -> None:
+            nonlocal rendered
+            rendered += 1
+            report(rendered, n)
+
+        shards = [_write_chunk(out_dir, i, c.start, len(c), kw, on_row) for i, c in enumerate(chunks)]
     return write_manifest(out_dir, shards, source=scenes_source(split, seed, size, web_noise, max_objects))

@@ -111,7 +111,7 @@ def make(fmt, root):
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_each_format_keeps_good_rows_and_names_each_bad_one(fmt, tmp_path):
     src, options = make(fmt, tmp_path)
-    named = []
+    named, progress = [], []
     result = ingest(
         fmt,
         str(src),
@@ -119,8 +119,11 @@ def test_each_format_keeps_good_rows_and_names_each_bad_one(fmt, tmp_path):
         max_pixels=40_000_000,
         max_bad_fraction=0.7,
         on_bad=named.append,
+        on_progress=lambda done, total: progress.append((done, total)),
         **options,
     )
+    # every source row counted as it is read, bad ones too; only COCO's image list tells the total first
+    assert progress == [(done, 8 if fmt == "coco" else None) for done in range(1, 9)]
     rows = {r["key"]: r for r in iter_rows(str(tmp_path / "out"))}
     bad = result["bad_rows"]
     assert bad["rows_seen"] == 8 and result["rows"] == 3 == read_manifest(tmp_path / "out")["num_rows"]
@@ -272,7 +275,7 @@ def test_webdataset_tars_in_parallel_ray_tasks_sum_their_counts(ray_session, tmp
     from tipslab.jobs.data.ingest.parallel import ingest_webdataset_parallel
 
     src, _ = make_webdataset(tmp_path)
-    named = []
+    named, progress = [], []
     result = ingest_webdataset_parallel(
         str(src),
         str(tmp_path / "out"),
@@ -280,12 +283,14 @@ def test_webdataset_tars_in_parallel_ray_tasks_sum_their_counts(ray_session, tmp
         max_bad_fraction=0.7,
         rows_per_shard=1,
         on_bad=named.append,
+        on_progress=lambda done, total: progress.append((done, total)),
     )
     serial = ingest(
         "webdataset", str(src), str(tmp_path / "serial"), max_pixels=40_000_000, max_bad_fraction=0.7, rows_per_shard=1
     )
     assert result["tasks"] == 2 and result["bad_rows"]["counts"] == BAD == serial["bad_rows"]["counts"]
     assert result["bad_rows"]["rows_seen"] == 8 and {e.key for e in named} == BAD_KEYS
+    assert len(progress) == 2 and progress[-1] == (8, None)  # the rows read, as each tar's task ends
     assert [r["key"] for r in iter_rows(str(tmp_path / "out"))] == ["g0", "g1", "g2"]
     assert [s["file"] for s in read_manifest(tmp_path / "out")["shards"]] == [
         "shard-00000.parquet",

@@ -284,9 +284,18 @@ def test_parallel_on_ray_equals_serial_and_writes_s3(ray_session, s3, tmp_path):
     """Ray tasks write the shards straight to S3 (the endpoint reaches them via runtime_env) and
     produce the serial path's bytes."""
     kw = dict(split="train", seed=4, size=56, rows_per_shard=3, web_noise=0.5)
-    serial = generate.generate_scenes(str(tmp_path / "serial"), 8, parallel=False, **kw)
-    parallel = generate.generate_scenes(f"{s3}/scenes/train", 8, parallel=True, **kw)
+    one, tasks = [], []
+    serial = generate.generate_scenes(
+        str(tmp_path / "serial"), 8, parallel=False, on_progress=lambda *a: one.append(a), **kw
+    )
+    parallel = generate.generate_scenes(
+        f"{s3}/scenes/train", 8, parallel=True, on_progress=lambda *a: tasks.append(a), **kw
+    )
     assert parallel == serial and [s["num_rows"] for s in parallel["shards"]] == [3, 3, 2]
+    # progress: at the start, then each scene (one process) or each shard as its task ends (in any order)
+    assert one == [(done, 8) for done in range(9)]
+    assert tasks[0] == (0, 8) and tasks[-1] == (8, 8) and len(tasks) == 4
+    assert {b - a for (a, _), (b, _) in zip(tasks, tasks[1:])} <= {2, 3}
     assert verify_shards(f"{s3}/scenes/train") == serial
     files = shard_files(f"{s3}/scenes/train")
     assert files == [f"{s3}/scenes/train/shard-0000{i}.parquet" for i in range(3)]
