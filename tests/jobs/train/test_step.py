@@ -72,9 +72,12 @@ def test_warmups_given_as_steps_are_as_before():
             r"\(train\.warmup_steps=0 to use the fraction, or train\.warmup_fraction=0\)$",
         ),
         ({"teacher_temp_warmup_fraction": 0.3}, r"^train\.teacher_temp_warmup_fraction: 0\.3 and train\.teacher_temp_"),
-        ({"warmup_steps": 0, "warmup_fraction": 1.5}, r"^train\.warmup_fraction: 1\.5 is not a fraction"),
-        ({"teacher_temp_warmup_steps": 0, "teacher_temp_warmup_fraction": -0.1}, r"fraction: -0\.1 is not a"),
-        ({"warmup_steps": -3}, r"^train\.warmup_steps: -3 is negative$"),
+        (
+            {"warmup_steps": 0, "warmup_fraction": 1.5},
+            r"^train\.warmup_fraction: 1\.5 is out of range: must be in \[0, 1\]$",
+        ),
+        ({"teacher_temp_warmup_steps": 0, "teacher_temp_warmup_fraction": -0.1}, r"fraction: -0\.1 is out of range"),
+        ({"warmup_steps": -3}, r"^train\.warmup_steps: -3 is out of range: must be in \[0, 100000000\]$"),
     ],
 )
 def test_a_bad_warmup_is_one_error_naming_its_key(fields, message):
