@@ -80,7 +80,11 @@ def tipslab(*args, env, log, cwd=REPO, **kw):
     )
 
 
-# The longest test of this file: 6 tiny trials plus one killed mid-way, one Ray instance throughout.
+# The longest test of this file: 6 tiny trials plus one killed mid-way, one Ray instance throughout:
+# `make soak` (5 minutes on 2 shared cores). `make test` keeps what it proves at lower cost: resume's
+# bookkeeping on a real store (test_tracking.py), two drivers on one sweep (test_tracking_faults.py),
+# no planted secret in anything logged (test_secrets.py); the chaos test kills a driver in `make soak`.
+@pytest.mark.soak
 def test_killed_sweep_resumes_then_grows_and_logs_no_secret(ray_session, mlflow_server, tmp_path, monkeypatch):
     import ray
 

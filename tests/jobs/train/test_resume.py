@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from conftest import REPO, tiny_overrides
 
 from tipslab.jobs.data.pipeline.streaming import Shard, plan_epoch, split_dir
@@ -46,6 +47,9 @@ def reports(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+# `make soak` (about 6 minutes on 2 shared cores, a fifth of `make test`'s time there); `make test`
+# resumes from checkpoints in tests/jobs/train/test_trainer.py (a rerun, on S3) and test_trainer_fsdp.py.
+@pytest.mark.soak
 def test_node_loss_resumes_from_the_last_checkpoint_without_replaying_data(home, tmp_path):
     exp = to_dict(
         load_experiment(
