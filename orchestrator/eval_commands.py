@@ -4,6 +4,7 @@ results appended to that run (so probes can be re-run or added without retrainin
 import dataclasses
 import json
 import os
+import sys
 import tempfile
 import time
 
@@ -87,7 +88,8 @@ def run_evaluation(checkpoint: str, exp, out_dir: str, address: str | None):
 
     probe_splits_ready(exp)
     ensure_ray(address)
-    return evaluate(checkpoint, exp, out_dir)  # bad datasets are DataErrors, bad settings ConfigErrors
+    # Bad datasets are DataErrors, bad settings ConfigErrors; each probe is told as it ends.
+    return evaluate(checkpoint, exp, out_dir, on_progress=lambda line: print(redact(line), file=sys.stderr, flush=True))
 
 
 def append_to_run(client, run_id: str, result, out_dir: str) -> None:

@@ -125,13 +125,16 @@ def extract(checkpoint: str, es: EvalSet, runnable: list[str], ev: EvalConfig, s
     return train_feats, test, prompt_emb
 
 
-def evaluate(checkpoint: str, exp, out_dir: str | None = None) -> Evaluation:
-    """Every configured probe on every configured dataset; `checkpoint` is a folder or s3:// URI."""
+def evaluate(checkpoint: str, exp, out_dir: str | None = None, on_progress=None) -> Evaluation:
+    """Every configured probe on every configured dataset; `checkpoint` is a folder or s3:// URI.
+    `on_progress(text)`, if given, hears of each dataset's features and each probe as it ends."""
     started = time.perf_counter()
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     exp = experiment(exp)
     ev, size, result, pca = exp.eval, exp.model.image_size, Evaluation(), None
-    for index, (name, path, probes) in enumerate(planned(ev)):
+    tell = on_progress or (lambda text: None)
+    plan = list(planned(ev))
+    for index, (name, path, probes) in enumerate(plan):
         t0 = time.perf_counter()
         es = load_data(name, path, exp, probes)
         check_disjoint(es)
@@ -150,14 +153,18 @@ def evaluate(checkpoint: str, exp, out_dir: str | None = None) -> Evaluation:
             checkpoint, es, runnable, ev, size, patches=first or any(p in DENSE for p in runnable)
         )
         result.seconds[f"{name}/features"] = time.perf_counter() - t0
+        tell(f"eval {name} ({index + 1}/{len(plan)}): features in {result.seconds[f'{name}/features']:.1f} s")
         ctx = ProbeContext(es, train, test, ev, cls_tokens(exp, shards=path is None), prompt_emb, path is not None)
         for probe in runnable:
             t0, module = time.perf_counter(), PROBES[probe]
             model = module.fit(ctx.train, ctx) if module.TRAINED else None  # probe-train rows only
-            for metric, value in module.score(model, ctx.test, ctx).items():
+            scores = module.score(model, ctx.test, ctx)
+            for metric, value in scores.items():
                 result.metrics[f"eval/{name}/{metric}"] = float(value)
             result.protocols[f"{name}/{probe}"] = module.protocol(ctx, model)
             result.seconds[f"{name}/{probe}"] = time.perf_counter() - t0
+            told = ", ".join(f"{k} {float(v):.4g}" for k, v in scores.items())
+            tell(f"eval {name}: {probe} in {result.seconds[f'{name}/{probe}']:.1f} s ({told})")
         if first:
             pca = pca_arrays(es, test, ev.pca_images, size)
     result.seconds["total"] = time.perf_counter() - started

@@ -89,7 +89,13 @@ def test_run_gets_the_eval_metrics_and_artifacts_appended(ray_session, home, cap
     client.set_terminated(run_id, "FINISHED")
 
     assert main(["eval", "--run", run_id, "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
+    out = capsys.readouterr()
+    report = json.loads(out.out)
+    # Each dataset's features and each probe are told on stderr as they end, with the probe's scores.
+    told = [line for line in out.err.splitlines() if line.startswith("eval scenes")]
+    assert told[0].startswith("eval scenes (1/1): features in ") and len(told) == 3, out.err
+    assert told[1].startswith("eval scenes: retrieval in ") and "i2t_r1 " in told[1]
+    assert told[2].startswith("eval scenes: segmentation in ") and "seg_miou " in told[2]
     assert report["run_id"] == run_id and report["checkpoint"] == checkpoint
     keys = {f"eval/scenes/{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)} | {"eval/scenes/seg_miou"}
     assert set(report["metrics"]) == keys
