@@ -78,9 +78,14 @@ def ensure_ray(address: str | None = None) -> dict:
         runtime_env = {"env_vars": {k: os.environ[k] for k in QUIET_ENV}}
         if address:
             check_reachable(address)
-            context = ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+            context = ray.init(
+                address=address, runtime_env=runtime_env, log_to_driver=False, logging_level=logging.WARNING
+            )
         else:
-            context = ray.init(num_cpus=os.cpu_count(), runtime_env=runtime_env, log_to_driver=False)
+            context = ray.init(
+                num_cpus=os.cpu_count(), runtime_env=runtime_env, log_to_driver=False, logging_level=logging.WARNING
+            )
+        # Ray's "Started a local Ray instance" line is quiet (WARNING): the sweep's first line names the dashboard.
         RAY_PLACES["dashboard"] = f"http://{context.dashboard_url}" if context.dashboard_url else ""
         RAY_PLACES["logs"] = os.path.join(context.address_info.get("session_dir") or "", "logs")
     return ray.cluster_resources()

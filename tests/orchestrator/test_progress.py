@@ -106,4 +106,4 @@ def test_tipslab_train_shows_its_progress_in_a_terminal_while_it_trains(tmp_path
     assert first_time < table and first_time < ended - 1.0  # while it ran, not only at the end
     assert any("step 12/12 (100%)" in line for _, line in steps)
     assert "TensorBoard" not in text and "View detailed results" not in text
-    assert "Token authentication" not in text
+    assert "Token authentication" not in text and "Started a local Ray instance" not in text
