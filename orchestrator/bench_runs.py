@@ -184,10 +184,10 @@ def measure_trial(args) -> dict:
     from tipslab.jobs.bench.floor import bare_trial_floor
 
     from .meter import ensure_scenes_shown
+    from .run_tags import experiment_id
     from .runtime import ensure_ray, storage_path
     from .single import single_plan
     from .sweep import DRIVER_RESOURCES, run_sweep
-    from .tracking import experiment_id
 
     config = args.config or str(default_config(args.size))
     # The hash tokenizer at every size (a timing does not depend on the vocabulary, and a bench needs no

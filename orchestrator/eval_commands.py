@@ -118,7 +118,7 @@ def cmd_eval(args) -> None:
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
-        from .tracking import CHECKPOINT
+        from .run_tags import CHECKPOINT
 
         client = MlflowClient(tracking_uri())
         try:

@@ -151,7 +151,7 @@ def comparison_links(uri: str, url: str) -> list[tuple[str, str]]:
     """Each sweep experiment's comparison view (runs grouped by variant, metric columns)."""
     from tipslab.dashboards.store import client_for
 
-    from .tracking import VIEW_KEY, VIEW_TAG
+    from .run_tags import VIEW_KEY, VIEW_TAG
 
     experiments = client_for(uri).search_experiments(filter_string=f"tags.`{VIEW_TAG}` LIKE '%'")
     query = f"workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"

@@ -26,10 +26,9 @@ import uuid
 from pathlib import Path
 
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
-from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from tipslab.dashboards.store import STORE_ARTIFACTS, use_store_artifacts
+from tipslab.dashboards.store import use_store_artifacts
 from tipslab.jobs.redact import redact, redact_name, scrub, secret_key
 
 from . import lease
@@ -43,39 +42,31 @@ from .run_context import (
     system_metrics,
     tag_protocols,
 )
+from .run_tags import (
+    AXIS,
+    BAD_ROWS,
+    CHECKPOINT,
+    CONFIG_HASH,
+    DATA_HASH,
+    ROLE,
+    SEED,
+    SIZE,
+    SPEC,
+    SWEEP_ID,
+    TOKENIZER_HASH,
+    VARIANT,
+    VIEW_TAG,
+    comparison_view,
+    experiment_id,
+)
 from .tracking_store import TrackingStore
 
 use_store_artifacts()  # this process reads and writes `mlflow-artifacts:/` URIs in the store's folder
 
-ROLE, SWEEP_ID, SPEC, SIZE = "tipslab.role", "tipslab.sweep_id", "tipslab.spec", "tipslab.size"
-VARIANT, SEED, CONFIG_HASH, CHECKPOINT = "tipslab.variant", "tipslab.seed", "tipslab.config_hash", "tipslab.checkpoint"
-AXIS, DATA_HASH, TOKENIZER_HASH = "tipslab.axis.", "tipslab.data_hash", "tipslab.tokenizer_sha256"
 LOGGED_PREFIXES = ("train/", "perf/", "eval/", "data/")
-# MLflow 3's UI opens an experiment without this tag in GenAI mode (traces, "Evaluations"); ours are
-# training runs. The values are MLflow's (its UI's ExperimentKind).
-EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 # Values that are constant over a stage: held back until they change, so that a run in which they
 # never change shows them as params (its value), not as flat one-line charts.
 HELD = ("train/stage", "train/lr", "train/weight_decay", "train/temperature", "train/teacher_momentum")
-BAD_ROWS = "tipslab.bad_rows"
-# The comparison view of an experiment, as MLflow's UI shares views (an experiment tag holding the
-# runs table's state, opened by `?viewStateShareKey=`): runs grouped by variant (metric columns as
-# means over seeds), the spec's metrics and the keys its variants change as columns.
-VIEW_KEY = "tipslab"
-VIEW_TAG = "mlflow.sharedViewState." + VIEW_KEY
-
-
-def comparison_view(spec: dict) -> dict:
-    """The runs table's state for MLflow's UI (the fields of its shared views)."""
-    changed = dict.fromkeys(k for v in (spec.get("variants") or {}).values() for k in (v or {}))
-    columns = [f"metrics.`{m['key']}`" for m in spec.get("metrics", [])] + [f"params.`{k}`" for k in changed]
-    return {
-        "selectedColumns": columns + [f"tags.`{SEED}`"],
-        "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": VARIANT}]},
-        "searchFilter": f"tags.`{ROLE}` = 'trial'",
-        "orderByKey": "attributes.start_time",
-        "orderByAsc": False,
-    }
 
 
 def _number(value: float) -> str:
@@ -398,17 +389,3 @@ class TrackingCallback(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         name = self.resolve(trial.config).name
         self._guarded(f"end of {name}", self.tracker.finish_trial, name, "FAILED", trial.last_result)
-
-
-def experiment_id(client: MlflowClient, name: str) -> str:
-    """The id of the experiment `name`, of the ML kind, created if new: on an embedded store with
-    its artifacts under `mlflow-artifacts:/<name>` (the store's own `mlartifacts` folder, wherever
-    the store lies); a tracking server puts them where it was told to."""
-    found = client.get_experiment_by_name(name)
-    if found is None:
-        server = client.tracking_uri.startswith(("http://", "https://"))
-        location = None if server else f"{STORE_ARTIFACTS}{name}"
-        return client.create_experiment(name, artifact_location=location, tags=dict([EXPERIMENT_KIND]))
-    if EXPERIMENT_KIND[0] not in found.tags:  # made before tipslab set the kind
-        client.set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
-    return found.experiment_id

@@ -11,7 +11,7 @@ from tipslab.jobs.redact import redact, redact_name, scrub
 
 from .plan import BENCH, BENCH_EXPERIMENT, DEVICE_KIND, MODEL_SIZE
 from .run_context import PROTOCOLS, code_version, git_tags, tag_protocols
-from .tracking import experiment_id
+from .run_tags import experiment_id
 
 DEVICE = "tipslab.device"  # beside the bench tags that `tipslab plan` reads (orchestrator/plan.py)
 
