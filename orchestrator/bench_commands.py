@@ -159,6 +159,7 @@ def cmd_bench_data(args) -> None:
             cpus=cpus,
             batch_size=args.batch_size,
             rows=args.rows,
+            epochs=args.epochs,
             image_size=args.image_size,
             local_crops=args.local_crops,
             local_crop_size=args.local_crop_size,
@@ -176,7 +177,7 @@ def cmd_bench_data(args) -> None:
     print(
         f"TIPS views ({result['image_size']} px global crop, {result['local_crops']} local crops of "
         f"{result['local_crop_size']} px, {result['augment']} augmentation) on {cpus} CPUs, shards {shards}, "
-        f"Ray Data's views in {result['views']}:"
+        f"{result['epochs']} epochs, Ray Data's views in {result['views']}:"
     )
     for name, key in (("Ray Data", "raydata"), ("torch DataLoader", "dataloader")):
         print(
@@ -323,7 +324,10 @@ def add_parsers(sub) -> None:
     data = bench_sub.add_parser("data", help="the TIPS view pipeline: Ray Data vs a torch DataLoader, images/s")
     data.add_argument("--shards", help="a folder of shards (default: procedural scenes made at --image-size)")
     data.add_argument("--scenes", type=int, default=512, help="how many scenes to make when no --shards is given")
-    data.add_argument("--rows", type=int, default=0, help="images to time through each pipeline (0: all)")
+    data.add_argument("--rows", type=int, default=0, help="images of an epoch through each pipeline (0: all)")
+    data.add_argument(
+        "--epochs", type=int, default=3, help="epochs over those rows, one dataset for all (as a training stage)"
+    )
     data.add_argument("--cpus", type=int, default=0, help="CPUs for each pipeline (default: the Ray cluster's)")
     data.add_argument("--batch-size", type=int, default=32)
     data.add_argument("--image-size", type=int, default=224, help="the global crop, px")

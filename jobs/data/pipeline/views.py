@@ -7,7 +7,9 @@ captions tokenised. `augment: dinov2` adds DINOv2's flips and photometric augmen
 name colours, and a flipped or recoloured image would contradict its caption.
 
 Every random choice of a row comes from a stream seeded by (seed, epoch, key), so a row's views
-are the same whichever worker, batch or position it lands in, and change from epoch to epoch.
+are the same whichever worker, batch or position it lands in, and change from epoch to epoch. The
+epoch is the row's `epoch` column where the batch has one (the training pipeline's rows carry the
+epoch they are read for: one dataset spans a stage's epochs), else the instance's `epoch`.
 
 Speed (about 150 images/s per core is the goal at 224 px): images larger than the views need are
 decoded at a reduced scale (JPEG DCT scaling, or a box reduction), and crops are cut and resized on
@@ -140,7 +142,8 @@ class TIPSViews:
 
     Output columns: global_crop uint8 [B,3,S,S] and local_crops uint8 [B,V,3,s,s] in 0..255,
     masks bool [B, patches], web_tokens and synthetic_tokens int64 [B, L], tags float32 multi-hot
-    (with a tag vocabulary), and, when the instance is called, the int64 counters of BAD_ROW_COLUMNS.
+    (with a tag vocabulary), epoch int64 (where the input has an `epoch` column), and, when the
+    instance is called, the int64 counters of BAD_ROW_COLUMNS.
     """
 
     def __init__(
@@ -198,6 +201,7 @@ class TIPSViews:
         }
         if self.tag_index:
             row["tags"] = check_tags(batch["tags"][i], key)
+        row["epoch"] = int(batch["epoch"][i]) if "epoch" in batch else self.epoch
         return row
 
     def crops(self, image: torch.Tensor, rng: np.random.Generator, flips) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -237,7 +241,7 @@ class TIPSViews:
             return None, bad
         globals_, locals_, masks, draws = [], [], [], []
         for row in rows:
-            streams = row_seed(self.seed, self.epoch, row["key"]).spawn(3)
+            streams = row_seed(self.seed, row["epoch"], row["key"]).spawn(3)
             crop_rng, augment_rng, mask_rng = (np.random.default_rng(s) for s in streams)
             drawn = self.draw_augment(augment_rng)
             g, ls = self.crops(row["image"], crop_rng, [flip for flip, _ in drawn])
@@ -264,6 +268,8 @@ class TIPSViews:
         }
         if self.tag_index:
             out["tags"] = self.multi_hot([r["tags"] for r in rows])
+        if "epoch" in batch:
+            out["epoch"] = np.array([r["epoch"] for r in rows], dtype=np.int64)
         return out, bad
 
     def __call__(self, batch: dict) -> dict:
@@ -306,7 +312,7 @@ class TIPSViews:
 
 def view_options(exp) -> dict:
     """TIPSViews' keyword arguments that come straight from the experiment config; the caller adds
-    tokenizer, tag_vocab and epoch."""
+    tokenizer and tag_vocab (the training rows carry their epoch)."""
     exp = experiment(exp)
     model, data, loss = exp.model, exp.data, exp.loss
     return dict(
