@@ -184,7 +184,11 @@ def cmd_bench_data(args) -> None:
             f"  {name:<17} {result[f'{key}_images_per_s']:>8.1f} images/s ({result[f'{key}_images_per_s_per_cpu']:.1f} "
             f"per CPU), start-up {result[f'{key}_startup_s']:.1f} s"
         )
-    print(f"  Ray Data / DataLoader: {result['ratio']:.2f}")
+    print(
+        f"  Ray Data / DataLoader: {result['ratio']:.2f}; its views actors ready after "
+        f"{result['raydata_actors_ready_s']:.1f} s, then {result['raydata_ready_images_per_s']:.1f} images/s "
+        f"({result['ready_ratio']:.2f} of the DataLoader's)"
+    )
     print(f"MLflow run {result['mlflow_run_id']} ({EXPERIMENT})")
 
 

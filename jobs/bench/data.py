@@ -21,10 +21,14 @@ per CPU and a few epochs.
   mask_mode; views (where Ray Data's views ran, as seen in the workers: actors or tasks);
   raydata_images_per_s, raydata_images_per_s_per_cpu, raydata_startup_s, raydata_images_per_cpu_s,
   raydata_actors_ready_s (from the start until the last views actor had built its views: the
-  actor pool's start-up, paid once per stage in training);
+  actor pool's start-up, paid once per stage in training: fresh processes that import torch and
+  build the views, where DataLoader workers are forked from a warm process);
+  raydata_ready_images_per_s (from then to the last batch: the rate once the start-up is paid);
   dataloader_images_per_s, dataloader_images_per_s_per_cpu, dataloader_startup_s,
   dataloader_images_per_cpu_s;
-  ratio = raydata_images_per_s / dataloader_images_per_s (> 1: Ray Data is faster).
+  ratio = raydata_images_per_s / dataloader_images_per_s (> 1: Ray Data is faster);
+  ready_ratio = raydata_ready_images_per_s / dataloader_images_per_s (the ratio a stage long enough
+  to make the start-up negligible tends to).
 `*_images_per_s_per_cpu` is the wall-clock rate over the CPU budget; `*_images_per_cpu_s` is
 images over the CPU seconds the views took in the workers (without reading, transfer and
 scheduling): on a machine shared with other work, the first falls and the second holds.
@@ -153,26 +157,34 @@ class ShardBatches(IterableDataset):
                     yield {c: np.array(record_batch.column(c).to_pylist()[:take], dtype=object) for c in COLUMNS}
 
 
-def timed(batches) -> tuple[float, float, float, float, str]:
+def timed(batches) -> tuple[float, float, float, float, str, int]:
     """(seconds to the first batch, images/s from the start to the last batch, images per CPU second
-    of the views, seconds until the last views actor was ready: 0 without actors, and where Ray
-    Data's views ran: "actors", "tasks", or "" for the DataLoader) of an iterator of batches. The
+    of the views, seconds until the last views actor was ready: 0 without actors, where Ray Data's
+    views ran: "actors", "tasks", or "" for the DataLoader, and the images) of an iterator of batches. The
     whole span counts: Ray Data computes ahead, so a clock started at the first batch would miss the
     work done before it arrives."""
     start, wall_start = time.perf_counter(), time.time()
     first, images, cpu, ready, ran = None, 0, 0.0, wall_start, set()
     for batch in batches:
         images += len(batch["masks"])
-        cpu += float(np.asarray(batch["views_cpu_s"]).sum())  # the DataLoader hands tensors
+        cpu += float(np.asarray(batch["views_cpu_s"]).sum())  # both pipelines hand tensors
         if "views_ready_at" in batch:
-            ready = max(ready, float(np.max(batch["views_ready_at"])))
-            ran.update("actors" if a else "tasks" for a in np.unique(batch["views_in_actor"]).tolist())
+            ready = max(ready, float(np.asarray(batch["views_ready_at"]).max()))
+            ran.update("actors" if a else "tasks" for a in np.unique(np.asarray(batch["views_in_actor"])).tolist())
         if first is None:
             first = time.perf_counter()
     if images == 0:
         raise DataError("bench data: no views came out; are all rows bad?")
     rate = images / (time.perf_counter() - start)
-    return first - start, rate, images / cpu, max(ready - wall_start, 0.0), ",".join(sorted(ran))
+    return first - start, rate, images / cpu, max(ready - wall_start, 0.0), ",".join(sorted(ran)), images
+
+
+def ready_rate(images: int, rate: float, ready_s: float) -> float:
+    """images/s from `ready_s` (the last views actor ready) to the last batch, of a run of `images`
+    at `rate` from its start: the pipeline's rate once its start-up is paid (slightly high: the
+    first actor may have made views before the last was ready)."""
+    left = images / rate - ready_s
+    return images / left if left > 0 else float("nan")
 
 
 def epoch_pieces(files: list[str], file_rows: list[int], rows: int, epochs: int) -> list[tuple[int, str, int]]:
@@ -269,10 +281,10 @@ def bench_data(
             ):
                 pass
         measure = dict(cpus=cpus, batch_size=batch_size, rows=rows, epochs=epochs)
-        ray_startup, ray_rate, ray_cpu_rate, actors_ready, ran = timed(
+        ray_startup, ray_rate, ray_cpu_rate, actors_ready, ran, images = timed(
             raydata_batches(files, file_rows, make_views, **measure, actors=actors)
         )
-        dl_startup, dl_rate, dl_cpu_rate, _, _ = timed(dataloader_batches(files, make_views(), **measure))
+        dl_startup, dl_rate, dl_cpu_rate, _, _, _ = timed(dataloader_batches(files, make_views(), **measure))
     finally:
         torch.set_num_threads(threads)
     return {
@@ -286,8 +298,10 @@ def bench_data(
         "views": ran,
         **rates("raydata", ray_startup, ray_rate, ray_cpu_rate, cpus),
         "raydata_actors_ready_s": actors_ready if actors else 0.0,
+        "raydata_ready_images_per_s": ready_rate(images, ray_rate, actors_ready if actors else 0.0),
         **rates("dataloader", dl_startup, dl_rate, dl_cpu_rate, cpus),
         "ratio": ray_rate / dl_rate,
+        "ready_ratio": ready_rate(images, ray_rate, actors_ready if actors else 0.0) / dl_rate,
     }
 
 

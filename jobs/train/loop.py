@@ -242,6 +242,8 @@ class Loop:
                 batch = self.next_batch(batches, epoch, window)
                 # The epoch ends for every rank when one runs out: DDP needs the same step count.
                 if not all_have(batch is not None, self.device):
+                    if batch is not None:  # not trained on, but its bad rows were met
+                        window.count(batch, pop=False)
                     break
                 rows_done = rows_done + batch.pop("rows_done").sum()  # on the device: read at checkpoints
                 self.trace.rows(epoch, batch.pop("key_id"))
