@@ -117,6 +117,12 @@ def test_a_rows_views_depend_on_seed_epoch_and_key_only(augment):
     next_epoch = views(augment=augment, epoch=4)(batch_of(rows))
     assert not np.array_equal(first["global_crop"], next_epoch["global_crop"])
     assert not np.array_equal(first["masks"], next_epoch["masks"])
+    # a row's `epoch` column (the training rows carry theirs) seeds its views in place of the instance's
+    mixed = views(augment=augment, epoch=0)({**batch_of(rows), "epoch": np.array([3, 4, 3, 4])})
+    assert mixed["epoch"].tolist() == [3, 4, 3, 4]
+    for column in ("global_crop", "local_crops", "masks"):
+        np.testing.assert_array_equal(mixed[column][0::2], first[column][0::2])
+        np.testing.assert_array_equal(mixed[column][1::2], next_epoch[column][1::2])
 
 
 def test_dinov2_augmentation_changes_colours_but_not_crops():
