@@ -30,11 +30,12 @@ import hashlib
 import io
 import logging
 import math
+import platform
 
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms.v2 import functional as TF
+from torch.nn.functional import interpolate
 
 from tipslab.jobs.config import AUGMENTS, experiment
 from tipslab.jobs.data.pipeline import photometric
@@ -104,6 +105,25 @@ def crop_box(rng: np.random.Generator, width: int, height: int, scale) -> tuple[
     elif ratio > CROP_RATIO[1]:
         w = int(round(h * CROP_RATIO[1]))
     return (height - h) // 2, (width - w) // 2, h, w
+
+
+def native_uint8_resize() -> bool:
+    """Whether torch resizes uint8 images itself (bilinear, antialiased): on AVX2/AVX512 and ARM CPUs."""
+    return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") or platform.machine() in ("aarch64", "arm64")
+
+
+def resized_crop(image: torch.Tensor, top: int, left: int, height: int, width: int, size: list[int]) -> torch.Tensor:
+    """A uint8 [3, H, W] image's crop resized to `size`, bilinear and antialiased: torchvision's
+    `resized_crop` (the same values), without importing torchvision, which would add a second or
+    more to every views worker's start-up."""
+    crop = image[:, top : top + height, left : left + width]
+    if [height, width] == list(size):
+        return crop
+    x = crop.unsqueeze(0)
+    if native_uint8_resize():
+        return interpolate(x, size=list(size), mode="bilinear", align_corners=False, antialias=True)[0]
+    x = interpolate(x.float(), size=list(size), mode="bilinear", align_corners=False, antialias=True)
+    return x.round_().to(torch.uint8)[0]
 
 
 def decode(data, key: str, max_pixels: int, need: int) -> torch.Tensor:
@@ -208,11 +228,9 @@ class TIPSViews:
         """The global crop and the local crops, uint8; flips[0] flips the global crop, flips[1:] the locals."""
         _, h, w = image.shape
         size, local = [self.image_size] * 2, [self.local_crop_size] * 2
-        views = [TF.resized_crop(image, *crop_box(rng, w, h, self.global_crop_scale), size, antialias=True)]
-        views += [
-            TF.resized_crop(image, *crop_box(rng, w, h, self.local_crop_scale), local, antialias=True)
-            for _ in range(self.local_crops)
-        ]
+        views = [resized_crop(image, *crop_box(rng, w, h, self.global_crop_scale), size)]
+        for _ in range(self.local_crops):
+            views.append(resized_crop(image, *crop_box(rng, w, h, self.local_crop_scale), local))
         views = [view.flip(-1) if flip else view for view, flip in zip(views, flips)]
         return views[0], views[1:]
 
