@@ -63,7 +63,6 @@ from tipslab.models.tokenizer import build_tokenizer
 log = logging.getLogger(__name__)
 
 TRAIN_COLUMNS = ["key", "image", "web_caption", "synthetic_caption"]
-POSITION_COLUMNS = ("rows_done", "key_id", "epoch")
 # The columns a views batch counts its input in, on its last row: the bad-row counters, then rows_done.
 COUNT_COLUMNS = BAD_ROW_COLUMNS + ("rows_done",)
 # Rows of one read block, in batches: a views actor's unit of work. Fewer batches per block add
