@@ -56,10 +56,10 @@ class DataConfig:
     tag_vocab: str = ""
     # CPUs that Ray Data may use for reading, decoding and making views, per trial.
     cpus: float = 1.0
-    # A rank's views run in a pool of actors (one per CPU of its share) when its epoch has at least
-    # this many rows: the pool's start-up (a process per actor importing torch, the tokenizer; 5-7 s
-    # on 2 busy cores) is paid once per epoch and is then small next to the epoch. Below it, in Ray
-    # tasks, which reuse idle worker processes. 0: always actors.
+    # A rank's views run in a pool of actors (one per CPU of its share) when its stage has at least
+    # this many rows (over all its epochs: one dataset spans them): the pool's start-up (a process per
+    # actor importing torch, the tokenizer; 5-20 s on 2 busy cores) is paid once per stage and is then
+    # small next to it. Below it, in Ray tasks, which reuse idle worker processes. 0: always actors.
     views_actor_rows: int = 20000
     # Bad rows (undecodable or truncated images, empty captions, wrong types) are skipped, named and
     # counted wherever they are met. An image whose header declares more pixels than this is bad

@@ -161,6 +161,7 @@ def cmd_bench_data(args) -> None:
             cpus=cpus,
             batch_size=args.batch_size,
             rows=args.rows,
+            epochs=args.epochs,
             image_size=args.image_size,
             local_crops=args.local_crops,
             local_crop_size=args.local_crop_size,
@@ -178,14 +179,18 @@ def cmd_bench_data(args) -> None:
     print(
         f"TIPS views ({result['image_size']} px global crop, {result['local_crops']} local crops of "
         f"{result['local_crop_size']} px, {result['augment']} augmentation) on {cpus} CPUs, shards {shards}, "
-        f"Ray Data's views in {result['views']}:"
+        f"{result['epochs']} epochs, Ray Data's views in {result['views']}:"
     )
     for name, key in (("Ray Data", "raydata"), ("torch DataLoader", "dataloader")):
         print(
             f"  {name:<17} {result[f'{key}_images_per_s']:>8.1f} images/s ({result[f'{key}_images_per_s_per_cpu']:.1f} "
             f"per CPU), start-up {result[f'{key}_startup_s']:.1f} s"
         )
-    print(f"  Ray Data / DataLoader: {result['ratio']:.2f}")
+    print(
+        f"  Ray Data / DataLoader: {result['ratio']:.2f}; its views actors ready after "
+        f"{result['raydata_actors_ready_s']:.1f} s, then {result['raydata_ready_images_per_s']:.1f} images/s "
+        f"({result['ready_ratio']:.2f} of the DataLoader's)"
+    )
     print(f"MLflow run {result['mlflow_run_id']} ({EXPERIMENT})")
 
 
@@ -326,7 +331,10 @@ def add_parsers(sub) -> None:
     data = bench_sub.add_parser("data", help="the TIPS view pipeline: Ray Data vs a torch DataLoader, images/s")
     data.add_argument("--shards", help="a folder of shards (default: procedural scenes made at --image-size)")
     data.add_argument("--scenes", type=int, default=512, help="how many scenes to make when no --shards is given")
-    data.add_argument("--rows", type=int, default=0, help="images to time through each pipeline (0: all)")
+    data.add_argument("--rows", type=int, default=0, help="images of an epoch through each pipeline (0: all)")
+    data.add_argument(
+        "--epochs", type=int, default=3, help="epochs over those rows, one dataset for all (as a training stage)"
+    )
     data.add_argument("--cpus", type=int, default=0, help="CPUs for each pipeline (default: the Ray cluster's)")
     data.add_argument("--batch-size", type=int, default=32)
     data.add_argument("--image-size", type=int, default=224, help="the global crop, px")

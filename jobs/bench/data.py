@@ -4,23 +4,31 @@ DataLoader, with the same views on the same shards, in one run.
 Both pipelines decode, crop, augment, mask and tokenise with the same `TIPSViews` (by default the
 224 px global crop, 2 local crops of 96 px and DINOv2's augmentations: the most work per image)
 and get the same CPU budget: Ray Data as its resource limit, the DataLoader as its worker count.
-The Ray Data side is the training pipeline's (jobs/data/pipeline/streaming.py): the same read, and the views
-in a pool of actors, one per CPU, each building its views once. Each is timed from the start of its
-iteration to its last batch; `*_startup_s` is the time to the first batch, included in the rate.
-A warm-up run first starts Ray's worker processes and imports torch in them, as a job's first epoch
-would, but the actor pool is made anew for each dataset (as for each epoch of training), so Ray
-Data's start-up includes starting the actors; DataLoader workers are forked from the warm driver.
-Over few rows the start-up weighs more: measure with hundreds of rows per CPU.
+Each goes `epochs` times over the same rows (the first `rows` of the shards), each epoch with its
+own augmentations, as a training stage does. The Ray Data side is the training pipeline's
+(jobs/data/pipeline/streaming.py and batches.py): one dataset over all the epochs, the same read,
+the views in a pool of actors, one per CPU, each building its views once, the blocks taken as torch
+tensors and cut into batches of one epoch each. The DataLoader goes over the same epochs in one
+iteration of its workers. Each is timed from the start of its iteration to its last batch;
+`*_startup_s` is the time to the first batch, included in the rate. A warm-up run first starts
+Ray's worker processes and imports torch in them, as a job's start does; the measured dataset
+starts its own actor pool (once, as each stage of training does), while DataLoader workers are
+forked from the warm driver. Over few rows the start-up weighs more: measure with hundreds of rows
+per CPU and a few epochs.
 
 `bench_data` returns (stable keys, for `tipslab bench data --json` and MLflow):
-  cpus, batch_size, rows (as asked, 0 = all), image_size, local_crops, local_crop_size, augment,
+  cpus, batch_size, rows (per epoch, as asked, 0 = all), epochs, image_size, local_crops, local_crop_size, augment,
   mask_mode; views (where Ray Data's views ran, as seen in the workers: actors or tasks);
   raydata_images_per_s, raydata_images_per_s_per_cpu, raydata_startup_s, raydata_images_per_cpu_s,
   raydata_actors_ready_s (from the start until the last views actor had built its views: the
-  actor pool's start-up, paid for each epoch in training);
+  actor pool's start-up, paid once per stage in training: fresh processes that import torch and
+  build the views, where DataLoader workers are forked from a warm process);
+  raydata_ready_images_per_s (from then to the last batch: the rate once the start-up is paid);
   dataloader_images_per_s, dataloader_images_per_s_per_cpu, dataloader_startup_s,
   dataloader_images_per_cpu_s;
-  ratio = raydata_images_per_s / dataloader_images_per_s (> 1: Ray Data is faster).
+  ratio = raydata_images_per_s / dataloader_images_per_s (> 1: Ray Data is faster);
+  ready_ratio = raydata_ready_images_per_s / dataloader_images_per_s (the ratio a stage long enough
+  to make the start-up negligible tends to).
 `*_images_per_s_per_cpu` is the wall-clock rate over the CPU budget; `*_images_per_cpu_s` is
 images over the CPU seconds the views took in the workers (without reading, transfer and
 scheduling): on a machine shared with other work, the first falls and the second holds.
@@ -37,12 +45,12 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from tipslab.jobs import storage
 from tipslab.jobs.config import DataConfig
+from tipslab.jobs.data.pipeline.batches import EpochBatches
 from tipslab.jobs.data.pipeline.streaming import (
     BATCHES_PER_BLOCK,
     PositionedViews,
     map_views,
-    read_blocks,
-    read_shards,
+    read_rows,
     views_actors,
 )
 from tipslab.jobs.data.pipeline.views import TIPSViews
@@ -120,15 +128,24 @@ class TimedPositionedViews(PositionedViews):
 
 
 class ShardBatches(IterableDataset):
-    """Batches of views from Parquet shards; DataLoader worker i of n takes every n-th batch."""
+    """Batches of views from Parquet shards, the first `rows` rows (0: all) `epochs` times, each
+    epoch's rows with their `epoch` column; DataLoader worker i of n takes every n-th batch."""
 
-    def __init__(self, files: list[str], views: TIPSViews, batch_size: int, rows: int):
-        self.files, self.views, self.batch_size, self.rows = files, views, batch_size, rows
+    def __init__(self, files: list[str], views: TIPSViews, batch_size: int, rows: int, epochs: int = 1):
+        self.files, self.views, self.batch_size, self.rows, self.epochs = files, views, batch_size, rows, epochs
 
     def __iter__(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        index, read = 0, 0
+        index = 0
+        for epoch in range(self.epochs):
+            for batch in self.read():
+                if index % workers == worker:
+                    yield self.views({**batch, "epoch": np.full(len(batch["key"]), epoch, np.int64)})
+                index += 1
+
+    def read(self):
+        read = 0
         for f in self.files:
             fs, path = storage.resolve(f)
             with fs.open_input_file(path) as handle:
@@ -137,63 +154,90 @@ class ShardBatches(IterableDataset):
                         return
                     take = min(record_batch.num_rows, self.rows - read) if self.rows else record_batch.num_rows
                     read += take
-                    if index % workers == worker:
-                        yield self.views(
-                            {c: np.array(record_batch.column(c).to_pylist()[:take], dtype=object) for c in COLUMNS}
-                        )
-                    index += 1
+                    yield {c: np.array(record_batch.column(c).to_pylist()[:take], dtype=object) for c in COLUMNS}
 
 
-def timed(batches) -> tuple[float, float, float, float, str]:
+def timed(batches) -> tuple[float, float, float, float, str, int]:
     """(seconds to the first batch, images/s from the start to the last batch, images per CPU second
-    of the views, seconds until the last views actor was ready: 0 without actors, and where Ray
-    Data's views ran: "actors", "tasks", or "" for the DataLoader) of an iterator of batches. The
+    of the views, seconds until the last views actor was ready: 0 without actors, where Ray Data's
+    views ran: "actors", "tasks", or "" for the DataLoader, and the images) of an iterator of batches. The
     whole span counts: Ray Data computes ahead, so a clock started at the first batch would miss the
     work done before it arrives."""
     start, wall_start = time.perf_counter(), time.time()
     first, images, cpu, ready, ran = None, 0, 0.0, wall_start, set()
     for batch in batches:
         images += len(batch["masks"])
-        cpu += float(np.asarray(batch["views_cpu_s"]).sum())  # the DataLoader hands tensors
+        cpu += float(np.asarray(batch["views_cpu_s"]).sum())  # both pipelines hand tensors
         if "views_ready_at" in batch:
-            ready = max(ready, float(np.max(batch["views_ready_at"])))
-            ran.update("actors" if a else "tasks" for a in np.unique(batch["views_in_actor"]).tolist())
+            ready = max(ready, float(np.asarray(batch["views_ready_at"]).max()))
+            ran.update("actors" if a else "tasks" for a in np.unique(np.asarray(batch["views_in_actor"])).tolist())
         if first is None:
             first = time.perf_counter()
     if images == 0:
         raise DataError("bench data: no views came out; are all rows bad?")
     rate = images / (time.perf_counter() - start)
-    return first - start, rate, images / cpu, max(ready - wall_start, 0.0), ",".join(sorted(ran))
+    return first - start, rate, images / cpu, max(ready - wall_start, 0.0), ",".join(sorted(ran)), images
+
+
+def ready_rate(images: int, rate: float, ready_s: float) -> float:
+    """images/s from `ready_s` (the last views actor ready) to the last batch, of a run of `images`
+    at `rate` from its start: the pipeline's rate once its start-up is paid (slightly high: the
+    first actor may have made views before the last was ready)."""
+    left = images / rate - ready_s
+    return images / left if left > 0 else float("nan")
+
+
+def epoch_pieces(files: list[str], file_rows: list[int], rows: int, epochs: int) -> list[tuple[int, str, int]]:
+    """(epoch, file, rows) of the first `rows` rows of the files (0: all), `epochs` times."""
+    pieces, left = [], rows or sum(file_rows)
+    for f, n in zip(files, file_rows):
+        if left <= 0:
+            break
+        pieces.append((f, min(n, left)))
+        left -= n
+    return [(epoch, f, n) for epoch in range(epochs) for f, n in pieces]
 
 
 def raydata_batches(
-    files: list[str], make_views, *, cpus: float, batch_size: int, rows: int, file_rows: int, actors: bool = True
+    files: list[str],
+    file_rows: list[int],
+    make_views,
+    *,
+    cpus: float,
+    batch_size: int,
+    rows: int,
+    epochs: int = 1,
+    actors: bool = True,
 ):
-    """The training pipeline (`rank_dataset`'s read into `read_blocks` blocks: about 4 batches per
-    block, and `map_views`' actor pool) over the files' `file_rows` rows, of which the first `rows`
-    (0: all) go through; `make_views()` builds each actor's views (`actors=False`: Ray tasks, as
-    training runs an epoch under `data.views_actor_rows`)."""
-    # As rank_dataset runs it: rows in order, no ExecutionResources limit (the views' task or actor
+    """The training pipeline over the files' first `rows` rows (0: all), `epochs` times: one dataset
+    (`stage_dataset`'s read, in blocks of about 4 batches, and `map_views`' actor pool, started
+    once), its blocks as torch tensors cut into batches of one epoch each (`EpochBatches`), with
+    each epoch's short last batch; `make_views()` builds each actor's views (`actors=False`: Ray
+    tasks, as training runs a stage under `data.views_actor_rows`)."""
+    # As stage_dataset runs it: rows in order, no ExecutionResources limit (the views' task or actor
     # count and their CPU sizes keep the pipeline within `cpus`).
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     workers = views_actors(cpus)
-    ds = read_shards(
-        files,
+    ds = read_rows(
+        epoch_pieces(files, file_rows, rows, epochs),
         COLUMNS,
-        read_blocks(file_rows, len(files), batch_size, workers),
+        batch_size,
         concurrency=min(workers, len(files)),
         num_cpus=0,
     )
-    if rows:
-        ds = ds.limit(rows)
     ds = map_views(ds, make_views, batch_size=batch_size, cpus=cpus, views_class=TimedPositionedViews, actors=actors)
-    return ds.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=2)
+    batches, skipped = EpochBatches(ds.iter_torch_batches(batch_size=None, prefetch_batches=1), batch_size), []
+    for epoch in range(epochs):
+        while (batch := batches.next(epoch, skipped.append)) is not None:
+            yield batch
+        yield from skipped
+        skipped.clear()
 
 
-def dataloader_batches(files: list[str], views: TIPSViews, *, cpus: int, batch_size: int, rows: int):
+def dataloader_batches(files: list[str], views: TIPSViews, *, cpus: int, batch_size: int, rows: int, epochs: int = 1):
     return iter(
         DataLoader(
-            ShardBatches(files, TimedViews(views), batch_size, rows),
+            ShardBatches(files, TimedViews(views), batch_size, rows, epochs),
             batch_size=None,
             num_workers=cpus,
             prefetch_factor=2 if cpus else None,
@@ -208,6 +252,7 @@ def bench_data(
     cpus: int,
     batch_size: int = 32,
     rows: int = 0,
+    epochs: int = 3,
     image_size: int = 224,
     local_crops: int = 2,
     local_crop_size: int = 96,
@@ -217,52 +262,60 @@ def bench_data(
     views: str = "auto",
 ) -> dict:
     """Measure both pipelines on the shards in `shards_dir` (a folder with a manifest, local or
-    s3://), each over the first `rows` rows (0: all). `views`: actors, tasks, or auto (as training
-    picks for an epoch of that many rows: actors from `data.views_actor_rows`). Needs Ray (an
-    initialised instance, or Ray Data starts a local one). `warmup=False` skips the warm-up run
-    (tests: figures with start-up).
+    s3://), each over the first `rows` rows (0: all), `epochs` times. `views`: actors, tasks, or
+    auto (as training picks for a stage of that many rows: actors from `data.views_actor_rows`).
+    Needs Ray (an initialised instance, or Ray Data starts a local one). `warmup=False` skips the
+    warm-up run (tests: figures with start-up).
     """
-    files, available, actors = measured_rows(shards_dir, cpus, batch_size, rows, views)
+    files, file_rows, actors = measured_rows(shards_dir, cpus, batch_size, rows, epochs, views)
     views_setting = dict(image_size=image_size, local_crops=local_crops, local_crop_size=local_crop_size)
     make_views = partial(bench_views, **views_setting, augment=augment, mask_mode=mask_mode)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the driver only receives batches; the workers do the work
     try:
-        if warmup:  # Ray's first worker processes and the read's sampling, as in a job's first epoch:
-            # a read block per CPU (the measured run starts its own actors, as every epoch does)
-            warm_rows = min(available, cpus * BATCHES_PER_BLOCK * batch_size)
+        if warmup:  # Ray's first worker processes, as at a job's start: a read block per CPU (the
+            # measured run starts its own actors, as every stage does)
+            warm_rows = min(sum(file_rows), cpus * BATCHES_PER_BLOCK * batch_size)
             for _ in raydata_batches(
-                files, make_views, cpus=cpus, batch_size=batch_size, rows=warm_rows, file_rows=available, actors=actors
+                files, file_rows, make_views, cpus=cpus, batch_size=batch_size, rows=warm_rows, actors=actors
             ):
                 pass
-        measure = dict(cpus=cpus, batch_size=batch_size, rows=rows)
-        ray_startup, ray_rate, ray_cpu_rate, actors_ready, ran = timed(
-            raydata_batches(files, make_views, **measure, file_rows=available, actors=actors)
+        measure = dict(cpus=cpus, batch_size=batch_size, rows=rows, epochs=epochs)
+        ray_startup, ray_rate, ray_cpu_rate, actors_ready, ran, images = timed(
+            raydata_batches(files, file_rows, make_views, **measure, actors=actors)
         )
-        dl_startup, dl_rate, dl_cpu_rate, _, _ = timed(dataloader_batches(files, make_views(), **measure))
+        dl_startup, dl_rate, dl_cpu_rate, _, _, _ = timed(dataloader_batches(files, make_views(), **measure))
     finally:
         torch.set_num_threads(threads)
     return {
         "cpus": cpus,
         "batch_size": batch_size,
         "rows": rows,
+        "epochs": epochs,
         **views_setting,
         "augment": augment,
         "mask_mode": mask_mode,
         "views": ran,
         **rates("raydata", ray_startup, ray_rate, ray_cpu_rate, cpus),
         "raydata_actors_ready_s": actors_ready if actors else 0.0,
+        "raydata_ready_images_per_s": ready_rate(images, ray_rate, actors_ready if actors else 0.0),
         **rates("dataloader", dl_startup, dl_rate, dl_cpu_rate, cpus),
         "ratio": ray_rate / dl_rate,
+        "ready_ratio": ready_rate(images, ray_rate, actors_ready if actors else 0.0) / dl_rate,
     }
 
 
-def measured_rows(shards_dir: str, cpus: int, batch_size: int, rows: int, views: str) -> tuple[list, int, bool]:
+def measured_rows(
+    shards_dir: str, cpus: int, batch_size: int, rows: int, epochs: int, views: str
+) -> tuple[list[str], list[int], bool]:
     """(the shard files, their rows, whether Ray Data's views run in actors), the settings checked."""
     if cpus < 1:
         raise ConfigError(f"bench data: cpus must be at least 1, got {cpus}")
+    if epochs < 1:
+        raise ConfigError(f"bench data: epochs must be at least 1, got {epochs}")
     files = shard_files(shards_dir)
-    available = sum(s["num_rows"] for s in read_manifest(shards_dir)["shards"])
+    file_rows = [s["num_rows"] for s in read_manifest(shards_dir)["shards"]]
+    available = sum(file_rows)
     measured = min(rows, available) if rows else available
     if measured < 2 * batch_size:
         raise ConfigError(
@@ -271,7 +324,8 @@ def measured_rows(shards_dir: str, cpus: int, batch_size: int, rows: int, views:
         )
     if views not in ("auto", "actors", "tasks"):
         raise ConfigError(f"bench data: views must be auto, actors or tasks, not {views!r}")
-    return files, available, (measured >= DataConfig().views_actor_rows if views == "auto" else views == "actors")
+    auto = measured * epochs >= DataConfig().views_actor_rows
+    return files, file_rows, (auto if views == "auto" else views == "actors")
 
 
 def rates(pipeline: str, startup: float, rate: float, cpu_rate: float, cpus: int) -> dict:

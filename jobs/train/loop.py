@@ -1,6 +1,7 @@
 """The TIPS training loop that runs on every Ray Train worker: stages, epochs, steps, reports.
 
-Each rank streams its own shard files (jobs/data/pipeline/streaming.py). Every `train.log_every`
+Each rank streams its own shard files (jobs/data/pipeline/streaming.py), one dataset for the epochs
+of a stage, cut into batches of one epoch each (jobs/data/pipeline/batches.py). Every `train.log_every`
 steps the loop reports the window's loss terms and rates, averaged over ranks in one collective;
 every `train.checkpoint_every` steps and at the end of each stage it also reports a checkpoint
 (jobs/train/state.py), after a collective check that no loss term went non-finite. After a worker
@@ -32,7 +33,8 @@ import torch
 from torch.distributed.device_mesh import init_device_mesh
 
 from tipslab.jobs.config import ExperimentConfig, as_dict, experiment
-from tipslab.jobs.data.pipeline.streaming import plan_epoch, rank_dataset, train_shards
+from tipslab.jobs.data.pipeline.batches import EpochBatches
+from tipslab.jobs.data.pipeline.streaming import BATCHES_PER_BLOCK, DataPlan, plan_epochs, stage_dataset, train_shards
 from tipslab.jobs.data.pipeline.views import BAD_ROW_COLUMNS
 from tipslab.jobs.redact import redact, scrub
 from tipslab.jobs.train.cadence import Cadence
@@ -231,16 +233,21 @@ class Loop:
         probe = self.make_probe(stage)
         window = Window(self.device)
         epoch, done = position.epoch, set(position.done)
+        plans, batches = {}, None
         while stage_step < steps:
-            plan, batches = self.epoch_batches(stage, epoch, done)
-            rows_done, epoch_steps = 0, 0
+            if epoch not in plans:  # the stage's first epoch, or past those its dataset spans
+                plans, batches = self.stage_data(stage, epoch, done, steps - stage_step)
+            plan, rows_done, epoch_steps = plans[epoch], 0, 0
             while stage_step < steps:
-                batch = self.next_batch(batches, window, stage.exp.data.batch_size)
+                batch = self.next_batch(batches, epoch, window)
                 # The epoch ends for every rank when one runs out: DDP needs the same step count.
                 if not all_have(batch is not None, self.device):
+                    if batch is not None:  # not trained on, but its bad rows were met
+                        window.count(batch, pop=False)
                     break
                 rows_done = rows_done + batch.pop("rows_done").sum()  # on the device: read at checkpoints
                 self.trace.rows(epoch, batch.pop("key_id"))
+                del batch["epoch"]
                 window.count(batch)
                 window.add(stage.parts.step(batch, stage_step, step))
                 stage_step, step, epoch_steps = stage_step + 1, step + 1, epoch_steps + 1
@@ -276,33 +283,33 @@ class Loop:
 
         return PeriodicProbe(stage.exp, self.tokenizer)
 
-    def epoch_batches(self, stage: Stage, epoch: int, done: set[str]):
-        """(this epoch's data plan, an iterator of this rank's batches on the device)."""
+    def stage_data(
+        self, stage: Stage, epoch: int, done: set[str], steps: int
+    ) -> tuple[dict[int, DataPlan], EpochBatches]:
+        """({epoch: its data plan} for the epochs from `epoch` that one dataset spans, enough for
+        `steps` steps, and this rank's batches of them on the device)."""
         exp = stage.exp
-        plan = plan_epoch(self.shards, exp.train.seed, epoch, self.world_size, done)
-        ds = rank_dataset(exp, plan, self.rank, exp.data.cpus / self.world_size)
-        batches = (
-            ds.iter_torch_batches(
-                batch_size=exp.data.batch_size,
-                drop_last=False,
+        data = exp.data
+        plans = plan_epochs(self.shards, exp.train.seed, epoch, self.world_size, done, data.batch_size, steps)
+        ds = stage_dataset(exp, plans, self.rank, data.cpus / self.world_size)
+        blocks = (
+            ds.iter_torch_batches(  # whole blocks, cut into batches by EpochBatches
+                batch_size=None,
                 device=self.device,
-                prefetch_batches=exp.train.prefetch_batches,
+                prefetch_batches=-(-exp.train.prefetch_batches // BATCHES_PER_BLOCK),
             )
             if ds
             else ()
         )
-        return plan, iter(batches)
+        return {plan.epoch: plan for plan in plans}, EpochBatches(blocks, data.batch_size)
 
-    def next_batch(self, batches, window: Window, batch_size: int) -> dict | None:
-        """The next whole batch, or None at the epoch's end; the wait goes to the window. The
-        epoch's short last batch is not trained on (every rank steps alike), but the bad rows
-        among its input are counted."""
+    def next_batch(self, batches: EpochBatches, epoch: int, window: Window) -> dict | None:
+        """The next whole batch of `epoch`, or None at its end on this rank; the wait goes to the
+        window. The rows not trained on (the epoch's short last batch, what is left of an epoch
+        another rank finished first) have their bad rows counted."""
         t0 = time.perf_counter()
-        batch = next(batches, None)
+        batch = batches.next(epoch, lambda rows: window.count(rows, pop=False))
         window.wait_s += time.perf_counter() - t0
-        if batch is not None and len(batch["masks"]) < batch_size:
-            window.count(batch, pop=False)
-            return None
         return batch
 
     def metrics(self, stage: Stage, window: Window, stage_step: int, step: int) -> dict:

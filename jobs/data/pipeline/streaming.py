@@ -1,35 +1,41 @@
-"""The Ray Data input pipeline of training: each rank streams its own shard files through the views.
+"""The Ray Data input pipeline of training: each rank streams its own shard files through the views,
+one dataset for all the epochs of a stage.
 
 Ray Data has no resumable iterator, so the position in the data is kept in our own terms: each
-epoch's shard files are shuffled from (seed, epoch) and dealt out to the ranks, every rank reads its
-files in order (`preserve_order`), and a checkpoint records which files are fully consumed. A
-restart deals out only the files not done yet, so it replays at most the file each rank was in the
-middle of (plus the steps after the checkpoint), whatever the number of ranks after the restart.
+epoch's shard files are shuffled from (seed, epoch) and dealt out to the ranks (`plan_epoch`), every
+rank reads its files in order (`preserve_order`), and a checkpoint records the epoch and which of
+its files are fully consumed. A restart deals out only the files not done yet, so it replays at most
+the file each rank was in the middle of (plus the steps after the checkpoint), whatever the number
+of ranks after the restart. A rank reads as many rows of an epoch as the rank with the fewest
+(`DataPlan.rows`): the epoch ends for every rank when one runs out (DDP needs the same step count),
+so rows past that would be made into views only to be skipped.
+
+One dataset spans the epochs a stage needs (`plan_epochs`, estimated from its steps; a stage that
+runs past them, with many bad rows, gets a dataset for the next ones): a rank's per-epoch file lists
+follow one another, each row carrying the epoch it is read for (an `epoch` column that seeds its
+augmentations, jobs/data/pipeline/views.py), so the views' actor pool (a worker process per actor
+importing torch, building the tokenizer and views: 5-20 s on 2 busy cores) starts once per stage,
+and the next epoch's views are made while the last batches of this one are trained on. The training
+loop cuts the stream into batches that never span two epochs (jobs/data/pipeline/batches.py).
 
 Parallelism: the views run in a pool of actors (`map_views`), one per CPU of the rank's share (at
 least one), each of which builds its tokenizer and views once and then makes the views of one read
-block per call. A rank's files are read into about one block per `BATCHES_PER_BLOCK` batches (Ray
-Data's `override_num_blocks`, `read_blocks`), so that every actor has blocks to work on and hands
-its first batches over early. Ray Data 2.60's default Parquet reader (DataSourceV2) ignores
-`override_num_blocks` and packs small shard files into one block that a single actor then works
-through alone; `read_shards` reads with the V1 reader, which honours it by splitting each file's
-rows into consecutive blocks, in order. The read is light next to the views (decompressing the
-file's bytes) and reserves no CPU: the actors hold the rank's whole share for the epoch, and a read
-that needed a CPU of its own would compete with them for it (and, on a cluster sized to the share,
-wait for it).
-
-The pool is made for each epoch's dataset, so its start-up (a worker process per actor, importing
-torch, building the tokenizer and views: 5-7 s on 2 busy cores) is paid once per epoch. An epoch of
-fewer than `data.views_actor_rows` rows on a rank (the laptop configs, the tests) runs the same
-views in Ray tasks instead, which reuse idle worker processes but unpickle the views with every
-block and cannot hand the counters of a block without rows to a later one (below).
+block per call. `ShardRows` reads each (epoch, file) of the rank in one read task, and Ray Data
+splits its output into blocks of about `BATCHES_PER_BLOCK` batches (`read_split`, through
+`override_num_blocks`), in order, so that the actors share a file and each hands its first batches
+over early. The read is light next to the views (decompressing the file's bytes) and reserves no
+CPU: the actors hold the rank's whole share, and a read that needed a CPU of its own would compete
+with them for it (and, on a cluster sized to the share, wait for it). A stage of fewer than
+`data.views_actor_rows` rows on a rank (the laptop configs, the tests) runs the same views in Ray
+tasks instead, which reuse idle worker processes but unpickle the views with every block and cannot
+hand the counters of a block without rows to a later one (below).
 
 Each batch carries `rows_done` (on the last output row of each views batch: the input rows, bad ones
-included, that are fully used once that row is trained on); summed over the trained batches it is
-the rank's position in its ordered file list. The bad-row counters (BAD_ROW_COLUMNS) ride on the same
-row. A views batch left without rows passes its counts on (PositionedViews), so that they are lost
-only for a read block without a single good row that is its actor's last of the epoch, or any such
-block when the views run as tasks (logged either way).
+included, that are fully used once that row is trained on); summed over an epoch's trained batches
+it is the rank's position in that epoch's ordered file list. The bad-row counters (BAD_ROW_COLUMNS)
+ride on the same row. A views batch left without rows passes its counts on (PositionedViews), so
+that they are lost only for a read block without a single good row that is its actor's last of the
+dataset, or any such block when the views run as tasks (logged either way).
 `key_id` (a stable 63-bit id of the row's key) lets a run be checked for replayed rows; it is -1 in a
 views batch that dropped bad rows, where ids can no longer be matched to rows.
 """
@@ -42,8 +48,13 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import ray.data
+from ray.data.block import BlockMetadata
+from ray.data.datasource import Datasource, ReadTask
 
+from tipslab.jobs import storage
 from tipslab.jobs.config import experiment, read_tag_vocab
 from tipslab.jobs.data.pipeline.columns import train_columns
 from tipslab.jobs.data.pipeline.views import BAD_ROW_COLUMNS, TIPSViews, bad_row_counts, count_columns, view_options
@@ -52,12 +63,14 @@ from tipslab.models.tokenizer import build_tokenizer
 
 log = logging.getLogger(__name__)
 
-POSITION_COLUMNS = ("rows_done", "key_id")
 # The columns a views batch counts its input in, on its last row: the bad-row counters, then rows_done.
 COUNT_COLUMNS = BAD_ROW_COLUMNS + ("rows_done",)
 # Rows of one read block, in batches: a views actor's unit of work. Fewer batches per block add
 # per-call overhead; more delay the first batch and leave CPUs idle when a rank has few rows.
 BATCHES_PER_BLOCK = 4
+# The most read tasks (an epoch's files, each) in one dataset: Ray Data puts each in the object store
+# when the dataset starts. A stage of more epochs than fit gets a dataset for the next ones.
+MAX_READ_TASKS = 4096
 
 
 def views_actors(cpus: float) -> int:
@@ -70,12 +83,12 @@ def split_dir(root: str, split: str) -> str:
     return os.path.join(root, split)
 
 
-def views_for(exp, epoch: int = 0) -> TIPSViews:
+def views_for(exp) -> TIPSViews:
+    """The experiment's views (a row's epoch comes with it: its `epoch` column)."""
     exp = experiment(exp)
     tag_vocab = exp.data.tag_vocab
     return TIPSViews(
         **view_options(exp),
-        epoch=epoch,
         tokenizer=build_tokenizer(exp.model),
         tag_vocab=read_tag_vocab(tag_vocab) if tag_vocab else (),
     )
@@ -91,8 +104,9 @@ def key_ids(keys) -> np.ndarray:
 class PositionedViews:
     """The views of a rank's read blocks plus the position columns (module docstring), as a Ray
     Data callable class: each actor of the pool builds it, and with it the tokenizer and the
-    TIPSViews (`make_views()`), once. With `share` (fewer files than ranks), every rank reads the
-    same files and keeps the rows whose key id falls to it.
+    TIPSViews (`make_views()`), once. With `share` (fewer files than ranks: True, or the epochs in
+    which it is so, by the rows' `epoch` column), every rank reads the same files and keeps the rows
+    whose key id falls to it.
 
     A call takes one read block whole and yields its views batches of `batch_size` input rows, in
     order. The counts of a batch (the counters of BAD_ROW_COLUMNS, its input rows as `rows_done`)
@@ -102,11 +116,13 @@ class PositionedViews:
     trained on. A block with no output row at all hands its counters to this actor's next call,
     and drops its `rows_done` (its file then counts as not done: a replay, never a skip): Ray Data
     may run an actor's calls out of the blocks' order, which sums of counters do not mind but a
-    position would. Counters are lost only for such a block that is its actor's last of the epoch
+    position would. Counters are lost only for such a block that is its actor's last of the dataset
     (logged when the actor ends), or on an actor's failure (Ray Data restarts it, and retries).
     """
 
-    def __init__(self, make_views, batch_size: int, rank: int = 0, world_size: int = 1, share: bool = False):
+    def __init__(
+        self, make_views, batch_size: int, rank: int = 0, world_size: int = 1, share: bool | frozenset = False
+    ):
         self.views: TIPSViews = make_views()
         self.batch_size, self.rank, self.world_size, self.share = batch_size, rank, world_size, share
         self.carried = np.zeros(len(BAD_ROW_COLUMNS), dtype=np.int64)  # counters of blocks without a row
@@ -118,6 +134,8 @@ class PositionedViews:
         ids = key_ids(batch["key"])
         if self.share:
             mine = ids % self.world_size == self.rank
+            if self.share is not True:  # the rows of epochs whose files are dealt are all this rank's
+                mine |= ~np.isin(batch["epoch"], list(self.share))
             batch, ids = {k: v[mine] for k, v in batch.items()}, ids[mine]
         out, bad = self.views.views(batch)
         counts = np.concatenate([bad_row_counts(bad), [n_in]])
@@ -152,7 +170,7 @@ class PositionedViews:
         carried = getattr(self, "carried", None)
         if carried is not None and carried.any():
             log.warning(
-                "views: %d rows of blocks without one good row, last of this actor's epoch, were not counted (%s)",
+                "views: %d rows of blocks without one good row, last of this actor's dataset, were not counted (%s)",
                 carried[0],
                 dict(zip(BAD_ROW_COLUMNS, carried.tolist())),
             )
@@ -199,12 +217,29 @@ class Shard:
 
 @dataclass
 class DataPlan:
-    """Which shard files each rank reads in one epoch, in order. `shared`: fewer files than ranks,
-    so every rank reads them all and keeps its own rows (PositionedViews)."""
+    """Which shard files each rank reads in one epoch, in order, and how many of their rows (`rows`:
+    the same for every rank, the fewest any rank was dealt; a rank's last files may be read in part
+    or not at all). `shared`: fewer files than ranks, so every rank reads them all and keeps its
+    own rows (PositionedViews)."""
 
     epoch: int
     files: list[list[Shard]] = field(default_factory=list)  # per rank
     shared: bool = False
+    rows: int = 0
+
+    def pieces(self, rank: int) -> list[tuple[str, int]]:
+        """(file, rows read from its start) of `rank`, in order, within the epoch's `rows`."""
+        out, left = [], self.rows
+        for shard in self.files[rank]:
+            if left <= 0:
+                break
+            out.append((shard.file, min(shard.num_rows, left)))
+            left -= shard.num_rows
+        return out
+
+    def batches(self, batch_size: int) -> int:
+        """The whole batches each rank can make of the epoch if no row is bad (shared: about)."""
+        return self.rows // (len(self.files) if self.shared else 1) // batch_size
 
     def done_files(self, rank: int, rows_done: int) -> list[str]:
         """The files of `rank` fully consumed after `rows_done` rows of its ordered list."""
@@ -232,56 +267,105 @@ def train_shards(exp) -> list[Shard]:
 
 
 def plan_epoch(shards: list[Shard], seed: int, epoch: int, world_size: int, done: set[str] = frozenset()) -> DataPlan:
-    """Shuffle the files with (seed, epoch), drop those already done, deal the rest round-robin."""
+    """Shuffle the files with (seed, epoch), drop those already done, deal the rest round-robin; every
+    rank reads as many rows as the rank dealt the fewest."""
     order = np.random.default_rng([seed, epoch]).permutation(len(shards))
     todo = [shards[i] for i in order if shards[i].file not in done]
     if 0 < len(todo) < world_size:
-        return DataPlan(epoch, [todo] * world_size, shared=True)
-    return DataPlan(epoch, [todo[r::world_size] for r in range(world_size)])
+        return DataPlan(epoch, [todo] * world_size, shared=True, rows=sum(s.num_rows for s in todo))
+    files = [todo[r::world_size] for r in range(world_size)]
+    return DataPlan(epoch, files, rows=min(sum(s.num_rows for s in f) for f in files))
 
 
-def read_blocks(rows: int, files: int, batch_size: int, actors: int) -> int:
-    """How many blocks to read `rows` rows of `files` shard files into: one per BATCHES_PER_BLOCK
-    batches, at least one per file, and at least one per views actor (as long as each has a batch)."""
-    batches = max(1, math.ceil(rows / batch_size))
-    return max(files, math.ceil(batches / BATCHES_PER_BLOCK), min(actors, batches))
+def plan_epochs(
+    shards: list[Shard], seed: int, first: int, world_size: int, done: set[str], batch_size: int, steps: int
+) -> list[DataPlan]:
+    """The plans of the epochs one dataset spans, from `first` (whose files `done` are left out):
+    enough for `steps` whole batches if no row is bad, and one more (a few bad rows cost a batch or
+    two, a second dataset only after many), at most MAX_READ_TASKS files per rank in all."""
+    plans, batches, files = [], 0, 0
+    while True:
+        plan = plan_epoch(shards, seed, first + len(plans), world_size, done if not plans else frozenset())
+        files += max(len(f) for f in plan.files)
+        if plans and files > MAX_READ_TASKS:
+            return plans
+        plans.append(plan)
+        if batches >= steps:
+            return plans
+        batches += max(plan.batches(batch_size), 1)  # an epoch without a batch ends the stage (the loop says why)
 
 
-def read_shards(files: list[str], columns: list[str], num_blocks: int, **read_args) -> ray.data.Dataset:
-    """`ray.data.read_parquet` of the shard files into `num_blocks` blocks (at least one per file),
-    rows in file order. Ray Data 2.60's default Parquet reader (DataSourceV2) ignores
-    `override_num_blocks`; the V1 reader honours it, so it is switched on for this read only (the
-    dataset keeps a copy of the context it was made with)."""
-    ctx = ray.data.DataContext.get_current()
-    v2 = ctx.use_datasource_v2
-    ctx.use_datasource_v2 = False
-    try:
-        return ray.data.read_parquet(files, columns=columns, override_num_blocks=num_blocks, **read_args)
-    finally:
-        ctx.use_datasource_v2 = v2
+class ShardRows(Datasource):
+    """A rank's (epoch, file, rows) pieces in order, each read in one task as the file's first `rows`
+    rows of `columns` plus an `epoch` column."""
+
+    def __init__(self, pieces: list[tuple[int, str, int]], columns: list[str]):
+        super().__init__()
+        self.pieces, self.columns = pieces, columns
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        return None
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context=None):
+        return [
+            ReadTask(
+                partial(read_piece, file, self.columns, epoch, rows),
+                BlockMetadata(num_rows=rows, size_bytes=None, exec_stats=None, input_files=[file]),
+                per_task_row_limit=per_task_row_limit,
+            )
+            for epoch, file, rows in self.pieces
+        ]
 
 
-def rank_dataset(exp, plan: DataPlan, rank: int, cpus: float) -> ray.data.Dataset | None:
-    """One rank's files of one epoch as a streaming dataset of views, rows in file order; `cpus`
-    is this rank's share of the data CPU budget (the views actors hold it)."""
-    shards = plan.files[rank]
-    if not shards:
+def read_piece(file: str, columns: list[str], epoch: int, rows: int) -> list[pa.Table]:
+    """The first `rows` rows of a shard file (only the row groups that hold them), with `epoch`."""
+    fs, path = storage.resolve(file)
+    with fs.open_input_file(path) as handle:
+        parquet = pq.ParquetFile(handle)
+        groups, end = [], 0
+        while end < rows and len(groups) < parquet.num_row_groups:
+            end += parquet.metadata.row_group(len(groups)).num_rows
+            groups.append(len(groups))
+        table = parquet.read_row_groups(groups, columns=columns).slice(0, rows)
+    return [table.append_column("epoch", pa.array(np.full(table.num_rows, epoch, np.int64)))]
+
+
+def read_split(rows: int, batch_size: int) -> int:
+    """The blocks each read task's rows (at most `rows`) are split into: about BATCHES_PER_BLOCK
+    batches each."""
+    return max(1, math.ceil(rows / (BATCHES_PER_BLOCK * batch_size)))
+
+
+def read_rows(pieces: list[tuple[int, str, int]], columns: list[str], batch_size: int, **read_args) -> ray.data.Dataset:
+    """The pieces' rows in order, split into blocks of about BATCHES_PER_BLOCK batches: Ray Data
+    splits each read task's output evenly when asked for more blocks than tasks."""
+    split = read_split(max(rows for _, _, rows in pieces), batch_size)
+    return ray.data.read_datasource(ShardRows(pieces, columns), override_num_blocks=len(pieces) * split, **read_args)
+
+
+def stage_dataset(
+    exp, plans: list[DataPlan], rank: int, cpus: float, views_class=PositionedViews
+) -> ray.data.Dataset | None:
+    """One rank's files of the planned epochs, one after another, as a streaming dataset of views,
+    rows in order; `cpus` is this rank's share of the data CPU budget (the views actors hold it)."""
+    pieces = [(plan.epoch, file, rows) for plan in plans for file, rows in plan.pieces(rank)]
+    if not pieces:
         return None
     exp = experiment(exp)
     data = exp.data
     columns = train_columns(data.tag_vocab)  # checked for before Ray starts (orchestrator/config.py)
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # the position is a row count
     actors = views_actors(cpus)
-    rows = sum(s.num_rows for s in shards)
-    blocks = read_blocks(rows, len(shards), data.batch_size, actors)
-    ds = read_shards([s.file for s in shards], columns, blocks, concurrency=min(actors, len(shards)), num_cpus=0)
+    files = len({file for _, file, _ in pieces})
+    ds = read_rows(pieces, columns, data.batch_size, concurrency=min(actors, files), num_cpus=0)
     return map_views(
         ds,
-        partial(views_for, exp, plan.epoch),
+        partial(views_for, exp),
         batch_size=data.batch_size,
         cpus=cpus,
-        actors=rows >= data.views_actor_rows,
+        views_class=views_class,
+        actors=sum(rows for _, _, rows in pieces) >= data.views_actor_rows,
         rank=rank,
-        world_size=len(plan.files),
-        share=plan.shared,
+        world_size=len(plans[0].files),
+        share=frozenset(plan.epoch for plan in plans if plan.shared),
     )

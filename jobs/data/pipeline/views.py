@@ -7,7 +7,9 @@ captions tokenised. `augment: dinov2` adds DINOv2's flips and photometric augmen
 name colours, and a flipped or recoloured image would contradict its caption.
 
 Every random choice of a row comes from a stream seeded by (seed, epoch, key), so a row's views
-are the same whichever worker, batch or position it lands in, and change from epoch to epoch.
+are the same whichever worker, batch or position it lands in, and change from epoch to epoch. The
+epoch is the row's `epoch` column where the batch has one (the training pipeline's rows carry the
+epoch they are read for: one dataset spans a stage's epochs), else the instance's `epoch`.
 
 Speed (about 150 images/s per core is the goal at 224 px): images larger than the views need are
 decoded at a reduced scale (JPEG DCT scaling, or a box reduction), and crops are cut and resized on
@@ -28,11 +30,12 @@ import hashlib
 import io
 import logging
 import math
+import platform
 
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms.v2 import functional as TF
+from torch.nn.functional import interpolate
 
 from tipslab.jobs.config import AUGMENTS, experiment
 from tipslab.jobs.data.pipeline import photometric
@@ -104,6 +107,25 @@ def crop_box(rng: np.random.Generator, width: int, height: int, scale) -> tuple[
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+def native_uint8_resize() -> bool:
+    """Whether torch resizes uint8 images itself (bilinear, antialiased): on AVX2/AVX512 and ARM CPUs."""
+    return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") or platform.machine() in ("aarch64", "arm64")
+
+
+def resized_crop(image: torch.Tensor, top: int, left: int, height: int, width: int, size: list[int]) -> torch.Tensor:
+    """A uint8 [3, H, W] image's crop resized to `size`, bilinear and antialiased: torchvision's
+    `resized_crop` (the same values), without importing torchvision, which would add a second or
+    more to every views worker's start-up."""
+    crop = image[:, top : top + height, left : left + width]
+    if [height, width] == list(size):
+        return crop
+    x = crop.unsqueeze(0)
+    if native_uint8_resize():
+        return interpolate(x, size=list(size), mode="bilinear", align_corners=False, antialias=True)[0]
+    x = interpolate(x.float(), size=list(size), mode="bilinear", align_corners=False, antialias=True)
+    return x.round_().to(torch.uint8)[0]
+
+
 def decode(data, key: str, max_pixels: int, need: int) -> torch.Tensor:
     """The image as uint8 [3, H, W], decoded at a reduced scale when its short side is at least twice
     `need` (the smallest short side at which no crop is upsampled)."""
@@ -140,7 +162,8 @@ class TIPSViews:
 
     Output columns: global_crop uint8 [B,3,S,S] and local_crops uint8 [B,V,3,s,s] in 0..255,
     masks bool [B, patches], web_tokens and synthetic_tokens int64 [B, L], tags float32 multi-hot
-    (with a tag vocabulary), and, when the instance is called, the int64 counters of BAD_ROW_COLUMNS.
+    (with a tag vocabulary), epoch int64 (where the input has an `epoch` column), and, when the
+    instance is called, the int64 counters of BAD_ROW_COLUMNS.
     """
 
     def __init__(
@@ -198,17 +221,16 @@ class TIPSViews:
         }
         if self.tag_index:
             row["tags"] = check_tags(batch["tags"][i], key)
+        row["epoch"] = int(batch["epoch"][i]) if "epoch" in batch else self.epoch
         return row
 
     def crops(self, image: torch.Tensor, rng: np.random.Generator, flips) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The global crop and the local crops, uint8; flips[0] flips the global crop, flips[1:] the locals."""
         _, h, w = image.shape
         size, local = [self.image_size] * 2, [self.local_crop_size] * 2
-        views = [TF.resized_crop(image, *crop_box(rng, w, h, self.global_crop_scale), size, antialias=True)]
-        views += [
-            TF.resized_crop(image, *crop_box(rng, w, h, self.local_crop_scale), local, antialias=True)
-            for _ in range(self.local_crops)
-        ]
+        views = [resized_crop(image, *crop_box(rng, w, h, self.global_crop_scale), size)]
+        for _ in range(self.local_crops):
+            views.append(resized_crop(image, *crop_box(rng, w, h, self.local_crop_scale), local))
         views = [view.flip(-1) if flip else view for view, flip in zip(views, flips)]
         return views[0], views[1:]
 
@@ -237,7 +259,7 @@ class TIPSViews:
             return None, bad
         globals_, locals_, masks, draws = [], [], [], []
         for row in rows:
-            streams = row_seed(self.seed, self.epoch, row["key"]).spawn(3)
+            streams = row_seed(self.seed, row["epoch"], row["key"]).spawn(3)
             crop_rng, augment_rng, mask_rng = (np.random.default_rng(s) for s in streams)
             drawn = self.draw_augment(augment_rng)
             g, ls = self.crops(row["image"], crop_rng, [flip for flip, _ in drawn])
@@ -264,6 +286,8 @@ class TIPSViews:
         }
         if self.tag_index:
             out["tags"] = self.multi_hot([r["tags"] for r in rows])
+        if "epoch" in batch:
+            out["epoch"] = np.array([r["epoch"] for r in rows], dtype=np.int64)
         return out, bad
 
     def __call__(self, batch: dict) -> dict:
@@ -306,7 +330,7 @@ class TIPSViews:
 
 def view_options(exp) -> dict:
     """TIPSViews' keyword arguments that come straight from the experiment config; the caller adds
-    tokenizer, tag_vocab and epoch."""
+    tokenizer and tag_vocab (the training rows carry their epoch)."""
     exp = experiment(exp)
     model, data, loss = exp.model, exp.data, exp.loss
     return dict(

@@ -12,7 +12,8 @@ def test_bench_data_measures_both_pipelines_on_the_same_shards(ray_session, tmp_
     out = bench_data(
         str(tmp_path / "shards"), cpus=1, batch_size=6, image_size=56, local_crop_size=28, warmup=False, views=views
     )
-    assert out["views"] == {"actors": "actors", "auto": "tasks"}[views]  # auto: 24 rows are an epoch for tasks
+    # auto: 3 epochs of 24 rows are a stage for tasks
+    assert out["views"] == {"actors": "actors", "auto": "tasks"}[views] and out["epochs"] == 3
     for pipeline in ("raydata", "dataloader"):
         assert out[f"{pipeline}_images_per_s"] > 0 and out[f"{pipeline}_startup_s"] >= 0
         assert out[f"{pipeline}_images_per_s_per_cpu"] == out[f"{pipeline}_images_per_s"]  # one CPU
@@ -24,6 +25,10 @@ def test_bench_data_measures_both_pipelines_on_the_same_shards(ray_session, tmp_
     # the views actor's start-up, within the time to the first batch (tasks: none)
     assert 0 <= out["raydata_actors_ready_s"] <= out["raydata_startup_s"]
     assert (out["raydata_actors_ready_s"] > 0) == (views == "actors")
+    # once the actors are ready the rate is higher (tasks: no start-up of their own, the same rate)
+    assert out["raydata_ready_images_per_s"] >= out["raydata_images_per_s"] or math.isnan(out["ready_ratio"])
+    if views == "auto":
+        assert out["ready_ratio"] == pytest.approx(out["ratio"])
 
 
 def test_too_few_rows_for_a_measurement_is_a_clear_error_before_any_work(tmp_path):

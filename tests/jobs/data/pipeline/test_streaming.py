@@ -1,5 +1,5 @@
 """The training input pipeline (jobs/data/pipeline/streaming.py): how a rank's files become blocks and views,
-and how every input row is counted."""
+one dataset for a stage's epochs, and how every input row is counted."""
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -11,11 +11,13 @@ from tipslab.jobs.data.pipeline.streaming import (
     BATCHES_PER_BLOCK,
     COUNT_COLUMNS,
     PositionedViews,
+    Shard,
     key_ids,
     plan_epoch,
-    rank_dataset,
-    read_blocks,
+    plan_epochs,
+    read_split,
     split_dir,
+    stage_dataset,
     train_shards,
     views_actors,
 )
@@ -33,13 +35,34 @@ SPOIL = {
 }
 
 
-def test_read_blocks_give_every_views_actor_work():
+def test_a_read_task_is_split_into_blocks_of_about_four_batches():
     assert BATCHES_PER_BLOCK == 4
-    assert read_blocks(rows=512, files=2, batch_size=32, actors=2) == 4  # 16 batches, 4 per block
-    assert read_blocks(rows=4096, files=16, batch_size=32, actors=2) == 32
-    assert read_blocks(rows=64, files=1, batch_size=32, actors=2) == 2  # a block per actor...
-    assert read_blocks(rows=20, files=1, batch_size=32, actors=4) == 1  # ...while each has a batch
-    assert read_blocks(rows=96, files=12, batch_size=8, actors=1) == 12  # never fewer than the files
+    assert read_split(rows=256, batch_size=32) == 2  # 8 batches, 4 per block
+    assert read_split(rows=96, batch_size=8) == 3
+    assert read_split(rows=20, batch_size=32) == 1  # never fewer than one block a file
+
+
+def test_every_rank_reads_as_many_rows_as_the_rank_dealt_the_fewest():
+    # 5 files of 10..14 rows over 2 ranks: 3 files and 2; the rank of 2 has the fewest rows
+    shards = [Shard(f"f{i}", 10 + i) for i in range(5)]
+    plan = plan_epoch(shards, seed=0, epoch=0, world_size=2)
+    totals = [sum(s.num_rows for s in files) for files in plan.files]
+    assert plan.rows == min(totals) and sum(totals) == 60
+    for rank in (0, 1):
+        pieces = plan.pieces(rank)
+        assert sum(rows for _, rows in pieces) == plan.rows
+        assert [f for f, _ in pieces] == [s.file for s in plan.files[rank]][: len(pieces)]  # in order
+    assert plan.batches(batch_size=8) == plan.rows // 8
+    # a dataset spans enough epochs for the steps, plus one: a few bad rows do not cost a new dataset
+    plans = plan_epochs(shards, seed=0, first=3, world_size=2, done=set(), batch_size=8, steps=7)
+    batches = [p.batches(8) for p in plans]
+    assert [p.epoch for p in plans] == list(range(3, 3 + len(plans)))
+    assert sum(batches[:-1]) >= 7 > sum(batches[:-2]) and min(batches) >= 2  # 21 rows or more an epoch
+    assert plans[0] == plan_epoch(shards, 0, 3, 2) and plans[1] == plan_epoch(shards, 0, 4, 2)
+    # the files done are left out of the first epoch only
+    done = {plans[0].files[0][0].file}
+    again = plan_epochs(shards, seed=0, first=3, world_size=2, done=done, batch_size=8, steps=7)
+    assert again[0] == plan_epoch(shards, 0, 3, 2, done) and again[1] == plans[1]
 
 
 def test_views_actors_follow_the_ranks_cpus():
@@ -78,11 +101,11 @@ def one_shard(exp: dict, rows: int, spoiled: dict[int, str] | None = None):
 def test_a_ranks_file_is_read_in_blocks_for_parallel_views_in_file_order(ray_session, tmp_path, actor_rows):
     # One file of 96 rows, batches of 8, 2 CPUs: Ray Data's default reader would make one block and
     # one views call of it; the read splits it into 96 / (8 * 4) = 3 blocks for 2 views actors (or
-    # tasks, for an epoch under data.views_actor_rows), in order.
+    # tasks, for a stage under data.views_actor_rows), in order.
     rows, batch = 96, 8
     exp = tiny_exp(tmp_path, batch, actor_rows)
     shards = one_shard(exp, rows)
-    ds = rank_dataset(exp, plan_epoch(shards, seed=0, epoch=0, world_size=1), rank=0, cpus=2).materialize()
+    ds = stage_dataset(exp, [plan_epoch(shards, seed=0, epoch=0, world_size=1)], rank=0, cpus=2).materialize()
     assert ds.num_blocks() == 3  # a views call per block, on either actor
     out = ds.take_batch(rows, batch_format="numpy")
     # preserve_order: the rows come in file order (the resumable position is a row count)
@@ -166,7 +189,7 @@ def test_every_bad_row_is_counted_through_the_pipeline_on_ray(ray_session, tmp_p
     spoiled.update({3: "truncated", 40: "empty_caption", 41: "not_an_image"})
     exp = tiny_exp(tmp_path, batch)
     shards = one_shard(exp, rows, spoiled)
-    ds = rank_dataset(exp, plan_epoch(shards, seed=0, epoch=0, world_size=1), rank=0, cpus=2)
+    ds = stage_dataset(exp, [plan_epoch(shards, seed=0, epoch=0, world_size=1)], rank=0, cpus=2)
     out = ds.take_batch(rows, batch_format="numpy")
     written = {
         f"bad_{r}": sum(1 for v in spoiled.values() if v == r) for r in ("not_an_image", "truncated", "empty_caption")

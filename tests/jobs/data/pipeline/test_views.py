@@ -1,4 +1,6 @@
 import io
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -117,6 +119,12 @@ def test_a_rows_views_depend_on_seed_epoch_and_key_only(augment):
     next_epoch = views(augment=augment, epoch=4)(batch_of(rows))
     assert not np.array_equal(first["global_crop"], next_epoch["global_crop"])
     assert not np.array_equal(first["masks"], next_epoch["masks"])
+    # a row's `epoch` column (the training rows carry theirs) seeds its views in place of the instance's
+    mixed = views(augment=augment, epoch=0)({**batch_of(rows), "epoch": np.array([3, 4, 3, 4])})
+    assert mixed["epoch"].tolist() == [3, 4, 3, 4]
+    for column in ("global_crop", "local_crops", "masks"):
+        np.testing.assert_array_equal(mixed[column][0::2], first[column][0::2])
+        np.testing.assert_array_equal(mixed[column][1::2], next_epoch[column][1::2])
 
 
 def test_dinov2_augmentation_changes_colours_but_not_crops():
@@ -247,3 +255,27 @@ def test_large_images_are_decoded_at_a_reduced_scale_no_smaller_than_needed(fmt,
         }
     )
     assert out["global_crop"].shape == (1, 3, 224, 224) and out["local_crops"].shape == (1, 3, 3, 96, 96)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["uint8 resize", "float resize"])
+def test_resized_crop_equals_torchvisions_without_importing_it(monkeypatch, native):
+    from tipslab.jobs.data.pipeline import views as views_module
+
+    monkeypatch.setattr(views_module, "native_uint8_resize", lambda: native)
+    rng = np.random.default_rng(0)
+    for i in range(60):
+        height, width = rng.integers(20, 300, 2)
+        image = torch.from_numpy(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).permute(2, 0, 1)
+        image = image.contiguous() if i % 2 else image  # as decoded (HWC memory), or CHW
+        h, w = int(rng.integers(1, height + 1)), int(rng.integers(1, width + 1))
+        top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+        size = [int(rng.choice([h, 14, 56, 96, 224]))] * 2
+        expected = TF.resized_crop(image if native else image.float(), top, left, h, w, size, antialias=True)
+        expected = expected if native else expected.round().to(torch.uint8)
+        assert torch.equal(views_module.resized_crop(image, top, left, h, w, size), expected), (i, size)
+
+
+def test_a_views_worker_does_not_import_torchvision():
+    # a views actor's start-up: a fresh process imports the pipeline (torchvision would add a second or more)
+    code = "import sys, tipslab.jobs.data.pipeline.streaming; print('torchvision' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
