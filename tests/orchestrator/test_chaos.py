@@ -56,16 +56,17 @@ def checkpoints(storage: Path) -> int:
 
 def trainer_node(cluster: LocalCluster) -> int | None:
     """The index (in `cluster`) of the worker node that holds a live Ray Train worker, if any: a
-    process titled `ray::RayTrainWorker...` in that node's process group. (Not through Ray's state
-    API: a test process can join only one token-authenticated cluster in its life.)"""
+    process titled `ray::RayTrainWorker...` whose parent (the node's raylet; Ray's workers have
+    sessions of their own) is in that node's process group. (Not through Ray's state API: a test
+    process can join only one token-authenticated cluster in its life.)"""
     import psutil
 
     groups = {proc.pid: index for index, proc in enumerate(cluster.procs) if index and proc is not None}
     for proc in psutil.process_iter(["pid", "cmdline"]):
         try:
             title = (proc.info["cmdline"] or [""])[0]
-            if title.startswith("ray::RayTrainWorker") and os.getpgid(proc.info["pid"]) in groups:
-                return groups[os.getpgid(proc.info["pid"])]
+            if title.startswith("ray::RayTrainWorker") and os.getpgid(proc.ppid()) in groups:
+                return groups[os.getpgid(proc.ppid())]
         except (psutil.Error, ProcessLookupError):
             continue
     return None
