@@ -113,11 +113,15 @@ def test_a_sweep_survives_node_loss_a_tracking_restart_and_a_killed_driver(round
             env = {**os.environ, **cluster.env, "TIPSLAB_HOME": str(home), "MLFLOW_TRACKING_URI": server.url}
             driver = sweep(str(spec), *OVERRIDES, env=env, log=log)
             storage = home / "ray"
+            last = 0
             for attack, n in zip(attacks, at):
-                while checkpoints(storage) < n:
+                # After the n-th checkpoint of the sweep and a new one since the last attack (a trial
+                # restarted by the last attack trains again before the next)
+                while checkpoints(storage) < max(n, last + 1):
                     assert driver.poll() is None, f"the sweep ended before attack {attack}:\n{log.read_text()[-3000:]}"
                     assert time.monotonic() - started < ROUND_TIMEOUT_S, "the round ran out of time"
                     time.sleep(0.5)
+                last = checkpoints(storage)
                 if attack == "node":
                     node, hit = kill_a_worker_node(cluster, rng)
                     done.append(f"node {node} {'(trainer)' if hit else '(no trainer on it)'}")
