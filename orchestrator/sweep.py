@@ -23,6 +23,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from tipslab.jobs.config import as_dict, experiment
+from tipslab.jobs.data.pipeline.streaming import warm_views_workers
 from tipslab.jobs.eval.evaluate import evaluate_checkpoint
 from tipslab.jobs.redact import redact, remember_keys, secret_keys
 from tipslab.jobs.storage import to_uri
@@ -154,11 +155,13 @@ def run_trial(params: dict, plan: Plan, storage: str, secret: tuple = ()) -> Non
     name = run_name(plan, trial)
     exp = experiment(trial.config)  # the jobs get the typed config; the trial keeps its dict (config_hash, MLflow)
     trainer = build_trainer(exp, name=name, storage_path=storage, callbacks=[TuneReportCallback()], secret_keys=secret)
-    result = trainer.fit()
-    checkpoint = result.checkpoint
-    out_dir = os.path.join(storage, name, "eval")
     # The trial's placement group only holds the driver; the evaluation takes the CPUs the trainer freed.
     outside = PlacementGroupSchedulingStrategy(placement_group=None)
+    warming = warm_views_workers(exp, outside)  # while Ray Train starts its workers
+    result = trainer.fit()
+    del warming
+    checkpoint = result.checkpoint
+    out_dir = os.path.join(storage, name, "eval")
     metrics = ray.get(
         _evaluate.options(num_cpus=eval_cpus(trial.config), scheduling_strategy=outside).remote(
             checkpoint, exp, out_dir, list(secret)
