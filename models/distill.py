@@ -126,7 +126,10 @@ def cross_entropy_to_targets(student_logits: torch.Tensor, targets: torch.Tensor
     return -(targets * F.log_softmax(student_logits.float() / student_temp, dim=-1)).sum(-1).mean()
 
 
-class DistillLoss(nn.Module):
+class PrototypeTargetsLoss(nn.Module):
+    """What L_distill and L_MIM share: the student's temperature and the teacher's targets over the
+    prototypes (centred, or Sinkhorn-Knopp balanced)."""
+
     def __init__(
         self,
         prototypes: int,
@@ -139,6 +142,8 @@ class DistillLoss(nn.Module):
         self.student_temp = student_temp
         self.targets = teacher_targets(centering, prototypes, center_momentum, sinkhorn_iterations)
 
+
+class DistillLoss(PrototypeTargetsLoss):
     def forward(self, local_logits: torch.Tensor, teacher_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
         """local_logits: [B, V, K] for V local crops; teacher_logits: [B, K] of the global crop."""
         b, v, k = local_logits.shape

@@ -8,25 +8,12 @@ centring (loss.centering) the prototypes are balanced over every rank's masked p
 """
 
 import torch
-from torch import nn
 
-from .distill import cross_entropy_to_targets, teacher_targets
+from .distill import PrototypeTargetsLoss, cross_entropy_to_targets
 from .prototype_loss import prototype_cross_entropy
 
 
-class MIMLoss(nn.Module):
-    def __init__(
-        self,
-        prototypes: int,
-        student_temp: float,
-        center_momentum: float,
-        centering: str = "mean",
-        sinkhorn_iterations: int = 3,
-    ):
-        super().__init__()
-        self.student_temp = student_temp
-        self.targets = teacher_targets(centering, prototypes, center_momentum, sinkhorn_iterations)
-
+class MIMLoss(PrototypeTargetsLoss):
     def forward(
         self, student_patch_logits: torch.Tensor, teacher_patch_logits: torch.Tensor, teacher_temp: float
     ) -> torch.Tensor:
