@@ -28,7 +28,7 @@ def cmd_data_scenes(args) -> None:
 
         ensure_ray()
     try:
-        with Meter(f"rendering scenes {args.split}", "scenes") as meter:
+        with Meter(f"rendering scenes {args.split}", "scenes", closes_at_total=False) as meter:
             manifest = generate_scenes(
                 args.out,
                 args.n,
@@ -159,7 +159,7 @@ def _bad_summary(bad: dict) -> str:
 def cmd_data_ingest(args) -> None:
     from .meter import Meter
 
-    with Meter(f"ingesting {args.format}", "rows") as meter:
+    with Meter(f"ingesting {args.format}", "rows", closes_at_total=False) as meter:
         result = _ingest(args, meter)
     _emit(
         result,

@@ -49,9 +49,19 @@ def summary_line(what: str, unit: str, done: int, seconds: float) -> str:
 class Meter:
     """`meter(done, total)` as work goes on; `close()` (or leaving `with`) prints the summary.
 
-    A meter whose `done` reaches a known `total` closes itself."""
+    A meter whose `done` reaches a known `total` closes itself, unless `closes_at_total` is off (a
+    command that may still fail after its last row, as ingestion's final bad-row check: its error is
+    then the one line it prints)."""
 
-    def __init__(self, what: str, unit: str = "rows", stream=None, every: float = 0.25, clock=time.monotonic):
+    def __init__(
+        self,
+        what: str,
+        unit: str = "rows",
+        stream=None,
+        every: float = 0.25,
+        clock=time.monotonic,
+        closes_at_total: bool = True,
+    ):
         self.what, self.unit, self.every, self.clock = redact(what), unit, every, clock  # a split's name is the user's
         self.stream = stream or sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
@@ -60,12 +70,13 @@ class Meter:
         self.shown = None  # when the line was last drawn
         self.width = 0  # of the line on screen, to blank what a shorter one leaves
         self.closed = False
+        self.closes_at_total = closes_at_total
 
     def __call__(self, done: int, total: int | None = None) -> None:
         if self.closed:
             return
         self.done, self.total = done, total
-        if total is not None and done >= total:
+        if total is not None and done >= total and self.closes_at_total:
             self.close()
             return
         now = self.clock()

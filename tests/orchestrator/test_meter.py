@@ -90,6 +90,16 @@ def test_elsewhere_only_the_summary_is_written_and_a_failure_writes_nothing():
     except ValueError:
         pass
     assert failed.getvalue() == ""
+    # A command that may fail after its last row (ingestion's final bad-row check) keeps its meter
+    # open at the total: the failure is still the one line.
+    late = Screen(tty=False)
+    try:
+        with Meter("ingesting coco", "rows", stream=late, closes_at_total=False) as meter:
+            meter(1, 1)
+            raise ValueError("too many bad rows")
+    except ValueError:
+        pass
+    assert late.getvalue() == ""
     cut = Screen(tty=True)  # in a terminal, the half-drawn line is ended so that the error starts a line
     try:
         with Meter("ingesting csv", "rows", stream=cut, clock=Clock()) as meter:
