@@ -3,12 +3,12 @@
 Every call retries a passing fault (a sqlite store locked by another process, a tracking server
 that refuses connections or answers 5xx, a full disk under the artifacts) with back-off, for at
 most `retry_s` in all. Before training (`buffering` off) a fault that outlasts that is a UserError
-naming the store. During training (`buffering` on) the write waits in memory instead, in order,
-and so does every later one until the store answers again: the waiting writes are tried again on
-later writes (at growing intervals, so that a dead store does not stall the driver at every
-report) and at the end (`flush`). A run created while the store was away gets a stand-in id, which
-its later writes carry until the run exists. What could not be written at the end is told in one
-line (`unwritten`), naming the store with its credentials masked.
+naming the store. During training (`buffering` on) a write retries for `BUFFERED_RETRY_S` at most,
+then waits in memory instead, in order, and so does every later one until the store answers again:
+the waiting writes are tried again on later writes (at growing intervals, so that a dead store does
+not stall the driver at every report) and at the end (`flush`). A run created while the store was
+away gets a stand-in id, which its later writes carry until the run exists. What could not be
+written at the end is told in one line (`unwritten`), naming the store with its credentials masked.
 """
 
 import functools
@@ -26,7 +26,11 @@ from mlflow.tracking import MlflowClient
 from .errors import UserError
 from .faults import TRANSIENT, fault, store_message, store_path
 
-RETRY_S = 30.0  # the longest one write keeps retrying before it waits in memory
+RETRY_S = 30.0  # the longest one call keeps retrying before it fails (or, during training, waits in memory)
+# During training a write retries this long at most before it waits in memory: the sweep's driver
+# writes from Tune's event loop, and a loop held for RETRY_S backs up the trials' reports (seen: a
+# Ray Tune trial deadlocked on its own result queue after a 31 s stall while the server restarted).
+BUFFERED_RETRY_S = 3.0
 PAUSES = (0.5, 8.0)  # back-off between tries of one call: first, largest
 FLUSH_EVERY = (5.0, 60.0)  # while writes wait: between tries to make them, first, largest
 WRITES = {
@@ -93,7 +97,8 @@ class TrackingStore:
         StoreUnavailable (a UserError naming the store). A corrupt store fails at once."""
         return self._retried(lambda: self._once(name, args, kwargs))
 
-    def _retried(self, attempt):
+    def _retried(self, attempt, limit_s: float | None = None):
+        limit_s = self.retry_s if limit_s is None else limit_s
         start = time.monotonic()
         pause = PAUSES[0]
         while True:
@@ -106,7 +111,7 @@ class TrackingStore:
                 if kind not in TRANSIENT:
                     raise
                 waited = time.monotonic() - start
-                if waited + pause > self.retry_s:
+                if waited + pause > limit_s:
                     raise StoreUnavailable(kind, store_message(kind, self.uri, waited)) from err
                 time.sleep(pause)
                 pause = min(pause * 2, PAUSES[1])
@@ -122,7 +127,7 @@ class TrackingStore:
             return self.call(name, *args, **kwargs)
         if not self.pending:
             try:
-                return self.call(name, *args, **kwargs)
+                return self._retried(lambda: self._once(name, args, kwargs), min(self.retry_s, BUFFERED_RETRY_S))
             except StoreUnavailable as err:
                 self._away(err.kind, str(err))
         stand_in = self._hold(name, args, kwargs)

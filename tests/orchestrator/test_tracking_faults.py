@@ -201,6 +201,20 @@ def test_writes_wait_in_order_with_stand_in_ids_and_are_made_when_the_server_is_
     assert "http://bob:***@127.0.0.1:5000" in line and "hunter22" not in line + capsys.readouterr().err
 
 
+def test_during_training_a_write_waits_in_memory_after_seconds_not_the_whole_retry_bound():
+    """The sweep's driver writes from Tune's event loop: a server away must not hold the loop for
+    `retry_s` (30 s) at the first write, only for BUFFERED_RETRY_S."""
+    fake = FlakyClient()
+    store = tracking_store.TrackingStore("http://127.0.0.1:5000", retry_s=30.0, client=fake)
+    store.buffering = True
+    fake.up = False
+    start = time.monotonic()
+    store.log_batch("run0", metrics=[1])
+    held = time.monotonic() - start
+    assert 0.4 < held <= tracking_store.BUFFERED_RETRY_S + 0.5, held  # retried with back-off, then held
+    assert len(store.pending) == 1 and fake.calls == []
+
+
 # --------------------------------------------------------------------------- two drivers on one sweep
 def test_a_second_driver_refuses_naming_the_first_and_leaves_its_trial_alone(tmp_path, home, store):
     uri, _ = store
