@@ -4,14 +4,9 @@ rate, ETA) while the work runs, and a single summary line anywhere else."""
 import io
 import json
 import os
-import pty
-import select
-import subprocess
-import sys
-import time
 
 import numpy as np
-from conftest import REPO
+from terminal import in_a_terminal
 
 from tipslab.jobs.bench.ingest import photo_jpeg
 from tipslab.orchestrator.cli import main
@@ -147,48 +142,11 @@ def csv_source(folder, n: int, bad: int = 0) -> str:
     return str(folder / "t.csv")
 
 
-def in_a_terminal(args: list[str], env: dict, finished) -> tuple[int, list[tuple[str, bool]]]:
-    """Run `tipslab ARGS` with a pseudo-terminal for stdin, stdout and stderr; return its exit code
-    and every piece of text between carriage returns and newlines, each with whether the file
-    `finished` (what the command writes last) existed when the piece arrived."""
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tipslab.orchestrator.cli", *args],
-        stdin=follower,
-        stdout=follower,
-        stderr=follower,
-        cwd=REPO,
-        env=env,
-        close_fds=True,
-    )
-    os.close(follower)
-    arrived, buffer, deadline = [], "", time.monotonic() + 120
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([leader], [], [], 0.5)
-        if ready:
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:  # the child closed the terminal
-                break
-            if not chunk:
-                break
-            done = finished.exists()
-            *pieces, buffer = (
-                (buffer + chunk.decode(errors="replace")).replace("\r\n", "\n").replace("\n", "\r").split("\r")
-            )
-            arrived += [(p.strip(), done) for p in pieces if p.strip()]
-        elif proc.poll() is not None:
-            break
-    proc.wait(timeout=60)
-    os.close(leader)
-    return proc.returncode, arrived
-
-
 def progress_while_running(arrived, what: str, total: int, unit: str) -> list[str]:
     """The lines `WHAT: DONE/TOTAL UNIT (P%)  RATE UNIT/s  ETA T` with DONE < TOTAL that arrived
     before the command had written its last file."""
     lines = []
-    for line, finished in arrived:
+    for _, line, finished in arrived:
         head, _, rest = line.partition(": ")
         done, slash, tail = rest.partition("/")
         if head == what and slash and tail.startswith(f"{total} {unit} (") and not finished:
@@ -208,8 +166,8 @@ def command_env(tmp_path) -> dict:
 def test_data_scenes_shows_scenes_done_rate_and_eta_in_a_terminal_while_it_renders(tmp_path):
     out = tmp_path / "scenes"
     args = ["data", "scenes", str(out), "--n", "200", "--size", "32"]
-    code, arrived = in_a_terminal(args, command_env(tmp_path), finished=out / "manifest.json")
-    text = "\n".join(line for line, _ in arrived)
+    code, arrived = in_a_terminal(args, command_env(tmp_path), probe=(out / "manifest.json").exists)
+    text = "\n".join(line for _, line, _ in arrived)
     assert code == 0, text
     # while it rendered (the manifest, written last, not there yet), not only at the end
     assert progress_while_running(arrived, "rendering scenes train", 200, "scenes"), text
@@ -220,8 +178,8 @@ def test_data_scenes_shows_scenes_done_rate_and_eta_in_a_terminal_while_it_rende
 def test_data_ingest_shows_rows_done_rate_and_eta_in_a_terminal_while_it_ingests(tmp_path):
     src, out = coco_source(tmp_path / "coco", 600), tmp_path / "shards"
     args = ["data", "ingest", "--format", "coco", src, str(out)]
-    code, arrived = in_a_terminal(args, command_env(tmp_path), finished=out / "manifest.json")
-    text = "\n".join(line for line, _ in arrived)
+    code, arrived = in_a_terminal(args, command_env(tmp_path), probe=(out / "manifest.json").exists)
+    text = "\n".join(line for _, line, _ in arrived)
     assert code == 0, text
     assert progress_while_running(arrived, "ingesting coco", 600, "rows"), text
     assert text.splitlines()[-2].startswith("ingesting coco: 600 rows in ")

@@ -2,14 +2,10 @@
 and, in a real terminal, `tipslab train` printing them while it trains."""
 
 import os
-import pty
-import select
-import subprocess
-import sys
 import time
 from types import SimpleNamespace
 
-from conftest import REPO
+from terminal import in_a_terminal
 
 from tipslab.orchestrator.progress import ProgressCallback, duration, train_line
 
@@ -66,38 +62,11 @@ def test_tipslab_train_shows_its_progress_in_a_terminal_while_it_trains(tmp_path
     env.pop("RAY_ADDRESS", None)
     args = ["ablations/base/tips_tiny.yaml", "train.steps=12", "train.log_every=2", "data.scenes_train=64"]
     args += ["data.scenes_probe=16", "eval.probes=[retrieval]"]
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tipslab.orchestrator.cli", "train", *args],
-        stdin=follower,
-        stdout=follower,
-        stderr=follower,
-        cwd=REPO,
-        env=env,
-        close_fds=True,
-    )
-    os.close(follower)
-    arrived, buffer, deadline = [], b"", time.monotonic() + 600
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([leader], [], [], 1.0)
-        if ready:
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:  # the child closed the terminal
-                break
-            if not chunk:
-                break
-            buffer += chunk
-            *lines, rest = buffer.split(b"\n")
-            buffer = rest
-            arrived += [(time.monotonic(), line.decode(errors="replace").strip()) for line in lines]
-        elif proc.poll() is not None:
-            break
-    proc.wait(timeout=60)
+    code, pieces = in_a_terminal(["train", *args], env, timeout_s=600)
     ended = time.monotonic()
-    os.close(leader)
+    arrived = [(when, line) for when, line, _ in pieces]
     text = "\n".join(line for _, line in arrived)
-    assert proc.returncode == 0, text[-3000:]
+    assert code == 0, text[-3000:]
     steps = [(t, line) for t, line in arrived if " step " in line and "/12 (" in line]
     assert steps, text[-3000:]
     first_time, first = steps[0]
