@@ -3,7 +3,7 @@ go to, and the comparison view that MLflow's UI opens an ablation's experiment w
 
 from mlflow.tracking import MlflowClient
 
-from tipslab.dashboards.store import STORE_ARTIFACTS
+from tipslab.dashboards.store import STORE_ARTIFACTS, use_store_artifacts
 
 ROLE, SWEEP_ID, SPEC, SIZE = "tipslab.role", "tipslab.sweep_id", "tipslab.spec", "tipslab.size"
 VARIANT, SEED, CONFIG_HASH, CHECKPOINT = "tipslab.variant", "tipslab.seed", "tipslab.config_hash", "tipslab.checkpoint"
@@ -37,7 +37,10 @@ EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 def experiment_id(client: MlflowClient, name: str) -> str:
     """The id of the experiment `name`, of the ML kind, created if new: on an embedded store with
     its artifacts under `mlflow-artifacts:/<name>` (the store's own `mlartifacts` folder, wherever
-    the store lies); a tracking server puts them where it was told to."""
+    the store lies); a tracking server puts them where it was told to. This process then resolves
+    those URIs in the store's folder (use_store_artifacts): whoever writes a run's artifacts gets
+    its experiment here first."""
+    use_store_artifacts()
     found = client.get_experiment_by_name(name)
     if found is None:
         server = client.tracking_uri.startswith(("http://", "https://"))

@@ -1,3 +1,5 @@
+import json
+
 from conftest import driver_dies
 
 from tipslab.orchestrator.tracking import redact, scrub
@@ -195,3 +197,21 @@ def test_the_probes_protocols_reach_the_trials_results_its_tags_and_the_tables_f
     table = render(load_sweep(uri, "exp"))
     assert "protocol of mIoU: linear_upsampled: label_size=512, source=DINOv2" in table
     assert "protocol of RMSE, δ1: scenes_bins: bins=256" in table
+
+
+def test_a_bench_run_on_a_fresh_store_writes_its_artifact_in_the_stores_folder(home, monkeypatch):
+    # `tipslab bench step` alone on a fresh home failed: its experiment's artifacts are under
+    # `mlflow-artifacts:/`, which only tracking.py's import taught MLflow to resolve in the store's folder.
+    from mlflow.store.artifact import artifact_repository_registry as registry
+    from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
+
+    from tipslab.orchestrator.runtime import tracking_uri
+    from tipslab.orchestrator.tracking_outside import log_bench
+
+    repos = dict(registry._artifact_repository_registry._registry)
+    monkeypatch.setattr(registry._artifact_repository_registry, "_registry", repos)
+    repos["mlflow-artifacts"] = MlflowArtifactsRepository  # as in a process that never imported tracking.py
+    result = {"device_kind": "cpu", "device": "test", "images_per_s": 12.5}
+    run_id = log_bench(tracking_uri(), "step", "tiny", result, {"images_per_s": 12.5}, {"batch_size": 2})
+    [artifact] = list((home / "mlartifacts").glob(f"*/{run_id}/artifacts/bench.json"))
+    assert json.loads(artifact.read_text())["images_per_s"] == 12.5
