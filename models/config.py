@@ -29,6 +29,13 @@ MASK_MODES = ("random", "blockwise")  # loss.mask_mode
 CENTERINGS = ("mean", "sinkhorn_knopp")  # loss.centering
 
 
+def masked_count(ratio: float, patches: int) -> int:
+    """How many of `patches` a mask at `ratio` covers. Every mask of a batch covers exactly this many
+    (jobs/data/pipeline/masking.py), which gives the masked tokens a shape known on the host. Here,
+    with no torch, for the views' workers, which import nothing of the model to mask."""
+    return int(round(ratio * patches))
+
+
 def bad(key: str, why: str):
     """Raise the ConfigError of one field: "<dotted key>: <why>"."""
     raise ConfigError(f"{key}: {why}")

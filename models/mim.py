@@ -9,6 +9,7 @@ centring (loss.centering) the prototypes are balanced over every rank's masked p
 
 import torch
 
+from .config import masked_count  # noqa: F401  (here for the model's users)
 from .distill import PrototypeTargetsLoss, cross_entropy_to_targets
 from .prototype_loss import prototype_cross_entropy
 
@@ -40,12 +41,6 @@ class MIMLoss(PrototypeTargetsLoss):
         With M = 0 it is 0, with zero gradients for the features and the weight."""
         targets = self.targets.chunked(teacher_features, teacher_prototypes, teacher_temp)  # a collective
         return prototype_cross_entropy(student_features, prototypes, targets, self.student_temp, chunk_rows)
-
-
-def masked_count(ratio: float, patches: int) -> int:
-    """How many of `patches` a mask at `ratio` covers. Every mask of a batch covers exactly this many
-    (jobs/data/pipeline/masking.py), which gives the masked tokens a shape known on the host."""
-    return int(round(ratio * patches))
 
 
 def masked_tokens(tokens: torch.Tensor, masks: torch.Tensor, count: int) -> torch.Tensor:

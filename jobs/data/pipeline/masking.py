@@ -9,9 +9,8 @@ import math
 
 import numpy as np
 
-from tipslab.models.config import MASK_MODES
+from tipslab.models.config import MASK_MODES, masked_count
 from tipslab.models.errors import ConfigError
-from tipslab.models.mim import masked_count
 
 # DINOv2's MaskingGenerator: blocks of at least 4 patches, aspect ratio 0.3 to 1/0.3, at most
 # half the grid per block, 10 tries per block.
