@@ -4,7 +4,10 @@ with no tipslab code in it, timed from the Tuner's launch to the trial's first r
 The trainable and its worker are shaped as a sweep's are (a trial driver without a CPU, one
 training worker of one CPU on gloo, Train's reports forwarded to Tune), and the worker imports torch
 and reports at once: what remains is Ray's start-up of the trial, the Train controller, the worker
-group and the process group. `tipslab bench trial` puts tipslab's launch-to-first-step beside it.
+group and the process group. Its report carries the first two of the start-up phases a tipslab
+worker reports (jobs/train/startup.py): `perf/startup/workers_s` (the trainer's launch to the worker
+process's start) and `perf/startup/worker_setup_s` (to the training function's entry).
+`tipslab bench trial` puts tipslab's launch-to-first-step and its phases beside these.
 """
 
 import os
@@ -13,10 +16,16 @@ import uuid
 
 
 def _bare_loop(config: dict) -> None:
+    entered = time.time()
+    import psutil
     import ray.train
     import torch
 
-    ray.train.report({"step": 1, "loss": float(torch.zeros(1).sum())})
+    phases = {
+        "perf/startup/workers_s": psutil.Process().create_time() - config["launched"],
+        "perf/startup/worker_setup_s": entered - psutil.Process().create_time(),
+    }
+    ray.train.report({"step": 1, "loss": float(torch.zeros(1).sum()), **phases})
 
 
 def _bare_trainable(config: dict) -> None:
@@ -26,6 +35,7 @@ def _bare_trainable(config: dict) -> None:
 
     TorchTrainer(
         _bare_loop,
+        train_loop_config={"launched": time.time()},
         torch_config=TorchConfig(backend="gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": config["cpus"]}),
         run_config=ray.train.RunConfig(
@@ -35,16 +45,17 @@ def _bare_trainable(config: dict) -> None:
 
 
 def bare_trial_floor(storage_path: str, driver_resources: dict, cpus_per_worker: float = 1.0) -> dict:
-    """Seconds from a one-trial Tuner's launch to its first report, and to its end, on the Ray
-    instance the caller started; `driver_resources`: the trial driver's, as a sweep asks them."""
+    """Seconds from a one-trial Tuner's launch to its first report, and to its end, and the start-up
+    phases its worker reported, on the Ray instance the caller started; `driver_resources`: the
+    trial driver's, as a sweep asks them."""
     from ray import tune
 
-    first: list[float] = []
+    first: list[tuple[float, dict]] = []
 
     class FirstReport(tune.Callback):
         def on_trial_result(self, iteration, trials, trial, result, **info):
             if not first:
-                first.append(time.time())
+                first.append((time.time(), result))
 
     tuner = tune.Tuner(
         tune.with_resources(_bare_trainable, driver_resources),
@@ -61,4 +72,6 @@ def bare_trial_floor(storage_path: str, driver_resources: dict, cpus_per_worker:
     total = time.time() - start
     if results.errors or not first:
         raise RuntimeError(f"the bare trial failed: {results.errors[0] if results.errors else 'no report'}")
-    return {"launch_to_first_report_s": first[0] - start, "total_s": total}
+    at, result = first[0]
+    phases = {k: v for k, v in result.items() if k.startswith("perf/startup/")}
+    return {"launch_to_first_report_s": at - start, "total_s": total, "phases": phases}

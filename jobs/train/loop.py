@@ -1,7 +1,10 @@
 """The TIPS training loop that runs on every Ray Train worker: stages, epochs, steps, reports.
 
 Each rank streams its own shard files (jobs/data/pipeline/streaming.py), one dataset for the epochs
-of a stage, cut into batches of one epoch each (jobs/data/pipeline/batches.py). Every `train.log_every`
+of a stage, cut into batches of one epoch each (jobs/data/pipeline/batches.py); a stage's dataset is
+asked for its first block before the stage's model is built, so that Ray Data's start-up (its views
+workers) overlaps the build. The first report carries where the worker's start-up went
+(jobs/train/startup.py). Every `train.log_every`
 steps the loop reports the window's loss terms and rates, averaged over ranks in one collective;
 every `train.checkpoint_every` steps and at the end of each stage it also reports a checkpoint
 (jobs/train/state.py), after a collective check that no loss term went non-finite. After a worker
@@ -48,6 +51,7 @@ from tipslab.jobs.train.parallel import (
     save_sharded,
 )
 from tipslab.jobs.train.stages import stage_configs
+from tipslab.jobs.train.startup import StartupClock
 from tipslab.jobs.train.state import SHARDED_DIR, DataPosition, RunStopped, TrainState, check_strategy
 from tipslab.jobs.train.step import build_step
 from tipslab.jobs.train.trace import RowTrace, state_digest
@@ -185,9 +189,10 @@ def restored_state():
 
 
 class Loop:
-    def __init__(self, exp, rank: int, world_size: int, device):
+    def __init__(self, exp, rank: int, world_size: int, device, clock: StartupClock | None = None):
         exp = experiment(exp)
         self.exp, self.rank, self.world_size, self.device = exp, rank, world_size, device
+        self.clock = clock or StartupClock()
         self.train = exp.train
         self.tokenizer = build_tokenizer(exp.model)  # travels inside every checkpoint
         self.shards = train_shards(exp)
@@ -202,6 +207,7 @@ class Loop:
             if state is not None:
                 first, step, position = state.stage, state.step, state.data
                 self.bad.update(state.bad_rows)
+                self.clock.resumed()
             for index in range(first, len(stages)):
                 name, stage_exp = stages[index]
                 steps = stage_exp.train.steps
@@ -211,13 +217,17 @@ class Loop:
                     continue  # the checkpoint is this stage's last
                 if resume:
                     check_strategy(state, stage_exp.train.strategy)
+                stage_step = state.stage_step if resume else 0
+                # The data first: Ray Data starts its workers while the model is built.
+                data = self.stage_data(stage_exp, position.epoch, set(position.done), steps - stage_step)
                 stage = Stage(index, name, stage_exp, self.device, state, resume, folder)
+                self.clock.mark("model")
                 opened.close()  # the checkpoint's files are read
                 if resume:
                     self.restore_rng(state, stage, step)
                 else:
                     torch.manual_seed(self.train.seed * 1000 + self.rank + step)  # per-rank randomness
-                step, position = self.run_stage(stage, state.stage_step if resume else 0, step, position)
+                step, position = self.run_stage(stage, stage_step, step, position, data)
                 if index + 1 < len(stages):  # the next stage starts from these weights (fsdp: gathered)
                     state = TrainState(stage=index, stage_step=steps, step=step, data=position, **stage.weights())
 
@@ -227,19 +237,22 @@ class Loop:
         if self.trace.path:  # fsdp: a collective, on every rank alike (the variable reaches all)
             self.trace.event(resumed_at=step, stage=stage.index, digest=stage.digest())
 
-    def run_stage(self, stage: Stage, stage_step: int, step: int, position: DataPosition):
+    def run_stage(self, stage: Stage, stage_step: int, step: int, position: DataPosition, data):
+        """Train `stage` from `stage_step` (the run's `step`) at data `position`, on `data`: the
+        stage's first dataset (`stage_data`), already started."""
         train, steps = stage.exp.train, stage.exp.train.steps
         log, save, probing = Cadence(train.log_every), Cadence(train.checkpoint_every), Cadence(self.train.probe_every)
         probe = self.make_probe(stage)
         window = Window(self.device)
         epoch, done = position.epoch, set(position.done)
-        plans, batches = {}, None
+        plans, batches = data
         while stage_step < steps:
-            if epoch not in plans:  # the stage's first epoch, or past those its dataset spans
-                plans, batches = self.stage_data(stage, epoch, done, steps - stage_step)
+            if epoch not in plans:  # past the epochs the stage's dataset spans
+                plans, batches = self.stage_data(stage.exp, epoch, done, steps - stage_step)
             plan, rows_done, epoch_steps = plans[epoch], 0, 0
             while stage_step < steps:
                 batch = self.next_batch(batches, epoch, window)
+                self.clock.mark("first_batch")
                 # The epoch ends for every rank when one runs out: DDP needs the same step count.
                 if not all_have(batch is not None, self.device):
                     if batch is not None:  # not trained on, but its bad rows were met
@@ -256,6 +269,7 @@ class Loop:
                     continue
                 stage.parts.watch.check()  # a collective, at the same step on every rank
                 metrics = self.metrics(stage, window, stage_step, step)
+                metrics.update(self.clock.metrics())  # the first report only
                 if probe is not None and probing.due(step, last):
                     metrics.update(stage.probe(probe))
                 now = None
@@ -283,12 +297,10 @@ class Loop:
 
         return PeriodicProbe(stage.exp, self.tokenizer)
 
-    def stage_data(
-        self, stage: Stage, epoch: int, done: set[str], steps: int
-    ) -> tuple[dict[int, DataPlan], EpochBatches]:
+    def stage_data(self, exp, epoch: int, done: set[str], steps: int) -> tuple[dict[int, DataPlan], EpochBatches]:
         """({epoch: its data plan} for the epochs from `epoch` that one dataset spans, enough for
-        `steps` steps, and this rank's batches of them on the device)."""
-        exp = stage.exp
+        `steps` steps of stage config `exp`, and this rank's batches of them on the device, the
+        first block already asked for (EpochBatches.start))."""
         data = exp.data
         plans = plan_epochs(self.shards, exp.train.seed, epoch, self.world_size, done, data.batch_size, steps)
         ds = stage_dataset(exp, plans, self.rank, data.cpus / self.world_size)
@@ -301,7 +313,7 @@ class Loop:
             if ds
             else ()
         )
-        return {plan.epoch: plan for plan in plans}, EpochBatches(blocks, data.batch_size)
+        return {plan.epoch: plan for plan in plans}, EpochBatches(blocks, data.batch_size).start()
 
     def next_batch(self, batches: EpochBatches, epoch: int, window: Window) -> dict | None:
         """The next whole batch of `epoch`, or None at its end on this rank; the wait goes to the

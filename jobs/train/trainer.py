@@ -11,6 +11,7 @@ to `stopped.json` in the run's folder and return, and `fit()` raises `RunStopped
 
 import json
 import os
+import time
 
 import ray.train
 import ray.train.torch
@@ -20,6 +21,7 @@ from tipslab.jobs import storage
 from tipslab.jobs.config import as_dict, experiment
 from tipslab.jobs.redact import remember_keys
 from tipslab.jobs.train.loop import Loop
+from tipslab.jobs.train.startup import StartupClock
 from tipslab.jobs.train.state import RunStopped
 from tipslab.jobs.train.step import NonFiniteLossError
 from tipslab.jobs.train.trace import ROW_TRACE_ENV
@@ -29,14 +31,16 @@ STOPPED_FILE = "stopped.json"
 
 def train_loop(config: dict) -> None:
     """Runs on every Ray Train worker. config: {"experiment": the ExperimentConfig, "run": {"path": ...,
-    "secret_keys": the experiment's keys whose values are masked in what the worker writes}}."""
+    "secret_keys": the experiment's keys whose values are masked in what the worker writes, "launched":
+    when the trainer was built}}."""
+    clock = StartupClock(config["run"].get("launched"))  # first: the start-up's phases end here
     exp = config["experiment"]
     remember_keys(as_dict(exp), config["run"].get("secret_keys", ()))
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     try:
-        Loop(exp, rank, world_size, device).run()
+        Loop(exp, rank, world_size, device, clock).run()
     except (NonFiniteLossError, RunStopped) as err:
         # Every rank gets here at the same step (the checks are collective); retrying would only
         # meet the same loss again, so the run ends here and fit() raises it.
@@ -91,7 +95,10 @@ def build_trainer(
     return TIPSTrainer(
         train_loop,
         run_path=run_path,
-        train_loop_config={"experiment": exp, "run": {"path": run_path, "secret_keys": list(secret_keys)}},
+        train_loop_config={
+            "experiment": exp,
+            "run": {"path": run_path, "secret_keys": list(secret_keys), "launched": time.time()},
+        },
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=train.num_workers, use_gpu=use_gpu, resources_per_worker=resources

@@ -8,7 +8,7 @@ from conftest import tiny_overrides
 from mlflow.tracking import MlflowClient
 
 from tipslab.jobs.bench import COMPONENTS as STEP_COMPONENTS
-from tipslab.orchestrator.bench_commands import EXPERIMENT
+from tipslab.orchestrator.bench_commands import EXPERIMENT, startup_table
 from tipslab.orchestrator.bench_runs import TRIAL_EXPERIMENT
 from tipslab.orchestrator.cli import main
 from tipslab.orchestrator.runtime import tracking_uri
@@ -93,6 +93,12 @@ def test_bench_trial_measures_launch_to_first_step(ray_session, home, capsys):
     # Ray's floor, a bare TorchTrainer in a one-trial Tuner, measured before and after in the same run.
     assert len(r["bare_runs_s"]) == 2 and 0 < r["bare_launch_to_first_report_s"]
     assert r["ratio_to_bare"] == pytest.approx(r["launch_to_first_step_s"] / r["bare_launch_to_first_report_s"])
+    # Where the worker's start-up went (jobs/train/startup.py): every phase, within launch to first step.
+    assert set(r["phases"]) == {"workers", "worker_setup", "model", "first_batch", "first_step"}
+    assert all(v >= 0 for v in r["phases"].values())
+    assert sum(r["phases"].values()) <= r["launch_to_first_step_s"] + 0.5
+    assert r["phases"]["worker_setup"] > 0 and r["phases"]["first_batch"] > 0
+    assert set(r["bare_phases"]) == {"workers", "worker_setup"} and all(v > 0 for v in r["bare_phases"].values())
     [run] = bench_runs("trial")
     assert run.data.metrics["bench/trial/ratio_to_bare"] == pytest.approx(r["ratio_to_bare"])
     assert run.data.metrics["bench/trial/launch_to_first_step_s"] == pytest.approx(r["launch_to_first_step_s"])
@@ -201,3 +207,15 @@ def test_bench_overhead_times_the_loop_step_with_and_without_ray_train(ray_sessi
     )
     [run] = bench_runs("overhead")
     assert run.data.metrics["bench/overhead/ratio"] == pytest.approx(r["ratio"])
+
+
+def test_the_startup_table_puts_each_phase_beside_the_floors():
+    table = startup_table(
+        {"phases": {"workers": 4.0, "worker_setup": 6.25, "first_batch": 2.0}, "bare_phases": {"workers": 3.5}}
+    ).splitlines()
+    assert table[0].split() == ["phase", "tipslab", "s", "floor", "s"]
+    assert [line.split()[:3] for line in table[1:]] == [
+        ["workers", "4.0", "3.5"],
+        ["worker_setup", "6.2", "-"],
+        ["first_batch", "2.0", "-"],
+    ]

@@ -8,8 +8,10 @@ alike), nor are the rows a rank still has of an epoch that another rank finished
 the caller's `skipped` (their bad-row counters still count).
 """
 
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 
 import numpy as np
 import torch
@@ -35,6 +37,23 @@ class EpochBatches:
     def __init__(self, blocks: Iterable[dict], batch_size: int):
         self.blocks, self.batch_size = iter(blocks), batch_size
         self.queue: deque[tuple[int, dict]] = deque()  # runs of rows of one epoch each, in order
+        self.first: Future | None = None
+
+    def start(self) -> "EpochBatches":
+        """Ask for the first block now, in a thread, and return self: a Ray Data iterator starts its
+        dataset (the read, the views' workers) at the first request, so its start-up then overlaps
+        what the caller does before the first batch (the model's build). An error of the fetch is
+        raised by the first `next`."""
+        first = self.first = Future()
+
+        def fetch():
+            try:
+                first.set_result(next(self.blocks, None))
+            except BaseException as err:  # raised where the block is taken
+                first.set_exception(err)
+
+        threading.Thread(target=fetch, name="first-block", daemon=True).start()  # never holds up an exit
+        return self
 
     def next(self, epoch: int, skipped: Callable[[dict], None]) -> dict | None:
         """The next whole batch of `epoch`, or None when this rank has none left in it. Rows of
@@ -52,7 +71,10 @@ class EpochBatches:
 
     def fill(self) -> bool:
         """Queue the next block's rows, one run per epoch; False when there are no more blocks."""
-        block = next(self.blocks, None)
+        if self.first is not None:
+            block, self.first = self.first.result(), None
+        else:
+            block = next(self.blocks, None)
         if block is None:
             return False
         epochs = block["epoch"]

@@ -1,0 +1,69 @@
+"""The phases of a training worker's start-up (jobs/train/startup.py) and the first block asked for
+early (jobs/data/pipeline/batches.py `EpochBatches.start`)."""
+
+import threading
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+from tipslab.jobs.data.pipeline.batches import EpochBatches
+from tipslab.jobs.train.startup import PHASES, StartupClock
+
+
+def test_the_phases_follow_one_another_from_the_launch_and_are_reported_once():
+    launched = psutil.Process().create_time() - 5.0  # the process started after its launch
+    clock = StartupClock(launched)
+    clock.mark("model")
+    time.sleep(0.05)
+    clock.mark("first_batch")
+    clock.mark("model")  # a later stage's model: the first mark stays
+    metrics = clock.metrics()
+    assert set(metrics) == {f"perf/startup/{p}_s" for p in PHASES}
+    assert metrics["perf/startup/workers_s"] == pytest.approx(5.0)
+    assert metrics["perf/startup/first_batch_s"] >= 0.05
+    # The phases add up to the launch-to-report time.
+    assert sum(metrics.values()) == pytest.approx(time.time() - launched, abs=0.05)
+    assert clock.metrics() == {}
+
+
+def test_a_resumed_run_leaves_out_the_launch_and_a_phase_not_reached():
+    clock = StartupClock(time.time())
+    clock.resumed()
+    clock.mark("model")
+    # No launch, and a phase whose start was not marked (first_step starts at first_batch): left out.
+    assert set(clock.metrics()) == {"perf/startup/worker_setup_s", "perf/startup/model_s"}
+    with pytest.raises(ValueError, match="unknown start-up phase 'warmup'"):
+        clock.mark("warmup")
+
+
+def blocks(gate: threading.Event, fetched: list):
+    for e in (0, 0, 1):
+        gate.wait()
+        fetched.append(threading.current_thread().name)
+        yield {"epoch": np.array([e, e]), "x": np.arange(2)}
+
+
+def test_the_first_block_is_fetched_in_a_thread_before_the_first_batch_is_asked_for():
+    gate, fetched = threading.Event(), []
+    batches = EpochBatches(blocks(gate, fetched), batch_size=4).start()
+    gate.set()
+    deadline = time.time() + 5
+    while not fetched and time.time() < deadline:
+        time.sleep(0.01)
+    assert fetched == ["first-block"]  # before any next()
+    batch = batches.next(0, lambda rows: None)
+    assert batch["x"].tolist() == [0, 1, 0, 1]
+    assert fetched == ["first-block", "MainThread"]
+    assert batches.next(0, lambda rows: None) is None and batches.next(1, lambda rows: None) is None
+
+
+def test_an_error_of_the_first_fetch_is_raised_by_the_first_batch():
+    def failing():
+        raise OSError("shard s3://b/x.parquet unreadable")
+        yield
+
+    batches = EpochBatches(failing(), batch_size=2).start()
+    with pytest.raises(OSError, match="unreadable"):
+        batches.next(0, lambda rows: None)
