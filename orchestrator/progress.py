@@ -5,6 +5,7 @@ trials done, running and pending. One line per event, at most one training line 
 
 import sys
 import time
+from pathlib import Path
 
 from ray.tune import Callback
 
@@ -39,6 +40,21 @@ def train_line(name: str, result: dict, total: int, rate: float | None) -> str:
     if rate:
         parts.append(f"ETA {duration((total - step) / rate)}")
     return "  ".join(parts)
+
+
+# How Ray words a trial's actor lost (Tune's error.txt), where an error of the trial's own code is a
+# traceback under "ray::ImplicitFunc.train()".
+LOST_ACTOR = ("The actor died", "actor is temporarily unavailable", "ActorDiedError", "ActorUnavailableError")
+
+
+def lost_driver(error_file: str | None) -> bool:
+    """Whether a trial's last failure in Tune's error file (sections "Failure # n ...") is the loss
+    of its driver's process, not an error raised by the trial."""
+    try:
+        last = Path(error_file).read_text(errors="replace").rsplit("Failure # ", 1)[-1]
+    except (OSError, TypeError):
+        return False
+    return any(words in last for words in LOST_ACTOR)
 
 
 class ProgressCallback(Callback):
@@ -82,6 +98,15 @@ class ProgressCallback(Callback):
         rate = (step - first[1]) / (now - first[0]) if now > first[0] and step > first[1] else None
         line = train_line(t.name, result, total, rate)
         self.say(line + ("; evaluating on frozen features" if step >= total else ""))
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        """Tune starts a failed trial again: one whose driver was lost (its process, or its node)
+        resumes from its last checkpoint; one that failed of itself fails again at once, quietly
+        (orchestrator/sweep.py run_trial), and its error is told then."""
+        name = self.resolve(trial.config).name
+        self.running.discard(name)
+        if lost_driver(trial.error_file):
+            self.say(f"{name}  lost its driver (its process or node died); starting it again from its last checkpoint")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.finish(trial, ok=True)

@@ -22,6 +22,7 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from tipslab.jobs import storage as run_storage
 from tipslab.jobs.config import as_dict, experiment
 from tipslab.jobs.data.pipeline.streaming import warm_views_workers
 from tipslab.jobs.eval.evaluate import evaluate_checkpoint
@@ -145,14 +146,46 @@ def run_name(plan: Plan, trial: Trial) -> str:
     return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", f"{plan.spec['name']}-{trial.name}-{tune.get_context().get_trial_id()}")
 
 
+# Written in a trial's run folder when the trial fails with an error of its own (its training,
+# after Ray Train's retries, or its evaluation): Tune's retries are for a trial whose driver was lost
+# with its node, and a retry of a trial that failed for good raises the same error at once.
+TRIAL_FAILED_FILE = "trial_failed.json"
+
+
+class TrialFailed(RuntimeError):
+    """An earlier attempt of this trial failed with an error of its own (TRIAL_FAILED_FILE)."""
+
+
+def trial_retries(plan: Plan) -> int:
+    """How often Tune starts a trial again whose driver was lost: as often as Ray Train restarts
+    the workers of a run (the largest train.max_failures of the plan's trials)."""
+    return max(int(t.config["train"]["max_failures"]) for t in plan.trials)
+
+
 def run_trial(params: dict, plan: Plan, storage: str, secret: tuple = ()) -> None:
     """The Tune trainable: pretrain with a TorchTrainer, then evaluate its last checkpoint.
 
     `secret`: the config keys whose values came from the environment (names only; the driver found
-    them): this process, the workers and the evaluation mask those values in what they write."""
+    them): this process, the workers and the evaluation mask those values in what they write.
+
+    A trial's driver (this function's process) dies with its node; Tune then starts it again
+    (`trial_retries`) under the same trial id, so the same run name, and Ray Train resumes the run
+    from its latest checkpoint. An error raised here is the trial's own, and final: it is written
+    to TRIAL_FAILED_FILE, so that a retry after it does not train again."""
     trial = trial_resolver(plan)(params)
     remember_keys(trial.config, secret)
     name = run_name(plan, trial)
+    failed_file = run_storage.join(storage, name, TRIAL_FAILED_FILE)
+    if run_storage.exists(failed_file):
+        raise TrialFailed(json.loads(run_storage.read_bytes(failed_file))["error"])
+    try:
+        _train_and_evaluate(trial, name, storage, secret)
+    except Exception as err:
+        run_storage.write_bytes(failed_file, json.dumps({"error": f"{type(err).__name__}: {err}"}).encode())
+        raise
+
+
+def _train_and_evaluate(trial: Trial, name: str, storage: str, secret: tuple) -> None:
     exp = experiment(trial.config)  # the jobs get the typed config; the trial keeps its dict (config_hash, MLflow)
     trainer = build_trainer(exp, name=name, storage_path=storage, callbacks=[TuneReportCallback()], secret_keys=secret)
     # The trial's placement group only holds the driver; the evaluation takes the CPUs the trainer freed.
@@ -273,7 +306,7 @@ def _run(plan: Plan, tracker: SweepTracker, address: str | None) -> SweepResult:
             storage_path=storage,
             verbose=0,
             callbacks=[TrackingCallback(tracker, trial_resolver(plan)), ProgressCallback(trial_resolver(plan), count)],
-            failure_config=tune.FailureConfig(max_failures=0),  # Ray Train retries; Tune does not again
+            failure_config=tune.FailureConfig(max_failures=trial_retries(plan)),  # a lost trial driver (run_trial)
         ),
     )
     try:

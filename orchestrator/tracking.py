@@ -181,6 +181,11 @@ class SweepTracker:
         ]
 
     def start_trial(self, trial) -> str:
+        """The trial's run, created at its first start; a trial started again (Tune retries one whose
+        driver was lost) goes on in the run it has."""
+        if trial.name in self.children:
+            self.started[trial.name] = time.time()
+            return self.children[trial.name]
         tags = {
             "mlflow.parentRunId": self.parent_id,
             ROLE: "trial",

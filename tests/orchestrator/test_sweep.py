@@ -266,3 +266,65 @@ def test_evaluation_asks_for_no_more_cpus_than_the_largest_node_has(ray_session,
     assert eval_cpus(config) == min(2.0, largest)  # the smoke trial: 1 worker + 1 CPU for Ray Data
     paper = {**config, "train": {**config["train"], "num_workers": 8, "cpus_per_worker": 8}}
     assert eval_cpus(paper) == largest < 65
+
+
+def kill_trial_driver_after_a_logged_checkpoint(root, killed: list) -> None:
+    """SIGKILL the process of the running trial's driver (Tune's `ImplicitFunc` actor) once its run
+    has a checkpoint and MLflow has its first logged step: as when the driver's node dies."""
+    import psutil
+
+    client = MlflowClient(tracking_uri())
+
+    def logged():
+        exp = client.get_experiment_by_name("driver-loss")
+        runs = client.search_runs([exp.experiment_id], "tags.`tipslab.role` = 'trial'") if exp else []
+        return any(client.get_metric_history(r.info.run_id, "train/loss") for r in runs)
+
+    wait_for(lambda: next(root.glob("**/checkpoint_*/model.pt"), None) and logged(), "a logged checkpoint", 900, 0.2)
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if (proc.info["cmdline"] or [""])[0].startswith("ray::ImplicitFunc"):
+            os.kill(proc.info["pid"], signal.SIGKILL)
+            killed.append(proc.info["pid"])
+            return
+
+
+def test_a_trial_whose_driver_dies_resumes_and_one_that_fails_of_itself_is_not_trained_again(
+    ray_session, home, tmp_path, capsys
+):
+    import threading
+
+    from tipslab.orchestrator.sweep import TRIAL_FAILED_FILE
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"name: driver-loss\nbase: {TINY}\nbaseline: a\n"
+        # b's loss is not finite at its first step: a failure of its own (RunStopped), final.
+        "variants: {a: {}, b: {loss.student_temp: 1.0e-40}}\n"
+        "overrides: {eval.probes: [retrieval], train.checkpoint_every: 2, train.steps: 8}\n"
+        "metrics: [{key: eval/scenes/i2t_r1}]\nresources: {max_concurrent_trials: 1}\n"
+    )
+    plan = load_spec(spec, overrides=tiny_overrides(**{"train.steps": 8, "train.checkpoint_every": 2}))
+    killed: list[int] = []
+    killer = threading.Thread(target=kill_trial_driver_after_a_logged_checkpoint, args=(home, killed), daemon=True)
+    killer.start()
+    result = run_sweep(plan)
+    killer.join(timeout=5)
+    assert killed, "no trial driver was found to kill"
+    assert result.failed == ["b-seed0"]
+    client = MlflowClient(tracking_uri())
+    runs = {r.data.tags["tipslab.variant"]: r for r in trial_runs_of(client, "driver-loss")}
+    assert {v: r.info.status for v, r in runs.items()} == {"a": "FINISHED", "b": "FAILED"}  # one run each
+    # a went on from a checkpoint: its first logged step (2, before the kill) was not trained again.
+    # (A report still on its way to the driver when it died is not in MLflow: its step may be missing.)
+    steps = [m.step for m in client.get_metric_history(runs["a"].info.run_id, "train/loss")]
+    assert steps.count(2) == 1 and max(steps) == 8, steps
+    assert "eval/scenes/i2t_r1" in runs["a"].data.metrics
+    assert "a-seed0  lost its driver" in capsys.readouterr().err
+    # b's own failure is kept in its run folder; Tune's retries raised it again without training.
+    [marker] = home.glob(f"**/{TRIAL_FAILED_FILE}")
+    assert "RunStopped" in json.loads(marker.read_text())["error"] and "b-seed0" in str(marker)
+
+
+def trial_runs_of(client, experiment: str):
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], "tags.`tipslab.role` = 'trial'", max_results=100)
