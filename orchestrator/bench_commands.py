@@ -208,12 +208,6 @@ def cmd_bench_trial(args) -> None:
         f"{', '.join(f'{s:.1f}' for s in result['bare_runs_s'])} s); tipslab / floor: {result['ratio_to_bare']:.2f}x"
     )
     print(startup_table(result))
-    views = result.get("views_processes")
-    if views:
-        print(
-            f"views tasks ran in {views['views']} process(es), {views['reused']} of them among the "
-            f"{views['warmed']} the trial warmed (warm_views_workers)"
-        )
     print(f"MLflow run {result['mlflow_run_id']} ({EXPERIMENT}); the trial's own runs are in tipslab-bench-trial")
 
 

@@ -181,23 +181,6 @@ def startup_phases(metrics: dict) -> dict:
     return {k[len(prefix) : -len(suffix)]: v for k, v in metrics.items() if k.startswith(prefix) and k.endswith(suffix)}
 
 
-def views_processes(job_id: str | None = None) -> dict:
-    """Whether the views tasks of a trial ran in the processes the trial warmed for them
-    (`warm_views_workers`): {"warmed": processes that ran a warming task, "views": processes that
-    ran a views task (Ray Data's read and views, fused), "reused": views processes among the
-    warmed}, from Ray's state API (the tasks of `job_id`, else of every job); {} where it cannot say."""
-    try:
-        from ray.util.state import list_tasks
-
-        tasks = list_tasks(limit=10000, detail=True, raise_on_missing_output=False)
-    except Exception:  # no dashboard (the state API lives there), or an older cluster
-        return {}
-    tasks = [t for t in tasks if job_id is None or t.job_id == job_id]
-    warmed = {t.worker_pid for t in tasks if t.name == "_import_views" and t.worker_pid}
-    views = {t.worker_pid for t in tasks if "PositionedViews" in (t.name or "") and t.worker_pid}
-    return {"warmed": len(warmed), "views": len(views), "reused": len(views & warmed)}
-
-
 def measure_trial(args) -> dict:
     """A one-trial sweep through the sweeps' own code path (orchestrator/sweep.py); the clock starts
     when the sweep is launched, with Ray already up and the scenes already made, and stops at the
@@ -240,7 +223,6 @@ def measure_trial(args) -> dict:
         raise CommandFailed(
             f"bench trial: the trial failed (MLflow parent run {sweep.parent_run_id} in {TRIAL_EXPERIMENT})"
         )
-    processes = views_processes()  # the floor runs no views: these are the trial's
     run = trial_run(client, sweep.parent_run_id)
     first = first_report_time(client, run)
     if first is None:
@@ -261,7 +243,6 @@ def measure_trial(args) -> dict:
         "trial_start_to_first_step_s": run.data.metrics.get("perf/launch_to_first_report_s"),
         # The worker's start-up phases (jobs/train/startup.py), tipslab's and the floor's (mean).
         "phases": startup_phases(run.data.metrics),
-        "views_processes": processes,
         "bare_phases": {
             k: sum(startup_phases(f["phases"])[k] for f in floors) / len(floors)
             for k in startup_phases(floors[0]["phases"])

@@ -24,7 +24,6 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from tipslab.jobs import storage as run_storage
 from tipslab.jobs.config import as_dict, experiment
-from tipslab.jobs.data.pipeline.streaming import warm_views_workers
 from tipslab.jobs.eval.evaluate import evaluate_checkpoint
 from tipslab.jobs.redact import redact, remember_keys, secret_keys
 from tipslab.jobs.storage import to_uri
@@ -188,11 +187,9 @@ def run_trial(params: dict, plan: Plan, storage: str, secret: tuple = ()) -> Non
 def _train_and_evaluate(trial: Trial, name: str, storage: str, secret: tuple) -> None:
     exp = experiment(trial.config)  # the jobs get the typed config; the trial keeps its dict (config_hash, MLflow)
     trainer = build_trainer(exp, name=name, storage_path=storage, callbacks=[TuneReportCallback()], secret_keys=secret)
+    result = trainer.fit()
     # The trial's placement group only holds the driver; the evaluation takes the CPUs the trainer freed.
     outside = PlacementGroupSchedulingStrategy(placement_group=None)
-    warming = warm_views_workers(exp, outside)  # while Ray Train starts its workers
-    result = trainer.fit()
-    del warming
     checkpoint = result.checkpoint
     out_dir = os.path.join(storage, name, "eval")
     metrics = ray.get(

@@ -79,25 +79,6 @@ def views_actors(cpus: float) -> int:
     return max(1, int(cpus))
 
 
-def _import_views() -> int:
-    import tipslab.jobs.data.pipeline.views  # noqa: F401  (torch and the views, imported once per process)
-
-    return os.getpid()
-
-
-def warm_views_workers(exp, scheduling_strategy="DEFAULT") -> list:
-    """Start, without waiting, one Ray task per views task of a training rank that imports torch and
-    the views: Ray keeps a finished task's process for the next task of the job, so the views tasks of
-    a run with fewer than `data.views_actor_rows` rows per stage find their imports done (a cold views
-    task spends seconds importing them before its first batch). Made while the trainer starts, it
-    overlaps that import with Ray Train's own start-up. Views actors get processes of their own: for
-    them this changes nothing. Returns the tasks' refs (their values are the processes' ids)."""
-    exp = experiment(exp)
-    cpus = exp.data.cpus / exp.train.num_workers
-    task = ray.remote(_import_views).options(num_cpus=0, scheduling_strategy=scheduling_strategy)
-    return [task.remote() for _ in range(views_actors(cpus) * exp.train.num_workers)]
-
-
 def split_dir(root: str, split: str) -> str:
     return os.path.join(root, split)
 

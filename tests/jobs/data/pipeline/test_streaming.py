@@ -1,7 +1,6 @@
 """The training input pipeline (jobs/data/pipeline/streaming.py): how a rank's files become blocks and views,
 one dataset for a stage's epochs, and how every input row is counted."""
 
-import os
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -22,7 +21,6 @@ from tipslab.jobs.data.pipeline.streaming import (
     stage_dataset,
     train_shards,
     views_actors,
-    warm_views_workers,
 )
 from tipslab.jobs.data.pipeline.views import BAD_ROW_COLUMNS, TIPSViews
 from tipslab.jobs.data.scenes.generate import generate_scenes, scene_row
@@ -210,25 +208,3 @@ def test_every_bad_row_is_counted_through_the_pipeline_on_ray(ray_session, tmp_p
     keys = pq.read_table(shards[0].file, columns=["key"]).column("key").to_pylist()
     kept = out["key_id"] != -1
     np.testing.assert_array_equal(out["key_id"][kept], key_ids([keys[i] for i in good])[kept])
-
-
-def test_views_workers_are_warmed_once_per_views_task_and_their_processes_stay(ray_session):
-    """A views task of a small run finds a process with torch and the views imported: Ray keeps the
-    warming task's process for the job's next task (what that saves: `tipslab bench trial`)."""
-    import psutil
-    import ray
-
-    exp = to_dict(load_experiment(BASE, tiny_overrides(**{"data.cpus": 2, "train.num_workers": 2})))
-    refs = warm_views_workers(exp)
-    assert len(refs) == 2  # one per views task of each rank: 1 CPU a rank
-    pids = set(ray.get(refs))
-
-    @ray.remote(num_cpus=0)
-    def imported() -> tuple[int, bool]:
-        import sys
-
-        return os.getpid(), "tipslab.jobs.data.pipeline.views" in sys.modules
-
-    assert all(psutil.pid_exists(pid) for pid in pids)  # finished, and kept for the next task
-    seen = dict(ray.get([imported.remote() for _ in range(8)]))
-    assert pids & set(seen) and all(seen[pid] for pid in pids & set(seen))  # reused, with the views imported
