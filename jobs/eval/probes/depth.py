@@ -83,7 +83,8 @@ def score(model: dict, test: SplitFeatures, ctx: ProbeContext) -> dict:
 def protocol(ctx: ProbeContext, model: dict) -> dict:
     """The protocol's name and settings, as eval_results.json and MLflow record them."""
     ev, name = ctx.ev, ctx.protocol("depth")
-    common = {"bins": ev.depth_bins, "depth_max": model["depth_max"], "label_size": ctx.data.test.depth.shape[-1]}
+    depth_max = float(f"{model['depth_max']:.4g}")  # a scene set's largest depth: 4 digits tell it
+    common = {"bins": ev.depth_bins, "depth_max": depth_max, "label_size": ctx.data.test.depth.shape[-1]}
     common.update(epochs=ev.depth_probe_epochs, lr=ev.depth_probe_lr)
     if name == "dinov2_linear":
         return {

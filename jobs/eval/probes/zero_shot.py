@@ -44,5 +44,10 @@ def score(model, test: SplitFeatures, ctx: ProbeContext) -> dict:
 
 
 def protocol(ctx: ProbeContext, model) -> dict:
-    templates = len(ctx.ev.zero_shot_templates)
-    return {"name": "prompt_ensemble", "templates": templates, "token": ctx.tokens["zero_shot"], "source": "CLIP"}
+    return {
+        "name": "prompt_ensemble",
+        "template_set": ctx.ev.zero_shot_template_set,
+        "templates": int(ctx.prompts.shape[1]),  # per class, whichever set: the prompts are [C, K, D]
+        "token": ctx.tokens["zero_shot"],
+        "source": "CLIP",
+    }

@@ -75,6 +75,8 @@ def test_depth_is_exact_on_bin_centres_and_uninformed_on_noise():
     out = depth.score(depth.fit(noise["train"], ctx), noise["test"], ctx)
     # knowing nothing, the best guess is the mean depth, whose RMSE is the spread of the centres (2.29 m)
     assert out["depth_rmse"] == pytest.approx(float(np.std(depth.bin_centres(bins, depth_max).numpy())), rel=0.15)
+    # the protocol tells a scene set's largest depth in 4 digits, not a float's 17
+    assert depth.protocol(ctx, {"depth_max": 7.123456789012345})["depth_max"] == 7.123
 
 
 def test_depth_metrics_by_hand():

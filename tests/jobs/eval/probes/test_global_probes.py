@@ -58,6 +58,10 @@ def test_zero_shot_is_exact_on_label_features_and_chance_on_noise():
     assert zero_shot.score(None, test, ctx) == {"zero_shot_top1": 100.0}
     _, _, noise = labelled(encode=False)
     assert zero_shot.score(None, noise, ctx)["zero_shot_top1"] == pytest.approx(20, abs=6)
+    # the protocol counts the templates the prompts were made with, whichever set (it said 0 for a
+    # published set, counting the user's own list)
+    protocol = zero_shot.protocol(ctx, None)
+    assert protocol["templates"] == templates and protocol["template_set"] == ctx.ev.zero_shot_template_set
 
 
 def test_zero_shot_prompts_are_class_major_and_skip_non_classes():
