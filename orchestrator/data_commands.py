@@ -2,7 +2,7 @@
 
 import os
 
-from .errors import PATH_ERRORS, UserError
+from .errors import PATH_ERRORS, CommandFailed, UserError
 
 
 def cmd_data_scenes(args) -> None:
@@ -256,6 +256,8 @@ def cmd_data_check(args) -> None:
 
     report = _user_errors(lambda: check_shards(args.shards, max_pixels=args.max_pixels))
     _emit(report, args.json, format_report(report))
+    if args.for_training and not report["training"]["fit"]:  # for a script: the report, then exit 1
+        raise CommandFailed(f"data check: {args.shards} is not fit for training: {report['training']['problem']}")
 
 
 #: jobs/data/ingest/sources.py's FORMATS, spelled out so that `tipslab --help` does not import pyarrow.
@@ -344,5 +346,8 @@ def add_real_data_parsers(data_sub) -> None:
 
     check = data_sub.add_parser("check", help="what is in the shards, and what is broken")
     check.add_argument("shards", help="a shard folder (with manifest.json)")
+    check.add_argument(
+        "--for-training", action="store_true", help="exit 1 when training could not read the set (a column missing)"
+    )
     bounds(check)
     check.set_defaults(func=cmd_data_check)

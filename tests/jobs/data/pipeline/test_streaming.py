@@ -1,7 +1,6 @@
 """The training input pipeline (jobs/data/pipeline/streaming.py): how a rank's files become blocks and views,
 one dataset for a stage's epochs, and how every input row is counted."""
 
-
 import numpy as np
 import pyarrow.parquet as pq
 import pytest

@@ -139,6 +139,10 @@ def test_a_set_without_a_caption_column_is_reported_unfit_for_training(tmp_path,
     out = capsys.readouterr().out.splitlines()
     warning = f"warning: not fit for training: {report['training']['problem']}"
     assert out[-2:] == ["caption columns: synthetic_caption", warning]
+    # for a script: the same report, then exit 1 naming the problem
+    assert main(["data", "check", str(tmp_path / "set"), "--for-training"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[-1] == warning and "is not fit for training" in captured.err
     shards_without(tmp_path / "set", "synthetic_caption")
     report = check_shards(str(tmp_path / "set"), max_pixels=40_000_000)
     assert report["training"]["caption_columns"] == [] and "caption columns: none" in format_report(report)
