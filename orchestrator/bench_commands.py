@@ -22,6 +22,7 @@ from .bench_runs import (
     log_step_result,
     measure_trial,
     run_step_job,
+    startup_table,
     step_jobs,
     typed_experiment,
 )
@@ -209,27 +210,6 @@ def cmd_bench_trial(args) -> None:
     )
     print(startup_table(result))
     print(f"MLflow run {result['mlflow_run_id']} ({EXPERIMENT}); the trial's own runs are in tipslab-bench-trial")
-
-
-STARTUP_PHASES = {  # jobs/train/startup.py
-    "workers": "launch to the worker's process (Ray Train's controller, the worker group)",
-    "worker_setup": "process to the training function (Ray's set-up, the imports)",
-    "model": "model, teacher and optimizer built",
-    "first_batch": "first batch in hand (Ray Data's start-up, less its overlap with the model)",
-    "first_step": "first step and its report",
-}
-
-
-def startup_table(result: dict) -> str:
-    """The training worker's start-up, phase by phase, beside the bare floor's worker."""
-    rows = [("phase", "tipslab s", "floor s", "")]
-    for phase, what in STARTUP_PHASES.items():
-        ours, bare = result["phases"].get(phase), result["bare_phases"].get(phase)
-        if ours is None and bare is None:
-            continue
-        rows.append((phase, "-" if ours is None else f"{ours:.1f}", "-" if bare is None else f"{bare:.1f}", what))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    return "\n".join(f"  {r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}".rstrip() for r in rows)
 
 
 def cmd_bench_overhead(args) -> None:

@@ -181,6 +181,27 @@ def startup_phases(metrics: dict) -> dict:
     return {k[len(prefix) : -len(suffix)]: v for k, v in metrics.items() if k.startswith(prefix) and k.endswith(suffix)}
 
 
+STARTUP_PHASES = {  # jobs/train/startup.py
+    "workers": "launch to the worker's process (Ray Train's controller, the worker group)",
+    "worker_setup": "process to the training function (Ray's set-up, the imports)",
+    "model": "model, teacher and optimizer built",
+    "first_batch": "first batch in hand (Ray Data's start-up, less its overlap with the model)",
+    "first_step": "first step and its report",
+}
+
+
+def startup_table(result: dict) -> str:
+    """The training worker's start-up, phase by phase, beside the bare floor's worker."""
+    rows = [("phase", "tipslab s", "floor s", "")]
+    for phase, what in STARTUP_PHASES.items():
+        ours, bare = result["phases"].get(phase), result["bare_phases"].get(phase)
+        if ours is None and bare is None:
+            continue
+        rows.append((phase, "-" if ours is None else f"{ours:.1f}", "-" if bare is None else f"{bare:.1f}", what))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join(f"  {r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}".rstrip() for r in rows)
+
+
 def measure_trial(args) -> dict:
     """A one-trial sweep through the sweeps' own code path (orchestrator/sweep.py); the clock starts
     when the sweep is launched, with Ray already up and the scenes already made, and stops at the
