@@ -186,7 +186,7 @@ STARTUP_PHASES = {  # jobs/train/startup.py
     "worker_setup": "process to the training function (Ray's set-up, the imports)",
     "model": "model, teacher and optimizer built",
     "first_batch": "first batch in hand (Ray Data's start-up, less its overlap with the model)",
-    "first_step": "first step and its report",
+    "first_step": "to the first report (train.log_every steps: 1 here)",
 }
 
 

@@ -14,8 +14,8 @@ into phases named by where each ends:
   where the run resumes, the model wrapped for DDP or sharded for FSDP).
 - `perf/startup/first_batch_s`: to the first batch in hand: Ray Data's start-up (read tasks, the views'
   workers, which import torch and build the views) less what overlapped the model's build.
-- `perf/startup/first_step_s`: to the first report: the first step (its compilation, with
-  train.compile) and the report's own collectives.
+- `perf/startup/first_step_s`: to the first report: the steps before it (`train.log_every` of them;
+  the first one's compilation, with train.compile) and the report's own collectives.
 
 `tipslab bench trial` prints them beside Ray's floor (a bare TorchTrainer).
 """
