@@ -288,41 +288,56 @@ def kill_trial_driver_after_a_logged_checkpoint(root, killed: list) -> None:
             return
 
 
-def test_a_trial_whose_driver_dies_resumes_and_one_that_fails_of_itself_is_not_trained_again(
-    ray_session, home, tmp_path, capsys
-):
-    import threading
-
-    from tipslab.orchestrator.sweep import TRIAL_FAILED_FILE
-
+def driver_loss_spec(tmp_path, variants: str):
     spec = tmp_path / "spec.yaml"
     spec.write_text(
-        f"name: driver-loss\nbase: {TINY}\nbaseline: a\n"
-        # b's loss is not finite at its first step: a failure of its own (RunStopped), final.
-        "variants: {a: {}, b: {loss.student_temp: 1.0e-40}}\n"
+        f"name: driver-loss\nbase: {TINY}\nbaseline: a\nvariants: {variants}\n"
         "overrides: {eval.probes: [retrieval], train.checkpoint_every: 2, train.steps: 8}\n"
         "metrics: [{key: eval/scenes/i2t_r1}]\nresources: {max_concurrent_trials: 1}\n"
     )
-    plan = load_spec(spec, overrides=tiny_overrides(**{"train.steps": 8, "train.checkpoint_every": 2}))
+    return load_spec(spec, overrides=tiny_overrides(**{"train.steps": 8, "train.checkpoint_every": 2}))
+
+
+def test_a_trial_that_fails_of_itself_is_not_trained_again_by_tunes_retries(ray_session, home, tmp_path):
+    from tipslab.orchestrator.sweep import TRIAL_FAILED_FILE
+
+    # a's loss is not finite at its first step: a failure of its own (RunStopped), final.
+    result = run_sweep(driver_loss_spec(tmp_path, "{a: {loss.student_temp: 1.0e-40}}"))
+    assert result.failed == ["a-seed0"]
+    client = MlflowClient(tracking_uri())
+    assert [r.info.status for r in trial_runs_of(client, "driver-loss")] == ["FAILED"]  # one run
+    # The failure is kept in the run folder; Tune's retries (train.max_failures = 3) raised it again
+    # without training.
+    [marker] = home.glob(f"**/{TRIAL_FAILED_FILE}")
+    assert "RunStopped: non-finite loss" in json.loads(marker.read_text())["error"] and "a-seed0" in str(marker)
+
+
+# A trial driver SIGKILLed: `make soak`. Ray Train's placement-group cleaner, which frees the killed
+# run's CPUs, asks Ray's state API for the controller with address "auto", which fails while another
+# Ray instance runs on the machine (a test's cluster, a benchmark): the CPUs stay held and the
+# retried trial waits for them. The chaos test kills trial drivers with their nodes, when a kill
+# falls on one.
+@pytest.mark.soak
+def test_a_trial_whose_driver_dies_resumes_from_its_checkpoint_in_its_run(ray_session, home, tmp_path, capsys):
+    import threading
+
+    plan = driver_loss_spec(tmp_path, "{a: {}}")
     killed: list[int] = []
     killer = threading.Thread(target=kill_trial_driver_after_a_logged_checkpoint, args=(home, killed), daemon=True)
     killer.start()
     result = run_sweep(plan)
     killer.join(timeout=5)
     assert killed, "no trial driver was found to kill"
-    assert result.failed == ["b-seed0"]
+    assert result.failed == []
     client = MlflowClient(tracking_uri())
-    runs = {r.data.tags["tipslab.variant"]: r for r in trial_runs_of(client, "driver-loss")}
-    assert {v: r.info.status for v, r in runs.items()} == {"a": "FINISHED", "b": "FAILED"}  # one run each
+    [run] = trial_runs_of(client, "driver-loss")
+    assert run.info.status == "FINISHED"  # one run, gone on
     # a went on from a checkpoint: its first logged step (2, before the kill) was not trained again.
     # (A report still on its way to the driver when it died is not in MLflow: its step may be missing.)
-    steps = [m.step for m in client.get_metric_history(runs["a"].info.run_id, "train/loss")]
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
     assert steps.count(2) == 1 and max(steps) == 8, steps
-    assert "eval/scenes/i2t_r1" in runs["a"].data.metrics
+    assert "eval/scenes/i2t_r1" in run.data.metrics
     assert "a-seed0  lost its driver" in capsys.readouterr().err
-    # b's own failure is kept in its run folder; Tune's retries raised it again without training.
-    [marker] = home.glob(f"**/{TRIAL_FAILED_FILE}")
-    assert "RunStopped" in json.loads(marker.read_text())["error"] and "b-seed0" in str(marker)
 
 
 def trial_runs_of(client, experiment: str):
