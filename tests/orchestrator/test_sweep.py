@@ -62,8 +62,8 @@ def spec_text(variants: dict) -> str:
     )
 
 
-def trial_runs(client, status=None):
-    exp = client.get_experiment_by_name("resume-e2e")
+def trial_runs(client, status=None, experiment="resume-e2e"):
+    exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id], "tags.`tipslab.role` = 'trial'", max_results=1000) if exp else []
     return [r for r in runs if status is None or r.info.status == status]
 
@@ -305,7 +305,7 @@ def test_a_trial_that_fails_of_itself_is_not_trained_again_by_tunes_retries(ray_
     result = run_sweep(driver_loss_spec(tmp_path, "{a: {loss.student_temp: 1.0e-40}}"))
     assert result.failed == ["a-seed0"]
     client = MlflowClient(tracking_uri())
-    assert [r.info.status for r in trial_runs_of(client, "driver-loss")] == ["FAILED"]  # one run
+    assert [r.info.status for r in trial_runs(client, experiment="driver-loss")] == ["FAILED"]  # one run
     # The failure is kept in the run folder; Tune's retries (train.max_failures = 3) raised it again
     # without training.
     [marker] = home.glob(f"**/{TRIAL_FAILED_FILE}")
@@ -330,7 +330,7 @@ def test_a_trial_whose_driver_dies_resumes_from_its_checkpoint_in_its_run(ray_se
     assert killed, "no trial driver was found to kill"
     assert result.failed == []
     client = MlflowClient(tracking_uri())
-    [run] = trial_runs_of(client, "driver-loss")
+    [run] = trial_runs(client, experiment="driver-loss")
     assert run.info.status == "FINISHED"  # one run, gone on
     # a went on from a checkpoint: its first logged step (2, before the kill) was not trained again.
     # (A report still on its way to the driver when it died is not in MLflow: its step may be missing.)
@@ -338,8 +338,3 @@ def test_a_trial_whose_driver_dies_resumes_from_its_checkpoint_in_its_run(ray_se
     assert steps.count(2) == 1 and max(steps) == 8, steps
     assert "eval/scenes/i2t_r1" in run.data.metrics
     assert "a-seed0  lost its driver" in capsys.readouterr().err
-
-
-def trial_runs_of(client, experiment: str):
-    exp = client.get_experiment_by_name(experiment)
-    return client.search_runs([exp.experiment_id], "tags.`tipslab.role` = 'trial'", max_results=100)
