@@ -21,7 +21,6 @@ from omegaconf import OmegaConf
 
 from .config import LossConfig, ModelConfig, TIPSConfig
 from .errors import DataError
-from .tips import TIPSStudent
 from .tokenizer import tokenizer_from_state
 
 CHECKPOINT_FILE = "model.pt"
@@ -98,6 +97,8 @@ def tips_config(config) -> TIPSConfig:
 
 def load_student(directory: str | os.PathLike):
     """(student in eval mode, tokenizer, resolved experiment config) from a checkpoint folder."""
+    from .tips import TIPSStudent  # the model stack (timm): not for a checkpoint's reader alone
+
     state = load_state(directory)
     weights = student_weights(state, Path(directory) / CHECKPOINT_FILE)
     student = TIPSStudent(tips_config(state["config"]))

@@ -183,8 +183,8 @@ def startup_phases(metrics: dict) -> dict:
 
 STARTUP_PHASES = {  # jobs/train/startup.py
     "workers": "launch to the worker's process (Ray Train's controller, the worker group)",
-    "worker_setup": "process to the training function (Ray's set-up, the imports)",
-    "model": "model, teacher and optimizer built",
+    "worker_setup": "process to the training function (Ray's set-up, the loop's imports)",
+    "model": "data started, model stack imported, model, teacher and optimizer built",
     "first_batch": "first batch in hand (Ray Data's start-up, less its overlap with the model)",
     "first_step": "to the first report (train.log_every steps: 1 here)",
 }

@@ -2,8 +2,9 @@
 
 Each rank streams its own shard files (jobs/data/pipeline/streaming.py), one dataset for the epochs
 of a stage, cut into batches of one epoch each (jobs/data/pipeline/batches.py); a stage's dataset is
-asked for its first block before the stage's model is built, so that Ray Data's start-up (its views
-workers) overlaps the build. The first report carries where the worker's start-up went
+asked for its first block before the stage's model is built (jobs/train/stage_parts.py, whose model
+stack this module imports only then), so that Ray Data's start-up (its views workers) overlaps the
+imports and the build. The first report carries where the worker's start-up went
 (jobs/train/startup.py). Every `train.log_every`
 steps the loop reports the window's loss terms and rates, averaged over ranks in one collective;
 every `train.checkpoint_every` steps and at the end of each stage it also reports a checkpoint
@@ -33,124 +34,20 @@ import time
 import ray.train
 import ray.train.torch
 import torch
-from torch.distributed.device_mesh import init_device_mesh
 
-from tipslab.jobs.config import ExperimentConfig, as_dict, experiment
+from tipslab.jobs.config import as_dict, experiment
 from tipslab.jobs.data.pipeline.batches import EpochBatches
 from tipslab.jobs.data.pipeline.streaming import BATCHES_PER_BLOCK, DataPlan, plan_epochs, stage_dataset, train_shards
 from tipslab.jobs.data.pipeline.views import BAD_ROW_COLUMNS
 from tipslab.jobs.redact import redact, scrub
 from tipslab.jobs.train.cadence import Cadence
 from tipslab.jobs.train.collectives import all_have, all_sum, gather
-from tipslab.jobs.train.parallel import (
-    full_model_state_dict,
-    full_parameter,
-    full_state,
-    load_sharded,
-    param_norm,
-    save_sharded,
-)
 from tipslab.jobs.train.stages import stage_configs
 from tipslab.jobs.train.startup import StartupClock
 from tipslab.jobs.train.state import SHARDED_DIR, DataPosition, RunStopped, TrainState, check_strategy
-from tipslab.jobs.train.step import build_step
-from tipslab.jobs.train.trace import RowTrace, state_digest
+from tipslab.jobs.train.trace import RowTrace
 from tipslab.models.checkpoint import CHECKPOINT_FILE, read_checkpoint, save_checkpoint
-from tipslab.models.distributed import world
 from tipslab.models.tokenizer import build_tokenizer
-
-
-class Stage:
-    """One stage's step parts on this worker (jobs/train/step.py), built from `previous`: the last
-    stage's state to start from, or with `resume` the checkpoint's state to resume from; an fsdp
-    checkpoint's shards are then read from `folder` (the checkpoint's folder)."""
-
-    def __init__(
-        self,
-        index: int,
-        name: str,
-        exp: ExperimentConfig,
-        device,
-        previous: TrainState | None,
-        resume: bool,
-        folder: str | None = None,
-    ):
-        train = exp.train
-        self.index, self.name, self.exp, self.device = index, name, exp, device
-        self.sharded = train.strategy == "fsdp"
-        carry = previous.weights() if previous is not None and not resume else None
-        # FSDP2 in place of DDP: identical initial weights on every rank, then sharded.
-        mesh = init_device_mesh(device.type, (world()[1],)) if self.sharded else None
-        self.parts = build_step(exp, device, seed=train.seed, carry=carry, mesh=mesh)
-        self.student, self.teacher = self.parts.student, self.parts.teacher
-        if resume:
-            self.parts.objective.load_state_dict(previous.objective)
-            if self.sharded:
-                load_sharded(self.sharded_state(), os.path.join(folder, SHARDED_DIR))
-            else:
-                self.student.load_state_dict(previous.student)
-                self.parts.optimizer.load_state_dict(previous.optimizer)
-                if self.teacher is not None:
-                    self.teacher.load_state_dict(previous.teacher)
-        # FSDP2 shards in place: the sharded student is its own training wrapper.
-        if not self.sharded:
-            self.parts.model = ray.train.torch.prepare_model(self.student)
-        if train.compile:
-            self.parts.compile()
-
-    def sharded_state(self) -> dict:
-        """What an fsdp checkpoint's sharded/ folder holds (parallel.save_sharded)."""
-        state = {"student": self.student, "optimizer": self.parts.optimizer}
-        if self.teacher is not None:
-            state["teacher"] = self.teacher
-        return state
-
-    def weights(self, rank0_only: bool = False) -> dict:
-        """Whole state dicts of student, teacher, objective and (ddp) optimizer. fsdp: a collective
-        that gathers the weights (on every rank, or on rank 0 only with `rank0_only`: the others get
-        empty dicts), never the optimizer (None: its state is in the shards)."""
-        teacher = self.teacher
-        if not self.sharded:
-            return {
-                "student": self.student.state_dict(),
-                "optimizer": self.parts.optimizer.state_dict(),
-                "objective": self.parts.objective.state_dict(),
-                "teacher": teacher.state_dict() if teacher is not None else None,
-            }
-        return {
-            "student": full_model_state_dict(self.student, rank0_only),
-            "optimizer": None,
-            "objective": self.parts.objective.state_dict(),
-            "teacher": full_model_state_dict(teacher, rank0_only) if teacher is not None else None,
-        }
-
-    def digest(self) -> str:
-        """`state_digest` of the student and optimizer; fsdp: gathered whole on every rank (a
-        collective, optimizer included: for the resume trace only), as `read_sharded` reads them
-        from the checkpoint."""
-        if not self.sharded:
-            return state_digest(self.student.state_dict(), self.parts.optimizer.state_dict())
-        return state_digest(*full_state(self.student, self.parts.optimizer))
-
-    def param_norm(self) -> float:
-        """The student's parameter norm (fsdp: a collective)."""
-        return float(param_norm(self.student.parameters()))
-
-    def temperature(self) -> float:
-        """The contrastive temperature (fsdp: a collective)."""
-        return float(full_parameter(self.student, "text.log_temperature").exp())
-
-    def probe(self, probe) -> dict:
-        """Run the periodic probe on the student. fsdp: on every rank, since each block's forward
-        gathers its weights from all of them; the root's own parameters (embeddings, heads),
-        which the probe uses outside the root's forward, are gathered around it."""
-        if not self.sharded:
-            return probe(self.student, self.device)
-        self.student.unshard()
-        try:
-            return probe(self.student, self.device)
-        finally:
-            self.student.reshard()
 
 
 class Window:
@@ -220,6 +117,10 @@ class Loop:
                 stage_step = state.stage_step if resume else 0
                 # The data first: Ray Data starts its workers while the model is built.
                 data = self.stage_data(stage_exp, position.epoch, set(position.done), steps - stage_step)
+                # The model stack's imports (timm, torch.distributed.checkpoint: 1-2 s) come after the
+                # data's start, so that they too overlap Ray Data's start-up.
+                from tipslab.jobs.train.stage_parts import Stage
+
                 stage = Stage(index, name, stage_exp, self.device, state, resume, folder)
                 self.clock.mark("model")
                 opened.close()  # the checkpoint's files are read
@@ -231,13 +132,13 @@ class Loop:
                 if index + 1 < len(stages):  # the next stage starts from these weights (fsdp: gathered)
                     state = TrainState(stage=index, stage_step=steps, step=step, data=position, **stage.weights())
 
-    def restore_rng(self, state: TrainState, stage: Stage, step: int) -> None:
+    def restore_rng(self, state: TrainState, stage, step: int) -> None:
         if len(state.rng) == self.world_size:
             torch.set_rng_state(state.rng[self.rank])
         if self.trace.path:  # fsdp: a collective, on every rank alike (the variable reaches all)
             self.trace.event(resumed_at=step, stage=stage.index, digest=stage.digest())
 
-    def run_stage(self, stage: Stage, stage_step: int, step: int, position: DataPosition, data):
+    def run_stage(self, stage, stage_step: int, step: int, position: DataPosition, data):
         """Train `stage` from `stage_step` (the run's `step`) at data `position`, on `data`: the
         stage's first dataset (`stage_data`), already started."""
         train, steps = stage.exp.train, stage.exp.train.steps
@@ -288,7 +189,7 @@ class Loop:
             epoch, done = epoch + 1, set()
         return step, DataPosition(epoch, sorted(done))
 
-    def make_probe(self, stage: Stage):
+    def make_probe(self, stage):
         """The periodic probe (jobs/train/probe.py), where it runs: rank 0, or every rank under fsdp (its
         forwards are collectives); None when train.probe_every is 0."""
         if not self.train.probe_every or not (self.rank == 0 or stage.sharded):
@@ -324,7 +225,7 @@ class Loop:
         window.wait_s += time.perf_counter() - t0
         return batch
 
-    def metrics(self, stage: Stage, window: Window, stage_step: int, step: int) -> dict:
+    def metrics(self, stage, window: Window, stage_step: int, step: int) -> dict:
         """Window means of the loss terms and norms, over every rank in one collective; the bad-row
         counters summed over ranks (only rank 0's report is kept)."""
         names, elapsed = list(window.values), time.perf_counter() - window.start
@@ -356,7 +257,7 @@ class Loop:
             "data/bad_rows": self.bad["bad_rows"],
         }
 
-    def report(self, metrics: dict, stage: Stage, stage_step: int, step: int, position: DataPosition | None) -> None:
+    def report(self, metrics: dict, stage, stage_step: int, step: int, position: DataPosition | None) -> None:
         """Report; with a data position, a checkpoint too (report is a barrier). ddp: rank 0 writes
         it. fsdp: every rank writes its shards into its own folder and reports it, Ray Train
         merging them into the one checkpoint folder; rank 0 adds model.pt with the whole weights."""
@@ -371,7 +272,7 @@ class Loop:
         weights = stage.weights(rank0_only=True)  # fsdp: a collective
         with tempfile.TemporaryDirectory() as tmp:
             if stage.sharded:
-                save_sharded(stage.sharded_state(), os.path.join(tmp, SHARDED_DIR))  # a collective
+                stage.save_shards(os.path.join(tmp, SHARDED_DIR))  # a collective
             if self.rank == 0:
                 state = TrainState(
                     stage=stage.index,

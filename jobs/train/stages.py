@@ -9,7 +9,6 @@ stage changes) and its learning-rate, weight-decay and teacher schedules run ove
 import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from timm.layers import resample_abs_pos_embed
 
 from tipslab.jobs.config import ExperimentConfig, experiment
 from tipslab.models.errors import ConfigError
@@ -49,6 +48,8 @@ def carry_weights(module: torch.nn.Module, state: dict) -> list[str]:
     """Load the entries of `state` that `module` has; position embeddings of another grid are
     resampled (bicubic over the patch grid, the class token kept). Returns the module's keys that
     `state` did not provide (new heads of this stage keep their initialisation)."""
+    from timm.layers import resample_abs_pos_embed  # timm brings torchvision: imported where it is used
+
     own = module.state_dict()
     loaded = {}
     for key, value in state.items():

@@ -9,9 +9,11 @@ into phases named by where each ends:
   a checkpoint (its launch was before the failure); taken across nodes when the driver and the
   worker are on different ones (their clocks' skew adds to it).
 - `perf/startup/worker_setup_s`: from the process's start to the training function's entry: Ray's
-  set-up of the worker, the imports of the training code (torch, timm, the loop), the process group.
-- `perf/startup/model_s`: to the first stage's model, teacher and optimizer built (a checkpoint read
-  where the run resumes, the model wrapped for DDP or sharded for FSDP).
+  set-up of the worker, the imports of the loop (torch, Ray Data, the data pipeline), the process
+  group.
+- `perf/startup/model_s`: to the first stage's model, teacher and optimizer built: the stage's data
+  started, the model stack imported (timm, FSDP's checkpointing: after the data's start, so that the
+  two overlap), a checkpoint read where the run resumes, the model wrapped for DDP or sharded for FSDP.
 - `perf/startup/first_batch_s`: to the first batch in hand: Ray Data's start-up (read tasks, the views'
   workers, which import torch and build the views) less what overlapped the model's build.
 - `perf/startup/first_step_s`: to the first report: the steps before it (`train.log_every` of them;

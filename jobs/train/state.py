@@ -17,6 +17,10 @@ class RunStopped(RuntimeError):
     """The run stopped by itself (non-finite loss, too many bad rows); the message says where."""
 
 
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or infinite: a failure of the run, not of a worker, so never retried."""
+
+
 @dataclass
 class DataPosition:
     """Where a rank's data stands: the epoch, and the shard files every rank finished in it."""

@@ -9,6 +9,7 @@ import torch
 from tipslab.jobs.config import TrainConfig, experiment
 from tipslab.jobs.train.parallel import shard_model, unsharded
 from tipslab.jobs.train.stages import carry_weights
+from tipslab.jobs.train.state import NonFiniteLossError
 from tipslab.models.checkpoint import tips_config
 from tipslab.models.config import LossConfig
 from tipslab.models.distributed import world
@@ -18,10 +19,6 @@ from tipslab.models.teacher import EMATeacher
 from tipslab.models.tips import TIPSStudent
 
 NO_WEIGHT_DECAY = ("cls_token", "register_token", "pos_embed", "mask_token", "log_temperature", "queries")
-
-
-class NonFiniteLossError(RuntimeError):
-    """A loss term became NaN or infinite: a failure of the run, not of a worker, so never retried."""
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

@@ -7,8 +7,6 @@ import os
 
 import torch
 
-from tipslab.jobs.train.parallel import unsharded
-
 # Set to a folder, every rank appends "epoch key_id" of each row it trains on to a file there:
 # how the tests count replayed rows.
 ROW_TRACE_ENV = "TIPSLAB_ROW_TRACE"
@@ -21,6 +19,8 @@ def state_digest(module_state: dict, optimizer_state: dict) -> str:
     ones keyed by names (fsdp: `parallel.full_state` in the loop, `parallel.read_sharded` of the
     checkpoint's sharded/ folder): the same state gives the same digest either way it was read.
     A DTensor is read whole (a collective)."""
+    from tipslab.jobs.train.parallel import unsharded  # FSDP's imports, for the tests' digests only
+
     h = hashlib.sha256()
 
     def add(value):

@@ -22,8 +22,7 @@ from tipslab.jobs.config import as_dict, experiment
 from tipslab.jobs.redact import remember_keys
 from tipslab.jobs.train.loop import Loop
 from tipslab.jobs.train.startup import StartupClock
-from tipslab.jobs.train.state import RunStopped
-from tipslab.jobs.train.step import NonFiniteLossError
+from tipslab.jobs.train.state import NonFiniteLossError, RunStopped
 from tipslab.jobs.train.trace import ROW_TRACE_ENV
 
 STOPPED_FILE = "stopped.json"

@@ -1,6 +1,8 @@
 """The phases of a training worker's start-up (jobs/train/startup.py) and the first block asked for
 early (jobs/data/pipeline/batches.py `EpochBatches.start`)."""
 
+import subprocess
+import sys
 import threading
 import time
 
@@ -67,3 +69,16 @@ def test_an_error_of_the_first_fetch_is_raised_by_the_first_batch():
     batches = EpochBatches(failing(), batch_size=2).start()
     with pytest.raises(OSError, match="unreadable"):
         batches.next(0, lambda rows: None)
+
+
+def test_a_worker_starts_its_data_before_it_imports_the_model_stack():
+    # A training worker imports the loop to run it (the training function's module, trainer.py),
+    # and only once the stage's data is started does it import the model stack (stage_parts.py):
+    # timm (with torchvision and torch._dynamo) and torch.distributed.checkpoint, 1-2 s, then
+    # overlap Ray Data's start-up.
+    unwanted = ["timm", "torchvision", "torch._dynamo", "torch.distributed.checkpoint", "tipslab.models.tips"]
+    code = f"import sys, tipslab.jobs.train.trainer; print([m for m in {unwanted} if m in sys.modules])"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+    code = f"import sys, tipslab.jobs.train.stage_parts; print([m for m in {unwanted} if m in sys.modules])"
+    heavy = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert heavy.strip() != "[]"  # the names above are what the model stack brings: the check can fail
