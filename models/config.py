@@ -262,3 +262,15 @@ LOSS_RANGES = {
 class TIPSConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+
+
+def mlp_kind(cfg: ModelConfig) -> str:
+    """gelu or swiglu; "auto" picks SwiGLU for size g only (the TIPS paper: "g ... with SwiGLU")."""
+    if cfg.mlp == "auto":
+        return "swiglu" if cfg.size == "g" else "gelu"
+    return cfg.mlp
+
+
+def swiglu_hidden(mlp_dim: int) -> int:
+    """The official fused SwiGLU's hidden width: 2/3 of the nominal MLP width, up to a multiple of 8."""
+    return (int(mlp_dim * 2 / 3) + 7) // 8 * 8

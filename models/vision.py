@@ -16,19 +16,7 @@ from timm.layers import Mlp, PatchEmbed, SwiGLUPacked, resample_abs_pos_embed, t
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from .config import MLP_KINDS, ModelConfig  # noqa: F401  (MLP_KINDS: ModelConfig checks model.mlp)
-
-
-def mlp_kind(cfg: ModelConfig) -> str:
-    """gelu or swiglu; "auto" picks SwiGLU for size g only (the TIPS paper: "g ... with SwiGLU")."""
-    if cfg.mlp == "auto":
-        return "swiglu" if cfg.size == "g" else "gelu"
-    return cfg.mlp
-
-
-def swiglu_hidden(mlp_dim: int) -> int:
-    """The official fused SwiGLU's hidden width: 2/3 of the nominal MLP width, up to a multiple of 8."""
-    return (int(mlp_dim * 2 / 3) + 7) // 8 * 8
+from .config import MLP_KINDS, ModelConfig, mlp_kind, swiglu_hidden  # noqa: F401  (MLP_KINDS: ModelConfig checks model.mlp)
 
 
 def mlp_layer(kind: str, mlp_dim: int):

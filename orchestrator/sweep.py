@@ -8,26 +8,18 @@ Ray Data's budget hold the trial's CPUs), and the number of concurrent trials fo
 cluster has, so a 2-core machine runs one trial at a time instead of waiting forever.
 """
 
-import json
 import math
 import os
-import re
 import sys
 import time
 import uuid
 from dataclasses import dataclass, field
 
-import ray
 from ray import tune
-from ray.tune.integration.ray_train import TuneReportCallback
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from tipslab.jobs import storage as run_storage
-from tipslab.jobs.config import as_dict, experiment
-from tipslab.jobs.eval.evaluate import evaluate_checkpoint
-from tipslab.jobs.redact import redact, remember_keys, secret_keys
-from tipslab.jobs.storage import to_uri
-from tipslab.jobs.train.trainer import build_trainer
+from tipslab.jobs.config import experiment
+from tipslab.jobs.redact import redact, secret_keys
+from tipslab.models.param_counts import param_counts
 
 from .errors import CommandFailed, UserError
 from .faults import check_storage, disk_fault, size, storage_guard
@@ -37,6 +29,7 @@ from .runtime import RAY_PLACES, ensure_ray, storage_path, tracking_uri
 from .search import scheduler, searcher, tune_space
 from .spec import Plan, Trial
 from .tracking import SweepTracker, TrackingCallback
+from .trial import run_trial, trial_cpus, trial_resolver
 
 # A trial's driver only waits on its TorchTrainer: no CPU, and a logical memory reservation (Tune
 # refuses an empty request).
@@ -53,18 +46,6 @@ def _finish(tracker: SweepTracker, status: str, raising: bool = True) -> None:
         if raising:
             raise CommandFailed(message)
         print(message, file=sys.stderr, flush=True)
-
-
-def trial_cpus(config: dict) -> float:
-    train = config["train"]
-    return train["num_workers"] * train["cpus_per_worker"] + config["data"]["cpus"]
-
-
-def eval_cpus(config: dict) -> float:
-    """The evaluation is one task on one node: the trial's CPUs, but never more than the largest
-    node has (a paper-sized trial asks for 65 CPUs across nodes; no node has that many)."""
-    largest = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=1.0)
-    return min(trial_cpus(config), largest)
 
 
 def concurrency(plan: Plan, cluster: dict, count: int | None = None) -> int:
@@ -87,124 +68,25 @@ def concurrency(plan: Plan, cluster: dict, count: int | None = None) -> int:
     return max(1, min(limit, count or len(plan.trials)))
 
 
-def checkpoint_bytes(config: dict, cache: dict | None = None) -> int:
-    """About what one checkpoint of a trial holds: student and teacher weights and AdamW's two
-    moments, 4 bytes a parameter each (counted on a model built on the meta device: no memory)."""
-    import torch
-
-    from tipslab.models.checkpoint import tips_config
-    from tipslab.models.tips import TIPSStudent
-
-    key = json.dumps([config["model"], config["loss"]], sort_keys=True, default=str)
-    if cache is None or key not in cache:
-        with torch.device("meta"):
-            count = sum(p.numel() for p in TIPSStudent(tips_config(config)).parameters())
-        if cache is None:
-            return 16 * count
-        cache[key] = 16 * count
-    return cache[key]
+def checkpoint_bytes(config: dict) -> int:
+    """About what one checkpoint of a trial holds: the student's and the teacher's weights and
+    AdamW's two moments of the trainable ones, 4 bytes each, counted from the config
+    (models/param_counts.py: the model stack is not imported for it)."""
+    counts = param_counts(config)
+    return 4 * (counts.student + counts.teacher + 2 * counts.trainable)
 
 
 def storage_need(trials: list[Trial]) -> tuple[int, str]:
     """What the trials' checkpoints take at most (each keeps `train.checkpoints_to_keep`, and
     writes one more before the oldest goes), and those words for a message."""
-    cache: dict = {}
-    need = sum(checkpoint_bytes(t.config, cache) * (t.config["train"]["checkpoints_to_keep"] + 1) for t in trials)
+    need = sum(checkpoint_bytes(t.config) * (t.config["train"]["checkpoints_to_keep"] + 1) for t in trials)
     return need, f"the checkpoints of {len(trials)} trial(s) (about {size(need / max(1, len(trials)))} each)"
-
-
-@ray.remote
-def _evaluate(checkpoint, config, out_dir: str, secret: list[str]) -> dict:
-    remember_keys(as_dict(config), secret)
-    with checkpoint.as_directory() as d:
-        return evaluate_checkpoint(d, config, out_dir)
-
-
-def trial_resolver(plan: Plan):
-    """Tune's trial config -> our Trial: a fixed trial by name, or a search sample's values."""
-    by_name = {t.name: t for t in plan.trials}
-    sampled: dict[tuple, Trial] = {}
-
-    def resolve(params: dict) -> Trial:
-        if "trial" in params:
-            return by_name[params["trial"]]
-        values = {k: params[k] for k in plan.search.space}
-        key = tuple(sorted(values.items()))
-        if key not in sampled:
-            start = plan.trials[0]
-            sampled[key] = plan.sampled_trial(start.variant, start.seed, values)
-        return sampled[key]
-
-    return resolve
-
-
-def run_name(plan: Plan, trial: Trial) -> str:
-    """A folder-safe Ray Train run name (variant names may hold '/', '[', ',')."""
-    if trial.config["train"].get("run_name"):
-        return trial.config["train"]["run_name"]  # a named run (train.run_name) resumes when it exists
-    return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", f"{plan.spec['name']}-{trial.name}-{tune.get_context().get_trial_id()}")
-
-
-# Written in a trial's run folder when the trial fails with an error of its own (its training,
-# after Ray Train's retries, or its evaluation): Tune's retries are for a trial whose driver was lost
-# with its node, and a retry of a trial that failed for good raises the same error at once.
-TRIAL_FAILED_FILE = "trial_failed.json"
-
-
-class TrialFailed(RuntimeError):
-    """An earlier attempt of this trial failed with an error of its own (TRIAL_FAILED_FILE)."""
 
 
 def trial_retries(plan: Plan) -> int:
     """How often Tune starts a trial again whose driver was lost: as often as Ray Train restarts
     the workers of a run (the largest train.max_failures of the plan's trials)."""
     return max(int(t.config["train"]["max_failures"]) for t in plan.trials)
-
-
-def run_trial(params: dict, plan: Plan, storage: str, secret: tuple = ()) -> None:
-    """The Tune trainable: pretrain with a TorchTrainer, then evaluate its last checkpoint.
-
-    `secret`: the config keys whose values came from the environment (names only; the driver found
-    them): this process, the workers and the evaluation mask those values in what they write.
-
-    A trial's driver (this function's process) dies with its node; Tune then starts it again
-    (`trial_retries`) under the same trial id, so the same run name, and Ray Train resumes the run
-    from its latest checkpoint. An error raised here is the trial's own, and final: it is written
-    to TRIAL_FAILED_FILE, so that a retry after it does not train again."""
-    trial = trial_resolver(plan)(params)
-    remember_keys(trial.config, secret)
-    name = run_name(plan, trial)
-    failed_file = run_storage.join(storage, name, TRIAL_FAILED_FILE)
-    if run_storage.exists(failed_file):
-        raise TrialFailed(json.loads(run_storage.read_bytes(failed_file))["error"])
-    try:
-        _train_and_evaluate(trial, name, storage, secret)
-    except Exception as err:
-        run_storage.write_bytes(failed_file, json.dumps({"error": f"{type(err).__name__}: {err}"}).encode())
-        raise
-
-
-def _train_and_evaluate(trial: Trial, name: str, storage: str, secret: tuple) -> None:
-    exp = experiment(trial.config)  # the jobs get the typed config; the trial keeps its dict (config_hash, MLflow)
-    trainer = build_trainer(exp, name=name, storage_path=storage, callbacks=[TuneReportCallback()], secret_keys=secret)
-    result = trainer.fit()
-    # The trial's placement group only holds the driver; the evaluation takes the CPUs the trainer freed.
-    outside = PlacementGroupSchedulingStrategy(placement_group=None)
-    checkpoint = result.checkpoint
-    out_dir = os.path.join(storage, name, "eval")
-    metrics = ray.get(
-        _evaluate.options(num_cpus=eval_cpus(trial.config), scheduling_strategy=outside).remote(
-            checkpoint, exp, out_dir, list(secret)
-        )
-    )
-    tune.report(
-        {
-            **{redact(k): v for k, v in metrics.items()},
-            "step": exp.train.steps,
-            "checkpoint_uri": to_uri(checkpoint.filesystem, checkpoint.path),
-            "eval_dir": out_dir,
-        }
-    )
 
 
 @dataclass

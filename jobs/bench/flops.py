@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 from tipslab.jobs.config import experiment
 from tipslab.models.checkpoint import tips_config
-from tipslab.models.mim import masked_count
-from tipslab.models.vision import mlp_kind, swiglu_hidden
+from tipslab.models.config import masked_count, mlp_kind, swiglu_hidden
+from tipslab.models.param_counts import param_counts
 
 OPTIMIZER_FLOPS_PER_PARAM = 16  # clip (square, sum, scale) + AdamW (decay, two moments, sqrt, divide, update)
 EMA_FLOPS_PER_PARAM = 3  # teacher · m + student · (1 − m)
@@ -81,29 +81,6 @@ class Tower:
 def head_flops(width: int, hidden: int, bottleneck: int, prototypes: int) -> float:
     """One row through a PrototypeHead (models/heads.py)."""
     return 2 * (width * hidden + hidden * hidden + hidden * bottleneck + bottleneck * prototypes)
-
-
-def head_params(width: int, hidden: int, bottleneck: int, prototypes: int, gain: bool = True) -> int:
-    """Linear weights and biases; the weight-normalised prototypes hold a direction and a norm per
-    row (the norm fixed, not trained, under model.head_norm_last_layer: gain=False)."""
-    return (
-        (width * hidden + hidden)
-        + (hidden * hidden + hidden)
-        + (hidden * bottleneck + bottleneck)
-        + prototypes * bottleneck
-        + (prototypes if gain else 0)
-    )
-
-
-def tower_params(t: Tower, layerscale: bool) -> int:
-    w = t.width
-    if t.mlp == "swiglu":
-        h = swiglu_hidden(t.mlp_dim)
-        mlp = w * 2 * h + 2 * h + h * w + w
-    else:
-        mlp = w * t.mlp_dim + t.mlp_dim + t.mlp_dim * w + w
-    block = 2 * w + (3 * w * w + 3 * w) + (w * w + w) + 2 * w + mlp + (2 * w if layerscale else 0)
-    return t.depth * block + 2 * w  # + the final LayerNorm
 
 
 @dataclass
@@ -203,28 +180,8 @@ def step_flops(exp, world_size: int = 1, batch_size: int | None = None) -> list[
 
 def trainable_params(exp) -> tuple[int, int]:
     """(trainable student parameters, teacher parameters), counted from the config."""
-    cfg = tips_config(experiment(exp))
-    m, loss = cfg.model, cfg.loss
-    width, depth, _, mlp_dim, text_depth = m.dims()
-    grid = (m.image_size // m.patch_size) ** 2
-    vision = (
-        (3 * m.patch_size**2 * width + width)
-        + 2 * width
-        + (1 + grid) * width
-        + tower_params(Tower(width, depth, mlp_dim, mlp_kind(m)), layerscale=True)
-    )
-    mask_token = width if loss.mim_weight > 0 else 0  # frozen without MIM (models/tips.py)
-    text = m.vocab_size * width + tower_params(Tower(width, text_depth, mlp_dim, "gelu"), layerscale=False) + 1
-    k_distill, k_mim = m.prototypes()
-    counts = [k for k, weight in ((k_distill, loss.distill_weight), (k_mim, loss.mim_weight)) if weight > 0]
-    if m.shared_heads and len(counts) == 2:
-        counts = counts[:1]  # one head serves both terms (models/tips.py)
-    heads = sum(head_params(width, m.head_hidden, m.head_bottleneck, k) for k in counts)
-    trained_heads = sum(
-        head_params(width, m.head_hidden, m.head_bottleneck, k, gain=not m.head_norm_last_layer) for k in counts
-    )
-    teacher = vision + width + heads if counts else 0
-    return vision + mask_token + text + trained_heads, teacher
+    counts = param_counts(experiment(exp))
+    return counts.trainable, counts.teacher
 
 
 def flops_per_step(exp, world_size: int = 1, batch_size: int | None = None) -> float:

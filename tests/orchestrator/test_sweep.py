@@ -21,7 +21,8 @@ from tipslab.dashboards.table import render
 from tipslab.orchestrator.errors import UserError
 from tipslab.orchestrator.runtime import tracking_uri
 from tipslab.orchestrator.spec import load_spec
-from tipslab.orchestrator.sweep import concurrency, eval_cpus, run_sweep
+from tipslab.orchestrator.sweep import concurrency, run_sweep
+from tipslab.orchestrator.trial import eval_cpus
 
 SMOKE = REPO / "ablations" / "smoke.yaml"
 TINY = REPO / "ablations" / "base" / "tips_tiny.yaml"
@@ -299,7 +300,7 @@ def driver_loss_spec(tmp_path, variants: str):
 
 
 def test_a_trial_that_fails_of_itself_is_not_trained_again_by_tunes_retries(ray_session, home, tmp_path):
-    from tipslab.orchestrator.sweep import TRIAL_FAILED_FILE
+    from tipslab.orchestrator.trial import TRIAL_FAILED_FILE
 
     # a's loss is not finite at its first step: a failure of its own (RunStopped), final.
     result = run_sweep(driver_loss_spec(tmp_path, "{a: {loss.student_temp: 1.0e-40}}"))
@@ -338,3 +339,11 @@ def test_a_trial_whose_driver_dies_resumes_from_its_checkpoint_in_its_run(ray_se
     assert steps.count(2) == 1 and max(steps) == 8, steps
     assert "eval/scenes/i2t_r1" in run.data.metrics
     assert "a-seed0  lost its driver" in capsys.readouterr().err
+
+
+def test_a_trial_driver_imports_neither_mlflow_nor_the_model_stack():
+    # Every trial's driver is a fresh process that imports the trainable's module before it builds
+    # its trainer: MLflow and the model stack (timm, torchvision, torch._dynamo) added 2-3 s there.
+    unwanted = ["mlflow", "timm", "torchvision", "torch._dynamo", "tipslab.models.tips"]
+    code = f"import sys, tipslab.orchestrator.trial; print([m for m in {unwanted} if m in sys.modules])"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
