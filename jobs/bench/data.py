@@ -46,13 +46,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tipslab.jobs import storage
 from tipslab.jobs.config import DataConfig
 from tipslab.jobs.data.pipeline.batches import EpochBatches
-from tipslab.jobs.data.pipeline.streaming import (
-    BATCHES_PER_BLOCK,
-    PositionedViews,
-    map_views,
-    read_rows,
-    views_actors,
-)
+from tipslab.jobs.data.pipeline.shard_read import BATCHES_PER_BLOCK, read_rows
+from tipslab.jobs.data.pipeline.streaming import PositionedViews, map_views, views_actors
 from tipslab.jobs.data.pipeline.views import TIPSViews
 from tipslab.jobs.data.shards.format import read_manifest, shard_files
 from tipslab.models.errors import ConfigError, DataError

@@ -37,7 +37,8 @@ import torch
 
 from tipslab.jobs.config import as_dict, experiment
 from tipslab.jobs.data.pipeline.batches import EpochBatches
-from tipslab.jobs.data.pipeline.streaming import BATCHES_PER_BLOCK, DataPlan, plan_epochs, stage_dataset, train_shards
+from tipslab.jobs.data.pipeline.shard_read import BATCHES_PER_BLOCK
+from tipslab.jobs.data.pipeline.streaming import DataPlan, plan_epochs, stage_dataset, train_shards
 from tipslab.jobs.data.pipeline.views import BAD_ROW_COLUMNS
 from tipslab.jobs.redact import redact, scrub
 from tipslab.jobs.train.cadence import Cadence

@@ -20,8 +20,9 @@ loop cuts the stream into batches that never span two epochs (jobs/data/pipeline
 
 Parallelism: the views run in a pool of actors (`map_views`), one per CPU of the rank's share (at
 least one), each of which builds its tokenizer and views once and then makes the views of one read
-block per call. `ShardRows` reads each (epoch, file) of the rank in one read task, and Ray Data
-splits its output into blocks of about `BATCHES_PER_BLOCK` batches (`read_split`, through
+block per call. `ShardRows` (jobs/data/pipeline/shard_read.py: a module without torch, for the read
+tasks' processes) reads each (epoch, file) of the rank in one read task, and Ray Data splits its
+output into blocks of about `BATCHES_PER_BLOCK` batches (`read_split`, through
 `override_num_blocks`), in order, so that the actors share a file and each hands its first batches
 over early. The read is light next to the views (decompressing the file's bytes) and reserves no
 CPU: the actors hold the rank's whole share, and a read that needed a CPU of its own would compete
@@ -42,21 +43,16 @@ views batch that dropped bad rows, where ids can no longer be matched to rows.
 
 import hashlib
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import ray.data
-from ray.data.block import BlockMetadata
-from ray.data.datasource import Datasource, ReadTask
 
-from tipslab.jobs import storage
 from tipslab.jobs.config import experiment, read_tag_vocab
 from tipslab.jobs.data.pipeline.columns import train_columns
+from tipslab.jobs.data.pipeline.shard_read import read_rows
 from tipslab.jobs.data.pipeline.views import BAD_ROW_COLUMNS, TIPSViews, bad_row_counts, count_columns, view_options
 from tipslab.jobs.data.shards.format import read_manifest, shard_files
 from tipslab.models.tokenizer import build_tokenizer
@@ -65,9 +61,6 @@ log = logging.getLogger(__name__)
 
 # The columns a views batch counts its input in, on its last row: the bad-row counters, then rows_done.
 COUNT_COLUMNS = BAD_ROW_COLUMNS + ("rows_done",)
-# Rows of one read block, in batches: a views actor's unit of work. Fewer batches per block add
-# per-call overhead; more delay the first batch and leave CPUs idle when a rank has few rows.
-BATCHES_PER_BLOCK = 4
 # The most read tasks (an epoch's files, each) in one dataset: Ray Data puts each in the object store
 # when the dataset starts. A stage of more epochs than fit gets a dataset for the next ones.
 MAX_READ_TASKS = 4096
@@ -293,54 +286,6 @@ def plan_epochs(
         if batches >= steps:
             return plans
         batches += max(plan.batches(batch_size), 1)  # an epoch without a batch ends the stage (the loop says why)
-
-
-class ShardRows(Datasource):
-    """A rank's (epoch, file, rows) pieces in order, each read in one task as the file's first `rows`
-    rows of `columns` plus an `epoch` column."""
-
-    def __init__(self, pieces: list[tuple[int, str, int]], columns: list[str]):
-        super().__init__()
-        self.pieces, self.columns = pieces, columns
-
-    def estimate_inmemory_data_size(self) -> int | None:
-        return None
-
-    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context=None):
-        return [
-            ReadTask(
-                partial(read_piece, file, self.columns, epoch, rows),
-                BlockMetadata(num_rows=rows, size_bytes=None, exec_stats=None, input_files=[file]),
-                per_task_row_limit=per_task_row_limit,
-            )
-            for epoch, file, rows in self.pieces
-        ]
-
-
-def read_piece(file: str, columns: list[str], epoch: int, rows: int) -> list[pa.Table]:
-    """The first `rows` rows of a shard file (only the row groups that hold them), with `epoch`."""
-    fs, path = storage.resolve(file)
-    with fs.open_input_file(path) as handle:
-        parquet = pq.ParquetFile(handle)
-        groups, end = [], 0
-        while end < rows and len(groups) < parquet.num_row_groups:
-            end += parquet.metadata.row_group(len(groups)).num_rows
-            groups.append(len(groups))
-        table = parquet.read_row_groups(groups, columns=columns).slice(0, rows)
-    return [table.append_column("epoch", pa.array(np.full(table.num_rows, epoch, np.int64)))]
-
-
-def read_split(rows: int, batch_size: int) -> int:
-    """The blocks each read task's rows (at most `rows`) are split into: about BATCHES_PER_BLOCK
-    batches each."""
-    return max(1, math.ceil(rows / (BATCHES_PER_BLOCK * batch_size)))
-
-
-def read_rows(pieces: list[tuple[int, str, int]], columns: list[str], batch_size: int, **read_args) -> ray.data.Dataset:
-    """The pieces' rows in order, split into blocks of about BATCHES_PER_BLOCK batches: Ray Data
-    splits each read task's output evenly when asked for more blocks than tasks."""
-    split = read_split(max(rows for _, _, rows in pieces), batch_size)
-    return ray.data.read_datasource(ShardRows(pieces, columns), override_num_blocks=len(pieces) * split, **read_args)
 
 
 def stage_dataset(

@@ -7,15 +7,14 @@ import pytest
 from conftest import REPO, spoil_rows, tiny_overrides
 
 from tipslab.jobs.data.pipeline.columns import TRAIN_COLUMNS
+from tipslab.jobs.data.pipeline.shard_read import BATCHES_PER_BLOCK, read_split
 from tipslab.jobs.data.pipeline.streaming import (
-    BATCHES_PER_BLOCK,
     COUNT_COLUMNS,
     PositionedViews,
     Shard,
     key_ids,
     plan_epoch,
     plan_epochs,
-    read_split,
     split_dir,
     stage_dataset,
     train_shards,
@@ -207,3 +206,14 @@ def test_every_bad_row_is_counted_through_the_pipeline_on_ray(ray_session, tmp_p
     keys = pq.read_table(shards[0].file, columns=["key"]).column("key").to_pylist()
     kept = out["key_id"] != -1
     np.testing.assert_array_equal(out["key_id"][kept], key_ids([keys[i] for i in good])[kept])
+
+
+def test_a_read_task_imports_neither_torch_nor_the_views():
+    # With the views in actors, Ray Data runs the reads in processes of their own, which import the
+    # read's module: torch would add about 2 s to each one's start.
+    import subprocess
+    import sys
+
+    unwanted = ["torch", "tipslab.jobs.data.pipeline.views", "tipslab.jobs.data.pipeline.streaming"]
+    code = f"import sys, tipslab.jobs.data.pipeline.shard_read; print([m for m in {unwanted} if m in sys.modules])"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
