@@ -27,6 +27,7 @@ from .spec import Plan, Trial
 
 
 def trial_cpus(config: dict) -> float:
+    """The CPUs one trial holds: its training workers' and Ray Data's budget."""
     train = config["train"]
     return train["num_workers"] * train["cpus_per_worker"] + config["data"]["cpus"]
 
