@@ -93,4 +93,4 @@ def test_the_cycle_check_can_fail():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
     graph = import_graph(package_modules())  # relative and absolute imports are both read
     assert "tipslab.models.errors" in graph["tipslab.models.config"]
-    assert "tipslab.jobs.train.step" in graph["tipslab.jobs.train.loop"]
+    assert "tipslab.jobs.train.step" in graph["tipslab.jobs.train.stage_parts"]
