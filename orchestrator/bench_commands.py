@@ -196,18 +196,23 @@ def cmd_bench_data(args) -> None:
 
 
 def cmd_bench_trial(args) -> None:
+    if args.repeats < 1:
+        raise UserError(f"--repeats: must be at least 1, got {args.repeats}")
     result = measure_trial(args)
     if printed_json(args, result):
         return
+    which = "one" if result["repeats"] == 1 else f"the median of {result['repeats']}"
     print(
-        f"one {result['model_size']} trial: {result['launch_to_first_step_s']:.1f} s from launch to its first "
+        f"{which} {result['model_size']} trial: {result['launch_to_first_step_s']:.1f} s from launch to its first "
         f"train/* report; {result['trial_total_s']:.1f} s in all ({result['steps']} steps, then evaluation)"
     )
     print(
         f"Ray's floor (a bare TorchTrainer in a one-trial Tuner, no tipslab code): "
-        f"{result['bare_launch_to_first_report_s']:.1f} s to its first report (runs before and after: "
+        f"{result['bare_launch_to_first_report_s']:.1f} s to its first report (runs before and after each trial: "
         f"{', '.join(f'{s:.1f}' for s in result['bare_runs_s'])} s); tipslab / floor: {result['ratio_to_bare']:.2f}x"
     )
+    if result["repeats"] > 1:
+        print(f"  every trial's ratio to its floors: {', '.join(f'{r:.2f}x' for r in sorted(result['ratios']))}")
     print(startup_table(result))
     print(f"MLflow run {result['mlflow_run_id']} ({EXPERIMENT}); the trial's own runs are in tipslab-bench-trial")
 
@@ -363,6 +368,9 @@ def add_run_parsers(bench_sub) -> None:
     common(trial, sizes=False)
     trial.add_argument("--size", default="tiny")
     trial.add_argument("--steps", type=int, default=2, help="training steps of the trial")
+    trial.add_argument(
+        "--repeats", type=int, default=1, help="trials, each between two floors; the median ratio is reported"
+    )
     trial.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local instance)")
     trial.set_defaults(func=cmd_bench_trial)
 

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 from tipslab.jobs.bench import COMPONENTS
@@ -202,10 +203,17 @@ def startup_table(result: dict) -> str:
     return "\n".join(f"  {r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}".rstrip() for r in rows)
 
 
+def median_index(values: list[float]) -> int:
+    """The index of the median of `values` (of an even number, the upper of the middle two)."""
+    return sorted(range(len(values)), key=lambda i: values[i])[len(values) // 2]
+
+
 def measure_trial(args) -> dict:
-    """A one-trial sweep through the sweeps' own code path (orchestrator/sweep.py); the clock starts
-    when the sweep is launched, with Ray already up and the scenes already made, and stops at the
-    trial's first `train/*` report as the sweep's MLflow writer received it."""
+    """A one-trial sweep through the sweeps' own code path (orchestrator/sweep.py), `args.repeats`
+    times, each between two runs of Ray's floor; the clock starts when the sweep is launched, with
+    Ray already up and the scenes already made, and stops at the trial's first `train/*` report as
+    the sweep's MLflow writer received it. The result is the repeat of median ratio to its floors
+    (all the ratios beside it): on a shared machine one run's ratio swings by a tenth or more."""
     from mlflow.tracking import MlflowClient
 
     from tipslab.jobs.bench.floor import bare_trial_floor
@@ -233,33 +241,42 @@ def measure_trial(args) -> dict:
     ensure_ray(args.address)
     client = MlflowClient(tracking_uri())
     experiment_id(client, TRIAL_EXPERIMENT)  # the store set up before the clock starts
-    floors = []
+    floor = partial(bare_trial_floor, storage_path(), DRIVER_RESOURCES, exp.train.cpus_per_worker)
+    floors, trials = [], []
     with contextlib.redirect_stdout(sys.stderr):  # Tune prints its tables: stdout is for the figures
-        floors.append(bare_trial_floor(storage_path(), DRIVER_RESOURCES, exp.train.cpus_per_worker))
-        start = time.time()
-        sweep = run_sweep(plan, address=args.address)
-        total = time.time() - start
-        floors.append(bare_trial_floor(storage_path(), DRIVER_RESOURCES, exp.train.cpus_per_worker))
-    if sweep.failed:
-        raise CommandFailed(
-            f"bench trial: the trial failed (MLflow parent run {sweep.parent_run_id} in {TRIAL_EXPERIMENT})"
-        )
-    run = trial_run(client, sweep.parent_run_id)
-    first = first_report_time(client, run)
-    if first is None:
-        raise CommandFailed(f"bench trial: the trial reported no train/* metric (run {run.info.run_id})")
+        floors.append(floor())
+        for _ in range(args.repeats):  # each trial between two floors: the machine's drift is shared
+            start = time.time()
+            sweep = run_sweep(plan, address=args.address)
+            total = time.time() - start
+            floors.append(floor())
+            if sweep.failed:
+                raise CommandFailed(
+                    f"bench trial: the trial failed (MLflow parent run {sweep.parent_run_id} in {TRIAL_EXPERIMENT})"
+                )
+            run = trial_run(client, sweep.parent_run_id)
+            first = first_report_time(client, run)
+            if first is None:
+                raise CommandFailed(f"bench trial: the trial reported no train/* metric (run {run.info.run_id})")
+            bare = [f["launch_to_first_report_s"] for f in floors[-2:]]
+            trials.append((first - start, total, sum(bare) / 2, sweep.parent_run_id, run))
+    ratios = [t[0] / t[2] for t in trials]
+    first_s, total, bare_s, parent_id, run = trials[median_index(ratios)]  # the repeat that speaks for the run
     gpu = exp.train.gpus_per_worker > 0
     result = {
         "model_size": exp.model.size,
         "steps": exp.train.steps,
         "device_kind": "gpu" if gpu else "cpu",
         "device": device(gpu),
-        "launch_to_first_step_s": first - start,
+        "repeats": len(trials),
+        "launch_to_first_step_s": first_s,
         "trial_total_s": total,
-        # Ray's floor: a bare TorchTrainer in a one-trial Tuner (jobs/bench/floor.py), before and after.
-        "bare_launch_to_first_report_s": sum(f["launch_to_first_report_s"] for f in floors) / len(floors),
+        # Ray's floor: a bare TorchTrainer in a one-trial Tuner (jobs/bench/floor.py), before and after
+        # each trial; the median repeat's two.
+        "bare_launch_to_first_report_s": bare_s,
         "bare_runs_s": [round(f["launch_to_first_report_s"], 2) for f in floors],
-        "sweep_parent_run_id": sweep.parent_run_id,
+        "ratios": [round(r, 3) for r in ratios],
+        "sweep_parent_run_id": parent_id,
         # From Tune's start of the trial (the sweep's tracker measures it, where it does).
         "trial_start_to_first_step_s": run.data.metrics.get("perf/launch_to_first_report_s"),
         # The worker's start-up phases (jobs/train/startup.py), tipslab's and the floor's (mean).

@@ -87,12 +87,22 @@ def test_bench_step_user_mistakes_exit_2(home, capsys):
         assert "--device cuda" in capsys.readouterr().err
 
 
+def test_bench_trial_repeats_at_least_once_and_reports_the_median_repeat(home, capsys):
+    from tipslab.orchestrator.bench_runs import median_index
+
+    assert main(["bench", "trial", "--repeats", "0"]) == 2
+    assert "--repeats: must be at least 1, got 0" in capsys.readouterr().err
+    assert [median_index(v) for v in ([1.3], [1.6, 1.4], [1.6, 1.4, 1.5], [2.0, 1.1, 1.7, 1.2])] == [0, 0, 2, 2]
+
+
 def test_bench_trial_measures_launch_to_first_step(ray_session, home, capsys):
     r = run_json(capsys, ["bench", "trial", *tiny_overrides(**{"train.steps": 2, "train.log_every": 1}), "--json"])
     assert 0 < r["launch_to_first_step_s"] < r["trial_total_s"]
     # Ray's floor, a bare TorchTrainer in a one-trial Tuner, measured before and after in the same run.
     assert len(r["bare_runs_s"]) == 2 and 0 < r["bare_launch_to_first_report_s"]
+    assert r["bare_launch_to_first_report_s"] == pytest.approx(sum(r["bare_runs_s"]) / 2, abs=0.01)
     assert r["ratio_to_bare"] == pytest.approx(r["launch_to_first_step_s"] / r["bare_launch_to_first_report_s"])
+    assert r["repeats"] == 1 and r["ratios"] == [pytest.approx(r["ratio_to_bare"], abs=1e-3)]
     # Where the worker's start-up went (jobs/train/startup.py): every phase, within launch to first step.
     assert set(r["phases"]) == {"workers", "worker_setup", "model", "first_batch", "first_step"}
     assert all(v >= 0 for v in r["phases"].values())
