@@ -201,9 +201,13 @@ def cmd_bench_trial(args) -> None:
     result = measure_trial(args)
     if printed_json(args, result):
         return
-    which = "one" if result["repeats"] == 1 else f"the median of {result['repeats']}"
+    which = (
+        f"one {result['model_size']} trial"
+        if result["repeats"] == 1
+        else f"the median of {result['repeats']} {result['model_size']} trials"
+    )
     print(
-        f"{which} {result['model_size']} trial: {result['launch_to_first_step_s']:.1f} s from launch to its first "
+        f"{which}: {result['launch_to_first_step_s']:.1f} s from launch to its first "
         f"train/* report; {result['trial_total_s']:.1f} s in all ({result['steps']} steps, then evaluation)"
     )
     print(
