@@ -118,7 +118,7 @@ class Loop:
                 stage_step = state.stage_step if resume else 0
                 # The data first: Ray Data starts its workers while the model is built.
                 data = self.stage_data(stage_exp, position.epoch, set(position.done), steps - stage_step)
-                # The model stack's imports (timm, torch.distributed.checkpoint: 1-2 s) come after the
+                # The model stack's imports (timm, with torchvision and torch._dynamo: 1-2 s) come after the
                 # data's start, so that they too overlap Ray Data's start-up.
                 from tipslab.jobs.train.stage_parts import Stage
 

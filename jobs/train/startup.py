@@ -12,7 +12,7 @@ into phases named by where each ends:
   set-up of the worker, the imports of the loop (torch, Ray Data, the data pipeline), the process
   group.
 - `perf/startup/model_s`: to the first stage's model, teacher and optimizer built: the stage's data
-  started, the model stack imported (timm, FSDP's checkpointing: after the data's start, so that the
+  started, the model stack imported (timm, torchvision, torch._dynamo: after the data's start, so that the
   two overlap), a checkpoint read where the run resumes, the model wrapped for DDP or sharded for FSDP.
 - `perf/startup/first_batch_s`: to the first batch in hand: Ray Data's start-up (read tasks, the views'
   workers, which import torch and build the views) less what overlapped the model's build.
