@@ -9,7 +9,6 @@ centring (loss.centering) the prototypes are balanced over every rank's masked p
 
 import torch
 
-from .config import masked_count  # noqa: F401  (here for the model's users)
 from .distill import PrototypeTargetsLoss, cross_entropy_to_targets
 from .prototype_loss import prototype_cross_entropy
 

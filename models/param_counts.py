@@ -44,15 +44,15 @@ def tower_params(width: int, depth: int, mlp_dim: int, mlp: str, layerscale: boo
     return depth * block + 2 * w
 
 
-def head_params(width: int, hidden: int, bottleneck: int, prototypes: int, gain: bool = True) -> int:
+def head_params(width: int, hidden: int, bottleneck: int, prototypes: int) -> int:
     """Linear weights and biases; the weight-normalised prototypes hold a direction and a norm per
-    row (the norm fixed, not trained, under model.head_norm_last_layer: gain=False)."""
+    row (the norms are counted here, trained or not)."""
     return (
         (width * hidden + hidden)
         + (hidden * hidden + hidden)
         + (hidden * bottleneck + bottleneck)
         + prototypes * bottleneck
-        + (prototypes if gain else 0)
+        + prototypes
     )
 
 

@@ -10,7 +10,8 @@ import copy
 import torch
 from torch import nn
 
-from .mim import masked_count, masked_tokens
+from .config import masked_count
+from .mim import masked_tokens
 from .tips import TIPSStudent, head_outputs
 
 # "head": the one head of both terms with model.shared_heads, where distill_head and mim_head are

@@ -7,10 +7,10 @@ leaves no unused parameters for DDP to trip over.
 import torch
 from torch import nn
 
-from .config import TIPSConfig
+from .config import TIPSConfig, masked_count
 from .errors import ConfigError
 from .heads import PrototypeHead
-from .mim import masked_count, masked_tokens
+from .mim import masked_tokens
 from .tagging import TagHead
 from .text import TextTower
 from .vision import VisionTower

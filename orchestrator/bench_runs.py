@@ -258,10 +258,10 @@ def measure_trial(args) -> dict:
             first = first_report_time(client, run)
             if first is None:
                 raise CommandFailed(f"bench trial: the trial reported no train/* metric (run {run.info.run_id})")
-            bare = [f["launch_to_first_report_s"] for f in floors[-2:]]
-            trials.append((first - start, total, sum(bare) / 2, sweep.parent_run_id, run))
-    ratios = [t[0] / t[2] for t in trials]
-    first_s, total, bare_s, parent_id, run = trials[median_index(ratios)]  # the repeat that speaks for the run
+            bare = sum(f["launch_to_first_report_s"] for f in floors[-2:]) / 2
+            trials.append({"first_s": first - start, "total_s": total, "bare_s": bare, "sweep": sweep, "run": run})
+    ratios = [t["first_s"] / t["bare_s"] for t in trials]
+    median = trials[median_index(ratios)]  # the repeat that speaks for the run
     gpu = exp.train.gpus_per_worker > 0
     result = {
         "model_size": exp.model.size,
@@ -269,18 +269,18 @@ def measure_trial(args) -> dict:
         "device_kind": "gpu" if gpu else "cpu",
         "device": device(gpu),
         "repeats": len(trials),
-        "launch_to_first_step_s": first_s,
-        "trial_total_s": total,
+        "launch_to_first_step_s": median["first_s"],
+        "trial_total_s": median["total_s"],
         # Ray's floor: a bare TorchTrainer in a one-trial Tuner (jobs/bench/floor.py), before and after
         # each trial; the median repeat's two.
-        "bare_launch_to_first_report_s": bare_s,
+        "bare_launch_to_first_report_s": median["bare_s"],
         "bare_runs_s": [round(f["launch_to_first_report_s"], 2) for f in floors],
         "ratios": [round(r, 3) for r in ratios],
-        "sweep_parent_run_id": parent_id,
+        "sweep_parent_run_id": median["sweep"].parent_run_id,
         # From Tune's start of the trial (the sweep's tracker measures it, where it does).
-        "trial_start_to_first_step_s": run.data.metrics.get("perf/launch_to_first_report_s"),
+        "trial_start_to_first_step_s": median["run"].data.metrics.get("perf/launch_to_first_report_s"),
         # The worker's start-up phases (jobs/train/startup.py), tipslab's and the floor's (mean).
-        "phases": startup_phases(run.data.metrics),
+        "phases": startup_phases(median["run"].data.metrics),
         "bare_phases": {
             k: sum(startup_phases(f["phases"])[k] for f in floors) / len(floors)
             for k in startup_phases(floors[0]["phases"])

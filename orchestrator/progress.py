@@ -102,7 +102,7 @@ class ProgressCallback(Callback):
     def on_trial_recover(self, iteration, trials, trial, **info):
         """Tune starts a failed trial again: one whose driver was lost (its process, or its node)
         resumes from its last checkpoint; one that failed of itself fails again at once, quietly
-        (orchestrator/sweep.py run_trial), and its error is told then."""
+        (orchestrator/trial.py run_trial), and its error is told then."""
         name = self.resolve(trial.config).name
         self.running.discard(name)
         if lost_driver(trial.error_file):

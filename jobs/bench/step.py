@@ -22,8 +22,8 @@ from tipslab.jobs.bench.device import device_name, device_peak, peak_rss_mb, syn
 from tipslab.jobs.bench.flops import flops_per_step
 from tipslab.jobs.config import experiment
 from tipslab.jobs.train.step import StepParts, build_step
+from tipslab.models.config import masked_count
 from tipslab.models.errors import ConfigError
-from tipslab.models.mim import masked_count
 
 
 def synthetic_batch(exp, batch_size: int, seed: int = 0) -> dict:

@@ -264,7 +264,8 @@ def test_masked_tokens_are_the_boolean_selection_without_a_host_read(ratio, patc
     # The student and the teacher pick the masked patches by a gather of static size: exactly what
     # boolean indexing selects, in the same order, for masks of the pipeline's fixed count per row.
     from tipslab.jobs.data.pipeline.masking import make_mask
-    from tipslab.models.mim import masked_count, masked_tokens
+    from tipslab.models.config import masked_count
+    from tipslab.models.mim import masked_tokens
 
     rng = np.random.default_rng(int(ratio * 100) + patches)
     grid = int(patches**0.5)
