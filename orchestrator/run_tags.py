@@ -9,6 +9,9 @@ ROLE, SWEEP_ID, SPEC, SIZE = "tipslab.role", "tipslab.sweep_id", "tipslab.spec",
 VARIANT, SEED, CONFIG_HASH, CHECKPOINT = "tipslab.variant", "tipslab.seed", "tipslab.config_hash", "tipslab.checkpoint"
 AXIS, DATA_HASH, TOKENIZER_HASH = "tipslab.axis.", "tipslab.data_hash", "tipslab.tokenizer_sha256"
 BAD_ROWS = "tipslab.bad_rows"
+# A trial's Ray Train run folder (under the run storage) and the note of a resume that closed the
+# run its dead driver had left RUNNING: a resumed sweep goes on in that run when the folder matches.
+TRAIN_RUN, CLOSED_BY = "tipslab.train_run", "tipslab.closed_by"
 # The comparison view of an experiment, as MLflow's UI shares views (an experiment tag holding the
 # runs table's state, opened by `?viewStateShareKey=`): runs grouped by variant (metric columns as
 # means over seeds), the spec's metrics and the keys its variants change as columns.

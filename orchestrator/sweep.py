@@ -98,6 +98,7 @@ class SweepResult:
     ran: int = 0  # trials this invocation ran
     kept: int = 0  # finished runs a resume kept
     closed: int = 0  # runs left RUNNING by a dead driver, marked KILLED
+    reopened: int = 0  # trials that went on in such a run (and their Ray Train run folder)
     timings: dict = field(default_factory=dict)  # seconds of the driver's own steps: ray_start_s, scenes_s
 
 
@@ -154,7 +155,7 @@ def _run(plan: Plan, tracker: SweepTracker, address: str | None) -> SweepResult:
     if count <= 0:
         tracker.log_results()
         _finish(tracker, "FINISHED")
-        return SweepResult(plan.spec["name"], tracker.sweep_id, tracker.parent_id, [], 0, kept, closed, timings)
+        return SweepResult(plan.spec["name"], tracker.sweep_id, tracker.parent_id, [], 0, kept, closed, timings=timings)
     if search is not None:
         # Train's reports carry the objective only at probe steps and at the end.
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
@@ -173,15 +174,19 @@ def _run(plan: Plan, tracker: SweepTracker, address: str | None) -> SweepResult:
     check_storage(storage, *storage_need(todo_trials))
     keep_credentials_off_runtime_env()
     secret = tuple(sorted({k for t in plan.trials for k in secret_keys(t.config)}))
+    invocation = uuid.uuid4().hex[:6]  # this driver's run of the sweep (a resume is another)
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, plan=plan, storage=storage, secret=secret), DRIVER_RESOURCES
+        tune.with_parameters(
+            run_trial, plan=plan, storage=storage, sweep_id=tracker.sweep_id, invocation=invocation, secret=secret
+        ),
+        DRIVER_RESOURCES,
     )
     tuner = tune.Tuner(
         trainable,
         param_space=param_space,
         tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, **tune_config),
         run_config=tune.RunConfig(
-            name=f"{plan.spec['name']}-{tracker.sweep_id}-{uuid.uuid4().hex[:6]}",
+            name=f"{plan.spec['name']}-{tracker.sweep_id}-{invocation}",
             storage_path=storage,
             verbose=0,
             callbacks=[TrackingCallback(tracker, trial_resolver(plan)), ProgressCallback(trial_resolver(plan), count)],
@@ -205,4 +210,5 @@ def _run(plan: Plan, tracker: SweepTracker, address: str | None) -> SweepResult:
         raise disk
     tracker.log_results()
     _finish(tracker, "FAILED" if failed else "FINISHED")
-    return SweepResult(plan.spec["name"], tracker.sweep_id, tracker.parent_id, failed, count, kept, closed, timings)
+    ids = (plan.spec["name"], tracker.sweep_id, tracker.parent_id)
+    return SweepResult(*ids, failed, count, kept, closed, len(tracker.reopened), timings)

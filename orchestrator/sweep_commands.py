@@ -34,7 +34,9 @@ def cmd_sweep(args) -> None:
 
     result = run_sweep(plan, address=args.address, resume=args.resume)
     if args.resume:
-        print(f"resume: kept {result.kept} finished run(s), closed {result.closed} left RUNNING, ran {result.ran}")
+        went_on = f" ({result.reopened} in the run a dead driver had left)" if result.reopened else ""
+        kept = f"kept {result.kept} finished run(s), closed {result.closed} left RUNNING"
+        print(f"resume: {kept}, ran {result.ran}{went_on}")
     finish(result)
 
 

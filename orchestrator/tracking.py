@@ -46,6 +46,7 @@ from .run_tags import (
     AXIS,
     BAD_ROWS,
     CHECKPOINT,
+    CLOSED_BY,
     CONFIG_HASH,
     DATA_HASH,
     ROLE,
@@ -54,12 +55,14 @@ from .run_tags import (
     SPEC,
     SWEEP_ID,
     TOKENIZER_HASH,
+    TRAIN_RUN,
     VARIANT,
     VIEW_TAG,
     comparison_view,
     experiment_id,
 )
 from .tracking_store import TrackingStore
+from .trial import run_name
 
 use_store_artifacts()  # this process reads and writes `mlflow-artifacts:/` URIs in the store's folder
 
@@ -85,6 +88,9 @@ class SweepTracker:
         self.children: dict[str, str] = {}  # trial name -> run id
         self.done: dict[str, object] = {}  # trial name -> its FINISHED run (kept on resume)
         self.closed: list[str] = []  # run ids left RUNNING by a dead driver, now KILLED
+        self.reopenable: dict[str, object] = {}  # trial name -> its newest run a resume closed
+        self.reopened: list[str] = []  # run ids of those that trials went on in
+        self.logged_step: dict[str, int] = {}  # trial name -> the last training step in its run
         parent = self._latest_parent() if resume else None
         if parent is None:
             self.sweep_id = uuid.uuid4().hex[:12]
@@ -160,11 +166,14 @@ class SweepTracker:
         )
         for run in runs:
             if run.info.status in ("RUNNING", "SCHEDULED"):
-                self.client.set_tag(run.info.run_id, "tipslab.closed_by", "resume (its sweep driver had died)")
+                self.client.set_tag(run.info.run_id, CLOSED_BY, "resume (its sweep driver had died)")
                 self.client.set_terminated(run.info.run_id, "KILLED")
                 self.closed.append(run.info.run_id)
+                self.reopenable.setdefault(run.info.run_name, run)
             elif run.info.status == "FINISHED":
                 self.done.setdefault(run.info.run_name, run)
+            elif run.info.status == "KILLED" and CLOSED_BY in run.data.tags:
+                self.reopenable.setdefault(run.info.run_name, run)
 
     def is_done(self, trial) -> bool:
         """A finished run of this (variant, seed) with the same config hash exists."""
@@ -182,32 +191,51 @@ class SweepTracker:
 
     def start_trial(self, trial) -> str:
         """The trial's run, created at its first start; a trial started again (Tune retries one whose
-        driver was lost) goes on in the run it has."""
+        driver was lost) goes on in the run it has, and so does a trial of a resumed sweep whose
+        run a resume closed, when it trains in the same Ray Train run folder (the same sweep and
+        config hash): its training goes on from that folder's latest checkpoint."""
         if trial.name in self.children:
             self.started[trial.name] = time.time()
             return self.children[trial.name]
-        tags = {
-            "mlflow.parentRunId": self.parent_id,
-            ROLE: "trial",
-            SWEEP_ID: self.sweep_id,
-            SPEC: self.plan.spec["name"],
-            SIZE: self.plan.size,
-            VARIANT: trial.variant,
-            SEED: str(trial.seed),
-            CONFIG_HASH: trial.config_hash,
-            **{AXIS + k: str(v) for k, v in trial.tags.items()},
-            **self.git,
-        }
-        tags = {redact_name(k): redact(v) for k, v in tags.items()}
-        run_id = self.client.create_run(self.experiment_id, run_name=redact(trial.name), tags=tags).info.run_id
+        train_run = None if self.plan.sampled else run_name(self.plan, trial, self.sweep_id)
+        earlier = self.reopenable.pop(trial.name, None)
+        if train_run is not None and earlier is not None and earlier.data.tags.get(TRAIN_RUN) == train_run:
+            run_id = earlier.info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            self.client.delete_tag(run_id, CLOSED_BY)
+            self.reopened.append(run_id)
+            history = self.client.get_metric_history(run_id, "train/loss")
+            self.logged_step[trial.name] = max((m.step for m in history), default=-1)
+            if not earlier.inputs.dataset_inputs:  # its driver died before the run was described
+                self._describe(run_id, trial)
+        else:
+            tags = {
+                "mlflow.parentRunId": self.parent_id,
+                ROLE: "trial",
+                SWEEP_ID: self.sweep_id,
+                SPEC: self.plan.spec["name"],
+                SIZE: self.plan.size,
+                VARIANT: trial.variant,
+                SEED: str(trial.seed),
+                CONFIG_HASH: trial.config_hash,
+                **{AXIS + k: str(v) for k, v in trial.tags.items()},
+                **({TRAIN_RUN: train_run} if train_run else {}),
+                **self.git,
+            }
+            tags = {redact_name(k): redact(v) for k, v in tags.items()}
+            run_id = self.client.create_run(self.experiment_id, run_name=redact(trial.name), tags=tags).info.run_id
+            self._describe(run_id, trial)
+        self.children[trial.name] = run_id
+        self.started[trial.name] = time.time()
+        return run_id
+
+    def _describe(self, run_id: str, trial) -> None:
+        """The trial's config as params and `config.json`, and its inputs (last)."""
         params = [Param(k, redact(v)[:6000]) for k, v in flatten(trial.config).items() if not secret_key(k)]
         for i in range(0, len(params), 100):
             self.client.log_batch(run_id, params=params[i : i + 100])
         self.client.log_dict(run_id, scrub(trial.config), "config.json")
         self._log_input(run_id, trial.config)
-        self.children[trial.name] = run_id
-        self.started[trial.name] = time.time()
-        return run_id
 
     def _log_input(self, run_id: str, config: dict) -> None:
         """The training shards as the run's input dataset (digest: the manifest's content hash), and
@@ -250,6 +278,11 @@ class SweepTracker:
     def log_metrics(self, trial_name: str, metrics: dict, step: int) -> None:
         if trial_name not in self.children:  # its start was not written (told then)
             return
+        if "train/loss" in metrics:  # a training step: logged once (a run that goes on from a
+            # checkpoint reports its step again, and trains again the steps after it)
+            if step <= self.logged_step.get(trial_name, -1):
+                return
+            self.logged_step[trial_name] = step
         now = int(time.time() * 1000)
         rows = [
             Metric(redact_name(k), float(v), now, step)

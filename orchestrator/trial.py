@@ -66,16 +66,27 @@ def trial_resolver(plan: Plan):
     return resolve
 
 
-def run_name(plan: Plan, trial: Trial) -> str:
-    """A folder-safe Ray Train run name (variant names may hold '/', '[', ',')."""
-    if trial.config["train"].get("run_name"):
-        return trial.config["train"]["run_name"]  # a named run (train.run_name) resumes when it exists
-    return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", f"{plan.spec['name']}-{trial.name}-{tune.get_context().get_trial_id()}")
+def run_name(plan: Plan, trial: Trial, sweep_id: str) -> str:
+    """A folder-safe Ray Train run name (variant names may hold '/', '[', ',').
+
+    A fixed trial (a row and seed of the spec) has the same name in every invocation of its sweep,
+    for the same config: `--resume` after the sweep's driver died finds the run folder again, and
+    Ray Train goes on from its latest checkpoint instead of step 0. A search sample's name holds
+    Tune's trial id (two samples may draw the same values; a resumed search draws new ones)."""
+    named = trial.config.get("train", {}).get("run_name")
+    if named:
+        return named  # a named run (train.run_name) resumes when it exists
+    if plan.sampled:
+        tail = tune.get_context().get_trial_id()
+    else:
+        tail = f"{sweep_id}-{trial.config_hash[:12]}"
+    return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", f"{plan.spec['name']}-{trial.name}-{tail}")
 
 
 # Written in a trial's run folder when the trial fails with an error of its own (its training,
 # after Ray Train's retries, or its evaluation): Tune's retries are for a trial whose driver was lost
-# with its node, and a retry of a trial that failed for good raises the same error at once.
+# with its node, and a retry of a trial that failed for good raises the same error at once. The
+# file names the sweep invocation it failed in: `--resume` (a new invocation) tries the trial again.
 TRIAL_FAILED_FILE = "trial_failed.json"
 
 
@@ -83,26 +94,30 @@ class TrialFailed(RuntimeError):
     """An earlier attempt of this trial failed with an error of its own (TRIAL_FAILED_FILE)."""
 
 
-def run_trial(params: dict, plan: Plan, storage: str, secret: tuple = ()) -> None:
+def run_trial(params: dict, plan: Plan, storage: str, sweep_id: str, invocation: str, secret: tuple = ()) -> None:
     """The Tune trainable: pretrain with a TorchTrainer, then evaluate its last checkpoint.
 
     `secret`: the config keys whose values came from the environment (names only; the driver found
     them): this process, the workers and the evaluation mask those values in what they write.
+    `invocation`: this run of the sweep's driver (a resumed sweep is a new one).
 
     A trial's driver (this function's process) dies with its node; Tune then starts it again
     (`trial_retries`) under the same trial id, so the same run name, and Ray Train resumes the run
-    from its latest checkpoint. An error raised here is the trial's own, and final: it is written
-    to TRIAL_FAILED_FILE, so that a retry after it does not train again."""
+    from its latest checkpoint. An error raised here is the trial's own, and final in this
+    invocation: it is written to TRIAL_FAILED_FILE, so that a retry after it does not train again."""
     trial = trial_resolver(plan)(params)
     remember_keys(trial.config, secret)
-    name = run_name(plan, trial)
+    name = run_name(plan, trial, sweep_id)
     failed_file = run_storage.join(storage, name, TRIAL_FAILED_FILE)
     if run_storage.exists(failed_file):
-        raise TrialFailed(json.loads(run_storage.read_bytes(failed_file))["error"])
+        failed = json.loads(run_storage.read_bytes(failed_file))
+        if failed.get("invocation") == invocation:
+            raise TrialFailed(failed["error"])
     try:
         _train_and_evaluate(trial, name, storage, secret)
     except Exception as err:
-        run_storage.write_bytes(failed_file, json.dumps({"error": f"{type(err).__name__}: {err}"}).encode())
+        record = {"error": f"{type(err).__name__}: {err}", "invocation": invocation}
+        run_storage.write_bytes(failed_file, json.dumps(record).encode())
         raise
 
 

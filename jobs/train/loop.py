@@ -27,6 +27,7 @@ evaluation, `tipslab embed` and `load_student` read it unchanged; a resume reads
 """
 
 import contextlib
+import json
 import os
 import tempfile
 import time
@@ -68,6 +69,13 @@ class Window:
         self.counters += torch.stack([(batch.pop(c) if pop else batch[c]).sum() for c in BAD_ROW_COLUMNS])
 
 
+# The metrics of the report that carried a checkpoint, beside it: a run that goes on from that
+# checkpoint reports them again before its first step, so that a report lost on its way (its
+# sweep's driver died after Ray Train had registered the checkpoint) still reaches MLflow. The
+# sweep's tracker logs a training step once (orchestrator/tracking.py).
+REPORT_FILE = "report.json"
+
+
 @contextlib.contextmanager
 def restored_state():
     """(state, folder): the run's latest registered checkpoint, `model.pt` read (memory-mapped: an
@@ -105,7 +113,8 @@ class Loop:
             if state is not None:
                 first, step, position = state.stage, state.step, state.data
                 self.bad.update(state.bad_rows)
-                self.clock.resumed()
+                self.clock.resumed(step)
+                self.report_again(folder)
             for index in range(first, len(stages)):
                 name, stage_exp = stages[index]
                 steps = stage_exp.train.steps
@@ -132,6 +141,14 @@ class Loop:
                 step, position = self.run_stage(stage, stage_step, step, position, data)
                 if index + 1 < len(stages):  # the next stage starts from these weights (fsdp: gathered)
                     state = TrainState(stage=index, stage_step=steps, step=step, data=position, **stage.weights())
+
+    def report_again(self, folder: str) -> None:
+        """Report the metrics that came with the checkpoint in `folder` (every rank: a report is a
+        barrier; all read the same checkpoint). A checkpoint of older code has none: nothing."""
+        path = os.path.join(folder, REPORT_FILE)
+        if os.path.isfile(path):
+            with open(path) as f:
+                ray.train.report(json.load(f))
 
     def restore_rng(self, state: TrainState, stage, step: int) -> None:
         if len(state.rng) == self.world_size:
@@ -288,4 +305,6 @@ class Loop:
                     **weights,
                 )
                 save_checkpoint(tmp, state.to_checkpoint())
+                with open(os.path.join(tmp, REPORT_FILE), "w") as f:
+                    json.dump(metrics, f, default=float)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))

@@ -19,6 +19,9 @@ into phases named by where each ends:
 - `perf/startup/first_step_s`: to the first report: the steps before it (`train.log_every` of them;
   the first one's compilation, with train.compile) and the report's own collectives.
 
+A worker that resumes from a checkpoint adds `train/resumed_from_step` (the checkpoint's step) to
+the same report: in MLflow, the step at which a trial went on after a failure or a resumed sweep.
+
 `tipslab bench trial` prints them beside Ray's floor (a bare TorchTrainer).
 """
 
@@ -35,10 +38,12 @@ class StartupClock:
     def __init__(self, launched: float | None = None):
         self.marks = {"launched": launched, "workers": psutil.Process().create_time(), "worker_setup": time.time()}
         self.reported = False
+        self.resumed_from: int | None = None
 
-    def resumed(self) -> None:
-        """The run resumes from a checkpoint: its launch was before an earlier start."""
+    def resumed(self, step: int) -> None:
+        """The run resumes from a checkpoint of `step`: its launch was before an earlier start."""
         self.marks["launched"] = None
+        self.resumed_from = step
 
     def mark(self, phase: str) -> None:
         """The end of `phase` (one of PHASES), now; a phase already ended keeps its first mark."""
@@ -59,4 +64,6 @@ class StartupClock:
             begin, end = self.marks.get(start), self.marks.get(phase)
             if begin is not None and end is not None:
                 out[f"perf/startup/{phase}_s"] = max(0.0, end - begin)
+        if self.resumed_from is not None:
+            out["train/resumed_from_step"] = self.resumed_from
         return out

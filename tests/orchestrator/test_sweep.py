@@ -116,13 +116,15 @@ def test_killed_sweep_resumes_then_grows_and_logs_no_secret(ray_session, mlflow_
     orphans = trial_runs(client, "RUNNING")
     assert len(finished) == 1 and len(orphans) == 1
 
-    # 2. Resume: the finished run is kept, the orphan is closed, only the three missing trials run.
+    # 2. Resume: the finished run is kept, the orphan is closed, only the three missing trials run;
+    # the orphan's trial goes on in its run (its Ray Train run folder is the same).
     plan = load_spec(spec, overrides=overrides)
     result = run_sweep(plan, resume=True)
     assert (result.kept, result.closed, result.ran, result.failed) == (1, 1, 3, [])
-    assert client.get_run(orphans[0].info.run_id).info.status == "KILLED"
+    assert client.get_run(orphans[0].info.run_id).info.status == "FINISHED"
     done = trial_runs(client, "FINISHED")
     assert sorted(r.info.run_name for r in done) == ["a-seed0", "a-seed1", "b-seed0", "b-seed1"]
+    assert orphans[0].info.run_id in {r.info.run_id for r in done}
     assert trial_runs(client, "RUNNING") == []
     assert finished[0].info.run_id in {r.info.run_id for r in done}
     hashes = {t.name: t.config_hash for t in plan.trials}
@@ -154,7 +156,7 @@ def test_killed_sweep_resumes_then_grows_and_logs_no_secret(ray_session, mlflow_
         "c-seed0",
         "c-seed1",
     ]
-    assert len(trial_runs(client)) == 7 and trial_runs(client, "RUNNING") == []  # 6 finished + 1 killed
+    assert len(trial_runs(client)) == 6 and trial_runs(client, "RUNNING") == []  # all finished, none killed
 
     # 4. A new process in an empty folder rebuilds the table from the tracking server alone.
     empty = tmp_path / "elsewhere"
@@ -318,7 +320,7 @@ def driver_loss_spec(tmp_path, variants: str):
     return load_spec(spec, overrides=tiny_overrides(**{"train.steps": 8, "train.checkpoint_every": 2}))
 
 
-def test_a_trial_that_fails_of_itself_is_not_trained_again_by_tunes_retries(ray_session, home, tmp_path):
+def test_a_trial_that_fails_of_itself_is_retried_by_a_resume_not_by_tune(ray_session, home, tmp_path):
     from tipslab.orchestrator.trial import TRIAL_FAILED_FILE
 
     # a's loss is not finite at its first step: a failure of its own (RunStopped), final.
@@ -329,7 +331,13 @@ def test_a_trial_that_fails_of_itself_is_not_trained_again_by_tunes_retries(ray_
     # The failure is kept in the run folder; Tune's retries (train.max_failures = 3) raised it again
     # without training.
     [marker] = home.glob(f"**/{TRIAL_FAILED_FILE}")
-    assert "RunStopped: non-finite loss" in json.loads(marker.read_text())["error"] and "a-seed0" in str(marker)
+    failure = json.loads(marker.read_text())
+    assert "RunStopped: non-finite loss" in failure["error"] and "a-seed0" in str(marker)
+    # `--resume` is another invocation: the failed trial is tried again (and fails again), in a new run.
+    again = run_sweep(driver_loss_spec(tmp_path, "{a: {loss.student_temp: 1.0e-40}}"), resume=True)
+    assert (again.failed, again.ran, again.reopened) == (["a-seed0"], 1, 0)
+    assert [r.info.status for r in trial_runs(client, experiment="driver-loss")] == ["FAILED", "FAILED"]
+    assert json.loads(marker.read_text())["invocation"] != failure["invocation"]  # the same run folder
 
 
 # A trial driver SIGKILLed: `make soak`. Ray Train's placement-group cleaner, which frees the killed
@@ -352,12 +360,51 @@ def test_a_trial_whose_driver_dies_resumes_from_its_checkpoint_in_its_run(ray_se
     client = MlflowClient(tracking_uri())
     [run] = trial_runs(client, experiment="driver-loss")
     assert run.info.status == "FINISHED"  # one run, gone on
-    # a went on from a checkpoint: its first logged step (2, before the kill) was not trained again.
-    # (A report still on its way to the driver when it died is not in MLflow: its step may be missing.)
+    # a went on from a checkpoint, which it reported again: every step once, none missing.
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
-    assert steps.count(2) == 1 and max(steps) == 8, steps
+    assert sorted(steps) == [2, 4, 6, 8], steps
+    assert run.data.metrics["train/resumed_from_step"] >= 2
     assert "eval/scenes/i2t_r1" in run.data.metrics
     assert "a-seed0  lost its driver" in capsys.readouterr().err
+
+
+@pytest.mark.soak
+def test_a_sweep_whose_driver_died_resumes_its_running_trial_from_its_checkpoint(ray_session, home, tmp_path):
+    """The sweep's driver SIGKILLed (with its process group) while its one trial trains, after a
+    checkpoint and a logged step; `--resume` goes on in the same Ray Train run folder and the same
+    MLflow run, from the checkpoint, not from step 0."""
+    import ray
+
+    plan = driver_loss_spec(tmp_path, "{a: {}}")
+    overrides = tiny_overrides(**{"train.steps": 8, "train.checkpoint_every": 2})
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}  # the session's Ray instance
+    driver = tipslab("sweep", str(plan.path), *overrides, env=env, log=tmp_path / "driver.log", start_new_session=True)
+    client = MlflowClient(tracking_uri())
+
+    def checkpointed_and_logged():
+        assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+        runs = trial_runs(client, "RUNNING", experiment="driver-loss")
+        logged = runs and client.get_metric_history(runs[0].info.run_id, "train/loss")
+        return logged and next(home.glob("**/checkpoint_*/model.pt"), None) and runs[0]
+
+    try:
+        killed = wait_for(checkpointed_and_logged, "a checkpoint and a logged step", 900, 0.2)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    folder = killed.data.tags["tipslab.train_run"]
+
+    result = run_sweep(plan, resume=True)
+    assert (result.kept, result.closed, result.ran, result.failed) == (0, 1, 1, [])
+    [run] = trial_runs(client, experiment="driver-loss")  # the same run, open again and finished
+    assert (run.info.run_id, run.info.status) == (killed.info.run_id, "FINISHED")
+    assert run.data.tags["tipslab.train_run"] == folder and "tipslab.closed_by" not in run.data.tags
+    resumed_from = run.data.metrics["train/resumed_from_step"]
+    assert resumed_from >= 2 and resumed_from % 2 == 0
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert sorted(steps) == [2, 4, 6, 8], steps  # every step once: none trained again, none lost
+    assert len(list(home.glob("ray/driver-loss-a-seed0-*/"))) == 1  # one Ray Train run folder
+    assert "eval/scenes/i2t_r1" in run.data.metrics
 
 
 def test_a_trial_driver_imports_neither_mlflow_nor_the_model_stack():

@@ -77,6 +77,8 @@ def test_resume_keeps_finished_runs_of_the_same_hash_and_closes_orphans(tmp_path
         first.start_trial(trial)
     first.finish_trial("a-seed0", "FINISHED")
     first.finish_trial("b-seed0", "FINISHED")  # finished, but the spec has changed b since
+    for step, loss in ((2, 5.0), (4, 4.0), (2, 7.0)):  # a step reported again (a restart) is logged once
+        first.log_metrics("a-seed1", {"train/loss": loss, "step": step}, step)
     driver_dies(first)  # a-seed1 and the parent stay RUNNING
 
     changed = Trial("b", 0, config, "hash-b0-new")
@@ -89,6 +91,28 @@ def test_resume_keeps_finished_runs_of_the_same_hash_and_closes_orphans(tmp_path
     assert [client.get_run(r).info.status for r in resumed.closed] == ["KILLED"]
     assert client.get_run(resumed.closed[0]).info.run_name == "a-seed1"
     assert client.get_run(first.parent_id).info.status == "RUNNING"
+    # The orphan's trial starts again in the same Ray Train run folder (same sweep, same config hash):
+    # it goes on in its run, open again; the changed row gets a new run.
+    orphan = client.get_run(resumed.closed[0])
+    assert orphan.data.tags["tipslab.train_run"] == f"exp-a-seed1-{first.sweep_id}-hash-a1"
+    assert resumed.start_trial(trials[1]) == orphan.info.run_id
+    reopened = client.get_run(orphan.info.run_id)
+    assert reopened.info.status == "RUNNING" and "tipslab.closed_by" not in reopened.data.tags
+    # It goes on from its checkpoint of step 4, reporting that step again first: logged once.
+    for step, loss in ((4, 4.5), (6, 3.0)):
+        resumed.log_metrics("a-seed1", {"train/loss": loss, "step": step}, step)
+    resumed.log_metrics("a-seed1", {"eval/scenes/i2t_r1": 0.5, "step": 6}, 6)  # the evaluation's report
+    history = client.get_metric_history(orphan.info.run_id, "train/loss")
+    assert sorted((m.step, m.value) for m in history) == [(2, 5.0), (4, 4.0), (6, 3.0)]
+    assert client.get_run(orphan.info.run_id).data.metrics["eval/scenes/i2t_r1"] == 0.5
+    assert resumed.start_trial(changed) not in {orphan.info.run_id, *first.children.values()}
+    # A run whose folder is not the one the trial trains in now (a run of older code, or one a
+    # search sample had) is left closed: its history would not continue.
+    driver_dies(resumed)
+    client.set_tag(orphan.info.run_id, "tipslab.train_run", "exp-a-seed1-3f9a1c")
+    again = SweepTracker(uri, Plan(plan.path, plan.spec, "smoke", ResourceSpec(), trials[:2]), resume=True)
+    assert again.start_trial(trials[1]) != orphan.info.run_id
+    assert client.get_run(orphan.info.run_id).info.status == "KILLED"
     other_size = SweepTracker(uri, Plan(plan.path, plan.spec, "full", ResourceSpec(), trials), resume=True)
     assert other_size.sweep_id != first.sweep_id and other_size.done == {}  # a sweep is (spec, size)
 

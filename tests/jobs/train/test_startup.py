@@ -32,10 +32,13 @@ def test_the_phases_follow_one_another_from_the_launch_and_are_reported_once():
 
 def test_a_resumed_run_leaves_out_the_launch_and_a_phase_not_reached():
     clock = StartupClock(time.time())
-    clock.resumed()
+    clock.resumed(40)
     clock.mark("model")
-    # No launch, and a phase whose start was not marked (first_step starts at first_batch): left out.
-    assert set(clock.metrics()) == {"perf/startup/worker_setup_s", "perf/startup/model_s"}
+    # No launch, and a phase whose start was not marked (first_step starts at first_batch): left out;
+    # the checkpoint's step instead.
+    metrics = clock.metrics()
+    assert set(metrics) == {"perf/startup/worker_setup_s", "perf/startup/model_s", "train/resumed_from_step"}
+    assert metrics["train/resumed_from_step"] == 40
     with pytest.raises(ValueError, match="unknown start-up phase 'warmup'"):
         clock.mark("warmup")
 

@@ -95,9 +95,16 @@ def test_shards_and_checkpoints_on_s3_and_a_rerun_resumes(ray_session, home, s3,
 
     # The trial driver is a Ray task, as in a sweep; the AWS variables set here after ray.init reach
     # it (and from it, the controller and workers) only through its runtime environment.
+    reported = tmp_path / "reported.txt"
+
+    class Steps(ray.train.UserCallback):  # in Ray Train's controller: each report's step, to a file
+        def after_report(self, run_context, metrics, checkpoint):
+            with open(reported, "a") as f:
+                f.write(f"{metrics[0]['step']} {metrics[0]['train/loss']}\n")
+
     @ray.remote(num_cpus=0)
     def fit(exp):
-        result = build_trainer(exp, name="on-s3", storage_path=f"{s3}/ray").fit()
+        result = build_trainer(exp, name="on-s3", storage_path=f"{s3}/ray", callbacks=[Steps()]).fit()
         with result.checkpoint.as_directory() as d:
             return storage.to_uri(result.checkpoint.filesystem, result.checkpoint.path), load_state(d)["step"]
 
@@ -106,12 +113,18 @@ def test_shards_and_checkpoints_on_s3_and_a_rerun_resumes(ray_session, home, s3,
     # the URI the sweep records as the run's checkpoint_uri, which `tipslab eval --run` reads back
     assert path.startswith(f"{s3}/ray/on-s3/") and step == 2
     assert storage.is_file(storage.join(path, "model.pt"))
+    first = reported.read_text().splitlines()
+    assert [line.split()[0] for line in first] == ["2"]
     # the same (storage_path, name) with more steps goes on from step 2
     config["train"]["steps"] = 4
     path, step = ray.get(on_s3.remote(config))
     assert step == 4 and any(name.startswith("checkpoint") for name in storage.list_names(f"{s3}/ray/on-s3"))
     events = [json.loads(line) for f in tmp_path.glob("*.json") for line in f.read_text().splitlines()]
     assert [e["resumed_at"] for e in events] == [2]
+    # It reported its checkpoint's step again first (the same metrics, from report.json beside the
+    # checkpoint), then its new steps.
+    lines = reported.read_text().splitlines()
+    assert lines[:2] == [first[0], first[0]] and [line.split()[0] for line in lines] == ["2", "2", "4"]
 
 
 def test_bad_rows_are_counted_in_the_metrics_and_too_many_stop_the_run(ray_session, home, tmp_path):
