@@ -164,6 +164,13 @@ def list_names(uri: str | os.PathLike) -> list[str]:
     return sorted(posixpath.basename(i.path) for i in infos if i.type == pafs.FileType.File)
 
 
+def list_dirs(uri: str | os.PathLike) -> list[str]:
+    """Names of the folders directly in a folder (empty if it does not exist)."""
+    fs, path = resolve(uri)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return sorted(posixpath.basename(i.path) for i in infos if i.type == pafs.FileType.Directory)
+
+
 def delete(uri: str | os.PathLike) -> None:
     fs, path = resolve(uri)
     fs.delete_file(path)

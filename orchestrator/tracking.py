@@ -29,7 +29,9 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 from ray.tune import Callback
 
 from tipslab.dashboards.store import use_store_artifacts
+from tipslab.jobs import storage as run_storage
 from tipslab.jobs.redact import redact, redact_name, scrub, secret_key
+from tipslab.jobs.train.state import REPORTS_FILE, parse_reports
 
 from . import lease
 from .config import file_sha256, flatten, manifest_of
@@ -61,6 +63,7 @@ from .run_tags import (
     comparison_view,
     experiment_id,
 )
+from .runtime import storage_path
 from .tracking_store import TrackingStore
 from .trial import run_name
 
@@ -208,6 +211,8 @@ class SweepTracker:
             self.logged_step[trial.name] = max((m.step for m in history), default=-1)
             if not earlier.inputs.dataset_inputs:  # its driver died before the run was described
                 self._describe(run_id, trial)
+            self.children[trial.name] = run_id
+            self._catch_up(trial.name, train_run)
         else:
             tags = {
                 "mlflow.parentRunId": self.parent_id,
@@ -228,6 +233,17 @@ class SweepTracker:
         self.children[trial.name] = run_id
         self.started[trial.name] = time.time()
         return run_id
+
+    def _catch_up(self, trial_name: str, train_run: str) -> None:
+        """Log the reports of the trial's latest checkpoint that its MLflow run lacks: those that
+        waited in a dead driver's memory (the store was away) or were on their way to it."""
+        folder = run_storage.join(storage_path(), train_run)
+        for name in reversed([n for n in run_storage.list_dirs(folder) if n.startswith("checkpoint_")]):
+            path = run_storage.join(folder, name, REPORTS_FILE)
+            if run_storage.exists(path):
+                for report in parse_reports(run_storage.read_bytes(path).decode()):
+                    self.log_metrics(trial_name, report, int(report.get("step", 0)))
+                return
 
     def _describe(self, run_id: str, trial) -> None:
         """The trial's config as params and `config.json`, and its inputs (last)."""

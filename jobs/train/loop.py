@@ -27,7 +27,6 @@ evaluation, `tipslab embed` and `load_student` read it unchanged; a resume reads
 """
 
 import contextlib
-import json
 import os
 import tempfile
 import time
@@ -46,7 +45,16 @@ from tipslab.jobs.train.cadence import Cadence
 from tipslab.jobs.train.collectives import all_have, all_sum, gather
 from tipslab.jobs.train.stages import stage_configs
 from tipslab.jobs.train.startup import StartupClock
-from tipslab.jobs.train.state import SHARDED_DIR, DataPosition, RunStopped, TrainState, check_strategy
+from tipslab.jobs.train.state import (
+    REPORTS_FILE,
+    SHARDED_DIR,
+    DataPosition,
+    RunStopped,
+    TrainState,
+    check_strategy,
+    parse_reports,
+    reports_text,
+)
 from tipslab.jobs.train.trace import RowTrace
 from tipslab.models.checkpoint import CHECKPOINT_FILE, read_checkpoint, save_checkpoint
 from tipslab.models.tokenizer import build_tokenizer
@@ -67,13 +75,6 @@ class Window:
 
     def count(self, batch: dict, pop: bool = True) -> None:
         self.counters += torch.stack([(batch.pop(c) if pop else batch[c]).sum() for c in BAD_ROW_COLUMNS])
-
-
-# The metrics of the report that carried a checkpoint, beside it: a run that goes on from that
-# checkpoint reports them again before its first step, so that a report lost on its way (its
-# sweep's driver died after Ray Train had registered the checkpoint) still reaches MLflow. The
-# sweep's tracker logs a training step once (orchestrator/tracking.py).
-REPORT_FILE = "report.json"
 
 
 @contextlib.contextmanager
@@ -104,6 +105,7 @@ class Loop:
         self.shards = train_shards(exp)
         self.trace = RowTrace(rank)
         self.bad = dict.fromkeys(BAD_ROW_COLUMNS, 0)  # run totals over all ranks
+        self.reports: list[dict] = []  # the run's reports (rank 0's go into checkpoints: REPORTS_FILE)
 
     def run(self) -> None:
         stages = stage_configs(self.exp)
@@ -143,12 +145,15 @@ class Loop:
                     state = TrainState(stage=index, stage_step=steps, step=step, data=position, **stage.weights())
 
     def report_again(self, folder: str) -> None:
-        """Report the metrics that came with the checkpoint in `folder` (every rank: a report is a
-        barrier; all read the same checkpoint). A checkpoint of older code has none: nothing."""
-        path = os.path.join(folder, REPORT_FILE)
+        """Take the run's reports up to the checkpoint in `folder` (REPORTS_FILE) and report its own
+        again (every rank: a report is a barrier; all read the same checkpoint). A checkpoint of
+        older code has none: nothing."""
+        path = os.path.join(folder, REPORTS_FILE)
         if os.path.isfile(path):
             with open(path) as f:
-                ray.train.report(json.load(f))
+                self.reports = parse_reports(f.read())
+            if self.reports:
+                ray.train.report(self.reports[-1])
 
     def restore_rng(self, state: TrainState, stage, step: int) -> None:
         if len(state.rng) == self.world_size:
@@ -280,6 +285,7 @@ class Loop:
         it. fsdp: every rank writes its shards into its own folder and reports it, Ray Train
         merging them into the one checkpoint folder; rank 0 adds model.pt with the whole weights."""
         metrics = {redact(k): v for k, v in metrics.items()}  # eval/<dataset>/... names a config value
+        self.reports.append(metrics)
         if position is None:
             ray.train.report(metrics)
             return
@@ -305,6 +311,6 @@ class Loop:
                     **weights,
                 )
                 save_checkpoint(tmp, state.to_checkpoint())
-                with open(os.path.join(tmp, REPORT_FILE), "w") as f:
-                    json.dump(metrics, f, default=float)
+                with open(os.path.join(tmp, REPORTS_FILE), "w") as f:
+                    f.write(reports_text(self.reports))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))

@@ -8,9 +8,25 @@ resolved config and the tokenizer, so that a run resumes, and an evaluation runs
 """
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 
 SHARDED_DIR = "sharded"  # an fsdp checkpoint's torch.distributed.checkpoint folder, beside model.pt
+
+
+# Beside `model.pt`: every report of the run up to that checkpoint, a JSON object a line, the
+# checkpoint's own last. A run that goes on from the checkpoint reports its last line again first (a
+# report lost on its way to a trial driver that died), and a resumed sweep logs the lines its MLflow
+# run lacks (orchestrator/tracking.py: writes that waited in a dead sweep driver's memory).
+REPORTS_FILE = "reports.jsonl"
+
+
+def reports_text(reports: list[dict]) -> str:
+    return "".join(json.dumps(r, default=float) + "\n" for r in reports)
+
+
+def parse_reports(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 class RunStopped(RuntimeError):

@@ -94,16 +94,28 @@ def test_resume_keeps_finished_runs_of_the_same_hash_and_closes_orphans(tmp_path
     # The orphan's trial starts again in the same Ray Train run folder (same sweep, same config hash):
     # it goes on in its run, open again; the changed row gets a new run.
     orphan = client.get_run(resumed.closed[0])
-    assert orphan.data.tags["tipslab.train_run"] == f"exp-a-seed1-{first.sweep_id}-hash-a1"
+    folder = f"exp-a-seed1-{first.sweep_id}-hash-a1"
+    assert orphan.data.tags["tipslab.train_run"] == folder
+    # Its latest checkpoint (step 8) lists the run's reports: 6 and 8 had waited in the dead
+    # driver's memory (the store was away) and never reached MLflow.
+    from tipslab.jobs.train.state import REPORTS_FILE, reports_text
+
+    for name, steps in (
+        ("checkpoint_2026-12-06_10-00-00.000001", (2, 4)),
+        ("checkpoint_2026-12-06_10-00-09.000001", (2, 4, 6, 8)),
+    ):
+        (home / "ray" / folder / name).mkdir(parents=True)
+        reports = [{"train/loss": 10.0 - s, "step": s} for s in steps]
+        (home / "ray" / folder / name / REPORTS_FILE).write_text(reports_text(reports))
     assert resumed.start_trial(trials[1]) == orphan.info.run_id
     reopened = client.get_run(orphan.info.run_id)
     assert reopened.info.status == "RUNNING" and "tipslab.closed_by" not in reopened.data.tags
-    # It goes on from its checkpoint of step 4, reporting that step again first: logged once.
-    for step, loss in ((4, 4.5), (6, 3.0)):
+    # It goes on from that checkpoint, reporting its step again first: logged once.
+    for step, loss in ((8, 2.5), (10, 1.0)):
         resumed.log_metrics("a-seed1", {"train/loss": loss, "step": step}, step)
-    resumed.log_metrics("a-seed1", {"eval/scenes/i2t_r1": 0.5, "step": 6}, 6)  # the evaluation's report
+    resumed.log_metrics("a-seed1", {"eval/scenes/i2t_r1": 0.5, "step": 10}, 10)  # the evaluation's report
     history = client.get_metric_history(orphan.info.run_id, "train/loss")
-    assert sorted((m.step, m.value) for m in history) == [(2, 5.0), (4, 4.0), (6, 3.0)]
+    assert sorted((m.step, m.value) for m in history) == [(2, 5.0), (4, 4.0), (6, 4.0), (8, 2.0), (10, 1.0)]
     assert client.get_run(orphan.info.run_id).data.metrics["eval/scenes/i2t_r1"] == 0.5
     assert resumed.start_trial(changed) not in {orphan.info.run_id, *first.children.values()}
     # A run whose folder is not the one the trial trains in now (a run of older code, or one a

@@ -125,6 +125,11 @@ def test_shards_and_checkpoints_on_s3_and_a_rerun_resumes(ray_session, home, s3,
     # checkpoint), then its new steps.
     lines = reported.read_text().splitlines()
     assert lines[:2] == [first[0], first[0]] and [line.split()[0] for line in lines] == ["2", "2", "4"]
+    # The new checkpoint lists the run's reports, the one reported again not twice.
+    from tipslab.jobs.train.state import REPORTS_FILE, parse_reports
+
+    reports = parse_reports(storage.read_bytes(storage.join(path, REPORTS_FILE)).decode())
+    assert [r["step"] for r in reports] == [2, 4] and reports[0]["train/loss"] == float(first[0].split()[1])
 
 
 def test_bad_rows_are_counted_in_the_metrics_and_too_many_stop_the_run(ray_session, home, tmp_path):
