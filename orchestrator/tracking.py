@@ -211,8 +211,6 @@ class SweepTracker:
             self.logged_step[trial.name] = max((m.step for m in history), default=-1)
             if not earlier.inputs.dataset_inputs:  # its driver died before the run was described
                 self._describe(run_id, trial)
-            self.children[trial.name] = run_id
-            self._catch_up(trial.name, train_run)
         else:
             tags = {
                 "mlflow.parentRunId": self.parent_id,
@@ -231,12 +229,15 @@ class SweepTracker:
             run_id = self.client.create_run(self.experiment_id, run_name=redact(trial.name), tags=tags).info.run_id
             self._describe(run_id, trial)
         self.children[trial.name] = run_id
+        if train_run is not None:  # a folder with checkpoints: a run that goes on (a new one: a retried failure)
+            self._catch_up(trial.name, train_run)
         self.started[trial.name] = time.time()
         return run_id
 
     def _catch_up(self, trial_name: str, train_run: str) -> None:
         """Log the reports of the trial's latest checkpoint that its MLflow run lacks: those that
-        waited in a dead driver's memory (the store was away) or were on their way to it."""
+        waited in a dead driver's memory (the store was away, even for the run's creation) or
+        were on their way to it, or all of them into a new run of a trial tried again."""
         folder = run_storage.join(storage_path(), train_run)
         for name in reversed([n for n in run_storage.list_dirs(folder) if n.startswith("checkpoint_")]):
             path = run_storage.join(folder, name, REPORTS_FILE)

@@ -123,8 +123,10 @@ def test_resume_keeps_finished_runs_of_the_same_hash_and_closes_orphans(tmp_path
     driver_dies(resumed)
     client.set_tag(orphan.info.run_id, "tipslab.train_run", "exp-a-seed1-3f9a1c")
     again = SweepTracker(uri, Plan(plan.path, plan.spec, "smoke", ResourceSpec(), trials[:2]), resume=True)
-    assert again.start_trial(trials[1]) != orphan.info.run_id
-    assert client.get_run(orphan.info.run_id).info.status == "KILLED"
+    new_run = again.start_trial(trials[1])
+    assert new_run != orphan.info.run_id and client.get_run(orphan.info.run_id).info.status == "KILLED"
+    # The trial still trains in its folder, from its checkpoint: the new run has the history up to it.
+    assert sorted(m.step for m in client.get_metric_history(new_run, "train/loss")) == [2, 4, 6, 8]
     other_size = SweepTracker(uri, Plan(plan.path, plan.spec, "full", ResourceSpec(), trials), resume=True)
     assert other_size.sweep_id != first.sweep_id and other_size.done == {}  # a sweep is (spec, size)
 
