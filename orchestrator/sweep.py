@@ -23,6 +23,7 @@ from tipslab.models.param_counts import param_counts
 
 from .errors import CommandFailed, UserError
 from .faults import check_storage, disk_fault, size, storage_guard
+from .leftovers import remove_dead_jobs_placement_groups
 from .meter import ensure_scenes_shown
 from .progress import ProgressCallback
 from .runtime import RAY_PLACES, ensure_ray, storage_path, tracking_uri
@@ -121,16 +122,18 @@ def run_sweep(plan: Plan, address: str | None = None, resume: bool = False) -> S
     alive, stops here before Ray starts. A launch that fails after it ends its parent run FAILED."""
     tracker = SweepTracker(tracking_uri(), plan, resume=resume)
     try:
-        return _run(plan, tracker, address)
+        return _run(plan, tracker, address, resume)
     except BaseException as err:
         if not tracker.ended:
             _finish(tracker, "FAILED" if isinstance(err, Exception) else "KILLED", raising=False)
         raise
 
 
-def _run(plan: Plan, tracker: SweepTracker, address: str | None) -> SweepResult:
+def _run(plan: Plan, tracker: SweepTracker, address: str | None, resume: bool) -> SweepResult:
     start = time.perf_counter()
     cluster = ensure_ray(address)  # before the scenes, so that missing ones render in parallel Ray tasks
+    if resume:  # what a dead driver's trials may have left reserved (orchestrator/leftovers.py)
+        remove_dead_jobs_placement_groups(RAY_PLACES["dashboard"])
     timings = {"ray_start_s": time.perf_counter() - start}
     for trial in plan.trials:
         ensure_scenes_shown(experiment(trial.config))
