@@ -29,7 +29,8 @@ from .progress import ProgressCallback
 from .runtime import RAY_PLACES, ensure_ray, storage_path, tracking_uri
 from .search import scheduler, searcher, tune_space
 from .spec import Plan, Trial
-from .tracking import SweepTracker, TrackingCallback
+from .tracking import SweepTracker
+from .tracking_callback import TrackingCallback
 from .trial import run_trial, trial_cpus, trial_resolver
 
 # A trial's driver only waits on its TorchTrainer: no CPU, and a logical memory reservation (Tune

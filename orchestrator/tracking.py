@@ -5,7 +5,8 @@ artifact: the resolved spec); one nested run per (variant, seed) with the flatte
 as params, identity tags (variant, seed, each axis value, config hash), the shard manifest's content
 hash and the tokenizer file's sha256 as its input datasets, `train/*` and `perf/*` metrics per step,
 `eval/*` metrics, and the resolved config and eval results as artifacts. A resumed sweep reuses its
-parent run: MLflow is the record of what is done. The parent run holds a lease its live driver renews
+parent run: MLflow is the record of what is done; a trial that was running when its driver died
+goes on in its run, and what its run lacks comes from its checkpoint's `reports.jsonl`. The parent run holds a lease its live driver renews
 (orchestrator/lease.py), so that a second driver on the same sweep refuses instead of closing the
 first one's runs. Writes go through a store that retries and, during training, holds them in memory
 while the store is away (orchestrator/tracking_store.py): tracking trouble never stops a training run.
@@ -25,8 +26,7 @@ import time
 import uuid
 from pathlib import Path
 
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
-from ray.tune import Callback
+from mlflow.entities import Metric, Param
 
 from tipslab.dashboards.store import use_store_artifacts
 from tipslab.jobs import storage as run_storage
@@ -34,7 +34,7 @@ from tipslab.jobs.redact import redact, redact_name, scrub, secret_key
 from tipslab.jobs.train.state import REPORTS_FILE, parse_reports
 
 from . import lease
-from .config import file_sha256, flatten, manifest_of
+from .config import flatten
 from .recipe import format_recipe, recipe
 from .run_context import (
     PROTOCOLS,
@@ -44,19 +44,18 @@ from .run_context import (
     system_metrics,
     tag_protocols,
 )
+from .run_inputs import log_run_inputs
 from .run_tags import (
     AXIS,
     BAD_ROWS,
     CHECKPOINT,
     CLOSED_BY,
     CONFIG_HASH,
-    DATA_HASH,
     ROLE,
     SEED,
     SIZE,
     SPEC,
     SWEEP_ID,
-    TOKENIZER_HASH,
     TRAIN_RUN,
     VARIANT,
     VIEW_TAG,
@@ -252,45 +251,7 @@ class SweepTracker:
         for i in range(0, len(params), 100):
             self.client.log_batch(run_id, params=params[i : i + 100])
         self.client.log_dict(run_id, scrub(trial.config), "config.json")
-        self._log_input(run_id, trial.config)
-
-    def _log_input(self, run_id: str, config: dict) -> None:
-        """The training shards as the run's input dataset (digest: the manifest's content hash), and
-        the SentencePiece tokenizer as another (digest: the file's sha256, also the tag
-        tipslab.tokenizer_sha256); both are part of the trial's config hash."""
-        self._log_tokenizer(run_id, config)
-        data = config["data"]
-        manifest = manifest_of(data["root"], data["train_split"])
-        if manifest is None:
-            return
-        digest = manifest["content_hash"]
-        dataset = Dataset(
-            name=redact(f"{data['source']}/{data['train_split']}"),
-            digest=digest[:36],
-            source_type="tipslab-shards",
-            source=redact(f"{data['root']}/{data['train_split']}"),
-            profile=json.dumps(
-                {"content_hash": digest, "num_rows": manifest["num_rows"], "shard_source": redact(manifest["source"])}
-            ),
-        )
-        self.client.log_inputs(run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", "train")])])
-        self.client.set_tag(run_id, DATA_HASH, digest)
-
-    def _log_tokenizer(self, run_id: str, config: dict) -> None:
-        model = config.get("model", {})
-        path = model.get("tokenizer", "hash")
-        digest = file_sha256(path)
-        if digest is None:  # the hash tokenizer: nothing prepared, nothing to record
-            return
-        dataset = Dataset(
-            name="tokenizer",
-            digest=digest[:36],
-            source_type="tipslab-tokenizer",
-            source=redact(path),
-            profile=json.dumps({"sha256": digest, "vocab_size": model.get("vocab_size")}),
-        )
-        self.client.log_inputs(run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", "tokenizer")])])
-        self.client.set_tag(run_id, TOKENIZER_HASH, digest)
+        log_run_inputs(self.client, run_id, trial.config)
 
     def log_metrics(self, trial_name: str, metrics: dict, step: int) -> None:
         if trial_name not in self.children:  # its start was not written (told then)
@@ -404,43 +365,3 @@ class SweepTracker:
                 self.client.log_artifacts(self.parent_id, out, "report")
         except Exception as err:  # noqa: BLE001
             print(f"sweep {name}: table/report not logged on the parent run: {err}", file=sys.stderr)
-
-
-class TrackingCallback(Callback):
-    """A Tune callback in the sweep driver: every trial's reports go to its nested MLflow run.
-
-    A write the store refuses for good is told and counted (`SweepTracker.finish` names it at the
-    end), never raised: in a Tune callback it would stop every trial."""
-
-    def __init__(self, tracker: SweepTracker, resolve):
-        self.tracker = tracker
-        self.resolve = resolve  # Tune's trial config -> our Trial
-
-    def _guarded(self, what: str, write, *args) -> None:
-        try:
-            write(*args)
-        except Exception as err:
-            line = f"{what}: {type(err).__name__}: {redact(str(err).splitlines()[0] if str(err) else '')[:200]}"
-            self.tracker.client.dropped.append(line)
-            print(f"tracking: not written, training goes on: {line}", file=sys.stderr, flush=True)
-
-    def __getstate__(self):
-        """Tune pickles its callbacks into `tuner.pkl` beside the runs; this one holds the tracking
-        URI (with its password) and the spec: none of it goes there (a resume reads MLflow)."""
-        return {}
-
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self._guarded("start of a trial run", self.tracker.start_trial, self.resolve(trial.config))
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        step = int(result.get("step", result.get("training_iteration", 0)))
-        name = self.resolve(trial.config).name
-        self._guarded(f"metrics of {name} at step {step}", self.tracker.log_metrics, name, result, step)
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        name = self.resolve(trial.config).name
-        self._guarded(f"end of {name}", self.tracker.finish_trial, name, "FINISHED", trial.last_result)
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        name = self.resolve(trial.config).name
-        self._guarded(f"end of {name}", self.tracker.finish_trial, name, "FAILED", trial.last_result)
