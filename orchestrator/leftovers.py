@@ -22,10 +22,11 @@ def remove_dead_jobs_placement_groups(dashboard: str) -> list[str]:
     if not dashboard:
         return []
     try:
-        alive = {j.job_id for j in list_jobs(address=dashboard, timeout=STATE_TIMEOUT_S) if j.status == "RUNNING"}
+        # The groups first: a job that makes one after this listing is not taken for a dead one.
         groups = list_placement_groups(
             address=dashboard, filters=[("state", "=", "CREATED")], detail=True, timeout=STATE_TIMEOUT_S
         )
+        alive = {j.job_id for j in list_jobs(address=dashboard, timeout=STATE_TIMEOUT_S) if j.status == "RUNNING"}
     except Exception as err:  # the state API away: the sweep goes on, as it did before this cleaning
         print(f"placement groups left by dead jobs not checked: {type(err).__name__}: {err}", file=sys.stderr)
         return []

@@ -6,10 +6,11 @@ as params, identity tags (variant, seed, each axis value, config hash), the shar
 hash and the tokenizer file's sha256 as its input datasets, `train/*` and `perf/*` metrics per step,
 `eval/*` metrics, and the resolved config and eval results as artifacts. A resumed sweep reuses its
 parent run: MLflow is the record of what is done; a trial that was running when its driver died
-goes on in its run, and what its run lacks comes from its checkpoint's `reports.jsonl`. The parent run holds a lease its live driver renews
-(orchestrator/lease.py), so that a second driver on the same sweep refuses instead of closing the
-first one's runs. Writes go through a store that retries and, during training, holds them in memory
-while the store is away (orchestrator/tracking_store.py): tracking trouble never stops a training run.
+goes on in its run, and what its run lacks comes from its checkpoint's `reports.jsonl`. The parent
+run holds a lease its live driver renews (orchestrator/lease.py), so that a second driver on the
+same sweep refuses instead of closing the first one's runs. Writes go through a store that retries
+and, during training, holds them in memory while the store is away (orchestrator/tracking_store.py):
+tracking trouble never stops a training run.
 
 Made for comparing ablations in MLflow's UI: experiments are of the kind "custom model development"
 (not GenAI); every run carries its git commit and a dirty flag; a schedule value that never changes
