@@ -11,12 +11,13 @@ import time
 from conftest import REPO
 
 
-def in_a_terminal(args: list[str], env: dict, timeout_s: float = 120, probe=lambda: None):
-    """Run `tipslab ARGS`; return its exit code and every piece of text between carriage returns and
-    newlines, as (when it arrived, the piece, what `probe()` said then)."""
+def in_a_terminal(args: list[str], env: dict, timeout_s: float = 120, probe=lambda: None, prefix: list[str] = ()):
+    """Run `tipslab ARGS` (after `prefix`, a command such as `nice`); return its exit code and every
+    piece of text between carriage returns and newlines, as (when it arrived, the piece, what
+    `probe()` said then)."""
     leader, follower = pty.openpty()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tipslab.orchestrator.cli", *args],
+        [*prefix, sys.executable, "-m", "tipslab.orchestrator.cli", *args],
         stdin=follower,
         stdout=follower,
         stderr=follower,

@@ -1,11 +1,6 @@
-"""What the user sees while work runs: progress lines from the reports the sweep driver receives,
-and, in a real terminal, `tipslab train` printing them while it trains."""
+"""What the user sees while work runs: progress lines from the reports the sweep driver receives."""
 
-import os
-import time
 from types import SimpleNamespace
-
-from terminal import in_a_terminal
 
 from tipslab.orchestrator.progress import ProgressCallback, duration, train_line
 
@@ -55,24 +50,4 @@ def test_the_callback_throttles_training_lines_and_keeps_the_tally():
     assert len(out.lines) == 6
 
 
-def test_tipslab_train_shows_its_progress_in_a_terminal_while_it_trains(tmp_path):
-    """A real `tipslab train` in a pseudo-terminal: the step lines (with a loss and images/s)
-    arrive while the run goes on, before its evaluation and table; Tune's own noise does not."""
-    env = {**os.environ, "TIPSLAB_HOME": str(tmp_path), "PYTHONUNBUFFERED": "1"}
-    env.pop("RAY_ADDRESS", None)
-    args = ["ablations/base/tips_tiny.yaml", "train.steps=12", "train.log_every=2", "data.scenes_train=64"]
-    args += ["data.scenes_probe=16", "eval.probes=[retrieval]"]
-    code, pieces = in_a_terminal(["train", *args], env, timeout_s=600)
-    ended = time.monotonic()
-    arrived = [(when, line) for when, line, _ in pieces]
-    text = "\n".join(line for _, line in arrived)
-    assert code == 0, text[-3000:]
-    steps = [(t, line) for t, line in arrived if " step " in line and "/12 (" in line]
-    assert steps, text[-3000:]
-    first_time, first = steps[0]
-    assert " loss " in first and " img/s" in first, first
-    table = next(t for t, line in arrived if line.startswith("| tips_tiny"))
-    assert first_time < table and first_time < ended - 1.0  # while it ran, not only at the end
-    assert any("step 12/12 (100%)" in line for _, line in steps)
-    assert "TensorBoard" not in text and "View detailed results" not in text
-    assert "Token authentication" not in text and "Started a local Ray instance" not in text
+# A real sweep in a terminal, its step lines arriving while it trains: tests/orchestrator/test_secrets.py.

@@ -1,20 +1,22 @@
-"""Secrets never leave: credentials planted in the tracking URI, in the AWS variables and in an
-oddly named variable that a spec interpolates appear in nothing a sweep prints, logs or writes.
-
-One `tipslab sweep` of one tiny trial (its own local Ray instance, which inherits the planted
-variables as a cluster's nodes would have them), tracked on a real MLflow server reached through
-a URI with a user and password; then every place a secret could land is read back.
+"""Secrets never leave, and the user sees the sweep's progress while it trains: one real
+`tipslab sweep` of one tiny trial in a pseudo-terminal (its own local Ray instance, which inherits
+planted credentials as a cluster's nodes would have them), tracked on a real MLflow server reached
+through a URI with a user and password. Its step lines (with a loss and images/s) must arrive while
+it runs, before its table, without Tune's own noise; then every place a secret could land (the
+console, Ray's logs, MLflow's runs and artifacts, the checkpoints) is read back: credentials planted
+in the tracking URI, in the AWS variables and in an oddly named variable that a spec interpolates
+appear in none of them.
 """
 
 import json
 import os
 import re
-import subprocess
-import sys
+import time
 from pathlib import Path
 
 from conftest import REPO, tiny_overrides
 from mlflow.tracking import MlflowClient
+from terminal import in_a_terminal
 from test_sweep import mlflow_server  # noqa: F401  (the fixture)
 
 TINY = REPO / "ablations" / "base" / "tips_tiny.yaml"
@@ -48,7 +50,7 @@ def leaks(blobs: dict[str, bytes]) -> list[tuple[str, str]]:
     return [(where, name) for where, blob in blobs.items() for name, v in secrets.items() if v.encode() in blob]
 
 
-def test_no_planted_secret_in_console_ray_logs_mlflow_artifacts_or_checkpoints(mlflow_server, tmp_path):  # noqa: F811
+def test_a_sweep_in_a_terminal_shows_its_progress_and_no_planted_secret_anywhere(mlflow_server, tmp_path):  # noqa: F811
     home = tmp_path / "home"
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)
@@ -56,21 +58,26 @@ def test_no_planted_secret_in_console_ray_logs_mlflow_artifacts_or_checkpoints(m
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own Ray instance
     env.update(PLANTED, TIPSLAB_HOME=str(home), MLFLOW_TRACKING_URI=tracking)
     overrides = tiny_overrides(
-        **{"train.steps": 2, "data.scenes_train": 16, "data.scenes_probe": 8, "eval.probes": "[retrieval]"}
+        **{"train.steps": 4, "data.scenes_train": 16, "data.scenes_probe": 8, "eval.probes": "[retrieval]"}
     )
-    log = tmp_path / "console.log"
-    with open(log, "w") as out:
-        done = subprocess.run(
-            ["nice", "-n", "19", sys.executable, "-m", "tipslab.orchestrator.cli", "sweep", str(spec), *overrides],
-            env=env,
-            cwd=REPO,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            timeout=1500,
-        )
-    console = log.read_text()
-    assert done.returncode == 0, console[-3000:]
+    env["PYTHONUNBUFFERED"] = "1"
+    # nice: the sweep yields the CPUs to this test's MLflow server
+    code, pieces = in_a_terminal(["sweep", str(spec), *overrides], env, timeout_s=1500, prefix=["nice", "-n", "19"])
+    ended = time.monotonic()
+    console = "\n".join(line for _, line, _ in pieces)
+    assert code == 0, console[-3000:]
     assert f"in http://tipslab:***@{mlflow_server[len('http://') :]}" in console  # the final line, masked
+
+    # Progress: step lines while it trains, before the table; none of Tune's own output.
+    steps = [(when, line) for when, line, _ in pieces if " step " in line and "/4 (" in line]
+    assert steps, console[-3000:]
+    first_time, first = steps[0]
+    assert " loss " in first and " img/s" in first, first
+    table = next(when for when, line, _ in pieces if line.startswith("| odd"))
+    assert first_time < table and first_time < ended - 1.0  # while it ran, not only at the end
+    assert any("step 4/4 (100%)" in line for _, line in steps)
+    assert "TensorBoard" not in console and "View detailed results" not in console
+    assert "Token authentication" not in console and "Started a local Ray instance" not in console
 
     blobs = {"console": console.encode()}
     # Ray's logs: the sweep says where they are.
