@@ -9,6 +9,8 @@ import copy
 import hashlib
 import json
 import os
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import yaml
@@ -317,21 +319,45 @@ def data_fingerprint(config: dict) -> dict:
     }
 
 
+# The manifests read in the current `manifests_read_once()` scope, by URI (None outside one).
+_MANIFESTS: ContextVar[dict | None] = ContextVar("tipslab_manifests", default=None)
+
+
+@contextmanager
+def manifests_read_once():
+    """Within this scope each split's manifest is read once: a spec's trials share their splits, and
+    a remote read can take seconds (an unreachable bucket: the client's retries)."""
+    token = _MANIFESTS.set({})
+    try:
+        yield
+    finally:
+        _MANIFESTS.reset(token)
+
+
 def manifest_of(root: str, split: str) -> dict | None:
     """The shard manifest of one split under a local or s3:// root, or None when there is none."""
     uri = f"{root.rstrip('/')}/{split}/manifest.json"
+    read = _MANIFESTS.get()
+    if read is None:
+        return read_manifest_file(uri)
+    if uri not in read:
+        read[uri] = read_manifest_file(uri)
+    return read[uri]
+
+
+def read_manifest_file(uri: str) -> dict | None:
     if "://" not in uri:  # a local file: read without pyarrow (a config check must stay light)
         try:
             return json.loads(Path(uri).read_text())
         except (OSError, ValueError):
             return None
-    import pyarrow.fs
+    from tipslab.jobs import storage  # S3 as the data path reaches it: its endpoint and region
 
     try:
-        fs, path = pyarrow.fs.FileSystem.from_uri(uri)
+        fs, path = storage.resolve(uri)
         with fs.open_input_stream(path) as f:
             return json.loads(f.read())
-    except (OSError, ValueError):
+    except (OSError, ValueError, UserError):
         return None
 
 

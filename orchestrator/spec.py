@@ -27,7 +27,17 @@ from tipslab.jobs.config import TRAIN_RANGES
 from tipslab.jobs.eval import registry
 from tipslab.jobs.train.periodic import check_periodic
 
-from .config import ConfigError, compose, config_hash, merge, parse_overrides, read_yaml, schema, to_dict
+from .config import (
+    ConfigError,
+    compose,
+    config_hash,
+    manifests_read_once,
+    merge,
+    parse_overrides,
+    read_yaml,
+    schema,
+    to_dict,
+)
 from .search import MAX_TRIALS, SearchSpec, check_search, grid_points
 
 
@@ -371,7 +381,8 @@ def load_spec(path: str | Path, smoke: bool = False, overrides: list[str] = (), 
     where = f"{path}{f': {size} overlay' if size != 'full' else ''}"
     variants, axis_tags, search = spec_rows(where, spec)
     check_columns(where, spec, variants, size)
-    trials = spec_trials(path, where, spec, variants, axis_tags, overrides)
+    with manifests_read_once():  # the trials share their splits
+        trials = spec_trials(path, where, spec, variants, axis_tags, overrides)
     if search:
         check_search(where, search, trials, spec.seeds)
     resolved = OmegaConf.to_container(OmegaConf.structured(spec))

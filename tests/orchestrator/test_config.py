@@ -143,6 +143,42 @@ def test_config_hash_follows_content_not_paths(tmp_path, monkeypatch):
     )
 
 
+def test_an_s3_roots_manifests_name_the_data_and_a_spec_reads_each_once(s3, tmp_path):
+    """On S3 (the loopback server, reached through the standard AWS variables as the data path
+    reaches it) the hash follows the manifests' content; within a spec load each split's manifest
+    is read once (an unreachable bucket cost each of a spec's trials a client's retries per split)."""
+    import boto3
+
+    from tipslab.orchestrator.config import manifest_of, manifests_read_once
+    from tipslab.orchestrator.spec import load_spec
+
+    bucket = boto3.client("s3")
+
+    def put(content: str) -> None:
+        for split in ("train", "probe_train", "probe_test"):
+            body = f'{{"content_hash": "{content}-{split}", "num_rows": 1}}'
+            bucket.put_object(Bucket="tipslab-test", Key=f"d/{split}/manifest.json", Body=body)
+
+    put("abc")
+    root = f"{s3}/d"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"name: s3-hash\nbase: {BASE}\nvariants: {{a: {{}}, b: {{loss.mim_weight: 0}}}}\nseeds: [0, 1]\n")
+    overrides = ["data.source=shards", f"data.root={root}"]
+    before = load_spec(spec, overrides=overrides)
+    assert len({t.config_hash for t in before.trials}) == 4
+    put("xyz")
+    assert [t.config_hash for t in load_spec(spec, overrides=overrides).trials] != [
+        t.config_hash for t in before.trials
+    ]
+    assert manifest_of(root, "train")["content_hash"] == "xyz-train"
+    with manifests_read_once():
+        assert manifest_of(root, "train")["content_hash"] == "xyz-train"
+        put("new")
+        assert manifest_of(root, "train")["content_hash"] == "xyz-train"  # read once in the scope
+    assert manifest_of(root, "train")["content_hash"] == "new-train"
+    assert manifest_of(f"{s3}/nothing-here", "train") is None and manifest_of("s3://no-such-bucket/d", "x") is None
+
+
 def alias_bomb(levels: int) -> str:
     """A "billion laughs": 9**levels strings from a few hundred bytes."""
     lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
