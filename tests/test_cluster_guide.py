@@ -1,8 +1,16 @@
-"""docs/cluster.md, run: every command block marked `<!-- guide-test: STEP -->` runs as written, in
+"""docs/cluster.md, checked two ways.
+
+`make test`: every `tipslab` command in the guide's marked blocks (the one submitted through Ray Jobs
+included) is accepted by the CLI's parser as written, and the sweep's spec loads with the guide's
+overrides: a flag renamed or an override the spec rejects breaks the guide here, in seconds.
+
+`make soak` runs the guide: every command block marked `<!-- guide-test: STEP -->` runs as written, in
 order, on a few images this test makes (a WebDataset tar, a CSV table, a COCO caption file, a tiny
 random captioner, tiny evaluation folders, a random tiny checkpoint), with the guide's variables
 ($RAW, $DATA, $EVAL, $CAPTIONER, $CHECKPOINT) pointing at them; each step must exit 0 and leave its
-output. One local Ray instance serves every step that uses Ray (RAY_ADDRESS).
+output. One local Ray instance serves every step that uses Ray (RAY_ADDRESS). What each step does is
+also tested on its own in `make test` (the ingest formats, captioning, tags, the tokenizer, evaluation
+on the standard datasets' layouts, plan, table and report).
 
 The one step marked `<!-- guide-skip: ... -->`, the sweep submitted through Ray Jobs, is
 tests/infra/test_ray_job.py's (a smoke sweep by `ray job submit` on a local two-node cluster, read
@@ -16,6 +24,7 @@ import io
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tarfile
@@ -23,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import REPO, jpeg
 from PIL import Image
 
@@ -207,6 +217,56 @@ def test_the_block_reader_can_fail():
     assert guide_blocks(text) == [("test", "a", "x\n")]  # a block that is not ```bash is not run
 
 
+def guide_commands(text: str) -> list[tuple[str, list[str]]]:
+    """(step, its arguments after `tipslab`) of every `tipslab` command in the marked blocks, with
+    those that `ray job submit ... --` runs; continuation lines joined, comments and redirections
+    dropped."""
+    commands = []
+    for _, step, block in guide_blocks(text):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            if "--" in words and words[:3] == ["ray", "job", "submit"]:
+                words = words[words.index("--") + 1 :]
+            if words[:1] == ["tipslab"]:
+                commands.append((step, [w for w in words[1 : words.index(">") if ">" in words else None]]))
+    return commands
+
+
+def test_every_tipslab_command_of_the_guide_parses_and_the_sweeps_overrides_load(monkeypatch, s3):
+    # s3: the guide's bucket is asked of the loopback S3 server, which has no such bucket, at once
+    from tipslab.orchestrator.cli import parse
+    from tipslab.orchestrator.spec import load_spec
+
+    for name in ("RAW", "DATA", "EVAL", "CAPTIONER", "CHECKPOINT"):
+        monkeypatch.setenv(name, f"/guide/{name.lower()}")
+
+    def expand(word: str) -> str:  # bash's ${NAME:-default}, then $NAME
+        return os.path.expandvars(re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: os.environ.get(m[1], m[2]), word))
+
+    commands = [(step, [expand(a) for a in argv]) for step, argv in guide_commands(GUIDE.read_text())]
+    assert [step for step, _ in commands].count("table") == 3 and len(commands) == 13, commands
+    assert "$" not in str(commands)
+    for step, argv in commands:
+        try:
+            args = parse(argv)
+        except SystemExit:
+            pytest.fail(f"guide step {step}: tipslab {' '.join(argv)} is not a valid command line")
+        assert args.command == argv[0] and callable(args.func)
+    [(_, sweep)] = [c for c in commands if c[0] == "sweep"]
+    args = parse(sweep)
+    plan = load_spec(REPO / args.spec, overrides=args.overrides)
+    assert len(plan.trials) == 6 and all(t.config["data"]["root"] == "s3://your-bucket/cc3m" for t in plan.trials)
+
+
+def test_the_command_reader_can_fail():
+    text = "<!-- guide-test: a -->\n```bash\ntipslab x --y \\\n  z > out # note\nray job submit -- tipslab w\n```\n"
+    assert guide_commands(text) == [("a", ["x", "--y", "z"]), ("a", ["w"])]
+    from tipslab.orchestrator.cli import parse
+
+    with pytest.raises(SystemExit):
+        parse(["data", "ingest", "--no-such-flag"])
+
+
 def run_step(step: str, commands: str, env: dict, cwd: Path) -> str:
     done = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", commands], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
@@ -220,6 +280,7 @@ def manifest(folder: str) -> dict:
     return json.loads((Path(folder) / "manifest.json").read_text())
 
 
+@pytest.mark.soak
 def test_every_step_of_the_guide_runs_on_small_data(ray_session, tmp_path, monkeypatch):
     import ray
 
