@@ -5,13 +5,23 @@ back from MLflow.
 As on a real cluster, the nodes' environment carries what the job needs (tipslab on PATH, where
 TIPSLAB_HOME and the MLflow store are); the runtime environment ships the checkout. The MLflow store
 is a sqlite file: the sweep driver is its one writer, and every node of this cluster sees the same disk.
+
+That end-to-end job runs in `make soak` (a cluster, a trial and its evaluation: a minute on 2 cores).
+`make test` checks what is the job's own: Ray accepts its runtime environment, and the package Ray
+would upload from a checkout holds the specs and code and leaves out the venv, the runs and the data.
+The sweep the job runs is the one tests/orchestrator/test_sweep.py and test_secrets.py run (the
+latter through the CLI, on its own Ray instance); a multi-node cluster with token authentication is
+tests/orchestrator/test_localcluster.py's.
 """
 
 import os
 import subprocess
 import sys
 from pathlib import Path
+from zipfile import ZipFile
 
+import pytest
+import yaml
 from conftest import REPO, tiny_overrides
 from mlflow.tracking import MlflowClient
 
@@ -29,6 +39,24 @@ resources: {{workers_per_trial: 1, gpus_per_worker: 0, cpus_per_worker: 1}}
 """
 
 
+def test_the_jobs_runtime_env_is_valid_and_ships_the_specs_not_the_venv_runs_or_data(tmp_path):
+    from ray._private.runtime_env.packaging import PACKAGE_SIZE_WARNING, create_package
+    from ray.runtime_env import RuntimeEnv
+
+    settings = yaml.safe_load((REPO / "infra" / "ray" / "runtime_env.yaml").read_text())
+    RuntimeEnv(**settings)  # Ray's own validation of the fields
+    assert settings["working_dir"] == "."
+    # What `ray job submit` uploads from the root of this checkout (a venv, runs and a store in it).
+    package = tmp_path / "working_dir.zip"
+    create_package(str(REPO), package, include_gitignore=True, excludes=settings["excludes"])
+    names = ZipFile(package).namelist()
+    assert {"ablations/tips_losses.yaml", "ablations/base/tips_tiny.yaml", "orchestrator/cli.py"} <= set(names)
+    assert not [n for n in names if n.startswith((".git/", ".venv/", "tipslab-runs/", "tipslab.egg-info/"))]
+    assert not [n for n in names if n.endswith((".db", ".parquet", ".npz", ".pyc"))]
+    assert package.stat().st_size < PACKAGE_SIZE_WARNING / 10, package.stat().st_size
+
+
+@pytest.mark.soak
 def test_smoke_sweep_as_a_ray_job_lands_in_mlflow(tmp_path, monkeypatch):
     spec = tmp_path / "cluster-smoke.yaml"
     spec.write_text(SPEC.format(base=REPO / "ablations" / "base" / "tips_tiny.yaml"))
