@@ -131,14 +131,15 @@ class StepParts:
         self.model = self.model or self.student
 
     def step(self, batch: dict, stage_step: int, step: int, marks=None) -> dict[str, torch.Tensor]:
-        """The schedules at `stage_step`, then one `tips_step` (`step` counts over all stages)."""
+        """The schedules at `stage_step`, then one `tips_step`; `step` (over all stages) and
+        `stage_step` count the steps done before this one, from 0."""
         apply_schedules(self.optimizer, self.sched, stage_step)
         return tips_step(
             self,
             batch,
             teacher_temp=float(self.sched.teacher_temp[stage_step]),
             momentum=float(self.sched.momentum[stage_step]),
-            step=step,
+            step=step + 1,  # as the reports number it: the first step is step 1
             marks=marks,
         )
 
@@ -181,10 +182,11 @@ def build_step(exp, device, *, seed: int, carry: dict | None = None, mesh=None, 
 def tips_step(
     parts: StepParts, batch: dict, *, teacher_temp: float, momentum: float, step: int, marks=None
 ) -> dict[str, torch.Tensor]:
-    """One TIPS step: student (through `parts.model`) and teacher forwards, the objective,
-    backward, clipping, the optimizer, the EMA update. Returns the loss terms and `grad_norm` as
-    0-dim tensors on the device: nothing here waits for the device (the caller reads the values when
-    it logs them); `parts.watch` notes a non-finite term for a later `check`. `marks(name)` is
+    """One TIPS step, number `step` (as reports number them): student (through `parts.model`) and
+    teacher forwards, the objective, backward, clipping, the optimizer, the EMA update. Returns the
+    loss terms and `grad_norm` as 0-dim tensors on the device: nothing here waits for the device (the
+    caller reads the values when it logs them); `parts.watch` notes a non-finite term for a later
+    `check`. `marks(name)` is
     called after each component (student_fwd, teacher_fwd, losses, backward, optimizer, ema):
     jobs/bench/step.py times them."""
     mark = marks or (lambda name: None)

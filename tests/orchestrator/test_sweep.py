@@ -5,6 +5,7 @@ procedural scenes -> Ray Data -> Ray Train (CPU, gloo) -> evaluation -> Ray Tune
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -310,31 +311,37 @@ def kill_trial_driver_after_a_logged_checkpoint(root, killed: list) -> None:
             return
 
 
-def driver_loss_spec(tmp_path, variants: str):
+def driver_loss_spec(tmp_path, variants: str, **overrides):
     spec = tmp_path / "spec.yaml"
     spec.write_text(
         f"name: driver-loss\nbase: {TINY}\nbaseline: a\nvariants: {variants}\n"
         "overrides: {eval.probes: [retrieval], train.checkpoint_every: 2, train.steps: 8}\n"
         "metrics: [{key: eval/scenes/i2t_r1}]\nresources: {max_concurrent_trials: 1}\n"
     )
-    return load_spec(spec, overrides=tiny_overrides(**{"train.steps": 8, "train.checkpoint_every": 2}))
+    return load_spec(spec, overrides=tiny_overrides(**{"train.steps": 8, "train.checkpoint_every": 2, **overrides}))
 
 
 def test_a_trial_that_fails_of_itself_is_retried_by_a_resume_not_by_tune(ray_session, home, tmp_path):
     from tipslab.orchestrator.trial import TRIAL_FAILED_FILE
 
-    # a's loss is not finite at its first step: a failure of its own (RunStopped), final.
-    result = run_sweep(driver_loss_spec(tmp_path, "{a: {loss.student_temp: 1.0e-40}}"))
+    # a's loss is not finite at its first step (a student temperature within its range, above 0, but
+    # so small that its fp32 scores overflow): a failure of its own (RunStopped), final. One retry
+    # by Tune is enough to show that a retry does not train again.
+    def plan():
+        return driver_loss_spec(tmp_path, "{a: {loss.student_temp: 1.0e-40}}", **{"train.max_failures": 1})
+
+    result = run_sweep(plan())
     assert result.failed == ["a-seed0"]
     client = MlflowClient(tracking_uri())
     assert [r.info.status for r in trial_runs(client, experiment="driver-loss")] == ["FAILED"]  # one run
-    # The failure is kept in the run folder; Tune's retries (train.max_failures = 3) raised it again
+    # The failure, naming its step and term, is kept in the run folder; Tune's retry raised it again
     # without training.
     [marker] = home.glob(f"**/{TRIAL_FAILED_FILE}")
     failure = json.loads(marker.read_text())
-    assert "RunStopped: non-finite loss" in failure["error"] and "a-seed0" in str(marker)
+    assert re.search(r"RunStopped: non-finite loss at step 1: term '\w+'", failure["error"]), failure
+    assert "a-seed0" in str(marker)
     # `--resume` is another invocation: the failed trial is tried again (and fails again), in a new run.
-    again = run_sweep(driver_loss_spec(tmp_path, "{a: {loss.student_temp: 1.0e-40}}"), resume=True)
+    again = run_sweep(plan(), resume=True)
     assert (again.failed, again.ran, again.reopened) == (["a-seed0"], 1, 0)
     assert [r.info.status for r in trial_runs(client, experiment="driver-loss")] == ["FAILED", "FAILED"]
     assert json.loads(marker.read_text())["invocation"] != failure["invocation"]  # the same run folder
