@@ -95,6 +95,9 @@ def test_bench_trial_repeats_at_least_once_and_reports_the_median_repeat(home, c
     assert [median_index(v) for v in ([1.3], [1.6, 1.4], [1.6, 1.4, 1.5], [2.0, 1.1, 1.7, 1.2])] == [0, 0, 2, 2]
 
 
+# Three trials (the bare floor twice, tipslab's once): `make soak`. The figures' parts are tested
+# here: the repeats and median (above), the start-up phases (tests/jobs/train/test_startup.py).
+@pytest.mark.soak
 def test_bench_trial_measures_launch_to_first_step(ray_session, home, capsys):
     r = run_json(capsys, ["bench", "trial", *tiny_overrides(**{"train.steps": 2, "train.log_every": 1}), "--json"])
     assert 0 < r["launch_to_first_step_s"] < r["trial_total_s"]

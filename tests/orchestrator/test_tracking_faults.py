@@ -103,6 +103,9 @@ def test_a_lock_longer_than_the_bound_holds_the_writes_and_the_run_ends_with_eve
     assert "is back after" in capsys.readouterr().err
 
 
+# `make soak` (a lock held past sqlite's 20 s wait): the message it gives is the one the test above
+# checks while training goes on, raised at the start instead.
+@pytest.mark.soak
 def test_a_store_locked_before_the_sweep_starts_is_one_message_naming_it(tmp_path, home, store, monkeypatch):
     monkeypatch.setattr(tracking_store, "RETRY_S", 1.0)
     uri, db = store
