@@ -208,6 +208,8 @@ def test_bench_scenes_and_ingest_print_rates_and_log_them(home, capsys):
     assert run.data.metrics["bench/ingest/csv_rows_per_s"] == pytest.approx(ingest["formats"]["csv"]["rows_per_s"])
 
 
+# A Ray Train run beside the plain loop: `make soak`, with the bench trial.
+@pytest.mark.soak
 def test_bench_overhead_times_the_loop_step_with_and_without_ray_train(ray_session, home, capsys):
     r = run_json(
         capsys,

@@ -1,6 +1,11 @@
 """train.strategy: fsdp in the Ray Train job: two CPU workers (gloo) shard the student, teacher and
 optimizer with FSDP2, checkpoint their shards beside the whole weights, and a rerun resumes from
-the shards."""
+the shards.
+
+`make soak` (two two-stage runs: about a minute on 2 cores). `make test` covers its parts: FSDP2 on
+two gloo processes trains exactly as DDP and its sharded checkpoint restores student, teacher and
+optimizer (tests/jobs/train/test_parallel.py); a Ray Train run resumes from its checkpoint on a
+rerun (test_trainer.py, on S3); the stages (test_stages.py)."""
 
 import json
 import math
@@ -42,6 +47,7 @@ def run_config(all_steps: int) -> dict:
     )
 
 
+@pytest.mark.soak
 def test_fsdp_run_trains_checkpoints_whole_weights_and_a_rerun_resumes_from_its_shards(
     ray_session, home, tmp_path, monkeypatch
 ):
