@@ -155,34 +155,26 @@ def save_tiny_prompted_captioner(path) -> None:
     model.save_pretrained(path)
 
 
-def test_a_prompt_driven_captioner_gets_its_prompt_and_only_its_continuation_is_kept(ray_session, tmp_path):
+def test_a_prompt_driven_captioner_gets_its_prompt_and_only_its_continuation_is_kept(tmp_path, one_torch_thread):
+    """The captioner's own batch call, in this process: the shards' path through Ray Data is the
+    test above's."""
+    import pyarrow as pa
+
+    from tipslab.jobs.data.enrichment.caption import Captioner
+
     save_tiny_prompted_captioner(tmp_path / "model")
-    rows = [
+    captioner = Captioner(str(tmp_path / "model"), max_new_tokens=4, max_pixels=10**6, prompt="caption en")
+    batch = pa.table(
         {
-            "key": f"k{i}",
-            "image": jpeg(32, 24 + 8 * i),
-            "web_caption": "web",
-            "synthetic_caption": None,
-            "tags": [],
-            "width": 32,
-            "height": 24 + 8 * i,
+            "key": [f"k{i}" for i in range(3)],
+            "image": [jpeg(32, 24 + 8 * i) for i in range(2)] + [b"not an image"],
+            "synthetic_caption": pa.array([None] * 3, pa.string()),
         }
-        for i in range(3)
-    ]
-    write_shards(rows, str(tmp_path / "set"), source="made", rows_per_shard=2)
-    result = caption_shards(
-        str(tmp_path / "set"),
-        str(tmp_path / "model"),
-        out=str(tmp_path / "out"),
-        batch_size=2,
-        max_new_tokens=4,
-        max_pixels=10**6,
-        max_bad_fraction=0.0,
-        prompt="caption en",
     )
-    assert (result["rows"], result["captioned"]) == (3, 3)
-    for row in iter_rows(str(tmp_path / "out")):
-        caption = row["synthetic_caption"]
+    out = captioner(batch)
+    captions, errors = out.column("synthetic_caption").to_pylist(), out.column(out.schema.names[-1]).to_pylist()
+    assert errors[:2] == [None, None] and errors[2] is not None and captions[2] is None
+    for caption in captions[:2]:
         # Generated words only: neither the prompt nor the image tokens that the processor put before it.
         assert caption and "caption" not in caption and "en" not in caption.split() and "<image>" not in caption
         assert any(w in caption for w in WORDS)
