@@ -19,6 +19,7 @@ import shutil
 import sys
 import tempfile
 import time
+import weakref
 from types import SimpleNamespace
 
 from mlflow.tracking import MlflowClient
@@ -31,6 +32,9 @@ RETRY_S = 30.0  # the longest one call keeps retrying before it fails (or, durin
 # writes from Tune's event loop, and a loop held for RETRY_S backs up the trials' reports (seen: a
 # Ray Tune trial deadlocked on its own result queue after a 31 s stall while the server restarted).
 BUFFERED_RETRY_S = 3.0
+# MLflow has sqlite wait up to 20 s for a lock in every session (its busy_timeout pragma), which alone
+# would hold the loop past that bound: while writes may wait in memory, a session waits this long.
+SQLITE_BUFFERED_WAIT_MS = 1000
 PAUSES = (0.5, 8.0)  # back-off between tries of one call: first, largest
 FLUSH_EVERY = (5.0, 60.0)  # while writes wait: between tries to make them, first, largest
 WRITES = {
@@ -59,6 +63,28 @@ class StoreUnavailable(UserError):
         self.kind = kind
 
 
+def bound_sqlite_waits(store: "TrackingStore") -> None:
+    """While `store` is buffering, the sqlite sessions of its client wait SQLITE_BUFFERED_WAIT_MS for
+    a lock instead of MLflow's 20 s (its pragma, sent at every session, rewritten on the way), so
+    that a buffered write keeps BUFFERED_RETRY_S. MLflow shares one store per URI within a process:
+    its other users then wait as long, and go through this module's retries as well."""
+    from sqlalchemy import event
+
+    client = getattr(store.client, "_tracking_client", None)
+    engine = getattr(getattr(client, "store", None), "engine", None)
+    if engine is None:  # another kind of store
+        return
+    ref = weakref.ref(store)  # the engine outlives the store: it must not keep it
+
+    def rewrite(conn, cursor, statement, parameters, context, executemany):
+        held = ref()
+        if held is not None and held.buffering and statement.lstrip().upper().startswith("PRAGMA BUSY_TIMEOUT"):
+            statement = f"PRAGMA busy_timeout = {SQLITE_BUFFERED_WAIT_MS};"
+        return statement, parameters
+
+    event.listen(engine, "before_cursor_execute", rewrite, retval=True)
+
+
 class TrackingStore:
     """An MlflowClient whose writes retry and, with `buffering`, wait in memory (see the module)."""
 
@@ -74,6 +100,8 @@ class TrackingStore:
         # A sqlite store is opened (and its tables made) here: it may be locked or corrupt already.
         self.client = client if client is not None else self._retried(lambda: MlflowClient(uri))
         self.buffering = False
+        if client is None and uri.startswith("sqlite:"):
+            bound_sqlite_waits(self)
         self.pending: list[tuple[str, tuple, dict, str | None]] = []  # (method, args, kwargs, stand-in id)
         self.ids: dict[str, str] = {}  # stand-in run id -> the run's id once created
         self.dropped: list[str] = []  # writes the store refused for good (not a passing fault)
