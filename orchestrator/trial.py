@@ -108,17 +108,30 @@ def run_trial(params: dict, plan: Plan, storage: str, sweep_id: str, invocation:
     trial = trial_resolver(plan)(params)
     remember_keys(trial.config, secret)
     name = run_name(plan, trial, sweep_id)
-    failed_file = run_storage.join(storage, name, TRIAL_FAILED_FILE)
-    if run_storage.exists(failed_file):
-        failed = json.loads(run_storage.read_bytes(failed_file))
-        if failed.get("invocation") == invocation:
-            raise TrialFailed(failed["error"])
+    folder = run_storage.join(storage, name)
+    error = failed_before(folder, invocation)
+    if error is not None:
+        raise TrialFailed(error)
     try:
         _train_and_evaluate(trial, name, storage, secret)
     except Exception as err:
-        record = {"error": f"{type(err).__name__}: {err}", "invocation": invocation}
-        run_storage.write_bytes(failed_file, json.dumps(record).encode())
+        record_failure(folder, err, invocation)
         raise
+
+
+def failed_before(folder: str, invocation: str) -> str | None:
+    """The error of this trial's attempt that failed of itself in `invocation`, from its run folder
+    (local or s3://); None when it has not (or only in another invocation)."""
+    failed_file = run_storage.join(folder, TRIAL_FAILED_FILE)
+    if not run_storage.exists(failed_file):
+        return None
+    failed = json.loads(run_storage.read_bytes(failed_file))
+    return failed["error"] if failed.get("invocation") == invocation else None
+
+
+def record_failure(folder: str, err: Exception, invocation: str) -> None:
+    record = {"error": f"{type(err).__name__}: {err}", "invocation": invocation}
+    run_storage.write_bytes(run_storage.join(folder, TRIAL_FAILED_FILE), json.dumps(record).encode())
 
 
 def _train_and_evaluate(trial: Trial, name: str, storage: str, secret: tuple) -> None:

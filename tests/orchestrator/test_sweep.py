@@ -321,30 +321,40 @@ def driver_loss_spec(tmp_path, variants: str, **overrides):
     return load_spec(spec, overrides=tiny_overrides(**{"train.steps": 8, "train.checkpoint_every": 2, **overrides}))
 
 
-def test_a_trial_that_fails_of_itself_is_retried_by_a_resume_not_by_tune(ray_session, home, tmp_path):
+def sweep_of_a_failing_trial(tmp_path, home, **kw):
+    """A sweep whose one trial's loss is not finite at its first step (a student temperature within
+    its range, above 0, but so small that its fp32 scores overflow): a failure of its own
+    (RunStopped), final in its invocation; its result, its MLflow client and the failure's record."""
     from tipslab.orchestrator.trial import TRIAL_FAILED_FILE
 
-    # a's loss is not finite at its first step (a student temperature within its range, above 0, but
-    # so small that its fp32 scores overflow): a failure of its own (RunStopped), final. One retry
-    # by Tune is enough to show that a retry does not train again.
-    def plan():
-        return driver_loss_spec(tmp_path, "{a: {loss.student_temp: 1.0e-40}}", **{"train.max_failures": 1})
+    # One retry by Tune is enough to show that a retry does not train again.
+    plan = driver_loss_spec(tmp_path, "{a: {loss.student_temp: 1.0e-40}}", **{"train.max_failures": 1})
+    result = run_sweep(plan, **kw)
+    [marker] = home.glob(f"**/{TRIAL_FAILED_FILE}")
+    assert "a-seed0" in str(marker)
+    return result, MlflowClient(tracking_uri()), marker
 
-    result = run_sweep(plan())
+
+def test_a_trial_that_fails_of_itself_fails_for_good_in_its_sweep(ray_session, home, tmp_path):
+    result, client, marker = sweep_of_a_failing_trial(tmp_path, home)
     assert result.failed == ["a-seed0"]
-    client = MlflowClient(tracking_uri())
     assert [r.info.status for r in trial_runs(client, experiment="driver-loss")] == ["FAILED"]  # one run
     # The failure, naming its step and term, is kept in the run folder; Tune's retry raised it again
-    # without training.
-    [marker] = home.glob(f"**/{TRIAL_FAILED_FILE}")
+    # without training. That `--resume` (another invocation) tries it again is test_trial.py's, and
+    # end to end `make soak`'s (below).
     failure = json.loads(marker.read_text())
     assert re.search(r"RunStopped: non-finite loss at step 1: term '\w+'", failure["error"]), failure
-    assert "a-seed0" in str(marker)
+
+
+@pytest.mark.soak
+def test_a_trial_that_fails_of_itself_is_retried_by_a_resume_not_by_tune(ray_session, home, tmp_path):
+    first, client, marker = sweep_of_a_failing_trial(tmp_path, home)
+    invocation = json.loads(marker.read_text())["invocation"]
     # `--resume` is another invocation: the failed trial is tried again (and fails again), in a new run.
-    again = run_sweep(plan(), resume=True)
-    assert (again.failed, again.ran, again.reopened) == (["a-seed0"], 1, 0)
+    again, _, _ = sweep_of_a_failing_trial(tmp_path, home, resume=True)
+    assert (first.failed, again.failed, again.ran, again.reopened) == (["a-seed0"], ["a-seed0"], 1, 0)
     assert [r.info.status for r in trial_runs(client, experiment="driver-loss")] == ["FAILED", "FAILED"]
-    assert json.loads(marker.read_text())["invocation"] != failure["invocation"]  # the same run folder
+    assert json.loads(marker.read_text())["invocation"] != invocation  # the same run folder
 
 
 # A trial driver SIGKILLed: `make soak`. Ray Train's placement-group cleaner, which frees the killed
