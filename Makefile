@@ -34,7 +34,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# Long runs outside the 20-minute `make test`: does a 200-step smoke trial learn (loss, retrieval, table).
+# Long runs outside `make test` (about 9 minutes of pytest on 2 cores): does a 200-step smoke trial learn,
+# the cluster guide and a Ray Job end to end, FSDP through Ray Train, the trial benchmarks, nodes and drivers killed.
 soak: $(STAMP)
 	$(BIN)/python -m pytest -m soak tests
 

@@ -186,9 +186,8 @@ def tips_step(
     teacher forwards, the objective, backward, clipping, the optimizer, the EMA update. Returns the
     loss terms and `grad_norm` as 0-dim tensors on the device: nothing here waits for the device (the
     caller reads the values when it logs them); `parts.watch` notes a non-finite term for a later
-    `check`. `marks(name)` is
-    called after each component (student_fwd, teacher_fwd, losses, backward, optimizer, ema):
-    jobs/bench/step.py times them."""
+    `check`. `marks(name)` is called after each component (student_fwd, teacher_fwd, losses,
+    backward, optimizer, ema): jobs/bench/step.py times them."""
     mark = marks or (lambda name: None)
     student, teacher = parts.student, parts.teacher
     device_type = batch["global_crop"].device.type
