@@ -1,6 +1,7 @@
 """Shared fixtures: one real local Ray instance for the whole test session, a home folder per test."""
 
 import io
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -28,11 +29,26 @@ def ray_session():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory) -> Path:
+    """A sqlite MLflow store with MLflow's tables and nothing in them: MLflow takes about a second to
+    make one (its schema migrations), which every test starting from an empty home paid again."""
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{db}").search_experiments()
+    return db
+
+
 @pytest.fixture
-def home(tmp_path, monkeypatch):
-    """A fresh TIPSLAB_HOME (shards, Ray storage, sqlite MLflow store) for one test."""
+def home(tmp_path, monkeypatch, empty_store):
+    """A fresh TIPSLAB_HOME (shards, Ray storage, sqlite MLflow store) for one test; its store
+    exists, empty, as after a first command. The store's making, and commands without one, are
+    tested where TIPSLAB_HOME is a folder of the test's own."""
     monkeypatch.setenv("TIPSLAB_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "home").mkdir()
+    shutil.copyfile(empty_store, tmp_path / "home" / "mlflow.db")
     return tmp_path / "home"
 
 

@@ -171,8 +171,7 @@ def test_ui_without_the_full_mlflow_says_which_extra_to_install(home, capsys, mo
     from tipslab.orchestrator.cli import main
 
     assert sweep_commands.ui_installed()  # this environment has it (the test extra)
-    home.mkdir(parents=True)
-    (home / "mlflow.db").write_bytes(b"")
+    assert (home / "mlflow.db").is_file()  # a store to open
     monkeypatch.setattr(sweep_commands, "ui_installed", lambda: False)
     assert main(["ui"]) == 2
     assert "pip install 'tipslab[ui]'" in capsys.readouterr().err
