@@ -103,22 +103,43 @@ def test_data_scenes_writes_shards(tmp_path):
 
 
 def test_plan_json_is_stable_and_report_ui_need_a_store(tmp_path):
-    result = tipslab("plan", "ablations/tips_losses.yaml", "--smoke", "--json", env_home=tmp_path / "home")
-    assert result.returncode == 0, result.stderr
-    summary = json.loads(result.stdout)
+    home = tmp_path / "home"
+    commands = [
+        ["plan", "ablations/tips_losses.yaml", "--smoke", "--json"],
+        ["plan", "ablations/tips_losses.yaml"],
+        ["plan", "ablations/tips_losses.yaml", "--recipe"],
+        ["report", "smoke", "--out", str(tmp_path / "r")],
+        ["ui"],
+    ]
+    (code, out, err), short, card, *need_a_store = in_one_process(commands, home)
+    assert code == 0, err
+    summary = json.loads(out)
     assert list(summary) == ["spec", "size", "trials", "num_trials", "resources", "data", "warnings", "estimate"]
     assert (summary["spec"], summary["size"], summary["num_trials"]) == ("tips-losses", "smoke", 6)
     assert summary["estimate"]["gpu_hours"] is None and "no MLflow store" in summary["estimate"]["basis"][0]["note"]
-    short = tipslab("plan", "ablations/tips_losses.yaml", env_home=tmp_path / "home")
-    assert short.returncode == 0 and "\nrecipe: " in short.stdout and "## recipe" not in short.stdout
+    assert short[0] == 0 and "\nrecipe: " in short[1] and "## recipe" not in short[1]
     # a plan may be made before the data exist: the full size's shards are a warning, not an error
-    assert f"WARNING: ablations/tips_losses.yaml: data.root: {REPO / 'data' / 'webli'}: no such folder" in short.stdout
-    card = tipslab("plan", "ablations/tips_losses.yaml", "--recipe", env_home=tmp_path / "home")
-    assert "## recipe of tips-losses (full): 6 row(s)" in card.stdout and "| loss.mim_weight" in card.stdout
-    for command in (["report", "smoke", "--out", str(tmp_path / "r")], ["ui"]):
-        result = tipslab(*command, env_home=tmp_path / "home")
-        assert result.returncode == 2 and "no MLflow store" in result.stderr
-    assert not (tmp_path / "home").exists()  # planning and failing to read wrote nothing
+    assert f"WARNING: ablations/tips_losses.yaml: data.root: {REPO / 'data' / 'webli'}: no such folder" in short[1]
+    assert "## recipe of tips-losses (full): 6 row(s)" in card[1] and "| loss.mim_weight" in card[1]
+    for code, _, err in need_a_store:
+        assert code == 2 and "no MLflow store" in err
+    assert not home.exists()  # planning and failing to read wrote nothing
+
+
+def in_one_process(commands: list[list[str]], home) -> list:
+    """[exit code, stdout, stderr] of each `tipslab` command line, run by main() one after another in
+    one fresh process (the imports paid once), with TIPSLAB_HOME at `home`."""
+    env = {"TIPSLAB_HOME": str(home), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-c", MAIN, json.dumps(commands)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 MAIN = r"""
@@ -162,17 +183,7 @@ def test_sizes_on_the_command_line(tmp_path):
         ["plan", "ablations/tips_losses.yaml", "--size", "mini", "--smoke"],
         *(c for c, _ in errors),
     ]
-    env = {"TIPSLAB_HOME": str(home), "PATH": "/usr/bin:/bin"}
-    result = subprocess.run(
-        [sys.executable, "-c", MAIN, json.dumps(commands)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        cwd=REPO,
-    )
-    assert result.returncode == 0, result.stderr
-    (code, out, err), both, *failed = json.loads(result.stdout.strip().splitlines()[-1])
+    (code, out, err), both, *failed = in_one_process(commands, home)
     assert code == 0, err
     summary = json.loads(out)
     assert (summary["spec"], summary["size"], summary["num_trials"]) == (
