@@ -58,17 +58,7 @@ def test_every_command_has_help(tmp_path):
         ["bench", "trial"],
         ["checkpoint", "import"],
     ]
-    env = {"TIPSLAB_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    result = subprocess.run(
-        [sys.executable, "-c", HELP, json.dumps(commands)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        cwd=REPO,
-    )
-    assert result.returncode == 0, result.stderr
-    helps = json.loads(result.stdout)
+    helps = in_one_process(commands, tmp_path, script=HELP)
     for command in commands:
         code, text = helps[" ".join(command)]
         assert code == 0 and "usage: tipslab" in text, command
@@ -126,12 +116,13 @@ def test_plan_json_is_stable_and_report_ui_need_a_store(tmp_path):
     assert not home.exists()  # planning and failing to read wrote nothing
 
 
-def in_one_process(commands: list[list[str]], home) -> list:
-    """[exit code, stdout, stderr] of each `tipslab` command line, run by main() one after another in
-    one fresh process (the imports paid once), with TIPSLAB_HOME at `home`."""
+def in_one_process(commands: list[list[str]], home, script: str | None = None):
+    """What `script` (MAIN: [exit code, stdout, stderr] of each `tipslab` command line, run by main()
+    one after another) prints as JSON on its last line, run in one fresh process (the imports paid
+    once) with TIPSLAB_HOME at `home`."""
     env = {"TIPSLAB_HOME": str(home), "PATH": "/usr/bin:/bin"}
     result = subprocess.run(
-        [sys.executable, "-c", MAIN, json.dumps(commands)],
+        [sys.executable, "-c", script or MAIN, json.dumps(commands)],
         capture_output=True,
         text=True,
         env=env,
