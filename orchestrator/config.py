@@ -354,9 +354,7 @@ def read_manifest_file(uri: str) -> dict | None:
     from tipslab.jobs import storage  # S3 as the data path reaches it: its endpoint and region
 
     try:
-        fs, path = storage.resolve(uri)
-        with fs.open_input_stream(path) as f:
-            return json.loads(f.read())
+        return json.loads(storage.read_bytes(uri))
     except (OSError, ValueError, UserError):
         return None
 
