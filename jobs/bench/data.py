@@ -13,8 +13,10 @@ iteration of its workers. Each is timed from the start of its iteration to its l
 `*_startup_s` is the time to the first batch, included in the rate. A warm-up run first starts
 Ray's worker processes and imports torch in them, as a job's start does; the measured dataset
 starts its own actor pool (once, as each stage of training does), while DataLoader workers are
-forked from the warm driver. Over few rows the start-up weighs more: measure with hundreds of rows
-per CPU and a few epochs.
+forked from the warm driver. Each measured pipeline starts on a quiet machine (`settle`), as a
+stage does: the last dataset's views actors go on using a CPU for a second or more after its last
+batch, which would otherwise slow the next one's start-up. Over few rows the start-up weighs
+more: measure with hundreds of rows per CPU and a few epochs.
 
 `bench_data` returns (stable keys, for `tipslab bench data --json` and MLflow):
   cpus, batch_size, rows (per epoch, as asked, 0 = all), epochs, image_size, local_crops, local_crop_size, augment,
@@ -174,6 +176,16 @@ def timed(batches) -> tuple[float, float, float, float, str, int]:
     return first - start, rate, images / cpu, max(ready - wall_start, 0.0), ",".join(sorted(ran)), images
 
 
+def settle(max_s: float = 15.0, busy_percent: float = 25.0) -> None:
+    """Wait until this machine's CPUs are less than `busy_percent` busy over half a second (at most
+    `max_s`: on a machine shared with other work they may never be)."""
+    import psutil
+
+    end = time.monotonic() + max_s
+    while psutil.cpu_percent(interval=0.5) >= busy_percent and time.monotonic() < end:
+        pass
+
+
 def ready_rate(images: int, rate: float, ready_s: float) -> float:
     """images/s from `ready_s` (the last views actor ready) to the last batch, of a run of `images`
     at `rate` from its start: the pipeline's rate once its start-up is paid (slightly high: the
@@ -276,9 +288,11 @@ def bench_data(
             ):
                 pass
         measure = dict(cpus=cpus, batch_size=batch_size, rows=rows, epochs=epochs)
+        settle()
         ray_startup, ray_rate, ray_cpu_rate, actors_ready, ran, images = timed(
             raydata_batches(files, file_rows, make_views, **measure, actors=actors)
         )
+        settle()
         dl_startup, dl_rate, dl_cpu_rate, _, _, _ = timed(dataloader_batches(files, make_views(), **measure))
     finally:
         torch.set_num_threads(threads)

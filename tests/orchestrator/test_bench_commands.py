@@ -127,6 +127,8 @@ def test_bench_data_measures_both_pipelines_on_scenes(ray_session, home, capsys,
         capsys, ["bench", "data", "--scenes", "24", "--batch-size", "4", "--cpus", "1", "--local-crops", "1", "--json"]
     )
     assert r["raydata_images_per_s"] > 0 and r["dataloader_images_per_s"] > 0 and r["image_size"] == 224
+    # 3 epochs of 24 rows are a stage whose views run in tasks (auto): no start-up of their own
+    assert r["views"] == "tasks" and r["raydata_actors_ready_s"] == 0 and r["ready_ratio"] == pytest.approx(r["ratio"])
     assert r["shards"] == str(home / "data" / "bench-scenes-224" / "train")
     [run] = bench_runs("data")
     for key in ("raydata_images_per_s", "dataloader_images_per_s"):
