@@ -1,13 +1,11 @@
 """Secrets never leave, and the user sees the sweep's progress while it trains: one real
-`tipslab sweep` of two tiny trials in a pseudo-terminal (its own local Ray instance, which inherits
+`tipslab sweep` of one tiny trial in a pseudo-terminal (its own local Ray instance, which inherits
 planted credentials as a cluster's nodes would have them), tracked on a real MLflow server reached
 through a URI with a user and password. Its step lines (with a loss and images/s) must arrive while
 it runs, before its table, without Tune's own noise; then every place a secret could land (the
 console, Ray's logs, MLflow's runs and artifacts, the checkpoints) is read back: credentials planted
 in the tracking URI, in the AWS variables and in an oddly named variable that a spec interpolates
-appear in none of them. A second trial fails of itself (its loss is not finite at its first step):
-the sweep names it and fails, Tune's retry does not train it again, and its failure record, kept in
-its run folder, is scanned with the rest.
+appear in none of them.
 """
 
 import json
@@ -20,8 +18,6 @@ from conftest import REPO, tiny_overrides
 from mlflow.tracking import MlflowClient
 from terminal import in_a_terminal
 from test_sweep import mlflow_server  # noqa: F401  (the fixture)
-
-from tipslab.orchestrator.trial import TRIAL_FAILED_FILE
 
 TINY = REPO / "ablations" / "base" / "tips_tiny.yaml"
 ODD = "s3cr3tvalue123xyz"  # in a variable whose name says nothing of a secret
@@ -38,7 +34,6 @@ title: "secrets e2e for ${{oc.env:TIPSLAB_TEST_ODDLY_NAMED}}"
 base: {TINY}
 variants:
   odd: {{eval.dataset: "${{oc.env:TIPSLAB_TEST_ODDLY_NAMED}}"}}
-  boom: {{loss.student_temp: 1.0e-40}}
 """
 
 
@@ -55,35 +50,23 @@ def leaks(blobs: dict[str, bytes]) -> list[tuple[str, str]]:
     return [(where, name) for where, blob in blobs.items() for name, v in secrets.items() if v.encode() in blob]
 
 
-def test_a_sweep_in_a_terminal_shows_its_progress_its_failed_trial_and_no_planted_secret_anywhere(
-    mlflow_server,  # noqa: F811
-    tmp_path,
-):
+def test_a_sweep_in_a_terminal_shows_its_progress_and_no_planted_secret_anywhere(mlflow_server, tmp_path):  # noqa: F811
     home = tmp_path / "home"
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)
     tracking = mlflow_server.replace("http://", f"http://tipslab:{PASSWORD}@")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own Ray instance
     env.update(PLANTED, TIPSLAB_HOME=str(home), MLFLOW_TRACKING_URI=tracking)
-    # a student temperature within its range, above 0, but so small that its fp32 scores overflow;
-    # one retry by Tune is enough to show that a retry does not train again
     overrides = tiny_overrides(
-        **{
-            "train.steps": 4,
-            "train.max_failures": 1,
-            "data.scenes_train": 16,
-            "data.scenes_probe": 8,
-            "eval.probes": "[retrieval]",
-        }
+        **{"train.steps": 4, "data.scenes_train": 16, "data.scenes_probe": 8, "eval.probes": "[retrieval]"}
     )
     env["PYTHONUNBUFFERED"] = "1"
     # nice: the sweep yields the CPUs to this test's MLflow server
     code, pieces = in_a_terminal(["sweep", str(spec), *overrides], env, timeout_s=1500, prefix=["nice", "-n", "19"])
     ended = time.monotonic()
     console = "\n".join(line for _, line, _ in pieces)
-    assert code == 1, console[-3000:]
-    assert f"in http://tipslab:***@{mlflow_server[len('http://') :]}" in console  # the table's last line, masked
-    assert "tipslab: failed: 1 trial(s) failed: boom-seed0" in console
+    assert code == 0, console[-3000:]
+    assert f"in http://tipslab:***@{mlflow_server[len('http://') :]}" in console  # the final line, masked
 
     # Progress: step lines while it trains, before the table; none of Tune's own output.
     steps = [(when, line) for when, line, _ in pieces if " step " in line and "/4 (" in line]
@@ -111,12 +94,7 @@ def test_a_sweep_in_a_terminal_shows_its_progress_its_failed_trial_and_no_plante
     client = MlflowClient(mlflow_server)
     exp = client.get_experiment_by_name("secrets-e2e")
     runs = client.search_runs([exp.experiment_id])
-    # the parent and its two trials: the failed one once, though Tune tried it twice
-    assert sorted((r.data.tags["tipslab.role"], r.info.status) for r in runs) == [
-        ("sweep", "FAILED"),
-        ("trial", "FAILED"),
-        ("trial", "FINISHED"),
-    ]
+    assert len(runs) == 2  # the parent and its one trial
     for run in runs:
         rid = run.info.run_id
         blobs[f"mlflow:{rid}:info"] = json.dumps(
@@ -126,7 +104,7 @@ def test_a_sweep_in_a_terminal_shows_its_progress_its_failed_trial_and_no_plante
         local = Path(client.download_artifacts(rid, "", str(tmp_path / "artifacts" / rid)))
         blobs.update({f"mlflow:{rid}:{p.name}": p.read_bytes() for p in files_under(local)})
 
-    trial = next(r for r in runs if r.data.tags.get("tipslab.role") == "trial" and r.info.status == "FINISHED")
+    trial = next(r for r in runs if r.data.tags.get("tipslab.role") == "trial")
     parent = next(r for r in runs if r.data.tags.get("tipslab.role") == "sweep")
     # The secret went through every path, masked: the evidence that the scan read what it should.
     assert parent.data.tags["mlflow.note.content"] == "secrets e2e for ***"
@@ -134,10 +112,5 @@ def test_a_sweep_in_a_terminal_shows_its_progress_its_failed_trial_and_no_plante
     assert "eval/masked/i2t_r1" in trial.data.metrics  # MLflow's names take no `*`
     artifacts = {a.path for a in client.list_artifacts(trial.info.run_id)}
     assert {"config.json", "eval_results.json", "features.npz"} <= artifacts
-    # The failure, naming its step and term, is kept in its run folder (Tune's retry raised it again
-    # without training); that `--resume` tries it again: test_trial.py, and end to end `make soak`.
-    [marker] = [p for p in home_files if p.name == TRIAL_FAILED_FILE]
-    assert "boom-seed0" in str(marker)
-    assert re.search(r"RunStopped: non-finite loss at step 1: term '\w+'", json.loads(marker.read_text())["error"])
     assert sum(map(len, blobs.values())) > 100_000
     assert leaks(blobs) == []

@@ -335,9 +335,6 @@ def sweep_of_a_failing_trial(tmp_path, home, **kw):
     return result, MlflowClient(tracking_uri()), marker
 
 
-# `make soak`: `make test` runs a trial that fails of itself beside a good one in the CLI sweep of
-# test_secrets.py, with the same checks (the sweep names it and fails, one FAILED run, its record).
-@pytest.mark.soak
 def test_a_trial_that_fails_of_itself_fails_for_good_in_its_sweep(ray_session, home, tmp_path):
     result, client, marker = sweep_of_a_failing_trial(tmp_path, home)
     assert result.failed == ["a-seed0"]
