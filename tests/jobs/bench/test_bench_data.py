@@ -33,3 +33,24 @@ def test_too_few_rows_for_a_measurement_is_a_clear_error_before_any_work(tmp_pat
         bench_data(str(tmp_path / "shards"), cpus=1, batch_size=8)
     with pytest.raises(ValueError, match="10 rows make fewer than 2 batches of 6"):
         bench_data(str(tmp_path / "shards"), cpus=1, batch_size=6, rows=10)
+
+
+def test_settle_waits_for_quiet_cpus_and_no_longer_than_its_bound():
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from tipslab.jobs.bench.data import settle
+
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
+    try:
+        time.sleep(0.3)
+        start = time.monotonic()
+        settle(max_s=1.0)  # every CPU busy: it waits its bound, then returns
+        waited = time.monotonic() - start
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
+    assert 1.0 <= waited < 3.0
