@@ -1,9 +1,12 @@
 """Frozen features by Ray Data batch inference: an actor pool whose actors load the checkpoint
 once, one GPU each when the cluster has GPUs, CPU otherwise.
 
-Called from inside a Ray task that already holds CPUs (a sweep trial's evaluation), the actors ask
-for no CPUs of their own: the caller's reservation pays for them, and asking again would wait
-forever on a machine whose CPUs the caller holds.
+Called from inside a Ray task that already holds CPUs (a sweep trial's evaluation), the work is the
+caller's: with GPUs the actors ask for no CPUs of their own (the caller's reservation pays for them;
+asking again would wait forever on a machine whose CPUs the caller holds). Without GPUs the pool would
+be one actor on the caller's CPUs, so the caller computes the features itself, on the same threads,
+batch by batch: the same numbers without an actor's start-up (a process, its imports of Ray Data, torch
+and the model, the checkpoint loaded a second time), which on a small probe set is most of the time.
 """
 
 import contextlib
@@ -92,18 +95,35 @@ class Towers:
         return self.student.vision.width
 
 
-def actor_resources() -> tuple[dict, int, int]:
-    """(Ray resources per actor, pool size, torch threads per actor)."""
+def actor_resources() -> tuple[dict | None, int, int]:
+    """(Ray resources per actor, pool size, torch threads per actor) for this process on this cluster."""
     ctx = ray.get_runtime_context()
     held = ctx.get_assigned_resources().get("CPU", 0) if ctx.worker.mode == ray.WORKER_MODE else 0
     cluster = ray.cluster_resources()
-    gpus = int(cluster.get("GPU", 0))
+    return pool_for(held, int(cluster.get("GPU", 0)), int(cluster.get("CPU", 1)))
+
+
+def pool_for(held: float, gpus: int, cpus: int) -> tuple[dict | None, int, int]:
+    """The pool for a caller holding `held` CPUs (0: not a Ray task) on a cluster of `gpus` GPUs and
+    `cpus` CPUs; resources None: no pool, the caller computes on its own threads."""
     if gpus:
         return {"num_gpus": 1, "num_cpus": 0 if held else 1}, gpus, 1
     if held:
-        return {"num_cpus": 0}, 1, max(1, int(held))
-    cpus = max(1, min(4, int(cluster.get("CPU", 1))))
+        return None, 0, max(1, int(held))
+    cpus = max(1, min(4, cpus))
     return {"num_cpus": cpus}, 1, cpus
+
+
+def in_process(rows: list[dict], batch_size: int, towers: "Towers") -> list[dict]:
+    """The actor's batches, computed here: rows in order, `batch_size` at a time, as numpy columns."""
+    parts = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        batch = {k: np.array([r[k] for r in chunk], dtype=object) for k in ("key", "image", "text")}
+        batch["index"] = np.array([r["index"] for r in chunk], np.int64)
+        batch["is_text"] = np.array([r["is_text"] for r in chunk], bool)
+        parts.append(towers(batch))
+    return parts
 
 
 def features(
@@ -114,22 +134,21 @@ def features(
     # Arrow nulls do not come back as None in numpy batches: an explicit flag tells the kinds apart.
     rows = [{"key": k, "image": im, "text": "", "is_text": False} for k, im in zip(keys, images)]
     rows += [{"key": f"text {i}", "image": None, "text": t, "is_text": True} for i, t in enumerate(texts)]
-    ds = ray.data.from_items([{"index": i, **row} for i, row in enumerate(rows)])
-    out = ds.map_batches(
-        Towers,
-        fn_constructor_kwargs={
-            "checkpoint": checkpoint,
-            "threads": threads,
-            "image_size": image_size,
-            "patches": patches,
-        },
-        batch_size=batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pool),
-        runtime_env={"env_vars": storage.aws_env()},
-        **resources,
-    )
-    parts = list(out.iter_batches(batch_size=None, batch_format="numpy"))
+    rows = [{"index": i, **row} for i, row in enumerate(rows)]
+    towers = {"checkpoint": checkpoint, "threads": threads, "image_size": image_size, "patches": patches}
+    if resources is None:
+        parts = in_process(rows, batch_size, Towers(**towers))
+    else:
+        out = ray.data.from_items(rows).map_batches(
+            Towers,
+            fn_constructor_kwargs=towers,
+            batch_size=batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pool),
+            runtime_env={"env_vars": storage.aws_env()},
+            **resources,
+        )
+        parts = list(out.iter_batches(batch_size=None, batch_format="numpy"))
     cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     order = np.argsort(cols.pop("index"))
     cols = {k: v[order] for k, v in cols.items()}

@@ -14,6 +14,7 @@ from tipslab.jobs.eval import evaluate as evaluation
 from tipslab.jobs.eval.evalsets import scenes as scene_reader
 from tipslab.jobs.eval.evaluate import evaluate_checkpoint, metric_goal, metric_keys, retrieval_token
 from tipslab.jobs.eval.probes import PROBES
+from tipslab.jobs.eval.probes.features import Towers, in_process
 
 SCENE_KEYS = {
     "eval/scenes/" + m
@@ -152,6 +153,27 @@ def test_every_probe_runs_on_ray_data_features_and_fits_on_probe_train_only(ray_
     npz = np.load(out / "features.npz")
     assert npz["images"].shape == (4, 56, 56, 3) and npz["images"].dtype == np.uint8
     assert npz["patch_tokens"].shape == (4, 16, 64) and npz["keys"][0] == "probe_test-20000000"
+
+    # Inside a Ray task that holds CPUs (a trial's evaluation) on a cluster without GPUs, the task
+    # computes the features itself, batch by batch (here 3 and 1): the pool's patch tokens.
+    test = evaluation.load_data("scenes", None, evaluation.experiment(exp)).test
+    rows = [
+        {"index": i, "key": k, "image": im, "text": "", "is_text": False}
+        for i, (k, im) in enumerate(zip(test.keys[:4], test.images[:4]))
+    ]
+    parts = in_process(rows, 3, Towers(checkpoint, 1, 56, patches=True))
+    assert [len(p["index"]) for p in parts] == [3, 1]
+    np.testing.assert_allclose(np.concatenate([p["patch_tokens"] for p in parts]), npz["patch_tokens"], atol=1e-5)
+
+
+def test_a_task_holding_cpus_computes_its_features_itself_unless_the_cluster_has_gpus():
+    from tipslab.jobs.eval.probes.features import pool_for
+
+    assert pool_for(held=2, gpus=0, cpus=8) == (None, 0, 2)  # the trial's evaluation: its own threads
+    assert pool_for(held=0, gpus=0, cpus=8) == ({"num_cpus": 4}, 1, 4)  # the driver: one actor, 4 CPUs at most
+    assert pool_for(held=0, gpus=0, cpus=1) == ({"num_cpus": 1}, 1, 1)
+    assert pool_for(held=2, gpus=4, cpus=8) == ({"num_gpus": 1, "num_cpus": 0}, 4, 1)  # on the caller's CPUs
+    assert pool_for(held=0, gpus=4, cpus=8) == ({"num_gpus": 1, "num_cpus": 1}, 4, 1)
 
 
 def test_probe_test_rows_inside_probe_train_are_refused(home):
