@@ -501,4 +501,9 @@ def all_cases(inp: Path, out: str, checkpoints: bool = True) -> list[Case]:
     inp.mkdir(parents=True, exist_ok=True)
     cases = config_cases(rng, inp) + override_cases(inp) + spec_cases(inp)
     cases += shard_cases(inp) + ingest_cases(inp, out) + table_cases()
-    return cases + (checkpoint_cases(inp) + import_cases(inp, out) if checkpoints else [])
+    return cases + (checkpoint_families(inp, out) if checkpoints else [])
+
+
+def checkpoint_families(inp: Path, out: str) -> list[Case]:
+    """The cases whose inputs torch makes: checkpoints, and official towers to import."""
+    return checkpoint_cases(inp) + import_cases(inp, out)

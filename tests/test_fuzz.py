@@ -133,26 +133,36 @@ def run_cases(cases: list, cwd: Path, home: Path, logs: Path, width: int) -> lis
 
 def run_all(root: Path, checkpoints: bool = True) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from fuzz_inputs import all_cases
+    from fuzz_inputs import all_cases, checkpoint_families
 
     import tipslab.orchestrator.cli  # noqa: F401  the imports every case shares, before the forks
     import tipslab.orchestrator.spec  # noqa: F401
 
     inp, out = root / "in", root / "out"
-    cases = all_cases(inp, str(out), checkpoints)
+    stub_work()
+    width = max(2, min(4, os.cpu_count() or 1))
+    cases, outcomes, strays = [], [], set()
+
+    def run(made: list) -> None:  # the inputs are made, then every file but the output folder is watched
+        before = tree(root)
+        outcomes.extend(run_cases(made, inp, out / "home", root, width))
+        cases.extend(made)
+        after = {k: v for k, v in tree(root).items() if not k.startswith(str(out)) and "/stderr-" not in k}
+        strays.update(k for k, _ in set(after.items()) - set(before.items()))
+
+    # The cases that need no torch first, forked from a runner without it (a fork of a process that
+    # holds torch and the model stack costs several times as much); then those of the checkpoints.
+    run(all_cases(inp, str(out), checkpoints=False))
     if checkpoints:
         import tipslab.jobs.eval.probes.features  # noqa: F401
         import tipslab.models.checkpoint  # noqa: F401
-        import tipslab.orchestrator.eval_commands  # noqa: F401
-    stub_work()
-    before = tree(root)
+        import tipslab.models.official  # noqa: F401  (the model stack: 1.8 CPU-s in each import case's child)
+
+        run(checkpoint_families(inp, str(out)))
     results = []
-    width = max(2, min(4, os.cpu_count() or 1))
-    for case, (outcome, stderr, cpu) in zip(cases, run_cases(cases, inp, out / "home", root, width)):
+    for case, (outcome, stderr, cpu) in zip(cases, outcomes):
         results.append({"family": case.family, "argv": case.argv, "outcome": outcome, "cpu_s": round(cpu, 3)})
         results[-1]["stderr"] = stderr.strip()[-600:]
-    after = {k: v for k, v in tree(root).items() if not k.startswith(str(out)) and "/stderr-" not in k}
-    strays = sorted(set(after.items()) - set(before.items()))
     counts = Counter(r["outcome"] for r in results)
     by_family = {}
     for r in results:
@@ -161,7 +171,7 @@ def run_all(root: Path, checkpoints: bool = True) -> dict:
         "inputs": len(results),
         "counts": dict(counts),
         "by_family": {k: dict(v) for k, v in by_family.items()},
-        "strays": [k for k, _ in strays],
+        "strays": sorted(strays),
         "cpu_s": round(sum(r["cpu_s"] for r in results), 1),
         "cpu_s_by_family": {f: round(sum(r["cpu_s"] for r in results if r["family"] == f), 1) for f in by_family},
         "results": results,
