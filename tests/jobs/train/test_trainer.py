@@ -1,8 +1,7 @@
 """The Ray Train job on the shared local Ray instance: two CPU workers (gloo, DDP)."""
 
-import pytest
 import torch
-from conftest import REPO, spoil_rows, tiny_overrides
+from conftest import REPO, tiny_overrides
 
 from tipslab.jobs.data.pipeline.prepare import ensure_scenes
 from tipslab.jobs.train.trainer import build_trainer
@@ -101,29 +100,3 @@ def test_two_workers_on_s3_train_report_checkpoint_and_a_rerun_resumes(ray_sessi
     assert saved == config and max_len == config["model"]["max_text_len"]
     assert state["teacher"] is not None and set(state["objective"]) == {"distill.targets.center", "mim.targets.center"}
     assert not torch.equal(state["teacher"]["vision.pos_embed"], state["student"]["vision.pos_embed"])
-
-
-def test_bad_rows_are_counted_through_the_run_and_too_many_stop_it(ray_session, home, tmp_path):
-    # 20 rows in batches of 8: two full batches and a short last one, which is not trained on but
-    # whose bad rows (3 of its 4) still count. Step 3 is epoch 1's first batch: 16 + 4 + 8 rows seen,
-    # 3 bad, which its report counts and stops on (3/28 > 0.05). The counting itself, row by row
-    # through Ray Data: tests/jobs/data/pipeline/test_streaming.py.
-    from tipslab.jobs.data.pipeline.streaming import split_dir
-    from tipslab.jobs.data.scenes.generate import generate_scenes
-    from tipslab.jobs.train.state import RunStopped
-
-    config = experiment(
-        **{
-            "data.root": str(tmp_path / "scenes"),
-            "train.steps": 3,
-            "train.log_every": 3,
-            "train.warmup_steps": 0,
-            "data.max_bad_fraction": 0.05,
-        }
-    )
-    path = split_dir(config["data"]["root"], config["data"]["train_split"])
-    generate_scenes(path, 20, size=config["model"]["image_size"], rows_per_shard=20, parallel=False)
-    [shard] = sorted(p for p in (tmp_path / "scenes" / "train").iterdir() if p.suffix == ".parquet")
-    spoil_rows(shard, {i: ("image", b"not an image") for i in (17, 18, 19)})
-    with pytest.raises(RunStopped, match=r"data: 3 of 28 rows seen were bad, more than data.max_bad_fraction = 0.05"):
-        build_trainer(config, name="too-many-bad-rows", storage_path=str(home / "ray")).fit()
