@@ -1,8 +1,9 @@
 """Evaluation on frozen features: the paper's probes (jobs/eval/probes) on the probe splits of the
 experiment's shards (the procedural scenes by default) and on standard datasets (jobs/eval/evalsets).
 
-Features come from Ray Data batch inference (jobs/eval/probes/features.py); every trained probe is fit
-on probe-train features only and scored on probe-test. Results are `eval/<dataset>/<metric>`
+Features come from Ray Data batch inference, or from the calling task itself on a CPU cluster
+(jobs/eval/probes/features.py); every trained probe is fit on probe-train features only and scored
+on probe-test. Results are `eval/<dataset>/<metric>`
 (the registry that specs are validated against: `metric_keys`, `metric_goal`), written as JSON
 next to a `features.npz` of a few probe-test images and their patch tokens (the report's PCA maps).
 The JSON's `protocols` entry names the protocol of every probe on every dataset with its settings
