@@ -495,13 +495,12 @@ def table_cases() -> list[Case]:
     ]
 
 
-def all_cases(inp: Path, out: str, checkpoints: bool = True) -> list[Case]:
-    """The whole catalogue, the same for the same SEED."""
+def torch_free_cases(inp: Path, out: str) -> list[Case]:
+    """The catalogue but its checkpoints' families, made without torch; the same for the same SEED."""
     rng = random.Random(SEED)
     inp.mkdir(parents=True, exist_ok=True)
     cases = config_cases(rng, inp) + override_cases(inp) + spec_cases(inp)
-    cases += shard_cases(inp) + ingest_cases(inp, out) + table_cases()
-    return cases + (checkpoint_families(inp, out) if checkpoints else [])
+    return cases + shard_cases(inp) + ingest_cases(inp, out) + table_cases()
 
 
 def checkpoint_families(inp: Path, out: str) -> list[Case]:

@@ -133,7 +133,7 @@ def run_cases(cases: list, cwd: Path, home: Path, logs: Path, width: int) -> lis
 
 def run_all(root: Path, checkpoints: bool = True) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from fuzz_inputs import all_cases, checkpoint_families
+    from fuzz_inputs import checkpoint_families, torch_free_cases
 
     import tipslab.orchestrator.cli  # noqa: F401  the imports every case shares, before the forks
     import tipslab.orchestrator.spec  # noqa: F401
@@ -152,7 +152,7 @@ def run_all(root: Path, checkpoints: bool = True) -> dict:
 
     # The cases that need no torch first, forked from a runner without it (a fork of a process that
     # holds torch and the model stack costs several times as much); then those of the checkpoints.
-    run(all_cases(inp, str(out), checkpoints=False))
+    run(torch_free_cases(inp, str(out)))
     if checkpoints:
         import tipslab.jobs.eval.probes.features  # noqa: F401
         import tipslab.models.checkpoint  # noqa: F401

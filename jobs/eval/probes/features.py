@@ -114,6 +114,14 @@ def pool_for(held: float, gpus: int, cpus: int) -> tuple[dict | None, int, int]:
     return {"num_cpus": cpus}, 1, cpus
 
 
+def feature_rows(keys: list[str], images: list, texts: list[str]) -> list[dict]:
+    """The rows `Towers` takes: the images, then the texts, each with its index in that order."""
+    # Arrow nulls do not come back as None in numpy batches: an explicit flag tells the kinds apart.
+    rows = [{"key": k, "image": im, "text": "", "is_text": False} for k, im in zip(keys, images)]
+    rows += [{"key": f"text {i}", "image": None, "text": t, "is_text": True} for i, t in enumerate(texts)]
+    return [{"index": i, **row} for i, row in enumerate(rows)]
+
+
 def in_process(rows: list[dict], batch_size: int, towers: "Towers") -> list[dict]:
     """The actor's batches, computed here: rows in order, `batch_size` at a time, as numpy columns."""
     parts = []
@@ -131,10 +139,7 @@ def features(
 ) -> dict[str, np.ndarray]:
     """cls_web, cls_synthetic (and patch_tokens) of the images, `text` of the texts, in input order."""
     resources, pool, threads = actor_resources()
-    # Arrow nulls do not come back as None in numpy batches: an explicit flag tells the kinds apart.
-    rows = [{"key": k, "image": im, "text": "", "is_text": False} for k, im in zip(keys, images)]
-    rows += [{"key": f"text {i}", "image": None, "text": t, "is_text": True} for i, t in enumerate(texts)]
-    rows = [{"index": i, **row} for i, row in enumerate(rows)]
+    rows = feature_rows(keys, images, texts)
     towers = {"checkpoint": checkpoint, "threads": threads, "image_size": image_size, "patches": patches}
     if resources is None:
         parts = in_process(rows, batch_size, Towers(**towers))

@@ -14,7 +14,7 @@ from tipslab.jobs.eval import evaluate as evaluation
 from tipslab.jobs.eval.evalsets import scenes as scene_reader
 from tipslab.jobs.eval.evaluate import evaluate_checkpoint, metric_goal, metric_keys, retrieval_token
 from tipslab.jobs.eval.probes import PROBES
-from tipslab.jobs.eval.probes.features import Towers, in_process
+from tipslab.jobs.eval.probes.features import Towers, feature_rows, in_process
 
 SCENE_KEYS = {
     "eval/scenes/" + m
@@ -157,10 +157,7 @@ def test_every_probe_runs_on_ray_data_features_and_fits_on_probe_train_only(ray_
     # Inside a Ray task that holds CPUs (a trial's evaluation) on a cluster without GPUs, the task
     # computes the features itself, batch by batch (here 3 and 1): the pool's patch tokens.
     test = evaluation.load_data("scenes", None, evaluation.experiment(exp)).test
-    rows = [
-        {"index": i, "key": k, "image": im, "text": "", "is_text": False}
-        for i, (k, im) in enumerate(zip(test.keys[:4], test.images[:4]))
-    ]
+    rows = feature_rows(test.keys[:4], test.images[:4], [])
     parts = in_process(rows, 3, Towers(checkpoint, 1, 56, patches=True))
     assert [len(p["index"]) for p in parts] == [3, 1]
     np.testing.assert_allclose(np.concatenate([p["patch_tokens"] for p in parts]), npz["patch_tokens"], atol=1e-5)
