@@ -6,8 +6,9 @@ Both pipelines decode, crop, augment, mask and tokenise with the same `TIPSViews
 and get the same CPU budget: Ray Data as its resource limit, the DataLoader as its worker count.
 Each goes `epochs` times over the same rows (the first `rows` of the shards), each epoch with its
 own augmentations, as a training stage does. The Ray Data side is the training pipeline's
-(jobs/data/pipeline/streaming.py and batches.py): one dataset over all the epochs, the same read,
-the views in a pool of actors, one per CPU, each building its views once, the blocks taken as torch
+(jobs/data/pipeline/streaming.py and batches.py): one dataset over all the epochs, the same read
+units, the views in a pool of actors, one per CPU, each building its views once and reading its
+units' rows itself, the blocks taken as torch
 tensors and cut into batches of one epoch each. The DataLoader goes over the same epochs in one
 iteration of its workers. Each is timed from the start of its iteration to its last batch;
 `*_startup_s` is the time to the first batch, included in the rate. A warm-up run first starts
@@ -48,8 +49,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tipslab.jobs import storage
 from tipslab.jobs.config import DataConfig
 from tipslab.jobs.data.pipeline.batches import EpochBatches
-from tipslab.jobs.data.pipeline.shard_read import BATCHES_PER_BLOCK, read_rows
-from tipslab.jobs.data.pipeline.streaming import PositionedViews, map_views, views_actors
+from tipslab.jobs.data.pipeline.shard_read import BATCHES_PER_BLOCK, units_dataset
+from tipslab.jobs.data.pipeline.streaming import PositionedViews, map_views
 from tipslab.jobs.data.pipeline.views import TIPSViews
 from tipslab.jobs.data.shards.format import read_manifest, shard_files
 from tipslab.models.errors import ConfigError, DataError
@@ -217,22 +218,22 @@ def raydata_batches(
     actors: bool = True,
 ):
     """The training pipeline over the files' first `rows` rows (0: all), `epochs` times: one dataset
-    (`stage_dataset`'s read, in blocks of about 4 batches, and `map_views`' actor pool, started
-    once), its blocks as torch tensors cut into batches of one epoch each (`EpochBatches`), with
-    each epoch's short last batch; `make_views()` builds each actor's views (`actors=False`: Ray
-    tasks, as training runs a stage under `data.views_actor_rows`)."""
+    (`stage_dataset`'s read units of about 4 batches, and `map_views`' actor pool, started once,
+    whose actors read their units), its blocks as torch tensors cut into batches of one epoch each
+    (`EpochBatches`), with each epoch's short last batch; `make_views()` builds each actor's views
+    (`actors=False`: Ray tasks, as training runs a stage under `data.views_actor_rows`)."""
     # As stage_dataset runs it: rows in order, no ExecutionResources limit (the views' task or actor
     # count and their CPU sizes keep the pipeline within `cpus`).
     ray.data.DataContext.get_current().execution_options.preserve_order = True
-    workers = views_actors(cpus)
-    ds = read_rows(
-        epoch_pieces(files, file_rows, rows, epochs),
-        COLUMNS,
-        batch_size,
-        concurrency=min(workers, len(files)),
-        num_cpus=0,
+    ds = map_views(
+        units_dataset(epoch_pieces(files, file_rows, rows, epochs), batch_size),
+        make_views,
+        batch_size=batch_size,
+        cpus=cpus,
+        views_class=TimedPositionedViews,
+        actors=actors,
+        columns=tuple(COLUMNS),
     )
-    ds = map_views(ds, make_views, batch_size=batch_size, cpus=cpus, views_class=TimedPositionedViews, actors=actors)
     batches, skipped = EpochBatches(ds.iter_torch_batches(batch_size=None, prefetch_batches=1), batch_size), []
     for epoch in range(epochs):
         while (batch := batches.next(epoch, skipped.append)) is not None:
@@ -280,7 +281,7 @@ def bench_data(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the driver only receives batches; the workers do the work
     try:
-        if warmup:  # Ray's first worker processes, as at a job's start: a read block per CPU (the
+        if warmup:  # Ray's first worker processes, as at a job's start: a read unit per CPU (the
             # measured run starts its own actors, as every stage does)
             warm_rows = min(sum(file_rows), cpus * BATCHES_PER_BLOCK * batch_size)
             for _ in raydata_batches(

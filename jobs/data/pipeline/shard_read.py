@@ -1,72 +1,72 @@
-"""The read side of the training pipeline: a rank's (epoch, shard file, rows) pieces as a Ray Data
-dataset of rows in order, in blocks of about `BATCHES_PER_BLOCK` batches (jobs/data/pipeline/streaming.py
-puts the views after it).
+"""The read side of the training pipeline: a rank's (epoch, shard file, rows) pieces cut into read
+units of about `BATCHES_PER_BLOCK` batches each, as a Ray Data dataset of units in order, one unit a
+block; the views (jobs/data/pipeline/streaming.py) read each unit's rows themselves (`read_unit`).
 
-Ray Data runs the read in tasks of their own when the views run in actors; such a task's process
-imports this module, which therefore imports neither torch nor the views (about 2 s of a fresh
-process's start-up on 2 busy cores).
+Reading in the views, rather than in Ray Data read tasks ahead of them, keeps the images' bytes out
+of Ray's object store (a read task put each file's bytes there, and the views actor copied them out
+again: about a quarter of the views' own CPU time at 224 px) and leaves the CPUs to the views
+while their actors start (the read tasks ran ahead, all of a stage's files, while the actors were
+importing torch). A unit of a file with one row group (the shards' layout) reads that group whole;
+the units of one file may go to different views actors, so a file can be decoded once per unit,
+which costs little next to its views (decoding 256 scenes of 224 px: a few ms, their views: about
+a second of CPU).
 """
 
 import math
-from functools import partial
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray.data
-from ray.data.block import BlockMetadata
-from ray.data.datasource import Datasource, ReadTask
+from ray.data.block import BlockAccessor
 
 from tipslab.jobs import storage
 
-# Rows of one read block, in batches: a views actor's unit of work. Fewer batches per block add
-# per-call overhead; more delay the first batch and leave CPUs idle when a rank has few rows.
+# Rows of one read unit, in batches: a views actor's unit of work and one output block. Fewer
+# batches per block add per-call overhead; more delay the first batch and leave CPUs idle when a
+# rank has few rows.
 BATCHES_PER_BLOCK = 4
-
-
-class ShardRows(Datasource):
-    """A rank's (epoch, file, rows) pieces in order, each read in one task as the file's first `rows`
-    rows of `columns` plus an `epoch` column."""
-
-    def __init__(self, pieces: list[tuple[int, str, int]], columns: list[str]):
-        super().__init__()
-        self.pieces, self.columns = pieces, columns
-
-    def estimate_inmemory_data_size(self) -> int | None:
-        return None
-
-    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context=None):
-        return [
-            ReadTask(
-                partial(read_piece, file, self.columns, epoch, rows),
-                BlockMetadata(num_rows=rows, size_bytes=None, exec_stats=None, input_files=[file]),
-                per_task_row_limit=per_task_row_limit,
-            )
-            for epoch, file, rows in self.pieces
-        ]
-
-
-def read_piece(file: str, columns: list[str], epoch: int, rows: int) -> list[pa.Table]:
-    """The first `rows` rows of a shard file (only the row groups that hold them), with `epoch`."""
-    fs, path = storage.resolve(file)
-    with fs.open_input_file(path) as handle:
-        parquet = pq.ParquetFile(handle)
-        groups, end = [], 0
-        while end < rows and len(groups) < parquet.num_row_groups:
-            end += parquet.metadata.row_group(len(groups)).num_rows
-            groups.append(len(groups))
-        table = parquet.read_row_groups(groups, columns=columns).slice(0, rows)
-    return [table.append_column("epoch", pa.array(np.full(table.num_rows, epoch, np.int64)))]
+UNIT_COLUMNS = ("epoch", "file", "start", "stop")
 
 
 def read_split(rows: int, batch_size: int) -> int:
-    """The blocks each read task's rows (at most `rows`) are split into: about BATCHES_PER_BLOCK
-    batches each."""
+    """The units a piece of `rows` rows is cut into: about BATCHES_PER_BLOCK batches each."""
     return max(1, math.ceil(rows / (BATCHES_PER_BLOCK * batch_size)))
 
 
-def read_rows(pieces: list[tuple[int, str, int]], columns: list[str], batch_size: int, **read_args) -> ray.data.Dataset:
-    """The pieces' rows in order, split into blocks of about BATCHES_PER_BLOCK batches: Ray Data
-    splits each read task's output evenly when asked for more blocks than tasks."""
-    split = read_split(max(rows for _, _, rows in pieces), batch_size)
-    return ray.data.read_datasource(ShardRows(pieces, columns), override_num_blocks=len(pieces) * split, **read_args)
+def read_units(pieces: list[tuple[int, str, int]], batch_size: int) -> list[dict]:
+    """The (epoch, file, start, stop) units of the pieces, in order: each piece's first `rows` rows
+    cut into `read_split` units of whole batches (the last may be short)."""
+    units = []
+    for epoch, file, rows in pieces:
+        step = math.ceil(math.ceil(rows / read_split(rows, batch_size)) / batch_size) * batch_size
+        units += [
+            {"epoch": epoch, "file": file, "start": start, "stop": min(start + step, rows)}
+            for start in range(0, rows, step)
+        ]
+    return units
+
+
+def units_dataset(pieces: list[tuple[int, str, int]], batch_size: int) -> ray.data.Dataset:
+    """The pieces' read units as a dataset of one unit per block, in order."""
+    units = read_units(pieces, batch_size)
+    return ray.data.from_items(units, override_num_blocks=len(units))
+
+
+def read_unit(file: str, columns: list[str], epoch: int, start: int, stop: int) -> dict[str, np.ndarray]:
+    """Rows [start, stop) of a shard file (read from the row groups that hold them), as a numpy
+    batch of `columns` plus `epoch`: the batch Ray Data would hand a `batch_format="numpy"` call."""
+    fs, path = storage.resolve(file)
+    with fs.open_input_file(path) as handle:
+        parquet = pq.ParquetFile(handle)
+        groups, first, end = [], 0, 0
+        for group in range(parquet.num_row_groups):
+            rows = parquet.metadata.row_group(group).num_rows
+            if end + rows <= start:
+                first = end + rows
+            elif end < stop:
+                groups.append(group)
+            end += rows
+        table = parquet.read_row_groups(groups, columns=columns).slice(start - first, stop - start)
+    table = table.append_column("epoch", pa.array(np.full(table.num_rows, epoch, np.int64)))
+    return BlockAccessor.for_block(table).to_batch_format("numpy")

@@ -20,23 +20,21 @@ loop cuts the stream into batches that never span two epochs (jobs/data/pipeline
 
 Parallelism: the views run in a pool of actors (`map_views`), one per CPU of the rank's share (at
 least one), each of which builds its tokenizer and views once and then makes the views of one read
-block per call. `ShardRows` (jobs/data/pipeline/shard_read.py: a module without torch, for the read
-tasks' processes) reads each (epoch, file) of the rank in one read task, and Ray Data splits its
-output into blocks of about `BATCHES_PER_BLOCK` batches (`read_split`, through
-`override_num_blocks`), in order, so that the actors share a file and each hands its first batches
-over early. The read is light next to the views (decompressing the file's bytes) and reserves no
-CPU: the actors hold the rank's whole share, and a read that needed a CPU of its own would compete
-with them for it (and, on a cluster sized to the share, wait for it). A stage of fewer than
+unit per call. The dataset's input is the rank's read units (jobs/data/pipeline/shard_read.py): each
+(epoch, file) cut into units of about `BATCHES_PER_BLOCK` batches, in order, one a block, so that
+the actors share a file and each hands its first batches over early. A call reads its unit's rows
+itself (`read_unit`): the images' bytes never pass through Ray's object store, and no read task
+competes with the views for the rank's CPUs (the actors hold its whole share). A stage of fewer than
 `data.views_actor_rows` rows on a rank (the laptop configs, the tests) runs the same views in Ray
-tasks instead, which reuse idle worker processes but unpickle the views with every block and cannot
-hand the counters of a block without rows to a later one (below).
+tasks instead, which reuse idle worker processes but unpickle the views with every unit and cannot
+hand the counters of a unit without rows to a later one (below).
 
 Each batch carries `rows_done` (on the last output row of each views batch: the input rows, bad ones
 included, that are fully used once that row is trained on); summed over an epoch's trained batches
 it is the rank's position in that epoch's ordered file list. The bad-row counters (BAD_ROW_COLUMNS)
 ride on the same row. A views batch left without rows passes its counts on (PositionedViews), so
-that they are lost only for a read block without a single good row that is its actor's last of the
-dataset, or any such block when the views run as tasks (logged either way).
+that they are lost only for a read unit without a single good row that is its actor's last of the
+dataset, or any such unit when the views run as tasks (logged either way).
 `key_id` (a stable 63-bit id of the row's key) lets a run be checked for replayed rows; it is -1 in a
 views batch that dropped bad rows, where ids can no longer be matched to rows.
 """
@@ -51,8 +49,8 @@ import numpy as np
 import ray.data
 
 from tipslab.jobs.config import experiment, read_tag_vocab
-from tipslab.jobs.data.pipeline.columns import train_columns
-from tipslab.jobs.data.pipeline.shard_read import read_rows
+from tipslab.jobs.data.pipeline.columns import TRAIN_COLUMNS, train_columns
+from tipslab.jobs.data.pipeline.shard_read import read_unit, units_dataset
 from tipslab.jobs.data.pipeline.views import BAD_ROW_COLUMNS, TIPSViews, bad_row_counts, count_columns, view_options
 from tipslab.jobs.data.shards.format import read_manifest, shard_files
 from tipslab.models.tokenizer import build_tokenizer
@@ -61,9 +59,9 @@ log = logging.getLogger(__name__)
 
 # The columns a views batch counts its input in, on its last row: the bad-row counters, then rows_done.
 COUNT_COLUMNS = BAD_ROW_COLUMNS + ("rows_done",)
-# The most read tasks (an epoch's files, each) in one dataset: Ray Data puts each in the object store
-# when the dataset starts. A stage of more epochs than fit gets a dataset for the next ones.
-MAX_READ_TASKS = 4096
+# The most (epoch, file) pieces in one dataset: its read units (a few a piece) are put in the object
+# store when the dataset is made. A stage of more epochs than fit gets a dataset for the next ones.
+MAX_PIECES = 4096
 
 
 def views_actors(cpus: float) -> int:
@@ -95,30 +93,38 @@ def key_ids(keys) -> np.ndarray:
 
 
 class PositionedViews:
-    """The views of a rank's read blocks plus the position columns (module docstring), as a Ray
+    """The views of a rank's read units plus the position columns (module docstring), as a Ray
     Data callable class: each actor of the pool builds it, and with it the tokenizer and the
     TIPSViews (`make_views()`), once. With `share` (fewer files than ranks: True, or the epochs in
     which it is so, by the rows' `epoch` column), every rank reads the same files and keeps the rows
     whose key id falls to it.
 
-    A call takes one read block whole and yields its views batches of `batch_size` input rows, in
-    order. The counts of a batch (the counters of BAD_ROW_COLUMNS, its input rows as `rows_done`)
-    go on its last output row; a batch with no output row (every row bad, or another rank's) has
-    its counts go on the next batch of the block that has one, or at the end of the block on the
-    last that had one, so that `rows_done` stays within its block and never runs ahead of the rows
-    trained on. A block with no output row at all hands its counters to this actor's next call,
+    A call takes read units (jobs/data/pipeline/shard_read.py: one, as the dataset is made), reads
+    each unit's rows (`columns`) and yields their views batches of `batch_size` input rows, in
+    order (`block`). The counts of a batch (the counters of BAD_ROW_COLUMNS, its input rows as
+    `rows_done`) go on its last output row; a batch with no output row (every row bad, or another
+    rank's) has its counts go on the next batch of the unit that has one, or at the end of the unit
+    on the last that had one, so that `rows_done` stays within its unit and never runs ahead of the
+    rows trained on. A unit with no output row at all hands its counters to this actor's next call,
     and drops its `rows_done` (its file then counts as not done: a replay, never a skip): Ray Data
-    may run an actor's calls out of the blocks' order, which sums of counters do not mind but a
-    position would. Counters are lost only for such a block that is its actor's last of the dataset
+    may run an actor's calls out of the units' order, which sums of counters do not mind but a
+    position would. Counters are lost only for such a unit that is its actor's last of the dataset
     (logged when the actor ends), or on an actor's failure (Ray Data restarts it, and retries).
     """
 
     def __init__(
-        self, make_views, batch_size: int, rank: int = 0, world_size: int = 1, share: bool | frozenset = False
+        self,
+        make_views,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        share: bool | frozenset = False,
+        columns: tuple[str, ...] = TRAIN_COLUMNS,
     ):
         self.views: TIPSViews = make_views()
         self.batch_size, self.rank, self.world_size, self.share = batch_size, rank, world_size, share
-        self.carried = np.zeros(len(BAD_ROW_COLUMNS), dtype=np.int64)  # counters of blocks without a row
+        self.columns = list(columns)
+        self.carried = np.zeros(len(BAD_ROW_COLUMNS), dtype=np.int64)  # counters of units without a row
 
     def batch(self, batch: dict) -> tuple[dict | None, np.ndarray]:
         """The views of one batch with key_id (None when no row is left) and its counts, in
@@ -137,7 +143,12 @@ class PositionedViews:
             out["key_id"] = ids if len(out["masks"]) == len(ids) else np.full(len(out["masks"]), -1, np.int64)
         return out, counts
 
-    def __call__(self, block: dict):
+    def __call__(self, units: dict):
+        for epoch, file, start, stop in zip(*(units[c] for c in ("epoch", "file", "start", "stop"))):
+            yield from self.block(read_unit(str(file), self.columns, int(epoch), int(start), int(stop)))
+
+    def block(self, block: dict):
+        """The views batches of one unit's rows (a numpy batch with an `epoch` column)."""
         counts = np.zeros(len(COUNT_COLUMNS), dtype=np.int64)  # of rows that no output row carries yet
         counts[: len(BAD_ROW_COLUMNS)], self.carried = self.carried, np.zeros_like(self.carried)
         held = None  # a batch is held back until the next one has rows, or the block ends
@@ -152,10 +163,10 @@ class PositionedViews:
             held = out
             held.update(count_columns(COUNT_COLUMNS, counts, len(out["masks"])))
             counts = np.zeros_like(counts)
-        if held is None:  # not one row in the block: its counters go with this actor's next call
+        if held is None:  # not one row in the unit: its counters go with this actor's next call
             self.carried = counts[: len(BAD_ROW_COLUMNS)]
             return
-        for name, value in zip(COUNT_COLUMNS, counts):  # the block's last batches had no row
+        for name, value in zip(COUNT_COLUMNS, counts):  # the unit's last batches had no row
             held[name][-1] += value
         yield held
 
@@ -163,7 +174,7 @@ class PositionedViews:
         carried = getattr(self, "carried", None)
         if carried is not None and carried.any():
             log.warning(
-                "views: %d rows of blocks without one good row, last of this actor's dataset, were not counted (%s)",
+                "views: %d rows of units without one good row, last of this actor's dataset, were not counted (%s)",
                 carried[0],
                 dict(zip(BAD_ROW_COLUMNS, carried.tolist())),
             )
@@ -179,10 +190,11 @@ def map_views(
     actors: bool = True,
     **views_args,
 ) -> ray.data.Dataset:
-    """The views of `ds`'s blocks, one read block per call, rows in order (`preserve_order`): in a
-    pool of `views_actors(cpus)` actors of `views_class` (PositionedViews or a subclass), or with
-    `actors=False` in as many Ray tasks at a time, each unpickling one instance made here (which
-    cannot hand the counters of a block without a good row to a later block: they are logged)."""
+    """The views of `ds`'s read units (`units_dataset`), one unit per call, rows in order
+    (`preserve_order`): in a pool of `views_actors(cpus)` actors of `views_class` (PositionedViews
+    or a subclass), or with `actors=False` in as many Ray tasks at a time, each unpickling one
+    instance made here (which cannot hand the counters of a unit without a good row to a later
+    unit: they are logged)."""
     kwargs = dict(make_views=make_views, batch_size=batch_size, **views_args)
     if not actors:
         return ds.map_batches(
@@ -275,12 +287,12 @@ def plan_epochs(
 ) -> list[DataPlan]:
     """The plans of the epochs one dataset spans, from `first` (whose files `done` are left out):
     enough for `steps` whole batches if no row is bad, and one more (a few bad rows cost a batch or
-    two, a second dataset only after many), at most MAX_READ_TASKS files per rank in all."""
+    two, a second dataset only after many), at most MAX_PIECES files per rank in all."""
     plans, batches, files = [], 0, 0
     while True:
         plan = plan_epoch(shards, seed, first + len(plans), world_size, done if not plans else frozenset())
         files += max(len(f) for f in plan.files)
-        if plans and files > MAX_READ_TASKS:
+        if plans and files > MAX_PIECES:
             return plans
         plans.append(plan)
         if batches >= steps:
@@ -300,11 +312,8 @@ def stage_dataset(
     data = exp.data
     columns = train_columns(data.tag_vocab)  # checked for before Ray starts (orchestrator/config.py)
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # the position is a row count
-    actors = views_actors(cpus)
-    files = len({file for _, file, _ in pieces})
-    ds = read_rows(pieces, columns, data.batch_size, concurrency=min(actors, files), num_cpus=0)
     return map_views(
-        ds,
+        units_dataset(pieces, data.batch_size),
         partial(views_for, exp),
         batch_size=data.batch_size,
         cpus=cpus,
@@ -313,4 +322,5 @@ def stage_dataset(
         rank=rank,
         world_size=len(plans[0].files),
         share=frozenset(plan.epoch for plan in plans if plan.shared),
+        columns=tuple(columns),
     )

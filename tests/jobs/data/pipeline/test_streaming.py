@@ -7,7 +7,7 @@ import pytest
 from conftest import REPO, spoil_rows, tiny_overrides
 
 from tipslab.jobs.data.pipeline.columns import TRAIN_COLUMNS
-from tipslab.jobs.data.pipeline.shard_read import BATCHES_PER_BLOCK, read_split
+from tipslab.jobs.data.pipeline.shard_read import BATCHES_PER_BLOCK, read_split, read_unit, read_units
 from tipslab.jobs.data.pipeline.streaming import (
     COUNT_COLUMNS,
     PositionedViews,
@@ -34,11 +34,37 @@ SPOIL = {
 }
 
 
-def test_a_read_task_is_split_into_blocks_of_about_four_batches():
+def test_a_piece_is_cut_into_read_units_of_about_four_whole_batches():
     assert BATCHES_PER_BLOCK == 4
-    assert read_split(rows=256, batch_size=32) == 2  # 8 batches, 4 per block
+    assert read_split(rows=256, batch_size=32) == 2  # 8 batches, 4 per unit
     assert read_split(rows=96, batch_size=8) == 3
-    assert read_split(rows=20, batch_size=32) == 1  # never fewer than one block a file
+    assert read_split(rows=20, batch_size=32) == 1  # never fewer than one unit a piece
+    units = read_units([(0, "a", 256), (0, "b", 100), (1, "a", 20)], batch_size=32)
+    assert [(u["epoch"], u["file"], u["start"], u["stop"]) for u in units] == [
+        (0, "a", 0, 128),
+        (0, "a", 128, 256),
+        (0, "b", 0, 100),
+        (1, "a", 0, 20),
+    ]
+    # 100 rows in batches of 8: 4 units of 25 rows would cut batches; whole batches instead
+    assert [(u["start"], u["stop"]) for u in read_units([(0, "b", 100)], batch_size=8)] == [
+        (0, 32),
+        (32, 64),
+        (64, 96),
+        (96, 100),
+    ]
+
+
+def test_a_read_unit_reads_its_rows_from_the_row_groups_that_hold_them(tmp_path):
+    import pyarrow as pa
+
+    path = str(tmp_path / "groups.parquet")
+    pq.write_table(pa.table({"key": [f"k{i}" for i in range(50)], "n": list(range(50))}), path, row_group_size=16)
+    batch = read_unit(path, ["key"], epoch=3, start=10, stop=40)  # groups 0..2 of 16 rows
+    assert batch["key"].tolist() == [f"k{i}" for i in range(10, 40)]
+    assert batch["epoch"].tolist() == [3] * 30 and batch["epoch"].dtype == np.int64
+    assert sorted(batch) == ["epoch", "key"]
+    assert read_unit(path, ["n"], epoch=0, start=48, stop=50)["n"].tolist() == [48, 49]  # the last group only
 
 
 def test_every_rank_reads_as_many_rows_as_the_rank_dealt_the_fewest():
@@ -98,9 +124,8 @@ def one_shard(exp: dict, rows: int, spoiled: dict[int, str] | None = None):
 
 @pytest.mark.parametrize("actor_rows", [0, 97], ids=["actor pool", "tasks below views_actor_rows"])
 def test_a_ranks_file_is_read_in_blocks_for_parallel_views_in_file_order(ray_session, tmp_path, actor_rows):
-    # One file of 96 rows, batches of 8, 2 CPUs: Ray Data's default reader would make one block and
-    # one views call of it; the read splits it into 96 / (8 * 4) = 3 blocks for 2 views actors (or
-    # tasks, for a stage under data.views_actor_rows), in order.
+    # One file of 96 rows, batches of 8, 2 CPUs: 96 / (8 * 4) = 3 read units, each a views call and
+    # a block, for 2 views actors (or tasks, for a stage under data.views_actor_rows), in order.
     rows, batch = 96, 8
     exp = tiny_exp(tmp_path, batch, actor_rows)
     shards = one_shard(exp, rows)
@@ -147,14 +172,14 @@ def test_batches_without_rows_pass_their_counts_on_within_the_block_and_to_the_n
     v = views_of(batch_size=4)
     # 5 batches of 4: the first, the middle and the last two have no good row
     bad = set(range(0, 4)) | set(range(8, 12)) | set(range(12, 20))
-    out = list(v(block_of(0, 20, bad)))
+    out = list(v.block(block_of(0, 20, bad)))
     assert [len(b["masks"]) for b in out] == [4]  # only batch 2 (rows 4..7) has rows
     assert totals(out)["rows_done"] == 20 and totals(out)["bad_rows"] == 16 and totals(out)["rows_seen"] == 20
     assert out[0]["rows_done"].tolist() == [0, 0, 0, 20]  # on the last row, with the counters
     # a block without one good row hands its counters to the actor's next call, which Ray Data may
     # run out of order: its rows_done stays behind (a replay of its file after a restart, not a skip)
-    assert list(v(block_of(20, 6, set(range(20, 26))))) == []
-    later = list(v(block_of(26, 6, {31})))
+    assert list(v.block(block_of(20, 6, set(range(20, 26))))) == []
+    later = list(v.block(block_of(26, 6, {31})))
     assert [len(b["masks"]) for b in later] == [4, 1]
     assert totals(later) == {
         **dict.fromkeys(COUNT_COLUMNS, 0),
@@ -170,7 +195,7 @@ def test_batches_without_rows_pass_their_counts_on_within_the_block_and_to_the_n
 def test_shared_files_count_other_ranks_rows_as_done_but_not_seen():
     block = block_of(0, 16, set())
     ids = key_ids(block["key"])
-    outs = [list(views_of(batch_size=4, rank=r, world_size=2, share=True)(block)) for r in (0, 1)]
+    outs = [list(views_of(batch_size=4, rank=r, world_size=2, share=True).block(block)) for r in (0, 1)]
     for r, out in enumerate(outs):
         np.testing.assert_array_equal(np.concatenate([b["key_id"] for b in out]), ids[ids % 2 == r])
     assert sum(totals(out)["rows_seen"] for out in outs) == 16  # each row seen by one rank
@@ -178,7 +203,7 @@ def test_shared_files_count_other_ranks_rows_as_done_but_not_seen():
 
 
 def test_every_bad_row_is_counted_through_the_pipeline_on_ray(ray_session, tmp_path):
-    # 96 rows in 3 read blocks of 32 (4 views batches of 8) on 2 actors. Bad rows fill a whole views
+    # 96 rows in 3 read units of 32 (4 views batches of 8) on 2 actors. Bad rows fill a whole views
     # batch at the end of the first block (24..31), one at the start of the last (64..71) and the
     # last of the file (88..95), plus a few in batches that keep good rows.
     rows, batch = 96, 8
@@ -206,14 +231,3 @@ def test_every_bad_row_is_counted_through_the_pipeline_on_ray(ray_session, tmp_p
     keys = pq.read_table(shards[0].file, columns=["key"]).column("key").to_pylist()
     kept = out["key_id"] != -1
     np.testing.assert_array_equal(out["key_id"][kept], key_ids([keys[i] for i in good])[kept])
-
-
-def test_a_read_task_imports_neither_torch_nor_the_views():
-    # With the views in actors, Ray Data runs the reads in processes of their own, which import the
-    # read's module: torch would add about 2 s to each one's start.
-    import subprocess
-    import sys
-
-    unwanted = ["torch", "tipslab.jobs.data.pipeline.views", "tipslab.jobs.data.pipeline.streaming"]
-    code = f"import sys, tipslab.jobs.data.pipeline.shard_read; print([m for m in {unwanted} if m in sys.modules])"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
