@@ -14,8 +14,9 @@ into phases named by where each ends:
 - `perf/startup/model_s`: to the first stage's model, teacher and optimizer built: the stage's data
   started, the model stack imported (timm, torchvision, torch._dynamo: after the data's start, so that the
   two overlap), a checkpoint read where the run resumes, the model wrapped for DDP or sharded for FSDP.
-- `perf/startup/first_batch_s`: to the first batch in hand: Ray Data's start-up (read tasks, the views'
-  workers, which import torch and build the views) less what overlapped the model's build.
+- `perf/startup/first_batch_s`: to the first batch in hand: Ray Data's start-up (the views' workers,
+  which import torch, build the views and read their first rows) less what overlapped the model's
+  build.
 - `perf/startup/first_step_s`: to the first report: the steps before it (`train.log_every` of them;
   the first one's compilation, with train.compile) and the report's own collectives.
 
