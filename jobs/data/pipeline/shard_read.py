@@ -21,6 +21,7 @@ import ray.data
 from ray.data.block import BlockAccessor
 
 from tipslab.jobs import storage
+from tipslab.models.errors import DataError
 
 # Rows of one read unit, in batches: a views actor's unit of work and one output block. Fewer
 # batches per block add per-call overhead; more delay the first batch and leave CPUs idle when a
@@ -56,6 +57,16 @@ def units_dataset(pieces: list[tuple[int, str, int]], batch_size: int) -> ray.da
 def read_unit(file: str, columns: list[str], epoch: int, start: int, stop: int) -> dict[str, np.ndarray]:
     """Rows [start, stop) of a shard file (read from the row groups that hold them), as a numpy
     batch of `columns` plus `epoch`: the batch Ray Data would hand a `batch_format="numpy"` call."""
+    try:
+        table = read_rows(file, columns, start, stop)
+    except (OSError, pa.ArrowException) as err:  # a file gone or not Parquet: named, not just "<Buffer>"
+        raise DataError(f"shard file {file}: cannot read its rows {start}..{stop - 1}: {err}") from err
+    table = table.append_column("epoch", pa.array(np.full(table.num_rows, epoch, np.int64)))
+    return BlockAccessor.for_block(table).to_batch_format("numpy")
+
+
+def read_rows(file: str, columns: list[str], start: int, stop: int) -> pa.Table:
+    """Rows [start, stop) of `columns` of a Parquet file, from the row groups that hold them."""
     fs, path = storage.resolve(file)
     with fs.open_input_file(path) as handle:
         parquet = pq.ParquetFile(handle)
@@ -67,6 +78,4 @@ def read_unit(file: str, columns: list[str], epoch: int, start: int, stop: int) 
             elif end < stop:
                 groups.append(group)
             end += rows
-        table = parquet.read_row_groups(groups, columns=columns).slice(start - first, stop - start)
-    table = table.append_column("epoch", pa.array(np.full(table.num_rows, epoch, np.int64)))
-    return BlockAccessor.for_block(table).to_batch_format("numpy")
+        return parquet.read_row_groups(groups, columns=columns).slice(start - first, stop - start)

@@ -22,6 +22,7 @@ from tipslab.jobs.data.pipeline.streaming import (
 )
 from tipslab.jobs.data.pipeline.views import BAD_ROW_COLUMNS, TIPSViews
 from tipslab.jobs.data.scenes.generate import generate_scenes, scene_row
+from tipslab.models.errors import DataError
 from tipslab.models.tokenizer import HashTokenizer
 from tipslab.orchestrator.config import load_experiment, to_dict
 
@@ -65,6 +66,11 @@ def test_a_read_unit_reads_its_rows_from_the_row_groups_that_hold_them(tmp_path)
     assert batch["epoch"].tolist() == [3] * 30 and batch["epoch"].dtype == np.int64
     assert sorted(batch) == ["epoch", "key"]
     assert read_unit(path, ["n"], epoch=0, start=48, stop=50)["n"].tolist() == [48, 49]  # the last group only
+    # a file that is not Parquet (or is gone) is named, with the rows that were wanted
+    (tmp_path / "broken.parquet").write_bytes(b"not parquet" * 10)
+    for name in ("broken.parquet", "gone.parquet"):
+        with pytest.raises(DataError, match=rf"shard file {tmp_path / name}: cannot read its rows 0\.\.7: "):
+            read_unit(str(tmp_path / name), ["key"], epoch=0, start=0, stop=8)
 
 
 def test_every_rank_reads_as_many_rows_as_the_rank_dealt_the_fewest():
