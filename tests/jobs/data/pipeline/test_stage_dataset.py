@@ -44,9 +44,11 @@ def test_a_stage_of_three_epochs_builds_its_views_once_per_actor_each_epoch_its_
     log = tmp_path / "built.txt"
     ds = stage_dataset(exp, plans, rank=0, cpus=2, views_class=counted_views(str(log)))
     out = ds.take_batch(3 * rows, batch_format="numpy")
-    # two actors (2 CPUs), each built once for all three epochs, in two processes
+    # 6 read units (2 an epoch) on two actors (2 CPUs), each building its views once for all three
+    # epochs, in its own process; the units are ready at once, so the first actor up may make them
+    # all before the second has built its views
     built = log.read_text().split()
-    assert len(built) == 2 and len(set(built)) == 2
+    assert 1 <= len(built) <= 2 and len(set(built)) == len(built), built
     # the epochs one after another, each the file's rows in order
     keys = key_ids(pq.read_table(shards[0].file, columns=["key"]).column("key").to_pylist())
     np.testing.assert_array_equal(out["epoch"], np.repeat([0, 1, 2], rows))
