@@ -27,7 +27,7 @@ from tipslab.models.errors import DataError
 # batches per block add per-call overhead; more delay the first batch and leave CPUs idle when a
 # rank has few rows.
 BATCHES_PER_BLOCK = 4
-UNIT_COLUMNS = ("epoch", "file", "start", "stop")
+UNIT_COLUMNS = ("epoch", "file", "start", "stop")  # a read unit: rows [start, stop) of a file, for an epoch
 
 
 def read_split(rows: int, batch_size: int) -> int:
@@ -41,10 +41,8 @@ def read_units(pieces: list[tuple[int, str, int]], batch_size: int) -> list[dict
     units = []
     for epoch, file, rows in pieces:
         step = math.ceil(math.ceil(rows / read_split(rows, batch_size)) / batch_size) * batch_size
-        units += [
-            {"epoch": epoch, "file": file, "start": start, "stop": min(start + step, rows)}
-            for start in range(0, rows, step)
-        ]
+        for start in range(0, rows, step):
+            units.append(dict(zip(UNIT_COLUMNS, (epoch, file, start, min(start + step, rows)))))
     return units
 
 
