@@ -49,6 +49,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tipslab.jobs import storage
 from tipslab.jobs.config import DataConfig
 from tipslab.jobs.data.pipeline.batches import EpochBatches
+from tipslab.jobs.data.pipeline.columns import TRAIN_COLUMNS
 from tipslab.jobs.data.pipeline.shard_read import BATCHES_PER_BLOCK, units_dataset
 from tipslab.jobs.data.pipeline.streaming import PositionedViews, map_views
 from tipslab.jobs.data.pipeline.views import TIPSViews
@@ -56,7 +57,8 @@ from tipslab.jobs.data.shards.format import read_manifest, shard_files
 from tipslab.models.errors import ConfigError, DataError
 from tipslab.models.tokenizer import HashTokenizer
 
-COLUMNS = ["key", "image", "web_caption", "synthetic_caption"]
+# The training pipeline's columns; the views measured have no tag vocabulary, so no `tags`.
+COLUMNS = list(TRAIN_COLUMNS)
 
 
 def bench_views(
@@ -232,7 +234,7 @@ def raydata_batches(
         cpus=cpus,
         views_class=TimedPositionedViews,
         actors=actors,
-        columns=tuple(COLUMNS),
+        columns=TRAIN_COLUMNS,
     )
     batches, skipped = EpochBatches(ds.iter_torch_batches(batch_size=None, prefetch_batches=1), batch_size), []
     for epoch in range(epochs):
