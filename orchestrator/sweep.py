@@ -26,7 +26,7 @@ from .faults import check_storage, disk_fault, size, storage_guard
 from .leftovers import remove_dead_jobs_placement_groups
 from .meter import ensure_scenes_shown
 from .progress import ProgressCallback
-from .runtime import RAY_PLACES, ensure_ray, storage_path, tracking_uri
+from .runtime import RAY_PLACES, ensure_ray, start_data_stats_actor, storage_path, tracking_uri
 from .search import scheduler, searcher, tune_space
 from .spec import Plan, Trial
 from .tracking import SweepTracker
@@ -133,6 +133,7 @@ def run_sweep(plan: Plan, address: str | None = None, resume: bool = False) -> S
 def _run(plan: Plan, tracker: SweepTracker, address: str | None, resume: bool) -> SweepResult:
     start = time.perf_counter()
     cluster = ensure_ray(address)  # before the scenes, so that missing ones render in parallel Ray tasks
+    start_data_stats_actor()  # once for the sweep's trials, not once per trial
     if resume:  # what a dead driver's trials may have left reserved (orchestrator/leftovers.py)
         remove_dead_jobs_placement_groups(RAY_PLACES["dashboard"])
     timings = {"ray_start_s": time.perf_counter() - start}
