@@ -177,6 +177,12 @@ def cmd_bench_data(args) -> None:
     log_cpu_bench("data", "none", result, metrics, {k: result[k] for k in ("shards", "augment", "mask_mode", "views")})
     if printed_json(args, result):
         return
+    print_bench_data(result, cpus, shards)
+    print(f"MLflow run {result['mlflow_run_id']} ({EXPERIMENT})")
+
+
+def print_bench_data(result: dict, cpus: int, shards: str) -> None:
+    """`bench data`'s figures, one pipeline a line, then their ratio."""
     print(
         f"TIPS views ({result['image_size']} px global crop, {result['local_crops']} local crops of "
         f"{result['local_crop_size']} px, {result['augment']} augmentation) on {cpus} CPUs, shards {shards}, "
@@ -187,12 +193,13 @@ def cmd_bench_data(args) -> None:
             f"  {name:<17} {result[f'{key}_images_per_s']:>8.1f} images/s ({result[f'{key}_images_per_s_per_cpu']:.1f} "
             f"per CPU), start-up {result[f'{key}_startup_s']:.1f} s"
         )
-    print(
-        f"  Ray Data / DataLoader: {result['ratio']:.2f}; its views actors ready after "
-        f"{result['raydata_actors_ready_s']:.1f} s, then {result['raydata_ready_images_per_s']:.1f} images/s "
-        f"({result['ready_ratio']:.2f} of the DataLoader's)"
+    ready = (  # tasks start in processes Ray has running: no actors to wait for
+        f"; its views actors ready after {result['raydata_actors_ready_s']:.1f} s, then "
+        f"{result['raydata_ready_images_per_s']:.1f} images/s ({result['ready_ratio']:.2f} of the DataLoader's)"
+        if result["views"] == "actors"
+        else ""
     )
-    print(f"MLflow run {result['mlflow_run_id']} ({EXPERIMENT})")
+    print(f"  Ray Data / DataLoader: {result['ratio']:.2f}{ready}")
 
 
 def cmd_bench_trial(args) -> None:

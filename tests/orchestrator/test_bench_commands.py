@@ -8,7 +8,7 @@ from conftest import tiny_overrides
 from mlflow.tracking import MlflowClient
 
 from tipslab.jobs.bench import COMPONENTS as STEP_COMPONENTS
-from tipslab.orchestrator.bench_commands import EXPERIMENT
+from tipslab.orchestrator.bench_commands import EXPERIMENT, print_bench_data
 from tipslab.orchestrator.bench_runs import TRIAL_EXPERIMENT, startup_table
 from tipslab.orchestrator.cli import main
 from tipslab.orchestrator.runtime import tracking_uri
@@ -236,3 +236,33 @@ def test_the_startup_table_puts_each_phase_beside_the_floors():
         ["worker_setup", "6.2", "-"],
         ["first_batch", "2.0", "-"],
     ]
+
+
+def test_bench_data_speaks_of_the_views_actors_only_where_they_ran(capsys):
+    result = {
+        "image_size": 224,
+        "local_crops": 2,
+        "local_crop_size": 96,
+        "augment": "dinov2",
+        "epochs": 50,
+        "raydata_images_per_s": 440.0,
+        "raydata_images_per_s_per_cpu": 220.0,
+        "raydata_startup_s": 5.5,
+        "dataloader_images_per_s": 400.0,
+        "dataloader_images_per_s_per_cpu": 200.0,
+        "dataloader_startup_s": 0.3,
+        "ratio": 1.1,
+        "raydata_actors_ready_s": 5.0,
+        "raydata_ready_images_per_s": 480.0,
+        "ready_ratio": 1.2,
+    }
+    print_bench_data({**result, "views": "actors"}, 2, "shards/train")
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith("50 epochs, Ray Data's views in actors:")
+    assert out[1].split()[:4] == ["Ray", "Data", "440.0", "images/s"] and "start-up 5.5 s" in out[1]
+    assert out[3] == (
+        "  Ray Data / DataLoader: 1.10; its views actors ready after 5.0 s, "
+        "then 480.0 images/s (1.20 of the DataLoader's)"
+    )
+    print_bench_data({**result, "views": "tasks", "raydata_actors_ready_s": 0.0, "ready_ratio": 1.1}, 2, "s")
+    assert capsys.readouterr().out.splitlines()[3] == "  Ray Data / DataLoader: 1.10"
