@@ -50,7 +50,7 @@ from tipslab.jobs import storage
 from tipslab.jobs.config import DataConfig
 from tipslab.jobs.data.pipeline.batches import EpochBatches
 from tipslab.jobs.data.pipeline.columns import TRAIN_COLUMNS
-from tipslab.jobs.data.pipeline.shard_read import BATCHES_PER_BLOCK, units_dataset
+from tipslab.jobs.data.pipeline.shard_read import BATCHES_PER_BLOCK
 from tipslab.jobs.data.pipeline.streaming import PositionedViews, map_views
 from tipslab.jobs.data.pipeline.views import TIPSViews
 from tipslab.jobs.data.shards.format import read_manifest, shard_files
@@ -220,15 +220,16 @@ def raydata_batches(
     actors: bool = True,
 ):
     """The training pipeline over the files' first `rows` rows (0: all), `epochs` times: one dataset
-    (`stage_dataset`'s read units of about 4 batches, and `map_views`' actor pool, started once,
-    whose actors read their units), its blocks as torch tensors cut into batches of one epoch each
-    (`EpochBatches`), with each epoch's short last batch; `make_views()` builds each actor's views
-    (`actors=False`: Ray tasks, as training runs a stage under `data.views_actor_rows`)."""
+    (`map_views` on the pieces, as `stage_dataset` makes it: read units of about 4 batches in an actor
+    pool started once, whose actors read their units), its blocks as torch tensors cut into batches
+    of one epoch each (`EpochBatches`), with each epoch's short last batch; `make_views()` builds
+    each actor's views (`actors=False`: Ray tasks of about 16 batches each after the first units, as
+    training runs a stage under `data.views_actor_rows`)."""
     # As stage_dataset runs it: rows in order, no ExecutionResources limit (the views' task or actor
     # count and their CPU sizes keep the pipeline within `cpus`).
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     ds = map_views(
-        units_dataset(epoch_pieces(files, file_rows, rows, epochs), batch_size),
+        epoch_pieces(files, file_rows, rows, epochs),
         make_views,
         batch_size=batch_size,
         cpus=cpus,

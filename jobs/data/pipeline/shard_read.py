@@ -1,6 +1,7 @@
 """The read side of the training pipeline: a rank's (epoch, shard file, rows) pieces cut into read
 units of about `BATCHES_PER_BLOCK` batches each, as a Ray Data dataset of units in order, one unit a
-block; the views (jobs/data/pipeline/streaming.py) read each unit's rows themselves (`read_unit`).
+block (or, for a pool of tasks, about `TASK_BATCHES` batches of units a block); the views
+(jobs/data/pipeline/streaming.py) read each unit's rows themselves (`read_unit`).
 
 Reading in the views, rather than in Ray Data read tasks ahead of them, keeps the images' bytes out
 of Ray's object store (a read task put each file's bytes there, and the views actor copied them out
@@ -27,6 +28,11 @@ from tipslab.models.errors import DataError
 # batches per block add per-call overhead; more delay the first batch and leave CPUs idle when a
 # rank has few rows.
 BATCHES_PER_BLOCK = 4
+# Rows of one Ray task's work where the views run in tasks, in batches: its units, one block. A task
+# costs its CPU about 0.2 s between the end of one and the start of the next (Ray Data's scheduling
+# loop; measured on 2 cores with tasks of 0.6 s: 1.5 of 2 CPUs busy, 1.9 with tasks of 1.2 s), which
+# an actor pool's queued calls do not pay. At 224 px 16 batches of 32 are about 2.5 CPU-s of views.
+TASK_BATCHES = 16
 UNIT_COLUMNS = ("epoch", "file", "start", "stop")  # a read unit: rows [start, stop) of a file, for an epoch
 
 
@@ -46,10 +52,28 @@ def read_units(pieces: list[tuple[int, str, int]], batch_size: int) -> list[dict
     return units
 
 
-def units_dataset(pieces: list[tuple[int, str, int]], batch_size: int) -> ray.data.Dataset:
-    """The pieces' read units as a dataset of one unit per block, in order."""
-    units = read_units(pieces, batch_size)
-    return ray.data.from_items(units, override_num_blocks=len(units))
+def unit_blocks(units: list[dict], rows: int = 0, lead: int = 0) -> list[list[dict]]:
+    """The units in blocks, in order: one a block, or with `rows` the first `lead` one a block (the
+    first batches as soon as one unit's views are made), then as many a block as hold `rows` rows."""
+    if not rows:
+        return [[unit] for unit in units]
+    blocks, block, held = [[unit] for unit in units[:lead]], [], 0
+    for unit in units[lead:]:
+        block.append(unit)
+        held += unit["stop"] - unit["start"]
+        if held >= rows:
+            blocks.append(block)
+            block, held = [], 0
+    return blocks + [block] if block else blocks
+
+
+def units_dataset(
+    pieces: list[tuple[int, str, int]], batch_size: int, block_batches: int = 0, lead: int = 0
+) -> ray.data.Dataset:
+    """The pieces' read units as a dataset in order: one unit a block, or (a pool of tasks, one
+    block a task) after `lead` blocks of one, blocks of units that hold `block_batches` batches."""
+    blocks = unit_blocks(read_units(pieces, batch_size), block_batches * batch_size, lead)
+    return ray.data.from_arrow([pa.Table.from_pylist(block) for block in blocks])
 
 
 def read_unit(file: str, columns: list[str], epoch: int, start: int, stop: int) -> dict[str, np.ndarray]:

@@ -26,15 +26,18 @@ the actors share a file and each hands its first batches over early. A call read
 itself (`read_unit`): the images' bytes never pass through Ray's object store, and no read task
 competes with the views for the rank's CPUs (the actors hold its whole share). A stage of fewer than
 `data.views_actor_rows` rows on a rank (the laptop configs, the tests) runs the same views in Ray
-tasks instead, which reuse idle worker processes but unpickle the views with every unit and cannot
-hand the counters of a unit without rows to a later one (below).
+tasks instead, which reuse idle worker processes but unpickle the views with every task and cannot
+hand the counters of a task's units without rows to a later task (below). A task takes one unit
+while each worker makes its first batches, then units of about `TASK_BATCHES` batches: Ray Data
+leaves a CPU idle for about 0.2 s between one task and the next, a quarter of the CPU time with
+tasks of one unit (measured on 2 cores), where an actor's next call is already queued.
 
 Each batch carries `rows_done` (on the last output row of each views batch: the input rows, bad ones
 included, that are fully used once that row is trained on); summed over an epoch's trained batches
 it is the rank's position in that epoch's ordered file list. The bad-row counters (BAD_ROW_COLUMNS)
 ride on the same row. A views batch left without rows passes its counts on (PositionedViews), so
 that they are lost only for a read unit without a single good row that is its actor's last of the
-dataset, or any such unit when the views run as tasks (logged either way).
+dataset, or any such unit that is its task's last when the views run as tasks (logged either way).
 `key_id` (a stable 63-bit id of the row's key) lets a run be checked for replayed rows; it is -1 in a
 views batch that dropped bad rows, where ids can no longer be matched to rows.
 """
@@ -50,7 +53,7 @@ import ray.data
 
 from tipslab.jobs.config import experiment, read_tag_vocab
 from tipslab.jobs.data.pipeline.columns import TRAIN_COLUMNS, train_columns
-from tipslab.jobs.data.pipeline.shard_read import UNIT_COLUMNS, read_unit, units_dataset
+from tipslab.jobs.data.pipeline.shard_read import TASK_BATCHES, UNIT_COLUMNS, read_unit, units_dataset
 from tipslab.jobs.data.pipeline.views import BAD_ROW_COLUMNS, TIPSViews, bad_row_counts, count_columns, view_options
 from tipslab.jobs.data.shards.format import read_manifest, shard_files
 from tipslab.models.tokenizer import build_tokenizer
@@ -181,7 +184,7 @@ class PositionedViews:
 
 
 def map_views(
-    ds: ray.data.Dataset,
+    pieces: list[tuple[int, str, int]],
     make_views,
     *,
     batch_size: int,
@@ -190,27 +193,29 @@ def map_views(
     actors: bool = True,
     **views_args,
 ) -> ray.data.Dataset:
-    """The views of `ds`'s read units (`units_dataset`), one unit per call, rows in order
+    """The views of the (epoch, file, rows) pieces' read units (`units_dataset`), rows in order
     (`preserve_order`): in a pool of `views_actors(cpus)` actors of `views_class` (PositionedViews
-    or a subclass), or with `actors=False` in as many Ray tasks at a time, each unpickling one
-    instance made here (which cannot hand the counters of a unit without a good row to a later
-    unit: they are logged)."""
+    or a subclass), one unit a call; or with `actors=False` in as many Ray tasks at a time, the first
+    ones a unit each, then TASK_BATCHES batches of units a task, each task unpickling one instance
+    made here (which cannot hand the counters of its units without a good row to a later task:
+    they are logged)."""
     kwargs = dict(make_views=make_views, batch_size=batch_size, **views_args)
+    workers = views_actors(cpus)
     if not actors:
-        return ds.map_batches(
+        return units_dataset(pieces, batch_size, TASK_BATCHES, lead=workers).map_batches(
             views_class(**kwargs),
             batch_size=None,
             batch_format="numpy",
             num_cpus=min(cpus, 1.0),
-            compute=ray.data.TaskPoolStrategy(size=views_actors(cpus)),
+            compute=ray.data.TaskPoolStrategy(size=workers),
         )
-    return ds.map_batches(
+    return units_dataset(pieces, batch_size).map_batches(
         views_class,
         fn_constructor_kwargs=kwargs,
         batch_size=None,
         batch_format="numpy",
         num_cpus=min(cpus, 1.0),
-        compute=ray.data.ActorPoolStrategy(size=views_actors(cpus)),
+        compute=ray.data.ActorPoolStrategy(size=workers),
     )
 
 
@@ -313,7 +318,7 @@ def stage_dataset(
     columns = train_columns(data.tag_vocab)  # checked for before Ray starts (orchestrator/config.py)
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # the position is a row count
     return map_views(
-        units_dataset(pieces, data.batch_size),
+        pieces,
         partial(views_for, exp),
         batch_size=data.batch_size,
         cpus=cpus,

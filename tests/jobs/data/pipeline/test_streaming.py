@@ -7,7 +7,7 @@ import pytest
 from conftest import REPO, spoil_rows, tiny_overrides
 
 from tipslab.jobs.data.pipeline.columns import TRAIN_COLUMNS
-from tipslab.jobs.data.pipeline.shard_read import BATCHES_PER_BLOCK, read_split, read_unit, read_units
+from tipslab.jobs.data.pipeline.shard_read import BATCHES_PER_BLOCK, read_split, read_unit, read_units, unit_blocks
 from tipslab.jobs.data.pipeline.streaming import (
     COUNT_COLUMNS,
     PositionedViews,
@@ -54,6 +54,16 @@ def test_a_piece_is_cut_into_read_units_of_about_four_whole_batches():
         (64, 96),
         (96, 100),
     ]
+
+
+def test_a_pool_of_tasks_takes_its_units_a_few_at_a_time_after_the_first_ones():
+    units = [{"start": 0, "stop": n} for n in (32, 32, 32, 32, 8, 32, 96, 32, 16)]
+    sizes = [[u["stop"] for u in block] for block in unit_blocks(units)]
+    assert sizes == [[n] for n in (32, 32, 32, 32, 8, 32, 96, 32, 16)]  # actors: a unit a call
+    # the first 2 alone (a first batch from each worker soon), then blocks of at least 64 rows, in order
+    sizes = [[u["stop"] for u in block] for block in unit_blocks(units, rows=64, lead=2)]
+    assert sizes == [[32], [32], [32, 32], [8, 32, 96], [32, 16]]
+    assert unit_blocks(units[:1], rows=64, lead=2) == [units[:1]] and unit_blocks([], rows=64, lead=2) == []
 
 
 def test_a_read_unit_reads_its_rows_from_the_row_groups_that_hold_them(tmp_path):
@@ -128,15 +138,18 @@ def one_shard(exp: dict, rows: int, spoiled: dict[int, str] | None = None):
     return shards
 
 
-@pytest.mark.parametrize("actor_rows", [0, 97], ids=["actor pool", "tasks below views_actor_rows"])
-def test_a_ranks_file_is_read_in_blocks_for_parallel_views_in_file_order(ray_session, tmp_path, actor_rows):
-    # One file of 96 rows, batches of 8, 2 CPUs: 96 / (8 * 4) = 3 read units, each a views call and
-    # a block, for 2 views actors (or tasks, for a stage under data.views_actor_rows), in order.
-    rows, batch = 96, 8
+@pytest.mark.parametrize("actor_rows, blocks", [(0, 12), (97, 5)], ids=["actor pool", "tasks below views_actor_rows"])
+def test_a_ranks_file_is_read_in_blocks_for_parallel_views_in_file_order(ray_session, tmp_path, actor_rows, blocks):
+    # One file of 96 rows, batches of 2, 2 CPUs: 96 / (2 * 4) = 12 read units, in order. In the 2
+    # views actors, a unit a call and a block; in tasks (a stage under data.views_actor_rows), one
+    # unit a task for the first 2, then units of TASK_BATCHES (16) batches a task: 4, 4 and 2.
+    rows, batch = 96, 2
     exp = tiny_exp(tmp_path, batch, actor_rows)
     shards = one_shard(exp, rows)
     ds = stage_dataset(exp, [plan_epoch(shards, seed=0, epoch=0, world_size=1)], rank=0, cpus=2).materialize()
-    assert ds.num_blocks() == 3  # a views call per block, on either actor
+    assert ds.num_blocks() == blocks  # a views call's (a task's) output is one block
+    sizes = [len(block["key_id"]) for block in ds.iter_batches(batch_size=None, batch_format="numpy")]
+    assert sizes == ([8] * 12 if actor_rows == 0 else [8, 8, 32, 32, 16])
     out = ds.take_batch(rows, batch_format="numpy")
     # preserve_order: the rows come in file order (the resumable position is a row count)
     keys = pq.read_table(shards[0].file, columns=["key"]).column("key").to_pylist()
