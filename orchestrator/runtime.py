@@ -108,6 +108,8 @@ def start_data_stats_actor() -> None:
     stats actor then joins the trial's group and dies with it, and every trial started its own, a
     fresh process (about 1.5 CPU-s, measured on 2 cores) while its worker built the model. Started
     here, it lasts as long as the cluster, and the trials find it (Ray Data asks for it by name).
+    Ray Data's own function for it is internal (Ray is pinned; tests/orchestrator/test_runtime.py
+    fails if it changes).
     """
     from ray.data._internal.stats import get_or_create_stats_actor
 
