@@ -53,7 +53,7 @@ import ray.data
 
 from tipslab.jobs.config import experiment, read_tag_vocab
 from tipslab.jobs.data.pipeline.columns import TRAIN_COLUMNS, train_columns
-from tipslab.jobs.data.pipeline.shard_read import TASK_BATCHES, UNIT_COLUMNS, read_unit, units_dataset
+from tipslab.jobs.data.pipeline.shard_read import TASK_BATCHES, block_units, read_unit, units_dataset
 from tipslab.jobs.data.pipeline.views import BAD_ROW_COLUMNS, TIPSViews, bad_row_counts, count_columns, view_options
 from tipslab.jobs.data.shards.format import read_manifest, shard_files
 from tipslab.models.tokenizer import build_tokenizer
@@ -147,7 +147,7 @@ class PositionedViews:
         return out, counts
 
     def __call__(self, units: dict):
-        for epoch, file, start, stop in zip(*(units[c] for c in UNIT_COLUMNS)):
+        for epoch, file, start, stop in block_units(units):
             yield from self.block(read_unit(str(file), self.columns, int(epoch), int(start), int(stop)))
 
     def block(self, block: dict):

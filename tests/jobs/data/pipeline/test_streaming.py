@@ -7,7 +7,15 @@ import pytest
 from conftest import REPO, spoil_rows, tiny_overrides
 
 from tipslab.jobs.data.pipeline.columns import TRAIN_COLUMNS
-from tipslab.jobs.data.pipeline.shard_read import BATCHES_PER_BLOCK, read_split, read_unit, read_units, unit_blocks
+from tipslab.jobs.data.pipeline.shard_read import (
+    BATCHES_PER_BLOCK,
+    block_units,
+    read_split,
+    read_unit,
+    read_units,
+    unit_blocks,
+    units_dataset,
+)
 from tipslab.jobs.data.pipeline.streaming import (
     COUNT_COLUMNS,
     PositionedViews,
@@ -64,6 +72,18 @@ def test_a_pool_of_tasks_takes_its_units_a_few_at_a_time_after_the_first_ones():
     sizes = [[u["stop"] for u in block] for block in unit_blocks(units, rows=64, lead=2)]
     assert sizes == [[32], [32], [32, 32], [8, 32, 96], [32, 16]]
     assert unit_blocks(units[:1], rows=64, lead=2) == [units[:1]] and unit_blocks([], rows=64, lead=2) == []
+
+
+def test_the_units_dataset_hands_its_units_over_in_order_a_row_each_or_in_lists(ray_session):
+    pieces = [(0, "a", 256), (0, "b", 100), (1, "c", 20), (1, "d", 64)]
+    units = [tuple(u.values()) for u in read_units(pieces, batch_size=8)]  # 8 + 4 + 1 + 2 units
+    # a unit a block; units of 5 batches (40 rows) a block after 2 alone: a0 a1 [a2 a3] [a4 a5] [a6 a7]
+    # [b0 b1] [b2 b3 c] [d0 d1]; of 4 batches (32 rows) after 1: one a block (a list of one), but [b3 c d0]
+    for grouping, blocks in (({}, 15), ({"block_batches": 5, "lead": 2}, 8), ({"block_batches": 4, "lead": 1}, 13)):
+        ds = units_dataset(pieces, 8, **grouping)
+        assert ds.num_blocks() == blocks
+        got = [u for b in ds.iter_batches(batch_size=None, batch_format="numpy") for u in block_units(b)]
+        assert [(int(e), str(f), int(a), int(z)) for e, f, a, z in got] == units
 
 
 def test_a_read_unit_reads_its_rows_from_the_row_groups_that_hold_them(tmp_path):
