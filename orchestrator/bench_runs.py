@@ -298,3 +298,10 @@ def measure_trial(args) -> dict:
         {"steps": exp.train.steps, "num_workers": exp.train.num_workers, "overrides": " ".join(args.overrides)},
     )
     return result
+
+
+def printed_json(args, result) -> bool:
+    """With --json, the result as JSON (stable keys) on stdout, and nothing else."""
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return args.json

@@ -8,7 +8,8 @@ from conftest import tiny_overrides
 from mlflow.tracking import MlflowClient
 
 from tipslab.jobs.bench import COMPONENTS as STEP_COMPONENTS
-from tipslab.orchestrator.bench_commands import EXPERIMENT, print_bench_data
+from tipslab.orchestrator.bench_commands import EXPERIMENT
+from tipslab.orchestrator.bench_data_command import print_bench_data
 from tipslab.orchestrator.bench_runs import TRIAL_EXPERIMENT, startup_table
 from tipslab.orchestrator.cli import main
 from tipslab.orchestrator.runtime import tracking_uri
