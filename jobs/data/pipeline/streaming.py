@@ -27,10 +27,12 @@ itself (`read_unit`): the images' bytes never pass through Ray's object store, a
 competes with the views for the rank's CPUs (the actors hold its whole share). A stage of fewer than
 `data.views_actor_rows` rows on a rank (the laptop configs, the tests) runs the same views in Ray
 tasks instead, which reuse idle worker processes but unpickle the views with every task and cannot
-hand the counters of a task's units without rows to a later task (below). A task takes one unit
-while each worker makes its first batches, then units of about `TASK_BATCHES` batches: Ray Data
-leaves a CPU idle for about 0.2 s between one task and the next, a quarter of the CPU time with
-tasks of one unit (measured on 2 cores), where an actor's next call is already queued.
+hand the counters of a task's units without rows to a later task (below). A task takes units of
+up to `TASK_BATCHES` batches, fewer towards the stage's end (`unit_blocks`): Ray Data leaves a CPU
+idle for 0.05-0.2 s between one task and the next, a quarter of the CPU time with tasks of one
+unit (measured on 2 cores), where an actor's next call is already queued. Either way each views
+batch leaves as its own block as soon as it is made (`views_flow`), so a long task or call does not
+hold its first batches back.
 
 Each batch carries `rows_done` (on the last output row of each views batch: the input rows, bad ones
 included, that are fully used once that row is trained on); summed over an epoch's trained batches
@@ -54,7 +56,14 @@ import ray.data
 from tipslab.jobs.config import experiment, read_tag_vocab
 from tipslab.jobs.data.pipeline.columns import TRAIN_COLUMNS, train_columns
 from tipslab.jobs.data.pipeline.shard_read import TASK_BATCHES, block_units, read_unit, units_dataset
-from tipslab.jobs.data.pipeline.views import BAD_ROW_COLUMNS, TIPSViews, bad_row_counts, count_columns, view_options
+from tipslab.jobs.data.pipeline.views import (
+    BAD_ROW_COLUMNS,
+    TIPSViews,
+    bad_row_counts,
+    count_columns,
+    row_bytes,
+    view_options,
+)
 from tipslab.jobs.data.shards.format import read_manifest, shard_files
 from tipslab.models.tokenizer import build_tokenizer
 
@@ -191,32 +200,66 @@ def map_views(
     cpus: float,
     views_class=PositionedViews,
     actors: bool = True,
+    row_bytes: int = 0,
     **views_args,
 ) -> ray.data.Dataset:
     """The views of the (epoch, file, rows) pieces' read units (`units_dataset`), rows in order
     (`preserve_order`): in a pool of `views_actors(cpus)` actors of `views_class` (PositionedViews
-    or a subclass), one unit a call; or with `actors=False` in as many Ray tasks at a time, the first
-    ones a unit each, then TASK_BATCHES batches of units a task, each task unpickling one instance
+    or a subclass), one unit a call; or with `actors=False` in as many Ray tasks at a time, up to
+    TASK_BATCHES batches of units a task (`unit_blocks`), each task unpickling one instance
     made here (which cannot hand the counters of its units without a good row to a later task:
-    they are logged)."""
+    they are logged). `row_bytes` (`views.row_bytes`) sizes the output blocks: a block a views batch
+    (`views_flow`)."""
     kwargs = dict(make_views=make_views, batch_size=batch_size, **views_args)
     workers = views_actors(cpus)
     if not actors:
-        return units_dataset(pieces, batch_size, TASK_BATCHES, lead=workers).map_batches(
+        ds = units_dataset(pieces, batch_size, TASK_BATCHES, workers).map_batches(
             views_class(**kwargs),
             batch_size=None,
             batch_format="numpy",
             num_cpus=min(cpus, 1.0),
             compute=ray.data.TaskPoolStrategy(size=workers),
         )
-    return units_dataset(pieces, batch_size).map_batches(
-        views_class,
-        fn_constructor_kwargs=kwargs,
-        batch_size=None,
-        batch_format="numpy",
-        num_cpus=min(cpus, 1.0),
-        compute=ray.data.ActorPoolStrategy(size=workers),
-    )
+    else:
+        ds = units_dataset(pieces, batch_size).map_batches(
+            views_class,
+            fn_constructor_kwargs=kwargs,
+            batch_size=None,
+            batch_format="numpy",
+            num_cpus=min(cpus, 1.0),
+            compute=ray.data.ActorPoolStrategy(size=workers),
+        )
+    return views_flow(ds, batch_size * row_bytes, workers)
+
+
+def views_flow(ds: ray.data.Dataset, batch_bytes: int, workers: int) -> ray.data.Dataset:
+    """`ds` (the views map) set to hand each views batch on as soon as it is made, and to keep its
+    `workers` busy: four of Ray Data's settings, in this dataset's own context (Ray is pinned;
+    tests/jobs/data/pipeline/test_streaming.py checks them). Measured on 2 cores, 3 epochs of 512
+    scenes at 224 px in tasks:
+    - Ray Data gathers what a task or an actor's call yields into blocks of its target size (128 MiB)
+      before it hands them on: a task of 16 batches (about 100 MB) left as one block at its end, and
+      the training loop waited for a whole task's views before its first batch. A block closes once
+      its bytes pass the target and is cut only past 1.5 times it: a target of 0.8 of a batch
+      (`batch_bytes`; 0 leaves the default) makes a block a batch (a short batch goes on with the
+      next).
+    - A task may run only 2 blocks ahead of the executor's reading its outputs (its generator's
+      buffer), and paused when the executor was slow to come round: room for a whole task's batches
+      (TASK_BATCHES blocks) cut the tasks' summed time from 6.4-6.9 s to 5.9-6.3 s.
+    - Ray Data's per-operator reservation of half the resources started the second views task only
+      0.5-1 s after the first (one CPU idle at each stage's start): off.
+    - Without the reservation, its downstream-capacity policy stops new tasks once the outputs
+      waiting pass twice what the consumer holds, which rows in order make routine (the next task's
+      batches wait for this one's): held at what `workers` tasks of TASK_BATCHES batches make, the
+      bound on the views made ahead (about 200 MB a worker pair at 224 px).
+    """
+    context = ds.context
+    if batch_bytes:
+        context.target_max_block_size = int(0.8 * batch_bytes)
+    context._max_num_blocks_in_streaming_gen_buffer = TASK_BATCHES
+    context.op_resource_reservation_enabled = False
+    context.downstream_capacity_backpressure_ratio = float(workers * TASK_BATCHES)
+    return ds
 
 
 @dataclass
@@ -324,6 +367,7 @@ def stage_dataset(
         cpus=cpus,
         views_class=views_class,
         actors=sum(rows for _, _, rows in pieces) >= data.views_actor_rows,
+        row_bytes=row_bytes(**view_options(exp)),
         rank=rank,
         world_size=len(plans[0].files),
         share=frozenset(plan.epoch for plan in plans if plan.shared),

@@ -192,7 +192,7 @@ class TIPSViews:
             raise ConfigError(f"data.augment: {augment!r} is not one of {AUGMENTS}")
         self.image_size, self.local_crop_size, self.local_crops = image_size, local_crop_size, local_crops
         self.global_crop_scale, self.local_crop_scale = tuple(global_crop_scale), tuple(local_crop_scale)
-        self.grid = image_size // patch_size
+        self.patch_size, self.grid = patch_size, image_size // patch_size
         self.mask_ratio, self.mask_mode = mask_ratio, mask_mode
         self.augment = augment
         self.seed, self.epoch = seed, epoch
@@ -206,6 +206,15 @@ class TIPSViews:
         # For calls: counts of batches that had no good row, which have no output row to carry
         # them; they go out with this instance's next batch.
         self.carried = BadRows()
+
+    def row_bytes(self) -> int:
+        """`row_bytes` of these views."""
+        return row_bytes(
+            image_size=self.image_size,
+            patch_size=self.patch_size,
+            local_crops=self.local_crops,
+            local_crop_size=self.local_crop_size,
+        )
 
     def random_mask(self, rng: np.random.Generator) -> np.ndarray:
         return make_mask(rng, self.mask_mode, self.grid, self.mask_ratio)
@@ -326,6 +335,12 @@ class TIPSViews:
                 if tag in self.tag_index:
                     targets[r, self.tag_index[tag]] = 1.0
         return targets
+
+
+def row_bytes(*, image_size: int, patch_size: int, local_crops: int, local_crop_size: int, **_) -> int:
+    """The bytes of one views row's crops and mask: the bulk of a row (its tokens, tags and counters
+    add about 1% at 224 px). Takes `view_options`' keywords."""
+    return 3 * image_size**2 + local_crops * 3 * local_crop_size**2 + (image_size // patch_size) ** 2
 
 
 def view_options(exp) -> dict:

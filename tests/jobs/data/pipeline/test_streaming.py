@@ -1,6 +1,8 @@
 """The training input pipeline (jobs/data/pipeline/streaming.py): how a rank's files become blocks and views,
 one dataset for a stage's epochs, and how every input row is counted."""
 
+import re
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -9,6 +11,7 @@ from conftest import REPO, spoil_rows, tiny_overrides
 from tipslab.jobs.data.pipeline.columns import TRAIN_COLUMNS
 from tipslab.jobs.data.pipeline.shard_read import (
     BATCHES_PER_BLOCK,
+    TASK_BATCHES,
     block_units,
     read_split,
     read_unit,
@@ -27,6 +30,7 @@ from tipslab.jobs.data.pipeline.streaming import (
     stage_dataset,
     train_shards,
     views_actors,
+    views_flow,
 )
 from tipslab.jobs.data.pipeline.views import BAD_ROW_COLUMNS, TIPSViews
 from tipslab.jobs.data.scenes.generate import generate_scenes, scene_row
@@ -64,26 +68,44 @@ def test_a_piece_is_cut_into_read_units_of_about_four_whole_batches():
     ]
 
 
-def test_a_pool_of_tasks_takes_its_units_a_few_at_a_time_after_the_first_ones():
+def test_a_pool_of_tasks_takes_its_units_a_few_at_a_time_fewer_towards_the_end():
     units = [{"start": 0, "stop": n} for n in (32, 32, 32, 32, 8, 32, 96, 32, 16)]
     sizes = [[u["stop"] for u in block] for block in unit_blocks(units)]
     assert sizes == [[n] for n in (32, 32, 32, 32, 8, 32, 96, 32, 16)]  # actors: a unit a call
-    # the first 2 alone (a first batch from each worker soon), then blocks of at least 64 rows, in order
-    sizes = [[u["stop"] for u in block] for block in unit_blocks(units, rows=64, lead=2)]
-    assert sizes == [[32], [32], [32, 32], [8, 32, 96], [32, 16]]
-    assert unit_blocks(units[:1], rows=64, lead=2) == [units[:1]] and unit_blocks([], rows=64, lead=2) == []
+    # blocks of at least 64 rows while 2 workers have 128 rows or more left each, then of half what is left
+    sizes = [[u["stop"] for u in block] for block in unit_blocks(units, rows=64, workers=2)]
+    assert sizes == [[32, 32], [32, 32], [8, 32, 96], [32], [16]]
+    # 8 units of 32 rows, blocks of up to 4: the 2 workers take 4 each at first were the blocks all
+    # full, and one would run the last alone; instead 4, 2, 1, 1 (each worker 4 units in all)
+    even = [{"start": 0, "stop": 32}] * 8
+    assert [len(b) for b in unit_blocks(even, rows=128, workers=2)] == [4, 2, 1, 1]
+    assert [len(b) for b in unit_blocks(even, rows=128, workers=1)] == [4, 4]
+    assert unit_blocks(units[:1], rows=64, workers=2) == [units[:1]] and unit_blocks([], rows=64, workers=2) == []
 
 
 def test_the_units_dataset_hands_its_units_over_in_order_a_row_each_or_in_lists(ray_session):
     pieces = [(0, "a", 256), (0, "b", 100), (1, "c", 20), (1, "d", 64)]
     units = [tuple(u.values()) for u in read_units(pieces, batch_size=8)]  # 8 + 4 + 1 + 2 units
-    # a unit a block; units of 5 batches (40 rows) a block after 2 alone: a0 a1 [a2 a3] [a4 a5] [a6 a7]
-    # [b0 b1] [b2 b3 c] [d0 d1]; of 4 batches (32 rows) after 1: one a block (a list of one), but [b3 c d0]
-    for grouping, blocks in (({}, 15), ({"block_batches": 5, "lead": 2}, 8), ({"block_batches": 4, "lead": 1}, 13)):
+    # a unit a block; 5 batches (40 rows) for 2 workers: [a0 a1] [a2 a3] [a4 a5] [a6 a7] [b0 b1]
+    # [b2 b3 c] [d0] [d1]; 4 batches (32 rows) for 1: one a block (a list of one), but [b3 c d0]
+    for grouping, blocks in (({}, 15), ({"block_batches": 5, "workers": 2}, 8), ({"block_batches": 4}, 13)):
         ds = units_dataset(pieces, 8, **grouping)
         assert ds.num_blocks() == blocks
         got = [u for b in ds.iter_batches(batch_size=None, batch_format="numpy") for u in block_units(b)]
         assert [(int(e), str(f), int(a), int(z)) for e, f, a, z in got] == units
+
+
+def test_the_views_flow_settings_are_ray_datas_and_stay_in_their_dataset(ray_session):
+    import ray.data
+
+    names = ("target_max_block_size", "_max_num_blocks_in_streaming_gen_buffer")
+    names += ("op_resource_reservation_enabled", "downstream_capacity_backpressure_ratio")
+    assert all(hasattr(ray.data.DataContext(), name) for name in names)  # Ray renamed none of them
+    before = [getattr(ray.data.DataContext.get_current(), name) for name in names]
+    ds = views_flow(ray.data.range(4), batch_bytes=1000, workers=3)
+    assert [getattr(ds.context, name) for name in names] == [800, TASK_BATCHES, False, 3.0 * TASK_BATCHES]
+    assert [getattr(ray.data.DataContext.get_current(), name) for name in names] == before
+    assert views_flow(ray.data.range(4), 0, 1).context.target_max_block_size == before[0]
 
 
 def test_a_read_unit_reads_its_rows_from_the_row_groups_that_hold_them(tmp_path):
@@ -158,18 +180,19 @@ def one_shard(exp: dict, rows: int, spoiled: dict[int, str] | None = None):
     return shards
 
 
-@pytest.mark.parametrize("actor_rows, blocks", [(0, 12), (97, 5)], ids=["actor pool", "tasks below views_actor_rows"])
-def test_a_ranks_file_is_read_in_blocks_for_parallel_views_in_file_order(ray_session, tmp_path, actor_rows, blocks):
+@pytest.mark.parametrize("actor_rows, calls", [(0, 12), (97, 5)], ids=["actor pool", "tasks below views_actor_rows"])
+def test_a_ranks_file_is_read_in_units_for_parallel_views_in_file_order(ray_session, tmp_path, actor_rows, calls):
     # One file of 96 rows, batches of 2, 2 CPUs: 96 / (2 * 4) = 12 read units, in order. In the 2
-    # views actors, a unit a call and a block; in tasks (a stage under data.views_actor_rows), one
-    # unit a task for the first 2, then units of TASK_BATCHES (16) batches a task: 4, 4 and 2.
+    # views actors, a unit a call; in tasks (a stage under data.views_actor_rows), up to TASK_BATCHES
+    # (16) batches a task, fewer at the end (the rows left over the 2 workers): 4, 4, 2, 1 and 1 units.
+    # Either way each views batch leaves as its own block (views_flow), not a call's or a task's whole.
     rows, batch = 96, 2
     exp = tiny_exp(tmp_path, batch, actor_rows)
     shards = one_shard(exp, rows)
     ds = stage_dataset(exp, [plan_epoch(shards, seed=0, epoch=0, world_size=1)], rank=0, cpus=2).materialize()
-    assert ds.num_blocks() == blocks  # a views call's (a task's) output is one block
+    assert re.search(rf"PositionedViews\)[^:]*: {calls} tasks executed, 48 blocks produced", ds.stats())
     sizes = [len(block["key_id"]) for block in ds.iter_batches(batch_size=None, batch_format="numpy")]
-    assert sizes == ([8] * 12 if actor_rows == 0 else [8, 8, 32, 32, 16])
+    assert sizes == [batch] * 48
     out = ds.take_batch(rows, batch_format="numpy")
     # preserve_order: the rows come in file order (the resumable position is a row count)
     keys = pq.read_table(shards[0].file, columns=["key"]).column("key").to_pylist()

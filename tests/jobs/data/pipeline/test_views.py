@@ -53,6 +53,8 @@ def test_views_shapes_ranges_masks_and_tokens():
     assert out["web_tokens"].shape == (4, 8) and out["synthetic_tokens"].dtype == np.int64
     assert (out["synthetic_tokens"][:, 0] > 0).all()
     assert out["rows_seen"].tolist() == [0, 0, 0, 4] and out["bad_rows"].sum() == 0  # on the last row
+    # row_bytes (the size Ray Data's blocks are cut to) is the crops' and the mask's bytes of a row
+    assert sum(out[c].nbytes for c in ("global_crop", "local_crops", "masks")) == 4 * views().row_bytes()
 
 
 def test_bad_rows_are_skipped_and_counted_by_reason():
