@@ -55,6 +55,7 @@ import ray.data
 
 from tipslab.jobs.config import experiment, read_tag_vocab
 from tipslab.jobs.data.pipeline.columns import TRAIN_COLUMNS, train_columns
+from tipslab.jobs.data.pipeline.flow import views_flow
 from tipslab.jobs.data.pipeline.shard_read import TASK_BATCHES, block_units, read_unit, units_dataset
 from tipslab.jobs.data.pipeline.views import (
     BAD_ROW_COLUMNS,
@@ -230,36 +231,6 @@ def map_views(
             compute=ray.data.ActorPoolStrategy(size=workers),
         )
     return views_flow(ds, batch_size * row_bytes, workers)
-
-
-def views_flow(ds: ray.data.Dataset, batch_bytes: int, workers: int) -> ray.data.Dataset:
-    """`ds` (the views map) set to hand each views batch on as soon as it is made, and to keep its
-    `workers` busy: four of Ray Data's settings, in this dataset's own context (Ray is pinned;
-    tests/jobs/data/pipeline/test_streaming.py checks them). Measured on 2 cores, 3 epochs of 512
-    scenes at 224 px in tasks:
-    - Ray Data gathers what a task or an actor's call yields into blocks of its target size (128 MiB)
-      before it hands them on: a task of 16 batches (about 100 MB) left as one block at its end, and
-      the training loop waited for a whole task's views before its first batch. A block closes once
-      its bytes pass the target and is cut only past 1.5 times it: a target of 0.8 of a batch
-      (`batch_bytes`; 0 leaves the default) makes a block a batch (a short batch goes on with the
-      next).
-    - A task may run only 2 blocks ahead of the executor's reading its outputs (its generator's
-      buffer), and paused when the executor was slow to come round: room for a whole task's batches
-      (TASK_BATCHES blocks) cut the tasks' summed time from 6.4-6.9 s to 5.9-6.3 s.
-    - Ray Data's per-operator reservation of half the resources started the second views task only
-      0.5-1 s after the first (one CPU idle at each stage's start): off.
-    - Without the reservation, its downstream-capacity policy stops new tasks once the outputs
-      waiting pass twice what the consumer holds, which rows in order make routine (the next task's
-      batches wait for this one's): held at what `workers` tasks of TASK_BATCHES batches make, the
-      bound on the views made ahead (about 200 MB a worker pair at 224 px).
-    """
-    context = ds.context
-    if batch_bytes:
-        context.target_max_block_size = int(0.8 * batch_bytes)
-    context._max_num_blocks_in_streaming_gen_buffer = TASK_BATCHES
-    context.op_resource_reservation_enabled = False
-    context.downstream_capacity_backpressure_ratio = float(workers * TASK_BATCHES)
-    return ds
 
 
 @dataclass

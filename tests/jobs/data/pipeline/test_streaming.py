@@ -9,6 +9,7 @@ import pytest
 from conftest import REPO, spoil_rows, tiny_overrides
 
 from tipslab.jobs.data.pipeline.columns import TRAIN_COLUMNS
+from tipslab.jobs.data.pipeline.flow import PauseWhenIdle, views_flow
 from tipslab.jobs.data.pipeline.shard_read import (
     BATCHES_PER_BLOCK,
     TASK_BATCHES,
@@ -30,7 +31,6 @@ from tipslab.jobs.data.pipeline.streaming import (
     stage_dataset,
     train_shards,
     views_actors,
-    views_flow,
 )
 from tipslab.jobs.data.pipeline.views import BAD_ROW_COLUMNS, TIPSViews
 from tipslab.jobs.data.scenes.generate import generate_scenes, scene_row
@@ -104,8 +104,35 @@ def test_the_views_flow_settings_are_ray_datas_and_stay_in_their_dataset(ray_ses
     before = [getattr(ray.data.DataContext.get_current(), name) for name in names]
     ds = views_flow(ray.data.range(4), batch_bytes=1000, workers=3)
     assert [getattr(ds.context, name) for name in names] == [800, TASK_BATCHES, False, 3.0 * TASK_BATCHES]
+    assert PauseWhenIdle in ds.context.custom_execution_callback_classes
+    assert PauseWhenIdle in ds.context.execution_callback_classes  # what Ray Data's executor instantiates
     assert [getattr(ray.data.DataContext.get_current(), name) for name in names] == before
     assert views_flow(ray.data.range(4), 0, 1).context.target_max_block_size == before[0]
+
+
+def test_the_scheduling_loop_pauses_in_steps_that_change_nothing(monkeypatch):
+    from ray.data._internal.execution.interfaces.op_runtime_metrics import OpRuntimeMetrics
+
+    from tipslab.jobs.data.pipeline import flow
+
+    fields = ("num_tasks_submitted", "num_tasks_finished", "num_task_outputs_generated", "num_outputs_taken")
+    assert all(hasattr(OpRuntimeMetrics, name) for name in fields)  # the counters it reads are Ray Data's
+    slept = []
+    monkeypatch.setattr(flow.time, "sleep", slept.append)
+
+    class Op:  # an operator's counters, as Ray Data's executor holds them
+        def __init__(self):
+            self.metrics = type("Metrics", (), dict.fromkeys(fields, 0))()
+
+    ops = [Op(), Op()]
+    executor = type("Executor", (), {"_topology": dict.fromkeys(ops)})()
+    pause = PauseWhenIdle()
+    pause.on_execution_step(executor)  # the first step: nothing to compare with
+    pause.on_execution_step(executor)  # nothing changed: a pause
+    ops[1].metrics.num_outputs_taken = 1  # the consumer took an output: no pause
+    pause.on_execution_step(executor)
+    pause.on_execution_step(executor)
+    assert slept == [flow.IDLE_PAUSE_S, flow.IDLE_PAUSE_S]
 
 
 def test_a_read_unit_reads_its_rows_from_the_row_groups_that_hold_them(tmp_path):
