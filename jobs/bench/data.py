@@ -223,7 +223,7 @@ def raydata_batches(
     (`map_views` on the pieces, as `stage_dataset` makes it: read units of about 4 batches in an actor
     pool started once, whose actors read their units), its blocks as torch tensors cut into batches
     of one epoch each (`EpochBatches`), with each epoch's short last batch; `make_views()` builds
-    each actor's views (`actors=False`: Ray tasks of up to 16 batches each, fewer at the end, as
+    each actor's views (`actors=False`: Ray tasks of up to TASK_BATCHES batches each, fewer at the end, as
     training runs a stage under `data.views_actor_rows`)."""
     # As stage_dataset runs it: rows in order, no ExecutionResources limit (the views' task or actor
     # count and their CPU sizes keep the pipeline within `cpus`).

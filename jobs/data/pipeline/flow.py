@@ -54,11 +54,11 @@ def views_flow(ds: ray.data.Dataset, batch_bytes: int, workers: int) -> ray.data
     """`ds` (the views map) set to hand each views batch on as soon as it is made and to keep its
     `workers` busy, in this dataset's own context:
     - Ray Data gathers what a task or an actor's call yields into blocks of its target size (128 MiB)
-      before it hands them on: a task of 16 batches (about 100 MB) left as one block at its end, and
-      the training loop waited for a whole task's views before its first batch. A block closes once
-      its bytes pass the target and is cut only past 1.5 times it: a target of 0.8 of a batch
-      (`batch_bytes`; 0 leaves the default) makes a block a batch (a short batch goes on with the
-      next).
+      before it hands them on: a task of 16 batches (about 100 MB at 224 px) left as one block at
+      its end, and the training loop waited for a whole task's views before its first batch. A block
+      closes once its bytes pass the target and is cut only past 1.5 times it: a target of 0.8 of a
+      batch (`batch_bytes`; 0 leaves the default) makes a block a batch (a short batch goes on with
+      the next).
     - A task may run only 2 blocks ahead of the executor's reading its outputs (its generator's
       buffer), and paused when the executor was slow to come round: room for a whole task's batches
       (TASK_BATCHES blocks) cut the tasks' summed time from 6.4-6.9 s to 5.9-6.3 s.
@@ -67,7 +67,7 @@ def views_flow(ds: ray.data.Dataset, batch_bytes: int, workers: int) -> ray.data
     - Without the reservation, its downstream-capacity policy stops new tasks once the outputs
       waiting pass twice what the consumer holds, which rows in order make routine (the next task's
       batches wait for this one's): held at what `workers` tasks of TASK_BATCHES batches make, the
-      bound on the views made ahead (about 200 MB a worker pair at 224 px).
+      bound on the views made ahead (about 420 MB a worker pair at 224 px).
     - PauseWhenIdle: the scheduling loop spins while the views wait for the consumer.
     """
     context = ds.context

@@ -29,11 +29,13 @@ from tipslab.models.errors import DataError
 # rank has few rows.
 BATCHES_PER_BLOCK = 4
 # The most rows of one Ray task's work where the views run in tasks, in batches: its units, one
-# input block (`unit_blocks` makes the last ones smaller). A task
-# costs its CPU about 0.2 s between the end of one and the start of the next (Ray Data's scheduling
-# loop; measured on 2 cores with tasks of 0.6 s: 1.5 of 2 CPUs busy, 1.9 with tasks of 1.2 s), which
-# an actor pool's queued calls do not pay. At 224 px 16 batches of 32 are about 2.5 CPU-s of views.
-TASK_BATCHES = 16
+# input block (`unit_blocks` makes the last ones smaller). A task costs its CPU 0.1-0.25 s between
+# the end of one and the start of the next (Ray Data's scheduling loop), which an actor pool's queued
+# calls do not pay. At 224 px 32 batches of 32 are about 3 CPU-s of views; measured on 2 cores over
+# 10 epochs of 512 scenes, 465 images/s on average against 451 with 16 (six runs each, alternating).
+# Rows in order hold a task's batches until the task before it is done, so a stage in tasks keeps
+# up to its workers' tasks of views waiting (`flow.views_flow`): about 420 MB for 2 at 224 px.
+TASK_BATCHES = 32
 UNIT_COLUMNS = ("epoch", "file", "start", "stop")  # a read unit: rows [start, stop) of a file, for an epoch
 
 

@@ -207,11 +207,11 @@ def one_shard(exp: dict, rows: int, spoiled: dict[int, str] | None = None):
     return shards
 
 
-@pytest.mark.parametrize("actor_rows, calls", [(0, 12), (97, 5)], ids=["actor pool", "tasks below views_actor_rows"])
+@pytest.mark.parametrize("actor_rows, calls", [(0, 12), (97, 4)], ids=["actor pool", "tasks below views_actor_rows"])
 def test_a_ranks_file_is_read_in_units_for_parallel_views_in_file_order(ray_session, tmp_path, actor_rows, calls):
     # One file of 96 rows, batches of 2, 2 CPUs: 96 / (2 * 4) = 12 read units, in order. In the 2
     # views actors, a unit a call; in tasks (a stage under data.views_actor_rows), up to TASK_BATCHES
-    # (16) batches a task, fewer at the end (the rows left over the 2 workers): 4, 4, 2, 1 and 1 units.
+    # (32) batches a task, fewer at the end (the rows left over the 2 workers): 6, 3, 2 and 1 units.
     # Either way each views batch leaves as its own block (views_flow), not a call's or a task's whole.
     rows, batch = 96, 2
     exp = tiny_exp(tmp_path, batch, actor_rows)
