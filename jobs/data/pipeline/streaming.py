@@ -29,7 +29,7 @@ competes with the views for the rank's CPUs (the actors hold its whole share). A
 tasks instead, which reuse idle worker processes but unpickle the views with every task and cannot
 hand the counters of a task's units without rows to a later task (below). A task takes units of
 up to `TASK_BATCHES` batches, fewer towards the stage's end (`unit_blocks`): Ray Data leaves a CPU
-idle for 0.05-0.2 s between one task and the next, a quarter of the CPU time with tasks of one
+idle for 0.1-0.25 s between one task and the next, a quarter of the CPU time with tasks of one
 unit (measured on 2 cores), where an actor's next call is already queued. Either way each views
 batch leaves as its own block as soon as it is made (`views_flow`), so a long task or call does not
 hold its first batches back.
