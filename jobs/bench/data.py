@@ -225,9 +225,8 @@ def raydata_batches(
     of one epoch each (`EpochBatches`), with each epoch's short last batch; `make_views()` builds
     each actor's views (`actors=False`: Ray tasks of up to TASK_BATCHES batches each, fewer at the end, as
     training runs a stage under `data.views_actor_rows`)."""
-    # As stage_dataset runs it: rows in order, no ExecutionResources limit (the views' task or actor
-    # count and their CPU sizes keep the pipeline within `cpus`).
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    # As stage_dataset runs it (rows in order: flow.views_flow), no ExecutionResources limit (the
+    # views' task or actor count and their CPU sizes keep the pipeline within `cpus`).
     ds = map_views(
         epoch_pieces(files, file_rows, rows, epochs),
         make_views,

@@ -330,7 +330,6 @@ def stage_dataset(
     exp = experiment(exp)
     data = exp.data
     columns = train_columns(data.tag_vocab)  # checked for before Ray starts (orchestrator/config.py)
-    ray.data.DataContext.get_current().execution_options.preserve_order = True  # the position is a row count
     return map_views(
         pieces,
         partial(views_for, exp),

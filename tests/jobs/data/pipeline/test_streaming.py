@@ -107,6 +107,8 @@ def test_the_views_flow_settings_are_ray_datas_and_stay_in_their_dataset(ray_ses
     assert PauseWhenIdle in ds.context.custom_execution_callback_classes
     assert PauseWhenIdle in ds.context.execution_callback_classes  # what Ray Data's executor instantiates
     assert [getattr(ray.data.DataContext.get_current(), name) for name in names] == before
+    assert ds.context.execution_options.preserve_order  # rows in order: the position is a row count
+    assert not ray.data.DataContext.get_current().execution_options.preserve_order  # the process's own, untouched
     assert views_flow(ray.data.range(4), 0, 1).context.target_max_block_size == before[0]
 
 
