@@ -28,11 +28,13 @@ competes with the views for the rank's CPUs (the actors hold its whole share). A
 `data.views_actor_rows` rows on a rank (the laptop configs, the tests) runs the same views in Ray
 tasks instead, which reuse idle worker processes but unpickle the views with every task and cannot
 hand the counters of a task's units without rows to a later task (below). A task takes units of
-up to `TASK_BATCHES` batches, fewer towards the stage's end (`unit_blocks`): Ray Data leaves a CPU
-idle for 0.1-0.25 s between one task and the next, a quarter of the CPU time with tasks of one
-unit (measured on 2 cores), where an actor's next call is already queued. Either way each views
-batch leaves as its own block as soon as it is made (`views_flow`), so a long task or call does not
-hold its first batches back.
+up to `TASK_BATCHES` batches, fewer towards the stage's end (`unit_blocks`), and one task more than
+the rank's workers is handed to Ray: Ray starts it the moment a CPU frees, on the worker process
+just left (at once where the cluster has a CPU free). Without it a CPU stood idle 0.02-0.25 s
+between one task and the next, until Ray Data's loop saw the task end (measured on 2 cores), as an
+actor's next call is already queued at the actor. Either way each views batch leaves as its own
+block as soon as it is made (`views_flow`), so a long task or call does not hold its first batches
+back.
 
 Each batch carries `rows_done` (on the last output row of each views batch: the input rows, bad ones
 included, that are fully used once that row is trained on); summed over an epoch's trained batches
@@ -206,11 +208,11 @@ def map_views(
 ) -> ray.data.Dataset:
     """The views of the (epoch, file, rows) pieces' read units (`units_dataset`), rows in order
     (`preserve_order`): in a pool of `views_actors(cpus)` actors of `views_class` (PositionedViews
-    or a subclass), one unit a call; or with `actors=False` in as many Ray tasks at a time, up to
-    TASK_BATCHES batches of units a task (`unit_blocks`), each task unpickling one instance
-    made here (which cannot hand the counters of its units without a good row to a later task:
-    they are logged). `row_bytes` (`views.row_bytes`) sizes the output blocks: a block a views batch
-    (`views_flow`)."""
+    or a subclass), one unit a call; or with `actors=False` in as many Ray tasks at a time (and one
+    more, waiting for a CPU), up to TASK_BATCHES batches of units a task (`unit_blocks`), each task
+    unpickling one instance made here (which cannot hand the counters of its units without a good
+    row to a later task: they are logged). `row_bytes` (`views.row_bytes`) sizes the output blocks:
+    a block a views batch (`views_flow`)."""
     kwargs = dict(make_views=make_views, batch_size=batch_size, **views_args)
     workers = views_actors(cpus)
     if not actors:
@@ -219,7 +221,7 @@ def map_views(
             batch_size=None,
             batch_format="numpy",
             num_cpus=min(cpus, 1.0),
-            compute=ray.data.TaskPoolStrategy(size=workers),
+            compute=ray.data.TaskPoolStrategy(size=workers + 1),  # one waits for a CPU (above)
         )
     else:
         ds = units_dataset(pieces, batch_size).map_batches(

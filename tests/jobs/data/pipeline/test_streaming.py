@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO, spoil_rows, tiny_overrides
 
 from tipslab.jobs.data.pipeline.columns import TRAIN_COLUMNS
-from tipslab.jobs.data.pipeline.flow import PauseWhenIdle, views_flow
+from tipslab.jobs.data.pipeline.flow import HandOnAtOnce, PauseWhenIdle, views_flow
 from tipslab.jobs.data.pipeline.shard_read import (
     BATCHES_PER_BLOCK,
     TASK_BATCHES,
@@ -106,6 +106,7 @@ def test_the_views_flow_settings_are_ray_datas_and_stay_in_their_dataset(ray_ses
     assert [getattr(ds.context, name) for name in names] == [800, TASK_BATCHES, False, 3.0 * TASK_BATCHES]
     assert PauseWhenIdle in ds.context.custom_execution_callback_classes
     assert PauseWhenIdle in ds.context.execution_callback_classes  # what Ray Data's executor instantiates
+    assert HandOnAtOnce in ds.context.execution_callback_classes
     assert [getattr(ray.data.DataContext.get_current(), name) for name in names] == before
     assert ds.context.execution_options.preserve_order  # rows in order: the position is a row count
     assert not ray.data.DataContext.get_current().execution_options.preserve_order  # the process's own, untouched
@@ -209,17 +210,38 @@ def one_shard(exp: dict, rows: int, spoiled: dict[int, str] | None = None):
     return shards
 
 
+def watch(seen: list):
+    """An execution step's record, for HandOnAtOnce: its executor's metadata fetcher's kind and how
+    many views tasks (or actor calls) are out."""
+
+    def on_execution_step(self, executor) -> None:
+        active = [op.num_active_tasks() for op in executor._topology if "PositionedViews" in op.name]
+        if active:  # the views dataset's executor (not a later one over its materialized blocks)
+            seen.append((type(executor._metadata_fetcher).__name__, max(active)))
+
+    return on_execution_step
+
+
 @pytest.mark.parametrize("actor_rows, calls", [(0, 12), (97, 4)], ids=["actor pool", "tasks below views_actor_rows"])
-def test_a_ranks_file_is_read_in_units_for_parallel_views_in_file_order(ray_session, tmp_path, actor_rows, calls):
+def test_a_ranks_file_is_read_in_units_for_parallel_views_in_file_order(
+    ray_session, tmp_path, monkeypatch, actor_rows, calls
+):
     # One file of 96 rows, batches of 2, 2 CPUs: 96 / (2 * 4) = 12 read units, in order. In the 2
     # views actors, a unit a call; in tasks (a stage under data.views_actor_rows), up to TASK_BATCHES
     # (32) batches a task, fewer at the end (the rows left over the 2 workers): 6, 3, 2 and 1 units.
     # Either way each views batch leaves as its own block (views_flow), not a call's or a task's whole.
+    # Tasks: one more than the workers waits for a CPU (3 handed to Ray at once). Each block is
+    # handed on in the executor's step that finds it made (HandOnAtOnce: metadata fetched inline).
     rows, batch = 96, 2
     exp = tiny_exp(tmp_path, batch, actor_rows)
     shards = one_shard(exp, rows)
+    seen = []
+    monkeypatch.setattr(HandOnAtOnce, "on_execution_step", watch(seen), raising=False)
     ds = stage_dataset(exp, [plan_epoch(shards, seed=0, epoch=0, world_size=1)], rank=0, cpus=2).materialize()
     assert re.search(rf"PositionedViews\)[^:]*: {calls} tasks executed, 48 blocks produced", ds.stats())
+    assert {fetcher for fetcher, _ in seen} == {"InlineMetadataFetcher"}
+    if actor_rows:  # in tasks
+        assert max(active for _, active in seen) == 3
     sizes = [len(block["key_id"]) for block in ds.iter_batches(batch_size=None, batch_format="numpy")]
     assert sizes == [batch] * 48
     out = ds.take_batch(rows, batch_format="numpy")
