@@ -37,7 +37,6 @@ import torch
 
 from tipslab.jobs.config import as_dict, experiment
 from tipslab.jobs.data.pipeline.batches import EpochBatches
-from tipslab.jobs.data.pipeline.shard_read import BATCHES_PER_BLOCK
 from tipslab.jobs.data.pipeline.streaming import DataPlan, plan_epochs, stage_dataset, train_shards
 from tipslab.jobs.data.pipeline.views import BAD_ROW_COLUMNS
 from tipslab.jobs.redact import redact, scrub
@@ -232,7 +231,7 @@ class Loop:
             ds.iter_torch_batches(  # whole blocks, cut into batches by EpochBatches
                 batch_size=None,
                 device=self.device,
-                prefetch_batches=-(-exp.train.prefetch_batches // BATCHES_PER_BLOCK),
+                prefetch_batches=exp.train.prefetch_batches,  # a block a batch (views_flow)
             )
             if ds
             else ()
