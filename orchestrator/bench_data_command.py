@@ -16,6 +16,8 @@ def cmd_bench_data(args) -> None:
     from .meter import ensure_scenes_shown
     from .runtime import ensure_ray, home
 
+    if args.repeats < 1:  # before scenes are made or Ray starts
+        raise UserError(f"--repeats: must be at least 1, got {args.repeats}")
     shards = args.shards
     if shards is None:
         root = str(home() / "data" / f"bench-scenes-{args.image_size}")
@@ -46,6 +48,7 @@ def cmd_bench_data(args) -> None:
             augment=args.augment,
             mask_mode=args.mask_mode,
             views=args.views,
+            repeats=args.repeats,
         )
     except PATH_ERRORS as err:  # bad shards or settings are UserErrors already
         raise UserError(str(err)) from None
@@ -59,7 +62,7 @@ def cmd_bench_data(args) -> None:
 
 
 def print_bench_data(result: dict, cpus: int, shards: str) -> None:
-    """`bench data`'s figures, one pipeline a line, then their ratio."""
+    """`bench data`'s figures, one pipeline a line (its run of median rate), then their ratio."""
     print(
         f"TIPS views ({result['image_size']} px global crop, {result['local_crops']} local crops of "
         f"{result['local_crop_size']} px, {result['augment']} augmentation) on {cpus} CPUs, shards {shards}, "
@@ -76,7 +79,9 @@ def print_bench_data(result: dict, cpus: int, shards: str) -> None:
         if result["views"] == "actors"
         else ""
     )
-    print(f"  Ray Data / DataLoader: {result['ratio']:.2f}{ready}")
+    pairs = result.get("ratios", [])
+    spread = f" (median of {len(pairs)} pairs: {', '.join(f'{r:.2f}' for r in pairs)})" if len(pairs) > 1 else ""
+    print(f"  Ray Data / DataLoader: {result['ratio']:.2f}{spread}{ready}")
 
 
 def add_data_parser(bench_sub) -> None:
@@ -100,6 +105,12 @@ def add_data_parser(bench_sub) -> None:
         default="auto",
         help="Ray Data's views in an actor pool or in tasks (auto: as training picks for that many rows, "
         "data.views_actor_rows)",
+    )
+    data.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="pairs of runs (each pipeline first in every other one); the median pair's ratio is reported",
     )
     data.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local instance)")
     data.add_argument("--json", action="store_true", help="print the result as JSON (stable keys)")

@@ -37,6 +37,7 @@ images over the CPU seconds the views took in the workers (without reading, tran
 scheduling): on a machine shared with other work, the first falls and the second holds.
 """
 
+import statistics
 import time
 from functools import partial
 
@@ -47,7 +48,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from tipslab.jobs import storage
-from tipslab.jobs.config import DataConfig
+from tipslab.jobs.config import DataConfig, TrainConfig
 from tipslab.jobs.data.pipeline.batches import EpochBatches
 from tipslab.jobs.data.pipeline.columns import TRAIN_COLUMNS
 from tipslab.jobs.data.pipeline.shard_read import BATCHES_PER_BLOCK
@@ -237,7 +238,9 @@ def raydata_batches(
         columns=TRAIN_COLUMNS,
         row_bytes=make_views().row_bytes(),
     )
-    batches, skipped = EpochBatches(ds.iter_torch_batches(batch_size=None, prefetch_batches=1), batch_size), []
+    # as the training loop asks for blocks (a block a batch): train.prefetch_batches ahead
+    blocks = ds.iter_torch_batches(batch_size=None, prefetch_batches=TrainConfig().prefetch_batches)
+    batches, skipped = EpochBatches(blocks, batch_size), []
     for epoch in range(epochs):
         while (batch := batches.next(epoch, skipped.append)) is not None:
             yield batch
@@ -271,14 +274,18 @@ def bench_data(
     mask_mode: str = "random",
     warmup: bool = True,
     views: str = "auto",
+    repeats: int = 1,
 ) -> dict:
     """Measure both pipelines on the shards in `shards_dir` (a folder with a manifest, local or
     s3://), each over the first `rows` rows (0: all), `epochs` times. `views`: actors, tasks, or
     auto (as training picks for a stage of that many rows: actors from `data.views_actor_rows`).
+    `repeats` pairs of runs, the Ray Data run first in every other pair (a machine shared with other
+    work swings by several percent between runs): the ratio is the median of the pairs' (all of them
+    under `ratios`), each pipeline's figures those of its run of median rate.
     Needs Ray (an initialised instance, or Ray Data starts a local one). `warmup=False` skips the
     warm-up run (tests: figures with start-up).
     """
-    files, file_rows, actors = measured_rows(shards_dir, cpus, batch_size, rows, epochs, views)
+    files, file_rows, actors = measured_rows(shards_dir, cpus, batch_size, rows, epochs, views, repeats)
     views_setting = dict(image_size=image_size, local_crops=local_crops, local_crop_size=local_crop_size)
     make_views = partial(bench_views, **views_setting, augment=augment, mask_mode=mask_mode)
     threads = torch.get_num_threads()
@@ -292,14 +299,22 @@ def bench_data(
             ):
                 pass
         measure = dict(cpus=cpus, batch_size=batch_size, rows=rows, epochs=epochs)
-        settle()
-        ray_startup, ray_rate, ray_cpu_rate, actors_ready, ran, images = timed(
-            raydata_batches(files, file_rows, make_views, **measure, actors=actors)
-        )
-        settle()
-        dl_startup, dl_rate, dl_cpu_rate, _, _, _ = timed(dataloader_batches(files, make_views(), **measure))
+        ray_runs, dl_runs = [], []
+        for repeat in range(repeats):  # pairs, each pipeline first in every other one
+            order = ("raydata", "dataloader") if repeat % 2 == 0 else ("dataloader", "raydata")
+            for pipeline in order:
+                settle()
+                if pipeline == "raydata":
+                    ray_runs.append(timed(raydata_batches(files, file_rows, make_views, **measure, actors=actors)))
+                else:
+                    dl_runs.append(timed(dataloader_batches(files, make_views(), **measure)))
     finally:
         torch.set_num_threads(threads)
+    ratios = [r[1] / d[1] for r, d in zip(ray_runs, dl_runs)]
+    ray = median_run(ray_runs)
+    ray_startup, ray_rate, ray_cpu_rate, actors_ready, ran, images = ray
+    dl_startup, dl_rate, dl_cpu_rate = median_run(dl_runs)[:3]
+    ready = [ready_rate(r[5], r[1], r[3] if actors else 0.0) / d[1] for r, d in zip(ray_runs, dl_runs)]
     return {
         "cpus": cpus,
         "batch_size": batch_size,
@@ -309,23 +324,32 @@ def bench_data(
         "augment": augment,
         "mask_mode": mask_mode,
         "views": ran,
+        "repeats": repeats,
         **rates("raydata", ray_startup, ray_rate, ray_cpu_rate, cpus),
         "raydata_actors_ready_s": actors_ready if actors else 0.0,
         "raydata_ready_images_per_s": ready_rate(images, ray_rate, actors_ready if actors else 0.0),
         **rates("dataloader", dl_startup, dl_rate, dl_cpu_rate, cpus),
-        "ratio": ray_rate / dl_rate,
-        "ready_ratio": ready_rate(images, ray_rate, actors_ready if actors else 0.0) / dl_rate,
+        "ratio": statistics.median(ratios),
+        "ratios": ratios,
+        "ready_ratio": statistics.median(ready),
     }
 
 
+def median_run(runs: list[tuple]) -> tuple:
+    """The run of median rate among `runs` (`timed`'s tuples; the lower middle of an even count)."""
+    return sorted(runs, key=lambda run: run[1])[(len(runs) - 1) // 2]
+
+
 def measured_rows(
-    shards_dir: str, cpus: int, batch_size: int, rows: int, epochs: int, views: str
+    shards_dir: str, cpus: int, batch_size: int, rows: int, epochs: int, views: str, repeats: int = 1
 ) -> tuple[list[str], list[int], bool]:
     """(the shard files, their rows, whether Ray Data's views run in actors), the settings checked."""
     if cpus < 1:
         raise ConfigError(f"bench data: cpus must be at least 1, got {cpus}")
     if epochs < 1:
         raise ConfigError(f"bench data: epochs must be at least 1, got {epochs}")
+    if repeats < 1:
+        raise ConfigError(f"bench data: repeats must be at least 1, got {repeats}")
     files = shard_files(shards_dir)
     file_rows = [s["num_rows"] for s in read_manifest(shards_dir)["shards"]]
     available = sum(file_rows)

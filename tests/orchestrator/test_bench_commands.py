@@ -88,6 +88,12 @@ def test_bench_step_user_mistakes_exit_2(home, capsys):
         assert "--device cuda" in capsys.readouterr().err
 
 
+def test_bench_data_repeats_at_least_once_before_scenes_or_ray(home, capsys):
+    assert main(["bench", "data", "--repeats", "0"]) == 2
+    assert "--repeats: must be at least 1, got 0" in capsys.readouterr().err
+    assert not (home / "data").exists()  # no scenes made
+
+
 def test_bench_trial_repeats_at_least_once_and_reports_the_median_repeat(home, capsys):
     from tipslab.orchestrator.bench_runs import median_index
 
@@ -267,3 +273,6 @@ def test_bench_data_speaks_of_the_views_actors_only_where_they_ran(capsys):
     )
     print_bench_data({**result, "views": "tasks", "raydata_actors_ready_s": 0.0, "ready_ratio": 1.1}, 2, "s")
     assert capsys.readouterr().out.splitlines()[3] == "  Ray Data / DataLoader: 1.10"
+    print_bench_data({**result, "views": "tasks", "ratios": [1.2, 0.9, 1.1], "ready_ratio": 1.1}, 2, "s")
+    line = capsys.readouterr().out.splitlines()[3]
+    assert line == "  Ray Data / DataLoader: 1.10 (median of 3 pairs: 1.20, 0.90, 1.10)"

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from tipslab.jobs.bench.data import bench_data
+from tipslab.jobs.bench.data import bench_data, median_run
 from tipslab.jobs.data.scenes.generate import generate_scenes
 
 
@@ -25,6 +25,32 @@ def test_bench_data_measures_both_pipelines_on_the_same_shards(ray_session, tmp_
     # the views actor's start-up, within the time to the first batch; once it is ready the rate is higher
     assert 0 < out["raydata_actors_ready_s"] <= out["raydata_startup_s"]
     assert out["raydata_ready_images_per_s"] >= out["raydata_images_per_s"] or math.isnan(out["ready_ratio"])
+
+
+def test_repeats_pair_the_pipelines_and_report_the_median_pair(ray_session, tmp_path):
+    generate_scenes(str(tmp_path / "shards"), 24, size=56, rows_per_shard=12, parallel=False)
+    out = bench_data(
+        str(tmp_path / "shards"),
+        cpus=1,
+        batch_size=6,
+        epochs=1,
+        image_size=56,
+        local_crop_size=28,
+        warmup=False,
+        views="tasks",
+        repeats=3,
+    )
+    assert out["repeats"] == 3 and len(out["ratios"]) == 3 and all(r > 0 for r in out["ratios"])
+    assert out["ratio"] == sorted(out["ratios"])[1]
+    with pytest.raises(ValueError, match="repeats must be at least 1, got 0"):
+        bench_data(str(tmp_path / "shards"), cpus=1, batch_size=6, repeats=0)
+
+
+def test_the_run_of_median_rate_stands_for_its_pipeline():
+    runs = [(0.1, 300.0), (0.2, 100.0), (0.3, 200.0), (0.4, 400.0)]
+    assert median_run(runs[:3]) == (0.3, 200.0)
+    assert median_run(runs) == (0.3, 200.0)  # an even count: the lower middle
+    assert median_run(runs[:1]) == runs[0]
 
 
 def test_too_few_rows_for_a_measurement_is_a_clear_error_before_any_work(tmp_path):
