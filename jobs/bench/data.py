@@ -238,9 +238,9 @@ def raydata_batches(
         columns=TRAIN_COLUMNS,
         row_bytes=make_views().row_bytes(),
     )
-    # as the training loop asks for blocks (a block a batch): train.prefetch_batches ahead
-    blocks = ds.iter_torch_batches(batch_size=None, prefetch_batches=TrainConfig().prefetch_batches)
-    batches, skipped = EpochBatches(blocks, batch_size), []
+    # as the training loop takes the blocks (a block a batch): train.prefetch_batches ahead
+    blocks = ds.iter_torch_batches(batch_size=None, prefetch_batches=0)
+    batches, skipped = EpochBatches(blocks, batch_size).start(TrainConfig().prefetch_batches), []
     for epoch in range(epochs):
         while (batch := batches.next(epoch, skipped.append)) is not None:
             yield batch

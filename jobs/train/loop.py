@@ -227,16 +227,11 @@ class Loop:
         data = exp.data
         plans = plan_epochs(self.shards, exp.train.seed, epoch, self.world_size, done, data.batch_size, steps)
         ds = stage_dataset(exp, plans, self.rank, data.cpus / self.world_size)
-        blocks = (
-            ds.iter_torch_batches(  # whole blocks, cut into batches by EpochBatches
-                batch_size=None,
-                device=self.device,
-                prefetch_batches=exp.train.prefetch_batches,  # a block a batch (views_flow)
-            )
-            if ds
-            else ()
-        )
-        return {plan.epoch: plan for plan in plans}, EpochBatches(blocks, data.batch_size).start()
+        # Whole blocks (a block a batch: views_flow), cut into batches by EpochBatches; taken ahead
+        # by its thread (batches.Ahead), not Ray Data's, which holds each block back for the next.
+        blocks = ds.iter_torch_batches(batch_size=None, device=self.device, prefetch_batches=0) if ds else ()
+        batches = EpochBatches(blocks, data.batch_size).start(exp.train.prefetch_batches)
+        return {plan.epoch: plan for plan in plans}, batches
 
     def next_batch(self, batches: EpochBatches, epoch: int, window: Window) -> dict | None:
         """The next whole batch of `epoch`, or None at its end on this rank; the wait goes to the

@@ -38,10 +38,10 @@ def test_repeats_pair_the_pipelines_and_report_the_median_pair(ray_session, tmp_
         local_crop_size=28,
         warmup=False,
         views="tasks",
-        repeats=3,
+        repeats=2,
     )
-    assert out["repeats"] == 3 and len(out["ratios"]) == 3 and all(r > 0 for r in out["ratios"])
-    assert out["ratio"] == sorted(out["ratios"])[1]
+    assert out["repeats"] == 2 and len(out["ratios"]) == 2 and all(r > 0 for r in out["ratios"])
+    assert out["ratio"] == pytest.approx(sum(out["ratios"]) / 2)  # the median of two
     with pytest.raises(ValueError, match="repeats must be at least 1, got 0"):
         bench_data(str(tmp_path / "shards"), cpus=1, batch_size=6, repeats=0)
 

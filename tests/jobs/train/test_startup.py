@@ -10,7 +10,7 @@ import numpy as np
 import psutil
 import pytest
 
-from tipslab.jobs.data.pipeline.batches import EpochBatches
+from tipslab.jobs.data.pipeline.batches import Ahead, EpochBatches
 from tipslab.jobs.train.startup import PHASES, StartupClock
 
 
@@ -50,21 +50,38 @@ def blocks(gate: threading.Event, fetched: list):
         yield {"epoch": np.array([e, e]), "x": np.arange(2)}
 
 
-def test_the_first_block_is_fetched_in_a_thread_before_the_first_batch_is_asked_for():
+def test_the_blocks_are_taken_in_a_thread_before_they_are_asked_for():
     gate, fetched = threading.Event(), []
-    batches = EpochBatches(blocks(gate, fetched), batch_size=4).start()
+    batches = EpochBatches(blocks(gate, fetched), batch_size=4).start(ahead=2)
     gate.set()
     deadline = time.time() + 5
-    while not fetched and time.time() < deadline:
+    while len(fetched) < 3 and time.time() < deadline:
         time.sleep(0.01)
-    assert fetched == ["first-block"]  # before any next()
+    assert fetched == ["blocks-ahead"] * 3  # before any next(): two waiting, the third ready to go
     batch = batches.next(0, lambda rows: None)
     assert batch["x"].tolist() == [0, 1, 0, 1]
-    assert fetched == ["first-block", "MainThread"]
     assert batches.next(0, lambda rows: None) is None and batches.next(1, lambda rows: None) is None
+    assert batches.next(1, lambda rows: None) is None  # past the end: still none
 
 
-def test_an_error_of_the_first_fetch_is_raised_by_the_first_batch():
+def test_a_block_is_handed_on_as_soon_as_it_has_come_not_when_the_next_has():
+    # Ray Data's own prefetch_batches holds a block back until the next ones have come.
+    first_taken = threading.Event()
+
+    def slow():
+        yield {"epoch": np.array([0, 0]), "x": np.arange(2)}
+        assert first_taken.wait(5)  # the next block comes only once the first is taken
+        yield {"epoch": np.array([0, 0]), "x": np.arange(2, 4)}
+
+    ahead = Ahead(slow(), depth=2)
+    assert next(ahead)["x"].tolist() == [0, 1]
+    first_taken.set()
+    assert next(ahead)["x"].tolist() == [2, 3]
+    with pytest.raises(StopIteration):
+        next(ahead)
+
+
+def test_an_error_of_the_blocks_is_raised_by_the_batch_that_needed_them():
     def failing():
         raise OSError("shard s3://b/x.parquet unreadable")
         yield
@@ -72,6 +89,24 @@ def test_an_error_of_the_first_fetch_is_raised_by_the_first_batch():
     batches = EpochBatches(failing(), batch_size=2).start()
     with pytest.raises(OSError, match="unreadable"):
         batches.next(0, lambda rows: None)
+    assert batches.next(0, lambda rows: None) is None  # raised once; then no more blocks
+
+
+def test_a_dropped_look_ahead_stops_taking_blocks():
+    taken = []
+
+    def endless():
+        while True:
+            taken.append(1)
+            yield {"epoch": np.array([0]), "x": np.arange(1)}
+
+    before = set(threading.enumerate())
+    ahead = Ahead(endless(), depth=1)
+    next(ahead)
+    [thread] = [t for t in threading.enumerate() if t not in before and t.name == "blocks-ahead"]
+    del ahead
+    thread.join(5)
+    assert not thread.is_alive() and len(taken) <= 4  # one handed on, one waiting, one held when stopped
 
 
 def test_a_worker_starts_its_data_before_it_imports_the_model_stack():
