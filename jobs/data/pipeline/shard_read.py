@@ -76,18 +76,23 @@ def unit_blocks(units: list[dict], rows: int = 0, workers: int = 1) -> list[list
     return blocks + [block] if block else blocks
 
 
-def units_dataset(
+def unit_rows(
     pieces: list[tuple[int, str, int]], batch_size: int, block_batches: int = 0, workers: int = 1
-) -> ray.data.Dataset:
-    """The pieces' read units as a dataset in order, one block a row: a unit (its UNIT_COLUMNS), or
-    with `block_batches` (a pool of `workers` tasks, one block a task) the units of up to
-    `block_batches` batches (`unit_blocks`), each column a list. `block_units` reads either."""
+) -> list[dict]:
+    """The pieces' read units in order, a row each: a unit (its UNIT_COLUMNS), or with
+    `block_batches` (a pool of `workers` tasks, a row a task) the units of up to `block_batches`
+    batches (`unit_blocks`), each column a list. `block_units` reads either."""
     units = read_units(pieces, batch_size)
     if block_batches:
         blocks = unit_blocks(units, block_batches * batch_size, workers)
         units = [{c: [unit[c] for unit in block] for c in UNIT_COLUMNS} for block in blocks]
+    return units
+
+
+def units_dataset(rows: list[dict]) -> ray.data.Dataset:
+    """`unit_rows` as a dataset in order, one block a row."""
     # Ray Data builds each block in this process (about 1 ms a block on 2 cores; lists cost more)
-    return ray.data.from_items(units, override_num_blocks=len(units))
+    return ray.data.from_items(rows, override_num_blocks=len(rows))
 
 
 def block_units(batch: dict):

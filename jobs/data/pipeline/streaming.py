@@ -58,14 +58,7 @@ import ray.data
 from tipslab.jobs.config import experiment, read_tag_vocab
 from tipslab.jobs.data.pipeline.columns import TRAIN_COLUMNS, train_columns
 from tipslab.jobs.data.pipeline.flow import views_flow
-from tipslab.jobs.data.pipeline.shard_read import (
-    TASK_BATCHES,
-    block_units,
-    read_unit,
-    read_units,
-    unit_blocks,
-    units_dataset,
-)
+from tipslab.jobs.data.pipeline.shard_read import TASK_BATCHES, block_units, read_unit, unit_rows, units_dataset
 from tipslab.jobs.data.pipeline.views import (
     BAD_ROW_COLUMNS,
     TIPSViews,
@@ -223,17 +216,17 @@ def map_views(
     kwargs = dict(make_views=make_views, batch_size=batch_size, **views_args)
     workers = views_actors(cpus)
     if not actors:
-        # one task waits for a CPU (above); never more tasks than blocks (Ray Data warns of it)
-        tasks = min(workers + 1, len(unit_blocks(read_units(pieces, batch_size), TASK_BATCHES * batch_size, workers)))
-        ds = units_dataset(pieces, batch_size, TASK_BATCHES, workers).map_batches(
+        rows = unit_rows(pieces, batch_size, TASK_BATCHES, workers)
+        ds = units_dataset(rows).map_batches(
             views_class(**kwargs),
             batch_size=None,
             batch_format="numpy",
             num_cpus=min(cpus, 1.0),
-            compute=ray.data.TaskPoolStrategy(size=tasks),
+            # one task waits for a CPU (above); never more than the rows (Ray Data warns of it)
+            compute=ray.data.TaskPoolStrategy(size=min(workers + 1, len(rows))),
         )
     else:
-        ds = units_dataset(pieces, batch_size).map_batches(
+        ds = units_dataset(unit_rows(pieces, batch_size)).map_batches(
             views_class,
             fn_constructor_kwargs=kwargs,
             batch_size=None,

@@ -18,6 +18,7 @@ from tipslab.jobs.data.pipeline.shard_read import (
     read_unit,
     read_units,
     unit_blocks,
+    unit_rows,
     units_dataset,
 )
 from tipslab.jobs.data.pipeline.streaming import (
@@ -89,8 +90,9 @@ def test_the_units_dataset_hands_its_units_over_in_order_a_row_each_or_in_lists(
     # a unit a block; 5 batches (40 rows) for 2 workers: [a0 a1] [a2 a3] [a4 a5] [a6 a7] [b0 b1]
     # [b2 b3 c] [d0] [d1]; 4 batches (32 rows) for 1: one a block (a list of one), but [b3 c d0]
     for grouping, blocks in (({}, 15), ({"block_batches": 5, "workers": 2}, 8), ({"block_batches": 4}, 13)):
-        ds = units_dataset(pieces, 8, **grouping)
-        assert ds.num_blocks() == blocks
+        rows = unit_rows(pieces, 8, **grouping)
+        ds = units_dataset(rows)
+        assert ds.num_blocks() == len(rows) == blocks
         got = [u for b in ds.iter_batches(batch_size=None, batch_format="numpy") for u in block_units(b)]
         assert [(int(e), str(f), int(a), int(z)) for e, f, a, z in got] == units
 
