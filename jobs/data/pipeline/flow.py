@@ -1,5 +1,5 @@
 """How Ray Data runs the views (jobs/data/pipeline/streaming.py): its settings for a views dataset,
-and a pause for its scheduling loop when nothing runs.
+a pause for its scheduling loop when nothing runs, and each block handed on in the step that finds it.
 
 Ray is pinned (pyproject.toml); the settings and the callback hook are Ray Data's (2.60), checked
 by tests/jobs/data/pipeline/test_streaming.py. Measured on 2 cores (3 epochs of 512 scenes at

@@ -29,10 +29,11 @@ from tipslab.models.errors import DataError
 # rank has few rows.
 BATCHES_PER_BLOCK = 4
 # The most rows of one Ray task's work where the views run in tasks, in batches: its units, one
-# input block (`unit_blocks` makes the last ones smaller). A task costs its CPU 0.1-0.25 s between
-# the end of one and the start of the next (Ray Data's scheduling loop), which an actor pool's queued
-# calls do not pay. At 224 px 32 batches of 32 are about 3 CPU-s of views; measured on 2 cores over
-# 10 epochs of 512 scenes, 465 images/s on average against 451 with 16 (six runs each, alternating).
+# input block (`unit_blocks` makes the last ones smaller). Fewer, longer tasks pay less of what a task
+# costs to start (the views unpickled; a CPU idle 0.1-0.25 s between tasks until `map_views` began to
+# hand Ray one task more than the workers). At 224 px 32 batches of 32 are about 3 CPU-s of views;
+# measured on 2 cores over 10 epochs of 512 scenes, 465 images/s on average against 451 with 16 (six
+# runs each, alternating).
 # Rows in order hold a task's batches until the task before it is done, so a stage in tasks keeps
 # up to its workers' tasks of views waiting (`flow.views_flow`): about 420 MB for 2 at 224 px.
 TASK_BATCHES = 32
