@@ -141,7 +141,7 @@ class TrainConfig:
     # and caption datasets, the dense probes on any dataset with their labels, each on `probe_images`
     # images of each split). Empty: eval/<eval.dataset>/i2t_r1 and t2i_r1 on the probe-test split.
     probe_metrics: list[str] = field(default_factory=list)
-    prefetch_batches: int = 2  # per worker, taken ahead of the training step (0: one)
+    prefetch_batches: int = 2  # per worker, taken ahead of the training step in whole views blocks (0: one block)
     # ddp: every worker holds the whole model and optimizer (DistributedDataParallel). fsdp: FSDP2
     # shards the student, its EMA teacher and the optimizer over the workers (what the L and g sizes
     # need); its checkpoints hold each rank's shards (torch.distributed.checkpoint, which can reshard

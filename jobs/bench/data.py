@@ -51,6 +51,7 @@ from tipslab.jobs import storage
 from tipslab.jobs.config import DataConfig, TrainConfig
 from tipslab.jobs.data.pipeline.batches import EpochBatches
 from tipslab.jobs.data.pipeline.columns import TRAIN_COLUMNS
+from tipslab.jobs.data.pipeline.flow import blocks_ahead
 from tipslab.jobs.data.pipeline.shard_read import BATCHES_PER_BLOCK
 from tipslab.jobs.data.pipeline.streaming import PositionedViews, map_views
 from tipslab.jobs.data.pipeline.views import TIPSViews
@@ -238,9 +239,9 @@ def raydata_batches(
         columns=TRAIN_COLUMNS,
         row_bytes=make_views().row_bytes(),
     )
-    # as the training loop takes the blocks (a block a batch): train.prefetch_batches ahead
+    # as the training loop takes the blocks (of a few batches): train.prefetch_batches ahead
     blocks = ds.iter_torch_batches(batch_size=None, prefetch_batches=0)
-    batches, skipped = EpochBatches(blocks, batch_size).start(TrainConfig().prefetch_batches), []
+    batches, skipped = EpochBatches(blocks, batch_size).start(blocks_ahead(TrainConfig().prefetch_batches)), []
     for epoch in range(epochs):
         while (batch := batches.next(epoch, skipped.append)) is not None:
             yield batch

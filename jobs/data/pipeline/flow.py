@@ -6,13 +6,14 @@ by tests/jobs/data/pipeline/test_streaming.py. Measured on 2 cores (3 epochs of 
 224 px in tasks, `tipslab bench data`; 200 steps of the tiny experiment, `tipslab train`).
 """
 
+import math
 import time
 
 import ray.data
 from ray.data._internal.execution.execution_callback import ExecutionCallback
 from ray.data._internal.execution.metadata_fetcher import InlineMetadataFetcher
 
-from tipslab.jobs.data.pipeline.shard_read import TASK_BATCHES
+from tipslab.jobs.data.pipeline.shard_read import BATCHES_PER_BLOCK, TASK_BATCHES
 
 # How long Ray Data's scheduling loop sleeps in a step in which no task of the dataset runs.
 IDLE_PAUSE_S = 0.02
@@ -65,19 +66,21 @@ def progress(metrics) -> tuple[int, ...]:
 
 
 def views_flow(ds: ray.data.Dataset, batch_bytes: int, workers: int) -> ray.data.Dataset:
-    """`ds` (the views map) set to hand each views batch on as soon as it is made and to keep its
-    `workers` busy, in this dataset's own context (a dataset copies Ray Data's context when it is made;
-    what is set here leaves the process's other datasets as they were):
+    """`ds` (the views map) set to hand its views on in blocks of BATCHES_PER_BLOCK batches as soon as
+    they are made and to keep its `workers` busy, in this dataset's own context (a dataset copies Ray
+    Data's context when it is made; what is set here leaves the process's other datasets as they were):
     - Rows in order (`preserve_order`): a rank's position in its data is a row count.
     - Ray Data gathers what a task or an actor's call yields into blocks of its target size (128 MiB)
       before it hands them on: a task of 16 batches (about 100 MB at 224 px) left as one block at
       its end, and the training loop waited for a whole task's views before its first batch. A block
-      closes once its bytes pass the target and is cut only past 1.5 times it: a target of 0.8 of a
-      batch (`batch_bytes`; 0 leaves the default) makes a block a batch (a short batch goes on with
-      the next).
+      closes once its bytes pass the target and is cut only past 1.5 times it: a target of
+      BATCHES_PER_BLOCK - 0.5 batches (`batch_bytes`: a batch's crops and mask; 0 leaves the default)
+      closes a block after BATCHES_PER_BLOCK views batches (a call's or a task's last one may hold
+      fewer), never in the middle of one. A block a batch paid a block's fixed costs four times
+      over (shard_read.BATCHES_PER_BLOCK).
     - A task may run only 2 blocks ahead of the executor's reading its outputs (its generator's
       buffer), and paused when the executor was slow to come round: room for a whole task's batches
-      (TASK_BATCHES blocks) cut the tasks' summed time from 6.4-6.9 s to 5.9-6.3 s.
+      (TASK_BATCHES, in blocks) cut the tasks' summed time from 6.4-6.9 s to 5.9-6.3 s.
     - Ray Data's per-operator reservation of half the resources started the second views task only
       0.5-1 s after the first (one CPU idle at each stage's start): off.
     - Without the reservation, its downstream-capacity policy stops new tasks once the outputs
@@ -90,8 +93,8 @@ def views_flow(ds: ray.data.Dataset, batch_bytes: int, workers: int) -> ray.data
     context = ds.context
     context.execution_options.preserve_order = True
     if batch_bytes:
-        context.target_max_block_size = int(0.8 * batch_bytes)
-    context._max_num_blocks_in_streaming_gen_buffer = TASK_BATCHES
+        context.target_max_block_size = int((BATCHES_PER_BLOCK - 0.5) * batch_bytes)
+    context._max_num_blocks_in_streaming_gen_buffer = math.ceil(TASK_BATCHES / BATCHES_PER_BLOCK)
     context.op_resource_reservation_enabled = False
     context.downstream_capacity_backpressure_ratio = float(workers * TASK_BATCHES)
     context.custom_execution_callback_classes = [
@@ -100,3 +103,9 @@ def views_flow(ds: ray.data.Dataset, batch_bytes: int, workers: int) -> ray.data
         HandOnAtOnce,
     ]
     return ds
+
+
+def blocks_ahead(batches: int) -> int:
+    """The views blocks taken ahead of the training step for `batches` batches ahead
+    (`train.prefetch_batches`): whole blocks (`views_flow`), at least one."""
+    return max(1, math.ceil(batches / BATCHES_PER_BLOCK))

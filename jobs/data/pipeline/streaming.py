@@ -32,9 +32,9 @@ up to `TASK_BATCHES` batches, fewer towards the stage's end (`unit_blocks`), and
 the rank's workers is handed to Ray: Ray starts it the moment a CPU frees, on the worker process
 just left (at once where the cluster has a CPU free). Without it a CPU stood idle 0.02-0.25 s
 between one task and the next, until Ray Data's loop saw the task end (measured on 2 cores), as an
-actor's next call is already queued at the actor. Either way each views batch leaves as its own
-block as soon as it is made (`views_flow`), so a long task or call does not hold its first batches
-back.
+actor's next call is already queued at the actor. Either way the views leave in blocks of
+`BATCHES_PER_BLOCK` batches as soon as they are made (`views_flow`), so a long task does not hold
+its first batches back, and the dataset's first batch, a unit of its own, leaves alone.
 
 Each batch carries `rows_done` (on the last output row of each views batch: the input rows, bad ones
 included, that are fully used once that row is trained on); summed over an epoch's trained batches
@@ -212,7 +212,7 @@ def map_views(
     more, waiting for a CPU), up to TASK_BATCHES batches of units a task (`unit_blocks`), each task
     unpickling one instance made here (which cannot hand the counters of its units without a good
     row to a later task: they are logged). `row_bytes` (`views.row_bytes`) sizes the output blocks:
-    a block a views batch (`views_flow`)."""
+    BATCHES_PER_BLOCK views batches a block (`views_flow`)."""
     kwargs = dict(make_views=make_views, batch_size=batch_size, **views_args)
     workers = views_actors(cpus)
     if not actors:

@@ -48,24 +48,33 @@ SPOIL = {
 }
 
 
-def test_a_piece_is_cut_into_read_units_of_about_four_whole_batches():
+def test_a_piece_is_cut_into_read_units_of_about_four_whole_batches_the_first_batch_alone():
     assert BATCHES_PER_BLOCK == 4
     assert read_split(rows=256, batch_size=32) == 2  # 8 batches, 4 per unit
     assert read_split(rows=96, batch_size=8) == 3
     assert read_split(rows=20, batch_size=32) == 1  # never fewer than one unit a piece
     units = read_units([(0, "a", 256), (0, "b", 100), (1, "a", 20)], batch_size=32)
+    # the dataset's first batch a unit of its own (its views leave at once), then the piece's 224
+    # rows left in 2 units of whole batches; the later pieces as they come
     assert [(u["epoch"], u["file"], u["start"], u["stop"]) for u in units] == [
-        (0, "a", 0, 128),
-        (0, "a", 128, 256),
+        (0, "a", 0, 32),
+        (0, "a", 32, 160),
+        (0, "a", 160, 256),
         (0, "b", 0, 100),
         (1, "a", 0, 20),
     ]
-    # 100 rows in batches of 8: 4 units of 25 rows would cut batches; whole batches instead
+    # 100 rows in batches of 8: the first batch, then 92 rows: 3 units of 31 rows would cut
+    # batches; whole batches instead
     assert [(u["start"], u["stop"]) for u in read_units([(0, "b", 100)], batch_size=8)] == [
-        (0, 32),
-        (32, 64),
-        (64, 96),
-        (96, 100),
+        (0, 8),
+        (8, 40),
+        (40, 72),
+        (72, 100),
+    ]
+    # a first piece of one batch or less is its own unit already
+    assert [(u["start"], u["stop"]) for u in read_units([(0, "a", 20), (0, "b", 64)], batch_size=32)] == [
+        (0, 20),
+        (0, 64),
     ]
 
 
@@ -73,23 +82,26 @@ def test_a_pool_of_tasks_takes_its_units_a_few_at_a_time_fewer_towards_the_end()
     units = [{"start": 0, "stop": n} for n in (32, 32, 32, 32, 8, 32, 96, 32, 16)]
     sizes = [[u["stop"] for u in block] for block in unit_blocks(units)]
     assert sizes == [[n] for n in (32, 32, 32, 32, 8, 32, 96, 32, 16)]  # actors: a unit a call
-    # blocks of at least 64 rows while 2 workers have 128 rows or more left each, then of half what is left
+    # the first unit alone (the stage's first batch); then blocks of at least 64 rows while 2
+    # workers have 128 rows or more left each, then of half what is left
     sizes = [[u["stop"] for u in block] for block in unit_blocks(units, rows=64, workers=2)]
-    assert sizes == [[32, 32], [32, 32], [8, 32, 96], [32], [16]]
-    # 8 units of 32 rows, blocks of up to 4: the 2 workers take 4 each at first were the blocks all
-    # full, and one would run the last alone; instead 4, 2, 1, 1 (each worker 4 units in all)
+    assert sizes == [[32], [32, 32], [32, 8, 32], [96], [32], [16]]
+    # 8 units of 32 rows, blocks of up to 4: after the first, the 2 workers would take 4 and 3 were
+    # the blocks all full, one running the last 3 alone; instead 4, 2, 1 (each worker 4 units in all)
     even = [{"start": 0, "stop": 32}] * 8
-    assert [len(b) for b in unit_blocks(even, rows=128, workers=2)] == [4, 2, 1, 1]
-    assert [len(b) for b in unit_blocks(even, rows=128, workers=1)] == [4, 4]
+    assert [len(b) for b in unit_blocks(even, rows=128, workers=2)] == [1, 4, 2, 1]
+    assert [len(b) for b in unit_blocks(even, rows=128, workers=1)] == [1, 4, 3]
     assert unit_blocks(units[:1], rows=64, workers=2) == [units[:1]] and unit_blocks([], rows=64, workers=2) == []
 
 
 def test_the_units_dataset_hands_its_units_over_in_order_a_row_each_or_in_lists(ray_session):
     pieces = [(0, "a", 256), (0, "b", 100), (1, "c", 20), (1, "d", 64)]
-    units = [tuple(u.values()) for u in read_units(pieces, batch_size=8)]  # 8 + 4 + 1 + 2 units
-    # a unit a block; 5 batches (40 rows) for 2 workers: [a0 a1] [a2 a3] [a4 a5] [a6 a7] [b0 b1]
-    # [b2 b3 c] [d0] [d1]; 4 batches (32 rows) for 1: one a block (a list of one), but [b3 c d0]
-    for grouping, blocks in (({}, 15), ({"block_batches": 5, "workers": 2}, 8), ({"block_batches": 4}, 13)):
+    units = [tuple(u.values()) for u in read_units(pieces, batch_size=8)]  # 1 + 8 + 4 + 1 + 2 units
+    assert len(units) == 16
+    # a unit a block; 5 batches (40 rows) for 2 workers: [a0] [a1 a2] [a3 a4] [a5 a6] [a7 a8]
+    # [b0 b1] [b2 b3 c] [d0] [d1]; 4 batches (32 rows) for 1: one a block (a list of one), but
+    # [a8 b0] and [b3 c d0]
+    for grouping, blocks in (({}, 16), ({"block_batches": 5, "workers": 2}, 9), ({"block_batches": 4}, 13)):
         rows = unit_rows(pieces, 8, **grouping)
         ds = units_dataset(rows)
         assert ds.num_blocks() == len(rows) == blocks
@@ -105,7 +117,9 @@ def test_the_views_flow_settings_are_ray_datas_and_stay_in_their_dataset(ray_ses
     assert all(hasattr(ray.data.DataContext(), name) for name in names)  # Ray renamed none of them
     before = [getattr(ray.data.DataContext.get_current(), name) for name in names]
     ds = views_flow(ray.data.range(4), batch_bytes=1000, workers=3)
-    assert [getattr(ds.context, name) for name in names] == [800, TASK_BATCHES, False, 3.0 * TASK_BATCHES]
+    # a block closes past 3.5 batches (4 of them), never cut below 5.25; a whole task's 32 batches
+    # (8 blocks) may wait in its generator's buffer
+    assert [getattr(ds.context, name) for name in names] == [3500, 8, False, 3.0 * TASK_BATCHES]
     assert PauseWhenIdle in ds.context.custom_execution_callback_classes
     assert PauseWhenIdle in ds.context.execution_callback_classes  # what Ray Data's executor instantiates
     assert HandOnAtOnce in ds.context.execution_callback_classes
@@ -224,14 +238,16 @@ def watch(seen: list):
     return on_execution_step
 
 
-@pytest.mark.parametrize("actor_rows, calls", [(0, 12), (97, 4)], ids=["actor pool", "tasks below views_actor_rows"])
+@pytest.mark.parametrize("actor_rows, calls", [(0, 13), (97, 5)], ids=["actor pool", "tasks below views_actor_rows"])
 def test_a_ranks_file_is_read_in_units_for_parallel_views_in_file_order(
     ray_session, tmp_path, monkeypatch, actor_rows, calls
 ):
-    # One file of 96 rows, batches of 2, 2 CPUs: 96 / (2 * 4) = 12 read units, in order. In the 2
-    # views actors, a unit a call; in tasks (a stage under data.views_actor_rows), up to TASK_BATCHES
-    # (32) batches a task, fewer at the end (the rows left over the 2 workers): 6, 3, 2 and 1 units.
-    # Either way each views batch leaves as its own block (views_flow), not a call's or a task's whole.
+    # One file of 96 rows, batches of 2, 2 CPUs: the first batch a read unit of its own, then the
+    # 94 rows left in 12 units of 4 batches (the last of 3), in order. In the 2 views actors, a unit a
+    # call; in tasks (a stage under data.views_actor_rows), the first unit alone, then up to
+    # TASK_BATCHES (32) batches a task, fewer at the end (the rows left over the 2 workers): 1, 6, 3,
+    # 2 and 1 units. Either way the views leave in blocks of 4 batches (views_flow), not a call's or
+    # a task's whole, and the first batch in a block of its own: 13 blocks.
     # Tasks: one more than the workers waits for a CPU (3 handed to Ray at once). Each block is
     # handed on in the executor's step that finds it made (HandOnAtOnce: metadata fetched inline).
     rows, batch = 96, 2
@@ -240,12 +256,12 @@ def test_a_ranks_file_is_read_in_units_for_parallel_views_in_file_order(
     seen = []
     monkeypatch.setattr(HandOnAtOnce, "on_execution_step", watch(seen), raising=False)
     ds = stage_dataset(exp, [plan_epoch(shards, seed=0, epoch=0, world_size=1)], rank=0, cpus=2).materialize()
-    assert re.search(rf"PositionedViews\)[^:]*: {calls} tasks executed, 48 blocks produced", ds.stats())
+    assert re.search(rf"PositionedViews\)[^:]*: {calls} tasks executed, 13 blocks produced", ds.stats())
     assert {fetcher for fetcher, _ in seen} == {"InlineMetadataFetcher"}
     if actor_rows:  # in tasks
         assert max(active for _, active in seen) == 3
     sizes = [len(block["key_id"]) for block in ds.iter_batches(batch_size=None, batch_format="numpy")]
-    assert sizes == [batch] * 48
+    assert sizes == [batch] + [4 * batch] * 11 + [3 * batch]
     out = ds.take_batch(rows, batch_format="numpy")
     # preserve_order: the rows come in file order (the resumable position is a row count)
     keys = pq.read_table(shards[0].file, columns=["key"]).column("key").to_pylist()
