@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO, spoil_rows, tiny_overrides
 
 from tipslab.jobs.data.pipeline.columns import TRAIN_COLUMNS
-from tipslab.jobs.data.pipeline.flow import HandOnAtOnce, PauseWhenIdle, views_flow
+from tipslab.jobs.data.pipeline.flow import HandOnAtOnce, PauseWhenIdle, blocks_ahead, views_flow
 from tipslab.jobs.data.pipeline.shard_read import (
     BATCHES_PER_BLOCK,
     TASK_BATCHES,
@@ -127,6 +127,11 @@ def test_the_views_flow_settings_are_ray_datas_and_stay_in_their_dataset(ray_ses
     assert ds.context.execution_options.preserve_order  # rows in order: the position is a row count
     assert not ray.data.DataContext.get_current().execution_options.preserve_order  # the process's own, untouched
     assert views_flow(ray.data.range(4), 0, 1).context.target_max_block_size == before[0]
+
+
+def test_the_batches_taken_ahead_are_whole_blocks_at_least_one():
+    # train.prefetch_batches counts batches; the loop takes blocks of BATCHES_PER_BLOCK (4) of them
+    assert [blocks_ahead(n) for n in (0, 1, 2, 4, 5, 8, 9)] == [1, 1, 1, 1, 2, 2, 3]
 
 
 def test_the_scheduling_loop_pauses_in_steps_that_change_nothing(monkeypatch):
