@@ -38,8 +38,12 @@ import json, sys
 lines = open(sys.argv[1]).read().splitlines()
 if lines:
     r = json.loads(lines[-1])
-    print(f"{r['model_size']} batch {r['batch_size']} {'compiled' if r['compile'] else 'eager'}: {r['images_per_s']:.1f} images/s, "
-          f"MFU {100 * r['mfu']:.1f}% of {r['peak_flops'] / 1e12:.0f} TFLOP/s ({r['device']})")
+    how = f"compiled ({r.get('compile_mode') or 'default'})" if r["compile"] else "eager"
+    extra = "".join([", activation checkpointing" if r.get("activation_checkpointing") else "",
+                     f", loss chunks of {r['chunk_rows']} rows" if r.get("chunk_rows") else ""])
+    print(f"{r['model_size']} batch {r['batch_size']} {how}{extra}: {r['images_per_s']:.1f} images/s, "
+          f"MFU {100 * r['mfu']:.1f}% of {r['peak_flops'] / 1e12:.0f} TFLOP/s ({r['device']}), "
+          f"peak {r.get('peak_gpu_mem_gb') or 0:.1f} GB")
     if not r["compile"]:
         print("  ms:", {k[:-2]: round(v * 1e3, 2) for k, v in r.items() if k.endswith("_s") and k[:-2] in (
             "data_to_device", "student_fwd", "text_fwd", "teacher_fwd", "losses", "backward", "optimizer", "ema")})

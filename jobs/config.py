@@ -22,6 +22,8 @@ from tipslab.models.config import CLS_TOKENS, LossConfig, ModelConfig, bad, chec
 from tipslab.models.errors import ConfigError
 
 STRATEGIES = ("ddp", "fsdp")  # train.strategy
+# train.compile_mode: torch.compile's modes ("reduce-overhead" and "max-autotune" add CUDA graphs on cuda)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # train.*: each warm-up as a step count or a fraction of its stage's steps (one of the two is 0).
 WARMUPS = (("warmup_steps", "warmup_fraction"), ("teacher_temp_warmup_steps", "teacher_temp_warmup_fraction"))
 AUGMENTS = ("none", "dinov2")  # data.augment
@@ -153,6 +155,10 @@ class TrainConfig:
     # (`tipslab train CONFIG --resume NAME` sets it).
     run_name: str = ""
     compile: bool = False  # torch.compile the student (GPU runs)
+    compile_mode: str = "default"  # with train.compile: one of COMPILE_MODES
+    # Recompute each transformer block's activations in the backward instead of holding them (the
+    # student's vision and text towers): less memory for a bigger batch, about a forward more compute.
+    activation_checkpointing: bool = False
 
     def __post_init__(self):
         self.check()
@@ -161,6 +167,7 @@ class TrainConfig:
         """The stages are checked where they are composed (orchestrator/config.py check_stages)."""
         check_ranges("train", self, TRAIN_RANGES)
         one_of("train.strategy", self.strategy, STRATEGIES)
+        one_of("train.compile_mode", self.compile_mode, COMPILE_MODES)
         for steps, fraction in WARMUPS:
             n, f = getattr(self, steps), getattr(self, fraction)
             if n and f:

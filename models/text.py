@@ -15,7 +15,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from .config import ModelConfig
-from .vision import mlp_layer
+from .vision import mlp_layer, run_blocks
 
 
 def sinusoidal_positions(length: int, width: int) -> torch.Tensor:
@@ -34,6 +34,7 @@ class TextTower(nn.Module):
         super().__init__()
         width, _, heads, mlp_dim, text_depth = cfg.dims()
         self.width = width
+        self.recompute = False  # train.activation_checkpointing (jobs/train/step.py build_step)
         self.embedding = nn.Embedding(cfg.vocab_size, width)
         self.register_buffer("positions", sinusoidal_positions(cfg.max_text_len, width), persistent=False)
         norm = partial(nn.LayerNorm, eps=1e-5)  # torch's default, which the official encoder keeps
@@ -61,8 +62,6 @@ class TextTower(nn.Module):
         keep = valid | ~valid.any(dim=1, keepdim=True)
         attn_mask = torch.zeros(keep.shape, dtype=x.dtype, device=x.device).masked_fill(~keep, float("-inf"))
         attn_mask = attn_mask[:, None, None, :]
-        for block in self.blocks:
-            x = block(x, attn_mask=attn_mask)
-        x = self.norm(x)
+        x = self.norm(run_blocks(self.blocks, x, self.recompute, attn_mask=attn_mask))
         weights = valid.to(x.dtype).unsqueeze(-1)
         return (x * weights).sum(1) / weights.sum(1).clamp(min=1.0)

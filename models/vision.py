@@ -15,6 +15,7 @@ import torch
 from timm.layers import Mlp, PatchEmbed, SwiGLUPacked, resample_abs_pos_embed, trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .config import MLP_KINDS, ModelConfig, mlp_kind, swiglu_hidden  # noqa: F401  (MLP_KINDS: ModelConfig checks model.mlp)
 
@@ -31,9 +32,22 @@ def mlp_layer(kind: str, mlp_dim: int):
     return build
 
 
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, recompute: bool, **kwargs) -> torch.Tensor:
+    """`x` through the transformer `blocks` in order. With `recompute` (train.activation_checkpointing)
+    and gradients on, each block keeps only its input for the backward, which runs its forward again
+    (torch's non-reentrant checkpoint: the same values and gradients)."""
+    for block in blocks:
+        if recompute and torch.is_grad_enabled():
+            x = checkpoint(block, x, use_reentrant=False, **kwargs)
+        else:
+            x = block(x, **kwargs)
+    return x
+
+
 class VisionTower(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        self.recompute = False  # train.activation_checkpointing (jobs/train/step.py build_step)
         width, depth, heads, mlp_dim, _ = cfg.dims()
         self.mlp = mlp_kind(cfg)
         self.patch_size = cfg.patch_size
@@ -95,7 +109,5 @@ class VisionTower(nn.Module):
             x = torch.where(masks.unsqueeze(-1), self.mask_token.to(x.dtype), x)
         x = torch.cat([self.cls_token.expand(b, -1, -1), x], dim=1) + self.interpolated_pos_embed(gh, gw)
         x = torch.cat([x[:, :1], self.register_token.expand(b, -1, -1), x[:, 1:]], dim=1)
-        for block in self.blocks:
-            x = block(x)
-        x = self.norm(x)
+        x = self.norm(run_blocks(self.blocks, x, self.recompute))
         return {"cls_web": x[:, 0], "cls_synthetic": x[:, 1], "patch_tokens": x[:, 2:]}

@@ -118,6 +118,8 @@ SOURCES: dict[str, object] = {
     "train.strategy": RUN,
     "train.run_name": RUN,
     "train.compile": RUN,
+    "train.compile_mode": RUN,
+    "train.activation_checkpointing": RUN,
     "eval.dataset": RUN,
     "eval.probe_train_split": RUN,
     "eval.probe_test_split": RUN,

@@ -104,7 +104,7 @@ def bench_parts(
     # torch.compile traces the student's forward; the hooks that time the text tower would break
     # its graph, so a compiled step has no per-component figures (see step_benchmark).
     if compile:
-        parts.compile()
+        parts.compile(experiment(exp).train.compile_mode)
     return parts
 
 
@@ -173,7 +173,16 @@ def step_benchmark(
         for step in range(repeats)
     ]
     parts.watch.check()  # a benchmark of a diverging step would measure nothing
-    setting = {"precision": precision, "fused_adamw": fused, "compile": compile, "repeats": repeats}
+    setting = {
+        "precision": precision,
+        "fused_adamw": fused,
+        "compile": compile,
+        "compile_mode": exp.train.compile_mode if compile else "",
+        # recomputed blocks count once in the MFU (model FLOPs, as the paper-style MFU counts them)
+        "activation_checkpointing": exp.train.activation_checkpointing,
+        "chunk_rows": exp.loss.chunk_rows,
+        "repeats": repeats,
+    }
     return step_result(exp, parts, dev, batch_size, rows, timer.burst, setting)
 
 

@@ -63,7 +63,7 @@ class Stage:
         if not self.sharded:
             self.parts.model = ray.train.torch.prepare_model(self.student)
         if train.compile:
-            self.parts.compile()
+            self.parts.compile(train.compile_mode)
 
     def sharded_state(self) -> dict:
         """What an fsdp checkpoint's sharded/ folder holds (parallel.save_sharded)."""

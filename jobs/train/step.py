@@ -57,13 +57,14 @@ class Schedules:
         )
 
 
-def compile_parts(teacher: EMATeacher | None, objective: TIPSObjective) -> None:
-    """torch.compile, in place, what runs beside the student's forward: the teacher (its parameters,
-    which the EMA update moves, stay the same objects) and the objective, whose softmaxes over
-    tens of thousands of prototypes are memory-bound chains that compilation fuses."""
+def compile_parts(teacher: EMATeacher | None, objective: TIPSObjective, mode: str = "default") -> None:
+    """torch.compile, in place and in `mode` (train.compile_mode), what runs beside the student's
+    forward: the teacher (its parameters, which the EMA update moves, stay the same objects) and the
+    objective, whose softmaxes over tens of thousands of prototypes are memory-bound chains that
+    compilation fuses."""
     if teacher is not None:
-        teacher.compile()
-    objective.compile()
+        teacher.compile(mode=mode)
+    objective.compile(mode=mode)
 
 
 class LossWatch:
@@ -143,10 +144,11 @@ class StepParts:
             marks=marks,
         )
 
-    def compile(self) -> None:
-        """torch.compile the student's forward (through its wrapper), the teacher and the objective."""
-        self.model = torch.compile(self.model)
-        compile_parts(self.teacher, self.objective)
+    def compile(self, mode: str = "default") -> None:
+        """torch.compile the student's forward (through its wrapper), the teacher and the objective,
+        in torch.compile's `mode` (train.compile_mode)."""
+        self.model = torch.compile(self.model, mode=mode)
+        compile_parts(self.teacher, self.objective, mode)
 
 
 def build_step(exp, device, *, seed: int, carry: dict | None = None, mesh=None, fused: bool | None = None) -> StepParts:
@@ -161,6 +163,7 @@ def build_step(exp, device, *, seed: int, carry: dict | None = None, mesh=None, 
     torch.manual_seed(seed)
     cfg = tips_config(exp)
     student = TIPSStudent(cfg).to(device)  # before the optimizer and any restored state
+    student.vision.recompute = student.text.recompute = train.activation_checkpointing
     objective = TIPSObjective(cfg).to(device)
     if carry is not None:
         carry_weights(student, carry["student"])

@@ -96,15 +96,52 @@ def test_schedules_reach_the_optimizer_and_spare_norms_and_tokens():
     assert decay["weight_decay"] == s.weight_decay[7] and no_decay["weight_decay"] == 0.0
 
 
-def tiny_setup():
+def tiny_setup(*overrides: str):
     from conftest import REPO
 
     from tipslab.jobs.bench.step import synthetic_batch
     from tipslab.jobs.train.step import build_step
     from tipslab.orchestrator.config import load_experiment, to_dict
 
-    exp = to_dict(load_experiment(REPO / "ablations" / "base" / "tips_tiny.yaml"))
+    exp = to_dict(load_experiment(REPO / "ablations" / "base" / "tips_tiny.yaml", list(overrides)))
     return build_step(exp, "cpu", seed=0), synthetic_batch(exp, 4)
+
+
+def test_activation_checkpointing_recomputes_each_block_and_changes_no_value(home):
+    from tipslab.jobs.train.step import tips_step
+
+    runs = {}
+    for recompute in (False, True):
+        parts, batch = tiny_setup(f"train.activation_checkpointing={str(recompute).lower()}")
+        assert parts.student.vision.recompute is parts.student.text.recompute is recompute
+        calls = []  # whether gradients were on, at each start of a tower's first block
+
+        def started(module, args, seen=calls):
+            seen.append(torch.is_grad_enabled())
+
+        for tower in (parts.student.vision, parts.student.text, parts.teacher.vision):
+            tower.blocks[0].register_forward_pre_hook(started)
+        values = tips_step(parts, batch, teacher_temp=0.04, momentum=0.9, step=1)
+        runs[recompute] = (values, dict(parts.student.named_parameters()), calls)
+    (plain, plain_params, plain_calls), (recomputed, params, calls) = runs[False], runs[True]
+    # every student forward (gradients on) ran its first block again in the backward; the teacher's
+    # (no gradients) once
+    assert len(calls) == len(plain_calls) + sum(plain_calls) and sum(plain_calls) >= 2
+    for name in plain:
+        torch.testing.assert_close(recomputed[name], plain[name], rtol=0, atol=1e-6)
+    for name, p in plain_params.items():  # the step's gradients through AdamW: the same weights after it
+        torch.testing.assert_close(params[name], p, rtol=0, atol=1e-6)
+
+
+def test_the_compile_mode_is_checked_and_reaches_torch_compile(home, monkeypatch):
+    with pytest.raises(ConfigError, match="train.compile_mode"):
+        TrainConfig(compile_mode="fastest")
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: modes.append(kw.get("mode")) or fn)
+    parts, _ = tiny_setup()
+    parts.compile("max-autotune")
+    # the student's forward (through its wrapper), the teacher and the objective
+    assert modes == ["max-autotune"] * 3
 
 
 def test_one_step_returns_every_term_as_a_device_scalar_and_moves_the_teacher(home):
