@@ -59,7 +59,7 @@ def cmd_bench_step(args) -> None:
         print(
             f"{r['model_size']}: batch {r['batch_size']} on {r['device_kind']} "
             f"({r['device']}, {r['threads']} threads), "
-            f"{r['precision']}{', compiled' if r['compile'] else ''}"
+            f"{r['precision']}{step_settings(r)}"
         )
         print(
             f"  {r['images_per_s']:.1f} images/s, {r['step_s']:.4f} s/step (median of {r['repeats']} bursts of "
@@ -78,7 +78,20 @@ def cmd_bench_step(args) -> None:
             if r.get("peak_gpu_mem_gb")
             else f"peak RSS {r['peak_rss_mb']:.0f} MB"
         )
+        if r.get("student_saved_mb") is not None:
+            memory += f", the student's forward keeps {r['student_saved_mb']:.0f} MB for its backward"
         print(f"  {memory}; MLflow run {r['mlflow_run_id']} ({EXPERIMENT})")
+
+
+def step_settings(r: dict) -> str:
+    """The GPU step's settings of a `bench step` result, as its heading names them ("" for none;
+    results imported from before they were recorded name compilation only)."""
+    settings = [f"compiled ({r.get('compile_mode') or 'default'})"] if r["compile"] else []
+    if r.get("activation_checkpointing"):
+        settings.append("activation checkpointing")
+    if r.get("chunk_rows"):
+        settings.append(f"loss chunks of {r['chunk_rows']} rows")
+    return "".join(f", {s}" for s in settings)
 
 
 def cmd_bench_flops(args) -> None:

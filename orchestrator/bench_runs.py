@@ -93,6 +93,7 @@ def log_step_result(result: dict, exp: dict | None, overrides: str) -> str:
             "peak_flops",
             "components_over_step",
             "peak_gpu_mem_gb",
+            "student_saved_mb",
         )
     }
     if not result["compile"]:
@@ -101,6 +102,8 @@ def log_step_result(result: dict, exp: dict | None, overrides: str) -> str:
         k: result[k]
         for k in ("batch_size", "threads", "precision", "fused_adamw", "compile", "repeats", "burst", "peak_source")
     }
+    # the GPU step's settings (results imported from before they were recorded have none)
+    params.update({k: result[k] for k in ("compile_mode", "activation_checkpointing", "chunk_rows") if k in result})
     params["overrides"] = overrides
     return log_bench("step", result["model_size"], {**result, "config": exp}, metrics, params)
 

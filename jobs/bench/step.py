@@ -76,6 +76,25 @@ class Clock:
         self.text += self.now() - self._text_start
 
 
+def saved_for_backward_mb(parts: StepParts, batch: dict) -> float:
+    """MB the student's forward on `batch` keeps for its backward (autograd's saved tensors, each
+    storage once, the weights left out; with train.activation_checkpointing, each block's input
+    instead of its insides): what activation checkpointing saves, measured on any device. The graph
+    is dropped unused."""
+    weights = {p.untyped_storage().data_ptr() for p in parts.student.parameters()}
+    storages = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        parts.student(batch)
+    return sum(storages.values()) / 1e6
+
+
 def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
@@ -173,7 +192,10 @@ def step_benchmark(
         for step in range(repeats)
     ]
     parts.watch.check()  # a benchmark of a diverging step would measure nothing
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=parts.bf16 and dev.type == "cuda"):
+        saved_mb = saved_for_backward_mb(parts, to_device(cpu_batch, dev))
     setting = {
+        "student_saved_mb": saved_mb,
         "precision": precision,
         "fused_adamw": fused,
         "compile": compile,

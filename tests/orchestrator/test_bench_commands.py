@@ -37,9 +37,17 @@ def test_bench_step_prints_figures_and_logs_them(home, capsys):
         "cpu",
         r["device"],
     )
-    for key in ("images_per_s", "mfu", "step_s", "flops_per_image", *(f"{c}_s" for c in STEP_COMPONENTS)):
+    for key in (
+        "images_per_s",
+        "mfu",
+        "step_s",
+        "flops_per_image",
+        "student_saved_mb",
+        *(f"{c}_s" for c in STEP_COMPONENTS),
+    ):
         assert metrics[f"bench/step/{key}"] == pytest.approx(r[key])
     assert run.data.params["batch_size"] == "4"
+    assert (run.data.params["activation_checkpointing"], run.data.params["chunk_rows"]) == ("False", "0")
 
 
 def test_bench_flops_prints_the_table_of_each_size(home, capsys):
@@ -172,6 +180,7 @@ def test_step_jobs_run_elsewhere_and_their_results_are_imported(home, capsys, tm
                 "cpu",
                 "--write-jobs",
                 str(jobs),
+                "train.activation_checkpointing=true",
             ]
         )
         == 0
@@ -191,10 +200,11 @@ def test_step_jobs_run_elsewhere_and_their_results_are_imported(home, capsys, tm
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "tiny batch 2 eager:" in proc.stdout and "exit 0" in proc.stdout
+    assert "tiny batch 2 eager, activation checkpointing:" in proc.stdout and "exit 0" in proc.stdout
     capsys.readouterr()
     [r] = run_json(capsys, ["bench", "step", "--import", str(tmp_path / "results" / job.name), "--json"])
     [run] = bench_runs("step")  # writing the jobs logged nothing
+    assert run.data.params["activation_checkpointing"] == "True"  # the job's setting came back with its result
     assert run.info.run_id == r["mlflow_run_id"] and run.data.metrics["bench/step/images_per_s"] == pytest.approx(
         r["images_per_s"]
     )
