@@ -40,6 +40,7 @@ scheduling): on a machine shared with other work, the first falls and the second
 import statistics
 import time
 from functools import partial
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -49,9 +50,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from tipslab.jobs import storage
 from tipslab.jobs.config import DataConfig, TrainConfig
-from tipslab.jobs.data.pipeline.batches import EpochBatches
 from tipslab.jobs.data.pipeline.columns import TRAIN_COLUMNS
-from tipslab.jobs.data.pipeline.flow import blocks_ahead
+from tipslab.jobs.data.pipeline.flow import stage_batches
 from tipslab.jobs.data.pipeline.shard_read import BATCHES_PER_BLOCK
 from tipslab.jobs.data.pipeline.streaming import PositionedViews, map_views
 from tipslab.jobs.data.pipeline.views import TIPSViews
@@ -159,12 +159,20 @@ class ShardBatches(IterableDataset):
                     yield {c: np.array(record_batch.column(c).to_pylist()[:take], dtype=object) for c in COLUMNS}
 
 
-def timed(batches) -> tuple[float, float, float, float, str, int]:
-    """(seconds to the first batch, images/s from the start to the last batch, images per CPU second
-    of the views, seconds until the last views actor was ready: 0 without actors, where Ray Data's
-    views ran: "actors", "tasks", or "" for the DataLoader, and the images) of an iterator of batches. The
-    whole span counts: Ray Data computes ahead, so a clock started at the first batch would miss the
-    work done before it arrives."""
+class Run(NamedTuple):
+    """One pipeline's run (`timed`)."""
+
+    startup_s: float  # to the first batch
+    rate: float  # images/s from the start to the last batch
+    cpu_rate: float  # images per CPU second of the views
+    ready_s: float  # until the last views actor was ready (0 without actors)
+    ran: str  # where Ray Data's views ran: "actors", "tasks", or "" for the DataLoader
+    images: int
+
+
+def timed(batches) -> Run:
+    """The `Run` of an iterator of batches. The whole span counts: Ray Data computes ahead, so a
+    clock started at the first batch would miss the work done before it arrives."""
     start, wall_start = time.perf_counter(), time.time()
     first, images, cpu, ready, ran = None, 0, 0.0, wall_start, set()
     for batch in batches:
@@ -178,7 +186,7 @@ def timed(batches) -> tuple[float, float, float, float, str, int]:
     if images == 0:
         raise DataError("bench data: no views came out; are all rows bad?")
     rate = images / (time.perf_counter() - start)
-    return first - start, rate, images / cpu, max(ready - wall_start, 0.0), ",".join(sorted(ran)), images
+    return Run(first - start, rate, images / cpu, max(ready - wall_start, 0.0), ",".join(sorted(ran)), images)
 
 
 def settle(max_s: float = 15.0, busy_percent: float = 25.0) -> None:
@@ -239,9 +247,7 @@ def raydata_batches(
         columns=TRAIN_COLUMNS,
         row_bytes=make_views().row_bytes(),
     )
-    # as the training loop takes the blocks (of a few batches): train.prefetch_batches ahead
-    blocks = ds.iter_torch_batches(batch_size=None, prefetch_batches=0)
-    batches, skipped = EpochBatches(blocks, batch_size).start(blocks_ahead(TrainConfig().prefetch_batches)), []
+    batches, skipped = stage_batches(ds, batch_size, TrainConfig().prefetch_batches), []  # as the loop takes them
     for epoch in range(epochs):
         while (batch := batches.next(epoch, skipped.append)) is not None:
             yield batch
@@ -311,13 +317,11 @@ def bench_data(
                     dl_runs.append(timed(dataloader_batches(files, make_views(), **measure)))
     finally:
         torch.set_num_threads(threads)
-    ray_run = median_run(ray_runs)
-    ray_startup, ray_rate, ray_cpu_rate, actors_ready, ran, _ = ray_run
-    dl_startup, dl_rate, dl_cpu_rate = median_run(dl_runs)[:3]
-    ratios = [r[1] / d[1] for r, d in zip(ray_runs, dl_runs)]
+    ray_run, dl_run = median_run(ray_runs), median_run(dl_runs)
+    ratios = [r.rate / d.rate for r, d in zip(ray_runs, dl_runs)]
 
-    def once_up(run: tuple) -> float:  # a Ray Data run's images/s once its views actors were ready
-        return ready_rate(run[5], run[1], run[3] if actors else 0.0)
+    def once_up(run: Run) -> float:  # a Ray Data run's images/s once its views actors were ready
+        return ready_rate(run.images, run.rate, run.ready_s if actors else 0.0)
 
     return {
         "cpus": cpus,
@@ -327,20 +331,20 @@ def bench_data(
         **views_setting,
         "augment": augment,
         "mask_mode": mask_mode,
-        "views": ran,
+        "views": ray_run.ran,
         "repeats": repeats,
-        **rates("raydata", ray_startup, ray_rate, ray_cpu_rate, cpus),
-        "raydata_actors_ready_s": actors_ready if actors else 0.0,
+        **rates("raydata", ray_run, cpus),
+        "raydata_actors_ready_s": ray_run.ready_s if actors else 0.0,
         "raydata_ready_images_per_s": once_up(ray_run),
-        **rates("dataloader", dl_startup, dl_rate, dl_cpu_rate, cpus),
+        **rates("dataloader", dl_run, cpus),
         "ratio": statistics.median(ratios),
         "ratios": ratios,
-        "ready_ratio": statistics.median(once_up(r) / d[1] for r, d in zip(ray_runs, dl_runs)),
+        "ready_ratio": statistics.median(once_up(r) / d.rate for r, d in zip(ray_runs, dl_runs)),
     }
 
 
 def median_run(runs: list[tuple]) -> tuple:
-    """The run of median rate among `runs` (`timed`'s tuples; the lower middle of an even count)."""
+    """The run of median rate among `runs` (`timed`'s, the rate second; the lower middle of an even count)."""
     return sorted(runs, key=lambda run: run[1])[(len(runs) - 1) // 2]
 
 
@@ -369,10 +373,10 @@ def measured_rows(
     return files, file_rows, (auto if views == "auto" else views == "actors")
 
 
-def rates(pipeline: str, startup: float, rate: float, cpu_rate: float, cpus: int) -> dict:
+def rates(pipeline: str, run: Run, cpus: int) -> dict:
     return {
-        f"{pipeline}_images_per_s": rate,
-        f"{pipeline}_images_per_s_per_cpu": rate / cpus,
-        f"{pipeline}_startup_s": startup,
-        f"{pipeline}_images_per_cpu_s": cpu_rate,
+        f"{pipeline}_images_per_s": run.rate,
+        f"{pipeline}_images_per_s_per_cpu": run.rate / cpus,
+        f"{pipeline}_startup_s": run.startup_s,
+        f"{pipeline}_images_per_cpu_s": run.cpu_rate,
     }

@@ -37,7 +37,7 @@ import torch
 
 from tipslab.jobs.config import as_dict, experiment
 from tipslab.jobs.data.pipeline.batches import EpochBatches
-from tipslab.jobs.data.pipeline.flow import blocks_ahead
+from tipslab.jobs.data.pipeline.flow import stage_batches
 from tipslab.jobs.data.pipeline.streaming import DataPlan, plan_epochs, stage_dataset, train_shards
 from tipslab.jobs.data.pipeline.views import BAD_ROW_COLUMNS
 from tipslab.jobs.redact import redact, scrub
@@ -228,10 +228,7 @@ class Loop:
         data = exp.data
         plans = plan_epochs(self.shards, exp.train.seed, epoch, self.world_size, done, data.batch_size, steps)
         ds = stage_dataset(exp, plans, self.rank, data.cpus / self.world_size)
-        # Whole blocks (of a few batches: views_flow), cut into batches by EpochBatches; taken ahead
-        # by its thread (batches.Ahead), not Ray Data's, which holds each block back for the next.
-        blocks = ds.iter_torch_batches(batch_size=None, device=self.device, prefetch_batches=0) if ds else ()
-        batches = EpochBatches(blocks, data.batch_size).start(blocks_ahead(exp.train.prefetch_batches))
+        batches = stage_batches(ds, data.batch_size, exp.train.prefetch_batches, self.device)
         return {plan.epoch: plan for plan in plans}, batches
 
     def next_batch(self, batches: EpochBatches, epoch: int, window: Window) -> dict | None:

@@ -13,6 +13,7 @@ import ray.data
 from ray.data._internal.execution.execution_callback import ExecutionCallback
 from ray.data._internal.execution.metadata_fetcher import InlineMetadataFetcher
 
+from tipslab.jobs.data.pipeline.batches import EpochBatches
 from tipslab.jobs.data.pipeline.shard_read import BATCHES_PER_BLOCK, TASK_BATCHES
 
 # How long Ray Data's scheduling loop sleeps in a step in which no task of the dataset runs.
@@ -103,6 +104,16 @@ def views_flow(ds: ray.data.Dataset, batch_bytes: int, workers: int) -> ray.data
         HandOnAtOnce,
     ]
     return ds
+
+
+def stage_batches(ds: ray.data.Dataset | None, batch_size: int, prefetch_batches: int, device="auto") -> EpochBatches:
+    """A views dataset's batches as the training loop takes them (and `tipslab bench data` with it):
+    whole blocks as torch tensors on `device`, with Ray Data's look-ahead off (it holds each block
+    back for the next), taken `prefetch_batches` batches ahead in whole blocks by a thread of their
+    own (batches.Ahead), already asked for, and cut into batches of one epoch each. No dataset: no
+    batches."""
+    blocks = ds.iter_torch_batches(batch_size=None, device=device, prefetch_batches=0) if ds else ()
+    return EpochBatches(blocks, batch_size).start(blocks_ahead(prefetch_batches))
 
 
 def blocks_ahead(batches: int) -> int:
